@@ -1,0 +1,286 @@
+//! Turns raw counters (kernel maps, procfs samples, GIL samples) into a [`Report`].
+//!
+//! Pure functions over plain data: no I/O, so every ratio here is unit-tested
+//! with made-up inputs. Userspace never re-derives what the kernel counted; it
+//! only takes differences, sums and ratios.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::bpf::layout::{PreciseGil, ThreadWaits, HIST_SLOTS};
+use crate::bpf::wait_probe::WaitCounters;
+use crate::gil_sampler::GilSamples;
+use crate::report::{BlockedBy, InterpreterInfo, Mode, ProcessReport, ThreadReport};
+use crate::threads::ThreadSample;
+
+const NS: f64 = 1e9;
+
+/// Everything one measurement collected, before any arithmetic.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub pid: u32,
+    pub wall_s: f64,
+    pub mode: Mode,
+    pub interpreter: InterpreterInfo,
+    /// procfs counters when measuring began (empty for a launched command: it starts at 0).
+    pub cpu_start: BTreeMap<u32, ThreadSample>,
+    /// The last procfs counters seen of every thread, including threads that exited.
+    pub cpu_end: BTreeMap<u32, ThreadSample>,
+    pub waits: WaitCounters,
+    pub precise: Option<PreciseCounters>,
+    pub gil: GilSamples,
+    /// Holder thread state -> tid, for the blocked-by attribution.
+    pub holder_tids: HashMap<u64, u32>,
+}
+
+/// What `--precise` measured.
+#[derive(Debug, Clone, Default)]
+pub struct PreciseCounters {
+    pub threads: HashMap<u32, PreciseGil>,
+    /// drop_gil was probed, so hold times are exact.
+    pub holds_exact: bool,
+}
+
+/// A value at quantile `q` of a log2(ns) histogram, in µs, interpolated inside its bucket.
+pub fn percentile_us(hist: &[u64; HIST_SLOTS], q: f64) -> f64 {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut seen = 0u64;
+    for (slot, &count) in hist.iter().enumerate() {
+        if count == 0 {
+            continue;
+        }
+        if (seen + count) as f64 >= rank {
+            let low = 2f64.powi(slot as i32);
+            let within = ((rank - seen as f64) / count as f64).clamp(0.0, 1.0);
+            return (low + within * low) / 1e3;
+        }
+        seen += count;
+    }
+    2f64.powi(HIST_SLOTS as i32 - 1) / 1e3
+}
+
+fn add_hist(into: &mut [u64; HIST_SLOTS], from: &[u64; HIST_SLOTS]) {
+    for (a, b) in into.iter_mut().zip(from.iter()) {
+        *a += b;
+    }
+}
+
+fn ratio(num: f64, den: f64) -> f64 {
+    if den > 0.0 {
+        num / den
+    } else {
+        0.0
+    }
+}
+
+/// Per-thread rows and process totals of one measurement.
+pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
+    let mut tids: Vec<u32> = m
+        .cpu_end
+        .keys()
+        .chain(m.waits.threads.keys())
+        .copied()
+        .collect();
+    tids.sort_unstable();
+    tids.dedup();
+    // The main thread first, then in creation order.
+    tids.sort_by_key(|&tid| (tid != m.pid, tid));
+
+    let zero_waits = ThreadWaits::default();
+    let mut process_hist = [0u64; HIST_SLOTS];
+    let mut threads = Vec::with_capacity(tids.len());
+    for tid in tids {
+        let end = m.cpu_end.get(&tid);
+        let start = m.cpu_start.get(&tid);
+        let delta = |f: fn(&ThreadSample) -> u64| -> f64 {
+            let e = end.map(f).unwrap_or(0);
+            let s = start.map(f).unwrap_or(0);
+            e.saturating_sub(s) as f64 / NS
+        };
+        let w = m.waits.threads.get(&tid).unwrap_or(&zero_waits);
+        add_hist(&mut process_hist, &w.take_hist);
+        let precise = m.precise.as_ref().and_then(|p| p.threads.get(&tid));
+        let futex_gil_wait_ns = w.take_wait_ns + w.mutex_wait_ns;
+        let gil_wait_s = match precise {
+            Some(p) => p.take_ns as f64 / NS,
+            None => futex_gil_wait_ns as f64 / NS,
+        };
+        let holds_exact = m.precise.as_ref().is_some_and(|p| p.holds_exact);
+        let gil_hold_s = if holds_exact {
+            Some(precise.map(|p| p.hold_ns as f64 / NS).unwrap_or(0.0))
+        } else {
+            None
+        };
+        let gil_hold_share = match gil_hold_s {
+            Some(hold) => ratio(hold, m.wall_s),
+            None => m.gil.hold_share(tid),
+        };
+        let mut blocked: HashMap<u32, u64> = HashMap::new();
+        for (key, val) in m
+            .waits
+            .blocked_by
+            .iter()
+            .filter(|(k, _)| k.waiter_tid == tid)
+        {
+            let holder = m.holder_tids.get(&key.holder_tstate).copied().unwrap_or(0);
+            *blocked.entry(holder).or_default() += val.wait_ns;
+        }
+        let mut blocked_by: Vec<BlockedBy> = blocked
+            .into_iter()
+            .map(|(tid, ns)| BlockedBy {
+                tid,
+                gil_wait_s: ns as f64 / NS,
+            })
+            .collect();
+        blocked_by.sort_by(|a, b| {
+            b.gil_wait_s
+                .total_cmp(&a.gil_wait_s)
+                .then(a.tid.cmp(&b.tid))
+        });
+        threads.push(ThreadReport {
+            tid,
+            name: end.map(|s| s.os_name.clone()).unwrap_or_default(),
+            cpu_s: delta(|s| s.on_cpu_ns),
+            runqueue_wait_s: delta(|s| s.runqueue_ns),
+            gil_wait_s,
+            gil_waits: w.take_waits,
+            gil_wait_p50_us: percentile_us(&w.take_hist, 0.5),
+            gil_wait_p99_us: percentile_us(&w.take_hist, 0.99),
+            gil_hold_s,
+            gil_hold_share,
+            drop_wait_s: w.drop_wait_ns as f64 / NS,
+            futex_wait_s: w.other_wait_ns as f64 / NS,
+            blocked_by,
+        });
+    }
+
+    let sum = |f: fn(&ThreadReport) -> f64| threads.iter().map(f).sum::<f64>();
+    let cpu_s = sum(|t| t.cpu_s);
+    let gil_wait_s = sum(|t| t.gil_wait_s);
+    let gil_hold_s = m
+        .precise
+        .as_ref()
+        .filter(|p| p.holds_exact)
+        .map(|_| sum(|t| t.gil_hold_s.unwrap_or(0.0)));
+    let process = ProcessReport {
+        wall_s: m.wall_s,
+        cpu_s,
+        runqueue_wait_s: sum(|t| t.runqueue_wait_s),
+        gil_wait_s,
+        gil_waits: threads.iter().map(|t| t.gil_waits).sum(),
+        gil_wait_p50_us: percentile_us(&process_hist, 0.5),
+        gil_wait_p99_us: percentile_us(&process_hist, 0.99),
+        gil_hold_s,
+        gil_utilization: match gil_hold_s {
+            Some(hold) => ratio(hold, m.wall_s).min(1.0),
+            None => m.gil.utilization(),
+        },
+        gil_queue_length: ratio(gil_wait_s, m.wall_s),
+        effective_parallelism: ratio(cpu_s, m.wall_s),
+        gil_switches_per_s: m.gil.switches_per_s(),
+        futex_wait_s: sum(|t| t.futex_wait_s),
+    };
+    (process, threads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::layout::{BlockedKey, BlockedVal};
+
+    fn hist_with(slot: usize, count: u64) -> [u64; HIST_SLOTS] {
+        let mut h = [0; HIST_SLOTS];
+        h[slot] = count;
+        h
+    }
+
+    #[test]
+    fn percentiles_land_inside_the_right_log2_bucket() {
+        // 100 waits in [2^22, 2^23) ns = [4.19 ms, 8.39 ms)
+        let h = hist_with(22, 100);
+        let p50 = percentile_us(&h, 0.5);
+        assert!((4194.0..8389.0).contains(&p50), "{p50}");
+        assert!(percentile_us(&h, 0.99) > p50);
+        assert_eq!(percentile_us(&[0; HIST_SLOTS], 0.5), 0.0);
+    }
+
+    fn sample(tid: u32, cpu_ms: u64) -> ThreadSample {
+        ThreadSample {
+            tid,
+            os_name: format!("t{tid}"),
+            on_cpu_ns: cpu_ms * 1_000_000,
+            runqueue_ns: 0,
+        }
+    }
+
+    #[test]
+    fn four_serialized_threads_give_queue_length_three_and_parallelism_one() {
+        let pid = 100;
+        let mut cpu_end = BTreeMap::new();
+        let mut waits = WaitCounters::default();
+        for tid in 101..=104 {
+            cpu_end.insert(tid, sample(tid, 1000)); // 1 s CPU each over 4 s
+            waits.threads.insert(
+                tid,
+                ThreadWaits {
+                    tgid: pid,
+                    take_wait_ns: 3_000_000_000,
+                    take_waits: 600,
+                    take_hist: hist_with(22, 600),
+                    ..ThreadWaits::default()
+                },
+            );
+            waits.blocked_by.insert(
+                BlockedKey {
+                    waiter_tid: tid,
+                    _pad: 0,
+                    holder_tstate: 0xdead,
+                },
+                BlockedVal {
+                    wait_ns: 3_000_000_000,
+                    segments: 600,
+                },
+            );
+        }
+        let m = Measurement {
+            pid,
+            wall_s: 4.0,
+            mode: Mode::Default,
+            interpreter: InterpreterInfo {
+                executable: "python3".into(),
+                library: None,
+                version: "3.11.7".into(),
+                stripped: false,
+                gil_enabled: true,
+                free_threaded: false,
+            },
+            cpu_start: BTreeMap::new(),
+            cpu_end,
+            waits,
+            precise: None,
+            gil: GilSamples {
+                samples: 1000,
+                locked: 990,
+                ..GilSamples::default()
+            },
+            holder_tids: HashMap::from([(0xdead, 101)]),
+        };
+        let (process, threads) = analyse(&m);
+        assert_eq!(threads.len(), 4);
+        assert!((process.gil_queue_length - 3.0).abs() < 1e-9);
+        assert!((process.effective_parallelism - 1.0).abs() < 1e-9);
+        assert!((process.gil_utilization - 0.99).abs() < 1e-9);
+        assert_eq!(process.gil_waits, 2400);
+        assert_eq!(
+            threads[1].blocked_by,
+            vec![BlockedBy {
+                tid: 101,
+                gil_wait_s: 3.0
+            }]
+        );
+        assert!(process.gil_hold_s.is_none());
+    }
+}

@@ -1,0 +1,273 @@
+//! Rust mirrors of the structs in `ebpf/gilscope.h`.
+//!
+//! The kernel and the agent exchange these through BPF maps byte for byte, so
+//! every field, its order and padding must match the C header. The test at the
+//! bottom reads the BTF that clang emitted for the compiled objects and compares
+//! each struct's size and member offsets with these definitions.
+
+/// log2(ns) histogram slots: slot i counts waits in [2^i, 2^(i+1)) ns.
+pub const HIST_SLOTS: usize = 64;
+
+/// Futex-wait classes of `enum wait_kind`.
+pub mod wait_kind {
+    pub const OTHER: u32 = 0;
+    pub const TAKE: u32 = 1;
+    pub const MUTEX: u32 = 2;
+    pub const DROP: u32 = 3;
+}
+
+/// Where one process's GIL lives (map `targets`, key: tgid).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GilTarget {
+    pub gil_addr: u64,
+    pub gil_size: u32,
+    pub cond_off: u32,
+    pub mutex_off: u32,
+    pub switch_cond_off: u32,
+    pub last_holder_off: u32,
+    pub locked_off: u32,
+}
+
+/// Cumulative futex-wait counters of one thread (map `thread_waits`, key: tid).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadWaits {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub take_wait_ns: u64,
+    pub take_waits: u64,
+    pub take_futex_calls: u64,
+    pub mutex_wait_ns: u64,
+    pub mutex_waits: u64,
+    pub drop_wait_ns: u64,
+    pub drop_waits: u64,
+    pub other_wait_ns: u64,
+    pub other_waits: u64,
+    pub take_hist: [u64; HIST_SLOTS],
+}
+
+impl Default for ThreadWaits {
+    fn default() -> Self {
+        Self {
+            tgid: 0,
+            _pad: 0,
+            take_wait_ns: 0,
+            take_waits: 0,
+            take_futex_calls: 0,
+            mutex_wait_ns: 0,
+            mutex_waits: 0,
+            drop_wait_ns: 0,
+            drop_waits: 0,
+            other_wait_ns: 0,
+            other_waits: 0,
+            take_hist: [0; HIST_SLOTS],
+        }
+    }
+}
+
+/// What a thread is blocked on right now (map `inflight`, key: tid).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FutexInflight {
+    pub wait_start_ns: u64,
+    pub segment_start_ns: u64,
+    pub last_exit_ns: u64,
+    pub holder_tstate: u64,
+    pub deadline_ns: u64,
+    pub kind: u32,
+    pub continuing: u32,
+}
+
+/// (waiter, holder) pair of map `blocked_by`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct BlockedKey {
+    pub waiter_tid: u32,
+    pub _pad: u32,
+    pub holder_tstate: u64,
+}
+
+/// GIL wait a waiter spent behind one holder.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockedVal {
+    pub wait_ns: u64,
+    pub segments: u64,
+}
+
+/// Exact take_gil/drop_gil timing of one thread (map `precise_gil`, key: tid).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreciseGil {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub take_calls: u64,
+    pub take_ns: u64,
+    pub hold_ns: u64,
+    pub holds: u64,
+    pub take_hist: [u64; HIST_SLOTS],
+}
+
+impl Default for PreciseGil {
+    fn default() -> Self {
+        Self {
+            tgid: 0,
+            _pad: 0,
+            take_calls: 0,
+            take_ns: 0,
+            hold_ns: 0,
+            holds: 0,
+            take_hist: [0; HIST_SLOTS],
+        }
+    }
+}
+
+// SAFETY: all of these are repr(C), Copy, and made only of integers, so every
+// bit pattern is a valid value and they contain no pointers.
+unsafe impl aya::Pod for GilTarget {}
+unsafe impl aya::Pod for ThreadWaits {}
+unsafe impl aya::Pod for FutexInflight {}
+unsafe impl aya::Pod for BlockedKey {}
+unsafe impl aya::Pod for BlockedVal {}
+unsafe impl aya::Pod for PreciseGil {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::mem::{offset_of, size_of};
+    use std::process::Command;
+
+    /// struct name -> (size, member name -> byte offset), from `bpftool btf dump`.
+    fn btf_structs(object: &str) -> HashMap<String, (usize, HashMap<String, usize>)> {
+        let path = format!("{}/{object}", env!("OUT_DIR"));
+        let out = Command::new("bpftool")
+            .args(["btf", "dump", "file", &path, "format", "raw"])
+            .output()
+            .expect("bpftool must be installed (apt-get install bpftool) to check the BPF struct layout");
+        assert!(out.status.success(), "bpftool failed on {path}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut structs = HashMap::new();
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.split_once("] STRUCT '").map(|(_, r)| r) {
+                let name = rest.split('\'').next().unwrap_or_default().to_string();
+                let size = rest
+                    .split("size=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                structs.insert(name.clone(), (size, HashMap::new()));
+                current = Some(name);
+            } else if line.starts_with('\t') {
+                if let Some(name) = &current {
+                    let member = line.trim().split('\'').nth(1).unwrap_or_default();
+                    let bits: usize = line
+                        .split("bits_offset=")
+                        .nth(1)
+                        .and_then(|s| s.split_whitespace().next())
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(usize::MAX);
+                    if let Some(entry) = structs.get_mut(name) {
+                        entry.1.insert(member.to_string(), bits / 8);
+                    }
+                }
+            } else {
+                current = None;
+            }
+        }
+        structs
+    }
+
+    macro_rules! assert_layout {
+        ($structs:expr, $c_name:literal, $ty:ty, [$($field:ident),+ $(,)?]) => {{
+            let (size, members) = $structs
+                .get($c_name)
+                .unwrap_or_else(|| panic!("struct {} not in the BPF object's BTF", $c_name));
+            assert_eq!(*size, size_of::<$ty>(), "size of {}", $c_name);
+            let mut checked = 0;
+            $(
+                let name = stringify!($field);
+                assert_eq!(
+                    members.get(name).copied(),
+                    Some(offset_of!($ty, $field)),
+                    "offset of {}.{}", $c_name, name
+                );
+                checked += 1;
+            )+
+            assert_eq!(checked, members.len(), "{} has members the Rust mirror lacks", $c_name);
+        }};
+    }
+
+    #[test]
+    fn rust_mirrors_match_the_btf_of_the_wait_probe() {
+        let s = btf_structs("gil_wait.bpf.o");
+        assert_layout!(
+            s,
+            "gil_target",
+            GilTarget,
+            [
+                gil_addr,
+                gil_size,
+                cond_off,
+                mutex_off,
+                switch_cond_off,
+                last_holder_off,
+                locked_off
+            ]
+        );
+        assert_layout!(
+            s,
+            "thread_waits",
+            ThreadWaits,
+            [
+                tgid,
+                _pad,
+                take_wait_ns,
+                take_waits,
+                take_futex_calls,
+                mutex_wait_ns,
+                mutex_waits,
+                drop_wait_ns,
+                drop_waits,
+                other_wait_ns,
+                other_waits,
+                take_hist
+            ]
+        );
+        assert_layout!(
+            s,
+            "futex_inflight",
+            FutexInflight,
+            [
+                wait_start_ns,
+                segment_start_ns,
+                last_exit_ns,
+                holder_tstate,
+                deadline_ns,
+                kind,
+                continuing
+            ]
+        );
+        assert_layout!(
+            s,
+            "blocked_key",
+            BlockedKey,
+            [waiter_tid, _pad, holder_tstate]
+        );
+        assert_layout!(s, "blocked_val", BlockedVal, [wait_ns, segments]);
+    }
+
+    #[test]
+    fn rust_mirrors_match_the_btf_of_the_precise_probe() {
+        let s = btf_structs("gil_precise.bpf.o");
+        assert_layout!(
+            s,
+            "precise_gil",
+            PreciseGil,
+            [tgid, _pad, take_calls, take_ns, hold_ns, holds, take_hist]
+        );
+    }
+}

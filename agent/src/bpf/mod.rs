@@ -1,0 +1,45 @@
+//! The kernel side, seen from the agent: loading the BPF objects built from
+//! `ebpf/`, attaching them, and reading their maps into plain structs.
+
+pub mod layout;
+pub mod precise_probe;
+pub mod wait_probe;
+
+use crate::error::Error;
+
+/// The whole error chain on one line (aya's top-level messages alone say little).
+fn chain(err: &(dyn std::error::Error + 'static)) -> (String, Option<i32>) {
+    let mut text = err.to_string();
+    let mut errno = None;
+    let mut source = err.source();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            errno = errno.or(io.raw_os_error());
+        }
+        current = e.source();
+    }
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    (text, errno)
+}
+
+/// Maps a BPF load/attach failure to a permission error (EPERM/EACCES) or a BPF error.
+pub(crate) fn bpf_error(what: &str, err: &(dyn std::error::Error + 'static)) -> Error {
+    let (text, errno) = chain(err);
+    match errno {
+        Some(libc::EPERM) | Some(libc::EACCES) => Error::Permission {
+            what: format!("{what}: {text}"),
+        },
+        _ => Error::Bpf(format!("{what}: {text}")),
+    }
+}
+
+/// A map that is missing or of the wrong type is a build bug, not a user error.
+pub(crate) fn map_error(name: &str, err: &(dyn std::error::Error + 'static)) -> Error {
+    let (text, _) = chain(err);
+    Error::Internal(format!("BPF map {name}: {text}"))
+}

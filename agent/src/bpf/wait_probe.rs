@@ -1,0 +1,187 @@
+//! Loads `ebpf/gil_wait.bpf.c` (a BTF tracepoint on sched_switch) and reads its counters.
+//!
+//! One loaded probe serves any number of processes: [`WaitProbe::watch`] adds a
+//! process (its GIL address) to the in-kernel filter, [`WaitProbe::unwatch`]
+//! removes it together with every per-thread entry it left behind.
+
+use std::collections::HashMap;
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
+
+use super::layout::{BlockedKey, BlockedVal, FutexInflight, GilTarget, ThreadWaits};
+use super::{bpf_error, map_error};
+use crate::error::{Error, Result};
+use crate::python::versions::GilLayout;
+
+static WAIT_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gil_wait.bpf.o"));
+
+/// The scheduler tracepoint the probe hooks: a thread blocking in futex() and resuming.
+const SCHED_TRACEPOINT: &str = "sched_switch";
+
+/// A take wait that resumes within this long of its last timed-out slice is the same wait.
+const CONTINUATION_GAP_NS: u64 = 1_000_000;
+
+/// Counters of one process, as the kernel has them now (cumulative since `watch`).
+#[derive(Debug, Default, Clone)]
+pub struct WaitCounters {
+    pub threads: HashMap<u32, ThreadWaits>,
+    /// (waiter tid, holder thread state) -> wait behind that holder.
+    pub blocked_by: HashMap<BlockedKey, BlockedVal>,
+}
+
+/// The loaded and attached futex-wait probe.
+pub struct WaitProbe {
+    ebpf: Ebpf,
+}
+
+impl WaitProbe {
+    /// Loads and attaches; fails with a permission error when not privileged.
+    pub fn load() -> Result<Self> {
+        let gap = CONTINUATION_GAP_NS;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("continuation_gap_ns", &gap, true)
+            .load(WAIT_OBJECT)
+            .map_err(|e| bpf_error("loading gil_wait.bpf.o", &e))?;
+        let btf = Btf::from_sys_fs().map_err(|e| {
+            Error::Bpf(format!(
+                "kernel BTF (/sys/kernel/btf/vmlinux) is needed for BTF tracepoints: {e}"
+            ))
+        })?;
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut("sched_switch")
+            .ok_or_else(|| Error::Internal("sched_switch missing from gil_wait.bpf.o".into()))?
+            .try_into()
+            .map_err(|e| bpf_error("sched_switch", &e))?;
+        program
+            .load(SCHED_TRACEPOINT, &btf)
+            .map_err(|e| bpf_error("loading the sched_switch probe", &e))?;
+        program
+            .attach()
+            .map_err(|e| bpf_error("attaching the sched_switch probe", &e))?;
+        Ok(Self { ebpf })
+    }
+
+    fn map_mut<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+    ) -> Result<BpfHashMap<&mut MapData, K, V>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| Error::Internal(format!("map {name} missing from gil_wait.bpf.o")))?;
+        BpfHashMap::try_from(map).map_err(|e| map_error(name, &e))
+    }
+
+    fn map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<BpfHashMap<&MapData, K, V>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| Error::Internal(format!("map {name} missing from gil_wait.bpf.o")))?;
+        BpfHashMap::try_from(map).map_err(|e| map_error(name, &e))
+    }
+
+    /// Starts counting futex waits of process `tgid`, classifying those on the GIL at `gil_addr`.
+    pub fn watch(&mut self, tgid: u32, gil_addr: u64, layout: &GilLayout) -> Result<()> {
+        let narrow = |v: u64| {
+            u32::try_from(v).map_err(|_| Error::Internal(format!("GIL offset {v} too large")))
+        };
+        let target = GilTarget {
+            gil_addr,
+            gil_size: narrow(layout.size)?,
+            cond_off: narrow(layout.cond)?,
+            mutex_off: narrow(layout.mutex)?,
+            switch_cond_off: narrow(layout.switch_cond)?,
+            last_holder_off: narrow(layout.last_holder)?,
+            locked_off: narrow(layout.locked)?,
+        };
+        let mut targets = self.map_mut::<u32, GilTarget>("targets")?;
+        targets
+            .insert(tgid, target, 0)
+            .map_err(|e| map_error("targets", &e))
+    }
+
+    /// Stops watching `tgid` and deletes every kernel entry it left (threads, holders, in-flight waits).
+    pub fn unwatch(&mut self, tgid: u32) -> Result<()> {
+        let tids: Vec<u32> = self.read(tgid)?.threads.into_keys().collect();
+        self.forget_threads(&tids)?;
+        let mut targets = self.map_mut::<u32, GilTarget>("targets")?;
+        match targets.remove(&tgid) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_error("targets", &e)),
+        }
+    }
+
+    /// Deletes the per-thread entries of threads that exited.
+    pub fn forget_threads(&mut self, tids: &[u32]) -> Result<()> {
+        if tids.is_empty() {
+            return Ok(());
+        }
+        let blocked: Vec<BlockedKey> = {
+            let map = self.map::<BlockedKey, BlockedVal>("blocked_by")?;
+            map.keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| tids.contains(&k.waiter_tid))
+                .collect()
+        };
+        let mut map = self.map_mut::<BlockedKey, BlockedVal>("blocked_by")?;
+        for key in &blocked {
+            let _ = map.remove(key);
+        }
+        let mut waits = self.map_mut::<u32, ThreadWaits>("thread_waits")?;
+        for tid in tids {
+            let _ = waits.remove(tid);
+        }
+        let mut inflight = self.map_mut::<u32, FutexInflight>("inflight")?;
+        for tid in tids {
+            let _ = inflight.remove(tid);
+        }
+        Ok(())
+    }
+
+    /// The current cumulative counters of every thread of `tgid`.
+    pub fn read(&self, tgid: u32) -> Result<WaitCounters> {
+        let waits = self.map::<u32, ThreadWaits>("thread_waits")?;
+        let threads: HashMap<u32, ThreadWaits> = waits
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, w)| w.tgid == tgid)
+            .collect();
+        let blocked = self.map::<BlockedKey, BlockedVal>("blocked_by")?;
+        let blocked_by = blocked
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(k, _)| threads.contains_key(&k.waiter_tid))
+            .collect();
+        Ok(WaitCounters {
+            threads,
+            blocked_by,
+        })
+    }
+
+    /// Number of entries in each map, to show that nothing leaks.
+    pub fn entry_counts(&self) -> Result<[(&'static str, usize); 4]> {
+        Ok([
+            (
+                "targets",
+                self.map::<u32, GilTarget>("targets")?.keys().count(),
+            ),
+            (
+                "thread_waits",
+                self.map::<u32, ThreadWaits>("thread_waits")?.keys().count(),
+            ),
+            (
+                "blocked_by",
+                self.map::<BlockedKey, BlockedVal>("blocked_by")?
+                    .keys()
+                    .count(),
+            ),
+            (
+                "inflight",
+                self.map::<u32, FutexInflight>("inflight")?.keys().count(),
+            ),
+        ])
+    }
+}

@@ -1,0 +1,381 @@
+//! `gilscope check`: measure one CPython process for a while and report.
+//!
+//! Wires the stages together: load the wait probe, find the interpreter (of a
+//! running pid, or of a command started suspended), validate its GIL, watch it
+//! in the kernel, sample the GIL and procfs until the time is up or the process
+//! ends, then analyse and diagnose. Cleans its kernel state up on the way out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::analyse::{analyse, Measurement, PreciseCounters};
+use crate::bpf::precise_probe::{PreciseProbe, PreciseTargets};
+use crate::bpf::wait_probe::WaitProbe;
+use crate::diagnose::diagnose;
+use crate::error::{Error, Result};
+use crate::gil_sampler::{GilSampler, TstateResolver};
+use crate::launch::{self, ChildStdout};
+use crate::memory::RemoteMemory;
+use crate::python::elf::ElfImage;
+use crate::python::finder::{self, FoundBy};
+use crate::python::locate::{self, Interpreter};
+use crate::report::{Ending, InterpreterInfo, Mode, Report, SCHEMA};
+use crate::threads::{sample_threads, ThreadSample};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Pid(u32),
+    /// A command to start suspended, then measure until it exits (or `duration`).
+    Command(Vec<String>),
+}
+
+/// Options of one `check` run.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    pub target: Target,
+    /// `None` with a command: until it exits.
+    pub duration: Option<Duration>,
+    pub precise: bool,
+    pub sample_hz: u32,
+    pub child_stdout: ChildStdout,
+}
+
+/// How often procfs is read (and exited threads' last counters kept).
+const TICK: Duration = Duration::from_millis(100);
+/// How long a launched interpreter may take to create its GIL.
+const GIL_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Set by SIGINT/SIGTERM: stop measuring and report what was seen.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn install_interrupt_handler() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        if let Err(e) = unsafe { sigaction(signal, &action) } {
+            tracing::debug!("cannot install a {signal} handler: {e}");
+        }
+    }
+}
+
+fn precise_targets(interp: &Interpreter) -> Result<(PreciseTargets, FoundBy)> {
+    let image = ElfImage::read(&interp.host_path)?;
+    let file = image.parse(&interp.host_path)?;
+    let take = finder::find_take_gil(&file, &interp.file).ok_or_else(|| {
+        Error::Internal(format!(
+            "--precise: cannot find take_gil in {} (no symbol, and PyEval_RestoreThread \
+             has no local call); run without --precise",
+            interp.host_path.display()
+        ))
+    })?;
+    let drop = finder::find_drop_gil(&file, &interp.file);
+    Ok((
+        PreciseTargets {
+            take_gil: take.file_offset,
+            drop_gil: drop.map(|d| d.file_offset),
+        },
+        take.how,
+    ))
+}
+
+fn interpreter_info(interp: &Interpreter) -> InterpreterInfo {
+    let executable = std::fs::read_link(format!("/proc/{}/exe", interp.pid))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| interp.path_in_process.display().to_string());
+    InterpreterInfo {
+        executable,
+        library: interp
+            .is_library
+            .then(|| interp.path_in_process.display().to_string()),
+        version: interp.file.version.to_string(),
+        stripped: interp.file.stripped,
+        gil_enabled: !interp.file.free_threaded,
+        free_threaded: interp.file.free_threaded,
+    }
+}
+
+/// Waits until the GIL of a starting interpreter exists and validates.
+fn wait_for_gil(
+    interp: &Interpreter,
+    mem: &RemoteMemory,
+    child: &mut Option<Child>,
+) -> Result<u64> {
+    let started = Instant::now();
+    loop {
+        let attempt = interp.gil_address(mem).and_then(|addr| {
+            locate::read_gil_state(interp.pid, mem, addr, &interp.layout.gil_layout).map(|_| addr)
+        });
+        match attempt {
+            Ok(addr) => return Ok(addr),
+            Err(e) if started.elapsed() > GIL_INIT_TIMEOUT => return Err(e),
+            Err(e @ (Error::UnsupportedVersion { .. } | Error::Permission { .. })) => {
+                return Err(e)
+            }
+            Err(e) => {
+                if let Some(c) = child.as_mut() {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        return Err(Error::Launch {
+                            command: format!("pid {}", interp.pid),
+                            why: format!("exited ({status}) before its GIL was initialized: {e}"),
+                        });
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+struct Attached {
+    interp: Interpreter,
+    gil_addr: u64,
+    child: Option<Child>,
+    precise: Option<(PreciseProbe, bool, FoundBy)>,
+    cpu_start: BTreeMap<u32, ThreadSample>,
+    started: Instant,
+}
+
+fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
+    match &opts.target {
+        Target::Pid(pid) => {
+            let pid = *pid;
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(Error::NoSuchProcess { pid });
+            }
+            let interp = locate::require_interpreter(pid)?;
+            let mem = RemoteMemory::new(pid);
+            let gil_addr = interp.gil_address(&mem)?;
+            locate::read_gil_state(pid, &mem, gil_addr, &interp.layout.gil_layout)?;
+            let precise = if opts.precise {
+                let (targets, how) = precise_targets(&interp)?;
+                let p = PreciseProbe::attach(pid, &interp.host_path, targets)?;
+                Some((p, targets.drop_gil.is_some(), how))
+            } else {
+                None
+            };
+            let cpu_start = sample_threads(pid)?;
+            probe.watch(pid, gil_addr, &interp.layout.gil_layout)?;
+            Ok(Attached {
+                interp,
+                gil_addr,
+                child: None,
+                precise,
+                cpu_start,
+                started: Instant::now(),
+            })
+        }
+        Target::Command(argv) => {
+            let mut precise = None;
+            let mut static_gil = None;
+            let launched = launch::launch(argv, opts.child_stdout, |interp| {
+                if let Some(addr) = interp.static_gil_address() {
+                    probe.watch(interp.pid, addr, &interp.layout.gil_layout)?;
+                    static_gil = Some(addr);
+                }
+                if opts.precise {
+                    let (targets, how) = precise_targets(interp)?;
+                    let p = PreciseProbe::attach(interp.pid, &interp.host_path, targets)?;
+                    precise = Some((p, targets.drop_gil.is_some(), how));
+                }
+                Ok(())
+            })?;
+            let started = Instant::now();
+            let interp = launched.interpreter;
+            let mut child = Some(launched.child);
+            let mem = RemoteMemory::new(interp.pid);
+            let gil_addr = match wait_for_gil(&interp, &mem, &mut child) {
+                Ok(addr) => addr,
+                Err(e) => {
+                    if let Some(mut c) = child {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    let _ = probe.unwatch(interp.pid);
+                    return Err(e);
+                }
+            };
+            if static_gil != Some(gil_addr) {
+                probe.watch(interp.pid, gil_addr, &interp.layout.gil_layout)?;
+            }
+            Ok(Attached {
+                interp,
+                gil_addr,
+                child,
+                precise,
+                cpu_start: BTreeMap::new(),
+                started,
+            })
+        }
+    }
+}
+
+/// Ends a launched command that outlived the measurement, as `timeout` does:
+/// SIGTERM, then SIGKILL after 2 s. Returns its exit code if it exited normally.
+fn stop_command(mut child: Child) -> Option<i32> {
+    use nix::sys::signal::{kill, Signal};
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok().and_then(|s| s.code())
+}
+
+/// Runs one measurement and returns its report.
+pub fn run(opts: &CheckOptions) -> Result<Report> {
+    install_interrupt_handler();
+    let mut probe = WaitProbe::load()?;
+    let mut attached = attach(opts, &mut probe)?;
+    let pid = attached.interp.pid;
+    let resolver = Arc::new(TstateResolver::new(
+        RemoteMemory::new(pid),
+        attached.interp.layout.thread_id,
+    ));
+    let sampler = GilSampler::start(
+        pid,
+        attached.gil_addr,
+        attached.interp.layout.gil_layout,
+        Arc::clone(&resolver),
+        opts.sample_hz,
+    );
+
+    let mut cpu_end: BTreeMap<u32, ThreadSample> = BTreeMap::new();
+    let mut holder_tids: HashMap<u64, u32> = HashMap::new();
+    let mut command_exit_code = None;
+    let ending = loop {
+        if let Ok(threads) = sample_threads(pid) {
+            cpu_end.extend(threads);
+        }
+        if let Ok(counters) = probe.read(pid) {
+            for key in counters.blocked_by.keys() {
+                if !holder_tids.contains_key(&key.holder_tstate) {
+                    if let Some(tid) = resolver.tid_of(key.holder_tstate) {
+                        holder_tids.insert(key.holder_tstate, tid);
+                    }
+                }
+            }
+        }
+        if let Some(child) = attached.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                command_exit_code = status.code();
+                break Ending::CommandExited;
+            }
+        } else if !std::path::Path::new(&format!("/proc/{pid}/task")).exists() {
+            break Ending::ProcessExited;
+        }
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            break Ending::Interrupted;
+        }
+        if opts
+            .duration
+            .is_some_and(|d| attached.started.elapsed() >= d)
+        {
+            break Ending::Duration;
+        }
+        std::thread::sleep(TICK);
+    };
+    let wall_s = attached.started.elapsed().as_secs_f64();
+    let gil = sampler.stop();
+
+    let waits = probe.read(pid)?;
+    for key in waits.blocked_by.keys() {
+        if let Some(tid) = resolver.tid_of(key.holder_tstate) {
+            holder_tids.entry(key.holder_tstate).or_insert(tid);
+        }
+    }
+    let precise = match &attached.precise {
+        Some((p, holds_exact, _)) => Some(PreciseCounters {
+            threads: p.read(pid)?,
+            holds_exact: *holds_exact,
+        }),
+        None => None,
+    };
+    if let Err(e) = probe.unwatch(pid) {
+        tracing::warn!("could not clear the kernel state of process {pid}: {e}");
+    }
+    drop(attached.precise.take());
+
+    if let Some(child) = attached.child.take() {
+        if ending == Ending::CommandExited {
+            // already reaped by try_wait
+        } else {
+            command_exit_code = stop_command(child);
+        }
+    }
+
+    let mode = if opts.precise {
+        Mode::Precise
+    } else {
+        Mode::Default
+    };
+    let mut measured_by = vec![
+        "GIL wait: threads blocking in futex() on the GIL's own memory (sched_switch tracepoint), \
+         nothing on the uncontended fast path"
+            .to_string(),
+        format!(
+            "GIL hold share and utilization: {} samples of the GIL state at {} Hz",
+            gil.samples, opts.sample_hz
+        ),
+        "CPU and run-queue delay: /proc/PID/task/TID/schedstat".to_string(),
+    ];
+    if let Some(p) = &precise {
+        measured_by.push(format!(
+            "--precise: uprobes on take_gil{}; GIL wait totals are exact take_gil times{}",
+            if p.holds_exact {
+                " and drop_gil"
+            } else {
+                " (drop_gil is inlined or stripped: holds stay sampled)"
+            },
+            if p.holds_exact {
+                ", hold times exact"
+            } else {
+                ""
+            }
+        ));
+    }
+    let measurement = Measurement {
+        pid,
+        wall_s,
+        mode,
+        interpreter: interpreter_info(&attached.interp),
+        cpu_start: attached.cpu_start,
+        cpu_end,
+        waits,
+        precise,
+        gil,
+        holder_tids,
+    };
+    let (process, threads) = analyse(&measurement);
+    let diagnosis = diagnose(&process, &threads);
+    Ok(Report {
+        schema: SCHEMA,
+        pid,
+        duration_s: wall_s,
+        mode,
+        interpreter: measurement.interpreter,
+        process,
+        threads,
+        diagnosis,
+        ended: ending,
+        command_exit_code,
+        measured_by,
+    })
+}

@@ -1,0 +1,126 @@
+//! The errors a user can cause or meet, each saying what was wrong and what to do.
+//!
+//! The binary maps [`Error::is_user_error`] to exit code 2 and everything else to 1,
+//! so the split between "you asked for something impossible" and "gilscope broke"
+//! lives in one place.
+
+use std::path::PathBuf;
+
+/// Everything that can stop a measurement.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no process with pid {pid}: check the pid (ps -e) or start the program with `gilscope check -- CMD`")]
+    NoSuchProcess { pid: u32 },
+
+    #[error("process {pid} ({exe}) is not a CPython process: no mapped file exports _PyRuntime")]
+    NotPython { pid: u32, exe: String },
+
+    #[error("process {pid} runs CPython {version}, which gilscope does not support yet (supported: {supported})")]
+    UnsupportedVersion {
+        pid: u32,
+        version: String,
+        supported: String,
+    },
+
+    #[error("cannot tell which CPython version {path} is: it has no Py_Version symbol, no version string and no versioned file name")]
+    UnknownVersion { path: PathBuf },
+
+    #[error("the GIL of process {pid} at {addr:#x} does not look valid ({why}); gilscope refuses to measure a layout it cannot confirm")]
+    GilNotValid { pid: u32, addr: u64, why: String },
+
+    #[error("permission denied: {what}. Run gilscope as root, or grant it CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")]
+    Permission { what: String },
+
+    #[error("{path} is not a readable ELF file: {why}")]
+    BadElf { path: PathBuf, why: String },
+
+    #[error("cannot start {command}: {why}")]
+    Launch { command: String, why: String },
+
+    #[error("the kernel refused the BPF programs: {0}")]
+    Bpf(String),
+
+    #[error("{0}")]
+    Internal(String),
+
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// True when the user can fix it (wrong pid, not Python, missing privilege): exit code 2.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Error::NoSuchProcess { .. }
+                | Error::NotPython { .. }
+                | Error::UnsupportedVersion { .. }
+                | Error::UnknownVersion { .. }
+                | Error::GilNotValid { .. }
+                | Error::Permission { .. }
+                | Error::Launch { .. }
+        )
+    }
+
+    /// Wraps an I/O error on a path, turning EPERM/EACCES into [`Error::Permission`]
+    /// and ENOENT/ESRCH on `/proc/PID` into [`Error::NoSuchProcess`].
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        match source.kind() {
+            std::io::ErrorKind::PermissionDenied => Error::Permission {
+                what: format!("reading {}", path.display()),
+            },
+            _ => match proc_pid_of(&path) {
+                Some(pid)
+                    if source.kind() == std::io::ErrorKind::NotFound
+                        || source.raw_os_error() == Some(libc::ESRCH) =>
+                {
+                    Error::NoSuchProcess { pid }
+                }
+                _ => Error::Io { path, source },
+            },
+        }
+    }
+}
+
+/// The pid in a `/proc/PID/...` path, if it is one.
+fn proc_pid_of(path: &std::path::Path) -> Option<u32> {
+    let mut parts = path.components().skip(1);
+    let proc_dir = parts.next()?;
+    if proc_dir.as_os_str() != "proc" {
+        return None;
+    }
+    parts.next()?.as_os_str().to_str()?.parse().ok()
+}
+
+/// Result with gilscope's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_proc_entry_means_the_process_is_gone() {
+        let err = Error::io(
+            "/proc/4242/maps",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert!(matches!(err, Error::NoSuchProcess { pid: 4242 }));
+        assert!(err.is_user_error());
+    }
+
+    #[test]
+    fn permission_errors_say_which_capabilities_to_grant() {
+        let err = Error::io(
+            "/proc/1/mem",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert!(err.to_string().contains("CAP_BPF"));
+        assert!(err.is_user_error());
+    }
+}

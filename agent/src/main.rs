@@ -1,0 +1,186 @@
+//! The `gilscope` command: parses arguments and hands over to the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use gilscope::check::{self, CheckOptions, Target};
+use gilscope::launch::ChildStdout;
+use gilscope::render;
+
+/// Shows whether Python services really run in parallel or are serialized by the GIL.
+#[derive(Parser, Debug)]
+#[command(name = "gilscope", version, about)]
+struct Cli {
+    /// More log output (-v: info, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Measure one CPython process ("is my concurrency real?") and print a report.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  gilscope check --pid 4242\n  gilscope check --json -- python3 app.py\n\n\
+Exit codes: 0 measured, 2 user error (no such pid, not CPython, missing privilege), 1 internal failure."
+)]
+struct CheckArgs {
+    /// Measure this running process.
+    #[arg(long, conflicts_with = "command")]
+    pid: Option<u32>,
+    /// How long to measure: 10s, 500ms, 2m (default 10s for --pid; until exit for a command).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Print one JSON document (schema gilscope.check/v1) instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Also probe take_gil/drop_gil with uprobes: exact, but slows GIL-churning programs.
+    #[arg(long)]
+    precise: bool,
+    /// GIL state samples per second (hold share, utilization).
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(10..=10_000))]
+    sample_hz: u32,
+    /// The command to start and measure, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+/// Parses `10`, `10s`, `500ms`, `2m`, `1.5s`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (examples: 10s, 500ms, 2m)"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{text}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("duration '{text}' must be positive"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "gilscope=warn",
+        1 => "gilscope=info",
+        _ => "gilscope=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GILSCOPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let target = match (args.pid, args.command.is_empty()) {
+        (Some(pid), true) => Target::Pid(pid),
+        (None, false) => Target::Command(args.command.clone()),
+        _ => {
+            eprintln!("gilscope check: give either --pid PID or a command after --");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let duration = match (&target, args.duration) {
+        (_, Some(d)) => Some(d),
+        (Target::Pid(_), None) => Some(Duration::from_secs(10)),
+        (Target::Command(_), None) => None,
+    };
+    let opts = CheckOptions {
+        target,
+        duration,
+        precise: args.precise,
+        sample_hz: args.sample_hz,
+        child_stdout: if args.json && args.output.is_none() {
+            ChildStdout::ToStderr
+        } else {
+            ChildStdout::Inherit
+        },
+    };
+    let report = match check::run(&opts) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("gilscope: {e}");
+            return Ok(ExitCode::from(if e.is_user_error() { 2 } else { 1 }));
+        }
+    };
+    if report.ended == gilscope::report::Ending::ProcessExited {
+        eprintln!(
+            "gilscope: process {} exited after {:.1} s; the report covers that time",
+            report.pid, report.duration_s
+        );
+    }
+    let text = if args.json {
+        render::json(&report) + "\n"
+    } else {
+        render::text(&report)
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(text.as_bytes())?;
+            stdout.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Check(args) => run_check(args),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("gilscope: {e:#}");
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,227 @@
+//! Finds the CPython interpreter inside a running process and the address of its GIL.
+//!
+//! The interpreter is whichever mapped file exports `_PyRuntime`: the executable
+//! (static builds such as Debian's `/usr/bin/python3.11`) or a `libpython3.X.so`.
+//! Files are opened through `/proc/PID/root`, so a process in a container is read
+//! from its own filesystem. The GIL address is only trusted after
+//! [`read_gil_state`] confirms that memory there looks like a GIL.
+
+use std::path::{Path, PathBuf};
+
+use procfs::process::{MMapPath, Process};
+
+use super::elf::{self, InterpreterFile};
+use super::versions::{self, GilLayout, GilLocation, Layout};
+use crate::error::{Error, Result};
+use crate::memory::RemoteMemory;
+
+/// The interpreter of one process: which file, where it is loaded, which layout applies.
+#[derive(Debug, Clone)]
+pub struct Interpreter {
+    pub pid: u32,
+    pub file: InterpreterFile,
+    /// The file's path as the process sees it (inside its mount namespace).
+    pub path_in_process: PathBuf,
+    /// The same file from the host: `/proc/PID/root/...`.
+    pub host_path: PathBuf,
+    /// The file is a shared `libpython`, not the executable.
+    pub is_library: bool,
+    /// Runtime address minus link-time address of the file's symbols.
+    pub load_bias: u64,
+    pub layout: &'static Layout,
+}
+
+impl Interpreter {
+    /// Runtime address of `_PyRuntime`.
+    pub fn py_runtime(&self) -> u64 {
+        self.file.py_runtime.wrapping_add(self.load_bias)
+    }
+
+    /// The GIL address without reading memory, when the layout makes it static (3.8-3.11).
+    pub fn static_gil_address(&self) -> Option<u64> {
+        match self.layout.gil {
+            GilLocation::Embedded(off) => Some(self.py_runtime() + off),
+            _ => None,
+        }
+    }
+
+    /// The GIL address, reading pointers from the process where the layout needs it.
+    pub fn gil_address(&self, mem: &RemoteMemory) -> Result<u64> {
+        match self.layout.gil {
+            GilLocation::Embedded(off) => Ok(self.py_runtime() + off),
+            GilLocation::InterpreterPointer { interp, gil_ptr } => {
+                let ptr = mem.read_u64(self.py_runtime() + interp + gil_ptr)?;
+                if ptr == 0 {
+                    return Err(Error::GilNotValid {
+                        pid: self.pid,
+                        addr: 0,
+                        why: "the interpreter has no GIL yet (still starting?)".into(),
+                    });
+                }
+                Ok(ptr)
+            }
+            GilLocation::DebugOffsets => Err(Error::UnsupportedVersion {
+                pid: self.pid,
+                version: self.file.version.to_string(),
+                supported: versions::supported_versions(),
+            }),
+        }
+    }
+}
+
+/// The GIL as read from memory at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GilState {
+    pub interval_us: u64,
+    pub locked: bool,
+    pub last_holder: u64,
+    pub switch_number: u64,
+}
+
+/// Reads and sanity-checks the GIL struct; errors explain what did not look right.
+pub fn read_gil_state(
+    pid: u32,
+    mem: &RemoteMemory,
+    addr: u64,
+    layout: &GilLayout,
+) -> Result<GilState> {
+    let mut raw = [0u8; 32];
+    mem.read(addr, &mut raw)?;
+    let field = |off: u64| -> u64 {
+        let off = off as usize;
+        raw.get(off..off + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0)
+    };
+    let interval_us = field(layout.interval);
+    let locked_word = field(layout.locked) & 0xffff_ffff;
+    let state = GilState {
+        interval_us,
+        locked: locked_word == 1,
+        last_holder: field(layout.last_holder),
+        switch_number: field(layout.switch_number),
+    };
+    let invalid = |why: String| Error::GilNotValid { pid, addr, why };
+    if interval_us == 0 {
+        return Err(invalid(
+            "switch interval is 0: the runtime is not initialized".into(),
+        ));
+    }
+    if interval_us > 10_000_000 {
+        return Err(invalid(format!(
+            "switch interval {interval_us} µs is implausible"
+        )));
+    }
+    if locked_word > 1 {
+        return Err(invalid(format!("locked = {locked_word}, expected 0 or 1")));
+    }
+    Ok(state)
+}
+
+/// A mapped file of the process, with the lowest address it is mapped at offset 0.
+struct MappedFile {
+    path: PathBuf,
+    base: u64,
+}
+
+fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
+    let proc_err = |e: procfs::ProcError| match e {
+        procfs::ProcError::NotFound(_) => Error::NoSuchProcess { pid },
+        procfs::ProcError::PermissionDenied(_) => Error::Permission {
+            what: format!("reading /proc/{pid}/maps"),
+        },
+        other => Error::Internal(format!("reading /proc/{pid}/maps: {other}")),
+    };
+    let process = Process::new(pid as i32).map_err(proc_err)?;
+    let maps = process.maps().map_err(proc_err)?;
+    let mut files: Vec<MappedFile> = Vec::new();
+    for map in maps {
+        let MMapPath::Path(path) = map.pathname else {
+            continue;
+        };
+        if map.offset != 0 {
+            continue;
+        }
+        match files.iter_mut().find(|f| f.path == path) {
+            Some(f) => f.base = f.base.min(map.address.0),
+            None => files.push(MappedFile {
+                path,
+                base: map.address.0,
+            }),
+        }
+    }
+    Ok(files)
+}
+
+/// Path of a file of process `pid`, seen from the host.
+pub fn host_path(pid: u32, path_in_process: &Path) -> PathBuf {
+    let relative = path_in_process.strip_prefix("/").unwrap_or(path_in_process);
+    PathBuf::from(format!("/proc/{pid}/root")).join(relative)
+}
+
+fn is_candidate(path: &Path, exe: Option<&Path>) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    Some(path) == exe || name.starts_with("libpython3") || name.starts_with("python3")
+}
+
+/// The mapped files that could hold the interpreter; cheap (no ELF is read), so a
+/// caller polling a starting process can skip [`find_interpreter`] until this changes.
+pub fn candidate_files(pid: u32) -> Result<Vec<PathBuf>> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    Ok(mapped_files(pid)?
+        .into_iter()
+        .map(|f| f.path)
+        .filter(|p| is_candidate(p, exe.as_deref()))
+        .collect())
+}
+
+/// Finds the interpreter of `pid`. `Ok(None)`: nothing mapped exports `_PyRuntime` (yet).
+pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let mut files = mapped_files(pid)?;
+    // The executable first: static builds define _PyRuntime there.
+    files.sort_by_key(|f| Some(f.path.as_path()) != exe.as_deref());
+    for mapped in files
+        .iter()
+        .filter(|f| is_candidate(&f.path, exe.as_deref()))
+    {
+        let host = host_path(pid, &mapped.path);
+        let file = match elf::inspect(&host) {
+            Ok(Some(file)) => file,
+            Ok(None) => continue,
+            Err(e @ Error::NoSuchProcess { .. }) => return Err(e),
+            Err(e) => {
+                tracing::debug!("skipping {}: {e}", host.display());
+                continue;
+            }
+        };
+        let layout =
+            versions::layout_for(file.version.line).ok_or_else(|| Error::UnsupportedVersion {
+                pid,
+                version: file.version.to_string(),
+                supported: versions::supported_versions(),
+            })?;
+        let load_bias = mapped.base.wrapping_sub(file.first_load_vaddr & !0xfff);
+        return Ok(Some(Interpreter {
+            pid,
+            is_library: Some(mapped.path.as_path()) != exe.as_deref(),
+            path_in_process: mapped.path.clone(),
+            host_path: host,
+            file,
+            load_bias,
+            layout,
+        }));
+    }
+    Ok(None)
+}
+
+/// [`find_interpreter`] that turns "nothing found" into [`Error::NotPython`].
+pub fn require_interpreter(pid: u32) -> Result<Interpreter> {
+    find_interpreter(pid)?.ok_or_else(|| Error::NotPython {
+        pid,
+        exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "unknown executable".into()),
+    })
+}

@@ -1,0 +1,180 @@
+//! The one table of CPython memory layouts gilscope relies on.
+//!
+//! Every figure here was read from the DWARF of a local build (`gdb -batch -ex
+//! 'print &((struct pyruntimestate*)0)->ceval.gil' libpython3.X.so`); the tests at
+//! the bottom pin them, and a later check compares them with each build's debug
+//! info. Nothing else in the agent hard-codes a CPython offset.
+
+use std::fmt;
+
+/// A CPython `major.minor` release line: layouts only change between these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PyVersion {
+    pub major: u8,
+    pub minor: u8,
+}
+
+impl fmt::Display for PyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// How to get from `_PyRuntime` to the GIL state of the main interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GilLocation {
+    /// The GIL struct is embedded in `_PyRuntime` at this offset (3.8-3.11).
+    Embedded(u64),
+    /// `_PyRuntime` embeds the main interpreter at `interp`; the interpreter
+    /// holds a pointer to its GIL at `interp + gil_ptr` (3.12).
+    InterpreterPointer { interp: u64, gil_ptr: u64 },
+    /// Read from `_PyRuntime.debug_offsets` (3.13+), not from this table.
+    DebugOffsets,
+}
+
+/// Offsets inside `struct _gil_runtime_state`, relative to its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GilLayout {
+    /// Switch interval in µs; 5000 by default, the first validation check.
+    pub interval: u64,
+    /// `PyThreadState *` of the thread that took the GIL last.
+    pub last_holder: u64,
+    /// `int`, 1 while the GIL is held.
+    pub locked: u64,
+    /// Incremented each time the GIL passes to another thread.
+    pub switch_number: u64,
+    /// Waiters in `take_gil` sleep here (timed, `interval` at a time).
+    pub cond: u64,
+    pub mutex: u64,
+    /// The forced-switch wait in `drop_gil`.
+    pub switch_cond: u64,
+    /// Size of the struct; everything at or past `switch_cond` is the drop side.
+    pub size: u64,
+}
+
+/// The layout shared by every default (GIL) build from 3.8 to 3.13 with glibc.
+pub const GIL_LAYOUT_DEFAULT: GilLayout = GilLayout {
+    interval: 0,
+    last_holder: 8,
+    locked: 16,
+    switch_number: 24,
+    cond: 32,
+    mutex: 80,
+    switch_cond: 120,
+    size: 208,
+};
+
+/// How a thread state names its OS thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadIdField {
+    /// `PyThreadState.native_thread_id`: the kernel tid (3.11+).
+    NativeThreadId(u64),
+    /// Only `PyThreadState.thread_id` (a `pthread_t`) exists (3.8-3.10).
+    PthreadOnly(u64),
+}
+
+/// Everything gilscope needs to know about one CPython release line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub version: PyVersion,
+    pub gil: GilLocation,
+    pub gil_layout: GilLayout,
+    pub thread_id: ThreadIdField,
+}
+
+const fn v(major: u8, minor: u8) -> PyVersion {
+    PyVersion { major, minor }
+}
+
+/// Layouts of the default (GIL-enabled, glibc, x86_64) builds, measured from DWARF.
+const LAYOUTS: &[Layout] = &[
+    Layout {
+        version: v(3, 8),
+        gil: GilLocation::Embedded(0x480),
+        gil_layout: GIL_LAYOUT_DEFAULT,
+        thread_id: ThreadIdField::PthreadOnly(0xb0),
+    },
+    Layout {
+        version: v(3, 9),
+        gil: GilLocation::Embedded(0x160),
+        gil_layout: GIL_LAYOUT_DEFAULT,
+        thread_id: ThreadIdField::PthreadOnly(0xb0),
+    },
+    Layout {
+        version: v(3, 10),
+        gil: GilLocation::Embedded(0x160),
+        gil_layout: GIL_LAYOUT_DEFAULT,
+        thread_id: ThreadIdField::PthreadOnly(0xb0),
+    },
+    Layout {
+        version: v(3, 11),
+        gil: GilLocation::Embedded(0x168),
+        gil_layout: GIL_LAYOUT_DEFAULT,
+        thread_id: ThreadIdField::NativeThreadId(0xa0),
+    },
+    Layout {
+        version: v(3, 12),
+        gil: GilLocation::InterpreterPointer {
+            interp: 0x12a68,
+            gil_ptr: 0x180,
+        },
+        gil_layout: GIL_LAYOUT_DEFAULT,
+        thread_id: ThreadIdField::NativeThreadId(0x90),
+    },
+    Layout {
+        version: v(3, 13),
+        gil: GilLocation::DebugOffsets,
+        gil_layout: GIL_LAYOUT_DEFAULT,
+        thread_id: ThreadIdField::NativeThreadId(0xa0),
+    },
+];
+
+/// The layout for a release line, or `None` when gilscope does not know it.
+pub fn layout_for(version: PyVersion) -> Option<&'static Layout> {
+    LAYOUTS.iter().find(|l| l.version == version)
+}
+
+/// The release lines with a known layout, for error messages.
+pub fn supported_versions() -> String {
+    LAYOUTS
+        .iter()
+        .map(|l| l.version.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gil_offsets_match_the_dwarf_of_local_builds() {
+        let embedded = |major, minor| match layout_for(v(major, minor)).map(|l| l.gil) {
+            Some(GilLocation::Embedded(off)) => off,
+            other => panic!("{major}.{minor}: {other:?}"),
+        };
+        assert_eq!(embedded(3, 8), 0x480);
+        assert_eq!(embedded(3, 9), 0x160);
+        assert_eq!(embedded(3, 10), 0x160);
+        assert_eq!(embedded(3, 11), 0x168);
+    }
+
+    #[test]
+    fn python_3_11_names_threads_by_native_id_at_160() {
+        let layout = layout_for(v(3, 11)).expect("3.11 is supported");
+        assert_eq!(layout.thread_id, ThreadIdField::NativeThreadId(160));
+    }
+
+    #[test]
+    fn the_gil_struct_is_208_bytes_with_the_drop_side_at_120() {
+        assert_eq!(GIL_LAYOUT_DEFAULT.size, 208);
+        assert_eq!(GIL_LAYOUT_DEFAULT.switch_cond, 120);
+        assert_eq!(GIL_LAYOUT_DEFAULT.cond, 32);
+    }
+
+    #[test]
+    fn unknown_versions_have_no_layout() {
+        assert!(layout_for(v(2, 7)).is_none());
+        assert!(layout_for(v(3, 7)).is_none());
+    }
+}

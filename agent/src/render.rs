@@ -1,0 +1,117 @@
+//! Renders a [`Report`] for people (a terminal table) or programs (one JSON document).
+
+use std::fmt::Write as _;
+
+use crate::report::{Report, Severity};
+
+/// The report as one pretty-printed JSON document.
+pub fn json(report: &Report) -> String {
+    // Serializing plain structs of numbers and strings cannot fail.
+    serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.0}%", x * 100.0)
+}
+
+fn duration_us(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.1}ms", us / 1000.0)
+    } else {
+        format!("{us:.0}µs")
+    }
+}
+
+/// The report as a terminal table: verdict first, then the process, then each thread.
+pub fn text(report: &Report) -> String {
+    let mut out = String::new();
+    let p = &report.process;
+    let i = &report.interpreter;
+    let _ = writeln!(
+        out,
+        "gilscope check: pid {}, CPython {} ({}{}), {:.1} s, {} mode",
+        report.pid,
+        i.version,
+        i.library.as_deref().unwrap_or(&i.executable),
+        if i.stripped { ", stripped" } else { "" },
+        report.duration_s,
+        match report.mode {
+            crate::report::Mode::Default => "default",
+            crate::report::Mode::Precise => "precise",
+        }
+    );
+    out.push('\n');
+    for d in &report.diagnosis {
+        let tag = match d.severity {
+            Severity::Critical => "CRITICAL",
+            Severity::Warning => "WARNING",
+            Severity::Info => "OK",
+        };
+        let _ = writeln!(out, "{tag}: {}", d.summary);
+        let _ = writeln!(out, "  {}", d.advice);
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "process: GIL utilization {}  queue length {:.2}  effective parallelism {:.2}  \
+         switches {:.0}/s",
+        pct(p.gil_utilization),
+        p.gil_queue_length,
+        p.effective_parallelism,
+        p.gil_switches_per_s
+    );
+    let _ = writeln!(
+        out,
+        "         CPU {:.2}s  run-queue {:.2}s  GIL wait {:.2}s in {} waits (p50 {}, p99 {})  \
+         other futex wait {:.2}s",
+        p.cpu_s,
+        p.runqueue_wait_s,
+        p.gil_wait_s,
+        p.gil_waits,
+        duration_us(p.gil_wait_p50_us),
+        duration_us(p.gil_wait_p99_us),
+        p.futex_wait_s
+    );
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<16} {:>7} {:>7} {:>8} {:>6} {:>8} {:>8} {:>6} {:>7} {:>8}  blocked by",
+        "tid", "thread", "cpu", "runq", "gil wait", "waits", "p50", "p99", "hold", "drop", "futex"
+    );
+    for t in &report.threads {
+        let blocked: Vec<String> = t
+            .blocked_by
+            .iter()
+            .take(3)
+            .map(|b| {
+                let who = if b.tid == 0 {
+                    "?".to_string()
+                } else {
+                    b.tid.to_string()
+                };
+                format!("{who} {:.2}s", b.gil_wait_s)
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<16} {:>6.2}s {:>6.2}s {:>7.2}s {:>6} {:>8} {:>8} {:>6} {:>6.2}s {:>7.2}s  {}",
+            t.tid,
+            t.name,
+            t.cpu_s,
+            t.runqueue_wait_s,
+            t.gil_wait_s,
+            t.gil_waits,
+            duration_us(t.gil_wait_p50_us),
+            duration_us(t.gil_wait_p99_us),
+            pct(t.gil_hold_share),
+            t.drop_wait_s,
+            t.futex_wait_s,
+            blocked.join(", ")
+        );
+    }
+    out.push('\n');
+    for line in &report.measured_by {
+        let _ = writeln!(out, "measured: {line}");
+    }
+    out
+}

@@ -1,0 +1,127 @@
+//! The `Report`: what one measurement of one process found, as plain data.
+//!
+//! These structs are the `gilscope.check/v1` JSON schema; field names are part
+//! of the public interface and must stay stable. Renderers (text, JSON) and the
+//! exporters read this and nothing else.
+
+use serde::Serialize;
+
+/// Schema identifier written into every JSON document.
+pub const SCHEMA: &str = "gilscope.check/v1";
+
+/// How the GIL was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// futex waits on the GIL + sampled holder: nothing on the fast path.
+    Default,
+    /// uprobes on take_gil/drop_gil in addition: exact, but costly on GIL-churning code.
+    Precise,
+}
+
+/// Which interpreter was measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct InterpreterInfo {
+    pub executable: String,
+    pub library: Option<String>,
+    pub version: String,
+    pub stripped: bool,
+    pub gil_enabled: bool,
+    pub free_threaded: bool,
+}
+
+/// Totals and ratios for the whole process.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessReport {
+    pub wall_s: f64,
+    pub cpu_s: f64,
+    pub runqueue_wait_s: f64,
+    pub gil_wait_s: f64,
+    pub gil_waits: u64,
+    pub gil_wait_p50_us: f64,
+    pub gil_wait_p99_us: f64,
+    /// Exact hold time; `null` unless `--precise` could probe drop_gil.
+    pub gil_hold_s: Option<f64>,
+    pub gil_utilization: f64,
+    pub gil_queue_length: f64,
+    pub effective_parallelism: f64,
+    pub gil_switches_per_s: f64,
+    pub futex_wait_s: f64,
+}
+
+/// GIL wait one thread spent behind another.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BlockedBy {
+    /// Holder tid; 0 when the holder could not be identified.
+    pub tid: u32,
+    pub gil_wait_s: f64,
+}
+
+/// One thread of the process.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadReport {
+    pub tid: u32,
+    pub name: String,
+    pub cpu_s: f64,
+    pub runqueue_wait_s: f64,
+    pub gil_wait_s: f64,
+    pub gil_waits: u64,
+    pub gil_wait_p50_us: f64,
+    pub gil_wait_p99_us: f64,
+    pub gil_hold_s: Option<f64>,
+    pub gil_hold_share: f64,
+    pub drop_wait_s: f64,
+    pub futex_wait_s: f64,
+    pub blocked_by: Vec<BlockedBy>,
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// One finding with its advice.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnosis {
+    pub kind: String,
+    pub severity: Severity,
+    pub summary: String,
+    pub advice: String,
+}
+
+/// Why the measurement ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// `--duration` elapsed.
+    Duration,
+    /// The launched command exited.
+    CommandExited,
+    /// The watched process exited before `--duration`: the report covers what was seen.
+    ProcessExited,
+    /// Interrupted (Ctrl-C).
+    Interrupted,
+}
+
+/// The whole `gilscope.check/v1` document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub pid: u32,
+    pub duration_s: f64,
+    pub mode: Mode,
+    pub interpreter: InterpreterInfo,
+    pub process: ProcessReport,
+    pub threads: Vec<ThreadReport>,
+    pub diagnosis: Vec<Diagnosis>,
+    /// Why measuring stopped.
+    pub ended: Ending,
+    /// Exit status of a launched command (`null` for `--pid`, or if killed by a signal).
+    pub command_exit_code: Option<i32>,
+    /// Which mechanism produced which figure, in plain words.
+    pub measured_by: Vec<String>,
+}

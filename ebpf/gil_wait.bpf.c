@@ -1,0 +1,246 @@
+// SPDX-License-Identifier: GPL-2.0
+/* GIL waits, observed only where a thread actually blocks.
+ *
+ * Hooked on sched_switch (BTF tracepoint), not on the futex syscall: a thread
+ * that takes a free GIL never leaves the CPU and pays nothing, and syscalls of
+ * other kinds are not slowed either (a syscall tracepoint would tax them all).
+ *
+ * When a thread of a watched process goes to sleep inside futex(), its saved
+ * syscall registers say which futex word it sleeps on. Inside the GIL struct
+ * that is a take-side wait (cond), a GIL mutex wait, or a drop-side
+ * forced-switch wait (switch_cond/switch_mutex); anything else is a non-GIL
+ * wait. The wait ends when the thread is switched back in. take_gil waits in
+ * timed slices (the switch interval); a slice that ran into its deadline is
+ * merged with the retry that follows. The holder (gil->last_holder) is read at
+ * the start of every take slice, so wait time is attributed to the thread that
+ * blocked it. Only counters leave the kernel.
+ */
+#include <linux/bpf.h>
+#include <linux/futex.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "gilscope.h"
+#include "bits.bpf.h"
+
+#define SYS_FUTEX_X86_64 202
+
+/* Only the members used here; CO-RE relocates them against the kernel's BTF. */
+struct task_struct {
+	int pid;
+	int tgid;
+} __attribute__((preserve_access_index));
+
+struct pt_regs {
+	unsigned long r10;
+	unsigned long si;
+	unsigned long di;
+	unsigned long orig_ax;
+} __attribute__((preserve_access_index));
+
+struct user_timespec {
+	__s64 tv_sec;
+	__s64 tv_nsec;
+};
+
+/* A take slice that starts this long after the previous one timed out is a new wait. */
+const volatile __u64 continuation_gap_ns = 1000000;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct gil_target);
+} targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct thread_waits);
+} thread_waits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct blocked_key);
+	__type(value, struct blocked_val);
+} blocked_by SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct futex_inflight);
+} inflight SEC(".maps");
+
+/* Too large for the BPF stack: the zero value new entries start from. */
+static struct thread_waits zero_waits;
+
+static __always_inline int is_wait_op(__u32 op)
+{
+	switch (op & FUTEX_CMD_MASK) {
+	case FUTEX_WAIT:
+	case FUTEX_WAIT_BITSET:
+	case FUTEX_LOCK_PI:
+	case FUTEX_LOCK_PI2:
+	case FUTEX_WAIT_REQUEUE_PI:
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline __u32 classify(const struct gil_target *t, __u64 uaddr)
+{
+	if (uaddr < t->gil_addr || uaddr >= t->gil_addr + t->gil_size)
+		return WAIT_OTHER;
+	__u64 off = uaddr - t->gil_addr;
+	if (off >= t->switch_cond_off)
+		return WAIT_DROP;
+	if (off >= t->mutex_off)
+		return WAIT_MUTEX;
+	if (off >= t->cond_off)
+		return WAIT_TAKE;
+	return WAIT_OTHER;
+}
+
+static __always_inline __u64 read_user_u64(__u64 addr)
+{
+	__u64 v = 0;
+	if (bpf_probe_read_user(&v, sizeof(v), (const void *)addr))
+		return 0;
+	return v;
+}
+
+/* CLOCK_MONOTONIC deadline of a futex wait, 0 when there is none or it is on CLOCK_REALTIME. */
+static __always_inline __u64 futex_deadline(__u32 op, __u64 timeout, __u64 now)
+{
+	struct user_timespec ts;
+	if (!timeout || (op & FUTEX_CLOCK_REALTIME))
+		return 0;
+	if (bpf_probe_read_user(&ts, sizeof(ts), (const void *)timeout))
+		return 0;
+	__u64 ns = (__u64)ts.tv_sec * 1000000000ULL + (__u64)ts.tv_nsec;
+	/* FUTEX_WAIT takes a relative timeout, the others an absolute one. */
+	return (op & FUTEX_CMD_MASK) == FUTEX_WAIT ? now + ns : ns;
+}
+
+static __always_inline void close_take_wait(struct thread_waits *w, __u64 d)
+{
+	w->take_wait_ns += d;
+	w->take_waits++;
+	w->take_hist[log2_slot(d)]++;
+}
+
+/* The current task (prev) is going to sleep. */
+static __always_inline void on_block(struct task_struct *prev, __u64 now)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
+	const struct gil_target *t = bpf_map_lookup_elem(&targets, &tgid);
+	if (!t)
+		return;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(prev);
+	if (!regs || BPF_CORE_READ(regs, orig_ax) != SYS_FUTEX_X86_64)
+		return;
+	__u32 op = (__u32)BPF_CORE_READ(regs, si);
+	if (!is_wait_op(op))
+		return;
+	__u64 uaddr = BPF_CORE_READ(regs, di);
+	__u32 kind = classify(t, uaddr);
+	__u64 holder = kind == WAIT_TAKE ? read_user_u64(t->gil_addr + t->last_holder_off) : 0;
+	__u64 deadline = futex_deadline(op, BPF_CORE_READ(regs, r10), now);
+
+	struct futex_inflight *cur = bpf_map_lookup_elem(&inflight, &tid);
+	if (cur && cur->continuing && kind == WAIT_TAKE &&
+	    now - cur->last_exit_ns < continuation_gap_ns) {
+		cur->segment_start_ns = now;
+		cur->holder_tstate = holder;
+		cur->deadline_ns = deadline;
+		cur->continuing = 0;
+		return;
+	}
+	if (cur && cur->continuing) {
+		/* The retry never came: the thread got the GIL after its last slice. */
+		struct thread_waits *w = bpf_map_lookup_elem(&thread_waits, &tid);
+		if (w)
+			close_take_wait(w, cur->last_exit_ns - cur->wait_start_ns);
+	}
+	struct futex_inflight fresh = {
+		.wait_start_ns = now,
+		.segment_start_ns = now,
+		.holder_tstate = holder,
+		.deadline_ns = deadline,
+		.kind = kind,
+	};
+	bpf_map_update_elem(&inflight, &tid, &fresh, BPF_ANY);
+}
+
+/* `next` is about to run again: if it slept in a watched futex, the wait is over. */
+static __always_inline void on_run(struct task_struct *next, __u64 now)
+{
+	__u32 tid = BPF_CORE_READ(next, pid);
+	struct futex_inflight *cur = bpf_map_lookup_elem(&inflight, &tid);
+	if (!cur || cur->continuing)
+		return;
+	__u32 tgid = BPF_CORE_READ(next, tgid);
+	__u64 segment = now - cur->segment_start_ns;
+
+	struct thread_waits *w = lookup_or_init(&thread_waits, &tid, &zero_waits);
+	if (!w)
+		return;
+	w->tgid = tgid;
+
+	switch (cur->kind) {
+	case WAIT_TAKE: {
+		struct blocked_key bk = { .waiter_tid = tid, .holder_tstate = cur->holder_tstate };
+		struct blocked_val bzero = {};
+		struct blocked_val *b = lookup_or_init(&blocked_by, &bk, &bzero);
+		if (b) {
+			b->wait_ns += segment;
+			b->segments++;
+		}
+		w->take_futex_calls++;
+		if (cur->deadline_ns && now >= cur->deadline_ns) {
+			/* Timed out: take_gil asks the holder to drop and waits again. */
+			cur->continuing = 1;
+			cur->last_exit_ns = now;
+			return;
+		}
+		close_take_wait(w, now - cur->wait_start_ns);
+		break;
+	}
+	case WAIT_MUTEX:
+		w->mutex_wait_ns += segment;
+		w->mutex_waits++;
+		break;
+	case WAIT_DROP:
+		w->drop_wait_ns += segment;
+		w->drop_waits++;
+		break;
+	default:
+		w->other_wait_ns += segment;
+		w->other_waits++;
+	}
+	bpf_map_delete_elem(&inflight, &tid);
+}
+
+SEC("tp_btf/sched_switch")
+int sched_switch(__u64 *ctx)
+{
+	/* (bool preempt, struct task_struct *prev, struct task_struct *next, unsigned int prev_state) */
+	int preempt = (int)ctx[0];
+	struct task_struct *prev = (struct task_struct *)ctx[1];
+	struct task_struct *next = (struct task_struct *)ctx[2];
+	__u32 prev_state = (__u32)ctx[3];
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!preempt && prev_state != 0)
+		on_block(prev, now);
+	on_run(next, now);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,79 @@
+/* Structs shared by the BPF programs and the agent.
+ *
+ * The Rust side mirrors every struct here in agent/src/bpf/layout.rs, with a
+ * test that checks sizes and offsets; change both together.
+ */
+#ifndef GILSCOPE_H
+#define GILSCOPE_H
+
+#include <linux/types.h>
+
+/* log2(ns) buckets: slot i counts waits in [2^i, 2^(i+1)) ns, the same
+ * boundaries as an OpenTelemetry exponential histogram at scale 0. */
+#define GILSCOPE_HIST_SLOTS 64
+
+/* Where the GIL of one process lives and how to read it (key: tgid).
+ * Offsets are relative to gil_addr and come from the agent's version table. */
+struct gil_target {
+	__u64 gil_addr;
+	__u32 gil_size;         /* bytes of struct _gil_runtime_state */
+	__u32 cond_off;         /* take side: waiters sleep on cond ... */
+	__u32 mutex_off;        /* ... and contend on mutex */
+	__u32 switch_cond_off;  /* drop side (FORCE_SWITCHING): switch_cond + switch_mutex up to gil_size */
+	__u32 last_holder_off;  /* PyThreadState* of the thread that took the GIL last */
+	__u32 locked_off;       /* int, 1 while held */
+};
+
+/* Cumulative futex-wait counters of one thread (key: tid). */
+struct thread_waits {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 take_wait_ns;   /* blocked on gil->cond, timed-out retries merged into one wait */
+	__u64 take_waits;     /* merged waits */
+	__u64 take_futex_calls;
+	__u64 mutex_wait_ns;  /* blocked on gil->mutex */
+	__u64 mutex_waits;
+	__u64 drop_wait_ns;   /* blocked on switch_cond/switch_mutex inside drop_gil */
+	__u64 drop_waits;
+	__u64 other_wait_ns;  /* any other futex wait of the process */
+	__u64 other_waits;
+	__u64 take_hist[GILSCOPE_HIST_SLOTS];
+};
+
+/* What a thread is blocked on right now (key: tid). */
+enum wait_kind { WAIT_OTHER = 0, WAIT_TAKE = 1, WAIT_MUTEX = 2, WAIT_DROP = 3 };
+
+struct futex_inflight {
+	__u64 wait_start_ns;     /* start of the (merged) wait */
+	__u64 segment_start_ns;  /* start of the current futex call */
+	__u64 last_exit_ns;      /* end of the last timed-out take segment */
+	__u64 holder_tstate;     /* gil->last_holder when this segment began */
+	__u64 deadline_ns;       /* CLOCK_MONOTONIC timeout of this futex call; 0 = none/unknown */
+	__u32 kind;              /* enum wait_kind */
+	__u32 continuing;        /* 1: a timed-out take wait that will retry */
+};
+
+/* GIL wait of one thread while a given thread state held the GIL. */
+struct blocked_key {
+	__u32 waiter_tid;
+	__u32 _pad;
+	__u64 holder_tstate;  /* gil->last_holder read when the wait (segment) began; 0 = unreadable */
+};
+
+struct blocked_val {
+	__u64 wait_ns;
+	__u64 segments;
+};
+
+/* Exact take_gil/drop_gil timing from uprobes (--precise; key: tid). */
+struct precise_gil {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 take_calls;     /* every take_gil, including the uncontended ones */
+	__u64 take_ns;        /* entry to return of take_gil */
+	__u64 hold_ns;        /* take_gil return to the next drop_gil entry */
+	__u64 holds;
+	__u64 take_hist[GILSCOPE_HIST_SLOTS];
+};
+
+#endif

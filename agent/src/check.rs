@@ -22,7 +22,7 @@ use crate::memory::RemoteMemory;
 use crate::python::elf::ElfImage;
 use crate::python::finder::{self, FoundBy};
 use crate::python::locate::{self, Interpreter};
-use crate::report::{Ending, InterpreterInfo, Mode, Report, SCHEMA};
+use crate::report::{Ending, InterpreterInfo, Mode, PreciseProbes, ProbeSite, Report, SCHEMA};
 use crate::threads::{sample_threads, ThreadSample};
 
 /// What to measure.
@@ -69,6 +69,34 @@ fn install_interrupt_handler() {
             tracing::debug!("cannot install a {signal} handler: {e}");
         }
     }
+}
+
+/// The attached `--precise` uprobes and where they went.
+struct PreciseAttachment {
+    probe: PreciseProbe,
+    sites: PreciseProbes,
+}
+
+fn site(offset: u64, how: FoundBy) -> ProbeSite {
+    ProbeSite {
+        file_offset: offset,
+        found_by: match how {
+            FoundBy::SymbolTable => "symbol_table",
+            FoundBy::Disassembly => "disassembly",
+        },
+    }
+}
+
+fn attach_precise(interp: &Interpreter) -> Result<PreciseAttachment> {
+    let (targets, how) = precise_targets(interp)?;
+    let probe = PreciseProbe::attach(interp.pid, &interp.host_path, targets)?;
+    Ok(PreciseAttachment {
+        probe,
+        sites: PreciseProbes {
+            take_gil: site(targets.take_gil, how),
+            drop_gil: targets.drop_gil.map(|o| site(o, FoundBy::SymbolTable)),
+        },
+    })
 }
 
 fn precise_targets(interp: &Interpreter) -> Result<(PreciseTargets, FoundBy)> {
@@ -143,7 +171,7 @@ struct Attached {
     interp: Interpreter,
     gil_addr: u64,
     child: Option<Child>,
-    precise: Option<(PreciseProbe, bool, FoundBy)>,
+    precise: Option<PreciseAttachment>,
     cpu_start: BTreeMap<u32, ThreadSample>,
     started: Instant,
 }
@@ -160,9 +188,7 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
             let gil_addr = interp.gil_address(&mem)?;
             locate::read_gil_state(pid, &mem, gil_addr, &interp.layout.gil_layout)?;
             let precise = if opts.precise {
-                let (targets, how) = precise_targets(&interp)?;
-                let p = PreciseProbe::attach(pid, &interp.host_path, targets)?;
-                Some((p, targets.drop_gil.is_some(), how))
+                Some(attach_precise(&interp)?)
             } else {
                 None
             };
@@ -186,9 +212,7 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
                     static_gil = Some(addr);
                 }
                 if opts.precise {
-                    let (targets, how) = precise_targets(interp)?;
-                    let p = PreciseProbe::attach(interp.pid, &interp.host_path, targets)?;
-                    precise = Some((p, targets.drop_gil.is_some(), how));
+                    precise = Some(attach_precise(interp)?);
                 }
                 Ok(())
             })?;
@@ -219,6 +243,14 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
                 started,
             })
         }
+    }
+}
+
+/// A process is gone once /proc forgets it or it is a zombie waiting to be reaped.
+fn is_alive(pid: u32) -> bool {
+    match procfs::process::Process::new(pid as i32).and_then(|p| p.stat()) {
+        Ok(stat) => !matches!(stat.state, 'Z' | 'X' | 'x'),
+        Err(_) => false,
     }
 }
 
@@ -266,9 +298,11 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         }
         if let Ok(counters) = probe.read(pid) {
             for key in counters.blocked_by.keys() {
-                if !holder_tids.contains_key(&key.holder_tstate) {
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    holder_tids.entry(key.holder_tstate)
+                {
                     if let Some(tid) = resolver.tid_of(key.holder_tstate) {
-                        holder_tids.insert(key.holder_tstate, tid);
+                        slot.insert(tid);
                     }
                 }
             }
@@ -278,7 +312,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
                 command_exit_code = status.code();
                 break Ending::CommandExited;
             }
-        } else if !std::path::Path::new(&format!("/proc/{pid}/task")).exists() {
+        } else if !is_alive(pid) {
             break Ending::ProcessExited;
         }
         if INTERRUPTED.load(Ordering::Relaxed) {
@@ -302,16 +336,16 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         }
     }
     let precise = match &attached.precise {
-        Some((p, holds_exact, _)) => Some(PreciseCounters {
-            threads: p.read(pid)?,
-            holds_exact: *holds_exact,
+        Some(p) => Some(PreciseCounters {
+            threads: p.probe.read(pid)?,
+            holds_exact: p.sites.drop_gil.is_some(),
         }),
         None => None,
     };
     if let Err(e) = probe.unwatch(pid) {
         tracing::warn!("could not clear the kernel state of process {pid}: {e}");
     }
-    drop(attached.precise.take());
+    let precise_probes = attached.precise.take().map(|p| p.sites);
 
     if let Some(child) = attached.child.take() {
         if ending == Ending::CommandExited {
@@ -377,5 +411,6 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         ended: ending,
         command_exit_code,
         measured_by,
+        precise_probes,
     })
 }

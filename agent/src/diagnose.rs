@@ -61,7 +61,7 @@ pub fn diagnose(process: &ProcessReport, threads: &[ThreadReport]) -> Vec<Diagno
                 .into(),
         });
     }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|d| std::cmp::Reverse(d.severity));
     out
 }
 

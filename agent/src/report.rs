@@ -107,6 +107,23 @@ pub enum Ending {
     Interrupted,
 }
 
+/// Where a `--precise` uprobe was attached, and on what evidence.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeSite {
+    /// Offset in the interpreter file (what the uprobe attaches to).
+    pub file_offset: u64,
+    /// `symbol_table` or `disassembly`.
+    pub found_by: &'static str,
+}
+
+/// The uprobes of `--precise`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreciseProbes {
+    pub take_gil: ProbeSite,
+    /// `null`: drop_gil is inlined or stripped, so hold times are sampled.
+    pub drop_gil: Option<ProbeSite>,
+}
+
 /// The whole `gilscope.check/v1` document.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -124,4 +141,6 @@ pub struct Report {
     pub command_exit_code: Option<i32>,
     /// Which mechanism produced which figure, in plain words.
     pub measured_by: Vec<String>,
+    /// `--precise` only: where take_gil/drop_gil were probed.
+    pub precise_probes: Option<PreciseProbes>,
 }

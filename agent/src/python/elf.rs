@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn the_version_literal_is_found_among_other_strings() {
-        let rodata = b"\0hello\03.1\0x3.9.18\03.9.18\0%s (%s)\0";
+        let rodata = b"\0hello\x003.1\0x3.9.18\x003.9.18\0%s (%s)\0";
         assert_eq!(
             version_from_rodata(rodata).map(|v| v.to_string()),
             Some("3.9.18".into())

@@ -23,7 +23,8 @@ pub fn diagnose(process: &ProcessReport, threads: &[ThreadReport]) -> Vec<Diagno
     let hungry = cpu_hungry(threads, process.wall_s);
     let mut out = Vec::new();
     if process.gil_queue_length >= SERIALIZED_QUEUE_LENGTH && hungry >= 2 {
-        let severity = if process.gil_queue_length >= 1.0 {
+        // n fully serialized threads keep n-1 of them waiting: near that, it is critical.
+        let severity = if process.gil_queue_length >= 0.75 * (hungry as f64 - 1.0) {
             Severity::Critical
         } else {
             Severity::Warning
@@ -117,6 +118,17 @@ mod tests {
             "{}",
             d[0].summary
         );
+    }
+
+    #[test]
+    fn two_threads_taking_turns_are_critical_but_mild_contention_is_a_warning() {
+        let threads = vec![thread(2.0, 1.8); 2];
+        let d = diagnose(&process(0.9, 0.98), &threads);
+        assert_eq!(d[0].severity, Severity::Critical);
+        let threads = vec![thread(3.0, 0.6); 4];
+        let d = diagnose(&process(0.6, 3.0), &threads);
+        assert_eq!(d[0].kind, "gil_serialized_threads");
+        assert_eq!(d[0].severity, Severity::Warning);
     }
 
     #[test]

@@ -189,3 +189,73 @@ fn a_launched_command_reports_its_exit_status_and_keeps_stdout_clean() {
         "the command's stdout went to stderr"
     );
 }
+
+#[test]
+fn an_unsupported_python_version_is_refused_with_the_supported_list() {
+    if !can_use_bpf() {
+        return;
+    }
+    let root = std::env::var("PYENV_ROOT").unwrap_or_else(|_| "/root/.pyenv".into());
+    let Some(python37) = std::fs::read_dir(format!("{root}/versions"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("3.7."))
+        .map(|e| e.path().join("bin/python3.7"))
+    else {
+        missing("no pyenv CPython 3.7 to stand for an unsupported version");
+        return;
+    };
+    let out = gilscope()
+        .args(["check", "--"])
+        .arg(&python37)
+        .args(["-c", "import time; time.sleep(0.5)"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("CPython 3.7.") && err.contains("does not support yet"),
+        "{err}"
+    );
+    assert!(err.contains("supported: 3.8, 3.9, 3.10, 3.11"), "{err}");
+}
+
+#[test]
+fn without_privilege_the_message_says_what_to_grant() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = pyenv_python311() else {
+        return;
+    };
+    let mut target = Command::new(&python)
+        .args(["-c", "import time; time.sleep(5)"])
+        .spawn()
+        .expect("python");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_gilscope"))
+        .args([
+            "check",
+            "--pid",
+            &target.id().to_string(),
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .expect("setpriv (util-linux) runs gilscope as nobody");
+    let _ = target.kill();
+    let _ = target.wait();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("permission denied") && err.contains("Run gilscope as root"),
+        "{err}"
+    );
+}

@@ -11,6 +11,7 @@ packages=(
   binutils        # objcopy: the stripped-interpreter test
   python3.11      # Debian's stripped, static, LTO-built interpreter (a test target)
   make
+  gdb             # the offset-table test reads the DWARF of the pyenv builds
 )
 
 missing=()

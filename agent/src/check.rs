@@ -20,8 +20,9 @@ use crate::gil_sampler::{GilSampler, TstateResolver};
 use crate::launch::{self, ChildStdout};
 use crate::memory::RemoteMemory;
 use crate::python::elf::ElfImage;
-use crate::python::finder::{self, FoundBy};
-use crate::python::locate::{self, Interpreter};
+use crate::python::finder::{self, FoundBy, FoundFunction};
+use crate::python::locate::{self, GilSite, Interpreter};
+use crate::python::versions::ThreadIdField;
 use crate::report::{Ending, InterpreterInfo, Mode, PreciseProbes, ProbeSite, Report, SCHEMA};
 use crate::threads::{sample_threads, ThreadSample};
 
@@ -77,10 +78,10 @@ struct PreciseAttachment {
     sites: PreciseProbes,
 }
 
-fn site(offset: u64, how: FoundBy) -> ProbeSite {
+fn site(f: &FoundFunction) -> ProbeSite {
     ProbeSite {
-        file_offset: offset,
-        found_by: match how {
+        file_offset: f.file_offset,
+        found_by: match f.how {
             FoundBy::SymbolTable => "symbol_table",
             FoundBy::Disassembly => "disassembly",
         },
@@ -88,35 +89,29 @@ fn site(offset: u64, how: FoundBy) -> ProbeSite {
 }
 
 fn attach_precise(interp: &Interpreter) -> Result<PreciseAttachment> {
-    let (targets, how) = precise_targets(interp)?;
-    let probe = PreciseProbe::attach(interp.pid, &interp.host_path, targets)?;
+    let image = ElfImage::read(&interp.host_path)?;
+    let file = image.parse(&interp.host_path)?;
+    let take = finder::find_take_gil(&file, &interp.file);
+    if take.is_empty() {
+        return Err(Error::Internal(format!(
+            "--precise: cannot find take_gil in {} (no symbol, and no function reachable from \
+             PyEval_RestoreThread calls pthread_cond_timedwait); run without --precise",
+            interp.host_path.display()
+        )));
+    }
+    let drop = finder::find_drop_gil(&file);
+    let targets = PreciseTargets {
+        take_gil: take.iter().map(|f| f.file_offset).collect(),
+        drop_gil: drop.iter().map(|f| f.file_offset).collect(),
+    };
+    let probe = PreciseProbe::attach(interp.pid, &interp.host_path, &targets)?;
     Ok(PreciseAttachment {
         probe,
         sites: PreciseProbes {
-            take_gil: site(targets.take_gil, how),
-            drop_gil: targets.drop_gil.map(|o| site(o, FoundBy::SymbolTable)),
+            take_gil: take.iter().map(site).collect(),
+            drop_gil: drop.iter().map(site).collect(),
         },
     })
-}
-
-fn precise_targets(interp: &Interpreter) -> Result<(PreciseTargets, FoundBy)> {
-    let image = ElfImage::read(&interp.host_path)?;
-    let file = image.parse(&interp.host_path)?;
-    let take = finder::find_take_gil(&file, &interp.file).ok_or_else(|| {
-        Error::Internal(format!(
-            "--precise: cannot find take_gil in {} (no symbol, and PyEval_RestoreThread \
-             has no local call); run without --precise",
-            interp.host_path.display()
-        ))
-    })?;
-    let drop = finder::find_drop_gil(&file, &interp.file);
-    Ok((
-        PreciseTargets {
-            take_gil: take.file_offset,
-            drop_gil: drop.map(|d| d.file_offset),
-        },
-        take.how,
-    ))
 }
 
 fn interpreter_info(interp: &Interpreter) -> InterpreterInfo {
@@ -135,19 +130,23 @@ fn interpreter_info(interp: &Interpreter) -> InterpreterInfo {
     }
 }
 
+/// Finds the GIL and checks that memory there looks like one.
+fn validated_gil(interp: &Interpreter, mem: &RemoteMemory) -> Result<GilSite> {
+    let site = interp.resolve_gil(mem)?;
+    locate::read_gil_state(interp.pid, mem, site.addr, &site.layout)?;
+    Ok(site)
+}
+
 /// Waits until the GIL of a starting interpreter exists and validates.
 fn wait_for_gil(
     interp: &Interpreter,
     mem: &RemoteMemory,
     child: &mut Option<Child>,
-) -> Result<u64> {
+) -> Result<GilSite> {
     let started = Instant::now();
     loop {
-        let attempt = interp.gil_address(mem).and_then(|addr| {
-            locate::read_gil_state(interp.pid, mem, addr, &interp.layout.gil_layout).map(|_| addr)
-        });
-        match attempt {
-            Ok(addr) => return Ok(addr),
+        match validated_gil(interp, mem) {
+            Ok(site) => return Ok(site),
             Err(e) if started.elapsed() > GIL_INIT_TIMEOUT => return Err(e),
             Err(e @ (Error::UnsupportedVersion { .. } | Error::Permission { .. })) => {
                 return Err(e)
@@ -169,7 +168,7 @@ fn wait_for_gil(
 
 struct Attached {
     interp: Interpreter,
-    gil_addr: u64,
+    gil: GilSite,
     child: Option<Child>,
     precise: Option<PreciseAttachment>,
     cpu_start: BTreeMap<u32, ThreadSample>,
@@ -185,18 +184,17 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
             }
             let interp = locate::require_interpreter(pid)?;
             let mem = RemoteMemory::new(pid);
-            let gil_addr = interp.gil_address(&mem)?;
-            locate::read_gil_state(pid, &mem, gil_addr, &interp.layout.gil_layout)?;
+            let gil = validated_gil(&interp, &mem)?;
             let precise = if opts.precise {
                 Some(attach_precise(&interp)?)
             } else {
                 None
             };
             let cpu_start = sample_threads(pid)?;
-            probe.watch(pid, gil_addr, &interp.layout.gil_layout)?;
+            probe.watch(pid, gil.addr, &gil.layout)?;
             Ok(Attached {
                 interp,
-                gil_addr,
+                gil,
                 child: None,
                 precise,
                 cpu_start,
@@ -207,9 +205,9 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
             let mut precise = None;
             let mut static_gil = None;
             let launched = launch::launch(argv, opts.child_stdout, |interp| {
-                if let Some(addr) = interp.static_gil_address() {
-                    probe.watch(interp.pid, addr, &interp.layout.gil_layout)?;
-                    static_gil = Some(addr);
+                if let Some(site) = interp.static_gil() {
+                    probe.watch(interp.pid, site.addr, &site.layout)?;
+                    static_gil = Some(site);
                 }
                 if opts.precise {
                     precise = Some(attach_precise(interp)?);
@@ -220,8 +218,8 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
             let interp = launched.interpreter;
             let mut child = Some(launched.child);
             let mem = RemoteMemory::new(interp.pid);
-            let gil_addr = match wait_for_gil(&interp, &mem, &mut child) {
-                Ok(addr) => addr,
+            let gil = match wait_for_gil(&interp, &mem, &mut child) {
+                Ok(site) => site,
                 Err(e) => {
                     if let Some(mut c) = child {
                         let _ = c.kill();
@@ -231,12 +229,12 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
                     return Err(e);
                 }
             };
-            if static_gil != Some(gil_addr) {
-                probe.watch(interp.pid, gil_addr, &interp.layout.gil_layout)?;
+            if static_gil != Some(gil) {
+                probe.watch(interp.pid, gil.addr, &gil.layout)?;
             }
             Ok(Attached {
                 interp,
-                gil_addr,
+                gil,
                 child,
                 precise,
                 cpu_start: BTreeMap::new(),
@@ -277,14 +275,19 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     let mut probe = WaitProbe::load()?;
     let mut attached = attach(opts, &mut probe)?;
     let pid = attached.interp.pid;
+    let pthread_tid_off = match attached.gil.thread_id {
+        ThreadIdField::PthreadOnly(_) => locate::glibc_pthread_tid_offset(pid),
+        ThreadIdField::NativeThreadId(_) => None,
+    };
     let resolver = Arc::new(TstateResolver::new(
         RemoteMemory::new(pid),
-        attached.interp.layout.thread_id,
+        attached.gil.thread_id,
+        pthread_tid_off,
     ));
     let sampler = GilSampler::start(
         pid,
-        attached.gil_addr,
-        attached.interp.layout.gil_layout,
+        attached.gil.addr,
+        attached.gil.layout,
         Arc::clone(&resolver),
         opts.sample_hz,
     );
@@ -338,7 +341,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     let precise = match &attached.precise {
         Some(p) => Some(PreciseCounters {
             threads: p.probe.read(pid)?,
-            holds_exact: p.sites.drop_gil.is_some(),
+            holds_exact: !p.sites.drop_gil.is_empty(),
         }),
         None => None,
     };

@@ -16,11 +16,14 @@ use crate::memory::RemoteMemory;
 use crate::python::locate::read_gil_state;
 use crate::python::versions::{GilLayout, ThreadIdField};
 
-/// Maps `PyThreadState *` to kernel tids by reading `native_thread_id` from the target.
+/// Maps `PyThreadState *` to kernel tids by reading `native_thread_id` (3.11+), or
+/// the `pthread_t` and then glibc's `struct pthread` (3.8-3.10), from the target.
 #[derive(Debug)]
 pub struct TstateResolver {
     mem: RemoteMemory,
     field: ThreadIdField,
+    /// Offset of the tid inside glibc's `struct pthread`, for [`ThreadIdField::PthreadOnly`].
+    pthread_tid_off: Option<u64>,
     cache: Mutex<HashMap<u64, (Option<u32>, Instant)>>,
 }
 
@@ -29,10 +32,11 @@ const RESOLVE_TTL: Duration = Duration::from_secs(1);
 
 impl TstateResolver {
     /// A resolver for one process.
-    pub fn new(mem: RemoteMemory, field: ThreadIdField) -> Self {
+    pub fn new(mem: RemoteMemory, field: ThreadIdField, pthread_tid_off: Option<u64>) -> Self {
         Self {
             mem,
             field,
+            pthread_tid_off,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -56,14 +60,25 @@ impl TstateResolver {
     }
 
     fn can_read(&self) -> bool {
-        matches!(self.field, ThreadIdField::NativeThreadId(_))
+        match self.field {
+            ThreadIdField::NativeThreadId(_) => true,
+            ThreadIdField::PthreadOnly(_) => self.pthread_tid_off.is_some(),
+        }
     }
 
     fn read_tid(&self, tstate: u64) -> Option<u32> {
-        let ThreadIdField::NativeThreadId(off) = self.field else {
-            return None;
+        let raw = match self.field {
+            ThreadIdField::NativeThreadId(off) => {
+                self.mem.read_u64(tstate.checked_add(off)?).ok()?
+            }
+            ThreadIdField::PthreadOnly(off) => {
+                let pthread = self.mem.read_u64(tstate.checked_add(off)?).ok()?;
+                let tid_at = pthread.checked_add(self.pthread_tid_off?)?;
+                let mut buf = [0u8; 4];
+                self.mem.read(tid_at, &mut buf).ok()?;
+                u64::from(u32::from_le_bytes(buf))
+            }
         };
-        let raw = self.mem.read_u64(tstate.checked_add(off)?).ok()?;
         u32::try_from(raw).ok().filter(|tid| *tid != 0)
     }
 }

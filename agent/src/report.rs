@@ -116,12 +116,12 @@ pub struct ProbeSite {
     pub found_by: &'static str,
 }
 
-/// The uprobes of `--precise`.
+/// The uprobes of `--precise`, one per copy of each function.
 #[derive(Debug, Clone, Serialize)]
 pub struct PreciseProbes {
-    pub take_gil: ProbeSite,
-    /// `null`: drop_gil is inlined or stripped, so hold times are sampled.
-    pub drop_gil: Option<ProbeSite>,
+    pub take_gil: Vec<ProbeSite>,
+    /// Empty: drop_gil is inlined or stripped, so hold times are sampled.
+    pub drop_gil: Vec<ProbeSite>,
 }
 
 /// The whole `gilscope.check/v1` document.

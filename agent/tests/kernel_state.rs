@@ -30,11 +30,9 @@ fn unwatching_a_process_removes_all_its_kernel_state() {
     std::thread::sleep(Duration::from_millis(200));
     let interp = require_interpreter(pid).expect("CPython");
     let mem = RemoteMemory::new(pid);
-    let gil = interp.gil_address(&mem).expect("GIL address");
-    read_gil_state(pid, &mem, gil, &interp.layout.gil_layout).expect("valid GIL");
-    probe
-        .watch(pid, gil, &interp.layout.gil_layout)
-        .expect("watch");
+    let gil = interp.resolve_gil(&mem).expect("GIL address");
+    read_gil_state(pid, &mem, gil.addr, &gil.layout).expect("valid GIL");
+    probe.watch(pid, gil.addr, &gil.layout).expect("watch");
     let _ = target.wait();
 
     let counters = probe.read(pid).expect("read");

@@ -20,12 +20,12 @@ use crate::error::{Error, Result};
 static PRECISE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gil_precise.bpf.o"));
 
-/// File offsets (not addresses) of the functions to probe in the interpreter file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// File offsets (not addresses) of every copy of the functions to probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreciseTargets {
-    pub take_gil: u64,
-    /// `None` when `drop_gil` is inlined or cannot be found: hold times are then sampled.
-    pub drop_gil: Option<u64>,
+    pub take_gil: Vec<u64>,
+    /// Empty when `drop_gil` is inlined or cannot be found: hold times are then sampled.
+    pub drop_gil: Vec<u64>,
 }
 
 /// The attached uprobes; detached when dropped.
@@ -35,11 +35,11 @@ pub struct PreciseProbe {
 
 impl PreciseProbe {
     /// Attaches to `file` (seen from the host) in process `pid` only.
-    pub fn attach(pid: u32, file: &Path, targets: PreciseTargets) -> Result<Self> {
+    pub fn attach(pid: u32, file: &Path, targets: &PreciseTargets) -> Result<Self> {
         let mut ebpf =
             Ebpf::load(PRECISE_OBJECT).map_err(|e| bpf_error("loading gil_precise.bpf.o", &e))?;
         let pid = NonZeroU32::new(pid).ok_or(Error::NoSuchProcess { pid })?;
-        let mut attach = |program: &str, offset: u64| -> Result<()> {
+        let mut attach = |program: &str, offsets: &[u64]| -> Result<()> {
             let probe: &mut UProbe = ebpf
                 .program_mut(program)
                 .ok_or_else(|| {
@@ -48,24 +48,22 @@ impl PreciseProbe {
                 .try_into()
                 .map_err(|e| bpf_error(program, &e))?;
             probe.load().map_err(|e| bpf_error(program, &e))?;
-            probe
-                .attach(
-                    UProbeAttachLocation::AbsoluteOffset(offset),
-                    file,
-                    UProbeScope::OneProcess(pid),
-                )
-                .map_err(|e| {
-                    bpf_error(
-                        &format!("attaching {program} at {offset:#x} of {}", file.display()),
-                        &e,
-                    )
-                })?;
+            for &offset in offsets {
+                let location = UProbeAttachLocation::AbsoluteOffset(offset);
+                probe
+                    .attach(location, file, UProbeScope::OneProcess(pid))
+                    .map_err(|e| {
+                        let what =
+                            format!("attaching {program} at {offset:#x} of {}", file.display());
+                        bpf_error(&what, &e)
+                    })?;
+            }
             Ok(())
         };
-        attach("take_gil_enter", targets.take_gil)?;
-        attach("take_gil_return", targets.take_gil)?;
-        if let Some(drop_gil) = targets.drop_gil {
-            attach("drop_gil_enter", drop_gil)?;
+        attach("take_gil_enter", &targets.take_gil)?;
+        attach("take_gil_return", &targets.take_gil)?;
+        if !targets.drop_gil.is_empty() {
+            attach("drop_gil_enter", &targets.drop_gil)?;
         }
         Ok(Self { ebpf })
     }

@@ -11,16 +11,20 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 use super::versions::PyVersion;
 use crate::error::{Error, Result};
 
-/// A full CPython version (`3.11.7`), as far as the file tells.
+/// A full CPython version (`3.11.7`), as far as the file tells: some builds keep
+/// no trace of the micro version, and then it is left out rather than guessed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FullVersion {
     pub line: PyVersion,
-    pub micro: u8,
+    pub micro: Option<u8>,
 }
 
 impl std::fmt::Display for FullVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.line, self.micro)
+        match self.micro {
+            Some(micro) => write!(f, "{}.{micro}", self.line),
+            None => write!(f, "{}", self.line),
+        }
     }
 }
 
@@ -112,6 +116,11 @@ fn find_function(file: &object::File<'_>, name: &str) -> Option<Function> {
         })
 }
 
+/// Link-time address of a data symbol (dynamic symbols first).
+pub fn object_address(file: &object::File<'_>, name: &str) -> Option<u64> {
+    find_object(file, name)
+}
+
 fn find_object(file: &object::File<'_>, name: &str) -> Option<u64> {
     file.dynamic_symbols()
         .chain(file.symbols())
@@ -126,7 +135,7 @@ pub fn version_from_hex(hex: u64) -> Option<FullVersion> {
     let micro = ((hex >> 8) & 0xff) as u8;
     (major == 3).then_some(FullVersion {
         line: PyVersion { major, minor },
-        micro,
+        micro: Some(micro),
     })
 }
 
@@ -150,12 +159,12 @@ pub fn version_from_rodata(rodata: &[u8]) -> Option<FullVersion> {
             }
             Some(FullVersion {
                 line: PyVersion { major, minor },
-                micro,
+                micro: Some(micro),
             })
         })
 }
 
-/// `python3.11` / `libpython3.11.so.1.0` / `libpython3.13t.so` -> 3.11 (micro unknown: 0).
+/// `python3.11` / `libpython3.11.so.1.0` / `libpython3.13t.so` -> 3.11 (micro unknown).
 pub fn version_from_file_name(path: &Path) -> Option<FullVersion> {
     let name = path.file_name()?.to_str()?;
     let rest = name
@@ -170,7 +179,7 @@ pub fn version_from_file_name(path: &Path) -> Option<FullVersion> {
     let minor: u8 = parts.next()?.parse().ok()?;
     (major == 3).then_some(FullVersion {
         line: PyVersion { major, minor },
-        micro: 0,
+        micro: None,
     })
 }
 
@@ -242,7 +251,7 @@ mod tests {
     #[test]
     fn file_names_give_the_release_line() {
         let v = version_from_file_name(Path::new("/usr/lib/libpython3.11.so.1.0")).expect("lib");
-        assert_eq!(v.line.to_string(), "3.11");
+        assert_eq!(v.to_string(), "3.11", "no micro version is made up");
         let v = version_from_file_name(Path::new("/usr/bin/python3.13t")).expect("exe");
         assert_eq!(v.line.to_string(), "3.13");
         assert!(version_from_file_name(Path::new("/usr/bin/bash")).is_none());

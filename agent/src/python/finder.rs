@@ -1,16 +1,21 @@
 //! Finds `take_gil` and `drop_gil` for `--precise`, in stripped files too.
 //!
-//! They are static functions: in `.symtab` when it survived, otherwise `take_gil`
-//! is the first call in the exported `PyEval_RestoreThread` (3.9-3.12) that goes
-//! to a local function (not a PLT stub, not another exported function).
-//! `drop_gil` is inlined in LTO builds and is then not probed at all.
+//! They are static functions. With a `.symtab`, every copy is found by name
+//! (compilers clone them: 3.8 has `take_gil` and `take_gil.constprop.0`).
+//! Stripped, `take_gil` is found by walking direct calls and jumps from the
+//! exported `PyEval_RestoreThread` (one hop in 3.9-3.12, three in 3.13+) to the
+//! first function that calls `pthread_cond_timedwait` through the PLT: in CPython
+//! only `take_gil` does (its timed wait on `gil->cond`). `drop_gil` is inlined in
+//! LTO builds and is only probed when it has a symbol.
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction};
-use object::{Object, ObjectSection, ObjectSymbol};
+use std::collections::{HashSet, VecDeque};
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+use object::{Object, ObjectSection, ObjectSymbol, ObjectSymbolTable, RelocationTarget};
 
 use super::elf::{bytes_at, file_offset_of, InterpreterFile};
 
-/// Where `take_gil` was found, and how.
+/// Where a probed function was found, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FoundFunction {
     /// Link-time virtual address.
@@ -27,24 +32,55 @@ pub enum FoundBy {
     Disassembly,
 }
 
-/// Direct call targets of the code at `address..address+len`, in order.
-pub fn call_targets(code: &[u8], address: u64) -> Vec<u64> {
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
-    let mut instruction = Instruction::default();
-    let mut targets = Vec::new();
-    while decoder.can_decode() {
-        decoder.decode_out(&mut instruction);
-        if instruction.is_invalid() {
-            break;
-        }
-        if instruction.flow_control() == FlowControl::Call && instruction.is_call_near() {
-            targets.push(instruction.near_branch_target());
-        }
-    }
-    targets
+/// How far from `PyEval_RestoreThread` the search for `take_gil` goes.
+const MAX_HOPS: usize = 4;
+/// Longest function body decoded when the size is unknown.
+const MAX_BODY: u64 = 8192;
+
+/// What one function body calls and jumps to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Branches {
+    pub calls: Vec<u64>,
+    pub jumps: Vec<u64>,
 }
 
-/// True when `address` is inside a PLT section (a call into another object).
+fn is_padding(i: &Instruction) -> bool {
+    matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Int3)
+}
+
+/// Direct call and jump targets of the function at `address`. Without a known
+/// size the body ends at the first return or jump followed by alignment padding.
+pub fn branches(code: &[u8], address: u64, known_size: bool) -> Branches {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut out = Branches::default();
+    let mut i = Instruction::default();
+    let mut after_exit = false;
+    while decoder.can_decode() {
+        decoder.decode_out(&mut i);
+        if i.is_invalid() || (!known_size && after_exit && is_padding(&i)) {
+            break;
+        }
+        after_exit = matches!(
+            i.flow_control(),
+            FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::IndirectBranch
+        );
+        match i.flow_control() {
+            FlowControl::Call if i.is_call_near() => out.calls.push(i.near_branch_target()),
+            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch
+                if i.is_jmp_near() || i.is_jcc_near() || i.is_jmp_short() || i.is_jcc_short() =>
+            {
+                let target = i.near_branch_target();
+                // Jumps inside the body are control flow, not tail calls.
+                if target < address || target >= address + code.len() as u64 {
+                    out.jumps.push(target);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 fn in_plt(file: &object::File<'_>, address: u64) -> bool {
     file.sections().any(|s| {
         s.name().is_ok_and(|n| n.starts_with(".plt"))
@@ -53,40 +89,121 @@ fn in_plt(file: &object::File<'_>, address: u64) -> bool {
     })
 }
 
-fn is_exported_function(file: &object::File<'_>, address: u64) -> bool {
-    file.dynamic_symbols().any(|s| s.address() == address)
+/// Address of the PLT stub that jumps to `symbol` (e.g. `pthread_cond_timedwait`).
+pub fn plt_stub(file: &object::File<'_>, symbol: &str) -> Option<u64> {
+    let dynsyms = file.dynamic_symbol_table()?;
+    let got_slot = file.dynamic_relocations()?.find_map(|(offset, reloc)| {
+        let RelocationTarget::Symbol(index) = reloc.target() else {
+            return None;
+        };
+        let name = dynsyms.symbol_by_index(index).ok()?.name().ok()?;
+        (name == symbol || name.split('@').next() == Some(symbol)).then_some(offset)
+    })?;
+    file.sections()
+        .filter(|s| s.name().is_ok_and(|n| n.starts_with(".plt")))
+        .find_map(|section| {
+            let data = section.data().ok()?;
+            let mut decoder = Decoder::with_ip(64, data, section.address(), DecoderOptions::NONE);
+            let mut i = Instruction::default();
+            while decoder.can_decode() {
+                decoder.decode_out(&mut i);
+                if i.mnemonic() == Mnemonic::Jmp
+                    && i.is_ip_rel_memory_operand()
+                    && i.ip_rel_memory_address() == got_slot
+                {
+                    // PLT entries are 16 bytes; calls target the entry start (endbr64 first under IBT).
+                    return Some(i.ip() & !0xf);
+                }
+            }
+            None
+        })
 }
 
-/// Finds `take_gil`: from the symbol table, else by disassembling `PyEval_RestoreThread`.
-pub fn find_take_gil(file: &object::File<'_>, info: &InterpreterFile) -> Option<FoundFunction> {
-    if let Some(f) = info.take_gil {
-        return Some(FoundFunction {
-            address: f.address,
-            file_offset: file_offset_of(file, f.address)?,
-            how: FoundBy::SymbolTable,
-        });
-    }
-    let restore = info.restore_thread?;
-    let len = if restore.size > 0 { restore.size } else { 128 };
-    let code = bytes_at(file, restore.address, len)?;
-    let address = call_targets(code, restore.address)
-        .into_iter()
-        .find(|&t| !in_plt(file, t) && !is_exported_function(file, t))?;
+fn symbol_size_at(file: &object::File<'_>, address: u64) -> Option<u64> {
+    file.symbols()
+        .chain(file.dynamic_symbols())
+        .find(|s| s.address() == address && s.size() > 0)
+        .map(|s| s.size())
+}
+
+fn branches_of(file: &object::File<'_>, address: u64) -> Option<Branches> {
+    let size = symbol_size_at(file, address);
+    let code = bytes_at(file, address, size.unwrap_or(MAX_BODY))?;
+    Some(branches(code, address, size.is_some()))
+}
+
+/// Every copy of a static function named `name` (or a compiler clone `name.*`).
+fn symbols_named(file: &object::File<'_>, name: &str) -> Vec<u64> {
+    let mut found: Vec<u64> = file
+        .symbols()
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
+        .filter(|s| {
+            s.name().is_ok_and(|n| {
+                n == name
+                    || n.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+        })
+        .map(|s| s.address())
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+fn found(file: &object::File<'_>, address: u64, how: FoundBy) -> Option<FoundFunction> {
     Some(FoundFunction {
         address,
         file_offset: file_offset_of(file, address)?,
-        how: FoundBy::Disassembly,
+        how,
     })
 }
 
-/// `drop_gil` only from the symbol table: where it is stripped it is usually inlined too.
-pub fn find_drop_gil(file: &object::File<'_>, info: &InterpreterFile) -> Option<FoundFunction> {
-    let f = info.drop_gil?;
-    Some(FoundFunction {
-        address: f.address,
-        file_offset: file_offset_of(file, f.address)?,
-        how: FoundBy::SymbolTable,
-    })
+/// `take_gil` by disassembly: the nearest function reachable from
+/// `PyEval_RestoreThread` that calls `pthread_cond_timedwait`.
+pub fn take_gil_by_disassembly(
+    file: &object::File<'_>,
+    info: &InterpreterFile,
+) -> Option<FoundFunction> {
+    let timedwait = plt_stub(file, "pthread_cond_timedwait")?;
+    let start = info.restore_thread?.address;
+    let mut queue = VecDeque::from([(start, 0usize)]);
+    let mut seen = HashSet::from([start]);
+    while let Some((address, hops)) = queue.pop_front() {
+        let body = branches_of(file, address)?;
+        if address != start && body.calls.contains(&timedwait) {
+            return found(file, address, FoundBy::Disassembly);
+        }
+        if hops >= MAX_HOPS {
+            continue;
+        }
+        for target in body.calls.iter().chain(&body.jumps) {
+            if !in_plt(file, *target) && seen.insert(*target) {
+                queue.push_back((*target, hops + 1));
+            }
+        }
+    }
+    None
+}
+
+/// Every copy of `take_gil`: from the symbol table, else the one disassembly finds.
+pub fn find_take_gil(file: &object::File<'_>, info: &InterpreterFile) -> Vec<FoundFunction> {
+    let by_symbol: Vec<FoundFunction> = symbols_named(file, "take_gil")
+        .into_iter()
+        .filter_map(|a| found(file, a, FoundBy::SymbolTable))
+        .collect();
+    if !by_symbol.is_empty() {
+        return by_symbol;
+    }
+    take_gil_by_disassembly(file, info).into_iter().collect()
+}
+
+/// Every copy of `drop_gil` that has a symbol; stripped, it is usually inlined too.
+pub fn find_drop_gil(file: &object::File<'_>) -> Vec<FoundFunction> {
+    symbols_named(file, "drop_gil")
+        .into_iter()
+        .filter_map(|a| found(file, a, FoundBy::SymbolTable))
+        .collect()
 }
 
 #[cfg(test)]
@@ -94,15 +211,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn call_targets_decodes_relative_calls() {
-        // push rbx; call +0x10; pop rbx; ret
-        let code = [0x53, 0xe8, 0x10, 0x00, 0x00, 0x00, 0x5b, 0xc3];
-        assert_eq!(call_targets(&code, 0x1000), vec![0x1000 + 6 + 0x10]);
+    fn calls_and_tail_jumps_are_collected() {
+        // push rbx; call +0x10; pop rbx; jmp +0x20; nop
+        let code = [0x53, 0xe8, 0x10, 0, 0, 0, 0x5b, 0xe9, 0x20, 0, 0, 0, 0x90];
+        let b = branches(&code, 0x1000, false);
+        assert_eq!(b.calls, vec![0x1000 + 6 + 0x10]);
+        assert_eq!(b.jumps, vec![0x1000 + 12 + 0x20]);
     }
 
     #[test]
-    fn garbage_code_yields_no_targets_and_no_panic() {
-        let code = [0xff; 16];
-        let _ = call_targets(&code, 0);
+    fn decoding_stops_at_padding_after_a_return() {
+        // ret; nop; call +0 (belongs to the next function)
+        let code = [0xc3, 0x90, 0xe8, 0, 0, 0, 0];
+        assert!(branches(&code, 0x2000, false).calls.is_empty());
+        assert_eq!(branches(&code, 0x2000, true).calls.len(), 1);
+    }
+
+    #[test]
+    fn garbage_code_yields_nothing_and_no_panic() {
+        let _ = branches(&[0xff; 64], 0, false);
+        let _ = branches(&[], 0, false);
     }
 }

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use procfs::process::{MMapPath, Process};
 
+use super::debug_offsets;
 use super::elf::{self, InterpreterFile};
-use super::versions::{self, GilLayout, GilLocation, Layout};
+use super::versions::{self, GilLayout, GilLocation, Layout, ThreadIdField};
 use crate::error::{Error, Result};
 use crate::memory::RemoteMemory;
 
@@ -31,40 +32,114 @@ pub struct Interpreter {
     pub layout: &'static Layout,
 }
 
+/// The GIL of one interpreter: where it is and how to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GilSite {
+    pub addr: u64,
+    pub layout: GilLayout,
+    /// How a `PyThreadState *` (the GIL's `last_holder`) leads to a tid.
+    pub thread_id: ThreadIdField,
+    pub free_threaded: bool,
+    /// Offset of `int enabled` inside the GIL struct (free-threaded builds).
+    pub enabled_off: Option<u64>,
+}
+
 impl Interpreter {
     /// Runtime address of `_PyRuntime`.
     pub fn py_runtime(&self) -> u64 {
         self.file.py_runtime.wrapping_add(self.load_bias)
     }
 
-    /// The GIL address without reading memory, when the layout makes it static (3.8-3.11).
-    pub fn static_gil_address(&self) -> Option<u64> {
+    /// The GIL without reading memory, where the layout makes it static (3.8-3.11):
+    /// usable before the interpreter has initialized anything.
+    pub fn static_gil(&self) -> Option<GilSite> {
         match self.layout.gil {
-            GilLocation::Embedded(off) => Some(self.py_runtime() + off),
+            GilLocation::Embedded(off) => Some(GilSite {
+                addr: self.py_runtime() + off,
+                layout: self.layout.gil_layout,
+                thread_id: self.layout.thread_id,
+                free_threaded: false,
+                enabled_off: None,
+            }),
             _ => None,
         }
     }
 
-    /// The GIL address, reading pointers from the process where the layout needs it.
-    pub fn gil_address(&self, mem: &RemoteMemory) -> Result<u64> {
+    /// Finds the GIL, reading pointers (3.12) or the debug offsets (3.13+) from the process.
+    pub fn resolve_gil(&self, mem: &RemoteMemory) -> Result<GilSite> {
+        let not_ready = |why: &str| Error::GilNotValid {
+            pid: self.pid,
+            addr: 0,
+            why: why.to_string(),
+        };
         match self.layout.gil {
-            GilLocation::Embedded(off) => Ok(self.py_runtime() + off),
+            GilLocation::Embedded(_) => self
+                .static_gil()
+                .ok_or_else(|| Error::Internal("embedded GIL without an address".into())),
             GilLocation::InterpreterPointer { interp, gil_ptr } => {
-                let ptr = mem.read_u64(self.py_runtime() + interp + gil_ptr)?;
-                if ptr == 0 {
+                let addr = mem.read_u64(self.py_runtime() + interp + gil_ptr)?;
+                if addr == 0 {
+                    return Err(not_ready(
+                        "the interpreter has no GIL yet (still starting?)",
+                    ));
+                }
+                Ok(GilSite {
+                    addr,
+                    layout: self.layout.gil_layout,
+                    thread_id: self.layout.thread_id,
+                    free_threaded: false,
+                    enabled_off: None,
+                })
+            }
+            GilLocation::DebugOffsets => {
+                let mut block = [0u8; debug_offsets::BLOCK_LEN];
+                mem.read(self.py_runtime(), &mut block)?;
+                let offsets =
+                    debug_offsets::parse(&block, self.file.version.line).map_err(|why| {
+                        Error::GilNotValid {
+                            pid: self.pid,
+                            addr: self.py_runtime(),
+                            why,
+                        }
+                    })?;
+                let head = mem.read_u64(self.py_runtime() + offsets.interpreters_head)?;
+                if head == 0 {
+                    return Err(not_ready("no interpreter yet (still starting?)"));
+                }
+                let addr = mem.read_u64(head + offsets.ceval_gil)?;
+                if addr == 0 {
+                    return Err(not_ready(
+                        "the interpreter has no GIL yet (still starting?)",
+                    ));
+                }
+                let layout = if offsets.free_threaded {
+                    self.layout.gil_layout.free_threaded()
+                } else {
+                    self.layout.gil_layout
+                };
+                if offsets.locked_in_gil() != Some(layout.locked)
+                    || offsets.holder_in_gil() != Some(layout.last_holder)
+                {
                     return Err(Error::GilNotValid {
                         pid: self.pid,
-                        addr: 0,
-                        why: "the interpreter has no GIL yet (still starting?)".into(),
+                        addr,
+                        why: format!(
+                            "debug offsets put locked/last_holder at {:?}/{:?}, gilscope expects {}/{}",
+                            offsets.locked_in_gil(),
+                            offsets.holder_in_gil(),
+                            layout.locked,
+                            layout.last_holder
+                        ),
                     });
                 }
-                Ok(ptr)
+                Ok(GilSite {
+                    addr,
+                    layout,
+                    thread_id: ThreadIdField::NativeThreadId(offsets.native_thread_id),
+                    free_threaded: offsets.free_threaded,
+                    enabled_off: offsets.enabled_in_gil(),
+                })
             }
-            GilLocation::DebugOffsets => Err(Error::UnsupportedVersion {
-                pid: self.pid,
-                version: self.file.version.to_string(),
-                supported: versions::supported_versions(),
-            }),
         }
     }
 }
@@ -214,6 +289,33 @@ pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
         }));
     }
     Ok(None)
+}
+
+/// Where glibc keeps the kernel tid inside `struct pthread`, read from the
+/// `_thread_db_pthread_tid` descriptor libc exports for debuggers ({bits, count,
+/// offset}); `None` for musl or a libc without it. Needed to name threads on
+/// 3.8-3.10, whose thread states only record the `pthread_t`.
+pub fn glibc_pthread_tid_offset(pid: u32) -> Option<u64> {
+    let files = mapped_files(pid).ok()?;
+    let libc = files.iter().find(|f| {
+        f.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
+    })?;
+    let host = host_path(pid, &libc.path);
+    let image = elf::ElfImage::read(&host).ok()?;
+    let file = image.parse(&host).ok()?;
+    let descriptor = elf::object_address(&file, "_thread_db_pthread_tid")?;
+    let bytes = elf::bytes_at(&file, descriptor, 12)?;
+    let word = |i: usize| -> Option<u32> {
+        bytes
+            .get(i * 4..i * 4 + 4)?
+            .try_into()
+            .ok()
+            .map(u32::from_le_bytes)
+    };
+    (word(0)? == 32 && word(1)? == 1).then(|| u64::from(word(2).unwrap_or(0)))
 }
 
 /// [`find_interpreter`] that turns "nothing found" into [`Error::NotPython`].

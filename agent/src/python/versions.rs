@@ -64,12 +64,29 @@ pub const GIL_LAYOUT_DEFAULT: GilLayout = GilLayout {
     size: 208,
 };
 
+impl GilLayout {
+    /// The layout of a free-threaded build: `int enabled` (padded to 8) comes first.
+    pub const fn free_threaded(self) -> GilLayout {
+        GilLayout {
+            interval: self.interval + 8,
+            last_holder: self.last_holder + 8,
+            locked: self.locked + 8,
+            switch_number: self.switch_number + 8,
+            cond: self.cond + 8,
+            mutex: self.mutex + 8,
+            switch_cond: self.switch_cond + 8,
+            size: self.size + 8,
+        }
+    }
+}
+
 /// How a thread state names its OS thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadIdField {
     /// `PyThreadState.native_thread_id`: the kernel tid (3.11+).
     NativeThreadId(u64),
-    /// Only `PyThreadState.thread_id` (a `pthread_t`) exists (3.8-3.10).
+    /// Only `PyThreadState.thread_id` (a `pthread_t`) exists (3.8-3.10): the tid
+    /// is read from glibc's `struct pthread` (see `_thread_db_pthread_tid`).
     PthreadOnly(u64),
 }
 

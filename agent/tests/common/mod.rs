@@ -152,3 +152,54 @@ pub fn diagnosis_kinds(doc: &Value) -> Vec<String> {
         .map(|d| d["kind"].as_str().unwrap_or_default().to_string())
         .collect()
 }
+
+/// pyenv's interpreters of the release lines 3.8-3.13: (line "3.X", python path, libpython path).
+pub fn pyenv_matrix() -> Vec<(String, PathBuf, PathBuf)> {
+    let root = std::env::var("PYENV_ROOT").unwrap_or_else(|_| "/root/.pyenv".into());
+    let mut out = Vec::new();
+    for minor in 8..=13u8 {
+        let prefix = format!("3.{minor}.");
+        let dir = std::fs::read_dir(format!("{root}/versions"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .max();
+        let Some(dir) = dir else {
+            missing(&format!(
+                "no pyenv build of 3.{minor} under {root}/versions"
+            ));
+            continue;
+        };
+        let python = dir.join(format!("bin/python3.{minor}"));
+        let lib = dir.join(format!("lib/libpython3.{minor}.so.1.0"));
+        if python.exists() && lib.exists() {
+            out.push((format!("3.{minor}"), python, lib));
+        } else {
+            missing(&format!(
+                "{} lacks bin/python3.{minor} or a shared libpython",
+                dir.display()
+            ));
+        }
+    }
+    out
+}
+
+/// `objcopy --strip-all` of `lib` into a fresh directory named after `tag`.
+pub fn stripped_copy(lib: &Path, tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gilscope-stripped-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let copy = dir.join(lib.file_name().expect("file name"));
+    let status = Command::new("objcopy")
+        .arg("--strip-all")
+        .arg(lib)
+        .arg(&copy)
+        .status()
+        .expect("objcopy (binutils) must be installed");
+    assert!(status.success(), "objcopy failed on {}", lib.display());
+    copy
+}

@@ -1,0 +1,218 @@
+//! `_PyRuntime.debug_offsets` (3.13+): the interpreter describes its own layout.
+//!
+//! CPython 3.13 put a `_Py_DebugOffsets` block at the very start of `_PyRuntime`
+//! for out-of-process tools: a cookie (`xdebugpy`), `PY_VERSION_HEX`, whether the
+//! build is free-threaded, and `offsetof` values of the fields a profiler needs.
+//! The block's own layout still changes between releases, so this module knows,
+//! per release line, where in the block each value sits; the values themselves
+//! come from the process.
+
+use super::versions::PyVersion;
+
+/// Bytes of `_PyRuntime` to read: enough for every field used here in every release.
+pub const BLOCK_LEN: usize = 256;
+
+const COOKIE: &[u8; 8] = b"xdebugpy";
+
+/// Positions (byte offsets inside `_Py_DebugOffsets`) of the values gilscope reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLayout {
+    pub version: PyVersion,
+    pub interpreters_head: usize,
+    pub interp_next: usize,
+    pub ceval_gil: usize,
+    pub gil_runtime_state: usize,
+    pub gil_enabled: usize,
+    pub gil_locked: usize,
+    pub gil_holder: usize,
+    pub native_thread_id: usize,
+}
+
+/// Read from DWARF (`ptype /o struct _Py_DebugOffsets`) of each release's build.
+const BLOCK_LAYOUTS: &[BlockLayout] = &[BlockLayout {
+    version: PyVersion {
+        major: 3,
+        minor: 13,
+    },
+    interpreters_head: 40,
+    interp_next: 64,
+    ceval_gil: 112,
+    gil_runtime_state: 120,
+    gil_enabled: 128,
+    gil_locked: 136,
+    gil_holder: 144,
+    native_thread_id: 200,
+}];
+
+/// What a process's debug offsets say (all values are `offsetof` in that build).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebugOffsets {
+    pub version_hex: u64,
+    pub free_threaded: bool,
+    /// `offsetof(_PyRuntimeState, interpreters.head)`
+    pub interpreters_head: u64,
+    /// `offsetof(PyInterpreterState, next)`
+    pub interp_next: u64,
+    /// `offsetof(PyInterpreterState, ceval.gil)`: pointer to the GIL this interpreter uses.
+    pub ceval_gil: u64,
+    /// `offsetof(PyInterpreterState, _gil)` and of its fields.
+    pub gil_runtime_state: u64,
+    pub gil_enabled: u64,
+    pub gil_locked: u64,
+    pub gil_holder: u64,
+    /// `offsetof(PyThreadState, native_thread_id)`
+    pub native_thread_id: u64,
+}
+
+impl DebugOffsets {
+    /// Offset of `locked` inside the GIL struct.
+    pub fn locked_in_gil(&self) -> Option<u64> {
+        self.gil_locked.checked_sub(self.gil_runtime_state)
+    }
+
+    /// Offset of `last_holder` inside the GIL struct.
+    pub fn holder_in_gil(&self) -> Option<u64> {
+        self.gil_holder.checked_sub(self.gil_runtime_state)
+    }
+
+    /// Offset of `enabled` inside the GIL struct (free-threaded builds only).
+    pub fn enabled_in_gil(&self) -> Option<u64> {
+        if self.free_threaded {
+            self.gil_enabled.checked_sub(self.gil_runtime_state)
+        } else {
+            None
+        }
+    }
+}
+
+/// The release lines whose debug-offsets block gilscope can read.
+pub fn known(line: PyVersion) -> bool {
+    block_layout(line).is_some()
+}
+
+/// Where the values sit in the block of one release line (checked against DWARF by a test).
+pub fn block_layout(line: PyVersion) -> Option<&'static BlockLayout> {
+    BLOCK_LAYOUTS.iter().find(|l| l.version == line)
+}
+
+fn u64_at(block: &[u8], at: usize) -> Option<u64> {
+    block
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+}
+
+/// Parses the start of `_PyRuntime`; the error says what did not match.
+pub fn parse(block: &[u8], line: PyVersion) -> Result<DebugOffsets, String> {
+    if block.get(..8) != Some(COOKIE.as_slice()) {
+        return Err("no xdebugpy cookie at the start of _PyRuntime".into());
+    }
+    let version_hex = u64_at(block, 8).ok_or("debug offsets block too short")?;
+    let (major, minor) = ((version_hex >> 24) & 0xff, (version_hex >> 16) & 0xff);
+    if major != u64::from(line.major) || minor != u64::from(line.minor) {
+        return Err(format!(
+            "debug offsets say {major}.{minor}, the file says {line}"
+        ));
+    }
+    let layout =
+        block_layout(line).ok_or_else(|| format!("no known debug-offsets layout for {line}"))?;
+    let get =
+        |at: usize| u64_at(block, at).ok_or_else(|| "debug offsets block too short".to_string());
+    let offsets = DebugOffsets {
+        version_hex,
+        free_threaded: get(16)? != 0,
+        interpreters_head: get(layout.interpreters_head)?,
+        interp_next: get(layout.interp_next)?,
+        ceval_gil: get(layout.ceval_gil)?,
+        gil_runtime_state: get(layout.gil_runtime_state)?,
+        gil_enabled: get(layout.gil_enabled)?,
+        gil_locked: get(layout.gil_locked)?,
+        gil_holder: get(layout.gil_holder)?,
+        native_thread_id: get(layout.native_thread_id)?,
+    };
+    // Sanity: offsets into structs of a few KiB to a few hundred KiB, never 0 where a field must be.
+    let plausible = |v: u64| v > 0 && v < 1 << 24;
+    if ![
+        offsets.interpreters_head,
+        offsets.ceval_gil,
+        offsets.gil_runtime_state,
+        offsets.gil_locked,
+        offsets.native_thread_id,
+    ]
+    .into_iter()
+    .all(plausible)
+    {
+        return Err(format!("implausible debug offsets: {offsets:?}"));
+    }
+    Ok(offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_313(free_threaded: u64) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK_LEN];
+        b[..8].copy_from_slice(COOKIE);
+        let mut put = |at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        put(8, 0x030d00f0);
+        put(16, free_threaded);
+        put(40, 0x28);
+        put(64, 0x8);
+        put(112, 0x1010);
+        put(120, 0x1020);
+        put(128, 0);
+        put(136, 0x1030);
+        put(144, 0x1028);
+        put(200, 0x98);
+        b
+    }
+
+    #[test]
+    fn a_313_block_gives_the_gil_field_offsets() {
+        let d = parse(
+            &block_313(0),
+            PyVersion {
+                major: 3,
+                minor: 13,
+            },
+        )
+        .expect("valid");
+        assert_eq!(d.locked_in_gil(), Some(16));
+        assert_eq!(d.holder_in_gil(), Some(8));
+        assert_eq!(d.enabled_in_gil(), None);
+        assert_eq!(d.native_thread_id, 0x98);
+    }
+
+    #[test]
+    fn a_wrong_cookie_or_version_is_refused() {
+        let mut b = block_313(0);
+        b[0] = b'y';
+        assert!(parse(
+            &b,
+            PyVersion {
+                major: 3,
+                minor: 13
+            }
+        )
+        .is_err());
+        let b = block_313(0);
+        let err = parse(
+            &b,
+            PyVersion {
+                major: 3,
+                minor: 14,
+            },
+        )
+        .expect_err("3.13 block, 3.14 file");
+        assert!(err.contains("say 3.13"), "{err}");
+        assert!(parse(
+            &b[..20],
+            PyVersion {
+                major: 3,
+                minor: 13
+            }
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! The offset table (agent/src/python/versions.rs) and the debug-offsets block
+//! positions (agent/src/python/debug_offsets.rs) agree with the DWARF of every
+//! pyenv build on the machine, read with gdb.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::missing;
+use gilscope::python::debug_offsets::block_layout;
+use gilscope::python::versions::{layout_for, GilLocation, PyVersion, ThreadIdField};
+
+/// pyenv's libpython of each release line 3.8-3.13, with debug info.
+fn pyenv_libraries() -> Vec<(PyVersion, PathBuf)> {
+    let root = std::env::var("PYENV_ROOT").unwrap_or_else(|_| "/root/.pyenv".into());
+    let mut out = Vec::new();
+    for minor in 8..=13u8 {
+        let prefix = format!("3.{minor}.");
+        let dir = std::fs::read_dir(format!("{root}/versions"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .max();
+        let lib = dir.map(|d| d.join(format!("lib/libpython3.{minor}.so.1.0")));
+        match lib {
+            Some(lib) if lib.exists() => out.push((PyVersion { major: 3, minor }, lib)),
+            _ => {
+                missing(&format!(
+                    "no pyenv build of 3.{minor} with a shared libpython"
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Evaluates `(long)&(EXPR)`-style expressions with gdb; one number per expression.
+fn gdb_values(lib: &PathBuf, exprs: &[String]) -> Vec<i64> {
+    let mut cmd = Command::new("gdb");
+    cmd.args(["-batch", "-nx"]);
+    for e in exprs {
+        cmd.arg("-ex").arg(format!("print/d {e}"));
+    }
+    let out = cmd
+        .arg(lib)
+        .output()
+        .expect("gdb must be installed (apt-get install gdb)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let values: Vec<i64> = text
+        .lines()
+        .filter_map(|l| l.split_once(" = ").and_then(|(_, v)| v.trim().parse().ok()))
+        .collect();
+    assert_eq!(
+        values.len(),
+        exprs.len(),
+        "gdb could not evaluate every expression on {}:\n{text}\n{}",
+        lib.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    values
+}
+
+fn off(ty: &str, field: &str) -> String {
+    format!("(long)&(({ty}*)0)->{field}")
+}
+
+#[test]
+fn the_offset_table_matches_the_debug_info_of_every_pyenv_build() {
+    let libs = pyenv_libraries();
+    assert!(!libs.is_empty() || !std::env::var("CI").is_ok_and(|v| v == "true"));
+    for (version, lib) in libs {
+        let layout = layout_for(version).unwrap_or_else(|| panic!("{version} in the table"));
+        let gil = "struct _gil_runtime_state";
+        let mut exprs = vec![
+            off(gil, "interval"),
+            off(gil, "last_holder"),
+            off(gil, "locked"),
+            off(gil, "switch_number"),
+            off(gil, "cond"),
+            off(gil, "mutex"),
+            off(gil, "switch_cond"),
+            format!("sizeof({gil})"),
+        ];
+        let tid_field = match layout.thread_id {
+            ThreadIdField::NativeThreadId(_) => "native_thread_id",
+            ThreadIdField::PthreadOnly(_) => "thread_id",
+        };
+        exprs.push(off("struct _ts", tid_field));
+        match layout.gil {
+            GilLocation::Embedded(_) => exprs.push(off("struct pyruntimestate", "ceval.gil")),
+            GilLocation::InterpreterPointer { .. } => {
+                exprs.push(off("struct pyruntimestate", "_main_interpreter"));
+                exprs.push(off("struct _is", "ceval.gil"));
+            }
+            GilLocation::DebugOffsets => {
+                let d = "struct _Py_DebugOffsets";
+                for field in [
+                    "runtime_state.interpreters_head",
+                    "interpreter_state.next",
+                    "interpreter_state.ceval_gil",
+                    "interpreter_state.gil_runtime_state",
+                    "interpreter_state.gil_runtime_state_enabled",
+                    "interpreter_state.gil_runtime_state_locked",
+                    "interpreter_state.gil_runtime_state_holder",
+                    "thread_state.native_thread_id",
+                ] {
+                    exprs.push(off(d, field));
+                }
+            }
+        }
+        let v = gdb_values(&lib, &exprs);
+        let g = layout.gil_layout;
+        let expected_gil = [
+            g.interval,
+            g.last_holder,
+            g.locked,
+            g.switch_number,
+            g.cond,
+            g.mutex,
+            g.switch_cond,
+            g.size,
+        ];
+        for (i, want) in expected_gil.iter().enumerate() {
+            assert_eq!(v[i] as u64, *want, "{version}: {}", exprs[i]);
+        }
+        let tid_off = match layout.thread_id {
+            ThreadIdField::NativeThreadId(o) | ThreadIdField::PthreadOnly(o) => o,
+        };
+        assert_eq!(v[8] as u64, tid_off, "{version}: {}", exprs[8]);
+        match layout.gil {
+            GilLocation::Embedded(o) => assert_eq!(v[9] as u64, o, "{version}: GIL in _PyRuntime"),
+            GilLocation::InterpreterPointer { interp, gil_ptr } => {
+                assert_eq!(
+                    v[9] as u64, interp,
+                    "{version}: main interpreter in _PyRuntime"
+                );
+                assert_eq!(
+                    v[10] as u64, gil_ptr,
+                    "{version}: ceval.gil in the interpreter"
+                );
+            }
+            GilLocation::DebugOffsets => {
+                let b = block_layout(version).unwrap_or_else(|| panic!("{version} block layout"));
+                let positions = [
+                    b.interpreters_head,
+                    b.interp_next,
+                    b.ceval_gil,
+                    b.gil_runtime_state,
+                    b.gil_enabled,
+                    b.gil_locked,
+                    b.gil_holder,
+                    b.native_thread_id,
+                ];
+                for (i, want) in positions.iter().enumerate() {
+                    assert_eq!(v[9 + i] as usize, *want, "{version}: {}", exprs[9 + i]);
+                }
+            }
+        }
+    }
+}

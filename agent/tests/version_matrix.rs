@@ -1,0 +1,134 @@
+//! Every interpreter of the matrix — pyenv 3.8-3.13, stripped copies of each,
+//! Debian's stripped 3.11, and the CPythons built from Debian sources when
+//! present — measured against the same two truths: four CPU-bound threads
+//! serialize (GIL held ≥ 90 % of the time, each worker waits 55-85 % of the wall
+//! time) and a single-thread ping-pong shows zero GIL waits.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// One interpreter to run: a label, the python binary, and a library directory
+/// to put first on LD_LIBRARY_PATH (for stripped copies).
+struct Case {
+    label: String,
+    python: PathBuf,
+    lib_dir: Option<PathBuf>,
+}
+
+fn matrix() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (line, python, lib) in pyenv_matrix() {
+        cases.push(Case {
+            label: format!("pyenv {line}"),
+            python: python.clone(),
+            lib_dir: None,
+        });
+        let stripped = stripped_copy(&lib, &format!("matrix-{line}"));
+        cases.push(Case {
+            label: format!("pyenv {line} stripped"),
+            python,
+            lib_dir: stripped.parent().map(Path::to_path_buf),
+        });
+    }
+    if let Some(python) = debian_python311() {
+        cases.push(Case {
+            label: "Debian 3.11 (static, stripped)".into(),
+            python,
+            lib_dir: None,
+        });
+    }
+    cases
+}
+
+#[test]
+fn every_interpreter_in_the_matrix_measures_serialization_and_no_phantom_waits() {
+    if !can_use_bpf() {
+        return;
+    }
+    let cases = matrix();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let _machine = serial();
+        let label = &case.label;
+        let python = case.python.to_string_lossy().into_owned();
+        let mut cmd = gilscope();
+        cmd.args([
+            "check",
+            "--json",
+            "--",
+            &python,
+            &workload("cpu_threads.py"),
+            "4",
+            "5",
+        ]);
+        if let Some(dir) = &case.lib_dir {
+            cmd.env("LD_LIBRARY_PATH", dir);
+        }
+        let doc = check_json_with(&mut cmd);
+        let p = &doc["process"];
+        let wall = f(p, "wall_s");
+        let stripped = doc["interpreter"]["stripped"].as_bool();
+        if case.lib_dir.is_some() && stripped != Some(true) {
+            failures.push(format!(
+                "{label}: the stripped copy was not the one measured: {}",
+                doc["interpreter"]
+            ));
+        }
+        if f(p, "gil_utilization") < 0.9 {
+            failures.push(format!("{label}: utilization {}", p["gil_utilization"]));
+        }
+        let workers = workers(&doc);
+        if workers.len() != 4 {
+            failures.push(format!("{label}: {} workers", workers.len()));
+        }
+        for w in &workers {
+            let share = f(w, "gil_wait_s") / wall;
+            if !(0.55..=0.85).contains(&share) {
+                failures.push(format!(
+                    "{label}: worker {} waits {share:.3} of wall",
+                    w["tid"]
+                ));
+            }
+            if w["blocked_by"]
+                .as_array()
+                .map_or(0, |b| b.iter().filter(|h| h["tid"] != 0).count())
+                < 3
+            {
+                failures.push(format!(
+                    "{label}: holders not identified: {}",
+                    w["blocked_by"]
+                ));
+            }
+        }
+
+        let mut cmd = gilscope();
+        cmd.args([
+            "check",
+            "--json",
+            "--",
+            &python,
+            &workload("pingpong.py"),
+            "1.5",
+        ]);
+        if let Some(dir) = &case.lib_dir {
+            cmd.env("LD_LIBRARY_PATH", dir);
+        }
+        let doc = check_json_with(&mut cmd);
+        if doc["process"]["gil_waits"].as_u64() != Some(0) {
+            failures.push(format!(
+                "{label}: ping-pong shows {} GIL waits",
+                doc["process"]["gil_waits"]
+            ));
+        }
+        eprintln!("{label}: measured");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} interpreters, failures:\n{}",
+        cases.len(),
+        failures.join("\n")
+    );
+}

@@ -1,12 +1,17 @@
 # The two commands a newcomer needs:
 #   make demo   set up this machine, build, and measure a bundled 4-thread workload
-#   make test   set up this machine and run every test (needs root for the BPF tests)
+#   make test   set up this machine (and build CPython 3.13t once), run every test (root)
 
 PYTHON ?= $(shell command -v python3 || echo /usr/bin/python3)
 
-.PHONY: setup build demo test bench
+.PHONY: setup interpreters build demo test bench
 setup:
 	bash tests/setup.sh
+
+# Free-threaded CPython 3.13t from Debian's source package, cached in
+# /var/cache/gilscope/cpython (~2 min the first time, seconds after).
+interpreters: setup
+	bash tests/interpreters/build-cpython.sh 3.13t
 
 build: setup
 	cargo build --release
@@ -14,7 +19,7 @@ build: setup
 demo: build
 	./target/release/gilscope check -- $(PYTHON) tests/workloads/cpu_threads.py 4 5
 
-test: setup
+test: setup interpreters
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test --workspace

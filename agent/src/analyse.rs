@@ -6,10 +6,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::bpf::layout::{PreciseGil, ThreadWaits, HIST_SLOTS};
+use crate::bpf::layout::{LockVal, PreciseGil, ThreadWaits, HIST_SLOTS};
+use crate::bpf::lock_probe::LockCounters;
 use crate::bpf::wait_probe::WaitCounters;
 use crate::gil_sampler::GilSamples;
-use crate::report::{BlockedBy, InterpreterInfo, Mode, ProcessReport, ThreadReport};
+use crate::report::{
+    BlockedBy, HotLock, InterpreterInfo, LockContention, Mode, ProcessReport, ThreadReport,
+};
 use crate::threads::ThreadSample;
 
 const NS: f64 = 1e9;
@@ -30,6 +33,8 @@ pub struct Measurement {
     pub gil: GilSamples,
     /// Holder thread state -> tid, for the blocked-by attribution.
     pub holder_tids: HashMap<u64, u32>,
+    /// PyMutex parking, where the parking lot was probed.
+    pub locks: Option<LockCounters>,
 }
 
 /// What `--precise` measured.
@@ -76,6 +81,34 @@ fn ratio(num: f64, den: f64) -> f64 {
     }
 }
 
+/// Maximum number of locks listed in `top_locks`.
+const TOP_LOCKS: usize = 10;
+
+/// Totals, percentiles and the hottest locks of PyMutex parking.
+pub fn lock_contention(locks: &LockCounters) -> LockContention {
+    let mut hist = [0u64; HIST_SLOTS];
+    for w in locks.threads.values() {
+        add_hist(&mut hist, &w.park_hist);
+    }
+    let mut top: Vec<(u64, LockVal)> = locks.locks.iter().map(|(a, v)| (*a, *v)).collect();
+    top.sort_by(|a, b| b.1.park_ns.cmp(&a.1.park_ns).then(a.0.cmp(&b.0)));
+    LockContention {
+        wait_s: locks.threads.values().map(|w| w.park_ns).sum::<u64>() as f64 / NS,
+        waits: locks.threads.values().map(|w| w.parks).sum(),
+        wait_p50_us: percentile_us(&hist, 0.5),
+        wait_p99_us: percentile_us(&hist, 0.99),
+        top_locks: top
+            .into_iter()
+            .take(TOP_LOCKS)
+            .map(|(address, v)| HotLock {
+                address: format!("{address:#x}"),
+                wait_s: v.park_ns as f64 / NS,
+                waits: v.parks,
+            })
+            .collect(),
+    }
+}
+
 /// Per-thread rows and process totals of one measurement.
 pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
     let mut tids: Vec<u32> = m
@@ -103,6 +136,7 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
         let w = m.waits.threads.get(&tid).unwrap_or(&zero_waits);
         add_hist(&mut process_hist, &w.take_hist);
         let precise = m.precise.as_ref().and_then(|p| p.threads.get(&tid));
+        let lock = m.locks.as_ref().and_then(|l| l.threads.get(&tid));
         let futex_gil_wait_ns = w.take_wait_ns + w.mutex_wait_ns;
         let gil_wait_s = match precise {
             Some(p) => p.take_ns as f64 / NS,
@@ -153,6 +187,8 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
             gil_hold_share,
             drop_wait_s: w.drop_wait_ns as f64 / NS,
             futex_wait_s: w.other_wait_ns as f64 / NS,
+            lock_wait_s: lock.map_or(0.0, |l| l.park_ns as f64 / NS),
+            lock_waits: lock.map_or(0, |l| l.parks),
             blocked_by,
         });
     }
@@ -255,6 +291,7 @@ mod tests {
                 version: "3.11.7".into(),
                 stripped: false,
                 gil_enabled: true,
+                gil_enabled_changed: false,
                 free_threaded: false,
             },
             cpu_start: BTreeMap::new(),
@@ -267,6 +304,7 @@ mod tests {
                 ..GilSamples::default()
             },
             holder_tids: HashMap::from([(0xdead, 101)]),
+            locks: None,
         };
         let (process, threads) = analyse(&m);
         assert_eq!(threads.len(), 4);
@@ -282,5 +320,40 @@ mod tests {
             }]
         );
         assert!(process.gil_hold_s.is_none());
+    }
+
+    #[test]
+    fn hot_locks_are_ranked_by_park_time() {
+        use crate::bpf::layout::LockWaits;
+        let mut locks = LockCounters::default();
+        locks.threads.insert(
+            7,
+            LockWaits {
+                tgid: 1,
+                park_ns: 3_000_000,
+                parks: 3,
+                park_hist: hist_with(20, 3),
+                ..LockWaits::default()
+            },
+        );
+        locks.locks.insert(
+            0x10,
+            LockVal {
+                park_ns: 1_000_000,
+                parks: 1,
+            },
+        );
+        locks.locks.insert(
+            0x20,
+            LockVal {
+                park_ns: 2_000_000,
+                parks: 2,
+            },
+        );
+        let c = lock_contention(&locks);
+        assert_eq!(c.waits, 3);
+        assert!((c.wait_s - 0.003).abs() < 1e-12);
+        assert_eq!(c.top_locks[0].address, "0x20");
+        assert_eq!(c.top_locks[1].waits, 1);
     }
 }

@@ -11,15 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::analyse::{analyse, Measurement, PreciseCounters};
+use crate::analyse::{analyse, lock_contention, Measurement, PreciseCounters};
+use crate::bpf::lock_probe::LockProbe;
 use crate::bpf::precise_probe::{PreciseProbe, PreciseTargets};
 use crate::bpf::wait_probe::WaitProbe;
 use crate::diagnose::diagnose;
 use crate::error::{Error, Result};
-use crate::gil_sampler::{GilSampler, TstateResolver};
+use crate::gil_sampler::{GilSampler, GilSamples, TstateResolver};
 use crate::launch::{self, ChildStdout};
 use crate::memory::RemoteMemory;
-use crate::python::elf::ElfImage;
+use crate::python::elf::{file_offset_of, ElfImage};
 use crate::python::finder::{self, FoundBy, FoundFunction};
 use crate::python::locate::{self, GilSite, Interpreter};
 use crate::python::versions::ThreadIdField;
@@ -72,6 +73,25 @@ fn install_interrupt_handler() {
     }
 }
 
+/// Probes PyMutex parking where the interpreter has a parking lot (3.13+): the
+/// slow path only, so it is on by default. Matters most on free-threaded builds.
+fn attach_locks(interp: &Interpreter) -> Result<Option<LockProbe>> {
+    let Some(park) = interp.file.park else {
+        return Ok(None);
+    };
+    let image = ElfImage::read(&interp.host_path)?;
+    let file = image.parse(&interp.host_path)?;
+    let offset = file_offset_of(&file, park.address).ok_or_else(|| Error::BadElf {
+        path: interp.host_path.clone(),
+        why: "_PyParkingLot_Park is outside every loadable segment".into(),
+    })?;
+    let event_wait = interp.file.event_wait.map(|f| {
+        let start = f.address.wrapping_add(interp.load_bias);
+        start..start + f.size.max(1)
+    });
+    LockProbe::attach(interp.pid, &interp.host_path, offset, event_wait).map(Some)
+}
+
 /// The attached `--precise` uprobes and where they went.
 struct PreciseAttachment {
     probe: PreciseProbe,
@@ -114,26 +134,24 @@ fn attach_precise(interp: &Interpreter) -> Result<PreciseAttachment> {
     })
 }
 
-fn interpreter_info(interp: &Interpreter) -> InterpreterInfo {
-    let executable = std::fs::read_link(format!("/proc/{}/exe", interp.pid))
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| interp.path_in_process.display().to_string());
+fn interpreter_info(interp: &Interpreter, gil: &GilSite, samples: &GilSamples) -> InterpreterInfo {
     InterpreterInfo {
-        executable,
+        executable: interp.executable.display().to_string(),
         library: interp
             .is_library
             .then(|| interp.path_in_process.display().to_string()),
         version: interp.file.version.to_string(),
         stripped: interp.file.stripped,
-        gil_enabled: !interp.file.free_threaded,
-        free_threaded: interp.file.free_threaded,
+        gil_enabled: samples.gil_enabled.unwrap_or(!gil.free_threaded),
+        gil_enabled_changed: samples.gil_enabled_changes > 0,
+        free_threaded: gil.free_threaded,
     }
 }
 
 /// Finds the GIL and checks that memory there looks like one.
 fn validated_gil(interp: &Interpreter, mem: &RemoteMemory) -> Result<GilSite> {
     let site = interp.resolve_gil(mem)?;
-    locate::read_gil_state(interp.pid, mem, site.addr, &site.layout)?;
+    locate::read_gil_state(interp.pid, mem, &site)?;
     Ok(site)
 }
 
@@ -171,6 +189,7 @@ struct Attached {
     gil: GilSite,
     child: Option<Child>,
     precise: Option<PreciseAttachment>,
+    locks: Option<LockProbe>,
     cpu_start: BTreeMap<u32, ThreadSample>,
     started: Instant,
 }
@@ -185,6 +204,7 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
             let interp = locate::require_interpreter(pid)?;
             let mem = RemoteMemory::new(pid);
             let gil = validated_gil(&interp, &mem)?;
+            let locks = attach_locks(&interp)?;
             let precise = if opts.precise {
                 Some(attach_precise(&interp)?)
             } else {
@@ -197,12 +217,14 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
                 gil,
                 child: None,
                 precise,
+                locks,
                 cpu_start,
                 started: Instant::now(),
             })
         }
         Target::Command(argv) => {
             let mut precise = None;
+            let mut locks = None;
             let mut static_gil = None;
             let launched = launch::launch(argv, opts.child_stdout, |interp| {
                 if let Some(site) = interp.static_gil() {
@@ -212,6 +234,7 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
                 if opts.precise {
                     precise = Some(attach_precise(interp)?);
                 }
+                locks = attach_locks(interp)?;
                 Ok(())
             })?;
             let started = Instant::now();
@@ -237,6 +260,7 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
                 gil,
                 child,
                 precise,
+                locks,
                 cpu_start: BTreeMap::new(),
                 started,
             })
@@ -284,13 +308,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         attached.gil.thread_id,
         pthread_tid_off,
     ));
-    let sampler = GilSampler::start(
-        pid,
-        attached.gil.addr,
-        attached.gil.layout,
-        Arc::clone(&resolver),
-        opts.sample_hz,
-    );
+    let sampler = GilSampler::start(pid, attached.gil, Arc::clone(&resolver), opts.sample_hz);
 
     let mut cpu_end: BTreeMap<u32, ThreadSample> = BTreeMap::new();
     let mut holder_tids: HashMap<u64, u32> = HashMap::new();
@@ -349,6 +367,10 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         tracing::warn!("could not clear the kernel state of process {pid}: {e}");
     }
     let precise_probes = attached.precise.take().map(|p| p.sites);
+    let locks = match attached.locks.take() {
+        Some(probe) => Some(probe.read(pid)?),
+        None => None,
+    };
 
     if let Some(child) = attached.child.take() {
         if ending == Ending::CommandExited {
@@ -373,6 +395,13 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         ),
         "CPU and run-queue delay: /proc/PID/task/TID/schedstat".to_string(),
     ];
+    if locks.is_some() {
+        measured_by.push(
+            "lock contention: uprobes on _PyParkingLot_Park (the PyMutex slow path; parks from \
+             PyEvent_WaitTimed such as thread joins are left out)"
+                .to_string(),
+        );
+    }
     if let Some(p) = &precise {
         measured_by.push(format!(
             "--precise: uprobes on take_gil{}; GIL wait totals are exact take_gil times{}",
@@ -392,16 +421,18 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         pid,
         wall_s,
         mode,
-        interpreter: interpreter_info(&attached.interp),
+        interpreter: interpreter_info(&attached.interp, &attached.gil, &gil),
         cpu_start: attached.cpu_start,
         cpu_end,
         waits,
         precise,
         gil,
         holder_tids,
+        locks,
     };
     let (process, threads) = analyse(&measurement);
-    let diagnosis = diagnose(&process, &threads);
+    let lock_contention = measurement.locks.as_ref().map(lock_contention);
+    let diagnosis = diagnose(&process, &threads, lock_contention.as_ref());
     Ok(Report {
         schema: SCHEMA,
         pid,
@@ -414,6 +445,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         ended: ending,
         command_exit_code,
         measured_by,
+        lock_contention,
         precise_probes,
     })
 }

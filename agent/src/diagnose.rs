@@ -3,7 +3,7 @@
 //! Rules are thresholds on the measured ratios, most severe first. Each
 //! diagnosis quotes the numbers it rests on so the user can check the claim.
 
-use crate::report::{Diagnosis, ProcessReport, Severity, ThreadReport};
+use crate::report::{Diagnosis, LockContention, ProcessReport, Severity, ThreadReport};
 
 /// GIL queue length (Σ GIL wait / wall) from which threads are called serialized.
 pub const SERIALIZED_QUEUE_LENGTH: f64 = 0.25;
@@ -18,10 +18,50 @@ fn cpu_hungry(threads: &[ThreadReport], wall_s: f64) -> usize {
         .count()
 }
 
+/// Σ lock park time / wall from which PyMutex contention is reported.
+pub const LOCK_QUEUE_LENGTH: f64 = 0.25;
+
 /// The diagnoses of one process, most severe first (never empty).
-pub fn diagnose(process: &ProcessReport, threads: &[ThreadReport]) -> Vec<Diagnosis> {
+pub fn diagnose(
+    process: &ProcessReport,
+    threads: &[ThreadReport],
+    locks: Option<&LockContention>,
+) -> Vec<Diagnosis> {
     let hungry = cpu_hungry(threads, process.wall_s);
     let mut out = Vec::new();
+    if let Some(locks) = locks {
+        let queue = if process.wall_s > 0.0 {
+            locks.wait_s / process.wall_s
+        } else {
+            0.0
+        };
+        if queue >= LOCK_QUEUE_LENGTH {
+            let hottest = locks
+                .top_locks
+                .first()
+                .map(|l| {
+                    format!(
+                        "; the hottest lock ({}) accounts for {:.2} s",
+                        l.address, l.wait_s
+                    )
+                })
+                .unwrap_or_default();
+            out.push(Diagnosis {
+                kind: "lock_contention".into(),
+                severity: Severity::Warning,
+                summary: format!(
+                    "lock contention: threads parked on PyMutexes {:.2} s in {} waits \
+                     ({queue:.2} threads waiting on average){hottest}",
+                    locks.wait_s, locks.waits
+                ),
+                advice: "Without the GIL, threads now contend on the per-object locks that \
+                         replace it: several threads mutate the same list, dict or object. \
+                         Give each thread its own data and merge at the end, or use a \
+                         queue.Queue to hand work over."
+                    .into(),
+            });
+        }
+    }
     if process.gil_queue_length >= SERIALIZED_QUEUE_LENGTH && hungry >= 2 {
         // n fully serialized threads keep n-1 of them waiting: near that, it is critical.
         let severity = if process.gil_queue_length >= 0.75 * (hungry as f64 - 1.0) {
@@ -84,8 +124,14 @@ mod tests {
             gil_hold_share: 0.0,
             drop_wait_s: 0.0,
             futex_wait_s: 0.0,
+            lock_wait_s: 0.0,
+            lock_waits: 0,
             blocked_by: vec![],
         }
+    }
+
+    fn diagnose_(process: &ProcessReport, threads: &[ThreadReport]) -> Vec<Diagnosis> {
+        diagnose(process, threads, None)
     }
 
     fn process(queue: f64, parallelism: f64) -> ProcessReport {
@@ -109,7 +155,7 @@ mod tests {
     #[test]
     fn four_waiting_threads_are_serialized() {
         let threads = vec![thread(1.0, 3.0); 4];
-        let d = diagnose(&process(3.0, 1.01), &threads);
+        let d = diagnose_(&process(3.0, 1.01), &threads);
         assert_eq!(d[0].kind, "gil_serialized_threads");
         assert_eq!(d[0].severity, Severity::Critical);
         assert!(
@@ -123,10 +169,10 @@ mod tests {
     #[test]
     fn two_threads_taking_turns_are_critical_but_mild_contention_is_a_warning() {
         let threads = vec![thread(2.0, 1.8); 2];
-        let d = diagnose(&process(0.9, 0.98), &threads);
+        let d = diagnose_(&process(0.9, 0.98), &threads);
         assert_eq!(d[0].severity, Severity::Critical);
         let threads = vec![thread(3.0, 0.6); 4];
-        let d = diagnose(&process(0.6, 3.0), &threads);
+        let d = diagnose_(&process(0.6, 3.0), &threads);
         assert_eq!(d[0].kind, "gil_serialized_threads");
         assert_eq!(d[0].severity, Severity::Warning);
     }
@@ -134,15 +180,30 @@ mod tests {
     #[test]
     fn parallel_threads_are_not_contended() {
         let threads = vec![thread(3.8, 0.05); 2];
-        let d = diagnose(&process(0.03, 1.9), &threads);
+        let d = diagnose_(&process(0.03, 1.9), &threads);
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].kind, "no_contention");
     }
 
     #[test]
+    fn heavy_lock_parking_is_reported_first() {
+        let locks = LockContention {
+            wait_s: 3.0,
+            waits: 900,
+            wait_p50_us: 50.0,
+            wait_p99_us: 900.0,
+            top_locks: vec![],
+        };
+        let threads = vec![thread(3.0, 0.0); 4];
+        let d = diagnose(&process(0.0, 3.0), &threads, Some(&locks));
+        assert_eq!(d[0].kind, "lock_contention");
+        assert_eq!(d[1].kind, "no_contention");
+    }
+
+    #[test]
     fn one_busy_thread_alone_is_not_serialization() {
         let threads = vec![thread(4.0, 0.0), thread(0.0, 1.2)];
-        let d = diagnose(&process(0.3, 1.0), &threads);
+        let d = diagnose_(&process(0.3, 1.0), &threads);
         assert_eq!(d[0].kind, "no_contention");
     }
 }

@@ -13,8 +13,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::memory::RemoteMemory;
-use crate::python::locate::read_gil_state;
-use crate::python::versions::{GilLayout, ThreadIdField};
+use crate::python::locate::{read_gil_state, GilSite};
+use crate::python::versions::ThreadIdField;
 
 /// Maps `PyThreadState *` to kernel tids by reading `native_thread_id` (3.11+), or
 /// the `pthread_t` and then glibc's `struct pthread` (3.8-3.10), from the target.
@@ -94,6 +94,10 @@ pub struct GilSamples {
     pub last_switch: Option<(Instant, u64)>,
     /// Reads that failed (the process exited, or memory moved).
     pub failed_reads: u64,
+    /// Free-threaded builds: whether the GIL was on at the last sample.
+    pub gil_enabled: Option<bool>,
+    /// How often the GIL was switched on or off between samples.
+    pub gil_enabled_changes: u64,
 }
 
 impl GilSamples {
@@ -133,13 +137,7 @@ pub struct GilSampler {
 
 impl GilSampler {
     /// Starts sampling the GIL at `gil_addr` of `pid` at `hz` samples per second.
-    pub fn start(
-        pid: u32,
-        gil_addr: u64,
-        layout: GilLayout,
-        resolver: Arc<TstateResolver>,
-        hz: u32,
-    ) -> Self {
+    pub fn start(pid: u32, gil: GilSite, resolver: Arc<TstateResolver>, hz: u32) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let period = Duration::from_secs_f64(1.0 / f64::from(hz.max(1)));
@@ -150,9 +148,15 @@ impl GilSampler {
                 let mut out = GilSamples::default();
                 let mut next = Instant::now();
                 while !flag.load(Ordering::Relaxed) {
-                    match read_gil_state(pid, &mem, gil_addr, &layout) {
+                    match read_gil_state(pid, &mem, &gil) {
                         Ok(state) => {
                             let now = Instant::now();
+                            if let Some(enabled) = state.enabled {
+                                if out.gil_enabled.is_some_and(|was| was != enabled) {
+                                    out.gil_enabled_changes += 1;
+                                }
+                                out.gil_enabled = Some(enabled);
+                            }
                             out.samples += 1;
                             if state.locked {
                                 out.locked += 1;

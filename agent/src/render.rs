@@ -72,6 +72,40 @@ pub fn text(report: &Report) -> String {
         duration_us(p.gil_wait_p99_us),
         p.futex_wait_s
     );
+    if let Some(locks) = &report.lock_contention {
+        let top: Vec<String> = locks
+            .top_locks
+            .iter()
+            .take(3)
+            .map(|l| format!("{} {:.2}s/{}", l.address, l.wait_s, l.waits))
+            .collect();
+        let _ = writeln!(
+            out,
+            "lock contention (PyMutex parking): {:.2}s in {} waits (p50 {}, p99 {}){}{}",
+            locks.wait_s,
+            locks.waits,
+            duration_us(locks.wait_p50_us),
+            duration_us(locks.wait_p99_us),
+            if top.is_empty() { "" } else { "  top locks: " },
+            top.join(", ")
+        );
+    }
+    if report.interpreter.free_threaded {
+        let _ = writeln!(
+            out,
+            "free-threaded build: GIL {}{}",
+            if report.interpreter.gil_enabled {
+                "ON"
+            } else {
+                "off"
+            },
+            if report.interpreter.gil_enabled_changed {
+                " (switched while measuring)"
+            } else {
+                ""
+            }
+        );
+    }
     out.push('\n');
     let _ = writeln!(
         out,

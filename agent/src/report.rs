@@ -26,7 +26,11 @@ pub struct InterpreterInfo {
     pub library: Option<String>,
     pub version: String,
     pub stripped: bool,
+    /// Free-threaded builds: the GIL's state when measuring ended.
     pub gil_enabled: bool,
+    /// The GIL was switched on or off while measuring (e.g. an extension without
+    /// `Py_MOD_GIL_NOT_USED` was imported).
+    pub gil_enabled_changed: bool,
     pub free_threaded: bool,
 }
 
@@ -72,7 +76,30 @@ pub struct ThreadReport {
     pub gil_hold_share: f64,
     pub drop_wait_s: f64,
     pub futex_wait_s: f64,
+    /// Free-threaded builds: time parked on PyMutexes (`_PyParkingLot_Park`).
+    pub lock_wait_s: f64,
+    pub lock_waits: u64,
     pub blocked_by: Vec<BlockedBy>,
+}
+
+/// One contended lock, by address.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HotLock {
+    /// Address of the lock word in the process, hex.
+    pub address: String,
+    pub wait_s: f64,
+    pub waits: u64,
+}
+
+/// PyMutex contention of a free-threaded build (what replaces the GIL when it is off).
+#[derive(Debug, Clone, Serialize)]
+pub struct LockContention {
+    pub wait_s: f64,
+    pub waits: u64,
+    pub wait_p50_us: f64,
+    pub wait_p99_us: f64,
+    /// The most waited-on locks, most first (at most 10).
+    pub top_locks: Vec<HotLock>,
 }
 
 /// How bad a finding is.
@@ -141,6 +168,8 @@ pub struct Report {
     pub command_exit_code: Option<i32>,
     /// Which mechanism produced which figure, in plain words.
     pub measured_by: Vec<String>,
+    /// Builds with a parking lot (3.13+): PyMutex contention; `null` where not measured.
+    pub lock_contention: Option<LockContention>,
     /// `--precise` only: where take_gil/drop_gil were probed.
     pub precise_probes: Option<PreciseProbes>,
 }

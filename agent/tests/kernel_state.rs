@@ -31,7 +31,7 @@ fn unwatching_a_process_removes_all_its_kernel_state() {
     let interp = require_interpreter(pid).expect("CPython");
     let mem = RemoteMemory::new(pid);
     let gil = interp.resolve_gil(&mem).expect("GIL address");
-    read_gil_state(pid, &mem, gil.addr, &gil.layout).expect("valid GIL");
+    read_gil_state(pid, &mem, &gil).expect("valid GIL");
     probe.watch(pid, gil.addr, &gil.layout).expect("watch");
     let _ = target.wait();
 

@@ -123,6 +123,59 @@ impl Default for PreciseGil {
     }
 }
 
+/// PyMutex parking of one thread (map `lock_waits`, key: tid).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockWaits {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub park_ns: u64,
+    pub parks: u64,
+    pub event_ns: u64,
+    pub events: u64,
+    pub park_hist: [u64; HIST_SLOTS],
+}
+
+impl Default for LockWaits {
+    fn default() -> Self {
+        Self {
+            tgid: 0,
+            _pad: 0,
+            park_ns: 0,
+            parks: 0,
+            event_ns: 0,
+            events: 0,
+            park_hist: [0; HIST_SLOTS],
+        }
+    }
+}
+
+/// (process, lock address) of map `lock_by_address`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LockKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub address: u64,
+}
+
+/// Park time spent on one lock.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockVal {
+    pub park_ns: u64,
+    pub parks: u64,
+}
+
+/// A park in progress (map `parking`, key: tid).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParkInflight {
+    pub start_ns: u64,
+    pub address: u64,
+    pub caller: u64,
+}
+
 // SAFETY: all of these are repr(C), Copy, and made only of integers, so every
 // bit pattern is a valid value and they contain no pointers.
 unsafe impl aya::Pod for GilTarget {}
@@ -131,6 +184,10 @@ unsafe impl aya::Pod for FutexInflight {}
 unsafe impl aya::Pod for BlockedKey {}
 unsafe impl aya::Pod for BlockedVal {}
 unsafe impl aya::Pod for PreciseGil {}
+unsafe impl aya::Pod for LockWaits {}
+unsafe impl aya::Pod for LockKey {}
+unsafe impl aya::Pod for LockVal {}
+unsafe impl aya::Pod for ParkInflight {}
 
 #[cfg(test)]
 mod tests {
@@ -268,6 +325,25 @@ mod tests {
             "precise_gil",
             PreciseGil,
             [tgid, _pad, take_calls, take_ns, hold_ns, holds, take_hist]
+        );
+    }
+
+    #[test]
+    fn rust_mirrors_match_the_btf_of_the_lock_probe() {
+        let s = btf_structs("lock_park.bpf.o");
+        assert_layout!(
+            s,
+            "lock_waits",
+            LockWaits,
+            [tgid, _pad, park_ns, parks, event_ns, events, park_hist]
+        );
+        assert_layout!(s, "lock_key", LockKey, [tgid, _pad, address]);
+        assert_layout!(s, "lock_val", LockVal, [park_ns, parks]);
+        assert_layout!(
+            s,
+            "park_inflight",
+            ParkInflight,
+            [start_ns, address, caller]
         );
     }
 }

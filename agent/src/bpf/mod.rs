@@ -2,6 +2,7 @@
 //! `ebpf/`, attaching them, and reading their maps into plain structs.
 
 pub mod layout;
+pub mod lock_probe;
 pub mod precise_probe;
 pub mod wait_probe;
 

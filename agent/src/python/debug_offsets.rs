@@ -75,13 +75,11 @@ impl DebugOffsets {
         self.gil_holder.checked_sub(self.gil_runtime_state)
     }
 
-    /// Offset of `enabled` inside the GIL struct (free-threaded builds only).
+    /// Offset of `enabled` inside the GIL struct (free-threaded builds only). Unlike
+    /// `locked` and `last_holder`, CPython records this one relative to the GIL
+    /// struct, not to the interpreter (`offsetof(struct _gil_runtime_state, enabled)`).
     pub fn enabled_in_gil(&self) -> Option<u64> {
-        if self.free_threaded {
-            self.gil_enabled.checked_sub(self.gil_runtime_state)
-        } else {
-            None
-        }
+        self.free_threaded.then_some(self.gil_enabled)
     }
 }
 
@@ -182,6 +180,15 @@ mod tests {
         assert_eq!(d.holder_in_gil(), Some(8));
         assert_eq!(d.enabled_in_gil(), None);
         assert_eq!(d.native_thread_id, 0x98);
+        let ft = parse(
+            &block_313(1),
+            PyVersion {
+                major: 3,
+                minor: 13,
+            },
+        )
+        .expect("valid");
+        assert_eq!(ft.enabled_in_gil(), Some(0), "relative to the GIL struct");
     }
 
     #[test]

@@ -49,8 +49,10 @@ pub struct InterpreterFile {
     pub take_gil: Option<Function>,
     pub drop_gil: Option<Function>,
     pub restore_thread: Option<Function>,
-    /// Exported `_PyParkingLot_Park` and `Py_GIL_DISABLED`-style hints of a free-threaded build.
-    pub free_threaded: bool,
+    /// Exported `_PyParkingLot_Park` (3.13+): the PyMutex slow path, probed on free-threaded builds.
+    pub park: Option<Function>,
+    /// Exported `PyEvent_WaitTimed`: parks it makes are event waits, not lock contention.
+    pub event_wait: Option<Function>,
 }
 
 /// The parsed file plus its bytes, for callers that need to read code (disassembly).
@@ -222,8 +224,8 @@ pub fn inspect_parsed(path: &Path, file: &object::File<'_>) -> Result<Option<Int
         take_gil: find_function(file, "take_gil"),
         drop_gil: find_function(file, "drop_gil"),
         restore_thread: find_function(file, "PyEval_RestoreThread"),
-        free_threaded: find_object(file, "_PyParkingLot_Park").is_some()
-            && find_object(file, "_Py_brc_queue_object").is_some(),
+        park: find_function(file, "_PyParkingLot_Park"),
+        event_wait: find_function(file, "PyEvent_WaitTimed"),
     }))
 }
 

@@ -20,6 +20,8 @@ use crate::memory::RemoteMemory;
 #[derive(Debug, Clone)]
 pub struct Interpreter {
     pub pid: u32,
+    /// `/proc/PID/exe` when the interpreter was found (the process may be gone at report time).
+    pub executable: PathBuf,
     pub file: InterpreterFile,
     /// The file's path as the process sees it (inside its mount namespace).
     pub path_in_process: PathBuf,
@@ -151,16 +153,15 @@ pub struct GilState {
     pub locked: bool,
     pub last_holder: u64,
     pub switch_number: u64,
+    /// Free-threaded builds: whether the GIL is switched on right now.
+    pub enabled: Option<bool>,
 }
 
 /// Reads and sanity-checks the GIL struct; errors explain what did not look right.
-pub fn read_gil_state(
-    pid: u32,
-    mem: &RemoteMemory,
-    addr: u64,
-    layout: &GilLayout,
-) -> Result<GilState> {
-    let mut raw = [0u8; 32];
+pub fn read_gil_state(pid: u32, mem: &RemoteMemory, gil: &GilSite) -> Result<GilState> {
+    let (addr, layout) = (gil.addr, &gil.layout);
+    // Everything up to and including switch_number (and `enabled` before it).
+    let mut raw = [0u8; 48];
     mem.read(addr, &mut raw)?;
     let field = |off: u64| -> u64 {
         let off = off as usize;
@@ -176,6 +177,7 @@ pub fn read_gil_state(
         locked: locked_word == 1,
         last_holder: field(layout.last_holder),
         switch_number: field(layout.switch_number),
+        enabled: gil.enabled_off.map(|off| field(off) & 0xffff_ffff != 0),
     };
     let invalid = |why: String| Error::GilNotValid { pid, addr, why };
     if interval_us == 0 {
@@ -280,6 +282,7 @@ pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
         let load_bias = mapped.base.wrapping_sub(file.first_load_vaddr & !0xfff);
         return Ok(Some(Interpreter {
             pid,
+            executable: exe.clone().unwrap_or_else(|| mapped.path.clone()),
             is_library: Some(mapped.path.as_path()) != exe.as_deref(),
             path_in_process: mapped.path.clone(),
             host_path: host,

@@ -111,7 +111,7 @@ fn site(f: &FoundFunction) -> ProbeSite {
 fn attach_precise(interp: &Interpreter) -> Result<PreciseAttachment> {
     let image = ElfImage::read(&interp.host_path)?;
     let file = image.parse(&interp.host_path)?;
-    let take = finder::find_take_gil(&file, &interp.file);
+    let take = finder::find_take_gil(&file);
     if take.is_empty() {
         return Err(Error::Internal(format!(
             "--precise: cannot find take_gil in {} (no symbol, and no function reachable from \

@@ -11,10 +11,10 @@ use gilscope::python::elf::{inspect, ElfImage};
 use gilscope::python::finder::{find_take_gil, FoundBy};
 
 fn take_gil_of(path: &Path) -> Vec<(u64, FoundBy)> {
-    let info = inspect(path).expect("readable").expect("is CPython");
+    inspect(path).expect("readable").expect("is CPython");
     let image = ElfImage::read(path).expect("read");
     let file = image.parse(path).expect("parse");
-    find_take_gil(&file, &info)
+    find_take_gil(&file)
         .into_iter()
         .map(|f| (f.file_offset, f.how))
         .collect()
@@ -45,14 +45,17 @@ fn stripped_libpythons_resolve_like_the_originals() {
                 .all(|(_, how)| *how == FoundBy::SymbolTable),
             "{line}"
         );
-        assert_eq!(by_disassembly.len(), 1, "{line}: {by_disassembly:?}");
-        assert_eq!(by_disassembly[0].1, FoundBy::Disassembly);
         assert!(
-            by_symbol
+            by_disassembly
                 .iter()
-                .any(|(offset, _)| *offset == by_disassembly[0].0),
-            "{line}: disassembly found {:#x}, the symbol table names {by_symbol:x?}",
-            by_disassembly[0].0
+                .all(|(_, how)| *how == FoundBy::Disassembly),
+            "{line}"
+        );
+        let offsets = |v: &[(u64, FoundBy)]| v.iter().map(|(o, _)| *o).collect::<Vec<_>>();
+        assert_eq!(
+            offsets(&by_disassembly),
+            offsets(&by_symbol),
+            "{line}: disassembly finds every copy the symbol table names (3.8 has two)"
         );
         let _ = std::fs::remove_dir_all(stripped.parent().expect("dir"));
     }

@@ -2,7 +2,8 @@
 //! Debian's stripped 3.11, and the CPythons built from Debian sources when
 //! present — measured against the same two truths: four CPU-bound threads
 //! serialize (GIL held ≥ 90 % of the time, each worker waits 55-85 % of the wall
-//! time) and a single-thread ping-pong shows zero GIL waits.
+//! time) and a single-thread ping-pong shows zero GIL waits; `--precise` finds
+//! take_gil everywhere (by disassembly when stripped) and agrees.
 
 mod common;
 
@@ -80,11 +81,11 @@ fn every_interpreter_in_the_matrix_measures_serialization_and_no_phantom_waits()
         if f(p, "gil_utilization") < 0.9 {
             failures.push(format!("{label}: utilization {}", p["gil_utilization"]));
         }
-        let workers = workers(&doc);
-        if workers.len() != 4 {
-            failures.push(format!("{label}: {} workers", workers.len()));
+        let cpu_workers = workers(&doc);
+        if cpu_workers.len() != 4 {
+            failures.push(format!("{label}: {} workers", cpu_workers.len()));
         }
-        for w in &workers {
+        for w in &cpu_workers {
             let share = f(w, "gil_wait_s") / wall;
             if !(0.55..=0.85).contains(&share) {
                 failures.push(format!(
@@ -123,7 +124,45 @@ fn every_interpreter_in_the_matrix_measures_serialization_and_no_phantom_waits()
                 doc["process"]["gil_waits"]
             ));
         }
-        eprintln!("{label}: measured");
+        // --precise: every copy of take_gil probed (by symbol, or by disassembly when stripped).
+        let mut cmd = gilscope();
+        cmd.args([
+            "check",
+            "--json",
+            "--precise",
+            "--",
+            &python,
+            &workload("cpu_threads.py"),
+            "4",
+            "3",
+        ]);
+        if let Some(dir) = &case.lib_dir {
+            cmd.env("LD_LIBRARY_PATH", dir);
+        }
+        let doc = check_json_with(&mut cmd);
+        let probes = &doc["precise_probes"];
+        let takes = probes["take_gil"].as_array().map_or(0, Vec::len);
+        let drops = probes["drop_gil"].as_array().map_or(0, Vec::len);
+        let stripped = doc["interpreter"]["stripped"] == true;
+        if takes == 0 || (stripped && probes["take_gil"][0]["found_by"] != "disassembly") {
+            failures.push(format!("{label}: precise probes {probes}"));
+        }
+        if !stripped && drops == 0 {
+            failures.push(format!(
+                "{label}: drop_gil has a symbol but was not probed: {probes}"
+            ));
+        }
+        let wall = f(&doc["process"], "wall_s");
+        for w in workers(&doc) {
+            let share = f(&w, "gil_wait_s") / wall;
+            if !(0.55..=0.85).contains(&share) {
+                failures.push(format!(
+                    "{label} --precise: worker {} waits {share:.3} of wall",
+                    w["tid"]
+                ));
+            }
+        }
+        eprintln!("{label}: measured (precise: {takes} take_gil, {drops} drop_gil sites)");
     }
     assert!(
         failures.is_empty(),

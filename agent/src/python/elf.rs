@@ -1,7 +1,7 @@
 //! Reads what gilscope needs from a CPython executable or `libpython` on disk.
 //!
-//! Works on stripped files: `_PyRuntime`, `Py_Version` and `PyEval_RestoreThread`
-//! are exported dynamic symbols in every build; `take_gil`/`drop_gil` come from
+//! Works on stripped files: `_PyRuntime` and `Py_Version` are exported dynamic
+//! symbols in every build; `take_gil`/`drop_gil` come from
 //! `.symtab` when it survived. Nothing here touches a process.
 
 use std::path::{Path, PathBuf};
@@ -48,7 +48,6 @@ pub struct InterpreterFile {
     pub first_load_vaddr: u64,
     pub take_gil: Option<Function>,
     pub drop_gil: Option<Function>,
-    pub restore_thread: Option<Function>,
     /// Exported `_PyParkingLot_Park` (3.13+): the PyMutex slow path, probed on free-threaded builds.
     pub park: Option<Function>,
     /// Exported `PyEvent_WaitTimed`: parks it makes are event waits, not lock contention.
@@ -223,7 +222,6 @@ pub fn inspect_parsed(path: &Path, file: &object::File<'_>) -> Result<Option<Int
         first_load_vaddr,
         take_gil: find_function(file, "take_gil"),
         drop_gil: find_function(file, "drop_gil"),
-        restore_thread: find_function(file, "PyEval_RestoreThread"),
         park: find_function(file, "_PyParkingLot_Park"),
         event_wait: find_function(file, "PyEvent_WaitTimed"),
     }))

@@ -2,18 +2,16 @@
 //!
 //! They are static functions. With a `.symtab`, every copy is found by name
 //! (compilers clone them: 3.8 has `take_gil` and `take_gil.constprop.0`).
-//! Stripped, `take_gil` is found by walking direct calls and jumps from the
-//! exported `PyEval_RestoreThread` (one hop in 3.9-3.12, three in 3.13+) to the
-//! first function that calls `pthread_cond_timedwait` through the PLT: in CPython
-//! only `take_gil` does (its timed wait on `gil->cond`). `drop_gil` is inlined in
+//! Stripped, every copy of `take_gil` is found as a function that calls
+//! `pthread_cond_timedwait` through the PLT: in CPython only `take_gil` does (its
+//! timed wait on `gil->cond`). Walking calls from `PyEval_RestoreThread` is not
+//! enough: it reaches one clone, while the eval loop may call another. `drop_gil` is inlined in
 //! LTO builds and is only probed when it has a symbol.
-
-use std::collections::{HashSet, VecDeque};
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
 use object::{Object, ObjectSection, ObjectSymbol, ObjectSymbolTable, RelocationTarget};
 
-use super::elf::{bytes_at, file_offset_of, InterpreterFile};
+use super::elf::{bytes_at, file_offset_of};
 
 /// Where a probed function was found, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +30,6 @@ pub enum FoundBy {
     Disassembly,
 }
 
-/// How far from `PyEval_RestoreThread` the search for `take_gil` goes.
-const MAX_HOPS: usize = 4;
 /// Longest function body decoded when the size is unknown.
 const MAX_BODY: u64 = 8192;
 
@@ -79,14 +75,6 @@ pub fn branches(code: &[u8], address: u64, known_size: bool) -> Branches {
         }
     }
     out
-}
-
-fn in_plt(file: &object::File<'_>, address: u64) -> bool {
-    file.sections().any(|s| {
-        s.name().is_ok_and(|n| n.starts_with(".plt"))
-            && address >= s.address()
-            && address < s.address() + s.size()
-    })
 }
 
 /// Address of the PLT stub that jumps to `symbol` (e.g. `pthread_cond_timedwait`).
@@ -159,35 +147,53 @@ fn found(file: &object::File<'_>, address: u64, how: FoundBy) -> Option<FoundFun
     })
 }
 
-/// `take_gil` by disassembly: the nearest function reachable from
-/// `PyEval_RestoreThread` that calls `pthread_cond_timedwait`.
-pub fn take_gil_by_disassembly(
-    file: &object::File<'_>,
-    info: &InterpreterFile,
-) -> Option<FoundFunction> {
-    let timedwait = plt_stub(file, "pthread_cond_timedwait")?;
-    let start = info.restore_thread?.address;
-    let mut queue = VecDeque::from([(start, 0usize)]);
-    let mut seen = HashSet::from([start]);
-    while let Some((address, hops)) = queue.pop_front() {
-        let body = branches_of(file, address)?;
-        if address != start && body.calls.contains(&timedwait) {
-            return found(file, address, FoundBy::Disassembly);
-        }
-        if hops >= MAX_HOPS {
-            continue;
-        }
-        for target in body.calls.iter().chain(&body.jumps) {
-            if !in_plt(file, *target) && seen.insert(*target) {
-                queue.push_back((*target, hops + 1));
+/// Every copy of `take_gil` by disassembly: the functions whose body calls
+/// `pthread_cond_timedwait` through the PLT (compilers clone take_gil, so there
+/// can be several). Function starts are the targets of direct calls; a call
+/// site is attributed to the nearest start before it, and only if decoding that
+/// function's body from its start reaches the site.
+pub fn take_gil_by_disassembly(file: &object::File<'_>) -> Vec<FoundFunction> {
+    let Some(timedwait) = plt_stub(file, "pthread_cond_timedwait") else {
+        return Vec::new();
+    };
+    let mut entries: Vec<u64> = Vec::new();
+    let mut sites: Vec<u64> = Vec::new();
+    for section in file.sections().filter(|s| s.name() == Ok(".text")) {
+        let Ok(data) = section.data() else { continue };
+        let mut decoder = Decoder::with_ip(64, data, section.address(), DecoderOptions::NONE);
+        let mut i = Instruction::default();
+        while decoder.can_decode() {
+            decoder.decode_out(&mut i);
+            if i.flow_control() == FlowControl::Call && i.is_call_near() {
+                let target = i.near_branch_target();
+                if target == timedwait {
+                    sites.push(i.ip());
+                } else {
+                    entries.push(target);
+                }
             }
         }
     }
-    None
+    entries.sort_unstable();
+    entries.dedup();
+    let mut found_at: Vec<u64> = sites
+        .iter()
+        .filter_map(|&site| {
+            let entry = *entries.get(entries.partition_point(|&e| e <= site).checked_sub(1)?)?;
+            (site - entry < MAX_BODY).then_some(entry)
+        })
+        .filter(|&entry| branches_of(file, entry).is_some_and(|b| b.calls.contains(&timedwait)))
+        .collect();
+    found_at.sort_unstable();
+    found_at.dedup();
+    found_at
+        .into_iter()
+        .filter_map(|a| found(file, a, FoundBy::Disassembly))
+        .collect()
 }
 
 /// Every copy of `take_gil`: from the symbol table, else the one disassembly finds.
-pub fn find_take_gil(file: &object::File<'_>, info: &InterpreterFile) -> Vec<FoundFunction> {
+pub fn find_take_gil(file: &object::File<'_>) -> Vec<FoundFunction> {
     let by_symbol: Vec<FoundFunction> = symbols_named(file, "take_gil")
         .into_iter()
         .filter_map(|a| found(file, a, FoundBy::SymbolTable))
@@ -195,7 +201,7 @@ pub fn find_take_gil(file: &object::File<'_>, info: &InterpreterFile) -> Vec<Fou
     if !by_symbol.is_empty() {
         return by_symbol;
     }
-    take_gil_by_disassembly(file, info).into_iter().collect()
+    take_gil_by_disassembly(file)
 }
 
 /// Every copy of `drop_gil` that has a symbol; stripped, it is usually inlined too.

@@ -22,7 +22,7 @@ demo: build
 test: setup interpreters
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
-	cargo test --workspace
+	cargo test --workspace --no-fail-fast
 
 bench: build
 	python3 tests/bench/overhead.py --pairs 7

@@ -8,6 +8,9 @@ prints the median slowdown ratio (rate without / rate with; 1.00 = free):
   (a) one thread ping-ponging a pipe: ~2 M GIL drops and takes a second
   (b) four CPU-bound threads serialized by the GIL
   (c) = (a) under --precise (uprobes on take_gil/drop_gil), to show why it is opt-in
+  (d) free-threaded 3.13t, GIL off: four threads appending to one list, contending
+      on its PyMutex (what the _PyParkingLot_Park uprobes cost); skipped, with a
+      line saying so, when 3.13t is not built
 
 Usage: tests/bench/overhead.py [--pairs 5] [--seconds 3] [--python PATH] [--gilscope PATH]
 """
@@ -21,7 +24,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKLOADS = os.path.join(ROOT, "tests", "workloads")
-RATE = re.compile(r"([\d.]+) (?:round trips|loops)/s \(([\d.]+) per CPU-s\)")
+RATE = re.compile(r"([\d.]+) (?:round trips|loops|appends)/s \(([\d.]+) per CPU-s\)")
 
 
 def default_python():
@@ -40,8 +43,15 @@ def rate_of(cmd):
     return float(wall_rate), float(cpu_rate)
 
 
-def measure(name, workload, gilscope_args, args):
-    plain = [args.python] + workload
+def free_threaded_python():
+    script = os.path.join(ROOT, "tests", "interpreters", "build-cpython.sh")
+    out = subprocess.run(["bash", script, "--print-path", "3.13t"], stdout=subprocess.PIPE, text=True)
+    path = out.stdout.strip()
+    return path if out.returncode == 0 and os.path.exists(path) else None
+
+
+def measure(name, python, workload, gilscope_args, args):
+    plain = [python] + workload
     watched = [args.gilscope, "check", "--output", os.devnull] + gilscope_args + ["--"] + plain
     wall, cpu = [], []
     for i in range(args.pairs):
@@ -64,15 +74,22 @@ def main():
     parser.add_argument("--gilscope", default=os.path.join(ROOT, "target", "release", "gilscope"))
     args = parser.parse_args()
     secs = str(args.seconds)
+    py = args.python
     cases = [
-        ("(a) ping-pong, default", [os.path.join(WORKLOADS, "pingpong.py"), secs], [], 1.02),
-        ("(b) 4 CPU threads, default", [os.path.join(WORKLOADS, "cpu_threads.py"), "4", secs], [], 1.01),
-        ("(c) ping-pong, --precise", [os.path.join(WORKLOADS, "pingpong.py"), secs], ["--precise"], None),
+        ("(a) ping-pong, default", py, [os.path.join(WORKLOADS, "pingpong.py"), secs], [], 1.02),
+        ("(b) 4 CPU threads, default", py, [os.path.join(WORKLOADS, "cpu_threads.py"), "4", secs], [], 1.01),
+        ("(c) ping-pong, --precise", py, [os.path.join(WORKLOADS, "pingpong.py"), secs], ["--precise"], None),
     ]
+    ft = free_threaded_python()
+    if ft:
+        cases.append(("(d) 3.13t shared list, default", ft,
+                      [os.path.join(WORKLOADS, "shared_list.py"), "4", secs], [], None))
+    else:
+        print("(d) skipped: CPython 3.13t not built (bash tests/interpreters/build-cpython.sh 3.13t)")
     print(f"python: {args.python}\ngilscope: {args.gilscope}\npairs: {args.pairs}, {secs} s a run\n")
     results = []
-    for name, workload, extra, target in cases:
-        wall, cpu = measure(name, workload, extra, args)
+    for name, python, workload, extra, target in cases:
+        wall, cpu = measure(name, python, workload, extra, args)
         results.append((name, wall, cpu, target))
     print("\nmedian slowdown = rate without gilscope / rate with it (1.000 = free):")
     print(f"  {'case':<28} {'wall':>7} {'CPU-time':>9}  target")

@@ -13,6 +13,7 @@ prints the median slowdown ratio (rate without / rate with; 1.00 = free):
       line saying so, when 3.13t is not built
 
 Usage: tests/bench/overhead.py [--pairs 5] [--seconds 3] [--python PATH] [--gilscope PATH]
+                               [--only abcd] [--gilscope-args '--sample-hz 10']
 """
 import argparse
 import glob
@@ -72,6 +73,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--python", default=default_python())
     parser.add_argument("--gilscope", default=os.path.join(ROOT, "target", "release", "gilscope"))
+    parser.add_argument("--only", default="abcd", help="cases to run, e.g. 'b'")
+    parser.add_argument("--gilscope-args", default="", help="extra gilscope check flags, e.g. '--sample-hz 10'")
     args = parser.parse_args()
     secs = str(args.seconds)
     py = args.python
@@ -87,8 +90,10 @@ def main():
     else:
         print("(d) skipped: CPython 3.13t not built (bash tests/interpreters/build-cpython.sh 3.13t)")
     print(f"python: {args.python}\ngilscope: {args.gilscope}\npairs: {args.pairs}, {secs} s a run\n")
+    cases = [c for c in cases if c[0][1] in args.only]
     results = []
     for name, python, workload, extra, target in cases:
+        extra = extra + args.gilscope_args.split()
         wall, cpu = measure(name, python, workload, extra, args)
         results.append((name, wall, cpu, target))
     print("\nmedian slowdown = rate without gilscope / rate with it (1.000 = free):")

@@ -7,37 +7,19 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::missing;
+use common::pyenv_matrix;
 use gilscope::python::debug_offsets::block_layout;
 use gilscope::python::versions::{layout_for, GilLocation, PyVersion, ThreadIdField};
 
 /// pyenv's libpython of each release line 3.8-3.13, with debug info.
 fn pyenv_libraries() -> Vec<(PyVersion, PathBuf)> {
-    let root = std::env::var("PYENV_ROOT").unwrap_or_else(|_| "/root/.pyenv".into());
-    let mut out = Vec::new();
-    for minor in 8..=13u8 {
-        let prefix = format!("3.{minor}.");
-        let dir = std::fs::read_dir(format!("{root}/versions"))
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            })
-            .max();
-        let lib = dir.map(|d| d.join(format!("lib/libpython3.{minor}.so.1.0")));
-        match lib {
-            Some(lib) if lib.exists() => out.push((PyVersion { major: 3, minor }, lib)),
-            _ => {
-                missing(&format!(
-                    "no pyenv build of 3.{minor} with a shared libpython"
-                ));
-            }
-        }
-    }
-    out
+    pyenv_matrix()
+        .into_iter()
+        .filter_map(|(line, _, lib)| {
+            let minor = line.strip_prefix("3.")?.parse().ok()?;
+            Some((PyVersion { major: 3, minor }, lib))
+        })
+        .collect()
 }
 
 /// Evaluates `(long)&(EXPR)`-style expressions with gdb; one number per expression.
@@ -162,5 +144,87 @@ fn the_offset_table_matches_the_debug_info_of_every_pyenv_build() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn the_free_threaded_gil_layout_matches_the_debug_info_of_3_13t() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/interpreters/build-cpython.sh"
+    );
+    let out = Command::new("bash")
+        .args([script, "--print-path", "3.13t"])
+        .output()
+        .expect("bash");
+    let python = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let lib = python
+        .parent()
+        .and_then(|b| b.parent())
+        .map(|prefix| prefix.join("lib/libpython3.13t.so.1.0"));
+    let Some(lib) = lib.filter(|l| out.status.success() && l.exists()) else {
+        common::missing(
+            "CPython 3.13t is not built: run bash tests/interpreters/build-cpython.sh 3.13t",
+        );
+        return;
+    };
+    let gil = "struct _gil_runtime_state";
+    let mut exprs: Vec<String> = [
+        "enabled",
+        "interval",
+        "last_holder",
+        "locked",
+        "switch_number",
+        "cond",
+        "mutex",
+        "switch_cond",
+    ]
+    .iter()
+    .map(|f| off(gil, f))
+    .collect();
+    exprs.push(format!("sizeof({gil})"));
+    let d = "struct _Py_DebugOffsets";
+    for field in [
+        "runtime_state.interpreters_head",
+        "interpreter_state.ceval_gil",
+        "interpreter_state.gil_runtime_state_locked",
+        "interpreter_state.gil_runtime_state_holder",
+        "thread_state.native_thread_id",
+    ] {
+        exprs.push(off(d, field));
+    }
+    let v = gdb_values(&lib, &exprs);
+    let version = PyVersion {
+        major: 3,
+        minor: 13,
+    };
+    let g = layout_for(version)
+        .expect("3.13")
+        .gil_layout
+        .free_threaded();
+    let want = [
+        0,
+        g.interval,
+        g.last_holder,
+        g.locked,
+        g.switch_number,
+        g.cond,
+        g.mutex,
+        g.switch_cond,
+        g.size,
+    ];
+    for (i, w) in want.iter().enumerate() {
+        assert_eq!(v[i] as u64, *w, "3.13t: {}", exprs[i]);
+    }
+    let b = block_layout(version).expect("3.13 block");
+    let positions = [
+        b.interpreters_head,
+        b.ceval_gil,
+        b.gil_locked,
+        b.gil_holder,
+        b.native_thread_id,
+    ];
+    for (i, w) in positions.iter().enumerate() {
+        assert_eq!(v[9 + i] as usize, *w, "3.13t: {}", exprs[9 + i]);
     }
 }

@@ -19,6 +19,22 @@ struct Case {
     lib_dir: Option<PathBuf>,
 }
 
+impl Case {
+    /// `gilscope check --json FLAGS -- PYTHON WORKLOAD...` for this interpreter.
+    fn check(&self, flags: &[&str], workload_args: &[&str]) -> serde_json::Value {
+        let mut cmd = gilscope();
+        cmd.args(["check", "--json"])
+            .args(flags)
+            .arg("--")
+            .arg(&self.python)
+            .args(workload_args);
+        if let Some(dir) = &self.lib_dir {
+            cmd.env("LD_LIBRARY_PATH", dir);
+        }
+        check_json_with(&mut cmd)
+    }
+}
+
 fn matrix() -> Vec<Case> {
     let mut cases = Vec::new();
     for (line, python, lib) in pyenv_matrix() {
@@ -54,21 +70,7 @@ fn every_interpreter_in_the_matrix_measures_serialization_and_no_phantom_waits()
     for case in &cases {
         let _machine = serial();
         let label = &case.label;
-        let python = case.python.to_string_lossy().into_owned();
-        let mut cmd = gilscope();
-        cmd.args([
-            "check",
-            "--json",
-            "--",
-            &python,
-            &workload("cpu_threads.py"),
-            "4",
-            "5",
-        ]);
-        if let Some(dir) = &case.lib_dir {
-            cmd.env("LD_LIBRARY_PATH", dir);
-        }
-        let doc = check_json_with(&mut cmd);
+        let doc = case.check(&[], &[&workload("cpu_threads.py"), "4", "5"]);
         let p = &doc["process"];
         let wall = f(p, "wall_s");
         let stripped = doc["interpreter"]["stripped"].as_bool();
@@ -105,19 +107,7 @@ fn every_interpreter_in_the_matrix_measures_serialization_and_no_phantom_waits()
             }
         }
 
-        let mut cmd = gilscope();
-        cmd.args([
-            "check",
-            "--json",
-            "--",
-            &python,
-            &workload("pingpong.py"),
-            "1.5",
-        ]);
-        if let Some(dir) = &case.lib_dir {
-            cmd.env("LD_LIBRARY_PATH", dir);
-        }
-        let doc = check_json_with(&mut cmd);
+        let doc = case.check(&[], &[&workload("pingpong.py"), "1.5"]);
         if doc["process"]["gil_waits"].as_u64() != Some(0) {
             failures.push(format!(
                 "{label}: ping-pong shows {} GIL waits",
@@ -125,21 +115,7 @@ fn every_interpreter_in_the_matrix_measures_serialization_and_no_phantom_waits()
             ));
         }
         // --precise: every copy of take_gil probed (by symbol, or by disassembly when stripped).
-        let mut cmd = gilscope();
-        cmd.args([
-            "check",
-            "--json",
-            "--precise",
-            "--",
-            &python,
-            &workload("cpu_threads.py"),
-            "4",
-            "3",
-        ]);
-        if let Some(dir) = &case.lib_dir {
-            cmd.env("LD_LIBRARY_PATH", dir);
-        }
-        let doc = check_json_with(&mut cmd);
+        let doc = case.check(&["--precise"], &[&workload("cpu_threads.py"), "4", "3"]);
         let probes = &doc["precise_probes"];
         let takes = probes["take_gil"].as_array().map_or(0, Vec::len);
         let drops = probes["drop_gil"].as_array().map_or(0, Vec::len);

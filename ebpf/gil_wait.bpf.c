@@ -76,6 +76,14 @@ struct {
 	__type(value, struct futex_inflight);
 } inflight SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096 * GILSCOPE_MAX_GILS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct gil_key);
+	__type(value, struct gil_val);
+} gil_waits SEC(".maps");
+
 /* Too large for the BPF stack: the zero value new entries start from. */
 static struct thread_waits zero_waits;
 
@@ -92,17 +100,25 @@ static __always_inline int is_wait_op(__u32 op)
 	return 0;
 }
 
-static __always_inline __u32 classify(const struct gil_target *t, __u64 uaddr)
+/* Which part of which GIL a futex word is in; *gil is set for GIL waits. */
+static __always_inline __u32 classify(const struct gil_target *t, __u64 uaddr, __u64 *gil)
 {
-	if (uaddr < t->gil_addr || uaddr >= t->gil_addr + t->gil_size)
+#pragma unroll
+	for (int i = 0; i < GILSCOPE_MAX_GILS; i++) {
+		__u64 base = t->gil_addrs[i];
+		if (!base || uaddr < base || uaddr >= base + t->gil_size)
+			continue;
+		__u64 off = uaddr - base;
+		*gil = base;
+		if (off >= t->switch_cond_off)
+			return WAIT_DROP;
+		if (off >= t->mutex_off)
+			return WAIT_MUTEX;
+		if (off >= t->cond_off)
+			return WAIT_TAKE;
+		*gil = 0;
 		return WAIT_OTHER;
-	__u64 off = uaddr - t->gil_addr;
-	if (off >= t->switch_cond_off)
-		return WAIT_DROP;
-	if (off >= t->mutex_off)
-		return WAIT_MUTEX;
-	if (off >= t->cond_off)
-		return WAIT_TAKE;
+	}
 	return WAIT_OTHER;
 }
 
@@ -127,11 +143,18 @@ static __always_inline __u64 futex_deadline(__u32 op, __u64 timeout, __u64 now)
 	return (op & FUTEX_CMD_MASK) == FUTEX_WAIT ? now + ns : ns;
 }
 
-static __always_inline void close_take_wait(struct thread_waits *w, __u64 d)
+static __always_inline void close_take_wait(struct thread_waits *w, __u32 tgid, __u64 gil, __u64 d)
 {
 	w->take_wait_ns += d;
 	w->take_waits++;
 	w->take_hist[log2_slot(d)]++;
+	struct gil_key key = { .tgid = tgid, .gil_addr = gil };
+	struct gil_val zero = {};
+	struct gil_val *g = lookup_or_init(&gil_waits, &key, &zero);
+	if (g) {
+		g->take_wait_ns += d;
+		g->take_waits++;
+	}
 }
 
 /* The current task (prev) is going to sleep. */
@@ -149,8 +172,9 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 	if (!is_wait_op(op))
 		return;
 	__u64 uaddr = BPF_CORE_READ(regs, di);
-	__u32 kind = classify(t, uaddr);
-	__u64 holder = kind == WAIT_TAKE ? read_user_u64(t->gil_addr + t->last_holder_off) : 0;
+	__u64 gil = 0;
+	__u32 kind = classify(t, uaddr, &gil);
+	__u64 holder = kind == WAIT_TAKE ? read_user_u64(gil + t->last_holder_off) : 0;
 	__u64 deadline = futex_deadline(op, BPF_CORE_READ(regs, r10), now);
 
 	struct futex_inflight *cur = bpf_map_lookup_elem(&inflight, &tid);
@@ -166,13 +190,14 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 		/* The retry never came: the thread got the GIL after its last slice. */
 		struct thread_waits *w = bpf_map_lookup_elem(&thread_waits, &tid);
 		if (w)
-			close_take_wait(w, cur->last_exit_ns - cur->wait_start_ns);
+			close_take_wait(w, tgid, cur->gil_addr, cur->last_exit_ns - cur->wait_start_ns);
 	}
 	struct futex_inflight fresh = {
 		.wait_start_ns = now,
 		.segment_start_ns = now,
 		.holder_tstate = holder,
 		.deadline_ns = deadline,
+		.gil_addr = gil,
 		.kind = kind,
 	};
 	bpf_map_update_elem(&inflight, &tid, &fresh, BPF_ANY);
@@ -209,7 +234,7 @@ static __always_inline void on_run(struct task_struct *next, __u64 now)
 			cur->last_exit_ns = now;
 			return;
 		}
-		close_take_wait(w, now - cur->wait_start_ns);
+		close_take_wait(w, tgid, cur->gil_addr, now - cur->wait_start_ns);
 		break;
 	}
 	case WAIT_MUTEX:

@@ -12,10 +12,14 @@
  * boundaries as an OpenTelemetry exponential histogram at scale 0. */
 #define GILSCOPE_HIST_SLOTS 64
 
-/* Where the GIL of one process lives and how to read it (key: tgid).
- * Offsets are relative to gil_addr and come from the agent's version table. */
+/* GILs watched per process: the main interpreter's, plus those of
+ * subinterpreters with their own GIL (3.12+). */
+#define GILSCOPE_MAX_GILS 8
+
+/* Where the GILs of one process live and how to read them (key: tgid).
+ * Offsets are relative to a GIL's address and come from the agent's version table. */
 struct gil_target {
-	__u64 gil_addr;
+	__u64 gil_addrs[GILSCOPE_MAX_GILS];  /* 0: unused slot */
 	__u32 gil_size;         /* bytes of struct _gil_runtime_state */
 	__u32 cond_off;         /* take side: waiters sleep on cond ... */
 	__u32 mutex_off;        /* ... and contend on mutex */
@@ -49,6 +53,7 @@ struct futex_inflight {
 	__u64 last_exit_ns;      /* end of the last timed-out take segment */
 	__u64 holder_tstate;     /* gil->last_holder when this segment began */
 	__u64 deadline_ns;       /* CLOCK_MONOTONIC timeout of this futex call; 0 = none/unknown */
+	__u64 gil_addr;          /* the GIL this wait is on (0: not a GIL wait) */
 	__u32 kind;              /* enum wait_kind */
 	__u32 continuing;        /* 1: a timed-out take wait that will retry */
 };
@@ -63,6 +68,18 @@ struct blocked_key {
 struct blocked_val {
 	__u64 wait_ns;
 	__u64 segments;
+};
+
+/* Take-side GIL wait per GIL, so waits land on the right interpreter's GIL. */
+struct gil_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 gil_addr;
+};
+
+struct gil_val {
+	__u64 take_wait_ns;
+	__u64 take_waits;
 };
 
 /* Exact take_gil/drop_gil timing from uprobes (--precise; key: tid). */

@@ -11,7 +11,8 @@ use crate::bpf::lock_probe::LockCounters;
 use crate::bpf::wait_probe::WaitCounters;
 use crate::gil_sampler::GilSamples;
 use crate::report::{
-    BlockedBy, HotLock, InterpreterInfo, LockContention, Mode, ProcessReport, ThreadReport,
+    BlockedBy, GilReport, HotLock, InterpreterInfo, LockContention, Mode, ProcessReport,
+    ThreadReport,
 };
 use crate::threads::ThreadSample;
 
@@ -35,6 +36,25 @@ pub struct Measurement {
     pub holder_tids: HashMap<u64, u32>,
     /// PyMutex parking, where the parking lot was probed.
     pub locks: Option<LockCounters>,
+    /// Every GIL watched, the main interpreter's first.
+    pub gil_addrs: Vec<u64>,
+}
+
+/// Take-side wait per GIL, in the order the GILs were found.
+pub fn gils(m: &Measurement) -> Vec<GilReport> {
+    m.gil_addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let v = m.waits.gils.get(addr).copied().unwrap_or_default();
+            GilReport {
+                address: format!("{addr:#x}"),
+                main: i == 0,
+                gil_wait_s: v.take_wait_ns as f64 / NS,
+                gil_waits: v.take_waits,
+            }
+        })
+        .collect()
 }
 
 /// What `--precise` measured.
@@ -305,6 +325,7 @@ mod tests {
             },
             holder_tids: HashMap::from([(0xdead, 101)]),
             locks: None,
+            gil_addrs: vec![0x1000],
         };
         let (process, threads) = analyse(&m);
         assert_eq!(threads.len(), 4);

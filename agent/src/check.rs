@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::analyse::{analyse, lock_contention, Measurement, PreciseCounters};
+use crate::bpf::layout::MAX_GILS;
 use crate::bpf::lock_probe::LockProbe;
 use crate::bpf::precise_probe::{PreciseProbe, PreciseTargets};
 use crate::bpf::wait_probe::WaitProbe;
@@ -48,6 +49,8 @@ pub struct CheckOptions {
 
 /// How often procfs is read (and exited threads' last counters kept).
 const TICK: Duration = Duration::from_millis(100);
+/// Interpreters are re-listed every this many ticks (100 ms) for subinterpreter GILs.
+const GIL_RESCAN_TICKS: u64 = 1;
 /// How long a launched interpreter may take to create its GIL.
 const GIL_INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -211,7 +214,7 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
                 None
             };
             let cpu_start = sample_threads(pid)?;
-            probe.watch(pid, gil.addr, &gil.layout)?;
+            probe.watch(pid, &locate::all_gils(&mem, &gil, MAX_GILS), &gil.layout)?;
             Ok(Attached {
                 interp,
                 gil,
@@ -228,7 +231,7 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
             let mut static_gil = None;
             let launched = launch::launch(argv, opts.child_stdout, |interp| {
                 if let Some(site) = interp.static_gil() {
-                    probe.watch(interp.pid, site.addr, &site.layout)?;
+                    probe.watch(interp.pid, &[site.addr], &site.layout)?;
                     static_gil = Some(site);
                 }
                 if opts.precise {
@@ -253,7 +256,7 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
                 }
             };
             if static_gil != Some(gil) {
-                probe.watch(interp.pid, gil.addr, &gil.layout)?;
+                probe.watch(interp.pid, &[gil.addr], &gil.layout)?;
             }
             Ok(Attached {
                 interp,
@@ -310,10 +313,30 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     ));
     let sampler = GilSampler::start(pid, attached.gil, Arc::clone(&resolver), opts.sample_hz);
 
+    let mem = RemoteMemory::new(pid);
+    let mut gils = vec![attached.gil.addr];
+    let mut watched: Vec<u64> = Vec::new();
+    let mut ticks = 0u64;
     let mut cpu_end: BTreeMap<u32, ThreadSample> = BTreeMap::new();
     let mut holder_tids: HashMap<u64, u32> = HashMap::new();
     let mut command_exit_code = None;
     let ending = loop {
+        if ticks % GIL_RESCAN_TICKS == 0 {
+            // Subinterpreters with their own GIL come and go: keep the kernel filter current.
+            let now = locate::all_gils(&mem, &attached.gil, MAX_GILS);
+            if now != watched && !now.is_empty() {
+                match probe.watch(pid, &now, &attached.gil.layout) {
+                    Ok(()) => watched = now.clone(),
+                    Err(e) => tracing::debug!("cannot update the GILs of process {pid}: {e}"),
+                }
+            }
+            for gil in now {
+                if !gils.contains(&gil) {
+                    gils.push(gil);
+                }
+            }
+        }
+        ticks += 1;
         if let Ok(threads) = sample_threads(pid) {
             cpu_end.extend(threads);
         }
@@ -429,8 +452,10 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         gil,
         holder_tids,
         locks,
+        gil_addrs: gils,
     };
     let (process, threads) = analyse(&measurement);
+    let gil_reports = crate::analyse::gils(&measurement);
     let lock_contention = measurement.locks.as_ref().map(lock_contention);
     let diagnosis = diagnose(&process, &threads, lock_contention.as_ref());
     Ok(Report {
@@ -446,6 +471,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         command_exit_code,
         measured_by,
         lock_contention,
+        gils: gil_reports,
         precise_probes,
     })
 }

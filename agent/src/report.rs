@@ -82,6 +82,17 @@ pub struct ThreadReport {
     pub blocked_by: Vec<BlockedBy>,
 }
 
+/// One GIL of the process: the main interpreter's, or a subinterpreter's own (3.12+).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GilReport {
+    /// Address of the GIL struct in the process, hex.
+    pub address: String,
+    /// The main interpreter's GIL.
+    pub main: bool,
+    pub gil_wait_s: f64,
+    pub gil_waits: u64,
+}
+
 /// One contended lock, by address.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HotLock {
@@ -168,6 +179,9 @@ pub struct Report {
     pub command_exit_code: Option<i32>,
     /// Which mechanism produced which figure, in plain words.
     pub measured_by: Vec<String>,
+    /// Every GIL seen, with the take-side waits on it (more than one with
+    /// subinterpreters that own their GIL).
+    pub gils: Vec<GilReport>,
     /// Builds with a parking lot (3.13+): PyMutex contention; `null` where not measured.
     pub lock_contention: Option<LockContention>,
     /// `--precise` only: where take_gil/drop_gil were probed.

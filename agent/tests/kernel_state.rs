@@ -32,7 +32,7 @@ fn unwatching_a_process_removes_all_its_kernel_state() {
     let mem = RemoteMemory::new(pid);
     let gil = interp.resolve_gil(&mem).expect("GIL address");
     read_gil_state(pid, &mem, &gil).expect("valid GIL");
-    probe.watch(pid, gil.addr, &gil.layout).expect("watch");
+    probe.watch(pid, &[gil.addr], &gil.layout).expect("watch");
     let _ = target.wait();
 
     let counters = probe.read(pid).expect("read");

@@ -79,6 +79,8 @@ fn the_offset_table_matches_the_debug_info_of_every_pyenv_build() {
             GilLocation::InterpreterPointer { .. } => {
                 exprs.push(off("struct pyruntimestate", "_main_interpreter"));
                 exprs.push(off("struct _is", "ceval.gil"));
+                exprs.push(off("struct pyruntimestate", "interpreters.head"));
+                exprs.push(off("struct _is", "next"));
             }
             GilLocation::DebugOffsets => {
                 let d = "struct _Py_DebugOffsets";
@@ -117,7 +119,20 @@ fn the_offset_table_matches_the_debug_info_of_every_pyenv_build() {
         assert_eq!(v[8] as u64, tid_off, "{version}: {}", exprs[8]);
         match layout.gil {
             GilLocation::Embedded(o) => assert_eq!(v[9] as u64, o, "{version}: GIL in _PyRuntime"),
-            GilLocation::InterpreterPointer { interp, gil_ptr } => {
+            GilLocation::InterpreterPointer {
+                interp,
+                gil_ptr,
+                interpreters_head,
+                interp_next,
+            } => {
+                assert_eq!(
+                    v[11] as u64, interpreters_head,
+                    "{version}: interpreters.head"
+                );
+                assert_eq!(
+                    v[12] as u64, interp_next,
+                    "{version}: PyInterpreterState.next"
+                );
                 assert_eq!(
                     v[9] as u64, interp,
                     "{version}: main interpreter in _PyRuntime"

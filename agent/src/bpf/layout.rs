@@ -16,11 +16,15 @@ pub mod wait_kind {
     pub const DROP: u32 = 3;
 }
 
-/// Where one process's GIL lives (map `targets`, key: tgid).
+/// GILs watched per process (the main interpreter's and subinterpreters' own).
+pub const MAX_GILS: usize = 8;
+
+/// Where one process's GILs live (map `targets`, key: tgid).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GilTarget {
-    pub gil_addr: u64,
+    /// 0: unused slot.
+    pub gil_addrs: [u64; MAX_GILS],
     pub gil_size: u32,
     pub cond_off: u32,
     pub mutex_off: u32,
@@ -75,8 +79,26 @@ pub struct FutexInflight {
     pub last_exit_ns: u64,
     pub holder_tstate: u64,
     pub deadline_ns: u64,
+    pub gil_addr: u64,
     pub kind: u32,
     pub continuing: u32,
+}
+
+/// (process, GIL) of map `gil_waits`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct GilKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub gil_addr: u64,
+}
+
+/// Take-side wait on one GIL.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GilVal {
+    pub take_wait_ns: u64,
+    pub take_waits: u64,
 }
 
 /// (waiter, holder) pair of map `blocked_by`.
@@ -182,6 +204,8 @@ unsafe impl aya::Pod for GilTarget {}
 unsafe impl aya::Pod for ThreadWaits {}
 unsafe impl aya::Pod for FutexInflight {}
 unsafe impl aya::Pod for BlockedKey {}
+unsafe impl aya::Pod for GilKey {}
+unsafe impl aya::Pod for GilVal {}
 unsafe impl aya::Pod for BlockedVal {}
 unsafe impl aya::Pod for PreciseGil {}
 unsafe impl aya::Pod for LockWaits {}
@@ -266,7 +290,7 @@ mod tests {
             "gil_target",
             GilTarget,
             [
-                gil_addr,
+                gil_addrs,
                 gil_size,
                 cond_off,
                 mutex_off,
@@ -304,6 +328,7 @@ mod tests {
                 last_exit_ns,
                 holder_tstate,
                 deadline_ns,
+                gil_addr,
                 kind,
                 continuing
             ]
@@ -315,6 +340,8 @@ mod tests {
             [waiter_tid, _pad, holder_tstate]
         );
         assert_layout!(s, "blocked_val", BlockedVal, [wait_ns, segments]);
+        assert_layout!(s, "gil_key", GilKey, [tgid, _pad, gil_addr]);
+        assert_layout!(s, "gil_val", GilVal, [take_wait_ns, take_waits]);
     }
 
     #[test]

@@ -10,7 +10,9 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
-use super::layout::{BlockedKey, BlockedVal, FutexInflight, GilTarget, ThreadWaits};
+use super::layout::{
+    BlockedKey, BlockedVal, FutexInflight, GilKey, GilTarget, GilVal, ThreadWaits, MAX_GILS,
+};
 use super::{bpf_error, map_error};
 use crate::error::{Error, Result};
 use crate::python::versions::GilLayout;
@@ -30,6 +32,8 @@ pub struct WaitCounters {
     pub threads: HashMap<u32, ThreadWaits>,
     /// (waiter tid, holder thread state) -> wait behind that holder.
     pub blocked_by: HashMap<BlockedKey, BlockedVal>,
+    /// GIL address -> take-side wait on that GIL.
+    pub gils: HashMap<u64, GilVal>,
 }
 
 /// The loaded and attached futex-wait probe.
@@ -83,13 +87,18 @@ impl WaitProbe {
         BpfHashMap::try_from(map).map_err(|e| map_error(name, &e))
     }
 
-    /// Starts counting futex waits of process `tgid`, classifying those on the GIL at `gil_addr`.
-    pub fn watch(&mut self, tgid: u32, gil_addr: u64, layout: &GilLayout) -> Result<()> {
+    /// Starts (or updates) counting futex waits of process `tgid`, classifying those
+    /// on any of its GILs (at most [`MAX_GILS`]; the first is the main interpreter's).
+    pub fn watch(&mut self, tgid: u32, gils: &[u64], layout: &GilLayout) -> Result<()> {
+        let mut gil_addrs = [0u64; MAX_GILS];
+        for (slot, addr) in gil_addrs.iter_mut().zip(gils) {
+            *slot = *addr;
+        }
         let narrow = |v: u64| {
             u32::try_from(v).map_err(|_| Error::Internal(format!("GIL offset {v} too large")))
         };
         let target = GilTarget {
-            gil_addr,
+            gil_addrs,
             gil_size: narrow(layout.size)?,
             cond_off: narrow(layout.cond)?,
             mutex_off: narrow(layout.mutex)?,
@@ -107,6 +116,7 @@ impl WaitProbe {
     pub fn unwatch(&mut self, tgid: u32) -> Result<()> {
         let tids: Vec<u32> = self.read(tgid)?.threads.into_keys().collect();
         self.forget_threads(&tids)?;
+        self.forget_gils(tgid)?;
         let mut targets = self.map_mut::<u32, GilTarget>("targets")?;
         match targets.remove(&tgid) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
@@ -141,6 +151,20 @@ impl WaitProbe {
         Ok(())
     }
 
+    fn forget_gils(&mut self, tgid: u32) -> Result<()> {
+        let keys: Vec<GilKey> = self
+            .map::<GilKey, GilVal>("gil_waits")?
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        let mut map = self.map_mut::<GilKey, GilVal>("gil_waits")?;
+        for key in &keys {
+            let _ = map.remove(key);
+        }
+        Ok(())
+    }
+
     /// The current cumulative counters of every thread of `tgid`.
     pub fn read(&self, tgid: u32) -> Result<WaitCounters> {
         let waits = self.map::<u32, ThreadWaits>("thread_waits")?;
@@ -155,14 +179,22 @@ impl WaitProbe {
             .filter_map(|entry| entry.ok())
             .filter(|(k, _)| threads.contains_key(&k.waiter_tid))
             .collect();
+        let gils = self
+            .map::<GilKey, GilVal>("gil_waits")?
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(k, _)| k.tgid == tgid)
+            .map(|(k, v)| (k.gil_addr, v))
+            .collect();
         Ok(WaitCounters {
             threads,
             blocked_by,
+            gils,
         })
     }
 
     /// Number of entries in each map, to show that nothing leaks.
-    pub fn entry_counts(&self) -> Result<[(&'static str, usize); 4]> {
+    pub fn entry_counts(&self) -> Result<[(&'static str, usize); 5]> {
         Ok([
             (
                 "targets",
@@ -181,6 +213,10 @@ impl WaitProbe {
             (
                 "inflight",
                 self.map::<u32, FutexInflight>("inflight")?.keys().count(),
+            ),
+            (
+                "gil_waits",
+                self.map::<GilKey, GilVal>("gil_waits")?.keys().count(),
             ),
         ])
     }

@@ -44,6 +44,41 @@ pub struct GilSite {
     pub free_threaded: bool,
     /// Offset of `int enabled` inside the GIL struct (free-threaded builds).
     pub enabled_off: Option<u64>,
+    /// How to walk every interpreter (3.12+, where subinterpreters may own a GIL).
+    pub interpreters: Option<InterpreterList>,
+}
+
+/// The interpreter list of a process: where its head pointer is, and the
+/// offsets of `next` and `ceval.gil` inside `PyInterpreterState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterpreterList {
+    pub head_at: u64,
+    pub next_off: u64,
+    pub gil_ptr_off: u64,
+}
+
+/// Interpreters walked at most, against a corrupt or cyclic list.
+const MAX_INTERPRETERS: usize = 256;
+
+/// Every distinct GIL of the process, the main interpreter's first.
+pub fn all_gils(mem: &RemoteMemory, site: &GilSite, max: usize) -> Vec<u64> {
+    let mut gils = vec![site.addr];
+    let Some(list) = site.interpreters else {
+        return gils;
+    };
+    let mut interp = mem.read_u64(list.head_at).unwrap_or(0);
+    for _ in 0..MAX_INTERPRETERS {
+        if interp == 0 || gils.len() >= max {
+            break;
+        }
+        if let Ok(gil) = mem.read_u64(interp + list.gil_ptr_off) {
+            if gil != 0 && !gils.contains(&gil) {
+                gils.push(gil);
+            }
+        }
+        interp = mem.read_u64(interp + list.next_off).unwrap_or(0);
+    }
+    gils
 }
 
 impl Interpreter {
@@ -62,6 +97,7 @@ impl Interpreter {
                 thread_id: self.layout.thread_id,
                 free_threaded: false,
                 enabled_off: None,
+                interpreters: None,
             }),
             _ => None,
         }
@@ -78,7 +114,12 @@ impl Interpreter {
             GilLocation::Embedded(_) => self
                 .static_gil()
                 .ok_or_else(|| Error::Internal("embedded GIL without an address".into())),
-            GilLocation::InterpreterPointer { interp, gil_ptr } => {
+            GilLocation::InterpreterPointer {
+                interp,
+                gil_ptr,
+                interpreters_head,
+                interp_next,
+            } => {
                 let addr = mem.read_u64(self.py_runtime() + interp + gil_ptr)?;
                 if addr == 0 {
                     return Err(not_ready(
@@ -91,6 +132,11 @@ impl Interpreter {
                     thread_id: self.layout.thread_id,
                     free_threaded: false,
                     enabled_off: None,
+                    interpreters: Some(InterpreterList {
+                        head_at: self.py_runtime() + interpreters_head,
+                        next_off: interp_next,
+                        gil_ptr_off: gil_ptr,
+                    }),
                 })
             }
             GilLocation::DebugOffsets => {
@@ -140,6 +186,11 @@ impl Interpreter {
                     thread_id: ThreadIdField::NativeThreadId(offsets.native_thread_id),
                     free_threaded: offsets.free_threaded,
                     enabled_off: offsets.enabled_in_gil(),
+                    interpreters: Some(InterpreterList {
+                        head_at: self.py_runtime() + offsets.interpreters_head,
+                        next_off: offsets.interp_next,
+                        gil_ptr_off: offsets.ceval_gil,
+                    }),
                 })
             }
         }

@@ -25,9 +25,15 @@ impl fmt::Display for PyVersion {
 pub enum GilLocation {
     /// The GIL struct is embedded in `_PyRuntime` at this offset (3.8-3.11).
     Embedded(u64),
-    /// `_PyRuntime` embeds the main interpreter at `interp`; the interpreter
-    /// holds a pointer to its GIL at `interp + gil_ptr` (3.12).
-    InterpreterPointer { interp: u64, gil_ptr: u64 },
+    /// `_PyRuntime` embeds the main interpreter at `interp`; each interpreter
+    /// holds a pointer to its GIL at `gil_ptr`; interpreters form a list from
+    /// `_PyRuntime + interpreters_head` through `next` (3.12).
+    InterpreterPointer {
+        interp: u64,
+        gil_ptr: u64,
+        interpreters_head: u64,
+        interp_next: u64,
+    },
     /// Read from `_PyRuntime.debug_offsets` (3.13+), not from this table.
     DebugOffsets,
 }
@@ -134,6 +140,8 @@ const LAYOUTS: &[Layout] = &[
         gil: GilLocation::InterpreterPointer {
             interp: 0x12a68,
             gil_ptr: 0x180,
+            interpreters_head: 0x28,
+            interp_next: 0,
         },
         gil_layout: GIL_LAYOUT_DEFAULT,
         thread_id: ThreadIdField::NativeThreadId(0x90),

@@ -49,8 +49,6 @@ pub struct CheckOptions {
 
 /// How often procfs is read (and exited threads' last counters kept).
 const TICK: Duration = Duration::from_millis(100);
-/// Interpreters are re-listed every this many ticks (100 ms) for subinterpreter GILs.
-const GIL_RESCAN_TICKS: u64 = 1;
 /// How long a launched interpreter may take to create its GIL.
 const GIL_INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -316,13 +314,13 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     let mem = RemoteMemory::new(pid);
     let mut gils = vec![attached.gil.addr];
     let mut watched: Vec<u64> = Vec::new();
-    let mut ticks = 0u64;
     let mut cpu_end: BTreeMap<u32, ThreadSample> = BTreeMap::new();
     let mut holder_tids: HashMap<u64, u32> = HashMap::new();
     let mut command_exit_code = None;
     let ending = loop {
-        if ticks % GIL_RESCAN_TICKS == 0 {
-            // Subinterpreters with their own GIL come and go: keep the kernel filter current.
+        {
+            // Subinterpreters with their own GIL come and go: re-list them every tick
+            // (a few pointer reads) and keep the kernel filter current.
             let now = locate::all_gils(&mem, &attached.gil, MAX_GILS);
             if now != watched && !now.is_empty() {
                 match probe.watch(pid, &now, &attached.gil.layout) {
@@ -336,7 +334,6 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
                 }
             }
         }
-        ticks += 1;
         if let Ok(threads) = sample_threads(pid) {
             cpu_end.extend(threads);
         }

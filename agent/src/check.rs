@@ -16,7 +16,7 @@ use crate::bpf::layout::MAX_GILS;
 use crate::bpf::lock_probe::LockProbe;
 use crate::bpf::precise_probe::{PreciseProbe, PreciseTargets};
 use crate::bpf::wait_probe::WaitProbe;
-use crate::diagnose::diagnose;
+use crate::diagnose::{diagnose, Facts};
 use crate::error::{Error, Result};
 use crate::gil_sampler::{GilSampler, GilSamples, TstateResolver};
 use crate::launch::{self, ChildStdout};
@@ -454,7 +454,11 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     let (process, threads) = analyse(&measurement);
     let gil_reports = crate::analyse::gils(&measurement);
     let lock_contention = measurement.locks.as_ref().map(lock_contention);
-    let diagnosis = diagnose(&process, &threads, lock_contention.as_ref());
+    let diagnosis = diagnose(&Facts {
+        process: &process,
+        threads: &threads,
+        locks: lock_contention.as_ref(),
+    });
     Ok(Report {
         schema: SCHEMA,
         pid,

@@ -1,7 +1,11 @@
 //! Reads a process report and says, in one line and one paragraph, what it means.
 //!
-//! Rules are thresholds on the measured ratios, most severe first. Each
-//! diagnosis quotes the numbers it rests on so the user can check the claim.
+//! Each rule is a function over [`Facts`] that returns a finding or nothing;
+//! rules are thresholds on measured ratios, and each finding quotes the numbers
+//! it rests on (`evidence`) so the user can check the claim. `no_contention` is
+//! said only when no rule found a problem.
+
+use std::collections::BTreeMap;
 
 use crate::report::{Diagnosis, LockContention, ProcessReport, Severity, ThreadReport};
 
@@ -9,6 +13,44 @@ use crate::report::{Diagnosis, LockContention, ProcessReport, Severity, ThreadRe
 pub const SERIALIZED_QUEUE_LENGTH: f64 = 0.25;
 /// A thread "wants CPU" when it runs or waits for the GIL at least this share of the wall time.
 const CPU_DEMAND_SHARE: f64 = 0.5;
+/// Σ lock park time / wall from which PyMutex contention is reported.
+pub const LOCK_QUEUE_LENGTH: f64 = 0.25;
+
+/// Everything the rules may look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub process: &'a ProcessReport,
+    pub threads: &'a [ThreadReport],
+    pub locks: Option<&'a LockContention>,
+}
+
+/// A rule: a finding, or `None` when its pattern is absent.
+type Rule = fn(&Facts) -> Option<Diagnosis>;
+
+/// Every rule, in no particular order (findings are sorted by severity).
+const RULES: &[Rule] = &[lock_contention, serialized_threads];
+
+/// The diagnoses of one process, most severe first (never empty).
+pub fn diagnose(facts: &Facts) -> Vec<Diagnosis> {
+    let mut out: Vec<Diagnosis> = RULES.iter().filter_map(|rule| rule(facts)).collect();
+    if out.is_empty() {
+        out.push(no_contention(facts));
+    }
+    out.sort_by_key(|d| std::cmp::Reverse(d.severity));
+    out
+}
+
+fn evidence<const N: usize>(pairs: [(&str, f64); N]) -> BTreeMap<String, f64> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+fn ratio(num: f64, den: f64) -> f64 {
+    if den > 0.0 {
+        num / den
+    } else {
+        0.0
+    }
+}
 
 /// Threads that spend most of the time running or waiting for the GIL.
 fn cpu_hungry(threads: &[ThreadReport], wall_s: f64) -> usize {
@@ -18,92 +60,101 @@ fn cpu_hungry(threads: &[ThreadReport], wall_s: f64) -> usize {
         .count()
 }
 
-/// Σ lock park time / wall from which PyMutex contention is reported.
-pub const LOCK_QUEUE_LENGTH: f64 = 0.25;
+fn lock_contention(f: &Facts) -> Option<Diagnosis> {
+    let locks = f.locks?;
+    let queue = ratio(locks.wait_s, f.process.wall_s);
+    if queue < LOCK_QUEUE_LENGTH {
+        return None;
+    }
+    let hottest = locks
+        .top_locks
+        .first()
+        .map(|l| {
+            format!(
+                "; the hottest lock ({}) accounts for {:.2} s",
+                l.address, l.wait_s
+            )
+        })
+        .unwrap_or_default();
+    Some(Diagnosis {
+        kind: "lock_contention".into(),
+        severity: Severity::Warning,
+        summary: format!(
+            "lock contention: threads parked on PyMutexes {:.2} s in {} waits \
+             ({queue:.2} threads waiting on average){hottest}",
+            locks.wait_s, locks.waits
+        ),
+        advice: "Without the GIL, threads now contend on the per-object locks that \
+                 replace it: several threads mutate the same list, dict or object. \
+                 Give each thread its own data and merge at the end, or use a \
+                 queue.Queue to hand work over."
+            .into(),
+        evidence: evidence([
+            ("lock_wait_s", locks.wait_s),
+            ("lock_waits", locks.waits as f64),
+            ("lock_queue_length", queue),
+        ]),
+    })
+}
 
-/// The diagnoses of one process, most severe first (never empty).
-pub fn diagnose(
-    process: &ProcessReport,
-    threads: &[ThreadReport],
-    locks: Option<&LockContention>,
-) -> Vec<Diagnosis> {
-    let hungry = cpu_hungry(threads, process.wall_s);
-    let mut out = Vec::new();
-    if let Some(locks) = locks {
-        let queue = if process.wall_s > 0.0 {
-            locks.wait_s / process.wall_s
-        } else {
-            0.0
-        };
-        if queue >= LOCK_QUEUE_LENGTH {
-            let hottest = locks
-                .top_locks
-                .first()
-                .map(|l| {
-                    format!(
-                        "; the hottest lock ({}) accounts for {:.2} s",
-                        l.address, l.wait_s
-                    )
-                })
-                .unwrap_or_default();
-            out.push(Diagnosis {
-                kind: "lock_contention".into(),
-                severity: Severity::Warning,
-                summary: format!(
-                    "lock contention: threads parked on PyMutexes {:.2} s in {} waits \
-                     ({queue:.2} threads waiting on average){hottest}",
-                    locks.wait_s, locks.waits
-                ),
-                advice: "Without the GIL, threads now contend on the per-object locks that \
-                         replace it: several threads mutate the same list, dict or object. \
-                         Give each thread its own data and merge at the end, or use a \
-                         queue.Queue to hand work over."
-                    .into(),
-            });
-        }
+fn serialized_threads(f: &Facts) -> Option<Diagnosis> {
+    let p = f.process;
+    let hungry = cpu_hungry(f.threads, p.wall_s);
+    if p.gil_queue_length < SERIALIZED_QUEUE_LENGTH || hungry < 2 {
+        return None;
     }
-    if process.gil_queue_length >= SERIALIZED_QUEUE_LENGTH && hungry >= 2 {
-        // n fully serialized threads keep n-1 of them waiting: near that, it is critical.
-        let severity = if process.gil_queue_length >= 0.75 * (hungry as f64 - 1.0) {
-            Severity::Critical
-        } else {
-            Severity::Warning
-        };
-        out.push(Diagnosis {
-            kind: "gil_serialized_threads".into(),
-            severity,
-            summary: format!(
-                "{hungry} threads, effective parallelism {:.2}: the GIL serializes them \
-                 (GIL held {:.0}% of the time, {:.2} threads waiting for it on average)",
-                process.effective_parallelism,
-                process.gil_utilization * 100.0,
-                process.gil_queue_length
-            ),
-            advice: "These threads want CPU at the same time but only one can run Python \
-                     at once. Move the CPU-bound work to processes (multiprocessing, \
-                     ProcessPoolExecutor), run it on a free-threaded build (3.13t+), or move \
-                     the hot loop into code that releases the GIL (NumPy, hashlib, zlib, a \
-                     C/Rust extension that drops it). More threads will not help."
-                .into(),
-        });
+    // n fully serialized threads keep n-1 of them waiting: near that, it is critical.
+    let severity = if p.gil_queue_length >= 0.75 * (hungry as f64 - 1.0) {
+        Severity::Critical
     } else {
-        out.push(Diagnosis {
-            kind: "no_contention".into(),
-            severity: Severity::Info,
-            summary: format!(
-                "no GIL contention: effective parallelism {:.2}, GIL held {:.0}% of the time, \
-                 {:.2} threads waiting for it on average",
-                process.effective_parallelism,
-                process.gil_utilization * 100.0,
-                process.gil_queue_length
-            ),
-            advice: "The threads are not held back by the GIL; the concurrency is real as far \
-                     as the GIL is concerned."
-                .into(),
-        });
+        Severity::Warning
+    };
+    Some(Diagnosis {
+        kind: "gil_serialized_threads".into(),
+        severity,
+        summary: format!(
+            "{hungry} threads, effective parallelism {:.2}: the GIL serializes them \
+             (GIL held {:.0}% of the time, {:.2} threads waiting for it on average)",
+            p.effective_parallelism,
+            p.gil_utilization * 100.0,
+            p.gil_queue_length
+        ),
+        advice: "These threads want CPU at the same time but only one can run Python \
+                 at once. Move the CPU-bound work to processes (multiprocessing, \
+                 ProcessPoolExecutor), run it on a free-threaded build (3.13t+), or move \
+                 the hot loop into code that releases the GIL (NumPy, hashlib, zlib, a \
+                 C/Rust extension that drops it). More threads will not help."
+            .into(),
+        evidence: evidence([
+            ("threads_wanting_cpu", hungry as f64),
+            ("gil_queue_length", p.gil_queue_length),
+            ("gil_utilization", p.gil_utilization),
+            ("effective_parallelism", p.effective_parallelism),
+        ]),
+    })
+}
+
+fn no_contention(f: &Facts) -> Diagnosis {
+    let p = f.process;
+    Diagnosis {
+        kind: "no_contention".into(),
+        severity: Severity::Info,
+        summary: format!(
+            "no GIL contention: effective parallelism {:.2}, GIL held {:.0}% of the time, \
+             {:.2} threads waiting for it on average",
+            p.effective_parallelism,
+            p.gil_utilization * 100.0,
+            p.gil_queue_length
+        ),
+        advice: "The threads are not held back by the GIL; the concurrency is real as far \
+                 as the GIL is concerned."
+            .into(),
+        evidence: evidence([
+            ("effective_parallelism", p.effective_parallelism),
+            ("gil_utilization", p.gil_utilization),
+            ("gil_queue_length", p.gil_queue_length),
+        ]),
     }
-    out.sort_by_key(|d| std::cmp::Reverse(d.severity));
-    out
 }
 
 #[cfg(test)]
@@ -131,7 +182,11 @@ mod tests {
     }
 
     fn diagnose_(process: &ProcessReport, threads: &[ThreadReport]) -> Vec<Diagnosis> {
-        diagnose(process, threads, None)
+        diagnose(&Facts {
+            process,
+            threads,
+            locks: None,
+        })
     }
 
     fn process(queue: f64, parallelism: f64) -> ProcessReport {
@@ -195,9 +250,17 @@ mod tests {
             top_locks: vec![],
         };
         let threads = vec![thread(3.0, 0.0); 4];
-        let d = diagnose(&process(0.0, 3.0), &threads, Some(&locks));
+        let d = diagnose(&Facts {
+            process: &process(0.0, 3.0),
+            threads: &threads,
+            locks: Some(&locks),
+        });
         assert_eq!(d[0].kind, "lock_contention");
-        assert_eq!(d[1].kind, "no_contention");
+        assert_eq!(
+            d.len(),
+            1,
+            "no_contention only when nothing was found: {d:?}"
+        );
     }
 
     #[test]

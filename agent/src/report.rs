@@ -4,6 +4,8 @@
 //! of the public interface and must stay stable. Renderers (text, JSON) and the
 //! exporters read this and nothing else.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 /// Schema identifier written into every JSON document.
@@ -122,13 +124,16 @@ pub enum Severity {
     Critical,
 }
 
-/// One finding with its advice.
+/// One finding with its advice, and the measured numbers it rests on so a user
+/// (or an alert) can check the claim instead of trusting it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Diagnosis {
     pub kind: String,
     pub severity: Severity,
     pub summary: String,
     pub advice: String,
+    /// Named figures behind the finding (`gil_queue_length`, `threads`, ...).
+    pub evidence: BTreeMap<String, f64>,
 }
 
 /// Why the measurement ended.

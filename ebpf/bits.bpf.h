@@ -19,6 +19,41 @@ static __always_inline __u32 log2_slot(__u64 v)
 	return r < GILSCOPE_HIST_SLOTS ? r : GILSCOPE_HIST_SLOTS - 1;
 }
 
+/* x86-64 syscall numbers of the sleeps told apart (arch/x86/entry/syscalls/syscall_64.tbl). */
+#define NR_READ 0
+#define NR_POLL 7
+#define NR_PREAD64 17
+#define NR_READV 19
+#define NR_SELECT 23
+#define NR_NANOSLEEP 35
+#define NR_ACCEPT 43
+#define NR_RECVFROM 45
+#define NR_RECVMSG 47
+#define NR_FUTEX 202
+#define NR_CLOCK_NANOSLEEP 230
+#define NR_EPOLL_WAIT 232
+#define NR_PSELECT6 270
+#define NR_PPOLL 271
+#define NR_EPOLL_PWAIT 281
+#define NR_ACCEPT4 288
+#define NR_EPOLL_PWAIT2 441
+
+/* enum wait_kind of a sleep in syscall nr (not futex: that one is classified by address). */
+static __always_inline __u32 block_kind(long nr)
+{
+	switch (nr) {
+	case NR_EPOLL_WAIT: case NR_EPOLL_PWAIT: case NR_EPOLL_PWAIT2:
+	case NR_POLL: case NR_PPOLL: case NR_SELECT: case NR_PSELECT6:
+		return BLOCK_POLL;
+	case NR_READ: case NR_READV: case NR_PREAD64:
+	case NR_RECVFROM: case NR_RECVMSG: case NR_ACCEPT: case NR_ACCEPT4:
+		return BLOCK_READ;
+	case NR_NANOSLEEP: case NR_CLOCK_NANOSLEEP:
+		return BLOCK_SLEEP;
+	}
+	return BLOCK_OTHER;
+}
+
 /* Look up key, inserting a zeroed value first when absent. */
 static __always_inline void *lookup_or_init(void *map, const void *key, const void *zero)
 {

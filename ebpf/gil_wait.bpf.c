@@ -1,19 +1,23 @@
 // SPDX-License-Identifier: GPL-2.0
-/* GIL waits, observed only where a thread actually blocks.
+/* GIL waits and every other sleep of a watched thread, observed only where a
+ * thread actually blocks.
  *
- * Hooked on sched_switch (BTF tracepoint), not on the futex syscall: a thread
- * that takes a free GIL never leaves the CPU and pays nothing, and syscalls of
- * other kinds are not slowed either (a syscall tracepoint would tax them all).
+ * Hooked on sched_switch (BTF tracepoint), not on syscalls: a thread that takes
+ * a free GIL never leaves the CPU and pays nothing, and syscalls that do not
+ * sleep are not slowed either (a syscall tracepoint would tax them all).
  *
- * When a thread of a watched process goes to sleep inside futex(), its saved
- * syscall registers say which futex word it sleeps on. Inside the GIL struct
- * that is a take-side wait (cond), a GIL mutex wait, or a drop-side
+ * When a thread of a watched process goes to sleep, its saved syscall
+ * registers say where. In futex() the word it sleeps on decides: inside the GIL
+ * struct that is a take-side wait (cond), a GIL mutex wait, or a drop-side
  * forced-switch wait (switch_cond/switch_mutex); anything else is a non-GIL
- * wait. The wait ends when the thread is switched back in. take_gil waits in
- * timed slices (the switch interval); a slice that ran into its deadline is
- * merged with the retry that follows. The holder (gil->last_holder) is read at
- * the start of every take slice, so wait time is attributed to the thread that
- * blocked it. Only counters leave the kernel.
+ * futex wait. Other syscalls are classed by number (poll family, read family,
+ * sleep, other: block_kind in bits.bpf.h). The wait ends when the thread is
+ * switched back in. take_gil waits in timed slices (the switch interval); a
+ * slice that ran into its deadline is merged with the retry that follows. The
+ * holder (gil->last_holder) is read at the start of every take slice, so wait
+ * time is attributed to the thread that blocked it. A take wait that starts
+ * right after a wake from a non-GIL sleep is also counted as a retake wait
+ * (the GIL residual latency of a blocking call). Only counters leave the kernel.
  */
 #include <linux/bpf.h>
 #include <linux/futex.h>
@@ -21,8 +25,6 @@
 #include <bpf/bpf_core_read.h>
 #include "gilscope.h"
 #include "bits.bpf.h"
-
-#define SYS_FUTEX_X86_64 202
 
 /* Only the members used here; CO-RE relocates them against the kernel's BTF. */
 struct task_struct {
@@ -44,6 +46,9 @@ struct user_timespec {
 
 /* A take slice that starts this long after the previous one timed out is a new wait. */
 const volatile __u64 continuation_gap_ns = 1000000;
+/* A take wait that starts this long after a wake from a non-GIL sleep is not a retake:
+ * the thread got the GIL free and ran in between. */
+const volatile __u64 retake_window_ns = 1000000;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -143,12 +148,41 @@ static __always_inline __u64 futex_deadline(__u32 op, __u64 timeout, __u64 now)
 	return (op & FUTEX_CMD_MASK) == FUTEX_WAIT ? now + ns : ns;
 }
 
-static __always_inline void close_take_wait(struct thread_waits *w, __u32 tgid, __u64 gil, __u64 d)
+/* What the sleeping thread waits in; for futex waits on a GIL, *gil is set. */
+static __always_inline __u32 sleep_kind(const struct gil_target *t, struct pt_regs *regs, __u64 *gil)
+{
+	long nr = BPF_CORE_READ(regs, orig_ax);
+	if (nr != NR_FUTEX)
+		return block_kind(nr);
+	if (!is_wait_op((__u32)BPF_CORE_READ(regs, si)))
+		return BLOCK_OTHER;
+	return classify(t, BPF_CORE_READ(regs, di), gil);
+}
+
+/* Whether a wait of `kind` starting now is a retake wait. Any block but a GIL
+ * mutex wait (part of taking the GIL) ends the window opened by the last wake. */
+static __always_inline __u32 is_retake(__u32 tid, __u32 kind, __u64 now)
+{
+	struct thread_waits *w = bpf_map_lookup_elem(&thread_waits, &tid);
+	if (!w || !w->retake_armed_ns || kind == WAIT_MUTEX)
+		return 0;
+	__u32 retake = kind == WAIT_TAKE && now - w->retake_armed_ns < retake_window_ns;
+	w->retake_armed_ns = 0;
+	return retake;
+}
+
+static __always_inline void close_take_wait(struct thread_waits *w, __u32 tgid,
+					    const struct futex_inflight *cur, __u64 d)
 {
 	w->take_wait_ns += d;
 	w->take_waits++;
 	w->take_hist[log2_slot(d)]++;
-	struct gil_key key = { .tgid = tgid, .gil_addr = gil };
+	if (cur->retake) {
+		w->retake_wait_ns += d;
+		w->retake_waits++;
+		w->retake_hist[log2_slot(d)]++;
+	}
+	struct gil_key key = { .tgid = tgid, .gil_addr = cur->gil_addr };
 	struct gil_val zero = {};
 	struct gil_val *g = lookup_or_init(&gil_waits, &key, &zero);
 	if (g) {
@@ -166,16 +200,15 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 	if (!t)
 		return;
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(prev);
-	if (!regs || BPF_CORE_READ(regs, orig_ax) != SYS_FUTEX_X86_64)
+	if (!regs)
 		return;
-	__u32 op = (__u32)BPF_CORE_READ(regs, si);
-	if (!is_wait_op(op))
-		return;
-	__u64 uaddr = BPF_CORE_READ(regs, di);
-	__u64 gil = 0;
-	__u32 kind = classify(t, uaddr, &gil);
-	__u64 holder = kind == WAIT_TAKE ? read_user_u64(gil + t->last_holder_off) : 0;
-	__u64 deadline = futex_deadline(op, BPF_CORE_READ(regs, r10), now);
+	__u64 gil = 0, holder = 0, deadline = 0;
+	__u32 kind = sleep_kind(t, regs, &gil);
+	if (kind == WAIT_TAKE) {
+		holder = read_user_u64(gil + t->last_holder_off);
+		deadline = futex_deadline((__u32)BPF_CORE_READ(regs, si), BPF_CORE_READ(regs, r10), now);
+	}
+	__u32 retake = is_retake(tid, kind, now);
 
 	struct futex_inflight *cur = bpf_map_lookup_elem(&inflight, &tid);
 	if (cur && cur->continuing && kind == WAIT_TAKE &&
@@ -190,7 +223,7 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 		/* The retry never came: the thread got the GIL after its last slice. */
 		struct thread_waits *w = bpf_map_lookup_elem(&thread_waits, &tid);
 		if (w)
-			close_take_wait(w, tgid, cur->gil_addr, cur->last_exit_ns - cur->wait_start_ns);
+			close_take_wait(w, tgid, cur, cur->last_exit_ns - cur->wait_start_ns);
 	}
 	struct futex_inflight fresh = {
 		.wait_start_ns = now,
@@ -199,11 +232,38 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 		.deadline_ns = deadline,
 		.gil_addr = gil,
 		.kind = kind,
+		.retake = retake,
 	};
 	bpf_map_update_elem(&inflight, &tid, &fresh, BPF_ANY);
 }
 
-/* `next` is about to run again: if it slept in a watched futex, the wait is over. */
+/* Adds a finished non-GIL sleep to its family's counters. */
+static __always_inline void count_sleep(struct thread_waits *w, __u32 kind, __u64 d)
+{
+	switch (kind) {
+	case BLOCK_POLL:
+		w->poll_wait_ns += d;
+		w->poll_waits++;
+		break;
+	case BLOCK_READ:
+		w->read_wait_ns += d;
+		w->read_waits++;
+		break;
+	case BLOCK_SLEEP:
+		w->sleep_wait_ns += d;
+		w->sleep_waits++;
+		break;
+	case BLOCK_OTHER:
+		w->block_other_ns += d;
+		w->block_others++;
+		break;
+	default:
+		w->other_wait_ns += d;
+		w->other_waits++;
+	}
+}
+
+/* `next` is about to run again: if it slept in a watched process, the wait is over. */
 static __always_inline void on_run(struct task_struct *next, __u64 now)
 {
 	__u32 tid = BPF_CORE_READ(next, pid);
@@ -234,20 +294,24 @@ static __always_inline void on_run(struct task_struct *next, __u64 now)
 			cur->last_exit_ns = now;
 			return;
 		}
-		close_take_wait(w, tgid, cur->gil_addr, now - cur->wait_start_ns);
+		close_take_wait(w, tgid, cur, now - cur->wait_start_ns);
 		break;
 	}
 	case WAIT_MUTEX:
 		w->mutex_wait_ns += segment;
 		w->mutex_waits++;
+		if (w->retake_armed_ns)
+			w->retake_armed_ns = now; /* the take wait that follows is still the retake */
 		break;
 	case WAIT_DROP:
 		w->drop_wait_ns += segment;
 		w->drop_waits++;
 		break;
 	default:
-		w->other_wait_ns += segment;
-		w->other_waits++;
+		/* Back from a non-GIL sleep: it must retake the GIL now. */
+		count_sleep(w, cur->kind, segment);
+		w->block_returns++;
+		w->retake_armed_ns = now;
 	}
 	bpf_map_delete_elem(&inflight, &tid);
 }

@@ -28,7 +28,8 @@ struct gil_target {
 	__u32 locked_off;       /* int, 1 while held */
 };
 
-/* Cumulative futex-wait counters of one thread (key: tid). */
+/* Cumulative blocking counters of one thread (key: tid): GIL waits, other
+ * futex waits, and every other voluntary sleep by the syscall it sleeps in. */
 struct thread_waits {
 	__u32 tgid;
 	__u32 _pad;
@@ -42,10 +43,31 @@ struct thread_waits {
 	__u64 other_wait_ns;  /* any other futex wait of the process */
 	__u64 other_waits;
 	__u64 take_hist[GILSCOPE_HIST_SLOTS];
+	/* Sleeps outside futex(), by syscall family (see block_kind in bits.bpf.h). */
+	__u64 poll_wait_ns;   /* epoll_wait/epoll_pwait(2)/poll/ppoll/select/pselect6 */
+	__u64 poll_waits;
+	__u64 read_wait_ns;   /* read/readv/pread64/recvfrom/recvmsg/accept/accept4 */
+	__u64 read_waits;
+	__u64 sleep_wait_ns;  /* nanosleep/clock_nanosleep */
+	__u64 sleep_waits;
+	__u64 block_other_ns; /* any other syscall, or no syscall (page fault, ...) */
+	__u64 block_others;
+	/* GIL residual latency: after waking from a non-GIL sleep a thread retakes the
+	 * GIL; a take wait that begins within retake_window_ns of that wake, before any
+	 * other block, is a retake wait. Returns that found the GIL free never block. */
+	__u64 block_returns;  /* wakes from non-GIL sleeps (other futex and the families above) */
+	__u64 retake_armed_ns; /* state, not a counter: time of the last such wake; 0 = none pending */
+	__u64 retake_waits;
+	__u64 retake_wait_ns;
+	__u64 retake_hist[GILSCOPE_HIST_SLOTS];
 };
 
-/* What a thread is blocked on right now (key: tid). */
-enum wait_kind { WAIT_OTHER = 0, WAIT_TAKE = 1, WAIT_MUTEX = 2, WAIT_DROP = 3 };
+/* What a thread is blocked on right now (key: tid). The first four are futex
+ * waits; the BLOCK_* kinds are sleeps in other syscalls. */
+enum wait_kind {
+	WAIT_OTHER = 0, WAIT_TAKE = 1, WAIT_MUTEX = 2, WAIT_DROP = 3,
+	BLOCK_POLL = 4, BLOCK_READ = 5, BLOCK_SLEEP = 6, BLOCK_OTHER = 7,
+};
 
 struct futex_inflight {
 	__u64 wait_start_ns;     /* start of the (merged) wait */
@@ -56,6 +78,8 @@ struct futex_inflight {
 	__u64 gil_addr;          /* the GIL this wait is on (0: not a GIL wait) */
 	__u32 kind;              /* enum wait_kind */
 	__u32 continuing;        /* 1: a timed-out take wait that will retry */
+	__u32 retake;            /* 1: a take wait right after a wake from a non-GIL sleep */
+	__u32 _pad;
 };
 
 /* GIL wait of one thread while a given thread state held the GIL. */

@@ -87,6 +87,22 @@ pub fn percentile_us(hist: &[u64; HIST_SLOTS], q: f64) -> f64 {
     2f64.powi(HIST_SLOTS as i32 - 1) / 1e3
 }
 
+/// A value at quantile `q` over `zeros` zero-length events plus those of a log2(ns)
+/// histogram, in µs: retake latency over all returns from blocking calls, where a
+/// retake that found the GIL free never blocked (so is not in the histogram) and counts as 0.
+pub fn percentile_with_zeros_us(hist: &[u64; HIST_SLOTS], zeros: u64, q: f64) -> f64 {
+    let waited: u64 = hist.iter().sum();
+    let total = zeros + waited;
+    if waited == 0 {
+        return 0.0;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    if rank <= zeros as f64 {
+        return 0.0;
+    }
+    percentile_us(hist, (rank - zeros as f64) / waited as f64)
+}
+
 fn add_hist(into: &mut [u64; HIST_SLOTS], from: &[u64; HIST_SLOTS]) {
     for (a, b) in into.iter_mut().zip(from.iter()) {
         *a += b;
@@ -189,6 +205,7 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
                 gil_wait_s: ns as f64 / NS,
             })
             .collect();
+        let stretches = m.gil.stretches.get(&tid);
         blocked_by.sort_by(|a, b| {
             b.gil_wait_s
                 .total_cmp(&a.gil_wait_s)
@@ -210,6 +227,31 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
             lock_wait_s: lock.map_or(0.0, |l| l.park_ns as f64 / NS),
             lock_waits: lock.map_or(0, |l| l.parks),
             blocked_by,
+            poll_wait_s: w.poll_wait_ns as f64 / NS,
+            poll_waits: w.poll_waits,
+            io_wait_s: w.read_wait_ns as f64 / NS,
+            io_waits: w.read_waits,
+            sleep_wait_s: w.sleep_wait_ns as f64 / NS,
+            sleep_waits: w.sleep_waits,
+            other_block_s: w.block_other_ns as f64 / NS,
+            other_blocks: w.block_others,
+            block_returns: w.block_returns,
+            retake_waits: w.retake_waits,
+            retake_p50_us: percentile_with_zeros_us(
+                &w.retake_hist,
+                w.block_returns.saturating_sub(w.retake_waits),
+                0.5,
+            ),
+            retake_p99_us: percentile_with_zeros_us(
+                &w.retake_hist,
+                w.block_returns.saturating_sub(w.retake_waits),
+                0.99,
+            ),
+            // Interpolating inside a log2 bucket can overshoot the longest stretch seen.
+            hold_stretch_p99_ms: stretches.map_or(0.0, |s| {
+                (percentile_us(&s.hist, 0.99) / 1e3).min(s.max_ns as f64 / 1e6)
+            }),
+            hold_stretch_max_ms: stretches.map_or(0.0, |s| s.max_ns as f64 / 1e6),
         });
     }
 
@@ -238,6 +280,10 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
         effective_parallelism: ratio(cpu_s, m.wall_s),
         gil_switches_per_s: m.gil.switches_per_s(),
         futex_wait_s: sum(|t| t.futex_wait_s),
+        poll_wait_s: sum(|t| t.poll_wait_s),
+        io_wait_s: sum(|t| t.io_wait_s),
+        sleep_wait_s: sum(|t| t.sleep_wait_s),
+        other_block_s: sum(|t| t.other_block_s),
     };
     (process, threads)
 }
@@ -341,6 +387,19 @@ mod tests {
             }]
         );
         assert!(process.gil_hold_s.is_none());
+    }
+
+    #[test]
+    fn free_retakes_count_as_zero_latency() {
+        // 100 returns from blocking calls, 30 of which waited ~5 ms for the GIL.
+        let h = hist_with(22, 30);
+        assert_eq!(percentile_with_zeros_us(&h, 70, 0.5), 0.0);
+        assert!(percentile_with_zeros_us(&h, 70, 0.99) > 4194.0);
+        // 60 of 100 waited: the median is a wait.
+        let h = hist_with(22, 60);
+        let p50 = percentile_with_zeros_us(&h, 40, 0.5);
+        assert!((4194.0..8389.0).contains(&p50), "{p50}");
+        assert_eq!(percentile_with_zeros_us(&[0; HIST_SLOTS], 5, 0.99), 0.0);
     }
 
     #[test]

@@ -178,6 +178,7 @@ mod tests {
             lock_wait_s: 0.0,
             lock_waits: 0,
             blocked_by: vec![],
+            ..ThreadReport::default()
         }
     }
 
@@ -204,6 +205,7 @@ mod tests {
             effective_parallelism: parallelism,
             gil_switches_per_s: 200.0,
             futex_wait_s: 0.0,
+            ..ProcessReport::default()
         }
     }
 

@@ -4,7 +4,10 @@
 //! `switch_number`) from the target's memory at a fixed rate without stopping it.
 //! The fraction of samples with the GIL locked is the GIL utilization; the holder
 //! of each locked sample gives per-thread hold shares; the `switch_number` delta
-//! gives GIL switches per second. The target pays nothing.
+//! gives GIL switches per second. Runs of samples with the same holder and no
+//! hand-over in between are hold stretches: how long one thread kept the GIL in
+//! one go (an event loop running CPU work inline shows long ones). The target
+//! pays nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::bpf::layout::HIST_SLOTS;
 use crate::memory::RemoteMemory;
 use crate::python::locate::{read_gil_state, GilSite};
 use crate::python::versions::ThreadIdField;
@@ -83,6 +87,64 @@ impl TstateResolver {
     }
 }
 
+/// The hold stretches of one thread: log2 histogram of their lengths (slot i:
+/// [2^i, 2^(i+1)) ns, as the wait histograms) and the longest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldStretches {
+    pub hist: [u64; HIST_SLOTS],
+    pub max_ns: u64,
+}
+
+impl Default for HoldStretches {
+    fn default() -> Self {
+        Self {
+            hist: [0; HIST_SLOTS],
+            max_ns: 0,
+        }
+    }
+}
+
+/// Cuts the sample stream into hold stretches: consecutive locked samples with the
+/// same holder and an unchanged `switch_number`. A stretch's length is the time
+/// from its first to its last sample (a lower bound: it may have started up to one
+/// sample period earlier and ended up to one later); one sample alone is 0.
+#[derive(Debug, Default)]
+pub struct StretchTracker {
+    /// (holder tid, switch_number, first sample ns, last sample ns)
+    current: Option<(u32, u64, u64, u64)>,
+    pub by_thread: HashMap<u32, HoldStretches>,
+}
+
+impl StretchTracker {
+    /// Feeds one sample taken at `at_ns` (any monotonic origin).
+    pub fn sample(&mut self, at_ns: u64, locked: bool, holder: u32, switch_number: u64) {
+        match self.current {
+            Some((tid, switches, start, _))
+                if locked && tid == holder && switches == switch_number =>
+            {
+                self.current = Some((tid, switches, start, at_ns));
+            }
+            _ => {
+                self.close();
+                if locked {
+                    self.current = Some((holder, switch_number, at_ns, at_ns));
+                }
+            }
+        }
+    }
+
+    /// Ends the stretch in progress (the measurement is over).
+    pub fn close(&mut self) {
+        if let Some((tid, _, start, end)) = self.current.take() {
+            let len = end.saturating_sub(start);
+            let slot = (63 - len.max(1).leading_zeros() as usize).min(HIST_SLOTS - 1);
+            let s = self.by_thread.entry(tid).or_default();
+            s.hist[slot] += 1;
+            s.max_ns = s.max_ns.max(len);
+        }
+    }
+}
+
 /// What the sampler saw over a measurement.
 #[derive(Debug, Default, Clone)]
 pub struct GilSamples {
@@ -98,6 +160,8 @@ pub struct GilSamples {
     pub gil_enabled: Option<bool>,
     /// How often the GIL was switched on or off between samples.
     pub gil_enabled_changes: u64,
+    /// Hold stretches per holder tid (unresolvable holders under tid 0).
+    pub stretches: HashMap<u32, HoldStretches>,
 }
 
 impl GilSamples {
@@ -146,7 +210,9 @@ impl GilSampler {
             .spawn(move || {
                 let mem = RemoteMemory::new(pid);
                 let mut out = GilSamples::default();
-                let mut next = Instant::now();
+                let mut stretches = StretchTracker::default();
+                let origin = Instant::now();
+                let mut next = origin;
                 while !flag.load(Ordering::Relaxed) {
                     match read_gil_state(pid, &mem, &gil) {
                         Ok(state) => {
@@ -158,11 +224,15 @@ impl GilSampler {
                                 out.gil_enabled = Some(enabled);
                             }
                             out.samples += 1;
+                            let mut holder = 0;
                             if state.locked {
                                 out.locked += 1;
-                                let tid = resolver.tid_of(state.last_holder).unwrap_or(0);
-                                *out.held_by.entry(tid).or_default() += 1;
+                                holder = resolver.tid_of(state.last_holder).unwrap_or(0);
+                                *out.held_by.entry(holder).or_default() += 1;
                             }
+                            let at_ns =
+                                u64::try_from((now - origin).as_nanos()).unwrap_or(u64::MAX);
+                            stretches.sample(at_ns, state.locked, holder, state.switch_number);
                             out.first_switch.get_or_insert((now, state.switch_number));
                             out.last_switch = Some((now, state.switch_number));
                         }
@@ -176,6 +246,8 @@ impl GilSampler {
                         next = now; // fell behind: do not burst to catch up
                     }
                 }
+                stretches.close();
+                out.stretches = stretches.by_thread;
                 out
             });
         let handle = match handle {
@@ -192,5 +264,35 @@ impl GilSampler {
     pub fn stop(self) -> GilSamples {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_stretch_ends_at_a_hand_over_a_new_holder_or_a_free_gil() {
+        let mut t = StretchTracker::default();
+        // Thread 7 holds from 0 to 96 ms without a hand-over (25 samples, 4 ms apart).
+        for i in 0..25 {
+            t.sample(i * 4 * MS, true, 7, 10);
+        }
+        // A hand-over back to 7 (switch_number moved) starts a new stretch of 8 ms.
+        for i in 25..28 {
+            t.sample(i * 4 * MS, true, 7, 12);
+        }
+        // Thread 8 for one sample, then the GIL is free.
+        t.sample(112 * MS, true, 8, 13);
+        t.sample(116 * MS, false, 8, 13);
+        t.close();
+        let seven = t.by_thread[&7];
+        assert_eq!(seven.max_ns, 96 * MS);
+        assert_eq!(seven.hist.iter().sum::<u64>(), 2);
+        assert_eq!(seven.hist[26], 1, "96 ms is in [2^26, 2^27) ns");
+        assert_eq!(seven.hist[22], 1, "8 ms is in [2^22, 2^23) ns");
+        assert_eq!(t.by_thread[&8].max_ns, 0);
     }
 }

@@ -72,6 +72,11 @@ pub fn text(report: &Report) -> String {
         duration_us(p.gil_wait_p99_us),
         p.futex_wait_s
     );
+    let _ = writeln!(
+        out,
+        "         blocked outside the GIL: poll {:.2}s  I/O {:.2}s  sleep {:.2}s  other {:.2}s",
+        p.poll_wait_s, p.io_wait_s, p.sleep_wait_s, p.other_block_s
+    );
     if let Some(locks) = &report.lock_contention {
         let top: Vec<String> = locks
             .top_locks

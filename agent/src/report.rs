@@ -37,7 +37,7 @@ pub struct InterpreterInfo {
 }
 
 /// Totals and ratios for the whole process.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ProcessReport {
     pub wall_s: f64,
     pub cpu_s: f64,
@@ -53,6 +53,12 @@ pub struct ProcessReport {
     pub effective_parallelism: f64,
     pub gil_switches_per_s: f64,
     pub futex_wait_s: f64,
+    /// Σ of the threads' sleeps outside futex() by syscall family (see [`ThreadReport`]),
+    /// so blocked time that is not the GIL's can be told apart.
+    pub poll_wait_s: f64,
+    pub io_wait_s: f64,
+    pub sleep_wait_s: f64,
+    pub other_block_s: f64,
 }
 
 /// GIL wait one thread spent behind another.
@@ -64,7 +70,7 @@ pub struct BlockedBy {
 }
 
 /// One thread of the process.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ThreadReport {
     pub tid: u32,
     pub name: String,
@@ -82,6 +88,31 @@ pub struct ThreadReport {
     pub lock_wait_s: f64,
     pub lock_waits: u64,
     pub blocked_by: Vec<BlockedBy>,
+    /// Asleep in epoll_wait/epoll_pwait(2)/poll/ppoll/select/pselect6: an event
+    /// loop (or selector) idling. The thread with most of these is the loop thread.
+    pub poll_wait_s: f64,
+    pub poll_waits: u64,
+    /// Asleep in read/readv/pread64/recvfrom/recvmsg/accept/accept4: waiting for I/O.
+    pub io_wait_s: f64,
+    pub io_waits: u64,
+    /// Asleep in nanosleep/clock_nanosleep (`time.sleep`).
+    pub sleep_wait_s: f64,
+    pub sleep_waits: u64,
+    /// Asleep in any other syscall (write, connect, waitpid, …) or none (page fault).
+    pub other_block_s: f64,
+    pub other_blocks: u64,
+    /// Wakes from a sleep that was not a GIL wait: each must retake the GIL.
+    pub block_returns: u64,
+    /// Returns whose retake had to wait for the GIL (the others found it free).
+    pub retake_waits: u64,
+    /// GIL residual latency: time to retake the GIL after a blocking call, as a
+    /// percentile over all `block_returns`, free retakes counting as 0.
+    pub retake_p50_us: f64,
+    pub retake_p99_us: f64,
+    /// Sampled GIL hold stretches (same holder, no hand-over between samples):
+    /// how long this thread kept the GIL in one go, p99 and longest.
+    pub hold_stretch_p99_ms: f64,
+    pub hold_stretch_max_ms: f64,
 }
 
 /// One GIL of the process: the main interpreter's, or a subinterpreter's own (3.12+).

@@ -8,12 +8,25 @@
 /// log2(ns) histogram slots: slot i counts waits in [2^i, 2^(i+1)) ns.
 pub const HIST_SLOTS: usize = 64;
 
-/// Futex-wait classes of `enum wait_kind`.
+/// Classes of `enum wait_kind`: futex waits (on the GIL or not), then sleeps in
+/// other syscalls by family, so a thread's blocked time can be told apart.
 pub mod wait_kind {
+    /// A futex wait not on the GIL (locks, queues, conditions).
     pub const OTHER: u32 = 0;
+    /// Waiting to take the GIL (`gil->cond`).
     pub const TAKE: u32 = 1;
+    /// Contending on `gil->mutex`.
     pub const MUTEX: u32 = 2;
+    /// Inside `drop_gil`, waiting for another thread to take it (forced switch).
     pub const DROP: u32 = 3;
+    /// epoll_wait/epoll_pwait(2), poll/ppoll, select/pselect6: an event loop's idle wait.
+    pub const POLL: u32 = 4;
+    /// read/readv/pread64/recvfrom/recvmsg/accept/accept4.
+    pub const READ: u32 = 5;
+    /// nanosleep/clock_nanosleep (`time.sleep`).
+    pub const SLEEP: u32 = 6;
+    /// Any other syscall, or none (page fault).
+    pub const BLOCK_OTHER: u32 = 7;
 }
 
 /// GILs watched per process (the main interpreter's and subinterpreters' own).
@@ -33,7 +46,8 @@ pub struct GilTarget {
     pub locked_off: u32,
 }
 
-/// Cumulative futex-wait counters of one thread (map `thread_waits`, key: tid).
+/// Cumulative blocking counters of one thread (map `thread_waits`, key: tid):
+/// GIL waits, other futex waits, sleeps by syscall family, and retake waits.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThreadWaits {
@@ -49,6 +63,22 @@ pub struct ThreadWaits {
     pub other_wait_ns: u64,
     pub other_waits: u64,
     pub take_hist: [u64; HIST_SLOTS],
+    pub poll_wait_ns: u64,
+    pub poll_waits: u64,
+    pub read_wait_ns: u64,
+    pub read_waits: u64,
+    pub sleep_wait_ns: u64,
+    pub sleep_waits: u64,
+    pub block_other_ns: u64,
+    pub block_others: u64,
+    /// Wakes from non-GIL sleeps: each must retake the GIL.
+    pub block_returns: u64,
+    /// Kernel-side state (time of the last such wake), not a counter.
+    pub retake_armed_ns: u64,
+    /// Take waits that began right after such a wake (the rest found the GIL free).
+    pub retake_waits: u64,
+    pub retake_wait_ns: u64,
+    pub retake_hist: [u64; HIST_SLOTS],
 }
 
 impl Default for ThreadWaits {
@@ -66,6 +96,19 @@ impl Default for ThreadWaits {
             other_wait_ns: 0,
             other_waits: 0,
             take_hist: [0; HIST_SLOTS],
+            poll_wait_ns: 0,
+            poll_waits: 0,
+            read_wait_ns: 0,
+            read_waits: 0,
+            sleep_wait_ns: 0,
+            sleep_waits: 0,
+            block_other_ns: 0,
+            block_others: 0,
+            block_returns: 0,
+            retake_armed_ns: 0,
+            retake_waits: 0,
+            retake_wait_ns: 0,
+            retake_hist: [0; HIST_SLOTS],
         }
     }
 }
@@ -82,6 +125,9 @@ pub struct FutexInflight {
     pub gil_addr: u64,
     pub kind: u32,
     pub continuing: u32,
+    /// 1: a take wait right after a wake from a non-GIL sleep.
+    pub retake: u32,
+    pub _pad: u32,
 }
 
 /// (process, GIL) of map `gil_waits`.
@@ -315,7 +361,20 @@ mod tests {
                 drop_waits,
                 other_wait_ns,
                 other_waits,
-                take_hist
+                take_hist,
+                poll_wait_ns,
+                poll_waits,
+                read_wait_ns,
+                read_waits,
+                sleep_wait_ns,
+                sleep_waits,
+                block_other_ns,
+                block_others,
+                block_returns,
+                retake_armed_ns,
+                retake_waits,
+                retake_wait_ns,
+                retake_hist
             ]
         );
         assert_layout!(
@@ -330,7 +389,9 @@ mod tests {
                 deadline_ns,
                 gil_addr,
                 kind,
-                continuing
+                continuing,
+                retake,
+                _pad
             ]
         );
         assert_layout!(

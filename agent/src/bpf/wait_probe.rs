@@ -20,11 +20,18 @@ use crate::python::versions::GilLayout;
 static WAIT_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gil_wait.bpf.o"));
 
-/// The scheduler tracepoint the probe hooks: a thread blocking in futex() and resuming.
+/// The scheduler tracepoint the probe hooks: a thread going to sleep and resuming.
 const SCHED_TRACEPOINT: &str = "sched_switch";
 
 /// A take wait that resumes within this long of its last timed-out slice is the same wait.
 const CONTINUATION_GAP_NS: u64 = 1_000_000;
+
+/// A take wait is a retake (GIL residual latency of a blocking call) only when it
+/// begins within this long of the wake from a non-GIL sleep. Back from a syscall,
+/// CPython calls `take_gil` within microseconds; a thread that starts waiting later
+/// took the GIL free and ran in between (it must have run a switch interval, 5 ms,
+/// before being asked to drop it), so that return had no residual latency.
+const RETAKE_WINDOW_NS: u64 = 1_000_000;
 
 /// Counters of one process, as the kernel has them now (cumulative since `watch`).
 #[derive(Debug, Default, Clone)]
@@ -36,7 +43,7 @@ pub struct WaitCounters {
     pub gils: HashMap<u64, GilVal>,
 }
 
-/// The loaded and attached futex-wait probe.
+/// The loaded and attached wait probe (GIL waits and every other sleep).
 pub struct WaitProbe {
     ebpf: Ebpf,
 }
@@ -45,8 +52,10 @@ impl WaitProbe {
     /// Loads and attaches; fails with a permission error when not privileged.
     pub fn load() -> Result<Self> {
         let gap = CONTINUATION_GAP_NS;
+        let window = RETAKE_WINDOW_NS;
         let mut ebpf = EbpfLoader::new()
             .override_global("continuation_gap_ns", &gap, true)
+            .override_global("retake_window_ns", &window, true)
             .load(WAIT_OBJECT)
             .map_err(|e| bpf_error("loading gil_wait.bpf.o", &e))?;
         let btf = Btf::from_sys_fs().map_err(|e| {
@@ -87,7 +96,7 @@ impl WaitProbe {
         BpfHashMap::try_from(map).map_err(|e| map_error(name, &e))
     }
 
-    /// Starts (or updates) counting futex waits of process `tgid`, classifying those
+    /// Starts (or updates) counting the sleeps of process `tgid`, classifying futex waits
     /// on any of its GILs (at most [`MAX_GILS`]; the first is the main interpreter's).
     pub fn watch(&mut self, tgid: u32, gils: &[u64], layout: &GilLayout) -> Result<()> {
         let mut gil_addrs = [0u64; MAX_GILS];

@@ -16,6 +16,29 @@ const CPU_DEMAND_SHARE: f64 = 0.5;
 /// Σ lock park time / wall from which PyMutex contention is reported.
 pub const LOCK_QUEUE_LENGTH: f64 = 0.25;
 
+/// Returns from blocking calls a thread needs before its retake latency is judged:
+/// fewer are too few for a median.
+pub const RETAKE_MIN_RETURNS: u64 = 20;
+/// Median retake latency (µs) from which every blocking call of a thread pays for
+/// the GIL. A free GIL is retaken without blocking (0); a holder that runs Python
+/// keeps it until asked to drop it, one switch interval (5 ms) later. Retakes behind
+/// short holders (I/O threads) stay in the tens of µs, so 1 ms is far from both.
+pub const RETAKE_P50_US: f64 = 1_000.0;
+/// p99 retake latency (µs) that alone makes a warning: at least one return in a
+/// hundred waits two switch intervals.
+pub const RETAKE_P99_US: f64 = 10_000.0;
+/// Poll-family sleeps (epoll_wait, select, …) that make a thread an event loop.
+pub const LOOP_MIN_POLL_SLEEPS: u64 = 20;
+/// p99 GIL hold stretch (ms) of the loop thread from which the loop is blocked: a
+/// loop that hands over the GIL every switch interval shows 5-10 ms.
+pub const LOOP_STRETCH_P99_MS: f64 = 50.0;
+/// Share of the wall time the loop thread is on a CPU or runnable: it runs CPU work
+/// itself. Run-queue time counts, so a busy machine does not hide it.
+pub const LOOP_BUSY_SHARE: f64 = 0.8;
+/// GIL wait of the other threads behind the loop thread, as a share of wall time,
+/// from which they are said to wait for it.
+pub const LOOP_VICTIM_WAIT_SHARE: f64 = 0.01;
+
 /// Everything the rules may look at.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
@@ -28,7 +51,12 @@ pub struct Facts<'a> {
 type Rule = fn(&Facts) -> Option<Diagnosis>;
 
 /// Every rule, in no particular order (findings are sorted by severity).
-const RULES: &[Rule] = &[lock_contention, serialized_threads];
+const RULES: &[Rule] = &[
+    lock_contention,
+    serialized_threads,
+    event_loop_blocked,
+    gil_residual_latency,
+];
 
 /// The diagnoses of one process, most severe first (never empty).
 pub fn diagnose(facts: &Facts) -> Vec<Diagnosis> {
@@ -134,6 +162,147 @@ fn serialized_threads(f: &Facts) -> Option<Diagnosis> {
     })
 }
 
+/// "tid (name)" as the report lists the thread.
+fn who(t: &ThreadReport) -> String {
+    if t.name.is_empty() {
+        t.tid.to_string()
+    } else {
+        format!("{} ({})", t.tid, t.name)
+    }
+}
+
+fn thread_by_tid(threads: &[ThreadReport], tid: u32) -> Option<&ThreadReport> {
+    threads.iter().find(|t| t.tid == tid)
+}
+
+/// The thread that blocks in the poll family most (at least [`LOOP_MIN_POLL_SLEEPS`]
+/// times): an asyncio (or any selector) event loop idles in epoll_wait.
+pub fn loop_thread(threads: &[ThreadReport]) -> Option<&ThreadReport> {
+    threads
+        .iter()
+        .filter(|t| t.poll_waits >= LOOP_MIN_POLL_SLEEPS)
+        .max_by(|a, b| a.poll_waits.cmp(&b.poll_waits).then(b.tid.cmp(&a.tid)))
+}
+
+fn event_loop_blocked(f: &Facts) -> Option<Diagnosis> {
+    let wall = f.process.wall_s;
+    let lp = loop_thread(f.threads)?;
+    let busy = ratio(lp.cpu_s + lp.runqueue_wait_s, wall);
+    // GIL wait of every other thread while the loop thread held the GIL.
+    let victims: Vec<f64> = f
+        .threads
+        .iter()
+        .filter(|t| t.tid != lp.tid)
+        .filter_map(|t| {
+            t.blocked_by
+                .iter()
+                .find(|b| b.tid == lp.tid)
+                .map(|b| b.gil_wait_s)
+        })
+        .filter(|s| *s > 0.0)
+        .collect();
+    let behind_s: f64 = victims.iter().sum();
+    if lp.hold_stretch_p99_ms < LOOP_STRETCH_P99_MS
+        || busy < LOOP_BUSY_SHARE
+        || ratio(behind_s, wall) < LOOP_VICTIM_WAIT_SHARE
+    {
+        return None;
+    }
+    Some(Diagnosis {
+        kind: "event_loop_blocked".into(),
+        severity: Severity::Critical,
+        summary: format!(
+            "event loop thread {} is blocked by CPU work: it holds the GIL for {:.0} ms \
+             at a time (p99; longest {:.0} ms) and is busy {:.0}% of the time, while {} \
+             other threads waited {:.2} s for the GIL behind it",
+            who(lp),
+            lp.hold_stretch_p99_ms,
+            lp.hold_stretch_max_ms,
+            busy * 100.0,
+            victims.len(),
+            behind_s
+        ),
+        advice: "Coroutines or callbacks run CPU-bound code on the loop thread: until it \
+                 returns, no other coroutine, timer or I/O callback of the loop runs, and \
+                 executor threads wait for the GIL behind it. Move the CPU work off the loop \
+                 (loop.run_in_executor with a ProcessPoolExecutor: a thread pool still needs \
+                 the GIL), cut it into pieces with `await asyncio.sleep(0)` between them, or \
+                 move it into code that releases the GIL. asyncio's debug mode \
+                 (PYTHONASYNCIODEBUG=1) logs the slow callbacks."
+            .into(),
+        evidence: evidence([
+            ("loop_tid", f64::from(lp.tid)),
+            ("loop_poll_waits", lp.poll_waits as f64),
+            ("hold_stretch_p99_ms", lp.hold_stretch_p99_ms),
+            ("hold_stretch_max_ms", lp.hold_stretch_max_ms),
+            ("loop_busy_share", busy),
+            ("loop_cpu_s", lp.cpu_s),
+            ("gil_wait_behind_loop_s", behind_s),
+            ("threads_waiting_behind_loop", victims.len() as f64),
+        ]),
+    })
+}
+
+fn gil_residual_latency(f: &Facts) -> Option<Diagnosis> {
+    let worst = f
+        .threads
+        .iter()
+        .filter(|t| t.block_returns >= RETAKE_MIN_RETURNS)
+        .filter(|t| t.retake_p50_us >= RETAKE_P50_US || t.retake_p99_us >= RETAKE_P99_US)
+        .max_by(|a, b| {
+            a.retake_p50_us
+                .total_cmp(&b.retake_p50_us)
+                .then(a.retake_p99_us.total_cmp(&b.retake_p99_us))
+        })?;
+    let severity = if worst.retake_p50_us >= RETAKE_P50_US {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    };
+    let holder = worst.blocked_by.first().filter(|b| b.tid != 0);
+    let behind = holder
+        .map(|b| {
+            let name = thread_by_tid(f.threads, b.tid).map_or(b.tid.to_string(), who);
+            format!(
+                ", mostly behind thread {name} ({:.2} s of its GIL wait)",
+                b.gil_wait_s
+            )
+        })
+        .unwrap_or_default();
+    let mut ev = evidence([
+        ("tid", f64::from(worst.tid)),
+        ("block_returns", worst.block_returns as f64),
+        ("retake_waits", worst.retake_waits as f64),
+        ("retake_p50_us", worst.retake_p50_us),
+        ("retake_p99_us", worst.retake_p99_us),
+    ]);
+    if let Some(b) = holder {
+        ev.insert("holder_tid".into(), f64::from(b.tid));
+        ev.insert("gil_wait_behind_holder_s".into(), b.gil_wait_s);
+    }
+    Some(Diagnosis {
+        kind: "gil_residual_latency".into(),
+        severity,
+        summary: format!(
+            "thread {} waits for the GIL after its blocking calls return: retake p50 {:.1} ms, \
+             p99 {:.1} ms over {} returns ({} had to wait){behind}",
+            who(worst),
+            worst.retake_p50_us / 1e3,
+            worst.retake_p99_us / 1e3,
+            worst.block_returns,
+            worst.retake_waits
+        ),
+        advice: "Each time this thread comes back from I/O, a sleep or a lock, another thread \
+                 is running Python and keeps the GIL until the switch interval (5 ms, \
+                 sys.setswitchinterval) forces it out, so every blocking call costs that much \
+                 extra latency. Move the CPU-bound thread to a process, or make it release \
+                 the GIL (NumPy, hashlib, an extension that drops it); a shorter switch \
+                 interval trades throughput for latency."
+            .into(),
+        evidence: ev,
+    })
+}
+
 fn no_contention(f: &Facts) -> Diagnosis {
     let p = f.process;
     Diagnosis {
@@ -160,6 +329,7 @@ fn no_contention(f: &Facts) -> Diagnosis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::BlockedBy;
 
     fn thread(cpu_s: f64, gil_wait_s: f64) -> ThreadReport {
         ThreadReport {
@@ -263,6 +433,120 @@ mod tests {
             1,
             "no_contention only when nothing was found: {d:?}"
         );
+    }
+
+    fn with_tid(mut t: ThreadReport, tid: u32) -> ThreadReport {
+        t.tid = tid;
+        t
+    }
+
+    /// residual.py: a spinner and a thread sleeping 1 ms, retaking the GIL after ~5 ms.
+    fn sleeper_next_to_spinner(p50_us: f64, p99_us: f64, returns: u64) -> Vec<ThreadReport> {
+        let spinner = with_tid(thread(3.0, 0.0), 11);
+        let mut sleeper = with_tid(thread(0.02, 2.4), 12);
+        sleeper.name = "sleeper".into();
+        sleeper.sleep_waits = returns;
+        sleeper.block_returns = returns;
+        sleeper.retake_waits = returns;
+        sleeper.retake_p50_us = p50_us;
+        sleeper.retake_p99_us = p99_us;
+        sleeper.blocked_by = vec![BlockedBy {
+            tid: 11,
+            gil_wait_s: 2.4,
+        }];
+        vec![spinner, sleeper]
+    }
+
+    #[test]
+    fn a_thread_that_waits_ms_to_retake_the_gil_after_each_sleep_has_residual_latency() {
+        let threads = sleeper_next_to_spinner(6_000.0, 8_300.0, 480);
+        let d = diagnose_(&process(0.6, 0.75), &threads);
+        let r = d
+            .iter()
+            .find(|d| d.kind == "gil_residual_latency")
+            .expect("residual latency found");
+        assert_eq!(r.severity, Severity::Critical);
+        assert!(
+            r.summary.starts_with("thread 12 (sleeper)"),
+            "{}",
+            r.summary
+        );
+        assert!(r.summary.contains("behind thread 11"), "{}", r.summary);
+        assert_eq!(r.evidence["retake_p50_us"], 6_000.0);
+        assert_eq!(r.evidence["holder_tid"], 11.0);
+        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+    }
+
+    #[test]
+    fn residual_latency_needs_enough_returns_and_a_long_tail_alone_is_a_warning() {
+        let few = sleeper_next_to_spinner(6_000.0, 8_300.0, RETAKE_MIN_RETURNS - 1);
+        let d = diagnose_(&process(0.6, 0.75), &few);
+        assert!(d.iter().all(|d| d.kind != "gil_residual_latency"), "{d:?}");
+        let tail = sleeper_next_to_spinner(40.0, 12_000.0, 300);
+        let d = diagnose_(&process(0.6, 0.75), &tail);
+        let r = d.iter().find(|d| d.kind == "gil_residual_latency");
+        assert_eq!(r.map(|r| r.severity), Some(Severity::Warning), "{d:?}");
+        // I/O threads retaking behind short holders: tens of µs.
+        let io = sleeper_next_to_spinner(0.0, 70.0, 300);
+        let d = diagnose_(&process(0.01, 0.03), &io);
+        assert!(d.iter().all(|d| d.kind != "gil_residual_latency"), "{d:?}");
+    }
+
+    /// blocked_loop.py: the main thread polls, runs 100 ms bursts, executors wait behind it.
+    fn blocked_loop(stretch_p99_ms: f64, loop_cpu_s: f64) -> Vec<ThreadReport> {
+        let mut lp = with_tid(thread(loop_cpu_s, 0.07), 100);
+        lp.name = "python3.11".into();
+        lp.poll_waits = 150;
+        lp.hold_stretch_p99_ms = stretch_p99_ms;
+        lp.hold_stretch_max_ms = stretch_p99_ms;
+        let mut out = vec![lp];
+        for tid in 101..=103 {
+            let mut t = with_tid(thread(0.1, 0.16), tid);
+            t.futex_wait_s = 3.5;
+            t.blocked_by = vec![BlockedBy {
+                tid: 100,
+                gil_wait_s: 0.15,
+            }];
+            out.push(t);
+        }
+        out
+    }
+
+    #[test]
+    fn a_loop_thread_holding_the_gil_for_100_ms_stretches_is_a_blocked_event_loop() {
+        let threads = blocked_loop(137.0, 3.5);
+        let d = diagnose_(&process(0.13, 0.92), &threads);
+        assert_eq!(d[0].kind, "event_loop_blocked", "{d:?}");
+        assert!(
+            d[0].summary
+                .starts_with("event loop thread 100 (python3.11)"),
+            "{}",
+            d[0].summary
+        );
+        assert_eq!(d[0].evidence["loop_tid"], 100.0);
+        assert_eq!(d[0].evidence["threads_waiting_behind_loop"], 3.0);
+        assert!((d[0].evidence["gil_wait_behind_loop_s"] - 0.45).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_loop_that_hands_over_the_gil_or_idles_is_not_blocked() {
+        // Stretches of a switch interval: the loop yields the GIL.
+        let d = diagnose_(&process(0.13, 0.92), &blocked_loop(8.0, 3.5));
+        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+        // Mostly idle loop (one long startup stretch, little CPU).
+        let d = diagnose_(&process(0.13, 0.3), &blocked_loop(137.0, 0.4));
+        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+        // No thread polls: no loop at all (four CPU-bound threads).
+        let threads: Vec<ThreadReport> = (1..=4)
+            .map(|tid| {
+                let mut t = with_tid(thread(1.0, 3.0), tid);
+                t.hold_stretch_p99_ms = 60.0;
+                t
+            })
+            .collect();
+        let d = diagnose_(&process(3.0, 1.0), &threads);
+        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+        assert!(loop_thread(&threads).is_none());
     }
 
     #[test]

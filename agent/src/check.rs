@@ -409,8 +409,11 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         "GIL wait: threads blocking in futex() on the GIL's own memory (sched_switch tracepoint), \
          nothing on the uncontended fast path"
             .to_string(),
+        "blocked time outside the GIL (poll/io/sleep/other) and GIL retake waits after blocking \
+         calls: every sleep of a watched thread, classed by its syscall (same tracepoint)"
+            .to_string(),
         format!(
-            "GIL hold share and utilization: {} samples of the GIL state at {} Hz",
+            "GIL hold share, utilization and hold stretches: {} samples of the GIL state at {} Hz",
             gil.samples, opts.sample_hz
         ),
         "CPU and run-queue delay: /proc/PID/task/TID/schedstat".to_string(),

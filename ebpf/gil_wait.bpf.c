@@ -44,6 +44,9 @@ struct user_timespec {
 	__s64 tv_nsec;
 };
 
+/* include/linux/sched.h: the state of a task switching out for the last time. */
+#define TASK_DEAD 0x80
+
 /* A take slice that starts this long after the previous one timed out is a new wait. */
 const volatile __u64 continuation_gap_ns = 1000000;
 /* A take wait that starts this long after a wake from a non-GIL sleep is not a retake:
@@ -271,6 +274,11 @@ static __always_inline void on_run(struct task_struct *next, __u64 now)
 	if (!cur || cur->continuing)
 		return;
 	__u32 tgid = BPF_CORE_READ(next, tgid);
+	if (!bpf_map_lookup_elem(&targets, &tgid)) {
+		/* Unwatched while it slept: count nothing, leave nothing behind. */
+		bpf_map_delete_elem(&inflight, &tid);
+		return;
+	}
 	__u64 segment = now - cur->segment_start_ns;
 
 	struct thread_waits *w = lookup_or_init(&thread_waits, &tid, &zero_waits);
@@ -326,7 +334,8 @@ int sched_switch(__u64 *ctx)
 	__u32 prev_state = (__u32)ctx[3];
 	__u64 now = bpf_ktime_get_ns();
 
-	if (!preempt && prev_state != 0)
+	/* A voluntary sleep; an exiting thread's last switch (TASK_DEAD) never wakes. */
+	if (!preempt && prev_state != 0 && !(prev_state & TASK_DEAD))
 		on_block(prev, now);
 	on_run(next, now);
 	return 0;

@@ -112,6 +112,7 @@ impl Default for HoldStretches {
 pub struct StretchTracker {
     /// (holder tid, switch_number, first sample ns, last sample ns)
     current: Option<(u32, u64, u64, u64)>,
+    /// Finished stretches per holder tid, read once sampling stops.
     pub by_thread: HashMap<u32, HoldStretches>,
 }
 

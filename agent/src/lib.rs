@@ -10,7 +10,9 @@
 
 pub mod analyse;
 pub mod bpf;
+pub mod cgroup;
 pub mod check;
+pub mod children;
 pub mod diagnose;
 pub mod error;
 pub mod gil_sampler;
@@ -20,5 +22,6 @@ pub mod python;
 pub mod render;
 pub mod report;
 pub mod threads;
+pub mod watch;
 
 pub use error::{Error, Result};

@@ -1,6 +1,6 @@
 //! The `gilscope` command: parses arguments and hands over to the library.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -116,6 +116,7 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         duration,
         precise: args.precise,
         sample_hz: args.sample_hz,
+        progress: std::io::stderr().is_terminal(),
         child_stdout: if args.json && args.output.is_none() {
             ChildStdout::ToStderr
         } else {

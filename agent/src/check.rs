@@ -22,15 +22,16 @@ use crate::cgroup::{affinity_cpus, throttled_between, CpuCgroup, Throttling};
 use crate::children::Children;
 use crate::diagnose::{diagnose, Facts};
 use crate::error::{Error, Result};
-use crate::gil_sampler::{GilSampler, GilSamples, TstateResolver};
+use crate::gil_sampler::{GilSampler, TstateResolver};
 use crate::launch::{self, ChildStdout};
 use crate::memory::RemoteMemory;
 use crate::python::elf::{file_offset_of, ElfImage};
 use crate::python::finder::{self, FoundBy, FoundFunction};
 use crate::python::locate::{self, GilSite, Interpreter};
 use crate::python::versions::ThreadIdField;
-use crate::report::{Ending, InterpreterInfo, Mode, PreciseProbes, ProbeSite, Report, SCHEMA};
+use crate::report::{Ending, Mode, PreciseProbes, ProbeSite, Report, SCHEMA};
 use crate::threads::{sample_threads, ThreadSample};
+use crate::watch::interpreter_info;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -160,20 +161,6 @@ fn attach_precise(interp: &Interpreter) -> Result<PreciseAttachment> {
             drop_gil: drop.iter().map(site).collect(),
         },
     })
-}
-
-fn interpreter_info(interp: &Interpreter, gil: &GilSite, samples: &GilSamples) -> InterpreterInfo {
-    InterpreterInfo {
-        executable: interp.executable.display().to_string(),
-        library: interp
-            .is_library
-            .then(|| interp.path_in_process.display().to_string()),
-        version: interp.file.version.to_string(),
-        stripped: interp.file.stripped,
-        gil_enabled: samples.gil_enabled.unwrap_or(!gil.free_threaded),
-        gil_enabled_changed: samples.gil_enabled_changes > 0,
-        free_threaded: gil.free_threaded,
-    }
 }
 
 /// Finds the GIL and checks that memory there looks like one.

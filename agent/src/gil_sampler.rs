@@ -120,6 +120,26 @@ impl GilSamples {
         }
     }
 
+    /// What was sampled since `prev` (an earlier tally of the same sampler).
+    pub fn since(&self, prev: &Self) -> Self {
+        Self {
+            samples: self.samples.saturating_sub(prev.samples),
+            locked: self.locked.saturating_sub(prev.locked),
+            held_by: self
+                .held_by
+                .iter()
+                .map(|(tid, n)| (*tid, n.saturating_sub(*prev.held_by.get(tid).unwrap_or(&0))))
+                .collect(),
+            first_switch: prev.last_switch.or(self.first_switch),
+            last_switch: self.last_switch,
+            failed_reads: self.failed_reads.saturating_sub(prev.failed_reads),
+            gil_enabled: self.gil_enabled,
+            gil_enabled_changes: self
+                .gil_enabled_changes
+                .saturating_sub(prev.gil_enabled_changes),
+        }
+    }
+
     /// Share of all samples in which `tid` held the GIL.
     pub fn hold_share(&self, tid: u32) -> f64 {
         if self.samples == 0 {
@@ -129,9 +149,11 @@ impl GilSamples {
     }
 }
 
-/// A running sampler; [`GilSampler::stop`] returns what it saw.
+/// A running sampler; [`GilSampler::snapshot`] says what it saw so far,
+/// [`GilSampler::stop`] what it saw in all.
 pub struct GilSampler {
     stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<GilSamples>>,
     handle: JoinHandle<GilSamples>,
 }
 
@@ -140,6 +162,8 @@ impl GilSampler {
     pub fn start(pid: u32, gil: GilSite, resolver: Arc<TstateResolver>, hz: u32) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let tally = Arc::new(Mutex::new(GilSamples::default()));
+        let shared = Arc::clone(&tally);
         let period = Duration::from_secs_f64(1.0 / f64::from(hz.max(1)));
         let handle = std::thread::Builder::new()
             .name("gil-sampler".into())
@@ -168,6 +192,9 @@ impl GilSampler {
                         }
                         Err(_) => out.failed_reads += 1,
                     }
+                    if let Ok(mut published) = shared.lock() {
+                        published.clone_from(&out);
+                    }
                     next += period;
                     let now = Instant::now();
                     if next > now {
@@ -185,7 +212,19 @@ impl GilSampler {
                 std::thread::spawn(GilSamples::default)
             }
         };
-        Self { stop, handle }
+        Self {
+            stop,
+            tally,
+            handle,
+        }
+    }
+
+    /// The tally so far, without stopping.
+    pub fn snapshot(&self) -> GilSamples {
+        self.tally
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// Stops sampling and returns the tally.

@@ -9,16 +9,51 @@
 //! pools); the live views use it for every process they show.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::analyse::{CpuEnvironment, Measurement};
 use crate::bpf::layout::MAX_GILS;
 use crate::bpf::wait_probe::{WaitCounters, WaitProbe};
+use crate::cgroup::{affinity_cpus, throttled_between, CpuCgroup, Throttling};
 use crate::error::Result;
-use crate::gil_sampler::TstateResolver;
+use crate::gil_sampler::{GilSampler, GilSamples, TstateResolver};
 use crate::memory::RemoteMemory;
 use crate::python::locate::{self, GilSite, Interpreter};
 use crate::python::versions::ThreadIdField;
+use crate::report::{InterpreterInfo, Mode};
 use crate::threads::{sample_threads, ThreadSample};
+
+/// Cumulative counters of one process at one instant; two of them give an interval.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub at: Instant,
+    /// Last-seen procfs counters of every thread, exited ones included.
+    pub threads: BTreeMap<u32, ThreadSample>,
+    pub waits: WaitCounters,
+    pub gil: GilSamples,
+    /// Throttling of each cgroup level, leaf first (empty: no cgroup found).
+    pub throttling: Vec<Throttling>,
+}
+
+/// What a report says about the interpreter, from what was found and sampled.
+pub fn interpreter_info(
+    interp: &Interpreter,
+    gil: &GilSite,
+    samples: &GilSamples,
+) -> InterpreterInfo {
+    InterpreterInfo {
+        executable: interp.executable.display().to_string(),
+        library: interp
+            .is_library
+            .then(|| interp.path_in_process.display().to_string()),
+        version: interp.file.version.to_string(),
+        stripped: interp.file.stripped,
+        gil_enabled: samples.gil_enabled.unwrap_or(!gil.free_threaded),
+        gil_enabled_changed: samples.gil_enabled_changes > 0,
+        free_threaded: gil.free_threaded,
+    }
+}
 
 /// A watched process and what has been seen of it so far.
 pub struct ProcessWatch {
@@ -35,7 +70,10 @@ pub struct ProcessWatch {
     /// When the process was last seen alive.
     pub last_seen: Instant,
     pub alive: bool,
-    resolver: TstateResolver,
+    resolver: Arc<TstateResolver>,
+    sampler: Option<GilSampler>,
+    cgroup: Option<CpuCgroup>,
+    throttling_start: Vec<Throttling>,
     holder_tids: HashMap<u64, u32>,
     watched_gils: Vec<u64>,
     mem: RemoteMemory,
@@ -58,6 +96,12 @@ pub fn command_line(pid: u32) -> String {
 impl ProcessWatch {
     /// Starts watching a running CPython process whose GIL already exists.
     pub fn attach(pid: u32, probe: &mut WaitProbe) -> Result<Self> {
+        Self::attach_sampled(pid, probe, None)
+    }
+
+    /// As [`ProcessWatch::attach`], and samples the GIL state at `sample_hz`
+    /// (hold shares, utilization, switches) when given.
+    pub fn attach_sampled(pid: u32, probe: &mut WaitProbe, sample_hz: Option<u32>) -> Result<Self> {
         let interp = locate::require_interpreter(pid)?;
         let mem = RemoteMemory::new(pid);
         let gil = interp.resolve_gil(&mem)?;
@@ -70,8 +114,18 @@ impl ProcessWatch {
             ThreadIdField::NativeThreadId(_) => None,
         };
         let now = Instant::now();
+        let resolver = Arc::new(TstateResolver::new(mem, gil.thread_id, pthread_tid_off));
+        let sampler = sample_hz.map(|hz| GilSampler::start(pid, gil, Arc::clone(&resolver), hz));
+        let cgroup = CpuCgroup::of(pid);
+        let throttling_start = cgroup
+            .as_ref()
+            .map(CpuCgroup::throttling)
+            .unwrap_or_default();
         Ok(Self {
-            resolver: TstateResolver::new(mem, gil.thread_id, pthread_tid_off),
+            resolver,
+            sampler,
+            cgroup,
+            throttling_start,
             command: command_line(pid),
             interp,
             gil,
@@ -143,9 +197,72 @@ impl ProcessWatch {
         self.last_seen.duration_since(self.since).as_secs_f64()
     }
 
+    /// The counters when watching began (kernel counters start at zero then).
+    pub fn first_snapshot(&self) -> Snapshot {
+        Snapshot {
+            at: self.since,
+            threads: self.cpu_start.clone(),
+            waits: WaitCounters::default(),
+            gil: GilSamples::default(),
+            throttling: self.throttling_start.clone(),
+        }
+    }
+
+    /// The cumulative counters now (call [`ProcessWatch::tick`] first for fresh CPU).
+    pub fn snapshot(&mut self, probe: &WaitProbe) -> Snapshot {
+        let waits = probe.read(self.pid()).unwrap_or_default();
+        self.learn_holders(&waits);
+        Snapshot {
+            at: if self.alive {
+                Instant::now()
+            } else {
+                self.last_seen
+            },
+            threads: self.cpu_last.clone(),
+            waits,
+            gil: self
+                .sampler
+                .as_ref()
+                .map(GilSampler::snapshot)
+                .unwrap_or_default(),
+            throttling: self
+                .cgroup
+                .as_ref()
+                .map(CpuCgroup::throttling)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Everything that happened between two snapshots, ready for [`crate::analyse`].
+    pub fn measurement(&self, prev: &Snapshot, cur: &Snapshot) -> Measurement {
+        let gil = cur.gil.since(&prev.gil);
+        Measurement {
+            pid: self.pid(),
+            wall_s: cur.at.saturating_duration_since(prev.at).as_secs_f64(),
+            mode: Mode::Default,
+            interpreter: interpreter_info(&self.interp, &self.gil, &cur.gil),
+            cpu_start: prev.threads.clone(),
+            cpu_end: cur.threads.clone(),
+            waits: cur.waits.since(&prev.waits),
+            precise: None,
+            gil,
+            holder_tids: self.holder_tids.clone(),
+            locks: None,
+            gil_addrs: self.watched_gils.clone(),
+            cpu_env: CpuEnvironment {
+                affinity_cpus: affinity_cpus(self.pid()),
+                cpu_limit_cores: self.cgroup.as_ref().and_then(CpuCgroup::quota_cores),
+                throttling: throttled_between(&prev.throttling, &cur.throttling),
+            },
+        }
+    }
+
     /// Stops watching and clears the kernel state of the process.
     pub fn detach(self, probe: &mut WaitProbe) {
         let pid = self.pid();
+        if let Some(sampler) = self.sampler {
+            sampler.stop();
+        }
         if let Err(e) = probe.unwatch(pid) {
             tracing::debug!("could not clear the kernel state of process {pid}: {e}");
         }

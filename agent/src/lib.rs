@@ -17,11 +17,13 @@ pub mod diagnose;
 pub mod error;
 pub mod gil_sampler;
 pub mod launch;
+pub mod live;
 pub mod memory;
 pub mod python;
 pub mod render;
 pub mod report;
 pub mod threads;
+pub mod top;
 pub mod watch;
 
 pub use error::{Error, Result};

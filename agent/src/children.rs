@@ -8,7 +8,7 @@
 //! keeps their figures after they exit.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::bpf::wait_probe::WaitProbe;
 use crate::error::Error;
@@ -19,6 +19,8 @@ use crate::watch::{descendants, ProcessWatch};
 pub const MAX_CHILDREN: usize = 64;
 /// Attempts to attach to a child that is not (yet) a CPython with a GIL.
 const MAX_ATTEMPTS: u32 = 20;
+/// procfs is scanned for new children this often (every process's stat is read).
+const SCAN_EVERY: Duration = Duration::from_millis(300);
 
 /// The watched descendants of one process.
 pub struct Children {
@@ -29,6 +31,7 @@ pub struct Children {
     /// earlier CPU is not counted. Later ones are counted from birth.
     first_scan: bool,
     started: Instant,
+    last_scan: Option<Instant>,
 }
 
 const NS: f64 = 1e9;
@@ -42,11 +45,22 @@ impl Children {
             attempts: HashMap::new(),
             first_scan: true,
             started: Instant::now(),
+            last_scan: None,
         }
     }
 
     /// Finds new CPython descendants and refreshes the watched ones.
     pub fn tick(&mut self, probe: &mut WaitProbe) {
+        if self.last_scan.is_none_or(|t| t.elapsed() >= SCAN_EVERY) {
+            self.last_scan = Some(Instant::now());
+            self.scan(probe);
+        }
+        for watch in &mut self.watches {
+            watch.tick(probe);
+        }
+    }
+
+    fn scan(&mut self, probe: &mut WaitProbe) {
         for pid in descendants(self.root) {
             if self.watches.len() >= MAX_CHILDREN {
                 break;
@@ -74,9 +88,6 @@ impl Children {
             }
         }
         self.first_scan = false;
-        for watch in &mut self.watches {
-            watch.tick(probe);
-        }
     }
 
     /// How many children are watched.

@@ -12,6 +12,7 @@ packages=(
   python3.11      # Debian's stripped, static, LTO-built interpreter (a test target)
   make
   gdb             # the offset-table test reads the DWARF of the pyenv builds
+  tmux            # the `gilscope top` test drives it in a real terminal
 )
 
 missing=()

@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use crate::bpf::layout::{LockVal, PreciseGil, ThreadWaits, HIST_SLOTS};
 use crate::bpf::lock_probe::LockCounters;
 use crate::bpf::wait_probe::WaitCounters;
+use crate::cgroup::Throttling;
 use crate::gil_sampler::GilSamples;
 use crate::report::{
-    BlockedBy, GilReport, HotLock, InterpreterInfo, LockContention, Mode, ProcessReport,
+    BlockedBy, Estimate, GilReport, HotLock, InterpreterInfo, LockContention, Mode, ProcessReport,
     ThreadReport,
 };
 use crate::threads::ThreadSample;
@@ -38,6 +39,54 @@ pub struct Measurement {
     pub locks: Option<LockCounters>,
     /// Every GIL watched, the main interpreter's first.
     pub gil_addrs: Vec<u64>,
+    /// CPU limits and throttling of the process's cgroup over the measurement.
+    pub cpu_env: CpuEnvironment,
+}
+
+/// How much CPU the process could have had: affinity, cgroup quota, throttling.
+#[derive(Debug, Clone, Default)]
+pub struct CpuEnvironment {
+    /// CPUs in the process's affinity mask.
+    pub affinity_cpus: usize,
+    /// The tightest cgroup CPU quota, in cores.
+    pub cpu_limit_cores: Option<f64>,
+    /// Throttling during the measurement.
+    pub throttling: Throttling,
+}
+
+impl CpuEnvironment {
+    /// Cores the process could use at most.
+    pub fn cores_available(&self) -> f64 {
+        let cpus = self.affinity_cpus.max(1) as f64;
+        self.cpu_limit_cores.map_or(cpus, |q| q.min(cpus))
+    }
+}
+
+/// The model of [`estimate`], stated in the report.
+pub const SPEEDUP_MODEL: &str =
+    "speedup = min(Σ min(cpu + GIL wait + run-queue, wall), cores × wall) \
+     × Σcpu / Σ(cpu + run-queue) / Σcpu: without the GIL each thread would also run while it now \
+     waits for it (one core at most per thread, no more cores than the process may use), getting \
+     the same share of the CPU it gets now when runnable";
+
+/// The speedup available without the GIL, Amdahl-style (see [`SPEEDUP_MODEL`]).
+pub fn estimate(process: &ProcessReport, threads: &[ThreadReport]) -> Estimate {
+    let wall = process.wall_s;
+    let demand_s: f64 = threads
+        .iter()
+        .map(|t| (t.cpu_s + t.gil_wait_s + t.runqueue_wait_s).min(wall))
+        .sum();
+    let demand_cores = ratio(demand_s, wall).min(process.cores_available.max(1e-9));
+    let speedup = if process.cpu_s > 0.0 && wall > 0.0 {
+        (demand_cores * wall / process.cpu_s).max(1.0)
+    } else {
+        1.0
+    };
+    Estimate {
+        speedup_without_gil: speedup,
+        cpu_demand_cores: demand_cores,
+        model: SPEEDUP_MODEL.to_string(),
+    }
 }
 
 /// Take-side wait per GIL, in the order the GILs were found.
@@ -284,6 +333,13 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
         io_wait_s: sum(|t| t.io_wait_s),
         sleep_wait_s: sum(|t| t.sleep_wait_s),
         other_block_s: sum(|t| t.other_block_s),
+        throttled_s: m.cpu_env.throttling.throttled_ns as f64 / NS,
+        throttled_period_share: ratio(
+            m.cpu_env.throttling.throttled_periods as f64,
+            m.cpu_env.throttling.periods as f64,
+        ),
+        cpu_limit_cores: m.cpu_env.cpu_limit_cores,
+        cores_available: m.cpu_env.cores_available(),
     };
     (process, threads)
 }
@@ -372,6 +428,11 @@ mod tests {
             holder_tids: HashMap::from([(0xdead, 101)]),
             locks: None,
             gil_addrs: vec![0x1000],
+            cpu_env: CpuEnvironment {
+                affinity_cpus: 2,
+                cpu_limit_cores: None,
+                throttling: Throttling::default(),
+            },
         };
         let (process, threads) = analyse(&m);
         assert_eq!(threads.len(), 4);
@@ -387,6 +448,20 @@ mod tests {
             }]
         );
         assert!(process.gil_hold_s.is_none());
+        // 4 threads wanting a core each, 2 cores, 1 core used now: 2x.
+        let e = estimate(&process, &threads);
+        assert!((e.speedup_without_gil - 2.0).abs() < 1e-9, "{e:?}");
+        assert!((e.cpu_demand_cores - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_cpu_quota_caps_the_cores_available() {
+        let env = CpuEnvironment {
+            affinity_cpus: 8,
+            cpu_limit_cores: Some(0.2),
+            throttling: Throttling::default(),
+        };
+        assert!((env.cores_available() - 0.2).abs() < 1e-12);
     }
 
     #[test]

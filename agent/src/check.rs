@@ -11,22 +11,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::analyse::{analyse, lock_contention, Measurement, PreciseCounters};
+use crate::analyse::{
+    analyse, estimate, lock_contention, CpuEnvironment, Measurement, PreciseCounters,
+};
 use crate::bpf::layout::MAX_GILS;
 use crate::bpf::lock_probe::LockProbe;
 use crate::bpf::precise_probe::{PreciseProbe, PreciseTargets};
 use crate::bpf::wait_probe::WaitProbe;
+use crate::cgroup::{affinity_cpus, throttled_between, CpuCgroup, Throttling};
+use crate::children::Children;
 use crate::diagnose::{diagnose, Facts};
 use crate::error::{Error, Result};
-use crate::gil_sampler::{GilSampler, GilSamples, TstateResolver};
+use crate::gil_sampler::{GilSampler, TstateResolver};
 use crate::launch::{self, ChildStdout};
 use crate::memory::RemoteMemory;
 use crate::python::elf::{file_offset_of, ElfImage};
 use crate::python::finder::{self, FoundBy, FoundFunction};
 use crate::python::locate::{self, GilSite, Interpreter};
 use crate::python::versions::ThreadIdField;
-use crate::report::{Ending, InterpreterInfo, Mode, PreciseProbes, ProbeSite, Report, SCHEMA};
+use crate::report::{Ending, Mode, PreciseProbes, ProbeSite, Report, SCHEMA};
 use crate::threads::{sample_threads, ThreadSample};
+use crate::watch::interpreter_info;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -45,6 +50,29 @@ pub struct CheckOptions {
     pub precise: bool,
     pub sample_hz: u32,
     pub child_stdout: ChildStdout,
+    /// Show elapsed/duration on stderr while measuring (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// One progress line on stderr, rewritten in place.
+fn show_progress(pid: u32, elapsed: Duration, duration: Option<Duration>, children: usize) {
+    use std::io::Write as _;
+    let total = match duration {
+        Some(d) => format!(" / {:.0} s", d.as_secs_f64()),
+        None => " (until it exits)".to_string(),
+    };
+    let kids = if children > 0 {
+        format!(", {children} child processes")
+    } else {
+        String::new()
+    };
+    let mut err = std::io::stderr().lock();
+    let _ = write!(
+        err,
+        "\r\x1b[Kgilscope: measuring pid {pid}: {:.1} s{total}{kids}",
+        elapsed.as_secs_f64()
+    );
+    let _ = err.flush();
 }
 
 /// How often procfs is read (and exited threads' last counters kept).
@@ -133,20 +161,6 @@ fn attach_precise(interp: &Interpreter) -> Result<PreciseAttachment> {
             drop_gil: drop.iter().map(site).collect(),
         },
     })
-}
-
-fn interpreter_info(interp: &Interpreter, gil: &GilSite, samples: &GilSamples) -> InterpreterInfo {
-    InterpreterInfo {
-        executable: interp.executable.display().to_string(),
-        library: interp
-            .is_library
-            .then(|| interp.path_in_process.display().to_string()),
-        version: interp.file.version.to_string(),
-        stripped: interp.file.stripped,
-        gil_enabled: samples.gil_enabled.unwrap_or(!gil.free_threaded),
-        gil_enabled_changed: samples.gil_enabled_changes > 0,
-        free_threaded: gil.free_threaded,
-    }
 }
 
 /// Finds the GIL and checks that memory there looks like one.
@@ -317,7 +331,13 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     let mut cpu_end: BTreeMap<u32, ThreadSample> = BTreeMap::new();
     let mut holder_tids: HashMap<u64, u32> = HashMap::new();
     let mut command_exit_code = None;
+    let mut children = Children::new(pid);
+    let cgroup = CpuCgroup::of(pid);
+    let throttling_start = cgroup.as_ref().map(CpuCgroup::throttling);
+    let cpu_limit_cores = cgroup.as_ref().and_then(CpuCgroup::quota_cores);
+    let affinity = affinity_cpus(pid);
     let ending = loop {
+        children.tick(&mut probe);
         {
             // Subinterpreters with their own GIL come and go: re-list them every tick
             // (a few pointer reads) and keep the kernel filter current.
@@ -356,6 +376,14 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         } else if !is_alive(pid) {
             break Ending::ProcessExited;
         }
+        if opts.progress {
+            show_progress(
+                pid,
+                attached.started.elapsed(),
+                opts.duration,
+                children.count(),
+            );
+        }
         if INTERRUPTED.load(Ordering::Relaxed) {
             break Ending::Interrupted;
         }
@@ -368,8 +396,15 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         std::thread::sleep(TICK);
     };
     let wall_s = attached.started.elapsed().as_secs_f64();
+    if opts.progress {
+        eprint!("\r\x1b[K");
+    }
     let gil = sampler.stop();
 
+    let throttling = match (&cgroup, &throttling_start) {
+        (Some(cg), Some(start)) => throttled_between(start, &cg.throttling()),
+        _ => Throttling::default(),
+    };
     let waits = probe.read(pid)?;
     for key in waits.blocked_by.keys() {
         if let Some(tid) = resolver.tid_of(key.holder_tstate) {
@@ -387,6 +422,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         tracing::warn!("could not clear the kernel state of process {pid}: {e}");
     }
     let precise_probes = attached.precise.take().map(|p| p.sites);
+    let children = children.finish(&mut probe);
     let locks = match attached.locks.take() {
         Some(probe) => Some(probe.read(pid)?),
         None => None,
@@ -418,6 +454,14 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         ),
         "CPU and run-queue delay: /proc/PID/task/TID/schedstat".to_string(),
     ];
+    measured_by.push(match &cgroup {
+        Some(cg) => format!(
+            "CPU throttling and quota: {} cpu.stat/quota, from {} up to the root",
+            if cg.v2 { "cgroup v2" } else { "cgroup v1" },
+            cg.dir.display()
+        ),
+        None => "CPU throttling: the process's CPU cgroup was not found".to_string(),
+    });
     if locks.is_some() {
         measured_by.push(
             "lock contention: uprobes on _PyParkingLot_Park (the PyMutex slow path; parks from \
@@ -453,14 +497,21 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         holder_tids,
         locks,
         gil_addrs: gils,
+        cpu_env: CpuEnvironment {
+            affinity_cpus: affinity,
+            cpu_limit_cores,
+            throttling,
+        },
     };
     let (process, threads) = analyse(&measurement);
+    let estimate = estimate(&process, &threads);
     let gil_reports = crate::analyse::gils(&measurement);
     let lock_contention = measurement.locks.as_ref().map(lock_contention);
     let diagnosis = diagnose(&Facts {
         process: &process,
         threads: &threads,
         locks: lock_contention.as_ref(),
+        children: &children,
     });
     Ok(Report {
         schema: SCHEMA,
@@ -476,6 +527,8 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         measured_by,
         lock_contention,
         gils: gil_reports,
+        estimate,
+        children,
         precise_probes,
     })
 }

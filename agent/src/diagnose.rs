@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::report::{Diagnosis, LockContention, ProcessReport, Severity, ThreadReport};
+use crate::report::{
+    ChildReport, Diagnosis, LockContention, ProcessReport, Severity, ThreadReport,
+};
 
 /// GIL queue length (Σ GIL wait / wall) from which threads are called serialized.
 pub const SERIALIZED_QUEUE_LENGTH: f64 = 0.25;
@@ -45,6 +47,8 @@ pub struct Facts<'a> {
     pub process: &'a ProcessReport,
     pub threads: &'a [ThreadReport],
     pub locks: Option<&'a LockContention>,
+    /// CPython child processes (pool workers).
+    pub children: &'a [ChildReport],
 }
 
 /// A rule: a finding, or `None` when its pattern is absent.
@@ -56,7 +60,23 @@ const RULES: &[Rule] = &[
     serialized_threads,
     event_loop_blocked,
     gil_residual_latency,
+    cpu_throttled,
+    cpu_starved,
+    process_pool_overhead,
 ];
+
+/// Share of the wall time a cgroup must be throttled to report it.
+pub const THROTTLED_SHARE: f64 = 0.1;
+/// Threads waiting for a CPU on average (beyond throttling) to call the process starved.
+pub const STARVED_QUEUE: f64 = 0.25;
+/// Pool workers busy less than this share of the time are waiting for work.
+pub const WORKER_BUSY_SHARE: f64 = 0.5;
+/// ... while the whole process tree uses less than this share of its cores.
+const POOL_TREE_CORE_SHARE: f64 = 0.75;
+/// The parent must be doing something (feeding the pool) for the pool to be drowning in it.
+const POOL_PARENT_BUSY: f64 = 0.1;
+/// Workers watched less than this are too short-lived to judge.
+const MIN_WORKER_WATCH_S: f64 = 1.0;
 
 /// The diagnoses of one process, most severe first (never empty).
 pub fn diagnose(facts: &Facts) -> Vec<Diagnosis> {
@@ -243,6 +263,45 @@ fn event_loop_blocked(f: &Facts) -> Option<Diagnosis> {
     })
 }
 
+fn cpu_throttled(f: &Facts) -> Option<Diagnosis> {
+    let p = f.process;
+    let share = ratio(p.throttled_s, p.wall_s);
+    if share < THROTTLED_SHARE {
+        return None;
+    }
+    let limit = p
+        .cpu_limit_cores
+        .map(|c| format!("CPU limit {c:.2} cores: "))
+        .unwrap_or_default();
+    Some(Diagnosis {
+        kind: "cpu_throttled".into(),
+        severity: if share >= 0.5 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        summary: format!(
+            "{limit}the cgroup was throttled {:.2} s of {:.2} s ({:.0}% of CFS periods): \
+             the time is lost to the CPU quota, not to the GIL",
+            p.throttled_s,
+            p.wall_s,
+            p.throttled_period_share * 100.0
+        ),
+        advice: "The process uses its CPU quota up early in each period and is then stopped \
+                 until the next one; threads queue up and latency looks like lock contention. \
+                 Raise or remove the CPU limit (Kubernetes: resources.limits.cpu), or lower the \
+                 work per process (fewer threads or workers)."
+            .into(),
+        evidence: evidence([
+            ("throttled_s", p.throttled_s),
+            ("throttled_share_of_wall", share),
+            ("throttled_period_share", p.throttled_period_share),
+            ("cpu_limit_cores", p.cpu_limit_cores.unwrap_or(0.0)),
+            ("effective_parallelism", p.effective_parallelism),
+        ]),
+    })
+}
+
 fn gil_residual_latency(f: &Facts) -> Option<Diagnosis> {
     let worst = f
         .threads
@@ -303,6 +362,92 @@ fn gil_residual_latency(f: &Facts) -> Option<Diagnosis> {
     })
 }
 
+fn cpu_starved(f: &Facts) -> Option<Diagnosis> {
+    let p = f.process;
+    // A throttled thread is runnable but not run, so throttling shows up as run-queue
+    // delay too, and per thread more than the cgroup's own throttled time says:
+    // under a quota, the delay is the quota's (cpu_throttled), not the machine's.
+    if ratio(p.throttled_s, p.wall_s) >= THROTTLED_SHARE {
+        return None;
+    }
+    let queue = ratio(p.runqueue_wait_s, p.wall_s);
+    if queue < STARVED_QUEUE {
+        return None;
+    }
+    Some(Diagnosis {
+        kind: "cpu_starved".into(),
+        severity: Severity::Warning,
+        summary: format!(
+            "{queue:.2} threads on average were runnable but waited for a CPU \
+             (run-queue delay {:.2} s over {:.2} s): the machine is short of cores, not the GIL",
+            p.runqueue_wait_s, p.wall_s
+        ),
+        advice: "Other processes (or too many threads of this one) compete for the CPUs. \
+                 Give the process more cores or fewer neighbours; GIL changes will not help \
+                 until it gets the CPU it asks for."
+            .into(),
+        evidence: evidence([
+            ("runqueue_wait_s", p.runqueue_wait_s),
+            ("runqueue_queue_length", queue),
+            ("cores_available", p.cores_available),
+        ]),
+    })
+}
+
+fn process_pool_overhead(f: &Facts) -> Option<Diagnosis> {
+    let p = f.process;
+    let workers: Vec<&ChildReport> = f
+        .children
+        .iter()
+        .filter(|c| c.watched_s >= MIN_WORKER_WATCH_S)
+        .collect();
+    if workers.is_empty() {
+        return None;
+    }
+    let busy = workers.iter().map(|c| c.busy_share).sum::<f64>() / workers.len() as f64;
+    let children_cpu: f64 = f.children.iter().map(|c| c.cpu_s).sum();
+    let tree_cores = ratio(p.cpu_s + children_cpu, p.wall_s);
+    let parent_busy = ratio(p.cpu_s, p.wall_s);
+    if busy >= WORKER_BUSY_SHARE
+        || tree_cores >= POOL_TREE_CORE_SHARE * p.cores_available
+        || parent_busy < POOL_PARENT_BUSY
+    {
+        return None;
+    }
+    let waiting = workers
+        .iter()
+        .map(|c| ratio(c.futex_wait_s, c.watched_s))
+        .sum::<f64>()
+        / workers.len() as f64;
+    Some(Diagnosis {
+        kind: "process_pool_overhead".into(),
+        severity: Severity::Warning,
+        summary: format!(
+            "{} worker processes were busy {:.0}% of the time (at most that share is useful \
+             work) while the pool used {tree_cores:.2} of {:.2} cores: it is limited by moving \
+             tasks and results between processes (pickling, pipes), not by CPU",
+            workers.len(),
+            busy * 100.0,
+            p.cores_available
+        ),
+        advice: "Each task's arguments are pickled by the parent, pushed through a pipe and \
+                 unpickled by a worker; with big arguments or tiny tasks that costs more than \
+                 the work. Send less per task (file paths, multiprocessing.shared_memory, \
+                 numpy memmaps), batch small tasks (chunksize, or more work per call), and keep \
+                 the workers' state in an initializer. If the work releases the GIL, threads \
+                 avoid the copying altogether."
+            .into(),
+        evidence: evidence([
+            ("workers", workers.len() as f64),
+            ("worker_busy_share", busy),
+            ("worker_queue_wait_share", waiting),
+            ("parent_cpu_share", parent_busy),
+            ("tree_cores_used", tree_cores),
+            ("cores_available", p.cores_available),
+        ]),
+    })
+}
+
 fn no_contention(f: &Facts) -> Diagnosis {
     let p = f.process;
     Diagnosis {
@@ -357,6 +502,7 @@ mod tests {
             process,
             threads,
             locks: None,
+            children: &[],
         })
     }
 
@@ -375,8 +521,79 @@ mod tests {
             effective_parallelism: parallelism,
             gil_switches_per_s: 200.0,
             futex_wait_s: 0.0,
+            throttled_s: 0.0,
+            throttled_period_share: 0.0,
+            cpu_limit_cores: None,
+            cores_available: 2.0,
             ..ProcessReport::default()
         }
+    }
+
+    fn worker(cpu_s: f64) -> ChildReport {
+        ChildReport {
+            pid: 9,
+            command: "python3 -c worker".into(),
+            version: "3.11.7".into(),
+            started_after_s: 0.1,
+            watched_s: 4.0,
+            exited: false,
+            threads: 1,
+            cpu_s,
+            busy_share: cpu_s / 4.0,
+            gil_wait_s: 0.0,
+            futex_wait_s: 2.0,
+        }
+    }
+
+    #[test]
+    fn a_throttled_cgroup_is_named_and_not_the_gil() {
+        let mut p = process(0.0, 0.2);
+        p.throttled_s = 3.2;
+        p.runqueue_wait_s = 3.3;
+        p.throttled_period_share = 1.0;
+        p.cpu_limit_cores = Some(0.2);
+        let threads = vec![thread(0.8, 0.0)];
+        let d = diagnose_(&p, &threads);
+        let kinds: Vec<&str> = d.iter().map(|d| d.kind.as_str()).collect();
+        assert_eq!(kinds, ["cpu_throttled"], "{d:?}");
+        assert_eq!(d[0].severity, Severity::Critical);
+        assert!(
+            d[0].summary.contains("CPU limit 0.20 cores"),
+            "{}",
+            d[0].summary
+        );
+    }
+
+    #[test]
+    fn run_queue_delay_beyond_throttling_is_starvation() {
+        let mut p = process(0.0, 1.0);
+        p.runqueue_wait_s = 2.0;
+        let d = diagnose_(&p, &[thread(2.0, 0.0), thread(2.0, 0.0)]);
+        assert_eq!(d[0].kind, "cpu_starved");
+        assert!((d[0].evidence["runqueue_queue_length"] - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn idle_workers_and_a_busy_parent_mean_ipc_overhead() {
+        let p = process(0.0, 0.3);
+        let children = vec![worker(0.8); 4];
+        let d = diagnose(&Facts {
+            process: &p,
+            threads: &[thread(1.2, 0.0)],
+            locks: None,
+            children: &children,
+        });
+        assert_eq!(d[0].kind, "process_pool_overhead", "{d:?}");
+        assert!((d[0].evidence["worker_busy_share"] - 0.2).abs() < 1e-9);
+        // Busy workers that fill the cores are a pool doing its job.
+        let children = vec![worker(2.0); 4];
+        let d = diagnose(&Facts {
+            process: &p,
+            threads: &[thread(1.2, 0.0)],
+            locks: None,
+            children: &children,
+        });
+        assert_eq!(d[0].kind, "no_contention", "{d:?}");
     }
 
     #[test]
@@ -426,6 +643,7 @@ mod tests {
             process: &process(0.0, 3.0),
             threads: &threads,
             locks: Some(&locks),
+            children: &[],
         });
         assert_eq!(d[0].kind, "lock_contention");
         assert_eq!(

@@ -104,6 +104,23 @@ impl Default for HoldStretches {
     }
 }
 
+impl HoldStretches {
+    /// The stretches that ended since `prev`. Their longest is not kept per interval:
+    /// it is bounded by the top of the highest bucket that grew (and by the longest ever).
+    pub fn since(&self, prev: &Self) -> Self {
+        let mut hist = [0u64; HIST_SLOTS];
+        for (slot, (now, before)) in hist.iter_mut().zip(self.hist.iter().zip(&prev.hist)) {
+            *slot = now.saturating_sub(*before);
+        }
+        let top = hist.iter().rposition(|&n| n > 0);
+        let max_ns = top.map_or(0, |slot| {
+            let bucket_end = 1u64.checked_shl(slot as u32 + 1).unwrap_or(u64::MAX);
+            self.max_ns.min(bucket_end)
+        });
+        Self { hist, max_ns }
+    }
+}
+
 /// Cuts the sample stream into hold stretches: consecutive locked samples with the
 /// same holder and an unchanged `switch_number`. A stretch's length is the time
 /// from its first to its last sample (a lower bound: it may have started up to one
@@ -185,6 +202,31 @@ impl GilSamples {
         }
     }
 
+    /// What was sampled since `prev` (an earlier tally of the same sampler).
+    pub fn since(&self, prev: &Self) -> Self {
+        Self {
+            samples: self.samples.saturating_sub(prev.samples),
+            locked: self.locked.saturating_sub(prev.locked),
+            held_by: self
+                .held_by
+                .iter()
+                .map(|(tid, n)| (*tid, n.saturating_sub(*prev.held_by.get(tid).unwrap_or(&0))))
+                .collect(),
+            first_switch: prev.last_switch.or(self.first_switch),
+            last_switch: self.last_switch,
+            failed_reads: self.failed_reads.saturating_sub(prev.failed_reads),
+            gil_enabled: self.gil_enabled,
+            gil_enabled_changes: self
+                .gil_enabled_changes
+                .saturating_sub(prev.gil_enabled_changes),
+            stretches: self
+                .stretches
+                .iter()
+                .map(|(tid, s)| (*tid, prev.stretches.get(tid).map_or(*s, |p| s.since(p))))
+                .collect(),
+        }
+    }
+
     /// Share of all samples in which `tid` held the GIL.
     pub fn hold_share(&self, tid: u32) -> f64 {
         if self.samples == 0 {
@@ -194,9 +236,11 @@ impl GilSamples {
     }
 }
 
-/// A running sampler; [`GilSampler::stop`] returns what it saw.
+/// A running sampler; [`GilSampler::snapshot`] says what it saw so far,
+/// [`GilSampler::stop`] what it saw in all.
 pub struct GilSampler {
     stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<GilSamples>>,
     handle: JoinHandle<GilSamples>,
 }
 
@@ -205,6 +249,8 @@ impl GilSampler {
     pub fn start(pid: u32, gil: GilSite, resolver: Arc<TstateResolver>, hz: u32) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let tally = Arc::new(Mutex::new(GilSamples::default()));
+        let shared = Arc::clone(&tally);
         let period = Duration::from_secs_f64(1.0 / f64::from(hz.max(1)));
         let handle = std::thread::Builder::new()
             .name("gil-sampler".into())
@@ -239,6 +285,9 @@ impl GilSampler {
                         }
                         Err(_) => out.failed_reads += 1,
                     }
+                    if let Ok(mut published) = shared.lock() {
+                        published.clone_from(&out);
+                    }
                     next += period;
                     let now = Instant::now();
                     if next > now {
@@ -258,7 +307,19 @@ impl GilSampler {
                 std::thread::spawn(GilSamples::default)
             }
         };
-        Self { stop, handle }
+        Self {
+            stop,
+            tally,
+            handle,
+        }
+    }
+
+    /// The tally so far, without stopping.
+    pub fn snapshot(&self) -> GilSamples {
+        self.tally
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// Stops sampling and returns the tally.
@@ -295,5 +356,22 @@ mod tests {
         assert_eq!(seven.hist[26], 1, "96 ms is in [2^26, 2^27) ns");
         assert_eq!(seven.hist[22], 1, "8 ms is in [2^22, 2^23) ns");
         assert_eq!(t.by_thread[&8].max_ns, 0);
+    }
+
+    #[test]
+    fn an_interval_keeps_only_the_stretches_that_ended_in_it() {
+        let mut before = HoldStretches::default();
+        before.hist[26] = 1; // one 96 ms stretch
+        before.max_ns = 96 * MS;
+        let mut now = before;
+        now.hist[22] += 2; // then two ~5 ms stretches
+        let d = now.since(&before);
+        assert_eq!(d.hist.iter().sum::<u64>(), 2);
+        assert_eq!(
+            d.max_ns,
+            1 << 23,
+            "bounded by the 5 ms bucket, not the old 96 ms"
+        );
+        assert_eq!(now.since(&now).max_ns, 0);
     }
 }

@@ -10,15 +10,20 @@
 
 pub mod analyse;
 pub mod bpf;
+pub mod cgroup;
 pub mod check;
+pub mod children;
 pub mod diagnose;
 pub mod error;
 pub mod gil_sampler;
 pub mod launch;
+pub mod live;
 pub mod memory;
 pub mod python;
 pub mod render;
 pub mod report;
 pub mod threads;
+pub mod top;
+pub mod watch;
 
 pub use error::{Error, Result};

@@ -1,6 +1,6 @@
 //! The `gilscope` command: parses arguments and hands over to the library.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,6 +25,29 @@ struct Cli {
 enum Command {
     /// Measure one CPython process ("is my concurrency real?") and print a report.
     Check(CheckArgs),
+    /// Live view of every CPython process on the host (or --pid), refreshed each interval.
+    Top(TopArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Keys: ↑↓/j/k select, Enter threads of the selected process, Esc back, \
+s cycle the sort order (g util, w queue, p parallelism, c CPU, n pid), q quit.\n\
+Examples:\n  gilscope top\n  gilscope top --pid 4242 --pid 4243\n  gilscope top --batch 5 > gil.log"
+)]
+struct TopArgs {
+    /// Watch only this process (repeatable); default: every CPython process on the host.
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Refresh interval: 1s, 500ms, 2s.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// GIL state samples per second per process.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(10..=1000))]
+    sample_hz: u32,
+    /// Print this many plain-text frames to stdout instead of the interactive view.
+    #[arg(long, value_name = "FRAMES")]
+    batch: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +139,7 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         duration,
         precise: args.precise,
         sample_hz: args.sample_hz,
+        progress: std::io::stderr().is_terminal(),
         child_stdout: if args.json && args.output.is_none() {
             ChildStdout::ToStderr
         } else {
@@ -152,11 +176,34 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_top(args: TopArgs) -> anyhow::Result<ExitCode> {
+    for &pid in &args.pid {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("gilscope: {}", gilscope::Error::NoSuchProcess { pid });
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let opts = gilscope::top::TopOptions {
+        pids: (!args.pid.is_empty()).then(|| args.pid.clone()),
+        interval: args.interval,
+        sample_hz: args.sample_hz,
+        batch: args.batch,
+    };
+    match gilscope::top::run(&opts) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("gilscope: {e}");
+            Ok(ExitCode::from(if e.is_user_error() { 2 } else { 1 }))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Check(args) => run_check(args),
+        Command::Top(args) => run_top(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("gilscope: {e:#}");

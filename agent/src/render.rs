@@ -77,6 +77,16 @@ pub fn text(report: &Report) -> String {
         "         blocked outside the GIL: poll {:.2}s  I/O {:.2}s  sleep {:.2}s  other {:.2}s",
         p.poll_wait_s, p.io_wait_s, p.sleep_wait_s, p.other_block_s
     );
+    let _ = writeln!(
+        out,
+        "         cores available {:.2}{}  throttled {:.2}s  speedup without the GIL ≈ {:.2}x",
+        p.cores_available,
+        p.cpu_limit_cores
+            .map(|c| format!(" (CPU limit {c:.2})"))
+            .unwrap_or_default(),
+        p.throttled_s,
+        report.estimate.speedup_without_gil
+    );
     if let Some(locks) = &report.lock_contention {
         let top: Vec<String> = locks
             .top_locks
@@ -148,7 +158,31 @@ pub fn text(report: &Report) -> String {
             blocked.join(", ")
         );
     }
+    if !report.children.is_empty() {
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<40} {:>7} {:>6} {:>8} {:>8}  threads",
+            "child", "command", "cpu", "busy", "gil wait", "futex"
+        );
+        for c in &report.children {
+            let command: String = c.command.chars().take(40).collect();
+            let _ = writeln!(
+                out,
+                "{:>8}  {:<40} {:>6.2}s {:>6} {:>7.2}s {:>7.2}s  {}{}",
+                c.pid,
+                command,
+                c.cpu_s,
+                pct(c.busy_share),
+                c.gil_wait_s,
+                c.futex_wait_s,
+                c.threads,
+                if c.exited { " (exited)" } else { "" }
+            );
+        }
+    }
     out.push('\n');
+    let _ = writeln!(out, "estimate: {}", report.estimate.model);
     for line in &report.measured_by {
         let _ = writeln!(out, "measured: {line}");
     }

@@ -59,6 +59,25 @@ pub struct ProcessReport {
     pub io_wait_s: f64,
     pub sleep_wait_s: f64,
     pub other_block_s: f64,
+    /// Time the process's cgroup was throttled by its CPU quota while measuring.
+    pub throttled_s: f64,
+    /// Share of CFS periods in which it was throttled.
+    pub throttled_period_share: f64,
+    /// The tightest CPU quota of its cgroup, in cores; `null`: no limit.
+    pub cpu_limit_cores: Option<f64>,
+    /// Cores it could use: its CPU affinity, capped by the quota.
+    pub cores_available: f64,
+}
+
+/// What the process would gain without the GIL, and the model behind the figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Estimate {
+    /// Σ CPU of the run over Σ CPU it would get without the GIL: 1.0 = nothing to gain.
+    pub speedup_without_gil: f64,
+    /// Cores the threads would keep busy without the GIL: Σ(cpu + GIL wait) / wall, capped.
+    pub cpu_demand_cores: f64,
+    /// The model in one line.
+    pub model: String,
 }
 
 /// GIL wait one thread spent behind another.
@@ -124,6 +143,29 @@ pub struct GilReport {
     pub main: bool,
     pub gil_wait_s: f64,
     pub gil_waits: u64,
+}
+
+/// A CPython child process of the measured one (a pool worker, typically).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildReport {
+    pub pid: u32,
+    /// Its command line.
+    pub command: String,
+    pub version: String,
+    /// Seconds after measuring began that it was first watched.
+    pub started_after_s: f64,
+    /// Seconds it was watched (until it exited or measuring ended).
+    pub watched_s: f64,
+    /// It exited before measuring ended.
+    pub exited: bool,
+    pub threads: usize,
+    /// CPU while watched (from birth if it started while measuring).
+    pub cpu_s: f64,
+    /// cpu_s / watched_s: the most of its time it can have spent on useful work.
+    pub busy_share: f64,
+    pub gil_wait_s: f64,
+    /// Non-GIL futex waits: for a pool worker mostly the task queue's lock.
+    pub futex_wait_s: f64,
 }
 
 /// One contended lock, by address.
@@ -220,6 +262,10 @@ pub struct Report {
     pub gils: Vec<GilReport>,
     /// Builds with a parking lot (3.13+): PyMutex contention; `null` where not measured.
     pub lock_contention: Option<LockContention>,
+    /// The speedup available without the GIL (Amdahl-style; see `model`).
+    pub estimate: Estimate,
+    /// CPython child processes (pool workers) seen while measuring.
+    pub children: Vec<ChildReport>,
     /// `--precise` only: where take_gil/drop_gil were probed.
     pub precise_probes: Option<PreciseProbes>,
 }

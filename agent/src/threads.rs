@@ -58,28 +58,45 @@ pub fn sample_threads(pid: u32) -> Result<BTreeMap<u32, ThreadSample>> {
 mod tests {
     use super::*;
 
+    fn own_thread_cpu_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid out-pointer; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
     #[test]
     fn sees_its_own_threads_with_cpu_time() {
+        // The spinner burns 50 ms of its own CPU (however loaded the machine), says
+        // so, and stays alive while it is sampled.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (exit_tx, exit_rx) = std::sync::mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("spin-test".into())
-            .spawn(|| {
-                let start = std::time::Instant::now();
+            .spawn(move || {
                 let mut x = 0u64;
-                while start.elapsed().as_millis() < 50 {
+                while own_thread_cpu_ns() < 50_000_000 {
                     x = x.wrapping_add(std::hint::black_box(1));
                 }
-                std::thread::sleep(std::time::Duration::from_millis(200));
+                let _ = done_tx.send(());
+                let _ = exit_rx.recv_timeout(std::time::Duration::from_secs(10));
                 x
             })
             .expect("spawn");
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("spinner finished");
         let threads = sample_threads(std::process::id()).expect("own /proc");
+        let _ = exit_tx.send(());
+        let _ = handle.join();
         let spinner = threads
             .values()
             .find(|t| t.os_name == "spin-test")
             .expect("the named thread is listed");
-        assert!(spinner.on_cpu_ns >= 30_000_000, "{spinner:?}");
-        let _ = handle.join();
+        assert!(spinner.on_cpu_ns >= 45_000_000, "{spinner:?}");
     }
 
     #[test]

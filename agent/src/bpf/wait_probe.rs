@@ -43,6 +43,29 @@ pub struct WaitCounters {
     pub gils: HashMap<u64, GilVal>,
 }
 
+impl WaitCounters {
+    /// What accumulated since `prev` (a thread or key absent from `prev` is new).
+    pub fn since(&self, prev: &Self) -> Self {
+        Self {
+            threads: self
+                .threads
+                .iter()
+                .map(|(tid, w)| (*tid, prev.threads.get(tid).map_or(*w, |p| w.since(p))))
+                .collect(),
+            blocked_by: self
+                .blocked_by
+                .iter()
+                .map(|(k, v)| (*k, prev.blocked_by.get(k).map_or(*v, |p| v.since(p))))
+                .collect(),
+            gils: self
+                .gils
+                .iter()
+                .map(|(k, v)| (*k, prev.gils.get(k).map_or(*v, |p| v.since(p))))
+                .collect(),
+        }
+    }
+}
+
 /// The loaded and attached wait probe (GIL waits and every other sleep).
 pub struct WaitProbe {
     ebpf: Ebpf,

@@ -1,0 +1,322 @@
+//! One CPython process under watch, for as long as it lives.
+//!
+//! A [`ProcessWatch`] finds the interpreter and GIL of a running process,
+//! registers it with the shared [`WaitProbe`] (the kernel filter), and on every
+//! [`ProcessWatch::tick`] keeps the GIL list current (subinterpreters come and
+//! go), the last-seen CPU of every thread (so threads that exit keep their
+//! figures) and the holder thread states resolved to tids while they are still
+//! alive. `check` uses it for the child processes of the measured one (worker
+//! pools); the live views use it for every process they show.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::analyse::{CpuEnvironment, Measurement};
+use crate::bpf::layout::MAX_GILS;
+use crate::bpf::wait_probe::{WaitCounters, WaitProbe};
+use crate::cgroup::{affinity_cpus, throttled_between, CpuCgroup, Throttling};
+use crate::error::Result;
+use crate::gil_sampler::{GilSampler, GilSamples, TstateResolver};
+use crate::memory::RemoteMemory;
+use crate::python::locate::{self, GilSite, Interpreter};
+use crate::python::versions::ThreadIdField;
+use crate::report::{InterpreterInfo, Mode};
+use crate::threads::{sample_threads, ThreadSample};
+
+/// Cumulative counters of one process at one instant; two of them give an interval.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub at: Instant,
+    /// Last-seen procfs counters of every thread, exited ones included.
+    pub threads: BTreeMap<u32, ThreadSample>,
+    pub waits: WaitCounters,
+    pub gil: GilSamples,
+    /// Throttling of each cgroup level, leaf first (empty: no cgroup found).
+    pub throttling: Vec<Throttling>,
+}
+
+/// What a report says about the interpreter, from what was found and sampled.
+pub fn interpreter_info(
+    interp: &Interpreter,
+    gil: &GilSite,
+    samples: &GilSamples,
+) -> InterpreterInfo {
+    InterpreterInfo {
+        executable: interp.executable.display().to_string(),
+        library: interp
+            .is_library
+            .then(|| interp.path_in_process.display().to_string()),
+        version: interp.file.version.to_string(),
+        stripped: interp.file.stripped,
+        gil_enabled: samples.gil_enabled.unwrap_or(!gil.free_threaded),
+        gil_enabled_changed: samples.gil_enabled_changes > 0,
+        free_threaded: gil.free_threaded,
+    }
+}
+
+/// A watched process and what has been seen of it so far.
+pub struct ProcessWatch {
+    pub interp: Interpreter,
+    pub gil: GilSite,
+    /// When watching began.
+    pub since: Instant,
+    /// The command line, for people (`python3 worker.py`).
+    pub command: String,
+    /// procfs counters when watching began.
+    pub cpu_start: BTreeMap<u32, ThreadSample>,
+    /// The last procfs counters of every thread seen, including exited ones.
+    pub cpu_last: BTreeMap<u32, ThreadSample>,
+    /// When the process was last seen alive.
+    pub last_seen: Instant,
+    pub alive: bool,
+    resolver: Arc<TstateResolver>,
+    sampler: Option<GilSampler>,
+    cgroup: Option<CpuCgroup>,
+    throttling_start: Vec<Throttling>,
+    holder_tids: HashMap<u64, u32>,
+    watched_gils: Vec<u64>,
+    mem: RemoteMemory,
+}
+
+/// A process's command line as one short line (NULs to spaces, at most 200 chars).
+pub fn command_line(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut text: String = String::from_utf8_lossy(&raw)
+        .split('\0')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.chars().count() > 200 {
+        text = text.chars().take(199).collect::<String>() + "…";
+    }
+    text
+}
+
+impl ProcessWatch {
+    /// Starts watching a running CPython process whose GIL already exists.
+    pub fn attach(pid: u32, probe: &mut WaitProbe) -> Result<Self> {
+        Self::attach_sampled(pid, probe, None)
+    }
+
+    /// As [`ProcessWatch::attach`], and samples the GIL state at `sample_hz`
+    /// (hold shares, utilization, switches) when given.
+    pub fn attach_sampled(pid: u32, probe: &mut WaitProbe, sample_hz: Option<u32>) -> Result<Self> {
+        let interp = locate::require_interpreter(pid)?;
+        let mem = RemoteMemory::new(pid);
+        let gil = interp.resolve_gil(&mem)?;
+        locate::read_gil_state(pid, &mem, &gil)?;
+        let cpu_start = sample_threads(pid)?;
+        let gils = locate::all_gils(&mem, &gil, MAX_GILS);
+        probe.watch(pid, &gils, &gil.layout)?;
+        let pthread_tid_off = match gil.thread_id {
+            ThreadIdField::PthreadOnly(_) => locate::glibc_pthread_tid_offset(pid),
+            ThreadIdField::NativeThreadId(_) => None,
+        };
+        let now = Instant::now();
+        let resolver = Arc::new(TstateResolver::new(mem, gil.thread_id, pthread_tid_off));
+        let sampler = sample_hz.map(|hz| GilSampler::start(pid, gil, Arc::clone(&resolver), hz));
+        let cgroup = CpuCgroup::of(pid);
+        let throttling_start = cgroup
+            .as_ref()
+            .map(CpuCgroup::throttling)
+            .unwrap_or_default();
+        Ok(Self {
+            resolver,
+            sampler,
+            cgroup,
+            throttling_start,
+            command: command_line(pid),
+            interp,
+            gil,
+            since: now,
+            cpu_last: cpu_start.clone(),
+            cpu_start,
+            last_seen: now,
+            alive: true,
+            holder_tids: HashMap::new(),
+            watched_gils: gils,
+            mem,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.interp.pid
+    }
+
+    /// Refreshes GILs, per-thread CPU and holder names; marks the process gone
+    /// when procfs no longer has it.
+    pub fn tick(&mut self, probe: &mut WaitProbe) {
+        if !self.alive {
+            return;
+        }
+        let pid = self.pid();
+        match sample_threads(pid) {
+            Ok(threads) => {
+                self.cpu_last.extend(threads);
+                self.last_seen = Instant::now();
+            }
+            Err(_) => {
+                self.alive = false;
+                return;
+            }
+        }
+        let gils = locate::all_gils(&self.mem, &self.gil, MAX_GILS);
+        if gils != self.watched_gils && !gils.is_empty() {
+            match probe.watch(pid, &gils, &self.gil.layout) {
+                Ok(()) => self.watched_gils = gils,
+                Err(e) => tracing::debug!("cannot update the GILs of process {pid}: {e}"),
+            }
+        }
+        if let Ok(counters) = probe.read(pid) {
+            self.learn_holders(&counters);
+        }
+    }
+
+    /// Resolves the holder thread states seen in `counters` while they still exist.
+    pub fn learn_holders(&mut self, counters: &WaitCounters) {
+        for key in counters.blocked_by.keys() {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                self.holder_tids.entry(key.holder_tstate)
+            {
+                if let Some(tid) = self.resolver.tid_of(key.holder_tstate) {
+                    slot.insert(tid);
+                }
+            }
+        }
+    }
+
+    /// Holder thread state -> tid, as far as known.
+    pub fn holder_tids(&self) -> &HashMap<u64, u32> {
+        &self.holder_tids
+    }
+
+    /// How long the process has been watched (until it was last seen alive).
+    pub fn watched_s(&self) -> f64 {
+        self.last_seen.duration_since(self.since).as_secs_f64()
+    }
+
+    /// The counters when watching began (kernel counters start at zero then).
+    pub fn first_snapshot(&self) -> Snapshot {
+        Snapshot {
+            at: self.since,
+            threads: self.cpu_start.clone(),
+            waits: WaitCounters::default(),
+            gil: GilSamples::default(),
+            throttling: self.throttling_start.clone(),
+        }
+    }
+
+    /// The cumulative counters now (call [`ProcessWatch::tick`] first for fresh CPU).
+    pub fn snapshot(&mut self, probe: &WaitProbe) -> Snapshot {
+        let waits = probe.read(self.pid()).unwrap_or_default();
+        self.learn_holders(&waits);
+        Snapshot {
+            at: if self.alive {
+                Instant::now()
+            } else {
+                self.last_seen
+            },
+            threads: self.cpu_last.clone(),
+            waits,
+            gil: self
+                .sampler
+                .as_ref()
+                .map(GilSampler::snapshot)
+                .unwrap_or_default(),
+            throttling: self
+                .cgroup
+                .as_ref()
+                .map(CpuCgroup::throttling)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Everything that happened between two snapshots, ready for [`crate::analyse`].
+    pub fn measurement(&self, prev: &Snapshot, cur: &Snapshot) -> Measurement {
+        let gil = cur.gil.since(&prev.gil);
+        Measurement {
+            pid: self.pid(),
+            wall_s: cur.at.saturating_duration_since(prev.at).as_secs_f64(),
+            mode: Mode::Default,
+            interpreter: interpreter_info(&self.interp, &self.gil, &cur.gil),
+            cpu_start: prev.threads.clone(),
+            cpu_end: cur.threads.clone(),
+            waits: cur.waits.since(&prev.waits),
+            precise: None,
+            gil,
+            holder_tids: self.holder_tids.clone(),
+            locks: None,
+            gil_addrs: self.watched_gils.clone(),
+            cpu_env: CpuEnvironment {
+                affinity_cpus: affinity_cpus(self.pid()),
+                cpu_limit_cores: self.cgroup.as_ref().and_then(CpuCgroup::quota_cores),
+                throttling: throttled_between(&prev.throttling, &cur.throttling),
+            },
+        }
+    }
+
+    /// Stops watching and clears the kernel state of the process.
+    pub fn detach(self, probe: &mut WaitProbe) {
+        let pid = self.pid();
+        if let Some(sampler) = self.sampler {
+            sampler.stop();
+        }
+        if let Err(e) = probe.unwatch(pid) {
+            tracing::debug!("could not clear the kernel state of process {pid}: {e}");
+        }
+    }
+}
+
+/// Every live descendant of `root` (children, grandchildren, ...), from procfs.
+///
+/// The kernel here has no `/proc/PID/task/TID/children`, so this reads the
+/// parent pid of every process; a process that vanishes meanwhile is skipped.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = all
+        .filter_map(|p| p.ok())
+        .filter_map(|p| p.stat().ok())
+        .filter(|s| !matches!(s.state, 'Z' | 'X' | 'x'))
+        .filter_map(|s| Some((u32::try_from(s.pid).ok()?, u32::try_from(s.ppid).ok()?)))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid) in &parents {
+            if ppid == parent && pid != root && !out.contains(&pid) {
+                out.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_process_is_a_descendant() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("spawn sleep");
+        let found = descendants(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()), "{found:?}");
+    }
+
+    #[test]
+    fn command_lines_are_joined_with_spaces() {
+        let own = command_line(std::process::id());
+        assert!(!own.contains('\0'));
+        assert!(!own.is_empty());
+    }
+}

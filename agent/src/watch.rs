@@ -52,6 +52,7 @@ pub fn interpreter_info(
         gil_enabled: samples.gil_enabled.unwrap_or(!gil.free_threaded),
         gil_enabled_changed: samples.gil_enabled_changes > 0,
         free_threaded: gil.free_threaded,
+        libc: interp.libc.name(),
     }
 }
 

@@ -15,6 +15,8 @@
 #          pkg-config (so no OpenSSL/zlib/ffi/...): threading, time, os work,
 #          which is what the musl tests need. Like Alpine's python, its GIL waits
 #          cannot be seen from futex addresses (see README "How it measures").
+#          Also bin/python3.13-static: the same objects linked -static (musl's
+#          libc inside, symbols only in .symtab), for the static-musl path.
 #
 # Each one is installed into its own prefix, $GILSCOPE_CPYTHON_CACHE/NAME
 # (default /var/cache/gilscope/cpython/NAME), with an rpath to its own libpython,
@@ -187,7 +189,7 @@ build_one() {
                     --without-ensurepip --disable-test-modules)
     configure_env=(CC="$cache/tools/musl-cc" PKG_CONFIG=/bin/false)
   fi
-  local recipe_line="recipe=$RECIPE_VERSION configure=${configure_args[*]}${musl:+ CC=musl-gcc}"
+  local recipe_line="recipe=$RECIPE_VERSION configure=${configure_args[*]}${musl:+ CC=musl-gcc +static}"
 
   if is_built "$name" "$recipe_line"; then
     log "$name: cached at $py"
@@ -239,6 +241,10 @@ build_one() {
                      /built successfully but were removed/,/^$/p' "$logf" | grep -v '^$' || true)"
   [ -z "$missing" ] || log "$name: module summary from make:"$'\n'"$(sed 's/^/    /' <<<"$missing")"
   run_step "make altinstall" make altinstall
+  if [ -n "$musl" ]; then
+    run_step "link python$ver-static" "$cache/tools/musl-cc" -static -o "$prefix/bin/python$ver-static" \
+      Programs/python.o "libpython$ver.a" -ldl -lm
+  fi
   cd /
   rm -rf "$build_dir"; build_dir=""
 
@@ -306,6 +312,10 @@ verify_musl() {  # name python X.Y: runs, links musl, keeps the symbols gilscope
   readelf -W --dyn-syms "$py" | awk '$8 == "_PyRuntime" && $7 != "UND" {found=1} END {exit !found}' \
     || { log "$name: $py does not export _PyRuntime"; return 1; }
   readelf -S -W "$py" | grep -q '\.debug_info' || { log "$name: $py has no .debug_info"; return 1; }
+  out="$(env -u PYTHONHOME -u PYTHONPATH "$py-static" -c 'import threading, time, os; print("ok")')" \
+    || { log "$name: $py-static does not run"; return 1; }
+  readelf -W -s "$py-static" | awk '$8 == "__pthread_cond_timedwait" && $7 != "UND" {found=1} END {exit !found}' \
+    || { log "$name: $py-static has no __pthread_cond_timedwait in .symtab"; return 1; }
   readelf -W --dyn-syms /lib/ld-musl-x86_64.so.1 | awk '$8 == "pthread_cond_timedwait" && $7 != "UND" {found=1} END {exit !found}' \
     || { log "$name: musl's libc does not export pthread_cond_timedwait"; return 1; }
 }

@@ -247,6 +247,39 @@ mod tests {
     }
 
     #[test]
+    fn debian_musl_is_recognised_by_its_directory_without_pt_interp() {
+        // A shared libpython is read, not the executable: only the mapped paths tell.
+        let maps = [
+            "/opt/py/lib/libpython3.13.so.1.0",
+            "/usr/lib/x86_64-linux-musl/libc.so",
+        ];
+        assert_eq!(classify(&maps, None, false), LibcKind::Musl);
+        let glibc = [
+            "/opt/py/lib/libpython3.13.so.1.0",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        ];
+        assert_eq!(classify(&glibc, None, false), LibcKind::Glibc);
+    }
+
+    #[test]
+    fn an_unmeasurable_musl_build_is_refused_saying_why_and_what_works() {
+        let err = Error::MuslUnmeasurable {
+            pid: 42,
+            file: "/usr/bin/python3.13".into(),
+        };
+        assert!(err.is_user_error(), "exit code 2");
+        let text = err.to_string();
+        for needle in [
+            "musl",
+            "__pthread_cond_timedwait",
+            "own stack",
+            "not stripped",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+    }
+
+    #[test]
     fn glibc_is_recognised_and_a_static_build_needs_musl_symbols() {
         let glibc = ["python3.11", "libc.so.6", "ld-linux-x86-64.so.2"];
         assert_eq!(

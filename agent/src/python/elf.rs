@@ -218,6 +218,7 @@ pub fn inspect_parsed(path: &Path, file: &object::File<'_>) -> Result<Option<Int
         .find(|s| s.file_range().0 == 0)
         .map(|s| s.address())
         .unwrap_or(0);
+    let program_interpreter = super::libc::program_interpreter(file);
     Ok(Some(InterpreterFile {
         path: path.to_path_buf(),
         py_runtime,
@@ -228,9 +229,8 @@ pub fn inspect_parsed(path: &Path, file: &object::File<'_>) -> Result<Option<Int
         drop_gil: find_function(file, "drop_gil"),
         park: find_function(file, "_PyParkingLot_Park"),
         event_wait: find_function(file, "PyEvent_WaitTimed"),
-        program_interpreter: super::libc::program_interpreter(file),
-        static_musl: super::libc::program_interpreter(file).is_none()
-            && super::libc::has_static_musl_symbols(file),
+        static_musl: program_interpreter.is_none() && super::libc::has_static_musl_symbols(file),
+        program_interpreter,
     }))
 }
 

@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 /// The C library family of a process, as reported (`interpreter.libc`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LibcKind {
+    /// GNU libc: condvar waiters sleep on futex words inside the GIL struct.
     Glibc,
+    /// musl: condvar waiters sleep on their own stack; measured at the condvar wait.
     Musl,
     /// Neither could be recognised (e.g. a static build of another libc).
     Unknown,
@@ -53,6 +55,7 @@ pub struct CondWaitSite {
 /// What [`detect`] found out about the libc of a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Libc {
+    /// Which family, as classified when the interpreter was found.
     pub kind: LibcKind,
     /// musl only: `None` when the function cannot be found (stripped static build).
     pub cond_wait: Option<CondWaitSite>,

@@ -145,6 +145,48 @@ fn a_static_musl_build_is_measured_through_its_symbol_table() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+#[test]
+fn a_stripped_static_musl_build_is_refused_saying_why_and_what_works() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = python313_musl() else {
+        return;
+    };
+    let mut name = python.file_name().unwrap_or_default().to_os_string();
+    name.push("-static");
+    let prefix = python
+        .parent()
+        .and_then(|bin| bin.parent())
+        .expect("prefix/bin/python")
+        .to_path_buf();
+    let stripped = stripped_copy(&python.with_file_name(name), "musl-static");
+    let _machine = serial();
+    let mut target = Command::new(&stripped)
+        .args([&workload("cpu_threads.py"), "2", "3"])
+        .env("PYTHONHOME", &prefix)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the stripped static python");
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = target.id().to_string();
+    let out = gilscope()
+        .args(["check", "--pid", &pid, "--duration", "1s"])
+        .output()
+        .expect("run gilscope");
+    let _ = target.kill();
+    let _ = target.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in [
+        "statically linked and stripped",
+        "_PyRuntime",
+        "pthread_cond_timedwait",
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing from: {stderr}");
+    }
+}
+
 /// Number of times the loaded BPF program `name` has run, from `bpftool`
 /// (kernel.bpf_stats_enabled must be on); `None` when no such program is loaded.
 fn bpf_run_count(name: &str) -> Option<u64> {

@@ -134,6 +134,20 @@ pub fn has_static_musl_symbols(file: &object::File<'_>) -> bool {
         && defined_function(file, &["__pthread_cond_timedwait"]).is_some()
 }
 
+/// A statically linked executable with no symbol table of either kind left
+/// (`strip`ped): nothing in it can be found by name.
+pub fn is_stripped_static(path: &Path) -> bool {
+    let Ok(image) = ElfImage::read(path) else {
+        return false;
+    };
+    let Ok(file) = image.parse(path) else {
+        return false;
+    };
+    program_interpreter(&file).is_none()
+        && file.section_by_name(".symtab").is_none()
+        && file.section_by_name(".dynsym").is_none()
+}
+
 /// The condvar wait in `path` (seen from the host), if the file defines it.
 fn cond_wait_in(host: &Path, in_process: &Path) -> Result<Option<CondWaitSite>> {
     let image = ElfImage::read(host)?;

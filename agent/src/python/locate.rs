@@ -387,10 +387,19 @@ pub fn glibc_pthread_tid_offset(pid: u32) -> Option<u64> {
 
 /// [`find_interpreter`] that turns "nothing found" into [`Error::NotPython`].
 pub fn require_interpreter(pid: u32) -> Result<Interpreter> {
-    find_interpreter(pid)?.ok_or_else(|| Error::NotPython {
-        pid,
-        exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+    find_interpreter(pid)?.ok_or_else(|| {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let name = exe
+            .as_ref()
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "unknown executable".into()),
+            .unwrap_or_else(|| "unknown executable".into());
+        // A stripped static build (e.g. musl, Alpine-style) keeps no symbol at all:
+        // say so rather than "not CPython".
+        match exe {
+            Some(p) if libc::is_stripped_static(&host_path(pid, &p)) => {
+                Error::StrippedStatic { pid, exe: name }
+            }
+            _ => Error::NotPython { pid, exe: name },
+        }
     })
 }

@@ -1,6 +1,6 @@
 # The two commands a newcomer needs:
 #   make demo   set up this machine, build, and measure a bundled 4-thread workload
-#   make test   set up this machine (and build CPython 3.13t once), run every test (root)
+#   make test   set up this machine (and build CPython 3.13t and 3.13-musl once), run every test (root)
 
 PYTHON ?= $(shell command -v python3 || echo /usr/bin/python3)
 
@@ -8,10 +8,11 @@ PYTHON ?= $(shell command -v python3 || echo /usr/bin/python3)
 setup:
 	bash tests/setup.sh
 
-# Free-threaded CPython 3.13t from Debian's source package, cached in
-# /var/cache/gilscope/cpython (~2 min the first time, seconds after).
+# Free-threaded CPython 3.13t and a musl-linked 3.13 (Alpine-style) from Debian's
+# source package, cached in /var/cache/gilscope/cpython (~2-3 min each the first
+# time, seconds after).
 interpreters: setup
-	bash tests/interpreters/build-cpython.sh 3.13t
+	bash tests/interpreters/build-cpython.sh 3.13t 3.13-musl
 
 build: setup
 	cargo build --release

@@ -415,6 +415,7 @@ mod tests {
                 gil_enabled: true,
                 gil_enabled_changed: false,
                 free_threaded: false,
+                libc: "glibc",
             },
             cpu_start: BTreeMap::new(),
             cpu_end,

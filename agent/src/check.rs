@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use crate::analyse::{
     analyse, estimate, lock_contention, CpuEnvironment, Measurement, PreciseCounters,
 };
+use crate::bpf::condwait_probe::{self, CondWaitProbe};
 use crate::bpf::layout::MAX_GILS;
 use crate::bpf::lock_probe::LockProbe;
 use crate::bpf::precise_probe::{PreciseProbe, PreciseTargets};
-use crate::bpf::wait_probe::WaitProbe;
+use crate::bpf::wait_probe::{WaitCounters, WaitProbe};
 use crate::cgroup::{affinity_cpus, throttled_between, CpuCgroup, Throttling};
 use crate::children::Children;
 use crate::diagnose::{diagnose, Facts};
@@ -27,6 +28,7 @@ use crate::launch::{self, ChildStdout};
 use crate::memory::RemoteMemory;
 use crate::python::elf::{file_offset_of, ElfImage};
 use crate::python::finder::{self, FoundBy, FoundFunction};
+use crate::python::libc as c_library;
 use crate::python::locate::{self, GilSite, Interpreter};
 use crate::python::versions::ThreadIdField;
 use crate::report::{Ending, Mode, PreciseProbes, ProbeSite, Report, SCHEMA};
@@ -121,6 +123,28 @@ fn attach_locks(interp: &Interpreter) -> Result<Option<LockProbe>> {
     LockProbe::attach(interp.pid, &interp.host_path, offset, event_wait).map(Some)
 }
 
+/// musl: GIL waits are measured at libc's condvar wait (the futex words are on
+/// the waiters' stacks); refuses a musl build where that function cannot be found.
+fn attach_condwait(interp: &Interpreter) -> Result<Option<CondWaitProbe>> {
+    match c_library::require_measurable(interp)?.cond_wait {
+        Some(site) => CondWaitProbe::attach(interp.pid, &site).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The futex probe's counters of `pid`, with the condvar probe's folded in on musl.
+fn read_waits(
+    probe: &WaitProbe,
+    condwait: Option<&CondWaitProbe>,
+    pid: u32,
+) -> Result<WaitCounters> {
+    let mut waits = probe.read(pid)?;
+    if let Some(c) = condwait {
+        condwait_probe::merge_into(&mut waits, &c.read(pid)?);
+    }
+    Ok(waits)
+}
+
 /// The attached `--precise` uprobes and where they went.
 struct PreciseAttachment {
     probe: PreciseProbe,
@@ -205,6 +229,8 @@ struct Attached {
     child: Option<Child>,
     precise: Option<PreciseAttachment>,
     locks: Option<LockProbe>,
+    /// musl only: the condvar-wait probe that measures the GIL waits.
+    condwait: Option<CondWaitProbe>,
     cpu_start: BTreeMap<u32, ThreadSample>,
     started: Instant,
 }
@@ -220,19 +246,25 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
             let mem = RemoteMemory::new(pid);
             let gil = validated_gil(&interp, &mem)?;
             let locks = attach_locks(&interp)?;
+            let mut condwait = attach_condwait(&interp)?;
             let precise = if opts.precise {
                 Some(attach_precise(&interp)?)
             } else {
                 None
             };
             let cpu_start = sample_threads(pid)?;
-            probe.watch(pid, &locate::all_gils(&mem, &gil, MAX_GILS), &gil.layout)?;
+            let gils = locate::all_gils(&mem, &gil, MAX_GILS);
+            probe.watch(pid, &gils, &gil.layout)?;
+            if let Some(c) = condwait.as_mut() {
+                c.watch(pid, &gils, &gil.layout)?;
+            }
             Ok(Attached {
                 interp,
                 gil,
                 child: None,
                 precise,
                 locks,
+                condwait,
                 cpu_start,
                 started: Instant::now(),
             })
@@ -240,6 +272,7 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
         Target::Command(argv) => {
             let mut precise = None;
             let mut locks = None;
+            let mut condwait = None;
             let mut static_gil = None;
             let launched = launch::launch(argv, opts.child_stdout, |interp| {
                 if let Some(site) = interp.static_gil() {
@@ -250,6 +283,7 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
                     precise = Some(attach_precise(interp)?);
                 }
                 locks = attach_locks(interp)?;
+                condwait = attach_condwait(interp)?;
                 Ok(())
             })?;
             let started = Instant::now();
@@ -270,12 +304,16 @@ fn attach(opts: &CheckOptions, probe: &mut WaitProbe) -> Result<Attached> {
             if static_gil != Some(gil) {
                 probe.watch(interp.pid, &[gil.addr], &gil.layout)?;
             }
+            if let Some(c) = condwait.as_mut() {
+                c.watch(interp.pid, &[gil.addr], &gil.layout)?;
+            }
             Ok(Attached {
                 interp,
                 gil,
                 child,
                 precise,
                 locks,
+                condwait,
                 cpu_start: BTreeMap::new(),
                 started,
             })
@@ -343,7 +381,13 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
             // (a few pointer reads) and keep the kernel filter current.
             let now = locate::all_gils(&mem, &attached.gil, MAX_GILS);
             if now != watched && !now.is_empty() {
-                match probe.watch(pid, &now, &attached.gil.layout) {
+                let updated = probe.watch(pid, &now, &attached.gil.layout).and_then(|()| {
+                    match attached.condwait.as_mut() {
+                        Some(c) => c.watch(pid, &now, &attached.gil.layout),
+                        None => Ok(()),
+                    }
+                });
+                match updated {
                     Ok(()) => watched = now.clone(),
                     Err(e) => tracing::debug!("cannot update the GILs of process {pid}: {e}"),
                 }
@@ -357,7 +401,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         if let Ok(threads) = sample_threads(pid) {
             cpu_end.extend(threads);
         }
-        if let Ok(counters) = probe.read(pid) {
+        if let Ok(counters) = read_waits(&probe, attached.condwait.as_ref(), pid) {
             for key in counters.blocked_by.keys() {
                 if let std::collections::hash_map::Entry::Vacant(slot) =
                     holder_tids.entry(key.holder_tstate)
@@ -405,7 +449,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         (Some(cg), Some(start)) => throttled_between(start, &cg.throttling()),
         _ => Throttling::default(),
     };
-    let waits = probe.read(pid)?;
+    let waits = read_waits(&probe, attached.condwait.as_ref(), pid)?;
     for key in waits.blocked_by.keys() {
         if let Some(tid) = resolver.tid_of(key.holder_tstate) {
             holder_tids.entry(key.holder_tstate).or_insert(tid);
@@ -441,10 +485,20 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     } else {
         Mode::Default
     };
-    let mut measured_by = vec![
-        "GIL wait: threads blocking in futex() on the GIL's own memory (sched_switch tracepoint), \
-         nothing on the uncontended fast path"
+    let gil_wait_by = match &attached.condwait {
+        Some(c) => format!(
+            "GIL wait (musl): uprobes on {} in {} for calls on the GIL's cond (take) and \
+             switch_cond (forced switch), which only a thread that must block makes; other \
+             futex waits from sched_switch, less those GIL sleeps",
+            c.site.symbol,
+            c.site.path_in_process.display()
+        ),
+        None => "GIL wait: threads blocking in futex() on the GIL's own memory (sched_switch \
+                 tracepoint), nothing on the uncontended fast path"
             .to_string(),
+    };
+    let mut measured_by = vec![
+        gil_wait_by,
         "blocked time outside the GIL (poll/io/sleep/other) and GIL retake waits after blocking \
          calls: every sleep of a watched thread, classed by its syscall (same tracepoint)"
             .to_string(),

@@ -40,6 +40,12 @@ pub enum Error {
     #[error("the kernel refused the BPF programs: {0}")]
     Bpf(String),
 
+    #[error("process {pid} runs CPython on musl, and {file} has no symbol for musl's __pthread_cond_timedwait (a stripped static build): on musl GIL waits can only be measured there, because condvar waiters sleep on their own stack, not on the GIL. Measure a build that keeps its symbol table (not stripped), or one linked dynamically against musl's libc.so, which exports pthread_cond_timedwait")]
+    MuslUnmeasurable { pid: u32, file: String },
+
+    #[error("process {pid} ({exe}) is statically linked and stripped: it has neither a dynamic symbol table nor a symbol table, so nothing says where CPython's _PyRuntime is (if it is CPython at all), nor — on musl — where its condvar wait is. Measure a build that keeps its symbol table (do not strip it), or one that links libpython or libc dynamically (they export _PyRuntime and pthread_cond_timedwait)")]
+    StrippedStatic { pid: u32, exe: String },
+
     #[error("{0}")]
     Internal(String),
 
@@ -63,6 +69,8 @@ impl Error {
                 | Error::GilNotValid { .. }
                 | Error::Permission { .. }
                 | Error::Launch { .. }
+                | Error::MuslUnmeasurable { .. }
+                | Error::StrippedStatic { .. }
         )
     }
 

@@ -29,11 +29,12 @@ pub fn text(report: &Report) -> String {
     let i = &report.interpreter;
     let _ = writeln!(
         out,
-        "gilscope check: pid {}, CPython {} ({}{}), {:.1} s, {} mode",
+        "gilscope check: pid {}, CPython {} ({}{}{}), {:.1} s, {} mode",
         report.pid,
         i.version,
         i.library.as_deref().unwrap_or(&i.executable),
         if i.stripped { ", stripped" } else { "" },
+        if i.libc == "musl" { ", musl" } else { "" },
         report.duration_s,
         match report.mode {
             crate::report::Mode::Default => "default",

@@ -34,6 +34,9 @@ pub struct InterpreterInfo {
     /// `Py_MOD_GIL_NOT_USED` was imported).
     pub gil_enabled_changed: bool,
     pub free_threaded: bool,
+    /// The C library: `glibc`, `musl` or `unknown`. On musl GIL waits are
+    /// measured at the libc condvar wait (see `measured_by`).
+    pub libc: &'static str,
 }
 
 /// Totals and ratios for the whole process.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::analyse::{CpuEnvironment, Measurement};
+use crate::bpf::condwait_probe::{self, CondWaitProbe};
 use crate::bpf::layout::MAX_GILS;
 use crate::bpf::wait_probe::{WaitCounters, WaitProbe};
 use crate::cgroup::{affinity_cpus, throttled_between, CpuCgroup, Throttling};
@@ -52,6 +53,7 @@ pub fn interpreter_info(
         gil_enabled: samples.gil_enabled.unwrap_or(!gil.free_threaded),
         gil_enabled_changed: samples.gil_enabled_changes > 0,
         free_threaded: gil.free_threaded,
+        libc: interp.libc.name(),
     }
 }
 
@@ -77,6 +79,8 @@ pub struct ProcessWatch {
     holder_tids: HashMap<u64, u32>,
     watched_gils: Vec<u64>,
     mem: RemoteMemory,
+    /// musl only: GIL waits come from the libc condvar wait, not from futex addresses.
+    condwait: Option<CondWaitProbe>,
 }
 
 /// A process's command line as one short line (NULs to spaces, at most 200 chars).
@@ -109,6 +113,14 @@ impl ProcessWatch {
         let cpu_start = sample_threads(pid)?;
         let gils = locate::all_gils(&mem, &gil, MAX_GILS);
         probe.watch(pid, &gils, &gil.layout)?;
+        let condwait = match crate::python::libc::require_measurable(&interp)?.cond_wait {
+            Some(site) => {
+                let mut c = CondWaitProbe::attach(pid, &site)?;
+                c.watch(pid, &gils, &gil.layout)?;
+                Some(c)
+            }
+            None => None,
+        };
         let pthread_tid_off = match gil.thread_id {
             ThreadIdField::PthreadOnly(_) => locate::glibc_pthread_tid_offset(pid),
             ThreadIdField::NativeThreadId(_) => None,
@@ -137,6 +149,7 @@ impl ProcessWatch {
             holder_tids: HashMap::new(),
             watched_gils: gils,
             mem,
+            condwait,
         })
     }
 
@@ -164,14 +177,29 @@ impl ProcessWatch {
         }
         let gils = locate::all_gils(&self.mem, &self.gil, MAX_GILS);
         if gils != self.watched_gils && !gils.is_empty() {
-            match probe.watch(pid, &gils, &self.gil.layout) {
+            let updated = probe.watch(pid, &gils, &self.gil.layout).and_then(|()| {
+                match self.condwait.as_mut() {
+                    Some(c) => c.watch(pid, &gils, &self.gil.layout),
+                    None => Ok(()),
+                }
+            });
+            match updated {
                 Ok(()) => self.watched_gils = gils,
                 Err(e) => tracing::debug!("cannot update the GILs of process {pid}: {e}"),
             }
         }
-        if let Ok(counters) = probe.read(pid) {
+        if let Ok(counters) = self.read_waits(probe) {
             self.learn_holders(&counters);
         }
+    }
+
+    /// The wait counters of this process, with the condvar probe's folded in on musl.
+    fn read_waits(&self, probe: &WaitProbe) -> Result<WaitCounters> {
+        let mut waits = probe.read(self.pid())?;
+        if let Some(c) = &self.condwait {
+            condwait_probe::merge_into(&mut waits, &c.read(self.pid())?);
+        }
+        Ok(waits)
     }
 
     /// Resolves the holder thread states seen in `counters` while they still exist.
@@ -210,7 +238,7 @@ impl ProcessWatch {
 
     /// The cumulative counters now (call [`ProcessWatch::tick`] first for fresh CPU).
     pub fn snapshot(&mut self, probe: &WaitProbe) -> Snapshot {
-        let waits = probe.read(self.pid()).unwrap_or_default();
+        let waits = self.read_waits(probe).unwrap_or_default();
         self.learn_holders(&waits);
         Snapshot {
             at: if self.alive {

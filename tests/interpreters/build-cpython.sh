@@ -10,6 +10,13 @@
 #   3.14   CPython 3.14 from Debian sid's python3.14,    --enable-shared
 #   3.13t  CPython 3.13 from Debian trixie's python3.13, --disable-gil --enable-shared
 #   3.14t  CPython 3.14 from Debian sid's python3.14,    --disable-gil --enable-shared
+#   3.13-musl  CPython 3.13 from Debian trixie's python3.13, built with musl-gcc
+#          (Debian's musl-tools) against musl's libc.so, --disable-shared, no
+#          pkg-config (so no OpenSSL/zlib/ffi/...): threading, time, os work,
+#          which is what the musl tests need. Like Alpine's python, its GIL waits
+#          cannot be seen from futex addresses (see README "How it measures").
+#          Also bin/python3.13-static: the same objects linked -static (musl's
+#          libc inside, symbols only in .symtab), for the static-musl path.
 #
 # Each one is installed into its own prefix, $GILSCOPE_CPYTHON_CACHE/NAME
 # (default /var/cache/gilscope/cpython/NAME), with an rpath to its own libpython,
@@ -34,7 +41,7 @@ cache="${GILSCOPE_CPYTHON_CACHE:-/var/cache/gilscope/cpython}"
 src_list=/etc/apt/sources.list.d/gilscope-src.list
 mirror="${GILSCOPE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 jobs="${GILSCOPE_CPYTHON_JOBS:-$(nproc 2>/dev/null || echo 2)}"
-all_names=(3.14 3.13t 3.14t)
+all_names=(3.14 3.13t 3.14t 3.13-musl)
 
 build_deps=(
   build-essential pkg-config xz-utils binutils
@@ -70,6 +77,7 @@ recipe() {
     3.14)  echo "python3.14 sid 3.14 " ;;
     3.13t) echo "python3.13 trixie 3.13 --disable-gil" ;;
     3.14t) echo "python3.14 sid 3.14 --disable-gil" ;;
+    3.13-musl) echo "python3.13 trixie 3.13 " ;;
     *) return 1 ;;
   esac
 }
@@ -170,7 +178,18 @@ build_one() {
 
   local configure_args=(--prefix="$prefix" --enable-shared $flags
                         --without-ensurepip --disable-test-modules)
-  local recipe_line="recipe=$RECIPE_VERSION configure=${configure_args[*]}"
+  local configure_env=(LDFLAGS="-Wl,-rpath,$prefix/lib")
+  local musl=""
+  if [[ "$name" == *-musl ]]; then
+    musl=1
+    # musl-gcc answers --print-multiarch with glibc's triplet, which configure
+    # rejects next to the musl triplet: a wrapper answers with nothing. No
+    # pkg-config, so no glibc-built library (zlib, OpenSSL, ...) is picked up.
+    configure_args=(--prefix="$prefix" --disable-shared $flags
+                    --without-ensurepip --disable-test-modules)
+    configure_env=(CC="$cache/tools/musl-cc" PKG_CONFIG=/bin/false)
+  fi
+  local recipe_line="recipe=$RECIPE_VERSION configure=${configure_args[*]}${musl:+ CC=musl-gcc +static}"
 
   if is_built "$name" "$recipe_line"; then
     log "$name: cached at $py"
@@ -178,6 +197,7 @@ build_one() {
   fi
 
   [ -n "$deps_checked" ] || { install_build_deps || die "installing build dependencies failed"; deps_checked=1; }
+  [ -z "$musl" ] || install_musl || die "installing musl-tools failed"
   local rc=0
   fetch_source "$pkg" "$suite" || rc=$?
   if [ "$rc" -eq 3 ]; then
@@ -212,7 +232,7 @@ build_one() {
   run_step "unpack" tar -xJf "$tarball" -C "$build_dir" --strip-components=1
   [ -x "$build_dir/configure" ] || die "$name: $tarball has no configure at its top"
   cd "$build_dir"
-  run_step "configure" ./configure "${configure_args[@]}" LDFLAGS="-Wl,-rpath,$prefix/lib"
+  run_step "configure" ./configure "${configure_args[@]}" "${configure_env[@]}"
   run_step "make -j$jobs" make -j"$jobs"
   # Missing optional modules are listed at the end of make's output.
   local missing
@@ -221,10 +241,18 @@ build_one() {
                      /built successfully but were removed/,/^$/p' "$logf" | grep -v '^$' || true)"
   [ -z "$missing" ] || log "$name: module summary from make:"$'\n'"$(sed 's/^/    /' <<<"$missing")"
   run_step "make altinstall" make altinstall
+  if [ -n "$musl" ]; then
+    run_step "link python$ver-static" "$cache/tools/musl-cc" -static -o "$prefix/bin/python$ver-static" \
+      Programs/python.o "libpython$ver.a" -ldl -lm
+  fi
   cd /
   rm -rf "$build_dir"; build_dir=""
 
-  verify "$name" "$py" "$ver" "$flags" || { log "$name: FAILED at step 'verify'"; exit 1; }
+  if [ -n "$musl" ]; then
+    verify_musl "$name" "$py" "$ver" || { log "$name: FAILED at step 'verify'"; exit 1; }
+  else
+    verify "$name" "$py" "$ver" "$flags" || { log "$name: FAILED at step 'verify'"; exit 1; }
+  fi
 
   printf '%s\n' "$recipe_line" "source=$pkg $debver ($suite, $(basename "$tarball"))" \
     "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)" "seconds=$((SECONDS - t0))" >"$prefix/.gilscope-built"
@@ -255,6 +283,41 @@ verify() {  # name python X.Y flags
     || { log "$name: $lib does not export _PyRuntime"; return 1; }
   # And keeps its DWARF.
   readelf -S -W "$lib" | grep -q '\.debug_info' || { log "$name: $lib has no .debug_info"; return 1; }
+}
+
+install_musl() {  # musl-gcc (bookworm's musl-tools) and the wrapper configure needs
+  if ! command -v musl-gcc >/dev/null; then
+    log "installing musl-tools from bookworm"
+    quietly $sudo apt-get update -q || return 1
+    quietly $sudo env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -q --no-install-recommends musl-tools || return 1
+  fi
+  mkdir -p "$cache/tools"
+  printf '%s\n' '#!/bin/sh' \
+    '# musl-gcc, except that --print-multiarch answers nothing (configure then uses the triplet).' \
+    '[ "$1" = --print-multiarch ] && exit 0' \
+    'exec musl-gcc "$@"' >"$cache/tools/musl-cc"
+  chmod +x "$cache/tools/musl-cc"
+}
+
+verify_musl() {  # name python X.Y: runs, links musl, keeps the symbols gilscope reads
+  local name="$1" py="$2" ver="$3" out
+  log "$name: verify"
+  out="$(env -u PYTHONHOME -u PYTHONPATH "$py" -c 'import sys, threading, time, os; print(sys.version)')" \
+    || { log "$name: $py does not run (or cannot import threading/time/os)"; return 1; }
+  log "$name: sys.version = $(tr '\n' ' ' <<<"$out")"
+  [[ "$out" == "$ver".* ]] || { log "$name: expected Python $ver"; return 1; }
+  readelf -l -W "$py" | grep -q 'interpreter: /lib/ld-musl-' \
+    || { log "$name: $py is not linked against musl (no ld-musl program interpreter)"; return 1; }
+  readelf -W --dyn-syms "$py" | awk '$8 == "_PyRuntime" && $7 != "UND" {found=1} END {exit !found}' \
+    || { log "$name: $py does not export _PyRuntime"; return 1; }
+  readelf -S -W "$py" | grep -q '\.debug_info' || { log "$name: $py has no .debug_info"; return 1; }
+  out="$(env -u PYTHONHOME -u PYTHONPATH "$py-static" -c 'import threading, time, os; print("ok")')" \
+    || { log "$name: $py-static does not run"; return 1; }
+  readelf -W -s "$py-static" | awk '$8 == "__pthread_cond_timedwait" && $7 != "UND" {found=1} END {exit !found}' \
+    || { log "$name: $py-static has no __pthread_cond_timedwait in .symtab"; return 1; }
+  readelf -W --dyn-syms /lib/ld-musl-x86_64.so.1 | awk '$8 == "pthread_cond_timedwait" && $7 != "UND" {found=1} END {exit !found}' \
+    || { log "$name: musl's libc does not export pthread_cond_timedwait"; return 1; }
 }
 
 # ---------------------------------------------------------------- CLI

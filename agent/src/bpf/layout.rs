@@ -522,4 +522,113 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn rust_mirrors_match_the_btf_of_the_condwait_probe() {
+        let s = btf_structs("gil_condwait.bpf.o");
+        assert_layout!(
+            s,
+            "condwait_target",
+            CondwaitTarget,
+            [gil_addrs, cond_off, switch_cond_off, last_holder_off, _pad]
+        );
+        assert_layout!(
+            s,
+            "condwait_waits",
+            CondwaitWaits,
+            [
+                tgid,
+                _pad,
+                take_wait_ns,
+                take_waits,
+                take_slices,
+                drop_wait_ns,
+                drop_waits,
+                take_hist
+            ]
+        );
+        assert_layout!(
+            s,
+            "condwait_inflight",
+            CondwaitInflight,
+            [
+                wait_start_ns,
+                slice_start_ns,
+                last_exit_ns,
+                holder_tstate,
+                gil_addr,
+                kind,
+                continuing
+            ]
+        );
+        assert_layout!(
+            s,
+            "blocked_key",
+            BlockedKey,
+            [waiter_tid, _pad, holder_tstate]
+        );
+        assert_layout!(s, "gil_key", GilKey, [tgid, _pad, gil_addr]);
+    }
 }
+
+/// musl: where one process's GILs are, for the condvar-wait probe (map
+/// `cond_targets`, key: tgid); it matches a wait's condvar against each GIL's
+/// `cond` and `switch_cond`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CondwaitTarget {
+    /// 0: unused slot.
+    pub gil_addrs: [u64; MAX_GILS],
+    pub cond_off: u32,
+    pub switch_cond_off: u32,
+    pub last_holder_off: u32,
+    pub _pad: u32,
+}
+
+/// musl: cumulative condvar-wait counters of one thread (map `cond_waits`, key:
+/// tid), merged by the agent into the same per-thread figures as [`ThreadWaits`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CondwaitWaits {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub take_wait_ns: u64,
+    pub take_waits: u64,
+    pub take_slices: u64,
+    pub drop_wait_ns: u64,
+    pub drop_waits: u64,
+    pub take_hist: [u64; HIST_SLOTS],
+}
+
+impl Default for CondwaitWaits {
+    fn default() -> Self {
+        Self {
+            tgid: 0,
+            _pad: 0,
+            take_wait_ns: 0,
+            take_waits: 0,
+            take_slices: 0,
+            drop_wait_ns: 0,
+            drop_waits: 0,
+            take_hist: [0; HIST_SLOTS],
+        }
+    }
+}
+
+/// musl: a condvar wait in progress (map `cond_inflight`, key: tid).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CondwaitInflight {
+    pub wait_start_ns: u64,
+    pub slice_start_ns: u64,
+    pub last_exit_ns: u64,
+    pub holder_tstate: u64,
+    pub gil_addr: u64,
+    pub kind: u32,
+    pub continuing: u32,
+}
+
+// SAFETY: repr(C), Copy, integers only: every bit pattern is valid, no pointers.
+unsafe impl aya::Pod for CondwaitTarget {}
+unsafe impl aya::Pod for CondwaitWaits {}
+unsafe impl aya::Pod for CondwaitInflight {}

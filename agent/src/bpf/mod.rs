@@ -1,6 +1,7 @@
 //! The kernel side, seen from the agent: loading the BPF objects built from
 //! `ebpf/`, attaching them, and reading their maps into plain structs.
 
+pub mod condwait_probe;
 pub mod layout;
 pub mod lock_probe;
 pub mod precise_probe;

@@ -52,6 +52,10 @@ pub struct InterpreterFile {
     pub park: Option<Function>,
     /// Exported `PyEvent_WaitTimed`: parks it makes are event waits, not lock contention.
     pub event_wait: Option<Function>,
+    /// `PT_INTERP` (e.g. `/lib/ld-musl-x86_64.so.1`): names the libc of a dynamic executable.
+    pub program_interpreter: Option<String>,
+    /// A static executable carrying musl's own symbols (see [`super::libc`]).
+    pub static_musl: bool,
 }
 
 /// The parsed file plus its bytes, for callers that need to read code (disassembly).
@@ -214,6 +218,7 @@ pub fn inspect_parsed(path: &Path, file: &object::File<'_>) -> Result<Option<Int
         .find(|s| s.file_range().0 == 0)
         .map(|s| s.address())
         .unwrap_or(0);
+    let program_interpreter = super::libc::program_interpreter(file);
     Ok(Some(InterpreterFile {
         path: path.to_path_buf(),
         py_runtime,
@@ -224,6 +229,8 @@ pub fn inspect_parsed(path: &Path, file: &object::File<'_>) -> Result<Option<Int
         drop_gil: find_function(file, "drop_gil"),
         park: find_function(file, "_PyParkingLot_Park"),
         event_wait: find_function(file, "PyEvent_WaitTimed"),
+        static_musl: program_interpreter.is_none() && super::libc::has_static_musl_symbols(file),
+        program_interpreter,
     }))
 }
 

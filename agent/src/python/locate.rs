@@ -12,6 +12,7 @@ use procfs::process::{MMapPath, Process};
 
 use super::debug_offsets;
 use super::elf::{self, InterpreterFile};
+use super::libc::{self, LibcKind};
 use super::versions::{self, GilLayout, GilLocation, Layout, ThreadIdField};
 use crate::error::{Error, Result};
 use crate::memory::RemoteMemory;
@@ -32,6 +33,9 @@ pub struct Interpreter {
     /// Runtime address minus link-time address of the file's symbols.
     pub load_bias: u64,
     pub layout: &'static Layout,
+    /// The C library the process runs on: on musl, GIL waits are measured at
+    /// the libc condvar wait, not from futex addresses.
+    pub libc: LibcKind,
 }
 
 /// The GIL of one interpreter: where it is and how to read it.
@@ -282,6 +286,12 @@ fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
     Ok(files)
 }
 
+/// Every file mapped by process `pid` (as the process names it), for callers that
+/// look for something other than the interpreter (e.g. which libc it runs on).
+pub(crate) fn mapped_paths(pid: u32) -> Result<Vec<PathBuf>> {
+    Ok(mapped_files(pid)?.into_iter().map(|f| f.path).collect())
+}
+
 /// Path of a file of process `pid`, seen from the host.
 pub fn host_path(pid: u32, path_in_process: &Path) -> PathBuf {
     let relative = path_in_process.strip_prefix("/").unwrap_or(path_in_process);
@@ -331,6 +341,8 @@ pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
                 supported: versions::supported_versions(),
             })?;
         let load_bias = mapped.base.wrapping_sub(file.first_load_vaddr & !0xfff);
+        let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+        let libc = libc::kind_of(&paths, &file);
         return Ok(Some(Interpreter {
             pid,
             executable: exe.clone().unwrap_or_else(|| mapped.path.clone()),
@@ -340,6 +352,7 @@ pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
             file,
             load_bias,
             layout,
+            libc,
         }));
     }
     Ok(None)
@@ -374,10 +387,19 @@ pub fn glibc_pthread_tid_offset(pid: u32) -> Option<u64> {
 
 /// [`find_interpreter`] that turns "nothing found" into [`Error::NotPython`].
 pub fn require_interpreter(pid: u32) -> Result<Interpreter> {
-    find_interpreter(pid)?.ok_or_else(|| Error::NotPython {
-        pid,
-        exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+    find_interpreter(pid)?.ok_or_else(|| {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let name = exe
+            .as_ref()
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "unknown executable".into()),
+            .unwrap_or_else(|| "unknown executable".into());
+        // A stripped static build (e.g. musl, Alpine-style) keeps no symbol at all:
+        // say so rather than "not CPython".
+        match exe {
+            Some(p) if libc::is_stripped_static(&host_path(pid, &p)) => {
+                Error::StrippedStatic { pid, exe: name }
+            }
+            _ => Error::NotPython { pid, exe: name },
+        }
     })
 }

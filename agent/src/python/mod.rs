@@ -4,5 +4,6 @@
 pub mod debug_offsets;
 pub mod elf;
 pub mod finder;
+pub mod libc;
 pub mod locate;
 pub mod versions;

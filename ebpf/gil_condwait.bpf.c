@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: GPL-2.0
+/* GIL waits on musl, where futex addresses say nothing about the GIL.
+ *
+ * musl's condvar waiters sleep on a node on their own stack, so the futex word
+ * of a GIL wait is not inside the GIL struct and gil_wait.bpf.c cannot tell it
+ * from any other wait. Here the libc condvar wait itself is probed instead:
+ * uprobe + uretprobe on musl's __pthread_cond_timedwait (pthread_cond_wait is
+ * a tail call into it), scoped to one process by the agent.
+ *
+ * take_gil only calls the condvar wait while the GIL is held by another
+ * thread, and drop_gil only for a forced switch, so a thread that takes a free
+ * GIL never reaches these probes. Calls whose arg0 is neither a watched GIL's
+ * cond (take side) nor its switch_cond (drop side) return at once.
+ *
+ * take_gil waits in slices of the switch interval: a slice that returns
+ * ETIMEDOUT is merged with the retry that follows, as gil_wait.bpf.c does, so
+ * one wait is one acquisition. gil->last_holder is read at the start of every
+ * take slice: that is "blocked by". The counters have the shape the agent
+ * merges into the futex probe's per-thread figures.
+ */
+#include <linux/bpf.h>
+#include <linux/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include "gilscope.h"
+#include "bits.bpf.h"
+
+#define ETIMEDOUT 110
+
+/* A take slice that starts this long after the previous one timed out is a new wait. */
+const volatile __u64 continuation_gap_ns = 1000000;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct condwait_target);
+} cond_targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct condwait_waits);
+} cond_waits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct blocked_key);
+	__type(value, struct blocked_val);
+} cond_blocked_by SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct condwait_inflight);
+} cond_inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096 * GILSCOPE_MAX_GILS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct gil_key);
+	__type(value, struct gil_val);
+} cond_gil_waits SEC(".maps");
+
+static struct condwait_waits zero_waits;
+
+static __always_inline void close_take_wait(__u32 tid, __u32 tgid, __u64 gil, __u64 d)
+{
+	struct condwait_waits *w = lookup_or_init(&cond_waits, &tid, &zero_waits);
+	if (w) {
+		w->tgid = tgid;
+		w->take_wait_ns += d;
+		w->take_waits++;
+		w->take_hist[log2_slot(d)]++;
+	}
+	struct gil_key key = { .tgid = tgid, .gil_addr = gil };
+	struct gil_val zero = {};
+	struct gil_val *g = lookup_or_init(&cond_gil_waits, &key, &zero);
+	if (g) {
+		g->take_wait_ns += d;
+		g->take_waits++;
+	}
+}
+
+SEC("uprobe")
+int cond_enter(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
+	const struct condwait_target *t = bpf_map_lookup_elem(&cond_targets, &tgid);
+	if (!t)
+		return 0;
+	__u64 cond = ctx->rdi, gil = 0;
+	__u32 kind = WAIT_OTHER;
+#pragma unroll
+	for (int i = 0; i < GILSCOPE_MAX_GILS; i++) {
+		__u64 base = t->gil_addrs[i];
+		if (!base)
+			continue;
+		if (cond == base + t->cond_off) {
+			gil = base;
+			kind = WAIT_TAKE;
+		} else if (cond == base + t->switch_cond_off) {
+			gil = base;
+			kind = WAIT_DROP;
+		}
+	}
+	if (kind == WAIT_OTHER)
+		return 0;
+
+	__u64 now = bpf_ktime_get_ns(), holder = 0;
+	if (kind == WAIT_TAKE)
+		bpf_probe_read_user(&holder, sizeof(holder), (const void *)(gil + t->last_holder_off));
+
+	struct condwait_inflight *cur = bpf_map_lookup_elem(&cond_inflight, &tid);
+	if (cur && cur->continuing && kind == WAIT_TAKE && cur->gil_addr == gil &&
+	    now - cur->last_exit_ns < continuation_gap_ns) {
+		cur->slice_start_ns = now;
+		cur->holder_tstate = holder;
+		cur->continuing = 0;
+		return 0;
+	}
+	if (cur && cur->continuing)
+		/* The retry never came: the thread got the GIL after its last slice. */
+		close_take_wait(tid, tgid, cur->gil_addr, cur->last_exit_ns - cur->wait_start_ns);
+	struct condwait_inflight fresh = {
+		.wait_start_ns = now,
+		.slice_start_ns = now,
+		.holder_tstate = holder,
+		.gil_addr = gil,
+		.kind = kind,
+	};
+	bpf_map_update_elem(&cond_inflight, &tid, &fresh, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int cond_return(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
+	struct condwait_inflight *cur = bpf_map_lookup_elem(&cond_inflight, &tid);
+	if (!cur || cur->continuing)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 slice = now - cur->slice_start_ns;
+
+	if (cur->kind == WAIT_DROP) {
+		struct condwait_waits *w = lookup_or_init(&cond_waits, &tid, &zero_waits);
+		if (w) {
+			w->tgid = tgid;
+			w->drop_wait_ns += slice;
+			w->drop_waits++;
+		}
+		bpf_map_delete_elem(&cond_inflight, &tid);
+		return 0;
+	}
+	struct blocked_key bk = { .waiter_tid = tid, .holder_tstate = cur->holder_tstate };
+	struct blocked_val bzero = {};
+	struct blocked_val *b = lookup_or_init(&cond_blocked_by, &bk, &bzero);
+	if (b) {
+		b->wait_ns += slice;
+		b->segments++;
+	}
+	struct condwait_waits *w = lookup_or_init(&cond_waits, &tid, &zero_waits);
+	if (w) {
+		w->tgid = tgid;
+		w->take_slices++;
+	}
+	if ((int)ctx->rax == ETIMEDOUT) {
+		/* take_gil asks the holder to drop and waits again. */
+		cur->continuing = 1;
+		cur->last_exit_ns = now;
+		return 0;
+	}
+	close_take_wait(tid, tgid, cur->gil_addr, now - cur->wait_start_ns);
+	bpf_map_delete_elem(&cond_inflight, &tid);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -5,4 +5,6 @@ pub mod debug_offsets;
 pub mod elf;
 pub mod finder;
 pub mod locate;
+pub mod objects;
+pub mod thread_names;
 pub mod versions;

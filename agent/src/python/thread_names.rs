@@ -1,0 +1,599 @@
+//! Python `threading` names of a process's threads, read from its memory.
+//!
+//! "tid 48213 waits 80 % of the time" is advice nobody can act on; "`cpu-0`
+//! waits…" is. The names live in the target: each interpreter's `sys.modules`
+//! holds the `threading` module, whose `_active` dict maps a thread's ident (its
+//! `pthread_t`, the same value as `PyThreadState.thread_id`) to its `Thread`
+//! object, whose `_name` attribute is a `str`. This module walks that chain with
+//! `process_vm_readv` (as py-spy does) without stopping the process, then maps
+//! each ident to a kernel tid through the interpreter's thread states
+//! (`native_thread_id`, 3.11+) or glibc's `struct pthread` (3.8-3.10).
+//!
+//! Everything read is untrusted and may be torn: every size is bounded, every
+//! pointer checked, and any failure only means "no Python name" for a thread.
+//! Offsets come from [`super::objects`] (and the process's debug offsets on
+//! 3.13+), never from DWARF, so stripped interpreters are named too.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::debug_offsets;
+use super::locate::{self, GilSite, Interpreter};
+use super::objects::{
+    object_layout_for, InstanceDict, KeysLayout, ObjectLayout, TPFLAGS_INLINE_VALUES,
+    TPFLAGS_MANAGED_DICT,
+};
+use super::versions::GilLocation;
+use crate::memory::RemoteMemory;
+
+/// Longest name kept, in characters; longer names are cut.
+pub const MAX_NAME_CHARS: usize = 256;
+/// Dict slots read at most (sys.modules of a big service has a few thousand).
+const MAX_DICT_SLOTS: u64 = 1 << 16;
+/// Thread states and `_active` entries read at most per interpreter.
+const MAX_THREADS: usize = 4096;
+/// Interpreters walked at most.
+const MAX_INTERPRETERS: usize = 16;
+/// How long a found `threading._active` dict is reused before it is looked up again.
+const ACTIVE_TTL: Duration = Duration::from_secs(5);
+/// Lowest address taken for a pointer (null and the zero page are garbage).
+const MIN_POINTER: u64 = 0x1000;
+
+/// Somewhere bytes of the target can be read from: the process, or a test's buffers.
+pub trait Memory {
+    /// Fills `buf` from `addr`; false when any byte is unreadable.
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool;
+
+    /// A little-endian u64, `None` when unreadable.
+    fn u64_at(&self, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read_bytes(addr, &mut b).then(|| u64::from_le_bytes(b))
+    }
+
+    /// A pointer: a readable word that is not null or in the zero page.
+    fn ptr_at(&self, addr: u64) -> Option<u64> {
+        self.u64_at(addr).filter(|p| *p >= MIN_POINTER)
+    }
+}
+
+impl Memory for RemoteMemory {
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.read(addr, buf).is_ok()
+    }
+}
+
+fn le_u64(b: &[u8], at: u64) -> Option<u64> {
+    let at = usize::try_from(at).ok()?;
+    b.get(at..at.checked_add(8)?)?
+        .try_into()
+        .ok()
+        .map(u64::from_le_bytes)
+}
+
+fn le_u32(b: &[u8], at: u64) -> Option<u32> {
+    let at = usize::try_from(at).ok()?;
+    b.get(at..at.checked_add(4)?)?
+        .try_into()
+        .ok()
+        .map(u32::from_le_bytes)
+}
+
+// ---- str ----------------------------------------------------------------
+
+/// Where a compact `str`'s characters are and how wide each is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StrShape {
+    /// Characters (code points).
+    pub length: u64,
+    /// Offset of the first code unit from the object's start.
+    pub data_at: u64,
+    /// Bytes per code unit: 1, 2 or 4.
+    pub unit: u64,
+    pub ascii: bool,
+}
+
+/// Bytes of a `str` header to read: enough for the state word and the length.
+pub fn str_header_len(l: &ObjectLayout) -> u64 {
+    (l.unicode_state + 4).max(l.unicode_length + 8)
+}
+
+/// Parses a `str` header (`PyASCIIObject`). Only compact strings are named —
+/// every string made at run time is; legacy (non-compact) ones give `None`.
+pub fn parse_str_header(header: &[u8], l: &ObjectLayout) -> Option<StrShape> {
+    let state = le_u32(header, l.unicode_state)?;
+    let length = le_u64(header, l.unicode_length)?;
+    let kind = u64::from((state >> 2) & 7);
+    let compact = (state >> 5) & 1 == 1;
+    let ascii = (state >> 6) & 1 == 1;
+    if !compact || !matches!(kind, 1 | 2 | 4) || (ascii && kind != 1) || length > 1 << 30 {
+        return None;
+    }
+    Some(StrShape {
+        length,
+        data_at: if ascii { l.ascii_size } else { l.compact_size },
+        unit: kind,
+        ascii,
+    })
+}
+
+/// Decodes code units of width `unit` (Latin-1, UCS-2 or UCS-4) into a `String`;
+/// `None` for ASCII data with the high bit set or an unknown width.
+pub fn decode_units(data: &[u8], unit: u64, ascii: bool) -> Option<String> {
+    match unit {
+        1 if ascii => data
+            .is_ascii()
+            .then(|| String::from_utf8_lossy(data).into_owned()),
+        1 => Some(data.iter().map(|&b| char::from(b)).collect()),
+        2 => Some(
+            data.chunks_exact(2)
+                .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
+                .map(|u| char::from_u32(u).unwrap_or(char::REPLACEMENT_CHARACTER))
+                .collect(),
+        ),
+        4 => Some(
+            data.chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .map(|u| char::from_u32(u).unwrap_or(char::REPLACEMENT_CHARACTER))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+fn read_str_shape(mem: &impl Memory, addr: u64, l: &ObjectLayout) -> Option<StrShape> {
+    let mut header = vec![0u8; usize::try_from(str_header_len(l)).ok()?];
+    mem.read_bytes(addr, &mut header).then_some(())?;
+    parse_str_header(&header, l)
+}
+
+fn read_str_data(mem: &impl Memory, addr: u64, shape: &StrShape, max_chars: u64) -> Option<String> {
+    let chars = shape.length.min(max_chars);
+    let mut data = vec![0u8; usize::try_from(chars * shape.unit).ok()?];
+    mem.read_bytes(addr.checked_add(shape.data_at)?, &mut data)
+        .then_some(())?;
+    decode_units(&data, shape.unit, shape.ascii)
+}
+
+/// Reads a compact `str` object, cut to [`MAX_NAME_CHARS`].
+pub fn read_str(mem: &impl Memory, addr: u64, l: &ObjectLayout) -> Option<String> {
+    let shape = read_str_shape(mem, addr, l)?;
+    read_str_data(mem, addr, &shape, MAX_NAME_CHARS as u64)
+}
+
+/// Whether the `str` at `addr` is exactly `want` (lengths compared before any data is read).
+fn str_equals(mem: &impl Memory, addr: u64, l: &ObjectLayout, want: &str) -> bool {
+    let Some(shape) = read_str_shape(mem, addr, l) else {
+        return false;
+    };
+    shape.length == want.chars().count() as u64
+        && read_str_data(mem, addr, &shape, shape.length).as_deref() == Some(want)
+}
+
+// ---- int ----------------------------------------------------------------
+
+/// Reads a non-negative `int` that fits in 64 bits (a thread ident).
+pub fn parse_long(bytes: &[u8], l: &ObjectLayout) -> Option<u64> {
+    let size = le_u64(bytes, l.long_size)?;
+    let ndigits = if l.long_tagged {
+        match size & 3 {
+            1 => return Some(0), // zero
+            0 => size >> 3,
+            _ => return None, // negative
+        }
+    } else {
+        let signed = size as i64;
+        if signed < 0 {
+            return None;
+        }
+        signed as u64
+    };
+    if ndigits > 3 {
+        return None;
+    }
+    let mut value: u128 = 0;
+    for i in (0..ndigits).rev() {
+        let digit = le_u32(bytes, l.long_digits + 4 * i)?;
+        value = (value << 30) | u128::from(digit & 0x3fff_ffff);
+    }
+    u64::try_from(value).ok()
+}
+
+fn read_long(mem: &impl Memory, addr: u64, l: &ObjectLayout) -> Option<u64> {
+    let mut bytes = vec![0u8; usize::try_from(l.long_digits + 12).ok()?];
+    mem.read_bytes(addr, &mut bytes).then_some(())?;
+    parse_long(&bytes, l)
+}
+
+// ---- dict ---------------------------------------------------------------
+
+/// Where the entries of a `PyDictKeysObject` are and what one entry looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeysShape {
+    /// Entries in use (some may be deleted: null key or value).
+    pub nentries: u64,
+    /// Offset of the entry array from the keys object's start.
+    pub entries_at: u64,
+    /// 24 (`{hash, key, value}`) or 16 (`{key, value}`).
+    pub entry_size: u64,
+    /// Offset of the key pointer inside an entry (the value follows it).
+    pub key_at: u64,
+}
+
+/// Bytes of a keys object header to read.
+pub const KEYS_HEADER_LEN: usize = 40;
+
+/// Parses a `PyDictKeysObject` header, refusing sizes no real dict has.
+pub fn parse_keys_header(h: &[u8], l: &ObjectLayout) -> Option<KeysShape> {
+    let (slots, indices_at, index_bytes, general, nentries) = match l.keys {
+        KeysLayout::Sized => {
+            let slots = le_u64(h, 8)?;
+            let width = match slots {
+                0..=0xff => 1,
+                0x100..=0xffff => 2,
+                0x1_0000..=0xffff_ffff => 4,
+                _ => 8,
+            };
+            (slots, 40, slots.checked_mul(width)?, true, le_u64(h, 32)?)
+        }
+        KeysLayout::Log2 => {
+            let log2_size = u32::from(*h.get(8)?);
+            let log2_index_bytes = u32::from(*h.get(9)?);
+            let kind = *h.get(10)?;
+            if log2_size > 30 || log2_index_bytes > 40 || kind > 2 {
+                return None;
+            }
+            let slots = 1u64 << log2_size;
+            (
+                slots,
+                32,
+                1u64 << log2_index_bytes,
+                kind == 0,
+                le_u64(h, 24)?,
+            )
+        }
+    };
+    if !slots.is_power_of_two() || slots > MAX_DICT_SLOTS || nentries > slots {
+        return None;
+    }
+    Some(KeysShape {
+        nentries,
+        entries_at: indices_at + index_bytes,
+        entry_size: if general { 24 } else { 16 },
+        key_at: if general { 8 } else { 0 },
+    })
+}
+
+/// `(key, value)` pointers of each entry in order (0 where deleted or split).
+pub fn parse_entries(bytes: &[u8], shape: &KeysShape) -> Vec<(u64, u64)> {
+    bytes
+        .chunks_exact(usize::try_from(shape.entry_size).unwrap_or(24))
+        .take(usize::try_from(shape.nentries).unwrap_or(0))
+        .map(|e| {
+            (
+                le_u64(e, shape.key_at).unwrap_or(0),
+                le_u64(e, shape.key_at + 8).unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The entries of the keys object at `keys`.
+fn read_keys(mem: &impl Memory, keys: u64, l: &ObjectLayout) -> Option<Vec<(u64, u64)>> {
+    let mut header = [0u8; KEYS_HEADER_LEN];
+    mem.read_bytes(keys, &mut header).then_some(())?;
+    let shape = parse_keys_header(&header, l)?;
+    let mut bytes = vec![0u8; usize::try_from(shape.nentries * shape.entry_size).ok()?];
+    mem.read_bytes(keys.checked_add(shape.entries_at)?, &mut bytes)
+        .then_some(())?;
+    Some(parse_entries(&bytes, &shape))
+}
+
+/// Live `(key, value)` pairs of the dict at `dict`, combined or split.
+fn dict_items(mem: &impl Memory, dict: u64, l: &ObjectLayout) -> Option<Vec<(u64, u64)>> {
+    let keys = mem.ptr_at(dict.checked_add(l.ma_keys)?)?;
+    let values = mem.u64_at(dict.checked_add(l.ma_values)?)?;
+    let mut entries = read_keys(mem, keys, l)?;
+    if values >= MIN_POINTER {
+        // Split dict: the keys are shared, the values are the instance's own.
+        let mut raw = vec![0u8; entries.len() * 8];
+        mem.read_bytes(values.checked_add(l.values_array)?, &mut raw)
+            .then_some(())?;
+        for (entry, v) in entries.iter_mut().zip(raw.chunks_exact(8)) {
+            entry.1 = le_u64(v, 0).unwrap_or(0);
+        }
+    }
+    entries.retain(|(k, v)| *k >= MIN_POINTER && *v >= MIN_POINTER);
+    Some(entries)
+}
+
+/// The value of `dict[name]` for a `str` key, plus the key (whose type is `str`).
+fn dict_get_str(mem: &impl Memory, dict: u64, l: &ObjectLayout, name: &str) -> Option<(u64, u64)> {
+    dict_items(mem, dict, l)?
+        .into_iter()
+        .find(|(k, _)| str_equals(mem, *k, l, name))
+}
+
+// ---- the walk -----------------------------------------------------------
+
+/// Reads the names of one process's threads; keeps what is worth keeping
+/// between calls so that calling it every 100 ms costs a few dozen reads.
+#[derive(Debug)]
+pub struct ThreadNameReader<M: Memory = RemoteMemory> {
+    mem: M,
+    /// `None`: this build has no known object layout, so no names.
+    layout: Option<ObjectLayout>,
+    /// Runtime address of `_PyRuntime`.
+    runtime: u64,
+    /// Offset of the tid in glibc's `struct pthread` (a `pthread_t` points at it).
+    pthread_tid_off: Option<u64>,
+    /// Interpreter address -> its `threading._active` dict, and when it was found.
+    active: HashMap<u64, (u64, Instant)>,
+    /// Address of the `str` type (the type of a key that compared equal).
+    str_type: Option<u64>,
+    /// Type address -> index of `_name` in its cached (shared) keys.
+    name_index: HashMap<u64, u64>,
+}
+
+/// The names of every thread of the process now, by tid; an empty map when
+/// nothing could be read. One-shot form of [`ThreadNameReader`].
+pub fn thread_names(
+    interp: &Interpreter,
+    gil: &GilSite,
+    mem: RemoteMemory,
+) -> HashMap<u32, String> {
+    ThreadNameReader::new(interp, gil, mem).read()
+}
+
+/// The object layout of this process: the table's, refined by the debug offsets on 3.13+.
+fn process_layout(interp: &Interpreter, gil: &GilSite, mem: &impl Memory) -> Option<ObjectLayout> {
+    let table = object_layout_for(interp.file.version.line, gil.free_threaded)?;
+    let layout = if interp.layout.gil == GilLocation::DebugOffsets {
+        let mut block = vec![0u8; debug_offsets::BLOCK_LEN];
+        mem.read_bytes(interp.py_runtime(), &mut block)
+            .then_some(())?;
+        let offsets = debug_offsets::parse(&block, interp.file.version.line).ok()?;
+        table.with_debug_offsets(&offsets)
+    } else {
+        table
+    };
+    layout.complete().then_some(layout)
+}
+
+impl ThreadNameReader<RemoteMemory> {
+    /// A reader for the process of `interp`; reads the debug offsets (3.13+) and,
+    /// where thread states have no native id (3.8-3.10), glibc's tid offset.
+    pub fn new(interp: &Interpreter, gil: &GilSite, mem: RemoteMemory) -> Self {
+        let layout = process_layout(interp, gil, &mem);
+        if layout.is_none() {
+            tracing::debug!(
+                "no object layout for CPython {}: threads keep their OS names",
+                interp.file.version
+            );
+        }
+        let pthread_tid_off = layout
+            .filter(|l| l.tstate_native_thread_id.is_none())
+            .and_then(|_| locate::glibc_pthread_tid_offset(interp.pid));
+        Self::with_layout(mem, layout, interp.py_runtime(), pthread_tid_off)
+    }
+}
+
+impl<M: Memory> ThreadNameReader<M> {
+    /// A reader from parts (tests use made-up memory).
+    pub fn with_layout(
+        mem: M,
+        layout: Option<ObjectLayout>,
+        runtime: u64,
+        pthread_tid_off: Option<u64>,
+    ) -> Self {
+        Self {
+            mem,
+            layout,
+            runtime,
+            pthread_tid_off,
+            active: HashMap::new(),
+            str_type: None,
+            name_index: HashMap::new(),
+        }
+    }
+
+    /// tid -> Python thread name of every named thread of every interpreter now.
+    pub fn read(&mut self) -> HashMap<u32, String> {
+        let mut names = HashMap::new();
+        let Some(l) = self.layout else {
+            return names;
+        };
+        for interp in self.interpreters(&l) {
+            self.read_interpreter(interp, &l, &mut names);
+        }
+        names
+    }
+
+    fn interpreters(&self, l: &ObjectLayout) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut at = self.runtime.checked_add(l.interpreters_head);
+        while let Some(interp) = at.and_then(|a| self.mem.ptr_at(a)) {
+            if out.contains(&interp) || out.len() >= MAX_INTERPRETERS {
+                break;
+            }
+            out.push(interp);
+            at = interp.checked_add(l.interp_next);
+        }
+        out
+    }
+
+    fn read_interpreter(
+        &mut self,
+        interp: u64,
+        l: &ObjectLayout,
+        names: &mut HashMap<u32, String>,
+    ) {
+        let Some(active) = self.active_dict(interp, l) else {
+            return;
+        };
+        let Some(items) = dict_items(&self.mem, active, l) else {
+            self.active.remove(&interp); // look it up again next time
+            return;
+        };
+        let tids = self.tstate_tids(interp, l);
+        for (key, thread) in items.into_iter().take(MAX_THREADS) {
+            let Some(ident) = read_long(&self.mem, key, l) else {
+                continue;
+            };
+            let tid = tids.get(&ident).copied().or_else(|| self.glibc_tid(ident));
+            if let (Some(tid), Some(name)) = (tid, self.thread_name(thread, l)) {
+                names.insert(tid, name);
+            }
+        }
+    }
+
+    /// `sys.modules["threading"].__dict__["_active"]` of one interpreter (cached).
+    fn active_dict(&mut self, interp: u64, l: &ObjectLayout) -> Option<u64> {
+        if let Some((dict, at)) = self.active.get(&interp) {
+            if at.elapsed() < ACTIVE_TTL {
+                return Some(*dict);
+            }
+        }
+        match self.find_active(interp, l) {
+            Some(active) => {
+                self.active.insert(interp, (active, Instant::now()));
+                Some(active)
+            }
+            // A torn read or `threading` not imported yet: keep what was found before.
+            None => self.active.get(&interp).map(|(dict, _)| *dict),
+        }
+    }
+
+    fn find_active(&mut self, interp: u64, l: &ObjectLayout) -> Option<u64> {
+        let modules = self.mem.ptr_at(interp.checked_add(l.interp_modules)?)?;
+        let (key, module) = dict_get_str(&self.mem, modules, l, "threading")?;
+        self.str_type = self.mem.ptr_at(key.checked_add(l.ob_type)?);
+        let md_dict = self.mem.ptr_at(module.checked_add(l.md_dict)?)?;
+        dict_get_str(&self.mem, md_dict, l, "_active").map(|(_, active)| active)
+    }
+
+    /// `pthread_t` -> tid of every thread state of one interpreter (3.11+).
+    fn tstate_tids(&self, interp: u64, l: &ObjectLayout) -> HashMap<u64, u32> {
+        let mut tids = HashMap::new();
+        let Some(native) = l.tstate_native_thread_id else {
+            return tids;
+        };
+        let span = l.tstate_next.max(l.tstate_thread_id).max(native) + 8;
+        let mut buf = vec![0u8; usize::try_from(span).unwrap_or(0)];
+        let mut next = interp
+            .checked_add(l.interp_threads_head)
+            .and_then(|a| self.mem.ptr_at(a));
+        let mut seen = 0;
+        while let Some(tstate) = next {
+            seen += 1;
+            if seen > MAX_THREADS || !self.mem.read_bytes(tstate, &mut buf) {
+                break;
+            }
+            let ident = le_u64(&buf, l.tstate_thread_id).unwrap_or(0);
+            let tid = le_u64(&buf, native).and_then(|t| u32::try_from(t).ok());
+            if let Some(tid) = tid.filter(|t| *t != 0) {
+                tids.insert(ident, tid);
+            }
+            next = le_u64(&buf, l.tstate_next).filter(|p| *p >= MIN_POINTER);
+        }
+        tids
+    }
+
+    /// The tid glibc keeps in the `struct pthread` a `pthread_t` points to (0 once the thread exited).
+    fn glibc_tid(&self, pthread: u64) -> Option<u32> {
+        let mut b = [0u8; 4];
+        let at = pthread.checked_add(self.pthread_tid_off?)?;
+        self.mem.read_bytes(at, &mut b).then_some(())?;
+        Some(u32::from_le_bytes(b)).filter(|t| *t != 0 && *t < 1 << 30)
+    }
+
+    /// `thread._name`, if it is a `str`.
+    fn thread_name(&mut self, thread: u64, l: &ObjectLayout) -> Option<String> {
+        let name = self.instance_attr(thread, l, "_name")?;
+        if let Some(str_type) = self.str_type {
+            if self.mem.ptr_at(name.checked_add(l.ob_type)?) != Some(str_type) {
+                return None;
+            }
+        }
+        read_str(&self.mem, name, l)
+    }
+
+    /// An attribute of a plain Python object, wherever this version keeps it.
+    fn instance_attr(&mut self, obj: u64, l: &ObjectLayout, name: &str) -> Option<u64> {
+        let ty = self.mem.ptr_at(obj.checked_add(l.ob_type)?)?;
+        let flags = self.mem.u64_at(ty.checked_add(l.tp_flags)?)?;
+        let managed = flags & TPFLAGS_MANAGED_DICT != 0;
+        let dict = match l.instance_dict {
+            InstanceDict::Managed311 if managed => match self.mem.ptr_at(obj.checked_sub(24)?) {
+                Some(dict) => dict,
+                None => {
+                    let values = self.mem.ptr_at(obj.checked_sub(32)?)?;
+                    return self.split_value(ty, values, l, name);
+                }
+            },
+            InstanceDict::Managed312 if managed => {
+                let word = self.mem.u64_at(obj.checked_sub(24)?)?;
+                if word & 1 == 1 {
+                    // `_PyDictOrValues_SetValues` stores `values - 1`.
+                    return self.split_value(ty, word.checked_add(1)?, l, name);
+                }
+                Some(word).filter(|p| *p >= MIN_POINTER)?
+            }
+            InstanceDict::Managed313 { managed_dict } if managed => {
+                match self.mem.ptr_at(obj.checked_add_signed(managed_dict)?) {
+                    Some(dict) => dict,
+                    None if flags & TPFLAGS_INLINE_VALUES != 0 => {
+                        return self.inline_value(ty, obj, l, name);
+                    }
+                    None => return None,
+                }
+            }
+            _ => {
+                let off = self.mem.u64_at(ty.checked_add(l.tp_dictoffset)?)? as i64;
+                if !(8..1 << 16).contains(&off) {
+                    return None;
+                }
+                self.mem.ptr_at(obj.checked_add_signed(off)?)?
+            }
+        };
+        dict_get_str(&self.mem, dict, l, name).map(|(_, v)| v)
+    }
+
+    /// Index of `name` in a type's shared keys (`ht_cached_keys`), cached per type.
+    fn shared_key_index(&mut self, ty: u64, l: &ObjectLayout, name: &str) -> Option<u64> {
+        if let Some(i) = self.name_index.get(&ty) {
+            return Some(*i);
+        }
+        let keys = self.mem.ptr_at(ty.checked_add(l.ht_cached_keys)?)?;
+        let entries = read_keys(&self.mem, keys, l)?;
+        let index = entries
+            .iter()
+            .position(|(k, _)| *k >= MIN_POINTER && str_equals(&self.mem, *k, l, name))?
+            as u64;
+        self.name_index.insert(ty, index);
+        Some(index)
+    }
+
+    /// A value of a dict-less instance (3.11/3.12): `values[index of name]`.
+    fn split_value(&mut self, ty: u64, values: u64, l: &ObjectLayout, name: &str) -> Option<u64> {
+        let index = self.shared_key_index(ty, l, name)?;
+        let at = values.checked_add(l.values_array)?.checked_add(index * 8)?;
+        self.mem.ptr_at(at)
+    }
+
+    /// A value stored inline after the object (3.13+), if the values are still valid.
+    fn inline_value(&mut self, ty: u64, obj: u64, l: &ObjectLayout, name: &str) -> Option<u64> {
+        let basicsize = self.mem.u64_at(ty.checked_add(l.tp_basicsize)?)?;
+        if !(16..1 << 16).contains(&basicsize) {
+            return None;
+        }
+        let values = obj.checked_add(basicsize)?;
+        let mut header = [0u8; 4]; // capacity, size, embedded, valid
+        self.mem.read_bytes(values, &mut header).then_some(())?;
+        let index = self.shared_key_index(ty, l, name)?;
+        if header[3] == 0 || index >= u64::from(header[0]) {
+            return None;
+        }
+        self.mem
+            .ptr_at(values.checked_add(l.values_array)?.checked_add(index * 8)?)
+    }
+}

@@ -38,6 +38,8 @@ pub struct Measurement {
     pub locks: Option<LockCounters>,
     /// Every GIL watched, the main interpreter's first.
     pub gil_addrs: Vec<u64>,
+    /// Python `threading` names by tid, the last one seen of each thread.
+    pub python_names: HashMap<u32, String>,
 }
 
 /// Take-side wait per GIL, in the order the GILs were found.
@@ -194,9 +196,13 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
                 .total_cmp(&a.gil_wait_s)
                 .then(a.tid.cmp(&b.tid))
         });
+        let os_name = end.map(|s| s.os_name.clone()).unwrap_or_default();
+        let python_name = m.python_names.get(&tid).cloned();
         threads.push(ThreadReport {
             tid,
-            name: end.map(|s| s.os_name.clone()).unwrap_or_default(),
+            name: python_name.clone().unwrap_or_else(|| os_name.clone()),
+            python_name,
+            os_name,
             cpu_s: delta(|s| s.on_cpu_ns),
             runqueue_wait_s: delta(|s| s.runqueue_ns),
             gil_wait_s,
@@ -326,6 +332,7 @@ mod tests {
             holder_tids: HashMap::from([(0xdead, 101)]),
             locks: None,
             gil_addrs: vec![0x1000],
+            python_names: HashMap::new(),
         };
         let (process, threads) = analyse(&m);
         assert_eq!(threads.len(), 4);
@@ -341,6 +348,41 @@ mod tests {
             }]
         );
         assert!(process.gil_hold_s.is_none());
+    }
+
+    #[test]
+    fn a_thread_is_named_by_python_when_known_and_by_its_comm_otherwise() {
+        let pid = 100;
+        let cpu_end = BTreeMap::from([(101, sample(101, 10)), (102, sample(102, 10))]);
+        let m = Measurement {
+            pid,
+            wall_s: 1.0,
+            mode: Mode::Default,
+            interpreter: InterpreterInfo {
+                executable: "python3".into(),
+                library: None,
+                version: "3.12.1".into(),
+                stripped: true,
+                gil_enabled: true,
+                gil_enabled_changed: false,
+                free_threaded: false,
+            },
+            cpu_start: BTreeMap::new(),
+            cpu_end,
+            waits: WaitCounters::default(),
+            precise: None,
+            gil: GilSamples::default(),
+            holder_tids: HashMap::new(),
+            locks: None,
+            gil_addrs: vec![0x1000],
+            python_names: HashMap::from([(101, "cpu-0".to_string())]),
+        };
+        let (_, threads) = analyse(&m);
+        assert_eq!(threads[0].name, "cpu-0");
+        assert_eq!(threads[0].python_name.as_deref(), Some("cpu-0"));
+        assert_eq!(threads[0].os_name, "t101");
+        assert_eq!(threads[1].name, "t102");
+        assert_eq!(threads[1].python_name, None);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::memory::RemoteMemory;
 use crate::python::elf::{file_offset_of, ElfImage};
 use crate::python::finder::{self, FoundBy, FoundFunction};
 use crate::python::locate::{self, GilSite, Interpreter};
+use crate::python::thread_names::ThreadNameReader;
 use crate::python::versions::ThreadIdField;
 use crate::report::{Ending, InterpreterInfo, Mode, PreciseProbes, ProbeSite, Report, SCHEMA};
 use crate::threads::{sample_threads, ThreadSample};
@@ -316,8 +317,13 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     let mut watched: Vec<u64> = Vec::new();
     let mut cpu_end: BTreeMap<u32, ThreadSample> = BTreeMap::new();
     let mut holder_tids: HashMap<u64, u32> = HashMap::new();
+    // Python thread names: read every tick, the last name of each thread kept
+    // (threads exit mid-measurement and must still be named in the report).
+    let mut name_reader = ThreadNameReader::new(&attached.interp, &attached.gil, mem);
+    let mut python_names: HashMap<u32, String> = HashMap::new();
     let mut command_exit_code = None;
     let ending = loop {
+        python_names.extend(name_reader.read());
         {
             // Subinterpreters with their own GIL come and go: re-list them every tick
             // (a few pointer reads) and keep the kernel filter current.
@@ -450,6 +456,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         holder_tids,
         locks,
         gil_addrs: gils,
+        python_names,
     };
     let (process, threads) = analyse(&measurement);
     let gil_reports = crate::analyse::gils(&measurement);

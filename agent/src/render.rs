@@ -10,6 +10,17 @@ pub fn json(report: &Report) -> String {
     serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+/// `s` cut to `width` characters (with `…` when cut), so long thread names keep the table aligned.
+fn column(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut cut: String = s.chars().take(width - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
 fn pct(x: f64) -> String {
     format!("{:.0}%", x * 100.0)
 }
@@ -109,7 +120,7 @@ pub fn text(report: &Report) -> String {
     out.push('\n');
     let _ = writeln!(
         out,
-        "{:>8}  {:<16} {:>7} {:>7} {:>8} {:>6} {:>8} {:>8} {:>6} {:>7} {:>8}  blocked by",
+        "{:>8}  {:<24} {:>7} {:>7} {:>8} {:>6} {:>8} {:>8} {:>6} {:>7} {:>8}  blocked by",
         "tid", "thread", "cpu", "runq", "gil wait", "waits", "p50", "p99", "hold", "drop", "futex"
     );
     for t in &report.threads {
@@ -128,9 +139,9 @@ pub fn text(report: &Report) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{:>8}  {:<16} {:>6.2}s {:>6.2}s {:>7.2}s {:>6} {:>8} {:>8} {:>6} {:>6.2}s {:>7.2}s  {}",
+            "{:>8}  {:<24} {:>6.2}s {:>6.2}s {:>7.2}s {:>6} {:>8} {:>8} {:>6} {:>6.2}s {:>7.2}s  {}",
             t.tid,
-            t.name,
+            column(&t.name, 24),
             t.cpu_s,
             t.runqueue_wait_s,
             t.gil_wait_s,

@@ -597,3 +597,400 @@ impl<M: Memory> ThreadNameReader<M> {
             .ptr_at(values.checked_add(l.values_array)?.checked_add(index * 8)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::objects::object_layout_for;
+    use crate::python::versions::PyVersion;
+
+    fn layout(minor: u8, free_threaded: bool) -> ObjectLayout {
+        let l = object_layout_for(PyVersion { major: 3, minor }, free_threaded).expect("known");
+        if l.complete() {
+            return l;
+        }
+        // What 3.13's debug offsets say (`ptype /o struct _Py_DebugOffsets` values).
+        ObjectLayout {
+            interp_modules: 0x3a0,
+            interp_threads_head: 0x1d00,
+            tstate_next: 8,
+            tstate_thread_id: 0x98,
+            tstate_native_thread_id: Some(0xa0),
+            ..l
+        }
+    }
+
+    /// Made-up address space: byte regions at chosen addresses.
+    #[derive(Default)]
+    struct Fake {
+        regions: Vec<(u64, Vec<u8>)>,
+        next: u64,
+    }
+
+    impl Memory for Fake {
+        fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool {
+            self.regions.iter().any(|(base, bytes)| {
+                let Some(start) = addr.checked_sub(*base).map(|s| s as usize) else {
+                    return false;
+                };
+                match bytes.get(start..start + buf.len()) {
+                    Some(src) => {
+                        buf.copy_from_slice(src);
+                        true
+                    }
+                    None => false,
+                }
+            })
+        }
+    }
+
+    const STR_TYPE: u64 = 0x5_0000;
+    const INT_TYPE: u64 = 0x5_1000;
+
+    fn put(b: &mut [u8], at: u64, v: u64) {
+        b[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    impl Fake {
+        /// Places `bytes` (preceded by `before` zero bytes) and returns the object's address.
+        fn alloc_with_prefix(&mut self, before: u64, mut bytes: Vec<u8>) -> u64 {
+            if self.next == 0 {
+                self.next = 0x10_0000;
+            }
+            let base = self.next;
+            let mut region = vec![0u8; before as usize];
+            region.append(&mut bytes);
+            self.next += (region.len() as u64 + 0x100) & !0xf;
+            self.regions.push((base, region));
+            base + before
+        }
+
+        fn alloc(&mut self, bytes: Vec<u8>) -> u64 {
+            self.alloc_with_prefix(0, bytes)
+        }
+
+        fn str(&mut self, l: &ObjectLayout, s: &str) -> u64 {
+            self.alloc(str_bytes(l, s))
+        }
+
+        fn long(&mut self, l: &ObjectLayout, v: u64) -> u64 {
+            let mut b = vec![0u8; (l.long_digits + 12) as usize];
+            put(&mut b, l.ob_type, INT_TYPE);
+            let digits: Vec<u32> = (0..3)
+                .map(|i| ((v >> (30 * i)) & 0x3fff_ffff) as u32)
+                .collect();
+            let n = digits.iter().rposition(|d| *d != 0).map_or(0, |i| i + 1) as u64;
+            put(&mut b, l.long_size, if l.long_tagged { n << 3 } else { n });
+            for (i, d) in digits.iter().enumerate() {
+                let at = (l.long_digits + 4 * i as u64) as usize;
+                b[at..at + 4].copy_from_slice(&d.to_le_bytes());
+            }
+            self.alloc(b)
+        }
+
+        /// A keys object of 8 slots; `general` keys carry a hash in each entry.
+        fn keys(&mut self, l: &ObjectLayout, entries: &[(u64, u64)], general: bool) -> u64 {
+            let mut b = vec![0u8; 48]; // 40-byte header, 8 one-byte indices
+            match l.keys {
+                KeysLayout::Sized => {
+                    put(&mut b, 8, 8);
+                    put(&mut b, 32, entries.len() as u64);
+                }
+                KeysLayout::Log2 => {
+                    b.truncate(40); // 32-byte header, 8 one-byte indices
+                    b[8] = 3;
+                    b[9] = 3;
+                    b[10] = if general { 0 } else { 1 };
+                    put(&mut b, 24, entries.len() as u64);
+                }
+            }
+            let sized = l.keys == KeysLayout::Sized;
+            for (k, v) in entries {
+                if general || sized {
+                    b.extend_from_slice(&0x1234u64.to_le_bytes());
+                }
+                b.extend_from_slice(&k.to_le_bytes());
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            self.alloc(b)
+        }
+
+        fn dict(&mut self, l: &ObjectLayout, keys: u64, values: u64) -> u64 {
+            let mut b = vec![0u8; 64];
+            put(&mut b, l.ma_keys, keys);
+            put(&mut b, l.ma_values, values);
+            self.alloc(b)
+        }
+    }
+
+    fn str_bytes(l: &ObjectLayout, s: &str) -> Vec<u8> {
+        let ascii = s.is_ascii();
+        let max = s.chars().map(u32::from).max().unwrap_or(0);
+        let unit: u32 = if ascii || max < 0x100 {
+            1
+        } else if max < 0x1_0000 {
+            2
+        } else {
+            4
+        };
+        let data_at = if ascii { l.ascii_size } else { l.compact_size };
+        let mut b = vec![0u8; data_at as usize];
+        put(&mut b, l.ob_type, STR_TYPE);
+        put(&mut b, l.unicode_length, s.chars().count() as u64);
+        let state = (unit << 2) | (1 << 5) | (u32::from(ascii) << 6);
+        let at = l.unicode_state as usize;
+        b[at..at + 4].copy_from_slice(&state.to_le_bytes());
+        for c in s.chars() {
+            b.extend_from_slice(&u32::from(c).to_le_bytes()[..unit as usize]);
+        }
+        b.extend_from_slice(&[0; 4]);
+        b
+    }
+
+    #[test]
+    fn compact_ascii_and_wide_strings_decode() {
+        for (minor, ft) in [(8, false), (12, false), (13, true)] {
+            let l = layout(minor, ft);
+            for s in ["MainThread", "pool_0", "café", "поток-1", "線程😀"] {
+                let b = str_bytes(&l, s);
+                let shape = parse_str_header(&b, &l).expect("compact");
+                let data = &b[shape.data_at as usize..][..(shape.length * shape.unit) as usize];
+                assert_eq!(
+                    decode_units(data, shape.unit, shape.ascii).as_deref(),
+                    Some(s),
+                    "3.{minor}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn legacy_and_garbage_string_headers_are_refused() {
+        let l = layout(11, false);
+        let mut b = str_bytes(&l, "x");
+        let at = l.unicode_state as usize;
+        b[at..at + 4].copy_from_slice(&((1u32 << 2) | (1 << 6)).to_le_bytes()); // not compact
+        assert_eq!(parse_str_header(&b, &l), None);
+        b[at..at + 4].copy_from_slice(&((3u32 << 2) | (1 << 5)).to_le_bytes()); // kind 3
+        assert_eq!(parse_str_header(&b, &l), None);
+        assert_eq!(parse_str_header(&b[..10], &l), None);
+        assert_eq!(
+            decode_units(&[0xe9], 1, true),
+            None,
+            "high bit in ASCII data"
+        );
+    }
+
+    #[test]
+    fn a_long_name_is_cut_at_256_characters() {
+        let l = layout(12, false);
+        let mut mem = Fake::default();
+        let long = mem.str(&l, &"n".repeat(1000));
+        assert_eq!(
+            read_str(&mem, long, &l).map(|s| s.len()),
+            Some(MAX_NAME_CHARS)
+        );
+    }
+
+    #[test]
+    fn ints_of_both_encodings_parse_and_negatives_do_not() {
+        for minor in [10, 12] {
+            let l = layout(minor, false);
+            let mut mem = Fake::default();
+            for v in [0u64, 1, 0x7f3a_1b2c_d640, u64::MAX >> 2] {
+                let at = mem.long(&l, v);
+                assert_eq!(read_long(&mem, at, &l), Some(v), "3.{minor} {v:#x}");
+            }
+            let mut neg = vec![0u8; 40];
+            put(
+                &mut neg,
+                l.long_size,
+                if l.long_tagged {
+                    (1 << 3) | 2
+                } else {
+                    u64::MAX
+                },
+            );
+            assert_eq!(parse_long(&neg, &l), None);
+        }
+    }
+
+    #[test]
+    fn keys_headers_of_both_layouts_parse_and_absurd_sizes_are_refused() {
+        let mut h = [0u8; KEYS_HEADER_LEN];
+        put(&mut h, 8, 512); // dk_size 512: 2-byte indices
+        put(&mut h, 32, 300);
+        let old = parse_keys_header(&h, &layout(9, false)).expect("3.9 keys");
+        assert_eq!(
+            (old.entries_at, old.entry_size, old.nentries),
+            (40 + 1024, 24, 300)
+        );
+        put(&mut h, 8, 1 << 40);
+        assert_eq!(parse_keys_header(&h, &layout(9, false)), None);
+
+        let mut h = [0u8; KEYS_HEADER_LEN];
+        h[8] = 6; // 64 slots
+        h[9] = 6; // 64 bytes of indices
+        h[10] = 1; // unicode keys: {key, value}
+        put(&mut h, 24, 40);
+        let new = parse_keys_header(&h, &layout(12, false)).expect("3.12 keys");
+        assert_eq!(
+            (new.entries_at, new.entry_size, new.key_at),
+            (32 + 64, 16, 0)
+        );
+        put(&mut h, 24, 65); // more entries than slots
+        assert_eq!(parse_keys_header(&h, &layout(12, false)), None);
+        h[8] = 40;
+        assert_eq!(parse_keys_header(&h, &layout(12, false)), None);
+    }
+
+    /// A made-up process: `sys.modules["threading"]._active = {IDENT: thread}`,
+    /// the thread's `_name` kept the way `layout` keeps instance attributes.
+    fn process(l: &ObjectLayout, name: &str) -> (Fake, u64) {
+        const IDENT: u64 = 0x7f3a_1b2c_d640;
+        let mut mem = Fake::default();
+        let name_key = mem.str(l, "_name");
+        let other_key = mem.str(l, "_ident");
+        let name_val = mem.str(l, name);
+        let ident_val = mem.long(l, IDENT);
+        let cached = mem.keys(l, &[(other_key, 0), (name_key, 0)], false);
+        let mut ty = vec![0u8; 1024];
+        let basicsize = l.ob_type + 8; // a bare object header
+        put(&mut ty, l.tp_basicsize, basicsize);
+        put(&mut ty, l.ht_cached_keys, cached);
+        let thread = match l.instance_dict {
+            InstanceDict::DictOffset => {
+                let keys = mem.keys(l, &[(other_key, ident_val), (name_key, name_val)], false);
+                let dict = mem.dict(l, keys, 0);
+                put(&mut ty, l.tp_dictoffset, 16);
+                let mut obj = vec![0u8; 32];
+                put(&mut obj, 16, dict);
+                let ty = mem.alloc(ty);
+                put(&mut obj, l.ob_type, ty);
+                mem.alloc(obj)
+            }
+            InstanceDict::Managed311 | InstanceDict::Managed312 => {
+                let values = mem.alloc([ident_val, name_val].map(u64::to_le_bytes).concat());
+                put(&mut ty, l.tp_flags, TPFLAGS_MANAGED_DICT);
+                let ty = mem.alloc(ty);
+                let mut pre = vec![0u8; 48];
+                if l.instance_dict == InstanceDict::Managed311 {
+                    put(&mut pre, 0, values); // obj - 32
+                } else {
+                    put(&mut pre, 8, values - 1); // obj - 24, tagged
+                }
+                put(&mut pre, 32 + l.ob_type, ty);
+                mem.alloc_with_prefix(0, pre) + 32
+            }
+            InstanceDict::Managed313 { .. } => {
+                put(
+                    &mut ty,
+                    l.tp_flags,
+                    TPFLAGS_MANAGED_DICT | TPFLAGS_INLINE_VALUES,
+                );
+                let ty = mem.alloc(ty);
+                // 32 bytes of pre-header, the object, then its inline values.
+                let values = 32 + basicsize;
+                let mut obj = vec![0u8; values as usize + 8 + 16];
+                put(&mut obj, 32 + l.ob_type, ty);
+                obj[values as usize] = 2; // capacity
+                obj[values as usize + 1] = 2; // size
+                obj[values as usize + 3] = 1; // valid
+                put(&mut obj, values + 8, ident_val);
+                put(&mut obj, values + 16, name_val);
+                mem.alloc(obj) + 32
+            }
+        };
+        let ident_key = mem.long(l, IDENT);
+        let active_keys = mem.keys(l, &[(ident_key, thread)], true);
+        let active = mem.dict(l, active_keys, 0);
+        let active_key = mem.str(l, "_active");
+        let doc_key = mem.str(l, "__doc__");
+        let md_keys = mem.keys(l, &[(doc_key, doc_key), (active_key, active)], false);
+        let md_dict = mem.dict(l, md_keys, 0);
+        let mut module = vec![0u8; 64];
+        put(&mut module, l.md_dict, md_dict);
+        let module = mem.alloc(module);
+        let sys_key = mem.str(l, "sys");
+        let threading_key = mem.str(l, "threading");
+        let mod_keys = mem.keys(l, &[(sys_key, module), (threading_key, module)], false);
+        let modules = mem.dict(l, mod_keys, 0);
+        let mut tstate = vec![0u8; 512];
+        put(&mut tstate, l.tstate_thread_id, IDENT);
+        if let Some(native) = l.tstate_native_thread_id {
+            put(&mut tstate, native, 4242);
+        }
+        let tstate = mem.alloc(tstate);
+        let mut interp = vec![0u8; 0x2000];
+        put(&mut interp, l.interp_modules, modules);
+        put(&mut interp, l.interp_threads_head, tstate);
+        let interp = mem.alloc(interp);
+        let mut runtime = vec![0u8; 256];
+        put(&mut runtime, l.interpreters_head, interp);
+        let runtime = mem.alloc(runtime);
+        // glibc's struct pthread behind the ident (3.8-3.10 name threads through it).
+        let mut pthread = vec![0u8; 1024];
+        pthread[720..724].copy_from_slice(&4242u32.to_le_bytes());
+        mem.regions.push((IDENT, pthread));
+        (mem, runtime)
+    }
+
+    #[test]
+    fn every_release_line_finds_the_name_through_its_own_instance_layout() {
+        for (minor, ft) in [
+            (8, false),
+            (10, false),
+            (11, false),
+            (12, false),
+            (13, false),
+            (13, true),
+        ] {
+            let l = layout(minor, ft);
+            let (mem, runtime) = process(&l, "ThreadPoolExecutor-0_3");
+            let mut reader = ThreadNameReader::with_layout(mem, Some(l), runtime, Some(720));
+            let names = reader.read();
+            assert_eq!(
+                names.get(&4242).map(String::as_str),
+                Some("ThreadPoolExecutor-0_3"),
+                "3.{minor}{}",
+                if ft { "t" } else { "" }
+            );
+            assert_eq!(
+                reader.read().len(),
+                1,
+                "the cached path gives the same answer"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_memory_gives_no_names_and_no_panic() {
+        let l = layout(12, false);
+        let (mut mem, runtime) = process(&l, "cpu-0");
+        for (_, bytes) in mem.regions.iter_mut() {
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = (i as u8).wrapping_mul(37) ^ 0xa5;
+            }
+        }
+        let mut reader = ThreadNameReader::with_layout(mem, Some(l), runtime, Some(720));
+        assert!(reader.read().is_empty());
+        let mut nothing = ThreadNameReader::with_layout(Fake::default(), Some(l), 0x1000, None);
+        assert!(nothing.read().is_empty());
+    }
+
+    #[test]
+    fn a_cyclic_thread_state_list_ends() {
+        let l = layout(12, false);
+        let (mut mem, runtime) = process(&l, "cpu-0");
+        // Point the interpreter's only thread state at itself.
+        let interp = mem.u64_at(runtime + l.interpreters_head).expect("interp");
+        let tstate = mem.u64_at(interp + l.interp_threads_head).expect("tstate");
+        for (base, bytes) in mem.regions.iter_mut() {
+            if *base == tstate {
+                put(bytes, l.tstate_next, tstate);
+            }
+        }
+        let reader = ThreadNameReader::with_layout(mem, Some(l), runtime, None);
+        assert_eq!(reader.tstate_tids(interp, &l).len(), 1);
+    }
+}

@@ -278,39 +278,64 @@ pub fn parse_entries(bytes: &[u8], shape: &KeysShape) -> Vec<(u64, u64)> {
 }
 
 /// The entries of the keys object at `keys`.
-fn read_keys(mem: &impl Memory, keys: u64, l: &ObjectLayout) -> Option<Vec<(u64, u64)>> {
+fn read_keys(
+    mem: &impl Memory,
+    keys: u64,
+    l: &ObjectLayout,
+) -> Option<(KeysShape, Vec<(u64, u64)>)> {
     let mut header = [0u8; KEYS_HEADER_LEN];
     mem.read_bytes(keys, &mut header).then_some(())?;
     let shape = parse_keys_header(&header, l)?;
     let mut bytes = vec![0u8; usize::try_from(shape.nentries * shape.entry_size).ok()?];
     mem.read_bytes(keys.checked_add(shape.entries_at)?, &mut bytes)
         .then_some(())?;
-    Some(parse_entries(&bytes, &shape))
+    let entries = parse_entries(&bytes, &shape);
+    Some((shape, entries))
 }
 
-/// Live `(key, value)` pairs of the dict at `dict`, combined or split.
-fn dict_items(mem: &impl Memory, dict: u64, l: &ObjectLayout) -> Option<Vec<(u64, u64)>> {
+/// One live entry of a dict, and where its value pointer is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Item {
+    key: u64,
+    value: u64,
+    /// Address of the value pointer (re-read to see whether the value changed).
+    slot: u64,
+}
+
+/// Live entries of the dict at `dict`, combined or split.
+fn dict_items(mem: &impl Memory, dict: u64, l: &ObjectLayout) -> Option<Vec<Item>> {
     let keys = mem.ptr_at(dict.checked_add(l.ma_keys)?)?;
     let values = mem.u64_at(dict.checked_add(l.ma_values)?)?;
-    let mut entries = read_keys(mem, keys, l)?;
+    let (shape, entries) = read_keys(mem, keys, l)?;
+    let entries_at = keys.checked_add(shape.entries_at)?;
+    let mut items: Vec<Item> = entries
+        .iter()
+        .zip(0u64..)
+        .map(|((key, value), i)| Item {
+            key: *key,
+            value: *value,
+            slot: entries_at + i * shape.entry_size + shape.key_at + 8,
+        })
+        .collect();
     if values >= MIN_POINTER {
         // Split dict: the keys are shared, the values are the instance's own.
-        let mut raw = vec![0u8; entries.len() * 8];
-        mem.read_bytes(values.checked_add(l.values_array)?, &mut raw)
-            .then_some(())?;
-        for (entry, v) in entries.iter_mut().zip(raw.chunks_exact(8)) {
-            entry.1 = le_u64(v, 0).unwrap_or(0);
+        let array = values.checked_add(l.values_array)?;
+        let mut raw = vec![0u8; items.len() * 8];
+        mem.read_bytes(array, &mut raw).then_some(())?;
+        for ((item, v), i) in items.iter_mut().zip(raw.chunks_exact(8)).zip(0u64..) {
+            item.value = le_u64(v, 0).unwrap_or(0);
+            item.slot = array + 8 * i;
         }
     }
-    entries.retain(|(k, v)| *k >= MIN_POINTER && *v >= MIN_POINTER);
-    Some(entries)
+    items.retain(|i| i.key >= MIN_POINTER && i.value >= MIN_POINTER);
+    Some(items)
 }
 
-/// The value of `dict[name]` for a `str` key, plus the key (whose type is `str`).
-fn dict_get_str(mem: &impl Memory, dict: u64, l: &ObjectLayout, name: &str) -> Option<(u64, u64)> {
+/// The entry of `dict[name]` for a `str` key (so `key`'s type is `str`).
+fn dict_get_str(mem: &impl Memory, dict: u64, l: &ObjectLayout, name: &str) -> Option<Item> {
     dict_items(mem, dict, l)?
         .into_iter()
-        .find(|(k, _)| str_equals(mem, *k, l, name))
+        .find(|i| str_equals(mem, i.key, l, name))
 }
 
 // ---- the walk -----------------------------------------------------------
@@ -332,6 +357,21 @@ pub struct ThreadNameReader<M: Memory = RemoteMemory> {
     str_type: Option<u64>,
     /// Type address -> index of `_name` in its cached (shared) keys.
     name_index: HashMap<u64, u64>,
+    /// Thread object address -> what was read of it last time.
+    known: HashMap<u64, Known>,
+    /// When `known` and `name_index` were last emptied.
+    known_since: Instant,
+}
+
+/// One `Thread` object as last read: its `_active` key and ident, where its
+/// `_name` pointer lives, that pointer, and the name it pointed to.
+#[derive(Debug, Clone)]
+struct Known {
+    key: u64,
+    ident: u64,
+    slot: u64,
+    name_ptr: u64,
+    name: String,
 }
 
 /// The names of every thread of the process now, by tid; an empty map when
@@ -393,6 +433,8 @@ impl<M: Memory> ThreadNameReader<M> {
             active: HashMap::new(),
             str_type: None,
             name_index: HashMap::new(),
+            known: HashMap::new(),
+            known_since: Instant::now(),
         }
     }
 
@@ -402,9 +444,17 @@ impl<M: Memory> ThreadNameReader<M> {
         let Some(l) = self.layout else {
             return names;
         };
-        for interp in self.interpreters(&l) {
-            self.read_interpreter(interp, &l, &mut names);
+        if self.known_since.elapsed() >= ACTIVE_TTL {
+            // Objects are freed and their addresses reused: start over now and then.
+            self.known.clear();
+            self.name_index.clear();
+            self.known_since = Instant::now();
         }
+        let mut seen = Vec::new();
+        for interp in self.interpreters(&l) {
+            self.read_interpreter(interp, &l, &mut names, &mut seen);
+        }
+        self.known.retain(|thread, _| seen.contains(thread));
         names
     }
 
@@ -426,6 +476,7 @@ impl<M: Memory> ThreadNameReader<M> {
         interp: u64,
         l: &ObjectLayout,
         names: &mut HashMap<u32, String>,
+        seen: &mut Vec<u64>,
     ) {
         let Some(active) = self.active_dict(interp, l) else {
             return;
@@ -435,12 +486,12 @@ impl<M: Memory> ThreadNameReader<M> {
             return;
         };
         let tids = self.tstate_tids(interp, l);
-        for (key, thread) in items.into_iter().take(MAX_THREADS) {
-            let Some(ident) = read_long(&self.mem, key, l) else {
+        for item in items.into_iter().take(MAX_THREADS) {
+            seen.push(item.value);
+            let Some((ident, name)) = self.thread_name(item.key, item.value, l) else {
                 continue;
             };
-            let tid = tids.get(&ident).copied().or_else(|| self.glibc_tid(ident));
-            if let (Some(tid), Some(name)) = (tid, self.thread_name(thread, l)) {
+            if let Some(tid) = tids.get(&ident).copied().or_else(|| self.glibc_tid(ident)) {
                 names.insert(tid, name);
             }
         }
@@ -465,10 +516,10 @@ impl<M: Memory> ThreadNameReader<M> {
 
     fn find_active(&mut self, interp: u64, l: &ObjectLayout) -> Option<u64> {
         let modules = self.mem.ptr_at(interp.checked_add(l.interp_modules)?)?;
-        let (key, module) = dict_get_str(&self.mem, modules, l, "threading")?;
-        self.str_type = self.mem.ptr_at(key.checked_add(l.ob_type)?);
-        let md_dict = self.mem.ptr_at(module.checked_add(l.md_dict)?)?;
-        dict_get_str(&self.mem, md_dict, l, "_active").map(|(_, active)| active)
+        let threading = dict_get_str(&self.mem, modules, l, "threading")?;
+        self.str_type = self.mem.ptr_at(threading.key.checked_add(l.ob_type)?);
+        let md_dict = self.mem.ptr_at(threading.value.checked_add(l.md_dict)?)?;
+        dict_get_str(&self.mem, md_dict, l, "_active").map(|active| active.value)
     }
 
     /// `pthread_t` -> tid of every thread state of one interpreter (3.11+).
@@ -506,19 +557,37 @@ impl<M: Memory> ThreadNameReader<M> {
         Some(u32::from_le_bytes(b)).filter(|t| *t != 0 && *t < 1 << 30)
     }
 
-    /// `thread._name`, if it is a `str`.
-    fn thread_name(&mut self, thread: u64, l: &ObjectLayout) -> Option<String> {
-        let name = self.instance_attr(thread, l, "_name")?;
+    /// The ident and `thread._name` of one `_active` entry. A thread seen before
+    /// costs one read: its `_name` slot, compared with the pointer read last time.
+    fn thread_name(&mut self, key: u64, thread: u64, l: &ObjectLayout) -> Option<(u64, String)> {
+        if let Some(k) = self.known.get(&thread).filter(|k| k.key == key) {
+            if self.mem.u64_at(k.slot) == Some(k.name_ptr) {
+                return Some((k.ident, k.name.clone()));
+            }
+        }
+        let ident = read_long(&self.mem, key, l)?;
+        let slot = self.attr_slot(thread, l, "_name")?;
+        let name_ptr = self.mem.ptr_at(slot)?;
         if let Some(str_type) = self.str_type {
-            if self.mem.ptr_at(name.checked_add(l.ob_type)?) != Some(str_type) {
+            if self.mem.ptr_at(name_ptr.checked_add(l.ob_type)?) != Some(str_type) {
                 return None;
             }
         }
-        read_str(&self.mem, name, l)
+        let name = read_str(&self.mem, name_ptr, l)?;
+        let known = Known {
+            key,
+            ident,
+            slot,
+            name_ptr,
+            name: name.clone(),
+        };
+        self.known.insert(thread, known);
+        Some((ident, name))
     }
 
-    /// An attribute of a plain Python object, wherever this version keeps it.
-    fn instance_attr(&mut self, obj: u64, l: &ObjectLayout, name: &str) -> Option<u64> {
+    /// Where a plain Python object keeps the pointer to one of its attributes,
+    /// wherever this version keeps it.
+    fn attr_slot(&mut self, obj: u64, l: &ObjectLayout, name: &str) -> Option<u64> {
         let ty = self.mem.ptr_at(obj.checked_add(l.ob_type)?)?;
         let flags = self.mem.u64_at(ty.checked_add(l.tp_flags)?)?;
         let managed = flags & TPFLAGS_MANAGED_DICT != 0;
@@ -527,14 +596,14 @@ impl<M: Memory> ThreadNameReader<M> {
                 Some(dict) => dict,
                 None => {
                     let values = self.mem.ptr_at(obj.checked_sub(32)?)?;
-                    return self.split_value(ty, values, l, name);
+                    return self.split_slot(ty, values, l, name);
                 }
             },
             InstanceDict::Managed312 if managed => {
                 let word = self.mem.u64_at(obj.checked_sub(24)?)?;
                 if word & 1 == 1 {
                     // `_PyDictOrValues_SetValues` stores `values - 1`.
-                    return self.split_value(ty, word.checked_add(1)?, l, name);
+                    return self.split_slot(ty, word.checked_add(1)?, l, name);
                 }
                 Some(word).filter(|p| *p >= MIN_POINTER)?
             }
@@ -542,7 +611,7 @@ impl<M: Memory> ThreadNameReader<M> {
                 match self.mem.ptr_at(obj.checked_add_signed(managed_dict)?) {
                     Some(dict) => dict,
                     None if flags & TPFLAGS_INLINE_VALUES != 0 => {
-                        return self.inline_value(ty, obj, l, name);
+                        return self.inline_slot(ty, obj, l, name);
                     }
                     None => return None,
                 }
@@ -555,7 +624,7 @@ impl<M: Memory> ThreadNameReader<M> {
                 self.mem.ptr_at(obj.checked_add_signed(off)?)?
             }
         };
-        dict_get_str(&self.mem, dict, l, name).map(|(_, v)| v)
+        dict_get_str(&self.mem, dict, l, name).map(|item| item.slot)
     }
 
     /// Index of `name` in a type's shared keys (`ht_cached_keys`), cached per type.
@@ -564,7 +633,7 @@ impl<M: Memory> ThreadNameReader<M> {
             return Some(*i);
         }
         let keys = self.mem.ptr_at(ty.checked_add(l.ht_cached_keys)?)?;
-        let entries = read_keys(&self.mem, keys, l)?;
+        let (_, entries) = read_keys(&self.mem, keys, l)?;
         let index = entries
             .iter()
             .position(|(k, _)| *k >= MIN_POINTER && str_equals(&self.mem, *k, l, name))?
@@ -573,15 +642,14 @@ impl<M: Memory> ThreadNameReader<M> {
         Some(index)
     }
 
-    /// A value of a dict-less instance (3.11/3.12): `values[index of name]`.
-    fn split_value(&mut self, ty: u64, values: u64, l: &ObjectLayout, name: &str) -> Option<u64> {
+    /// The slot of a dict-less instance's value (3.11/3.12): `&values[index of name]`.
+    fn split_slot(&mut self, ty: u64, values: u64, l: &ObjectLayout, name: &str) -> Option<u64> {
         let index = self.shared_key_index(ty, l, name)?;
-        let at = values.checked_add(l.values_array)?.checked_add(index * 8)?;
-        self.mem.ptr_at(at)
+        values.checked_add(l.values_array)?.checked_add(index * 8)
     }
 
-    /// A value stored inline after the object (3.13+), if the values are still valid.
-    fn inline_value(&mut self, ty: u64, obj: u64, l: &ObjectLayout, name: &str) -> Option<u64> {
+    /// The slot of a value stored inline after the object (3.13+), if the values are still valid.
+    fn inline_slot(&mut self, ty: u64, obj: u64, l: &ObjectLayout, name: &str) -> Option<u64> {
         let basicsize = self.mem.u64_at(ty.checked_add(l.tp_basicsize)?)?;
         if !(16..1 << 16).contains(&basicsize) {
             return None;
@@ -593,8 +661,7 @@ impl<M: Memory> ThreadNameReader<M> {
         if header[3] == 0 || index >= u64::from(header[0]) {
             return None;
         }
-        self.mem
-            .ptr_at(values.checked_add(l.values_array)?.checked_add(index * 8)?)
+        values.checked_add(l.values_array)?.checked_add(index * 8)
     }
 }
 
@@ -961,6 +1028,27 @@ mod tests {
                 "the cached path gives the same answer"
             );
         }
+    }
+
+    #[test]
+    fn a_renamed_thread_is_seen_at_the_next_read() {
+        let l = layout(12, false);
+        let (mem, runtime) = process(&l, "before");
+        let mut reader = ThreadNameReader::with_layout(mem, Some(l), runtime, None);
+        assert_eq!(reader.read().get(&4242).map(String::as_str), Some("before"));
+        let slot = reader
+            .known
+            .values()
+            .next()
+            .expect("the thread is cached")
+            .slot;
+        let renamed = reader.mem.str(&l, "after");
+        for (base, bytes) in reader.mem.regions.iter_mut() {
+            if let Some(at) = slot.checked_sub(*base).filter(|a| *a < bytes.len() as u64) {
+                put(bytes, at, renamed);
+            }
+        }
+        assert_eq!(reader.read().get(&4242).map(String::as_str), Some("after"));
     }
 
     #[test]

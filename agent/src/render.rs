@@ -1,5 +1,6 @@
 //! Renders a [`Report`] for people (a terminal table) or programs (one JSON document).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::report::{Report, Severity};
@@ -123,16 +124,22 @@ pub fn text(report: &Report) -> String {
         "{:>8}  {:<24} {:>7} {:>7} {:>8} {:>6} {:>8} {:>8} {:>6} {:>7} {:>8}  blocked by",
         "tid", "thread", "cpu", "runq", "gil wait", "waits", "p50", "p99", "hold", "drop", "futex"
     );
+    // Holders by their Python name where there is one: "cpu-1 1.08s", not "29976 1.08s".
+    let python_names: HashMap<u32, &str> = report
+        .threads
+        .iter()
+        .filter_map(|t| Some((t.tid, t.python_name.as_deref()?)))
+        .collect();
     for t in &report.threads {
         let blocked: Vec<String> = t
             .blocked_by
             .iter()
             .take(3)
             .map(|b| {
-                let who = if b.tid == 0 {
-                    "?".to_string()
-                } else {
-                    b.tid.to_string()
+                let who = match python_names.get(&b.tid) {
+                    _ if b.tid == 0 => "?".to_string(),
+                    Some(name) => name.to_string(),
+                    None => b.tid.to_string(),
                 };
                 format!("{who} {:.2}s", b.gil_wait_s)
             })

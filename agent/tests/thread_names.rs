@@ -179,7 +179,7 @@ fn every_thread_is_named_as_the_program_named_it_on_every_interpreter() {
 }
 
 #[test]
-fn the_text_report_shows_the_python_names() {
+fn the_text_report_shows_the_python_names_of_threads_and_of_gil_holders() {
     if !can_use_bpf() {
         return;
     }
@@ -209,4 +209,15 @@ fn the_text_report_shows_the_python_names() {
             "{name} is not in the thread table:\n{text}"
         );
     }
+    // "blocked by" names the holders too: cpu-0 waited behind the other spinners.
+    let cpu0 = text
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("cpu-0"))
+        .unwrap_or_default();
+    assert!(
+        ["cpu-1", "pool_0", "pool_1"]
+            .iter()
+            .any(|holder| cpu0.contains(&format!("{holder} "))),
+        "cpu-0's holders are not named: {cpu0}"
+    );
 }

@@ -14,7 +14,7 @@
 //! Offsets come from [`super::objects`] (and the process's debug offsets on
 //! 3.13+), never from DWARF, so stripped interpreters are named too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::debug_offsets;
@@ -450,7 +450,7 @@ impl<M: Memory> ThreadNameReader<M> {
             self.name_index.clear();
             self.known_since = Instant::now();
         }
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         for interp in self.interpreters(&l) {
             self.read_interpreter(interp, &l, &mut names, &mut seen);
         }
@@ -476,7 +476,7 @@ impl<M: Memory> ThreadNameReader<M> {
         interp: u64,
         l: &ObjectLayout,
         names: &mut HashMap<u32, String>,
-        seen: &mut Vec<u64>,
+        seen: &mut HashSet<u64>,
     ) {
         let Some(active) = self.active_dict(interp, l) else {
             return;
@@ -487,7 +487,7 @@ impl<M: Memory> ThreadNameReader<M> {
         };
         let tids = self.tstate_tids(interp, l);
         for item in items.into_iter().take(MAX_THREADS) {
-            seen.push(item.value);
+            seen.insert(item.value);
             let Some((ident, name)) = self.thread_name(item.key, item.value, l) else {
                 continue;
             };

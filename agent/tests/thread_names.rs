@@ -221,3 +221,35 @@ fn the_text_report_shows_the_python_names_of_threads_and_of_gil_holders() {
         "cpu-0's holders are not named: {cpu0}"
     );
 }
+
+#[test]
+fn a_running_process_attached_by_pid_has_its_threads_named_too() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = pyenv_python311() else {
+        return;
+    };
+    let _machine = serial();
+    let mut child = std::process::Command::new(&python)
+        .args([&workload("named_threads.py"), "2", "4"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start python");
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let pid = child.id().to_string();
+    let doc = check_json(&["--pid", &pid, "--duration", "1s"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let names = python_names(&doc);
+    for want in [
+        "MainThread",
+        "cpu-0",
+        "cpu-1",
+        "Dummy-1",
+        "pool_0",
+        "pool_1",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+}

@@ -171,9 +171,13 @@ const L312: ObjectLayout = ObjectLayout {
     ..L311
 };
 
+/// 3.13: the runtime, interpreter and thread-state offsets (zero here) always come
+/// from the process's debug offsets; so do those of object headers, dicts, ints and
+/// strs, which the table still carries so a test can hold them against DWARF.
 const L313: ObjectLayout = ObjectLayout {
     version: v(3, 13),
-    interp_next: 8,
+    interpreters_head: 0,
+    interp_next: 0,
     interp_modules: 0,
     interp_threads_head: 0,
     tstate_next: 0,
@@ -205,8 +209,7 @@ const L313T: ObjectLayout = ObjectLayout {
     ..L313
 };
 
-/// Measured layouts; 3.13's interpreter and thread-state offsets are zero here
-/// because they always come from the process's debug offsets.
+/// Measured layouts, one per release line and build kind.
 const OBJECT_LAYOUTS: &[ObjectLayout] = &[L38, L39, L310, L311, L312, L313, L313T];
 
 /// `Py_TPFLAGS_INLINE_VALUES` (3.13+).

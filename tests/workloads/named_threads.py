@@ -18,17 +18,33 @@ seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 2.0
 deadline = time.monotonic() + seconds
 
 
+# Every thread lives at least MIN_LIFE seconds from its own start, so a thread
+# that starts late on a loaded machine is still seen by several 100 ms ticks.
+MIN_LIFE = 0.5
+
+
+def until():
+    return max(deadline, time.monotonic() + MIN_LIFE)
+
+
 def spin():
+    end = until()
     n = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < end:
         for _ in range(1000):
             n += 1
     return n
 
 
+def pooled(barrier):
+    barrier.wait()  # both tasks run at once, so the pool must start two threads
+    return spin()
+
+
 def dummy(done):
     threading.current_thread()  # registers a _DummyThread in threading._active
-    while time.monotonic() < deadline:
+    end = until()
+    while time.monotonic() < end:
         time.sleep(0.01)
     done.release()
 
@@ -40,7 +56,8 @@ done = _thread.allocate_lock()
 done.acquire()
 _thread.start_new_thread(dummy, (done,))
 with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pool") as pool:
-    tasks = [pool.submit(spin) for _ in range(2)]
+    both = threading.Barrier(2)
+    tasks = [pool.submit(pooled, both) for _ in range(2)]
 for t in cpu:
     t.join()
 done.acquire()

@@ -41,6 +41,8 @@ pub struct Measurement {
     pub gil_addrs: Vec<u64>,
     /// CPU limits and throttling of the process's cgroup over the measurement.
     pub cpu_env: CpuEnvironment,
+    /// Python `threading` names by tid, the last one seen of each thread.
+    pub python_names: HashMap<u32, String>,
 }
 
 /// How much CPU the process could have had: affinity, cgroup quota, throttling.
@@ -64,10 +66,9 @@ impl CpuEnvironment {
 
 /// The model of [`estimate`], stated in the report.
 pub const SPEEDUP_MODEL: &str =
-    "speedup = min(Σ min(cpu + GIL wait + run-queue, wall), cores × wall) \
-     × Σcpu / Σ(cpu + run-queue) / Σcpu: without the GIL each thread would also run while it now \
-     waits for it (one core at most per thread, no more cores than the process may use), getting \
-     the same share of the CPU it gets now when runnable";
+    "speedup = min(Σ min(cpu + GIL wait + run-queue, wall), cores × wall) / Σ cpu: without \
+     the GIL each thread would also run while it now waits for it, one core at most per \
+     thread, no more cores than the process may use (affinity, CPU quota)";
 
 /// The speedup available without the GIL, Amdahl-style (see [`SPEEDUP_MODEL`]).
 pub fn estimate(process: &ProcessReport, threads: &[ThreadReport]) -> Estimate {
@@ -260,9 +261,13 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
                 .total_cmp(&a.gil_wait_s)
                 .then(a.tid.cmp(&b.tid))
         });
+        let os_name = end.map(|s| s.os_name.clone()).unwrap_or_default();
+        let python_name = m.python_names.get(&tid).cloned();
         threads.push(ThreadReport {
             tid,
-            name: end.map(|s| s.os_name.clone()).unwrap_or_default(),
+            name: python_name.clone().unwrap_or_else(|| os_name.clone()),
+            python_name,
+            os_name,
             cpu_s: delta(|s| s.on_cpu_ns),
             runqueue_wait_s: delta(|s| s.runqueue_ns),
             gil_wait_s,
@@ -434,6 +439,7 @@ mod tests {
                 cpu_limit_cores: None,
                 throttling: Throttling::default(),
             },
+            python_names: HashMap::new(),
         };
         let (process, threads) = analyse(&m);
         assert_eq!(threads.len(), 4);
@@ -476,6 +482,43 @@ mod tests {
         let p50 = percentile_with_zeros_us(&h, 40, 0.5);
         assert!((4194.0..8389.0).contains(&p50), "{p50}");
         assert_eq!(percentile_with_zeros_us(&[0; HIST_SLOTS], 5, 0.99), 0.0);
+    }
+
+    #[test]
+    fn a_thread_is_named_by_python_when_known_and_by_its_comm_otherwise() {
+        let pid = 100;
+        let cpu_end = BTreeMap::from([(101, sample(101, 10)), (102, sample(102, 10))]);
+        let m = Measurement {
+            pid,
+            wall_s: 1.0,
+            mode: Mode::Default,
+            interpreter: InterpreterInfo {
+                executable: "python3".into(),
+                library: None,
+                version: "3.12.1".into(),
+                stripped: true,
+                gil_enabled: true,
+                gil_enabled_changed: false,
+                free_threaded: false,
+                libc: "glibc",
+            },
+            cpu_start: BTreeMap::new(),
+            cpu_end,
+            waits: WaitCounters::default(),
+            precise: None,
+            gil: GilSamples::default(),
+            holder_tids: HashMap::new(),
+            locks: None,
+            gil_addrs: vec![0x1000],
+            python_names: HashMap::from([(101, "cpu-0".to_string())]),
+            cpu_env: CpuEnvironment::default(),
+        };
+        let (_, threads) = analyse(&m);
+        assert_eq!(threads[0].name, "cpu-0");
+        assert_eq!(threads[0].python_name.as_deref(), Some("cpu-0"));
+        assert_eq!(threads[0].os_name, "t101");
+        assert_eq!(threads[1].name, "t102");
+        assert_eq!(threads[1].python_name, None);
     }
 
     #[test]

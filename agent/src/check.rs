@@ -30,6 +30,7 @@ use crate::python::elf::{file_offset_of, ElfImage};
 use crate::python::finder::{self, FoundBy, FoundFunction};
 use crate::python::libc as c_library;
 use crate::python::locate::{self, GilSite, Interpreter};
+use crate::python::thread_names::ThreadNameReader;
 use crate::python::versions::ThreadIdField;
 use crate::report::{Ending, Mode, PreciseProbes, ProbeSite, Report, SCHEMA};
 use crate::threads::{sample_threads, ThreadSample};
@@ -368,6 +369,10 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     let mut watched: Vec<u64> = Vec::new();
     let mut cpu_end: BTreeMap<u32, ThreadSample> = BTreeMap::new();
     let mut holder_tids: HashMap<u64, u32> = HashMap::new();
+    // Python thread names: read every tick, the last name of each thread kept
+    // (threads exit mid-measurement and must still be named in the report).
+    let mut name_reader = ThreadNameReader::new(&attached.interp, &attached.gil, mem);
+    let mut python_names: HashMap<u32, String> = HashMap::new();
     let mut command_exit_code = None;
     let mut children = Children::new(pid);
     let cgroup = CpuCgroup::of(pid);
@@ -376,6 +381,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     let affinity = affinity_cpus(pid);
     let ending = loop {
         children.tick(&mut probe);
+        python_names.extend(name_reader.read());
         {
             // Subinterpreters with their own GIL come and go: re-list them every tick
             // (a few pointer reads) and keep the kernel filter current.
@@ -556,6 +562,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
             cpu_limit_cores,
             throttling,
         },
+        python_names,
     };
     let (process, threads) = analyse(&measurement);
     let estimate = estimate(&process, &threads);

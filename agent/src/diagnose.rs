@@ -480,6 +480,8 @@ mod tests {
         ThreadReport {
             tid: 1,
             name: "t".into(),
+            python_name: None,
+            os_name: "t".into(),
             cpu_s,
             runqueue_wait_s: 0.0,
             gil_wait_s,

@@ -1,5 +1,6 @@
 //! Renders a [`Report`] for people (a terminal table) or programs (one JSON document).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::report::{Report, Severity};
@@ -8,6 +9,17 @@ use crate::report::{Report, Severity};
 pub fn json(report: &Report) -> String {
     // Serializing plain structs of numbers and strings cannot fail.
     serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// `s` cut to `width` characters (with `…` when cut), so long thread names keep the table aligned.
+fn column(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut cut: String = s.chars().take(width - 1).collect();
+        cut.push('…');
+        cut
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -125,28 +137,34 @@ pub fn text(report: &Report) -> String {
     out.push('\n');
     let _ = writeln!(
         out,
-        "{:>8}  {:<16} {:>7} {:>7} {:>8} {:>6} {:>8} {:>8} {:>6} {:>7} {:>8}  blocked by",
+        "{:>8}  {:<24} {:>7} {:>7} {:>8} {:>6} {:>8} {:>8} {:>6} {:>7} {:>8}  blocked by",
         "tid", "thread", "cpu", "runq", "gil wait", "waits", "p50", "p99", "hold", "drop", "futex"
     );
+    // Holders by their Python name where there is one: "cpu-1 1.08s", not "29976 1.08s".
+    let python_names: HashMap<u32, &str> = report
+        .threads
+        .iter()
+        .filter_map(|t| Some((t.tid, t.python_name.as_deref()?)))
+        .collect();
     for t in &report.threads {
         let blocked: Vec<String> = t
             .blocked_by
             .iter()
             .take(3)
             .map(|b| {
-                let who = if b.tid == 0 {
-                    "?".to_string()
-                } else {
-                    b.tid.to_string()
+                let who = match python_names.get(&b.tid) {
+                    _ if b.tid == 0 => "?".to_string(),
+                    Some(name) => name.to_string(),
+                    None => b.tid.to_string(),
                 };
                 format!("{who} {:.2}s", b.gil_wait_s)
             })
             .collect();
         let _ = writeln!(
             out,
-            "{:>8}  {:<16} {:>6.2}s {:>6.2}s {:>7.2}s {:>6} {:>8} {:>8} {:>6} {:>6.2}s {:>7.2}s  {}",
+            "{:>8}  {:<24} {:>6.2}s {:>6.2}s {:>7.2}s {:>6} {:>8} {:>8} {:>6} {:>6.2}s {:>7.2}s  {}",
             t.tid,
-            t.name,
+            column(&t.name, 24),
             t.cpu_s,
             t.runqueue_wait_s,
             t.gil_wait_s,

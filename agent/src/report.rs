@@ -95,7 +95,13 @@ pub struct BlockedBy {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ThreadReport {
     pub tid: u32,
+    /// The best name there is: the Python `threading` name when known, else `os_name`.
     pub name: String,
+    /// The `threading.Thread` name the program gave (read from its memory); `null`
+    /// for threads `threading` does not know, or where it could not be read.
+    pub python_name: Option<String>,
+    /// The OS thread name (`comm`, at most 15 bytes).
+    pub os_name: String,
     pub cpu_s: f64,
     pub runqueue_wait_s: f64,
     pub gil_wait_s: f64,

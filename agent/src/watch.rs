@@ -21,6 +21,7 @@ use crate::error::Result;
 use crate::gil_sampler::{GilSampler, GilSamples, TstateResolver};
 use crate::memory::RemoteMemory;
 use crate::python::locate::{self, GilSite, Interpreter};
+use crate::python::thread_names::ThreadNameReader;
 use crate::python::versions::ThreadIdField;
 use crate::report::{InterpreterInfo, Mode};
 use crate::threads::{sample_threads, ThreadSample};
@@ -74,6 +75,9 @@ pub struct ProcessWatch {
     pub alive: bool,
     resolver: Arc<TstateResolver>,
     sampler: Option<GilSampler>,
+    name_reader: ThreadNameReader,
+    /// Python `threading` names by tid, the last seen of each thread.
+    python_names: HashMap<u32, String>,
     cgroup: Option<CpuCgroup>,
     throttling_start: Vec<Throttling>,
     holder_tids: HashMap<u64, u32>,
@@ -134,6 +138,8 @@ impl ProcessWatch {
             .map(CpuCgroup::throttling)
             .unwrap_or_default();
         Ok(Self {
+            name_reader: ThreadNameReader::new(&interp, &gil, mem),
+            python_names: HashMap::new(),
             resolver,
             sampler,
             cgroup,
@@ -191,6 +197,7 @@ impl ProcessWatch {
         if let Ok(counters) = self.read_waits(probe) {
             self.learn_holders(&counters);
         }
+        self.python_names.extend(self.name_reader.read());
     }
 
     /// The wait counters of this process, with the condvar probe's folded in on musl.
@@ -277,6 +284,7 @@ impl ProcessWatch {
             holder_tids: self.holder_tids.clone(),
             locks: None,
             gil_addrs: self.watched_gils.clone(),
+            python_names: self.python_names.clone(),
             cpu_env: CpuEnvironment {
                 affinity_cpus: affinity_cpus(self.pid()),
                 cpu_limit_cores: self.cgroup.as_ref().and_then(CpuCgroup::quota_cores),

@@ -5,28 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use common::*;
-
-fn python313t() -> Option<PathBuf> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/interpreters/build-cpython.sh"
-    );
-    let out = Command::new("bash")
-        .args([script, "--print-path", "3.13t"])
-        .output()
-        .ok()?;
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if out.status.success() && path.exists() {
-        Some(path)
-    } else {
-        missing("CPython 3.13t is not built: run bash tests/interpreters/build-cpython.sh 3.13t");
-        None
-    }
-}
 
 #[test]
 fn with_the_gil_off_cpu_bound_threads_run_in_parallel() {

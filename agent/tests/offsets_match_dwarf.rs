@@ -9,6 +9,7 @@ use std::process::Command;
 
 use common::pyenv_matrix;
 use gilscope::python::debug_offsets::block_layout;
+use gilscope::python::objects::{object_layout_for, KeysLayout, ObjectLayout};
 use gilscope::python::versions::{layout_for, GilLocation, PyVersion, ThreadIdField};
 
 /// pyenv's libpython of each release line 3.8-3.13, with debug info.
@@ -162,8 +163,8 @@ fn the_offset_table_matches_the_debug_info_of_every_pyenv_build() {
     }
 }
 
-#[test]
-fn the_free_threaded_gil_layout_matches_the_debug_info_of_3_13t() {
+/// libpython3.13t of the free-threaded build, if it was built here.
+fn free_threaded_library() -> Option<PathBuf> {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../tests/interpreters/build-cpython.sh"
@@ -177,10 +178,18 @@ fn the_free_threaded_gil_layout_matches_the_debug_info_of_3_13t() {
         .parent()
         .and_then(|b| b.parent())
         .map(|prefix| prefix.join("lib/libpython3.13t.so.1.0"));
-    let Some(lib) = lib.filter(|l| out.status.success() && l.exists()) else {
+    let found = lib.filter(|l| out.status.success() && l.exists());
+    if found.is_none() {
         common::missing(
             "CPython 3.13t is not built: run bash tests/interpreters/build-cpython.sh 3.13t",
         );
+    }
+    found
+}
+
+#[test]
+fn the_free_threaded_gil_layout_matches_the_debug_info_of_3_13t() {
+    let Some(lib) = free_threaded_library() else {
         return;
     };
     let gil = "struct _gil_runtime_state";
@@ -241,5 +250,128 @@ fn the_free_threaded_gil_layout_matches_the_debug_info_of_3_13t() {
     ];
     for (i, w) in positions.iter().enumerate() {
         assert_eq!(v[9 + i] as usize, *w, "3.13t: {}", exprs[9 + i]);
+    }
+}
+
+/// `(gdb expression, what the object table says)` for every field of `l` that
+/// has a name in the debug info (the managed-dict offsets are macros, not fields:
+/// the unit tests and the end-to-end test pin those).
+fn object_checks(l: &ObjectLayout) -> Vec<(String, u64)> {
+    let minor = l.version.minor;
+    let mut c = vec![
+        (off("PyObject", "ob_type"), l.ob_type),
+        (off("PyTypeObject", "tp_basicsize"), l.tp_basicsize),
+        (off("PyTypeObject", "tp_flags"), l.tp_flags),
+        (off("PyTypeObject", "tp_dictoffset"), l.tp_dictoffset),
+        (off("PyHeapTypeObject", "ht_cached_keys"), l.ht_cached_keys),
+        (off("PyModuleObject", "md_dict"), l.md_dict),
+        (off("PyDictObject", "ma_keys"), l.ma_keys),
+        (off("PyDictObject", "ma_values"), l.ma_values),
+        (off("PyASCIIObject", "length"), l.unicode_length),
+        (off("PyASCIIObject", "state"), l.unicode_state),
+        ("sizeof(PyASCIIObject)".into(), l.ascii_size),
+        ("sizeof(PyCompactUnicodeObject)".into(), l.compact_size),
+    ];
+    let keys = "struct _dictkeysobject";
+    match l.keys {
+        KeysLayout::Sized => c.extend([
+            (off(keys, "dk_size"), 8),
+            (off(keys, "dk_nentries"), 32),
+            (off(keys, "dk_indices"), 40),
+        ]),
+        KeysLayout::Log2 => c.extend([
+            (off(keys, "dk_log2_size"), 8),
+            (off(keys, "dk_log2_index_bytes"), 9),
+            (off(keys, "dk_kind"), 10),
+            (off(keys, "dk_nentries"), 24),
+            (off(keys, "dk_indices"), 32),
+            (off("struct _dictvalues", "values"), l.values_array),
+        ]),
+    }
+    if l.long_tagged {
+        c.push((off("struct _longobject", "long_value.lv_tag"), l.long_size));
+        c.push((
+            off("struct _longobject", "long_value.ob_digit"),
+            l.long_digits,
+        ));
+    } else {
+        c.push((off("struct _longobject", "ob_base.ob_size"), l.long_size));
+        c.push((off("struct _longobject", "ob_digit"), l.long_digits));
+    }
+    if l.complete() {
+        let (modules, threads) = match minor {
+            8..=10 => ("modules", "tstate_head"),
+            11 => ("modules", "threads.head"),
+            _ => ("imports.modules", "threads.head"),
+        };
+        c.extend([
+            (
+                off("struct pyruntimestate", "interpreters.head"),
+                l.interpreters_head,
+            ),
+            (off("struct _is", "next"), l.interp_next),
+            (off("struct _is", modules), l.interp_modules),
+            (off("struct _is", threads), l.interp_threads_head),
+            (off("struct _ts", "next"), l.tstate_next),
+            (off("struct _ts", "thread_id"), l.tstate_thread_id),
+        ]);
+        if let Some(native) = l.tstate_native_thread_id {
+            c.push((off("struct _ts", "native_thread_id"), native));
+        }
+    } else {
+        // 3.13+: these come from the debug offsets; check where the block keeps them.
+        let b = block_layout(l.version).expect("a block layout for a debug-offsets build");
+        let d = "struct _Py_DebugOffsets";
+        c.extend([
+            (
+                off(d, "interpreter_state.threads_head"),
+                b.threads_head as u64,
+            ),
+            (
+                off(d, "interpreter_state.imports_modules"),
+                b.imports_modules as u64,
+            ),
+            (off(d, "thread_state.next"), b.tstate_next as u64),
+            (off(d, "thread_state.thread_id"), b.thread_id as u64),
+            (off(d, "pyobject.ob_type"), b.ob_type as u64),
+            (off(d, "type_object.tp_flags"), b.tp_flags as u64),
+            (off(d, "dict_object.ma_keys"), b.ma_keys as u64),
+            (off(d, "dict_object.ma_values"), b.ma_values as u64),
+            (off(d, "long_object.lv_tag"), b.long_tag as u64),
+            (off(d, "long_object.ob_digit"), b.long_digits as u64),
+            (off(d, "unicode_object.state"), b.unicode_state as u64),
+            (off(d, "unicode_object.length"), b.unicode_length as u64),
+            (
+                off(d, "unicode_object.asciiobject_size"),
+                b.ascii_size as u64,
+            ),
+        ]);
+    }
+    c
+}
+
+fn assert_object_layout(label: &str, lib: &PathBuf, l: &ObjectLayout) {
+    let checks = object_checks(l);
+    let exprs: Vec<String> = checks.iter().map(|(e, _)| e.clone()).collect();
+    let values = gdb_values(lib, &exprs);
+    for ((expr, want), got) in checks.iter().zip(values) {
+        assert_eq!(got as u64, *want, "{label}: {expr}");
+    }
+}
+
+#[test]
+fn the_object_layouts_for_thread_names_match_the_debug_info_of_every_build() {
+    for (version, lib) in pyenv_libraries() {
+        let l = object_layout_for(version, false)
+            .unwrap_or_else(|| panic!("{version} has an object layout"));
+        assert_object_layout(&version.to_string(), &lib, &l);
+    }
+    if let Some(lib) = free_threaded_library() {
+        let version = PyVersion {
+            major: 3,
+            minor: 13,
+        };
+        let l = object_layout_for(version, true).expect("3.13t has an object layout");
+        assert_object_layout("3.13t", &lib, &l);
     }
 }

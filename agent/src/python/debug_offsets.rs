@@ -10,7 +10,7 @@
 use super::versions::PyVersion;
 
 /// Bytes of `_PyRuntime` to read: enough for every field used here in every release.
-pub const BLOCK_LEN: usize = 256;
+pub const BLOCK_LEN: usize = 584;
 
 const COOKIE: &[u8; 8] = b"xdebugpy";
 
@@ -26,6 +26,22 @@ pub struct BlockLayout {
     pub gil_locked: usize,
     pub gil_holder: usize,
     pub native_thread_id: usize,
+    /// Positions of the offsets the thread-name reader uses (interpreter's
+    /// thread list and `sys.modules`, thread states, object headers, dict,
+    /// int and str layouts).
+    pub threads_head: usize,
+    pub imports_modules: usize,
+    pub tstate_next: usize,
+    pub thread_id: usize,
+    pub ob_type: usize,
+    pub tp_flags: usize,
+    pub ma_keys: usize,
+    pub ma_values: usize,
+    pub long_tag: usize,
+    pub long_digits: usize,
+    pub unicode_state: usize,
+    pub unicode_length: usize,
+    pub ascii_size: usize,
 }
 
 /// Read from DWARF (`ptype /o struct _Py_DebugOffsets`) of each release's build.
@@ -42,6 +58,19 @@ const BLOCK_LAYOUTS: &[BlockLayout] = &[BlockLayout {
     gil_locked: 136,
     gil_holder: 144,
     native_thread_id: 200,
+    threads_head: 72,
+    imports_modules: 88,
+    tstate_next: 168,
+    thread_id: 192,
+    ob_type: 360,
+    tp_flags: 392,
+    ma_keys: 456,
+    ma_values: 464,
+    long_tag: 496,
+    long_digits: 504,
+    unicode_state: 544,
+    unicode_length: 552,
+    ascii_size: 560,
 }];
 
 /// What a process's debug offsets say (all values are `offsetof` in that build).
@@ -62,6 +91,28 @@ pub struct DebugOffsets {
     pub gil_holder: u64,
     /// `offsetof(PyThreadState, native_thread_id)`
     pub native_thread_id: u64,
+    /// `offsetof(PyInterpreterState, threads.head)`
+    pub threads_head: u64,
+    /// `offsetof(PyInterpreterState, imports.modules)`: `sys.modules`
+    pub imports_modules: u64,
+    /// `offsetof(PyThreadState, next)`
+    pub tstate_next: u64,
+    /// `offsetof(PyThreadState, thread_id)`: the `pthread_t`
+    pub thread_id: u64,
+    /// `offsetof(PyObject, ob_type)`
+    pub ob_type: u64,
+    /// `offsetof(PyTypeObject, tp_flags)`
+    pub tp_flags: u64,
+    /// `offsetof(PyDictObject, ma_keys)` and `ma_values`
+    pub ma_keys: u64,
+    pub ma_values: u64,
+    /// `offsetof(PyLongObject, long_value.lv_tag)` and `long_value.ob_digit`
+    pub long_tag: u64,
+    pub long_digits: u64,
+    /// `offsetof(PyASCIIObject, state)` and `length`, and `sizeof(PyASCIIObject)`
+    pub unicode_state: u64,
+    pub unicode_length: u64,
+    pub ascii_size: u64,
 }
 
 impl DebugOffsets {
@@ -127,6 +178,19 @@ pub fn parse(block: &[u8], line: PyVersion) -> Result<DebugOffsets, String> {
         gil_locked: get(layout.gil_locked)?,
         gil_holder: get(layout.gil_holder)?,
         native_thread_id: get(layout.native_thread_id)?,
+        threads_head: get(layout.threads_head)?,
+        imports_modules: get(layout.imports_modules)?,
+        tstate_next: get(layout.tstate_next)?,
+        thread_id: get(layout.thread_id)?,
+        ob_type: get(layout.ob_type)?,
+        tp_flags: get(layout.tp_flags)?,
+        ma_keys: get(layout.ma_keys)?,
+        ma_values: get(layout.ma_values)?,
+        long_tag: get(layout.long_tag)?,
+        long_digits: get(layout.long_digits)?,
+        unicode_state: get(layout.unicode_state)?,
+        unicode_length: get(layout.unicode_length)?,
+        ascii_size: get(layout.ascii_size)?,
     };
     // Sanity: offsets into structs of a few KiB to a few hundred KiB, never 0 where a field must be.
     let plausible = |v: u64| v > 0 && v < 1 << 24;

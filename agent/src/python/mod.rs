@@ -6,4 +6,6 @@ pub mod elf;
 pub mod finder;
 pub mod libc;
 pub mod locate;
+pub mod objects;
+pub mod thread_names;
 pub mod versions;

@@ -226,3 +226,22 @@ pub fn twice_on_noise(label: &str, measure: impl Fn() -> Vec<String>) -> Vec<Str
         .chain(second.into_iter().map(|f| format!("run 2: {f}")))
         .collect()
 }
+
+/// The free-threaded CPython 3.13t built by tests/interpreters/build-cpython.sh.
+pub fn python313t() -> Option<PathBuf> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/interpreters/build-cpython.sh"
+    );
+    let out = Command::new("bash")
+        .args([script, "--print-path", "3.13t"])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if out.status.success() && path.exists() {
+        Some(path)
+    } else {
+        missing("CPython 3.13t is not built: run bash tests/interpreters/build-cpython.sh 3.13t");
+        None
+    }
+}

@@ -66,26 +66,38 @@ impl CpuEnvironment {
 
 /// The model of [`estimate`], stated in the report.
 pub const SPEEDUP_MODEL: &str =
-    "speedup = min(Σ min(cpu + GIL wait + run-queue, wall), cores × wall) / Σ cpu: without \
-     the GIL each thread would also run while it now waits for it, one core at most per \
-     thread, no more cores than the process may use (affinity, CPU quota)";
+    "speedup = min(Σ (cpu + r × GIL wait), cores × wall) / Σ cpu, with r = cpu / (wall − GIL wait \
+     − run-queue) per thread: without the GIL a thread would run through its GIL waits as busily \
+     as it runs when nothing holds it back, and the process gets no more cores than it may use \
+     (affinity, CPU quota)";
 
 /// The speedup available without the GIL, Amdahl-style (see [`SPEEDUP_MODEL`]).
 pub fn estimate(process: &ProcessReport, threads: &[ThreadReport]) -> Estimate {
     let wall = process.wall_s;
-    let demand_s: f64 = threads
+    let wanted_s: f64 = threads
         .iter()
-        .map(|t| (t.cpu_s + t.gil_wait_s + t.runqueue_wait_s).min(wall))
+        .map(|t| {
+            let free = (wall - t.gil_wait_s - t.runqueue_wait_s).max(0.0);
+            // How busy the thread is when it can run; a thread that only ever waited
+            // (free ≈ 0) is taken as CPU-bound.
+            let intensity = if free > 1e-3 {
+                (t.cpu_s / free).clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
+            (t.cpu_s + intensity * t.gil_wait_s).min(wall)
+        })
         .sum();
-    let demand_cores = ratio(demand_s, wall).min(process.cores_available.max(1e-9));
+    let cap_s = process.cores_available.max(1e-9) * wall;
+    let new_cpu_s = wanted_s.min(cap_s).max(process.cpu_s);
     let speedup = if process.cpu_s > 0.0 && wall > 0.0 {
-        (demand_cores * wall / process.cpu_s).max(1.0)
+        (new_cpu_s / process.cpu_s).max(1.0)
     } else {
         1.0
     };
     Estimate {
         speedup_without_gil: speedup,
-        cpu_demand_cores: demand_cores,
+        cpu_demand_cores: ratio(wanted_s.min(cap_s), wall),
         model: SPEEDUP_MODEL.to_string(),
     }
 }
@@ -291,6 +303,7 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
             other_blocks: w.block_others,
             block_returns: w.block_returns,
             retake_waits: w.retake_waits,
+            retake_wait_s: w.retake_wait_ns as f64 / NS,
             retake_p50_us: percentile_with_zeros_us(
                 &w.retake_hist,
                 w.block_returns.saturating_sub(w.retake_waits),
@@ -459,6 +472,33 @@ mod tests {
         let e = estimate(&process, &threads);
         assert!((e.speedup_without_gil - 2.0).abs() < 1e-9, "{e:?}");
         assert!((e.cpu_demand_cores - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn threads_that_mostly_sleep_gain_little_from_losing_the_gil() {
+        let thread = |tid, cpu_s, gil_wait_s| ThreadReport {
+            tid,
+            name: String::new(),
+            python_name: None,
+            os_name: String::new(),
+            cpu_s,
+            gil_wait_s,
+            ..ThreadReport::default()
+        };
+        let mut process = ProcessReport {
+            cores_available: 2.0,
+            ..ProcessReport::default()
+        };
+        process.wall_s = 3.0;
+        // A spinner (3 s CPU) and a sleeper that runs 1 % of the time it is free
+        // and waits 2.5 s for the GIL: the sleeper would gain ~25 ms, not 2.5 s.
+        let threads = [thread(1, 3.0, 0.0), thread(2, 0.005, 2.5)];
+        process.cpu_s = 3.005;
+        let e = estimate(&process, &threads);
+        assert!(e.speedup_without_gil < 1.01, "{e:?}");
+        // An idle process has nothing to gain.
+        process.cpu_s = 0.0;
+        assert_eq!(estimate(&process, &[]).speedup_without_gil, 1.0);
     }
 
     #[test]

@@ -100,11 +100,16 @@ fn ratio(num: f64, den: f64) -> f64 {
     }
 }
 
-/// Threads that spend most of the time running or waiting for the GIL.
+/// Threads that spend most of the time running or waiting for the GIL to run.
+/// Waits to retake the GIL right after a blocking call are latency of a thread
+/// that mostly sleeps (gil_residual_latency), not demand for CPU.
 fn cpu_hungry(threads: &[ThreadReport], wall_s: f64) -> usize {
     threads
         .iter()
-        .filter(|t| wall_s > 0.0 && (t.cpu_s + t.gil_wait_s) / wall_s >= CPU_DEMAND_SHARE)
+        .filter(|t| {
+            let demand = t.cpu_s + (t.gil_wait_s - t.retake_wait_s).max(0.0);
+            wall_s > 0.0 && demand / wall_s >= CPU_DEMAND_SHARE
+        })
         .count()
 }
 
@@ -774,5 +779,19 @@ mod tests {
         let threads = vec![thread(4.0, 0.0), thread(0.0, 1.2)];
         let d = diagnose_(&process(0.3, 1.0), &threads);
         assert_eq!(d[0].kind, "no_contention");
+    }
+
+    #[test]
+    fn a_sleeper_waiting_to_retake_the_gil_does_not_make_threads_serialized() {
+        // A spinner, and a thread that sleeps 1 ms and then waits ~5 ms to retake
+        // the GIL: 3.4 s of GIL wait in 4 s, all of it retake latency.
+        let mut sleeper = thread(0.05, 3.4);
+        sleeper.retake_wait_s = 3.4;
+        let threads = vec![thread(3.9, 0.0), sleeper];
+        let d = diagnose_(&process(0.85, 1.0), &threads);
+        assert!(
+            d.iter().all(|d| d.kind != "gil_serialized_threads"),
+            "{d:?}"
+        );
     }
 }

@@ -133,6 +133,8 @@ pub struct ThreadReport {
     pub block_returns: u64,
     /// Returns whose retake had to wait for the GIL (the others found it free).
     pub retake_waits: u64,
+    /// Total of those retake waits: GIL wait that is latency after I/O, not CPU demand.
+    pub retake_wait_s: f64,
     /// GIL residual latency: time to retake the GIL after a blocking call, as a
     /// percentile over all `block_returns`, free retakes counting as 0.
     pub retake_p50_us: f64,

@@ -71,6 +71,43 @@ fn debian_stripped_python_has_take_gil_found_by_disassembly() {
     assert_eq!(found[0].1, FoundBy::Disassembly);
 }
 
+/// Debian sid's 3.14 is stripped and LTO-built (take_gil is `take_gil.lto_priv.0`
+/// there); the DWARF file from python3.14-dbg names it, so disassembly of the
+/// stripped binary must land on exactly the copies that file's symbol table lists.
+#[test]
+fn debian_314_take_gil_by_disassembly_is_where_its_debug_symbols_put_it() {
+    use object::{Object, ObjectSymbol};
+    let (Some(launcher), Some(debug)) = (debian_python314(), debian_python314_debug_file()) else {
+        return;
+    };
+    // The launcher lives in PREFIX/bin; the interpreter in PREFIX/root/usr/bin.
+    let python = launcher
+        .parent()
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("root/usr/bin/python3.14"))
+        .expect("prefix");
+    let image = ElfImage::read(&python).expect("read");
+    let file = image.parse(&python).expect("parse");
+    let found: Vec<(u64, FoundBy)> = find_take_gil(&file)
+        .into_iter()
+        .map(|f| (f.address, f.how))
+        .collect();
+    let data = std::fs::read(&debug).expect("read debug file");
+    let dwarf = object::File::parse(&*data).expect("parse debug file");
+    let mut named: Vec<(u64, FoundBy)> = dwarf
+        .symbols()
+        .filter(|s| {
+            s.name().is_ok_and(|n| {
+                n == "take_gil" || (n.starts_with("take_gil.") && !n.ends_with(".cold"))
+            })
+        })
+        .map(|s| (s.address(), FoundBy::Disassembly))
+        .collect();
+    named.sort_unstable_by_key(|(a, _)| *a);
+    assert!(!named.is_empty(), "the debug file names take_gil");
+    assert_eq!(found, named, "take_gil by disassembly vs the debug symbols");
+}
+
 #[test]
 fn a_process_running_a_stripped_copy_is_measured_in_precise_mode() {
     if !can_use_bpf() {

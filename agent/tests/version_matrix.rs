@@ -174,3 +174,52 @@ fn every_interpreter_in_the_matrix_measures_serialization_and_no_phantom_waits()
         failures.join("\n")
     );
 }
+
+/// On 3.14 a `threading.Lock` is a PyMutex; Debian's LTO build parks it through
+/// a clone of `_PyParkingLot_Park`, not the export. Four threads queued on one
+/// lock whose holder sleeps: lock contention (Σ park ≈ 3 × wall, one lock),
+/// not GIL waits.
+#[test]
+fn on_debian_314_threads_queued_on_a_threading_lock_show_lock_contention() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = debian_python314() else {
+        return;
+    };
+    let _machine = serial();
+    let failures = twice_on_noise("Debian 3.14 lock", || {
+        let doc = check_json_with(
+            gilscope()
+                .args(["check", "--json", "--"])
+                .arg(&python)
+                .args([&workload("lock_threads.py"), "4", "3"]),
+        );
+        let mut failures = Vec::new();
+        let p = &doc["process"];
+        let wall = f(p, "wall_s");
+        let locks = &doc["lock_contention"];
+        let total = locks["wait_s"].as_f64().unwrap_or(0.0);
+        if !(2.4..=3.3).contains(&(total / wall)) {
+            failures.push(format!("Σ park / wall {:.2}: {locks}", total / wall));
+        }
+        let top = locks["top_locks"][0]["wait_s"].as_f64().unwrap_or(0.0);
+        if top < 0.95 * total {
+            failures.push(format!("one lock must dominate: {locks}"));
+        }
+        for w in workers(&doc) {
+            let share = f(&w, "lock_wait_s") / wall;
+            if !(0.55..=0.85).contains(&share) {
+                failures.push(format!("worker {} parks {share:.3} of wall", w["tid"]));
+            }
+        }
+        if f(p, "gil_queue_length") > 0.05 {
+            failures.push(format!("the GIL is free here: {p}"));
+        }
+        if diagnosis_kinds(&doc).first().map(String::as_str) != Some("lock_contention") {
+            failures.push(format!("diagnosis {}", doc["diagnosis"]));
+        }
+        failures
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -96,7 +96,7 @@ ensure_index() {
 
 deb_of() {  # dir package -> the newest cached .deb of package, or nothing
   local f
-  f="$(ls -1 "$1/$2"_*.deb 2>/dev/null | sort -V | tail -n 1)" || true
+  f="$(printf '%s\n' "$1/$2"_*.deb | sort -V | tail -n 1)"  # no match: the pattern itself, not -s
   [ -n "$f" ] && [ -s "$f" ] && echo "$f"
 }
 

@@ -215,7 +215,7 @@ mod tests {
     }
 
     /// The head of sid's 3.14.10 `_PyRuntime` as stored in its `.data` (values
-    /// the stripped binary carries, not made up): the GIL at `_gil` + 0x1e68.
+    /// the stripped binary carries, not made up): `_gil` at +0x1e68 in the interpreter.
     fn block_314() -> Vec<u8> {
         let mut b = vec![0u8; BLOCK_LEN];
         b[..8].copy_from_slice(COOKIE);

@@ -1,6 +1,6 @@
 # The two commands a newcomer needs:
 #   make demo   set up this machine, build, and measure a bundled 4-thread workload
-#   make test   set up this machine (and build CPython 3.13t and 3.13-musl once), run every test (root)
+#   make test   set up this machine (build CPython 3.13t and 3.13-musl, fetch 3.14 once), run every test (root)
 
 PYTHON ?= $(shell command -v python3 || echo /usr/bin/python3)
 
@@ -10,9 +10,12 @@ setup:
 
 # Free-threaded CPython 3.13t and a musl-linked 3.13 (Alpine-style) from Debian's
 # source package, cached in /var/cache/gilscope/cpython (~2-3 min each the first
-# time, seconds after).
+# time, seconds after); and Debian sid's binary CPython 3.14 (no source is served
+# for it), unpacked with sid's libc and run through sid's loader, cached in
+# /var/cache/gilscope/debian-python.
 interpreters: setup
 	bash tests/interpreters/build-cpython.sh 3.13t 3.13-musl
+	bash tests/interpreters/fetch-debian-python.sh 3.14
 
 build: setup
 	cargo build --release

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::gil_sampler::{GilSampler, TstateResolver};
 use crate::launch::{self, ChildStdout};
 use crate::memory::RemoteMemory;
-use crate::python::elf::{file_offset_of, ElfImage};
+use crate::python::elf::ElfImage;
 use crate::python::finder::{self, FoundBy, FoundFunction};
 use crate::python::libc as c_library;
 use crate::python::locate::{self, GilSite, Interpreter};
@@ -113,15 +113,25 @@ fn attach_locks(interp: &Interpreter) -> Result<Option<LockProbe>> {
     };
     let image = ElfImage::read(&interp.host_path)?;
     let file = image.parse(&interp.host_path)?;
-    let offset = file_offset_of(&file, park.address).ok_or_else(|| Error::BadElf {
-        path: interp.host_path.clone(),
-        why: "_PyParkingLot_Park is outside every loadable segment".into(),
-    })?;
+    // Every copy: LTO builds (Debian's 3.14) park through a clone, not the export.
+    let offsets: Vec<u64> = finder::find_park(&file)
+        .iter()
+        .map(|f| f.file_offset)
+        .collect();
+    if offsets.is_empty() {
+        return Err(Error::BadElf {
+            path: interp.host_path.clone(),
+            why: format!(
+                "_PyParkingLot_Park at {:#x} is outside every loadable segment",
+                park.address
+            ),
+        });
+    }
     let event_wait = interp.file.event_wait.map(|f| {
         let start = f.address.wrapping_add(interp.load_bias);
         start..start + f.size.max(1)
     });
-    LockProbe::attach(interp.pid, &interp.host_path, offset, event_wait).map(Some)
+    LockProbe::attach(interp.pid, &interp.host_path, &offsets, event_wait).map(Some)
 }
 
 /// musl: GIL waits are measured at libc's condvar wait (the futex words are on
@@ -524,8 +534,8 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     });
     if locks.is_some() {
         measured_by.push(
-            "lock contention: uprobes on _PyParkingLot_Park (the PyMutex slow path; parks from \
-             PyEvent_WaitTimed such as thread joins are left out)"
+            "lock contention: uprobes on every copy of _PyParkingLot_Park (the PyMutex slow \
+             path; parks from PyEvent_WaitTimed such as thread joins are left out)"
                 .to_string(),
         );
     }

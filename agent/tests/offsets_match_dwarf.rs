@@ -1,10 +1,10 @@
 //! The offset table (agent/src/python/versions.rs) and the debug-offsets block
 //! positions (agent/src/python/debug_offsets.rs) agree with the DWARF of every
-//! pyenv build on the machine, read with gdb.
+//! pyenv build on the machine and of Debian sid's 3.14, read with gdb.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::pyenv_matrix;
@@ -24,7 +24,7 @@ fn pyenv_libraries() -> Vec<(PyVersion, PathBuf)> {
 }
 
 /// Evaluates `(long)&(EXPR)`-style expressions with gdb; one number per expression.
-fn gdb_values(lib: &PathBuf, exprs: &[String]) -> Vec<i64> {
+fn gdb_values(lib: &Path, exprs: &[String]) -> Vec<i64> {
     let mut cmd = Command::new("gdb");
     cmd.args(["-batch", "-nx"]);
     for e in exprs {
@@ -58,106 +58,127 @@ fn the_offset_table_matches_the_debug_info_of_every_pyenv_build() {
     let libs = pyenv_libraries();
     assert!(!libs.is_empty() || !std::env::var("CI").is_ok_and(|v| v == "true"));
     for (version, lib) in libs {
-        let layout = layout_for(version).unwrap_or_else(|| panic!("{version} in the table"));
-        let gil = "struct _gil_runtime_state";
-        let mut exprs = vec![
-            off(gil, "interval"),
-            off(gil, "last_holder"),
-            off(gil, "locked"),
-            off(gil, "switch_number"),
-            off(gil, "cond"),
-            off(gil, "mutex"),
-            off(gil, "switch_cond"),
-            format!("sizeof({gil})"),
-        ];
-        let tid_field = match layout.thread_id {
-            ThreadIdField::NativeThreadId(_) => "native_thread_id",
-            ThreadIdField::PthreadOnly(_) => "thread_id",
-        };
-        exprs.push(off("struct _ts", tid_field));
-        match layout.gil {
-            GilLocation::Embedded(_) => exprs.push(off("struct pyruntimestate", "ceval.gil")),
-            GilLocation::InterpreterPointer { .. } => {
-                exprs.push(off("struct pyruntimestate", "_main_interpreter"));
-                exprs.push(off("struct _is", "ceval.gil"));
-                exprs.push(off("struct pyruntimestate", "interpreters.head"));
-                exprs.push(off("struct _is", "next"));
-            }
-            GilLocation::DebugOffsets => {
-                let d = "struct _Py_DebugOffsets";
-                for field in [
-                    "runtime_state.interpreters_head",
-                    "interpreter_state.next",
-                    "interpreter_state.ceval_gil",
-                    "interpreter_state.gil_runtime_state",
-                    "interpreter_state.gil_runtime_state_enabled",
-                    "interpreter_state.gil_runtime_state_locked",
-                    "interpreter_state.gil_runtime_state_holder",
-                    "thread_state.native_thread_id",
-                ] {
-                    exprs.push(off(d, field));
-                }
+        table_matches_dwarf(version, &lib);
+    }
+}
+
+/// Debian ships no symbols in sid's stripped python3.14, but its python3.14-dbg
+/// carries the DWARF of that very build (same build id): the table must agree.
+#[test]
+fn the_offset_table_matches_the_debug_info_of_debian_sids_3_14() {
+    let Some(debug) = common::debian_python314_debug_file() else {
+        return;
+    };
+    table_matches_dwarf(
+        PyVersion {
+            major: 3,
+            minor: 14,
+        },
+        &debug,
+    );
+}
+
+/// Every figure the table holds for `version`, against the DWARF in `lib`.
+fn table_matches_dwarf(version: PyVersion, lib: &Path) {
+    let layout = layout_for(version).unwrap_or_else(|| panic!("{version} in the table"));
+    let gil = "struct _gil_runtime_state";
+    let mut exprs = vec![
+        off(gil, "interval"),
+        off(gil, "last_holder"),
+        off(gil, "locked"),
+        off(gil, "switch_number"),
+        off(gil, "cond"),
+        off(gil, "mutex"),
+        off(gil, "switch_cond"),
+        format!("sizeof({gil})"),
+    ];
+    let tid_field = match layout.thread_id {
+        ThreadIdField::NativeThreadId(_) => "native_thread_id",
+        ThreadIdField::PthreadOnly(_) => "thread_id",
+    };
+    exprs.push(off("struct _ts", tid_field));
+    match layout.gil {
+        GilLocation::Embedded(_) => exprs.push(off("struct pyruntimestate", "ceval.gil")),
+        GilLocation::InterpreterPointer { .. } => {
+            exprs.push(off("struct pyruntimestate", "_main_interpreter"));
+            exprs.push(off("struct _is", "ceval.gil"));
+            exprs.push(off("struct pyruntimestate", "interpreters.head"));
+            exprs.push(off("struct _is", "next"));
+        }
+        GilLocation::DebugOffsets => {
+            let d = "struct _Py_DebugOffsets";
+            for field in [
+                "runtime_state.interpreters_head",
+                "interpreter_state.next",
+                "interpreter_state.ceval_gil",
+                "interpreter_state.gil_runtime_state",
+                "interpreter_state.gil_runtime_state_enabled",
+                "interpreter_state.gil_runtime_state_locked",
+                "interpreter_state.gil_runtime_state_holder",
+                "thread_state.native_thread_id",
+            ] {
+                exprs.push(off(d, field));
             }
         }
-        let v = gdb_values(&lib, &exprs);
-        let g = layout.gil_layout;
-        let expected_gil = [
-            g.interval,
-            g.last_holder,
-            g.locked,
-            g.switch_number,
-            g.cond,
-            g.mutex,
-            g.switch_cond,
-            g.size,
-        ];
-        for (i, want) in expected_gil.iter().enumerate() {
-            assert_eq!(v[i] as u64, *want, "{version}: {}", exprs[i]);
+    }
+    let v = gdb_values(lib, &exprs);
+    let g = layout.gil_layout;
+    let expected_gil = [
+        g.interval,
+        g.last_holder,
+        g.locked,
+        g.switch_number,
+        g.cond,
+        g.mutex,
+        g.switch_cond,
+        g.size,
+    ];
+    for (i, want) in expected_gil.iter().enumerate() {
+        assert_eq!(v[i] as u64, *want, "{version}: {}", exprs[i]);
+    }
+    let tid_off = match layout.thread_id {
+        ThreadIdField::NativeThreadId(o) | ThreadIdField::PthreadOnly(o) => o,
+    };
+    assert_eq!(v[8] as u64, tid_off, "{version}: {}", exprs[8]);
+    match layout.gil {
+        GilLocation::Embedded(o) => assert_eq!(v[9] as u64, o, "{version}: GIL in _PyRuntime"),
+        GilLocation::InterpreterPointer {
+            interp,
+            gil_ptr,
+            interpreters_head,
+            interp_next,
+        } => {
+            assert_eq!(
+                v[11] as u64, interpreters_head,
+                "{version}: interpreters.head"
+            );
+            assert_eq!(
+                v[12] as u64, interp_next,
+                "{version}: PyInterpreterState.next"
+            );
+            assert_eq!(
+                v[9] as u64, interp,
+                "{version}: main interpreter in _PyRuntime"
+            );
+            assert_eq!(
+                v[10] as u64, gil_ptr,
+                "{version}: ceval.gil in the interpreter"
+            );
         }
-        let tid_off = match layout.thread_id {
-            ThreadIdField::NativeThreadId(o) | ThreadIdField::PthreadOnly(o) => o,
-        };
-        assert_eq!(v[8] as u64, tid_off, "{version}: {}", exprs[8]);
-        match layout.gil {
-            GilLocation::Embedded(o) => assert_eq!(v[9] as u64, o, "{version}: GIL in _PyRuntime"),
-            GilLocation::InterpreterPointer {
-                interp,
-                gil_ptr,
-                interpreters_head,
-                interp_next,
-            } => {
-                assert_eq!(
-                    v[11] as u64, interpreters_head,
-                    "{version}: interpreters.head"
-                );
-                assert_eq!(
-                    v[12] as u64, interp_next,
-                    "{version}: PyInterpreterState.next"
-                );
-                assert_eq!(
-                    v[9] as u64, interp,
-                    "{version}: main interpreter in _PyRuntime"
-                );
-                assert_eq!(
-                    v[10] as u64, gil_ptr,
-                    "{version}: ceval.gil in the interpreter"
-                );
-            }
-            GilLocation::DebugOffsets => {
-                let b = block_layout(version).unwrap_or_else(|| panic!("{version} block layout"));
-                let positions = [
-                    b.interpreters_head,
-                    b.interp_next,
-                    b.ceval_gil,
-                    b.gil_runtime_state,
-                    b.gil_enabled,
-                    b.gil_locked,
-                    b.gil_holder,
-                    b.native_thread_id,
-                ];
-                for (i, want) in positions.iter().enumerate() {
-                    assert_eq!(v[9 + i] as usize, *want, "{version}: {}", exprs[9 + i]);
-                }
+        GilLocation::DebugOffsets => {
+            let b = block_layout(version).unwrap_or_else(|| panic!("{version} block layout"));
+            let positions = [
+                b.interpreters_head,
+                b.interp_next,
+                b.ceval_gil,
+                b.gil_runtime_state,
+                b.gil_enabled,
+                b.gil_locked,
+                b.gil_holder,
+                b.native_thread_id,
+            ];
+            for (i, want) in positions.iter().enumerate() {
+                assert_eq!(v[9 + i] as usize, *want, "{version}: {}", exprs[9 + i]);
             }
         }
     }
@@ -350,7 +371,7 @@ fn object_checks(l: &ObjectLayout) -> Vec<(String, u64)> {
     c
 }
 
-fn assert_object_layout(label: &str, lib: &PathBuf, l: &ObjectLayout) {
+fn assert_object_layout(label: &str, lib: &Path, l: &ObjectLayout) {
     let checks = object_checks(l);
     let exprs: Vec<String> = checks.iter().map(|(e, _)| e.clone()).collect();
     let values = gdb_values(lib, &exprs);

@@ -1,6 +1,7 @@
 //! Stripped copies (`objcopy --strip-all`) of every pyenv libpython resolve to the
 //! same `_PyRuntime`, and `take_gil` is found by disassembly at an offset the
-//! symbol table of the original names; Debian's stripped build is found too.
+//! symbol table of the original names; Debian's stripped builds are found too,
+//! and so is every copy of `_PyParkingLot_Park` (LTO clones it).
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::path::Path;
 
 use common::*;
 use gilscope::python::elf::{inspect, ElfImage};
-use gilscope::python::finder::{find_take_gil, FoundBy};
+use gilscope::python::finder::{find_park, find_take_gil, FoundBy};
 
 fn take_gil_of(path: &Path) -> Vec<(u64, FoundBy)> {
     inspect(path).expect("readable").expect("is CPython");
@@ -69,6 +70,105 @@ fn debian_stripped_python_has_take_gil_found_by_disassembly() {
     let found = take_gil_of(&python);
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].1, FoundBy::Disassembly);
+}
+
+/// Debian sid's 3.14 is stripped and LTO-built (take_gil is `take_gil.lto_priv.0`
+/// there); the DWARF file from python3.14-dbg names it, so disassembly of the
+/// stripped binary must land on exactly the copies that file's symbol table lists.
+#[test]
+fn debian_314_take_gil_by_disassembly_is_where_its_debug_symbols_put_it() {
+    use object::{Object, ObjectSymbol};
+    let (Some(launcher), Some(debug)) = (debian_python314(), debian_python314_debug_file()) else {
+        return;
+    };
+    // The launcher lives in PREFIX/bin; the interpreter in PREFIX/root/usr/bin.
+    let python = launcher
+        .parent()
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("root/usr/bin/python3.14"))
+        .expect("prefix");
+    let image = ElfImage::read(&python).expect("read");
+    let file = image.parse(&python).expect("parse");
+    let found: Vec<(u64, FoundBy)> = find_take_gil(&file)
+        .into_iter()
+        .map(|f| (f.address, f.how))
+        .collect();
+    let data = std::fs::read(&debug).expect("read debug file");
+    let dwarf = object::File::parse(&*data).expect("parse debug file");
+    let mut named: Vec<(u64, FoundBy)> = dwarf
+        .symbols()
+        .filter(|s| {
+            s.name().is_ok_and(|n| {
+                n == "take_gil" || (n.starts_with("take_gil.") && !n.ends_with(".cold"))
+            })
+        })
+        .map(|s| (s.address(), FoundBy::Disassembly))
+        .collect();
+    named.sort_unstable_by_key(|(a, _)| *a);
+    assert!(!named.is_empty(), "the debug file names take_gil");
+    assert_eq!(found, named, "take_gil by disassembly vs the debug symbols");
+}
+
+/// Debian's LTO build parks every PyMutex through `_PyParkingLot_Park.constprop.0`,
+/// not the export: the stripped binary must yield the export and that clone,
+/// exactly the copies the debug file's symbol table lists.
+#[test]
+fn debian_314_every_copy_of_the_parking_lot_park_is_found() {
+    use object::{Object, ObjectSymbol};
+    let (Some(launcher), Some(debug)) = (debian_python314(), debian_python314_debug_file()) else {
+        return;
+    };
+    let python = launcher
+        .parent()
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("root/usr/bin/python3.14"))
+        .expect("prefix");
+    let image = ElfImage::read(&python).expect("read");
+    let file = image.parse(&python).expect("parse");
+    let mut found: Vec<u64> = find_park(&file).iter().map(|f| f.address).collect();
+    found.sort_unstable();
+    let data = std::fs::read(&debug).expect("read debug file");
+    let dwarf = object::File::parse(&*data).expect("parse debug file");
+    let mut named: Vec<u64> = dwarf
+        .symbols()
+        .filter(|s| {
+            s.name().is_ok_and(|n| {
+                n == "_PyParkingLot_Park"
+                    || (n.starts_with("_PyParkingLot_Park.") && !n.ends_with(".cold"))
+            })
+        })
+        .map(|s| s.address())
+        .collect();
+    named.sort_unstable();
+    assert!(named.len() >= 2, "an LTO clone exists: {named:x?}");
+    assert_eq!(
+        found, named,
+        "park copies by disassembly vs the debug symbols"
+    );
+}
+
+/// Without LTO there is one park (pyenv 3.13): stripped or not, only the export.
+#[test]
+fn pyenv_313_parks_only_through_the_export_stripped_or_not() {
+    let Some((_, _, lib)) = pyenv_matrix()
+        .into_iter()
+        .find(|(line, _, _)| line == "3.13")
+    else {
+        return;
+    };
+    let stripped = stripped_copy(&lib, "park-3.13");
+    let parks = |path: &Path| {
+        let image = ElfImage::read(path).expect("read");
+        let file = image.parse(path).expect("parse");
+        find_park(&file)
+            .iter()
+            .map(|f| f.file_offset)
+            .collect::<Vec<_>>()
+    };
+    let (orig, copy) = (parks(&lib), parks(&stripped));
+    assert_eq!(orig.len(), 1, "{orig:x?}");
+    assert_eq!(orig, copy);
+    let _ = std::fs::remove_dir_all(stripped.parent().expect("dir"));
 }
 
 #[test]

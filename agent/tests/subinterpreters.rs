@@ -1,5 +1,5 @@
-//! Subinterpreters with their own GIL (3.12+): every GIL of the process is
-//! found, and waits land on the GIL they were for.
+//! Subinterpreters with their own GIL (3.12+; pyenv 3.12/3.13 and Debian sid's
+//! 3.14): every GIL of the process is found, and waits land on the GIL they were for.
 
 mod common;
 
@@ -10,10 +10,12 @@ fn each_subinterpreter_gil_is_found_and_waits_land_on_the_right_one() {
     if !can_use_bpf() {
         return;
     }
-    for (line, python, _) in pyenv_matrix()
+    let pythons = pyenv_matrix()
         .into_iter()
         .filter(|(l, _, _)| l == "3.12" || l == "3.13")
-    {
+        .map(|(line, python, _)| (line, python))
+        .chain(debian_python314().map(|python| ("Debian 3.14".to_string(), python)));
+    for (line, python) in pythons {
         let _machine = serial();
         let doc = check_json(&[
             "--",

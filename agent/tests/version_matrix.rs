@@ -1,6 +1,6 @@
 //! Every interpreter of the matrix — pyenv 3.8-3.13, stripped copies of each,
-//! Debian's stripped 3.11, and the CPythons built from Debian sources when
-//! present — measured against the same two truths: four CPU-bound threads
+//! Debian's stripped 3.11, and Debian sid's stripped 3.14 (binary packages run
+//! through sid's own loader) — measured against the same two truths: four CPU-bound threads
 //! serialize (GIL held ≥ 90 % of the time, each worker waits 55-85 % of the wall
 //! time) and a single-thread ping-pong shows zero GIL waits; `--precise` finds
 //! take_gil everywhere (by disassembly when stripped) and agrees.
@@ -17,6 +17,8 @@ struct Case {
     label: String,
     python: PathBuf,
     lib_dir: Option<PathBuf>,
+    /// The release line gilscope must report ("3.14"): the right file was read.
+    line: String,
 }
 
 impl Case {
@@ -42,12 +44,14 @@ fn matrix() -> Vec<Case> {
             label: format!("pyenv {line}"),
             python: python.clone(),
             lib_dir: None,
+            line: line.clone(),
         });
         let stripped = stripped_copy(&lib, &format!("matrix-{line}"));
         cases.push(Case {
             label: format!("pyenv {line} stripped"),
             python,
             lib_dir: stripped.parent().map(Path::to_path_buf),
+            line,
         });
     }
     if let Some(python) = debian_python311() {
@@ -55,6 +59,15 @@ fn matrix() -> Vec<Case> {
             label: "Debian 3.11 (static, stripped)".into(),
             python,
             lib_dir: None,
+            line: "3.11".into(),
+        });
+    }
+    if let Some(python) = debian_python314() {
+        cases.push(Case {
+            label: "Debian sid 3.14 (static, stripped, through sid's loader)".into(),
+            python,
+            lib_dir: None,
+            line: "3.14".into(),
         });
     }
     cases
@@ -72,6 +85,13 @@ fn measure_case(case: &Case) -> Vec<String> {
         failures.push(format!(
             "{label}: the stripped copy was not the one measured: {}",
             doc["interpreter"]
+        ));
+    }
+    let version = doc["interpreter"]["version"].as_str().unwrap_or_default();
+    if version != case.line && !version.starts_with(&format!("{}.", case.line)) {
+        failures.push(format!(
+            "{label}: measured as CPython {version}, not {}",
+            case.line
         ));
     }
     if f(p, "gil_utilization") < 0.9 {
@@ -153,4 +173,53 @@ fn every_interpreter_in_the_matrix_measures_serialization_and_no_phantom_waits()
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// On 3.14 a `threading.Lock` is a PyMutex; Debian's LTO build parks it through
+/// a clone of `_PyParkingLot_Park`, not the export. Four threads queued on one
+/// lock whose holder sleeps: lock contention (Σ park ≈ 3 × wall, one lock),
+/// not GIL waits.
+#[test]
+fn on_debian_314_threads_queued_on_a_threading_lock_show_lock_contention() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = debian_python314() else {
+        return;
+    };
+    let _machine = serial();
+    let failures = twice_on_noise("Debian 3.14 lock", || {
+        let doc = check_json_with(
+            gilscope()
+                .args(["check", "--json", "--"])
+                .arg(&python)
+                .args([&workload("lock_threads.py"), "4", "3"]),
+        );
+        let mut failures = Vec::new();
+        let p = &doc["process"];
+        let wall = f(p, "wall_s");
+        let locks = &doc["lock_contention"];
+        let total = locks["wait_s"].as_f64().unwrap_or(0.0);
+        if !(2.4..=3.3).contains(&(total / wall)) {
+            failures.push(format!("Σ park / wall {:.2}: {locks}", total / wall));
+        }
+        let top = locks["top_locks"][0]["wait_s"].as_f64().unwrap_or(0.0);
+        if top < 0.95 * total {
+            failures.push(format!("one lock must dominate: {locks}"));
+        }
+        for w in workers(&doc) {
+            let share = f(&w, "lock_wait_s") / wall;
+            if !(0.55..=0.85).contains(&share) {
+                failures.push(format!("worker {} parks {share:.3} of wall", w["tid"]));
+            }
+        }
+        if f(p, "gil_queue_length") > 0.05 {
+            failures.push(format!("the GIL is free here: {p}"));
+        }
+        if diagnosis_kinds(&doc).first().map(String::as_str) != Some("lock_contention") {
+            failures.push(format!("diagnosis {}", doc["diagnosis"]));
+        }
+        failures
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -34,13 +34,14 @@ pub struct LockProbe {
 }
 
 impl LockProbe {
-    /// Attaches to `_PyParkingLot_Park` at `file_offset` in `file`, for process `pid`
-    /// only; parks called from the runtime address range `event_wait` are counted as
-    /// event waits, not lock waits.
+    /// Attaches to every copy of `_PyParkingLot_Park` (at `file_offsets` in `file`:
+    /// LTO builds call a clone, not the export), for process `pid` only; parks
+    /// called from the runtime address range `event_wait` are counted as event
+    /// waits, not lock waits.
     pub fn attach(
         pid: u32,
         file: &Path,
-        file_offset: u64,
+        file_offsets: &[u64],
         event_wait: Option<std::ops::Range<u64>>,
     ) -> Result<Self> {
         let range = event_wait.unwrap_or(0..0);
@@ -57,15 +58,20 @@ impl LockProbe {
                 .try_into()
                 .map_err(|e| bpf_error(program, &e))?;
             probe.load().map_err(|e| bpf_error(program, &e))?;
-            probe
-                .attach(
-                    UProbeAttachLocation::AbsoluteOffset(file_offset),
-                    file,
-                    UProbeScope::OneProcess(pid),
-                )
-                .map_err(|e| {
-                    bpf_error(&format!("attaching {program} to {}", file.display()), &e)
-                })?;
+            for &offset in file_offsets {
+                probe
+                    .attach(
+                        UProbeAttachLocation::AbsoluteOffset(offset),
+                        file,
+                        UProbeScope::OneProcess(pid),
+                    )
+                    .map_err(|e| {
+                        bpf_error(
+                            &format!("attaching {program} to {}+{offset:#x}", file.display()),
+                            &e,
+                        )
+                    })?;
+            }
         }
         Ok(Self { ebpf })
     }

@@ -10,7 +10,7 @@
 use super::versions::PyVersion;
 
 /// Bytes of `_PyRuntime` to read: enough for every field used here in every release.
-pub const BLOCK_LEN: usize = 584;
+pub const BLOCK_LEN: usize = 656;
 
 const COOKIE: &[u8; 8] = b"xdebugpy";
 
@@ -45,33 +45,69 @@ pub struct BlockLayout {
 }
 
 /// Read from DWARF (`ptype /o struct _Py_DebugOffsets`) of each release's build.
-const BLOCK_LAYOUTS: &[BlockLayout] = &[BlockLayout {
-    version: PyVersion {
-        major: 3,
-        minor: 13,
+///
+/// 3.14 grew the block: `interpreter_state` gained `threads_main` (after
+/// `threads_head`, so `ceval_gil` and the `_gil` fields move by 8) and
+/// `code_object_generation`/`tlbc_generation` (so `thread_state` moves by 24).
+/// The 3.14 figures come from the DWARF Debian's python3.14-dbg ships for sid's
+/// stripped `/usr/bin/python3.14` 3.14.10 (same build id), and match the block
+/// that binary carries in its `.data`.
+const BLOCK_LAYOUTS: &[BlockLayout] = &[
+    BlockLayout {
+        version: PyVersion {
+            major: 3,
+            minor: 13,
+        },
+        interpreters_head: 40,
+        interp_next: 64,
+        ceval_gil: 112,
+        gil_runtime_state: 120,
+        gil_enabled: 128,
+        gil_locked: 136,
+        gil_holder: 144,
+        native_thread_id: 200,
+        threads_head: 72,
+        imports_modules: 88,
+        tstate_next: 168,
+        thread_id: 192,
+        ob_type: 360,
+        tp_flags: 392,
+        ma_keys: 456,
+        ma_values: 464,
+        long_tag: 496,
+        long_digits: 504,
+        unicode_state: 544,
+        unicode_length: 552,
+        ascii_size: 560,
     },
-    interpreters_head: 40,
-    interp_next: 64,
-    ceval_gil: 112,
-    gil_runtime_state: 120,
-    gil_enabled: 128,
-    gil_locked: 136,
-    gil_holder: 144,
-    native_thread_id: 200,
-    threads_head: 72,
-    imports_modules: 88,
-    tstate_next: 168,
-    thread_id: 192,
-    ob_type: 360,
-    tp_flags: 392,
-    ma_keys: 456,
-    ma_values: 464,
-    long_tag: 496,
-    long_digits: 504,
-    unicode_state: 544,
-    unicode_length: 552,
-    ascii_size: 560,
-}];
+    BlockLayout {
+        version: PyVersion {
+            major: 3,
+            minor: 14,
+        },
+        interpreters_head: 40,
+        interp_next: 64,
+        ceval_gil: 120,
+        gil_runtime_state: 128,
+        gil_enabled: 136,
+        gil_locked: 144,
+        gil_holder: 152,
+        native_thread_id: 224,
+        threads_head: 72,
+        imports_modules: 96,
+        tstate_next: 192,
+        thread_id: 216,
+        ob_type: 408,
+        tp_flags: 440,
+        ma_keys: 536,
+        ma_values: 544,
+        long_tag: 576,
+        long_digits: 584,
+        unicode_state: 624,
+        unicode_length: 632,
+        ascii_size: 640,
+    },
+];
 
 /// What a process's debug offsets say (all values are `offsetof` in that build).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +291,72 @@ mod tests {
         assert_eq!(ft.enabled_in_gil(), Some(0), "relative to the GIL struct");
     }
 
+    /// The head of sid's 3.14.10 `_PyRuntime` as stored in its `.data` (values
+    /// the stripped binary carries, not made up): `_gil` at +0x1e68 in the interpreter.
+    fn block_314() -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK_LEN];
+        b[..8].copy_from_slice(COOKIE);
+        let values: [(usize, u64); 17] = [
+            (8, 0x030e0af0),
+            (16, 0),
+            (24, 316616),
+            (32, 784),
+            (40, 808),
+            (48, 225864),
+            (56, 7280),
+            (64, 7272),
+            (72, 7344),
+            (80, 7360),
+            (120, 16),
+            (128, 7784),
+            (136, 0),
+            (144, 7800),
+            (152, 7792),
+            (216, 152),
+            (224, 160),
+        ];
+        for (at, v) in values {
+            b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn a_314_block_is_read_at_its_grown_positions() {
+        let line = PyVersion {
+            major: 3,
+            minor: 14,
+        };
+        let d = parse(&block_314(), line).expect("valid");
+        assert_eq!(d.interpreters_head, 808);
+        assert_eq!(d.interp_next, 7272);
+        assert_eq!(d.ceval_gil, 16);
+        assert_eq!(
+            d.gil_runtime_state, 0x1e68,
+            "DWARF: &PyInterpreterState._gil"
+        );
+        assert_eq!(d.locked_in_gil(), Some(16));
+        assert_eq!(d.holder_in_gil(), Some(8));
+        assert_eq!(
+            d.native_thread_id, 0xa0,
+            "DWARF: PyThreadState.native_thread_id"
+        );
+        // Read with 3.13's positions the same bytes would be nonsense: the table matters.
+        let mut as_313 = block_314();
+        as_313[8..16].copy_from_slice(&0x030d00f0u64.to_le_bytes());
+        let wrong = parse(
+            &as_313,
+            PyVersion {
+                major: 3,
+                minor: 13,
+            },
+        );
+        assert!(
+            wrong.map_or(true, |w| w.locked_in_gil() != Some(16)),
+            "3.13 positions must not happen to fit a 3.14 block"
+        );
+    }
+
     #[test]
     fn a_wrong_cookie_or_version_is_refused() {
         let mut b = block_313(0);
@@ -277,6 +379,15 @@ mod tests {
         )
         .expect_err("3.13 block, 3.14 file");
         assert!(err.contains("say 3.13"), "{err}");
+        let err = parse(
+            &block_314(),
+            PyVersion {
+                major: 3,
+                minor: 15,
+            },
+        )
+        .expect_err("3.14 block, 3.15 file");
+        assert!(err.contains("say 3.14"), "{err}");
         assert!(parse(
             &b[..20],
             PyVersion {

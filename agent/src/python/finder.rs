@@ -1,4 +1,5 @@
-//! Finds `take_gil` and `drop_gil` for `--precise`, in stripped files too.
+//! Finds `take_gil` and `drop_gil` for `--precise`, and every copy of
+//! `_PyParkingLot_Park` for the lock probe, in stripped files too.
 //!
 //! They are static functions. With a `.symtab`, every copy is found by name
 //! (compilers clone them: 3.8 has `take_gil` and `take_gil.constprop.0`).
@@ -121,6 +122,8 @@ fn branches_of(file: &object::File<'_>, address: u64) -> Option<Branches> {
 }
 
 /// Every copy of a static function named `name` (or a compiler clone `name.*`).
+/// `name.*.cold` symbols are left out: they are the unlikely branches GCC moves
+/// out of a function (entered by a jump, never called), not copies of it.
 fn symbols_named(file: &object::File<'_>, name: &str) -> Vec<u64> {
     let mut found: Vec<u64> = file
         .symbols()
@@ -128,8 +131,9 @@ fn symbols_named(file: &object::File<'_>, name: &str) -> Vec<u64> {
         .filter(|s| {
             s.name().is_ok_and(|n| {
                 n == name
-                    || n.strip_prefix(name)
-                        .is_some_and(|rest| rest.starts_with('.'))
+                    || n.strip_prefix(name).is_some_and(|rest| {
+                        rest.starts_with('.') && !rest.split('.').any(|part| part == "cold")
+                    })
             })
         })
         .map(|s| s.address())
@@ -210,6 +214,67 @@ pub fn find_drop_gil(file: &object::File<'_>) -> Vec<FoundFunction> {
         .into_iter()
         .filter_map(|a| found(file, a, FoundBy::SymbolTable))
         .collect()
+}
+
+/// Address of an exported (`.dynsym`) function.
+fn exported(file: &object::File<'_>, name: &str) -> Option<u64> {
+    file.dynamic_symbols()
+        .find(|s| s.kind() == object::SymbolKind::Text && s.address() != 0 && s.name() == Ok(name))
+        .map(|s| s.address())
+}
+
+/// Every copy of `_PyParkingLot_Park` (3.13+), where a thread sleeps on a PyMutex.
+///
+/// The export alone is not enough: LTO builds clone it. In Debian's 3.14
+/// every PyMutex path (`_PyMutex_LockTimed`, `PyEvent_WaitTimed`, the
+/// `threading.Lock` code) calls `_PyParkingLot_Park.constprop.0`, and the
+/// exported copy is reached only from the rwmutex, so a probe on the export
+/// sees almost nothing. With a `.symtab` the clones are found by name;
+/// stripped, as the direct callees of the exported `_PyMutex_LockTimed` and
+/// `PyEvent_WaitTimed` that call `_PySemaphore_Wait` themselves (the park's
+/// sleep; the raw-mutex slow path calls it too, but neither export calls that).
+/// Clones keep the lock address in the first argument (only constants are
+/// dropped: `size` in Debian's 3.14), which is what the lock probe reads.
+pub fn find_park(file: &object::File<'_>) -> Vec<FoundFunction> {
+    const PARK: &str = "_PyParkingLot_Park";
+    let Some(export) = exported(file, PARK) else {
+        return Vec::new();
+    };
+    let mut copies = symbols_named(file, PARK);
+    let mut how = FoundBy::SymbolTable;
+    if file.section_by_name(".symtab").is_none() {
+        let sleeps: Vec<u64> = [
+            exported(file, "_PySemaphore_Wait"),
+            plt_stub(file, "_PySemaphore_Wait"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let calls_sleep = |address: u64| {
+            branches_of(file, address).is_some_and(|b| b.calls.iter().any(|c| sleeps.contains(c)))
+        };
+        let mut clones: Vec<u64> = ["_PyMutex_LockTimed", "PyEvent_WaitTimed"]
+            .into_iter()
+            .filter_map(|caller| exported(file, caller))
+            .filter_map(|caller| branches_of(file, caller))
+            .flat_map(|b| b.calls.into_iter().chain(b.jumps))
+            .filter(|&target| target != export && calls_sleep(target))
+            .collect();
+        clones.sort_unstable();
+        clones.dedup();
+        copies = clones;
+        how = FoundBy::Disassembly;
+    }
+    let mut out: Vec<FoundFunction> = found(file, export, FoundBy::SymbolTable)
+        .into_iter()
+        .collect();
+    out.extend(
+        copies
+            .into_iter()
+            .filter(|&a| a != export)
+            .filter_map(|a| found(file, a, how)),
+    );
+    out
 }
 
 #[cfg(test)]

@@ -209,8 +209,16 @@ const L313T: ObjectLayout = ObjectLayout {
     ..L313
 };
 
+/// 3.14 (Debian sid's 3.14.10, checked with gdb against the DWARF its
+/// python3.14-dbg ships): type, module, dict, str and int layouts are 3.13's;
+/// the rest comes from its (grown) debug offsets.
+const L314: ObjectLayout = ObjectLayout {
+    version: v(3, 14),
+    ..L313
+};
+
 /// Measured layouts, one per release line and build kind.
-const OBJECT_LAYOUTS: &[ObjectLayout] = &[L38, L39, L310, L311, L312, L313, L313T];
+const OBJECT_LAYOUTS: &[ObjectLayout] = &[L38, L39, L310, L311, L312, L313, L313T, L314];
 
 /// `Py_TPFLAGS_INLINE_VALUES` (3.13+).
 pub const TPFLAGS_INLINE_VALUES: u64 = 1 << 2;

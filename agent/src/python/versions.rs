@@ -58,7 +58,7 @@ pub struct GilLayout {
     pub size: u64,
 }
 
-/// The layout shared by every default (GIL) build from 3.8 to 3.13 with glibc.
+/// The layout shared by every default (GIL) build from 3.8 to 3.14 with glibc.
 pub const GIL_LAYOUT_DEFAULT: GilLayout = GilLayout {
     interval: 0,
     last_holder: 8,
@@ -148,6 +148,15 @@ const LAYOUTS: &[Layout] = &[
     },
     Layout {
         version: v(3, 13),
+        gil: GilLocation::DebugOffsets,
+        gil_layout: GIL_LAYOUT_DEFAULT,
+        thread_id: ThreadIdField::NativeThreadId(0xa0),
+    },
+    // Debian sid's 3.14.10 (static, stripped), read from the DWARF its
+    // python3.14-dbg package ships for that build id: `_gil_runtime_state` is
+    // unchanged from 3.13 (208 bytes, cond +32, switch_cond +120).
+    Layout {
+        version: v(3, 14),
         gil: GilLocation::DebugOffsets,
         gil_layout: GIL_LAYOUT_DEFAULT,
         thread_id: ThreadIdField::NativeThreadId(0xa0),

@@ -75,6 +75,40 @@ pub fn debian_python311() -> Option<PathBuf> {
     }
 }
 
+/// Asks tests/interpreters/fetch-debian-python.sh for a path it prints (`what`:
+/// `--print-path` or `--print-debug-file`) of interpreter `name`, if fetched.
+fn fetched_debian_python(what: &str, name: &str) -> Option<PathBuf> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/interpreters/fetch-debian-python.sh"
+    );
+    let out = Command::new("bash")
+        .args([script, what, name])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if out.status.success() && path.exists() {
+        Some(path)
+    } else {
+        missing(&format!(
+            "Debian sid's CPython {name} is not fetched: run bash tests/interpreters/fetch-debian-python.sh {name}"
+        ));
+        None
+    }
+}
+
+/// Debian sid's CPython 3.14 (static, stripped, LTO; needs sid's glibc): the
+/// launcher script that runs it through sid's loader, so the process's
+/// executable is `ld-linux-x86-64.so.2` and the interpreter a mapped file.
+pub fn debian_python314() -> Option<PathBuf> {
+    fetched_debian_python("--print-path", "3.14")
+}
+
+/// The DWARF of Debian sid's stripped `python3.14` (from python3.14-dbg, same build id).
+pub fn debian_python314_debug_file() -> Option<PathBuf> {
+    fetched_debian_python("--print-debug-file", "3.14")
+}
+
 /// Both 3.11 interpreters of the acceptance matrix that exist here.
 pub fn interpreters311() -> Vec<PathBuf> {
     pyenv_python311()

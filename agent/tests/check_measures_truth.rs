@@ -12,13 +12,7 @@ fn four_cpu_bound_threads_serialize_on_the_gil() {
     }
     for python in interpreters311() {
         let _machine = serial();
-        let doc = check_json(&[
-            "--",
-            python.to_str().unwrap(),
-            &workload("cpu_threads.py"),
-            "4",
-            "5",
-        ]);
+        let doc = check_workload(&python, "cpu_threads.py", &["4", "5"]);
         let p = &doc["process"];
         let wall = f(p, "wall_s");
         let label = python.display();
@@ -63,13 +57,7 @@ fn eight_threads_blocked_on_io_do_not_contend() {
     }
     for python in interpreters311() {
         let _machine = serial();
-        let doc = check_json(&[
-            "--",
-            python.to_str().unwrap(),
-            &workload("io_threads.py"),
-            "8",
-            "3",
-        ]);
+        let doc = check_workload(&python, "io_threads.py", &["8", "3"]);
         let p = &doc["process"];
         assert!(f(p, "gil_utilization") < 0.3, "{}: {p}", python.display());
         assert!(
@@ -87,13 +75,7 @@ fn two_threads_hashing_run_in_parallel() {
     }
     for python in interpreters311() {
         let _machine = serial();
-        let doc = check_json(&[
-            "--",
-            python.to_str().unwrap(),
-            &workload("hash_threads.py"),
-            "2",
-            "3",
-        ]);
+        let doc = check_workload(&python, "hash_threads.py", &["2", "3"]);
         let p = &doc["process"];
         assert!(
             f(p, "effective_parallelism") >= 1.5,
@@ -115,12 +97,7 @@ fn a_single_thread_ping_pong_shows_no_phantom_gil_waits() {
     }
     for python in interpreters311() {
         let _machine = serial();
-        let doc = check_json(&[
-            "--",
-            python.to_str().unwrap(),
-            &workload("pingpong.py"),
-            "2",
-        ]);
+        let doc = check_workload(&python, "pingpong.py", &["2"]);
         let p = &doc["process"];
         assert_eq!(
             p["gil_waits"].as_u64(),

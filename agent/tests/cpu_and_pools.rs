@@ -17,13 +17,7 @@ fn a_pool_fed_one_mebibyte_payloads_is_diagnosed_as_ipc_overhead() {
         let _machine = serial();
         let label = python.display().to_string();
         let failures = twice_on_noise(&label, || {
-            let doc = check_json(&[
-                "--",
-                python.to_str().unwrap(),
-                &workload("pool_overhead.py"),
-                "4",
-                "5",
-            ]);
+            let doc = check_workload(&python, "pool_overhead.py", &["4", "5"]);
             let mut failures = Vec::new();
             let children = doc["children"].as_array().cloned().unwrap_or_default();
             if children.len() < 4 {
@@ -155,13 +149,7 @@ fn four_cpu_threads_on_two_cores_would_run_about_twice_as_fast_without_the_gil()
     }
     for python in interpreters311() {
         let _machine = serial();
-        let doc = check_json(&[
-            "--",
-            python.to_str().unwrap(),
-            &workload("cpu_threads.py"),
-            "4",
-            "4",
-        ]);
+        let doc = check_workload(&python, "cpu_threads.py", &["4", "4"]);
         let e = &doc["estimate"];
         let speedup = f(e, "speedup_without_gil");
         assert!(
@@ -183,13 +171,7 @@ fn threads_that_hash_in_parallel_leave_nothing_on_the_table() {
         return;
     };
     let _machine = serial();
-    let doc = check_json(&[
-        "--",
-        python.to_str().unwrap(),
-        &workload("hash_threads.py"),
-        "2",
-        "3",
-    ]);
+    let doc = check_workload(&python, "hash_threads.py", &["2", "3"]);
     let speedup = f(&doc["estimate"], "speedup_without_gil");
     assert!(
         speedup < 1.15,

@@ -14,13 +14,7 @@ fn with_the_gil_off_cpu_bound_threads_run_in_parallel() {
     }
     let Some(python) = python313t() else { return };
     let _machine = serial();
-    let doc = check_json(&[
-        "--",
-        python.to_str().unwrap(),
-        &workload("cpu_threads.py"),
-        "4",
-        "3",
-    ]);
+    let doc = check_workload(&python, "cpu_threads.py", &["4", "3"]);
     let i = &doc["interpreter"];
     assert_eq!(i["free_threaded"], true, "{i}");
     assert_eq!(i["gil_enabled"], false, "{i}");
@@ -43,13 +37,7 @@ fn with_the_gil_off_threads_sharing_a_list_contend_on_its_lock() {
     }
     let Some(python) = python313t() else { return };
     let _machine = serial();
-    let doc = check_json(&[
-        "--",
-        python.to_str().unwrap(),
-        &workload("shared_list.py"),
-        "4",
-        "3",
-    ]);
+    let doc = check_workload(&python, "shared_list.py", &["4", "3"]);
     let locks = &doc["lock_contention"];
     assert!(locks["waits"].as_u64().unwrap_or(0) > 100, "{locks}");
     assert!(f(locks, "wait_s") > 0.3, "{locks}");

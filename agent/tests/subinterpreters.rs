@@ -17,12 +17,7 @@ fn each_subinterpreter_gil_is_found_and_waits_land_on_the_right_one() {
         .chain(debian_python314().map(|python| ("Debian 3.14".to_string(), python)));
     for (line, python) in pythons {
         let _machine = serial();
-        let doc = check_json(&[
-            "--",
-            python.to_str().unwrap(),
-            &workload("subinterpreters.py"),
-            "4",
-        ]);
+        let doc = check_workload(&python, "subinterpreters.py", &["4"]);
         let wall = f(&doc["process"], "wall_s");
         let gils = doc["gils"].as_array().expect("gils");
         assert_eq!(

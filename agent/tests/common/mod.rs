@@ -138,6 +138,16 @@ pub fn check_json(args: &[&str]) -> Value {
     check_json_with(gilscope().arg("check").arg("--json").args(args))
 }
 
+/// `gilscope check --json -- PYTHON tests/workloads/SCRIPT ARGS...`, asserts exit 0.
+pub fn check_workload(python: &Path, script: &str, args: &[&str]) -> Value {
+    let mut cmd = gilscope();
+    cmd.args(["check", "--json", "--"])
+        .arg(python)
+        .arg(workload(script))
+        .args(args);
+    check_json_with(&mut cmd)
+}
+
 /// As [`check_json`] with a prepared command (extra env, etc.).
 pub fn check_json_with(cmd: &mut Command) -> Value {
     let out = cmd.output().expect("run gilscope");

@@ -69,12 +69,12 @@ const RULES: &[Rule] = &[
 pub const THROTTLED_SHARE: f64 = 0.1;
 /// Threads waiting for a CPU on average (beyond throttling) to call the process starved.
 pub const STARVED_QUEUE: f64 = 0.25;
-/// Pool workers busy less than this share of the time are waiting for work.
-pub const WORKER_BUSY_SHARE: f64 = 0.5;
-/// ... while the whole process tree uses less than this share of its cores.
-const POOL_TREE_CORE_SHARE: f64 = 0.75;
-/// The parent must be doing something (feeding the pool) for the pool to be drowning in it.
-const POOL_PARENT_BUSY: f64 = 0.1;
+/// A parent that spends at least this share of its workers' total CPU on
+/// feeding them (pickling, pipes) is the pool's bottleneck: in a pool that pays
+/// off, the workers' compute dwarfs what the parent spends sending them work.
+pub const POOL_FEED_RATIO: f64 = 0.25;
+/// ... and the parent must be busy doing it (share of one core).
+const POOL_PARENT_BUSY: f64 = 0.25;
 /// Workers watched less than this are too short-lived to judge.
 const MIN_WORKER_WATCH_S: f64 = 1.0;
 
@@ -387,7 +387,8 @@ fn cpu_starved(f: &Facts) -> Option<Diagnosis> {
              (run-queue delay {:.2} s over {:.2} s): the machine is short of cores, not the GIL",
             p.runqueue_wait_s, p.wall_s
         ),
-        advice: "Other processes (or too many threads of this one) compete for the CPUs. \
+        advice: "Other processes (or too many threads or worker processes of this one) compete \
+                 for the CPUs. \
                  Give the process more cores or fewer neighbours; GIL changes will not help \
                  until it gets the CPU it asks for."
             .into(),
@@ -413,10 +414,8 @@ fn process_pool_overhead(f: &Facts) -> Option<Diagnosis> {
     let children_cpu: f64 = f.children.iter().map(|c| c.cpu_s).sum();
     let tree_cores = ratio(p.cpu_s + children_cpu, p.wall_s);
     let parent_busy = ratio(p.cpu_s, p.wall_s);
-    if busy >= WORKER_BUSY_SHARE
-        || tree_cores >= POOL_TREE_CORE_SHARE * p.cores_available
-        || parent_busy < POOL_PARENT_BUSY
-    {
+    let feed_ratio = ratio(p.cpu_s, children_cpu);
+    if parent_busy < POOL_PARENT_BUSY || children_cpu <= 0.0 || feed_ratio < POOL_FEED_RATIO {
         return None;
     }
     let waiting = workers
@@ -428,12 +427,15 @@ fn process_pool_overhead(f: &Facts) -> Option<Diagnosis> {
         kind: "process_pool_overhead".into(),
         severity: Severity::Warning,
         summary: format!(
-            "{} worker processes were busy {:.0}% of the time (at most that share is useful \
-             work) while the pool used {tree_cores:.2} of {:.2} cores: it is limited by moving \
-             tasks and results between processes (pickling, pipes), not by CPU",
+            "the parent spent {:.2} s of CPU feeding {} worker processes that ran {:.2} s in all \
+             ({:.0}% of their work again), and the workers were busy {:.0}% of the time (at most \
+             that share is useful work): the pool's time goes to moving tasks and results between \
+             processes (pickling, pipes), not to the work",
+            p.cpu_s,
             workers.len(),
-            busy * 100.0,
-            p.cores_available
+            children_cpu,
+            feed_ratio * 100.0,
+            busy * 100.0
         ),
         advice: "Each task's arguments are pickled by the parent, pushed through a pipe and \
                  unpickled by a worker; with big arguments or tiny tasks that costs more than \
@@ -447,6 +449,7 @@ fn process_pool_overhead(f: &Facts) -> Option<Diagnosis> {
             ("worker_busy_share", busy),
             ("worker_queue_wait_share", waiting),
             ("parent_cpu_share", parent_busy),
+            ("parent_to_worker_cpu", feed_ratio),
             ("tree_cores_used", tree_cores),
             ("cores_available", p.cores_available),
         ]),

@@ -26,7 +26,7 @@ enum Command {
     /// Measure one CPython process ("is my concurrency real?") and print a report.
     Check(CheckArgs),
     /// Watch every CPython process on this node and export OpenTelemetry metrics.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -272,7 +272,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Check(args) => run_check(args),
-        Command::Run(args) => run_daemon(args),
+        Command::Run(args) => run_daemon(*args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("gilscope: {e:#}");

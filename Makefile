@@ -4,7 +4,7 @@
 
 PYTHON ?= $(shell command -v python3 || echo /usr/bin/python3)
 
-.PHONY: setup interpreters build demo test bench
+.PHONY: setup interpreters receivers build demo test bench
 setup:
 	bash tests/setup.sh
 
@@ -13,13 +13,18 @@ setup:
 interpreters: setup
 	bash tests/interpreters/build-cpython.sh 3.13t
 
+# rotel and VictoriaMetrics for the `gilscope run` end-to-end tests, cached in
+# /var/cache/gilscope/receivers.
+receivers:
+	bash tests/receivers/install.sh
+
 build: setup
 	cargo build --release
 
 demo: build
 	./target/release/gilscope check -- $(PYTHON) tests/workloads/cpu_threads.py 4 5
 
-test: setup interpreters
+test: setup interpreters receivers
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test --workspace --no-fail-fast

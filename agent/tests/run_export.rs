@@ -61,7 +61,6 @@ fn wait_for_port(port: u16, what: &str) {
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gilscope-run-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
@@ -97,7 +96,12 @@ fn start_rotel(rotel: &Path, vm_port: u16, tag: &str) -> (Running, u16, PathBuf)
             &format!("http://127.0.0.1:{vm_port}/opentelemetry"),
         ])
         .args(["--otlp-exporter-protocol", "http"])
-        .args(["--debug-log", "metrics"])
+        .args([
+            "--debug-log",
+            "metrics",
+            "--debug-log-verbosity",
+            "detailed",
+        ])
         .stdout(std::fs::File::create(&log).expect("log"))
         .stderr(Stdio::null())
         .spawn()
@@ -230,16 +234,17 @@ fn check_exported(vm_port: u16, service: &str, tenant: &str) -> Vec<String> {
     failures
 }
 
+/// `gilscope run`, to which a test adds its flags.
+fn daemon() -> Command {
+    let mut cmd = gilscope();
+    cmd.arg("run");
+    cmd
+}
+
 /// Runs the daemon for `seconds` next to a workload and returns its stderr.
 fn run_daemon(cmd: &mut Command, seconds: u32) -> String {
     let out = cmd
-        .args([
-            "run",
-            "--interval",
-            "1s",
-            "--duration",
-            &format!("{seconds}s"),
-        ])
+        .args(["--interval", "1s", "--duration", &format!("{seconds}s")])
         .output()
         .expect("run gilscope");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -275,7 +280,7 @@ fn grpc_gzip_through_rotel_into_victoria_metrics_shows_four_serialized_threads()
         .expect("config");
         let _work = workload_process(&python, 9, &service, &tag);
         let stderr = run_daemon(
-            gilscope()
+            daemon()
                 .env(
                     "OTEL_EXPORTER_OTLP_ENDPOINT",
                     format!("http://127.0.0.1:{grpc}"),
@@ -320,7 +325,7 @@ fn http_protobuf_straight_into_victoria_metrics_carries_the_tenant_rule() {
         let service = format!("gil-e2e-{tag}");
         let _work = workload_process(&python, 9, &service, &tag);
         let stderr = run_daemon(
-            gilscope()
+            daemon()
                 .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
                 .args([
                     "--endpoint",
@@ -352,7 +357,7 @@ fn an_unreachable_collector_gives_one_warning_per_interval_and_the_daemon_keeps_
     let port = free_port(); // nothing listens there
     let started = Instant::now();
     let stderr = run_daemon(
-        gilscope()
+        daemon()
             .args(["--endpoint", &format!("http://127.0.0.1:{port}")])
             .args(["--include-cmdline", &tag]),
         5,

@@ -48,7 +48,7 @@ struct RunArgs {
     /// How often /proc is listed for new processes (default 250ms).
     #[arg(long, value_parser = parse_duration)]
     poll: Option<Duration>,
-    /// GIL state samples per second per process (default 50).
+    /// GIL state samples per second per process (default 10).
     #[arg(long)]
     sample_hz: Option<u32>,
     /// OTLP endpoint (gRPC: http://host:4317; HTTP: base URL, /v1/metrics is appended).

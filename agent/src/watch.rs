@@ -148,6 +148,19 @@ impl ProcessWatch {
     /// Refreshes GILs, per-thread CPU and holder names; marks the process gone
     /// when procfs no longer has it.
     pub fn tick(&mut self, probe: &mut WaitProbe) {
+        self.refresh(probe);
+        if !self.alive {
+            return;
+        }
+        if let Ok(counters) = probe.read(self.pid()) {
+            self.learn_holders(&counters);
+        }
+    }
+
+    /// [`ProcessWatch::tick`] without reading the kernel counters: a caller that
+    /// watches many processes reads them once for all ([`WaitProbe::read_all`])
+    /// and hands each its own through [`ProcessWatch::learn_holders`].
+    pub fn refresh(&mut self, probe: &mut WaitProbe) {
         if !self.alive {
             return;
         }
@@ -168,9 +181,6 @@ impl ProcessWatch {
                 Ok(()) => self.watched_gils = gils,
                 Err(e) => tracing::debug!("cannot update the GILs of process {pid}: {e}"),
             }
-        }
-        if let Ok(counters) = probe.read(pid) {
-            self.learn_holders(&counters);
         }
     }
 
@@ -211,6 +221,11 @@ impl ProcessWatch {
     /// The cumulative counters now (call [`ProcessWatch::tick`] first for fresh CPU).
     pub fn snapshot(&mut self, probe: &WaitProbe) -> Snapshot {
         let waits = probe.read(self.pid()).unwrap_or_default();
+        self.snapshot_with(waits)
+    }
+
+    /// [`ProcessWatch::snapshot`] from kernel counters the caller already read.
+    pub fn snapshot_with(&mut self, waits: WaitCounters) -> Snapshot {
         self.learn_holders(&waits);
         Snapshot {
             at: if self.alive {

@@ -21,7 +21,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// How often /proc is listed for new processes: new ones are seen within this.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(250);
 /// GIL state samples per second per process (hold share, utilization, switches).
-pub const DEFAULT_SAMPLE_HZ: u32 = 50;
+pub const DEFAULT_SAMPLE_HZ: u32 = 10;
 /// Data points per OTLP request.
 pub const DEFAULT_BATCH_POINTS: usize = 512;
 /// Requests waiting to be sent before new ones are dropped (and counted).

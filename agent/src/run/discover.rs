@@ -5,7 +5,7 @@
 //! (measured in BENCHMARKS.md) and sees a new process within one poll, which is
 //! the 1 s the daemon promises, without a second BPF program.
 //!
-//! A process is judged once per (pid, start time, executable): rules first (no
+//! A process is judged once per (pid, executable): rules first (no
 //! file is opened), then the interpreter search. What is not CPython, or not
 //! supported, is remembered and logged once, so it is not examined again every
 //! poll; an `exec` changes the executable and so earns a new look. A CPython
@@ -125,9 +125,14 @@ pub struct Discovery {
     /// Pending processes and the candidate files seen last time (no ELF is read again
     /// until the mapped files change).
     pending: HashMap<u32, (Identity, Vec<PathBuf>)>,
-    /// Refusals so far, by reason (for the log and self-telemetry).
+    /// Refusals so far (for the log and self-telemetry).
     pub refusals: u64,
+    /// Polls so far.
+    polls: u64,
 }
+
+/// A refused process is checked for an exec once every this many polls (1 s at 250 ms).
+const REFUSED_RECHECK: u64 = 4;
 
 /// The pids in /proc (processes, not threads).
 pub fn list_pids() -> Vec<u32> {
@@ -184,13 +189,16 @@ impl Discovery {
         if pid == own_pid {
             return Verdict::Refused;
         }
+        // Refused processes cost nothing most polls: an exec (the only way a refused
+        // pid becomes Python) is looked for once every REFUSED_RECHECK polls.
+        if self.refused.contains_key(&pid) && self.polls % REFUSED_RECHECK != 0 {
+            return Verdict::Refused;
+        }
         let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
             return Verdict::Refused; // kernel thread, or gone
         };
-        if let Some(known) = self.refused.get(&pid) {
-            if known.exe == exe && start_ticks(pid) == Some(known.start_ticks) {
-                return Verdict::Refused;
-            }
+        if self.refused.get(&pid).is_some_and(|known| known.exe == exe) {
+            return Verdict::Refused;
         }
         let Some(start) = start_ticks(pid) else {
             return Verdict::Refused;
@@ -274,8 +282,9 @@ impl Discovery {
         Verdict::Refused
     }
 
-    /// Forgets pids that no longer exist, so the tables do not grow forever.
+    /// Forgets pids that no longer exist, so the tables do not grow forever; ends a poll.
     pub fn forget_missing(&mut self, alive: &HashSet<u32>) {
+        self.polls += 1;
         self.refused.retain(|pid, _| alive.contains(pid));
         self.pending.retain(|pid, _| alive.contains(pid));
     }

@@ -148,12 +148,7 @@ impl Daemon {
             self.discover();
             let now = Instant::now();
             if now >= next_tick {
-                for w in self.watched.values_mut() {
-                    if w.watch.alive && !still_same(&w.identity) {
-                        w.watch.alive = false;
-                    }
-                    w.watch.tick(&mut self.probe);
-                }
+                self.tick();
                 next_tick = now + TICK;
             }
             if now >= next_export {
@@ -175,6 +170,31 @@ impl Daemon {
         if let Some(exporter) = self.exporter.take() {
             exporter.shutdown(Duration::from_secs(5));
         }
+    }
+
+    /// Refreshes every watched process: per-thread CPU from procfs, and the kernel
+    /// counters read once for all (one pass over each BPF map, not one per process).
+    fn tick(&mut self) -> std::collections::HashMap<u32, crate::bpf::wait_probe::WaitCounters> {
+        for w in self.watched.values_mut() {
+            if w.watch.alive && !still_same(&w.identity) {
+                w.watch.alive = false;
+            }
+            w.watch.refresh(&mut self.probe);
+        }
+        let mut all = match self.probe.read_all() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::debug!("cannot read the kernel counters: {e}");
+                HashMap::new()
+            }
+        };
+        for (pid, w) in self.watched.iter_mut() {
+            if let Some(counters) = all.get(pid) {
+                w.watch.learn_holders(counters);
+            }
+        }
+        all.retain(|pid, _| self.watched.contains_key(pid));
+        all
     }
 
     /// Lists /proc and attaches to new CPython processes.
@@ -228,10 +248,12 @@ impl Daemon {
         let interval_s = now.duration_since(self.last_interval).as_secs_f64();
         self.last_interval = now;
         let temporality = self.temporality();
+        let mut counters = self.tick();
         let mut all: Vec<ProcessSeries> = Vec::with_capacity(self.watched.len());
-        for w in self.watched.values_mut() {
-            w.watch.tick(&mut self.probe);
-            let cur = w.watch.snapshot(&self.probe);
+        for (pid, w) in self.watched.iter_mut() {
+            let cur = w
+                .watch
+                .snapshot_with(counters.remove(pid).unwrap_or_default());
             let series = metrics::process_series(&IntervalInput {
                 watch: &w.watch,
                 first: &w.first,

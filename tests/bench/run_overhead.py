@@ -124,7 +124,12 @@ def main():
         c1, b1, t1 = cpu_s(agent.pid), proxy.up + proxy.down, time.monotonic()
     finally:
         agent.terminate()
-        agent.wait(timeout=20)
+        t_stop = time.monotonic()
+        try:
+            agent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+        stop_s = time.monotonic() - t_stop
         rotel.terminate()
         for w in workloads:
             w.kill()
@@ -139,6 +144,7 @@ def main():
         "agent_rss_mb_max": round(max(rss), 1),
         "wire_bytes_per_process_per_interval": round((b1 - b0) / intervals / args.processes),
         "wire_bytes_per_process_per_hour": round((b1 - b0) / wall * 3600 / args.processes),
+        "agent_stop_s": round(stop_s, 2),
         "extra_flags": args.extra,
     }
     print(json.dumps(result))

@@ -317,7 +317,16 @@ impl Exporter {
                 std::thread::sleep(Duration::from_millis(20));
             }
             self.stop.store(true, Ordering::Relaxed);
-            let _ = handle.join();
+            // A send in flight ends within its timeout; do not wait for it longer than a second.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                tracing::warn!("export still in flight at shutdown; not waiting for it");
+            }
         }
     }
 }

@@ -35,8 +35,9 @@ use metrics::{IntervalInput, Point, ProcessSeries, Value};
 use otlp::Clock;
 use resource::{Host, ProcessFacts};
 
-/// How often per-thread CPU is refreshed (threads that exit keep their last figures).
-const TICK: Duration = Duration::from_secs(1);
+/// How often per-thread CPU is refreshed (threads that exit keep their last figures,
+/// so a thread's last TICK of CPU can be missed when it exits).
+const TICK: Duration = Duration::from_secs(2);
 
 /// Set by SIGINT/SIGTERM: export what was seen and stop.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -162,25 +163,31 @@ impl Daemon {
             let nap = wake.saturating_duration_since(Instant::now());
             std::thread::sleep(nap.max(Duration::from_millis(1)));
         }
-        // A last (partial) interval, so a stop does not lose the tail.
+        // A last (partial) interval, so a stop does not lose the tail. The kernel
+        // state goes with the probe when the process exits: no per-process detach.
         self.interval();
-        for (_, w) in self.watched.drain() {
-            w.watch.detach(&mut self.probe);
-        }
+        self.watched.clear();
         if let Some(exporter) = self.exporter.take() {
             exporter.shutdown(Duration::from_secs(5));
         }
     }
 
-    /// Refreshes every watched process: per-thread CPU from procfs, and the kernel
-    /// counters read once for all (one pass over each BPF map, not one per process).
-    fn tick(&mut self) -> std::collections::HashMap<u32, crate::bpf::wait_probe::WaitCounters> {
+    /// Refreshes every watched process from procfs (per-thread CPU, GIL list).
+    fn tick(&mut self) {
         for w in self.watched.values_mut() {
             if w.watch.alive && !still_same(&w.identity) {
                 w.watch.alive = false;
             }
             w.watch.refresh(&mut self.probe);
         }
+    }
+
+    /// The kernel counters of every watched process, read once for all (one pass
+    /// over each BPF map, not one per process), once per interval: the daemon does
+    /// not export blocked-by pairs, so holders need not be resolved every tick.
+    fn read_counters(
+        &mut self,
+    ) -> std::collections::HashMap<u32, crate::bpf::wait_probe::WaitCounters> {
         let mut all = match self.probe.read_all() {
             Ok(all) => all,
             Err(e) => {
@@ -248,7 +255,8 @@ impl Daemon {
         let interval_s = now.duration_since(self.last_interval).as_secs_f64();
         self.last_interval = now;
         let temporality = self.temporality();
-        let mut counters = self.tick();
+        self.tick();
+        let mut counters = self.read_counters();
         let mut all: Vec<ProcessSeries> = Vec::with_capacity(self.watched.len());
         for (pid, w) in self.watched.iter_mut() {
             let cur = w

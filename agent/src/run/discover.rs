@@ -222,19 +222,19 @@ impl Discovery {
             Ok(f) => f,
             Err(_) => return Verdict::Refused,
         };
+        // A young process whose mapped files did not change has nothing new to show.
         if let Some((known, seen)) = self.pending.get(&pid) {
-            if *known == identity && *seen == files {
-                if age_s > GIL_INIT_S {
-                    tracing::info!(
-                        "process {pid} ({exe_text}): its GIL did not appear within {GIL_INIT_S} s; not watching it"
-                    );
-                    self.pending.remove(&pid);
-                    return self.refuse(identity);
-                }
+            if *known == identity && *seen == files && age_s < YOUNG_S {
                 return Verdict::Later;
             }
         }
         match crate::python::locate::find_interpreter(pid) {
+            Ok(Some(_)) if self.pending.contains_key(&pid) && age_s > GIL_INIT_S => {
+                tracing::info!(
+                    "process {pid} ({exe_text}): its GIL is still not usable after {age_s:.0} s; not watching it"
+                );
+                self.refuse(identity)
+            }
             Ok(Some(_)) => {
                 self.pending.remove(&pid);
                 Verdict::Attach(identity)

@@ -24,10 +24,11 @@ fn a_new_process_is_watched_within_a_second_and_released_when_it_exits() {
     let mut daemon = gilscope()
         .args(["-vv", "run", "--interval", "1s", "--duration", "9s"])
         .args(["--include-cmdline", &tag])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start gilscope run");
+    let mut stdout = daemon.stdout.take().expect("stdout");
     let stderr = daemon.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel::<(Instant, String)>();
     let reader = std::thread::spawn(move || {
@@ -50,6 +51,8 @@ fn a_new_process_is_watched_within_a_second_and_released_when_it_exits() {
     let pid = work.id();
     let _ = work.wait();
     let status = daemon.wait().expect("gilscope run");
+    let mut summary = String::new();
+    let _ = std::io::Read::read_to_string(&mut stdout, &mut summary);
     let _ = reader.join();
     let lines: Vec<(Instant, String)> = rx.try_iter().collect();
     let all = lines
@@ -79,4 +82,10 @@ fn a_new_process_is_watched_within_a_second_and_released_when_it_exits() {
         })
         .count();
     assert_eq!(refusals, 1, "a non-Python process is judged once:\n{all}");
+    // No endpoint configured: the summary on stdout names the process and its diagnosis.
+    let row = summary
+        .lines()
+        .find(|l| l.contains(&format!("pid {pid:>7} python:cpu_threads.py")))
+        .unwrap_or_else(|| panic!("no summary row for {pid}:\n{summary}"));
+    assert!(row.contains("gil_serialized_threads"), "{row}");
 }

@@ -512,6 +512,55 @@ mod tests {
         }
     }
 
+    fn thread(tid: u32, cpu_s: f64, gil_wait_s: f64) -> ThreadReport {
+        ThreadReport {
+            tid,
+            name: format!("w{tid}"),
+            cpu_s,
+            runqueue_wait_s: 0.0,
+            gil_wait_s,
+            gil_waits: 1,
+            gil_wait_p50_us: 0.0,
+            gil_wait_p99_us: 0.0,
+            gil_hold_s: None,
+            gil_hold_share: 0.25,
+            drop_wait_s: 0.0,
+            futex_wait_s: 0.0,
+            lock_wait_s: 0.0,
+            lock_waits: 0,
+            blocked_by: vec![],
+        }
+    }
+
+    #[test]
+    fn per_thread_series_keep_only_the_busiest_threads() {
+        let threads: Vec<ThreadReport> = (1..=30)
+            .map(|t| thread(t, f64::from(t) / 10.0, 0.1))
+            .collect();
+        let now = Instant::now();
+        let points = thread_points(&threads, &threads, 5, now, now, false);
+        // Three series a thread (wait, cpu, hold share), for the five busiest.
+        assert_eq!(points.len(), 15);
+        let tids: std::collections::BTreeSet<&str> = points
+            .iter()
+            .filter_map(|p| p.attributes.iter().find(|(k, _)| *k == "thread.id"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(
+            tids.into_iter().collect::<Vec<_>>(),
+            ["26", "27", "28", "29", "30"]
+        );
+        assert!(points
+            .iter()
+            .all(|p| p.attributes.iter().any(|(k, _)| *k == "thread.name")));
+        // Under delta, a thread that did not wait sends no wait point.
+        let idle = vec![thread(7, 1.0, 0.0)];
+        let points = thread_points(&idle, &idle, 5, now, now, true);
+        assert!(points
+            .iter()
+            .all(|p| p.metric.name != THREAD_GIL_WAIT_TIME.name));
+    }
+
     #[test]
     fn log2_slots_fold_into_second_bounds() {
         let bounds = wait_bounds_s();

@@ -345,6 +345,76 @@ fn http_protobuf_straight_into_victoria_metrics_carries_the_tenant_rule() {
 }
 
 #[test]
+fn a_collector_that_comes_up_late_gets_every_interval_retried_and_none_dropped() {
+    if !can_use_bpf() {
+        return;
+    }
+    let (Some((_, vm)), Some(python)) = (receivers(), pyenv_python311()) else {
+        return;
+    };
+    let _machine = serial();
+    let tag = format!("late{}", rand_tag());
+    let service = format!("gil-e2e-{tag}");
+    let _work = workload_process(&python, 12, &service, &tag);
+    // Reserve the port, start the daemon against it, bring VictoriaMetrics up 4 s later.
+    let port = free_port();
+    let daemon = daemon()
+        .args([
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}/opentelemetry"),
+        ])
+        .args(["--protocol", "http/protobuf", "--include-cmdline", &tag])
+        .args(["--interval", "1s", "--duration", "8s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gilscope run");
+    std::thread::sleep(Duration::from_secs(4));
+    let dir = scratch(&tag);
+    let _vm = Running(
+        Command::new(&vm)
+            .arg(format!("-storageDataPath={}", dir.join("vm").display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start victoria-metrics"),
+    );
+    let out = daemon.wait_with_output().expect("gilscope run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // VictoriaMetrics makes fresh rows searchable within a couple of seconds.
+    std::thread::sleep(Duration::from_secs(5));
+    let count = promql(
+        port,
+        &format!("count_over_time({{__name__=\"cpython.gil.utilization\",service.name=\"{service}\"}}[5m])"),
+    );
+    let n = scalar(&count).unwrap_or(0.0);
+    // 7 one-second intervals and the final one at 8 s; the first 3-4 waited for the collector.
+    assert!(
+        n >= 8.0,
+        "{n} intervals arrived, expected every one of ~9:\n{stderr}"
+    );
+    let dropped = promql(
+        port,
+        "max_over_time({__name__=\"gilscope.export.data_points\",outcome=\"dropped\"}[5m])",
+    );
+    assert_eq!(scalar(&dropped), Some(0.0), "{dropped:?}\n{stderr}");
+    let retries = promql(
+        port,
+        "max_over_time({__name__=\"gilscope.export.retries\"}[5m])",
+    );
+    assert!(
+        scalar(&retries).unwrap_or(0.0) >= 1.0,
+        "no retry counted: {retries:?}"
+    );
+    assert!(
+        stderr.contains("works again"),
+        "recovery not logged:\n{stderr}"
+    );
+}
+
+#[test]
 fn an_unreachable_collector_gives_one_warning_per_interval_and_the_daemon_keeps_running() {
     if !can_use_bpf() {
         return;

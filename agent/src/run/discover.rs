@@ -191,7 +191,7 @@ impl Discovery {
         }
         // Refused processes cost nothing most polls: an exec (the only way a refused
         // pid becomes Python) is looked for once every REFUSED_RECHECK polls.
-        if self.refused.contains_key(&pid) && self.polls % REFUSED_RECHECK != 0 {
+        if self.refused.contains_key(&pid) && !self.polls.is_multiple_of(REFUSED_RECHECK) {
             return Verdict::Refused;
         }
         let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {

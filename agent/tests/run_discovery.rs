@@ -51,7 +51,7 @@ fn watch_a_new_process(python: &std::path::Path) -> Vec<String> {
     });
     // Let the daemon load its probe and do its first polls.
     std::thread::sleep(Duration::from_millis(1500));
-    let not_python = Command::new("bash")
+    let mut not_python = Command::new("bash")
         .args(["-c", &format!("sleep 4; : {tag}")])
         .spawn()
         .expect("start bash");
@@ -64,6 +64,9 @@ fn watch_a_new_process(python: &std::path::Path) -> Vec<String> {
     let pid = work.id();
     let _ = work.wait();
     let status = daemon.wait().expect("gilscope run");
+    let not_python_pid = not_python.id();
+    let _ = not_python.kill();
+    let _ = not_python.wait();
     let mut summary = String::new();
     let _ = std::io::Read::read_to_string(&mut stdout, &mut summary);
     let _ = reader.join();
@@ -90,7 +93,7 @@ fn watch_a_new_process(python: &std::path::Path) -> Vec<String> {
     let refusals = lines
         .iter()
         .filter(|(_, l)| {
-            l.contains(&format!("process {} ", not_python.id())) && l.contains("is not CPython")
+            l.contains(&format!("process {not_python_pid} ")) && l.contains("is not CPython")
         })
         .count();
     if refusals != 1 {

@@ -451,10 +451,19 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
     let export = match endpoint {
         None => None,
         Some((url, full)) => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            if url.starts_with("https://") {
                 return Err(RunError::setting(
                     "endpoint",
-                    format!("'{url}' must start with http:// or https://"),
+                    format!(
+                        "'{url}': TLS is not built into gilscope yet; send to a local collector \
+                         over http:// and let it forward with TLS"
+                    ),
+                ));
+            }
+            if !url.starts_with("http://") {
+                return Err(RunError::setting(
+                    "endpoint",
+                    format!("'{url}' must start with http://"),
                 ));
             }
             let endpoint = match protocol {
@@ -684,6 +693,17 @@ mod tests {
             endpoint: Some("http://x:4318".into()),
             ..Flags::default()
         };
+        let err = resolve(&flags, &env).expect_err("json");
+        assert!(
+            err.to_string().starts_with("OTEL_EXPORTER_OTLP_PROTOCOL:"),
+            "{err}"
+        );
+        let tls = Flags {
+            endpoint: Some("https://collector:4317".into()),
+            ..Flags::default()
+        };
+        let err = resolve(&tls, &no_env).expect_err("https");
+        assert!(err.to_string().contains("TLS is not built"), "{err}");
         let err = resolve(&flags, &env).expect_err("json");
         assert!(
             err.to_string().starts_with("OTEL_EXPORTER_OTLP_PROTOCOL:"),

@@ -27,6 +27,17 @@ impl Drop for Running {
     }
 }
 
+/// A receiver with its scratch directory (data, logs), both gone when the test ends.
+struct Receiver(Running, PathBuf);
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0 .0.kill();
+        let _ = self.0 .0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
 fn receivers() -> Option<(PathBuf, PathBuf)> {
     let dir = std::env::var("GILSCOPE_RECEIVERS")
         .unwrap_or_else(|_| "/var/cache/gilscope/receivers".into());
@@ -66,7 +77,7 @@ fn scratch(tag: &str) -> PathBuf {
 }
 
 /// VictoriaMetrics on a free port, its data in a fresh directory.
-fn start_vm(vm: &Path, tag: &str) -> (Running, u16) {
+fn start_vm(vm: &Path, tag: &str) -> (Receiver, u16) {
     let port = free_port();
     let dir = scratch(tag);
     let child = Command::new(vm)
@@ -76,7 +87,7 @@ fn start_vm(vm: &Path, tag: &str) -> (Running, u16) {
         .stderr(std::fs::File::create(dir.join("vm.log")).expect("log"))
         .spawn()
         .expect("start victoria-metrics");
-    let running = Running(child);
+    let running = Receiver(Running(child), dir);
     wait_for_port(port, "victoria-metrics");
     (running, port)
 }
@@ -371,14 +382,17 @@ fn a_collector_that_comes_up_late_gets_every_interval_retried_and_none_dropped()
         .expect("start gilscope run");
     std::thread::sleep(Duration::from_secs(4));
     let dir = scratch(&tag);
-    let _vm = Running(
-        Command::new(&vm)
-            .arg(format!("-storageDataPath={}", dir.join("vm").display()))
-            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start victoria-metrics"),
+    let _vm = Receiver(
+        Running(
+            Command::new(&vm)
+                .arg(format!("-storageDataPath={}", dir.join("vm").display()))
+                .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start victoria-metrics"),
+        ),
+        dir.clone(),
     );
     let out = daemon.wait_with_output().expect("gilscope run");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -474,6 +488,7 @@ fn a_bad_config_file_is_one_clear_error() {
         "names the file: {stderr}"
     );
 
+    let _ = std::fs::remove_dir_all(&dir);
     let out = gilscope()
         .args(["run", "--endpoint", "localhost:4317"])
         .output()

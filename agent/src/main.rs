@@ -78,6 +78,12 @@ struct RunArgs {
     /// Never watch command lines matching this regex (repeatable).
     #[arg(long = "exclude-cmdline")]
     exclude_cmdline: Vec<String>,
+    /// Only watch processes whose /proc/PID/cgroup matches this regex (repeatable).
+    #[arg(long = "include-cgroup")]
+    include_cgroup: Vec<String>,
+    /// Never watch processes whose /proc/PID/cgroup matches this regex (repeatable).
+    #[arg(long = "exclude-cgroup")]
+    exclude_cgroup: Vec<String>,
     /// Ignore processes younger than this.
     #[arg(long, value_parser = parse_duration)]
     min_age: Option<Duration>,
@@ -243,6 +249,8 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         exclude_exe: args.exclude_exe,
         include_cmdline: args.include_cmdline,
         exclude_cmdline: args.exclude_cmdline,
+        include_cgroup: args.include_cgroup,
+        exclude_cgroup: args.exclude_cgroup,
         min_age: args.min_age,
         per_thread: args.per_thread,
         max_threads: args.max_threads,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::discover::Rules;
+use super::discover::{RulePatterns, Rules};
 use super::error::RunError;
 use super::resource::TenantRule;
 
@@ -75,6 +75,9 @@ pub struct RuleFile {
     /// Regular expressions on the command line (arguments joined by spaces).
     #[serde(default)]
     pub cmdline: Vec<String>,
+    /// Regular expressions on `/proc/PID/cgroup` (container ids, pod slices, units).
+    #[serde(default)]
+    pub cgroup: Vec<String>,
 }
 
 /// `per_thread:`.
@@ -169,6 +172,8 @@ pub struct Flags {
     pub exclude_exe: Vec<String>,
     pub include_cmdline: Vec<String>,
     pub exclude_cmdline: Vec<String>,
+    pub include_cgroup: Vec<String>,
+    pub exclude_cgroup: Vec<String>,
     pub min_age: Option<Duration>,
     pub per_thread: bool,
     pub max_threads: Option<usize>,
@@ -377,10 +382,14 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         _ => Duration::ZERO,
     };
     let rules = Rules::new(
-        &[inc.executables, flags.include_exe.clone()].concat(),
-        &[exc.executables, flags.exclude_exe.clone()].concat(),
-        &[inc.cmdline, flags.include_cmdline.clone()].concat(),
-        &[exc.cmdline, flags.exclude_cmdline.clone()].concat(),
+        &RulePatterns {
+            include_exe: [inc.executables, flags.include_exe.clone()].concat(),
+            exclude_exe: [exc.executables, flags.exclude_exe.clone()].concat(),
+            include_cmdline: [inc.cmdline, flags.include_cmdline.clone()].concat(),
+            exclude_cmdline: [exc.cmdline, flags.exclude_cmdline.clone()].concat(),
+            include_cgroup: [inc.cgroup, flags.include_cgroup.clone()].concat(),
+            exclude_cgroup: [exc.cgroup, flags.exclude_cgroup.clone()].concat(),
+        },
         min_age,
     )?;
 

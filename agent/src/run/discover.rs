@@ -1,5 +1,8 @@
 //! Finds the CPython processes of the node, continuously, by polling /proc.
 //!
+//! Rules select by executable glob, command-line regex, cgroup regex (containers,
+//! pods, systemd units) and minimum age.
+//!
 //! Polling was chosen over an exec tracepoint: listing /proc every 250 ms costs
 //! well under a millisecond of CPU on a node with a few hundred processes
 //! (measured in BENCHMARKS.md) and sees a new process within one poll, which is
@@ -29,7 +32,21 @@ pub struct Rules {
     exclude_exe: Option<GlobSet>,
     include_cmdline: Vec<Regex>,
     exclude_cmdline: Vec<Regex>,
+    include_cgroup: Vec<Regex>,
+    exclude_cgroup: Vec<Regex>,
     pub min_age: Duration,
+}
+
+/// Patterns of [`Rules`] as written (globs and regexes), before compiling.
+#[derive(Debug, Clone, Default)]
+pub struct RulePatterns {
+    pub include_exe: Vec<String>,
+    pub exclude_exe: Vec<String>,
+    pub include_cmdline: Vec<String>,
+    pub exclude_cmdline: Vec<String>,
+    /// Regexes on `/proc/PID/cgroup` (a container id, a Kubernetes pod slice, a systemd unit).
+    pub include_cgroup: Vec<String>,
+    pub exclude_cgroup: Vec<String>,
 }
 
 fn globs(patterns: &[String], what: &str) -> Result<Option<GlobSet>, RunError> {
@@ -54,20 +71,21 @@ fn regexes(patterns: &[String], what: &str) -> Result<Vec<Regex>, RunError> {
 
 impl Rules {
     /// Compiles the rules; a bad glob or regex is an error naming it.
-    pub fn new(
-        include_exe: &[String],
-        exclude_exe: &[String],
-        include_cmdline: &[String],
-        exclude_cmdline: &[String],
-        min_age: Duration,
-    ) -> Result<Self, RunError> {
+    pub fn new(p: &RulePatterns, min_age: Duration) -> Result<Self, RunError> {
         Ok(Self {
-            include_exe: globs(include_exe, "include executables")?,
-            exclude_exe: globs(exclude_exe, "exclude executables")?,
-            include_cmdline: regexes(include_cmdline, "include cmdline")?,
-            exclude_cmdline: regexes(exclude_cmdline, "exclude cmdline")?,
+            include_exe: globs(&p.include_exe, "include executables")?,
+            exclude_exe: globs(&p.exclude_exe, "exclude executables")?,
+            include_cmdline: regexes(&p.include_cmdline, "include cmdline")?,
+            exclude_cmdline: regexes(&p.exclude_cmdline, "exclude cmdline")?,
+            include_cgroup: regexes(&p.include_cgroup, "include cgroup")?,
+            exclude_cgroup: regexes(&p.exclude_cgroup, "exclude cgroup")?,
             min_age,
         })
+    }
+
+    /// Whether the cgroup rules need `/proc/PID/cgroup` at all.
+    pub fn uses_cgroup(&self) -> bool {
+        !self.include_cgroup.is_empty() || !self.exclude_cgroup.is_empty()
     }
 
     /// Everything, at any age.
@@ -77,12 +95,22 @@ impl Rules {
             exclude_exe: None,
             include_cmdline: Vec::new(),
             exclude_cmdline: Vec::new(),
+            include_cgroup: Vec::new(),
+            exclude_cgroup: Vec::new(),
             min_age: Duration::ZERO,
         }
     }
 
-    /// Whether a process with this executable and command line may be watched.
-    pub fn admits(&self, exe: &str, cmdline: &str) -> bool {
+    /// Whether a process with this executable, command line and cgroup file may be watched.
+    pub fn admits(&self, exe: &str, cmdline: &str, cgroup: &str) -> bool {
+        if !self.include_cgroup.is_empty()
+            && !self.include_cgroup.iter().any(|r| r.is_match(cgroup))
+        {
+            return false;
+        }
+        if self.exclude_cgroup.iter().any(|r| r.is_match(cgroup)) {
+            return false;
+        }
         if self.include_exe.as_ref().is_some_and(|g| !g.is_match(exe)) {
             return false;
         }
@@ -210,7 +238,12 @@ impl Discovery {
         };
         let exe_text = exe.to_string_lossy();
         let cmdline = crate::watch::command_line(pid);
-        if !rules.admits(&exe_text, &cmdline) {
+        let cgroup = if rules.uses_cgroup() {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        if !rules.admits(&exe_text, &cmdline, &cgroup) {
             tracing::debug!("process {pid} ({exe_text}) excluded by the rules");
             return self.refuse(identity);
         }
@@ -299,32 +332,73 @@ impl Discovery {
 mod tests {
     use super::*;
 
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
     fn rules(inc: &[&str], exc: &[&str], inc_re: &[&str], exc_re: &[&str]) -> Rules {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        Rules::new(&s(inc), &s(exc), &s(inc_re), &s(exc_re), Duration::ZERO).expect("rules")
+        let p = RulePatterns {
+            include_exe: s(inc),
+            exclude_exe: s(exc),
+            include_cmdline: s(inc_re),
+            exclude_cmdline: s(exc_re),
+            ..RulePatterns::default()
+        };
+        Rules::new(&p, Duration::ZERO).expect("rules")
+    }
+
+    #[test]
+    fn cgroup_regexes_select_containers() {
+        let p = RulePatterns {
+            include_cgroup: s(&["kubepods"]),
+            exclude_cgroup: s(&["kube-system"]),
+            ..RulePatterns::default()
+        };
+        let r = Rules::new(&p, Duration::ZERO).expect("rules");
+        assert!(r.uses_cgroup());
+        assert!(r.admits(
+            "/usr/bin/python3",
+            "python3 app.py",
+            "0::/kubepods.slice/pod1/cri-containerd-ab.scope\n"
+        ));
+        assert!(!r.admits(
+            "/usr/bin/python3",
+            "python3 app.py",
+            "0::/user.slice/session-1.scope\n"
+        ));
+        assert!(!r.admits(
+            "/usr/bin/python3",
+            "x",
+            "0::/kubepods/kube-system/pod2/cd\n"
+        ));
+        assert!(!Rules::all().uses_cgroup());
     }
 
     #[test]
     fn executable_globs_include_and_exclude() {
         let r = rules(&["*/python3*"], &["/usr/bin/python3.9"], &[], &[]);
-        assert!(r.admits("/usr/bin/python3.11", "python3 app.py"));
-        assert!(r.admits("/root/.pyenv/versions/3.11.7/bin/python3.11", "x"));
-        assert!(!r.admits("/usr/bin/python3.9", "python3.9 app.py"));
-        assert!(!r.admits("/usr/bin/bash", "bash"));
+        assert!(r.admits("/usr/bin/python3.11", "python3 app.py", ""));
+        assert!(r.admits("/root/.pyenv/versions/3.11.7/bin/python3.11", "x", ""));
+        assert!(!r.admits("/usr/bin/python3.9", "python3.9 app.py", ""));
+        assert!(!r.admits("/usr/bin/bash", "bash", ""));
     }
 
     #[test]
     fn command_line_regexes_include_and_exclude() {
         let r = rules(&[], &[], &["gunicorn|celery"], &["--check-only"]);
-        assert!(r.admits("/usr/bin/python3", "python3 -m gunicorn app:app"));
-        assert!(!r.admits("/usr/bin/python3", "python3 tool.py"));
-        assert!(!r.admits("/usr/bin/python3", "celery worker --check-only"));
-        assert!(Rules::all().admits("/anything", ""));
+        assert!(r.admits("/usr/bin/python3", "python3 -m gunicorn app:app", ""));
+        assert!(!r.admits("/usr/bin/python3", "python3 tool.py", ""));
+        assert!(!r.admits("/usr/bin/python3", "celery worker --check-only", ""));
+        assert!(Rules::all().admits("/anything", "", ""));
     }
 
     #[test]
     fn a_bad_pattern_is_an_error_that_quotes_it() {
-        let err = Rules::new(&["[".into()], &[], &[], &[], Duration::ZERO).expect_err("glob");
+        let p = RulePatterns {
+            include_exe: s(&["["]),
+            ..RulePatterns::default()
+        };
+        let err = Rules::new(&p, Duration::ZERO).expect_err("glob");
         assert!(err.to_string().contains("glob '['"), "{err}");
     }
 

@@ -4,7 +4,7 @@
 
 PYTHON ?= $(shell command -v python3 || echo /usr/bin/python3)
 
-.PHONY: setup interpreters build demo test bench
+.PHONY: setup interpreters receivers build demo test bench
 setup:
 	bash tests/setup.sh
 
@@ -17,13 +17,18 @@ interpreters: setup
 	bash tests/interpreters/build-cpython.sh 3.13t 3.13-musl
 	bash tests/interpreters/fetch-debian-python.sh 3.14
 
+# rotel and VictoriaMetrics for the `gilscope run` end-to-end tests, cached in
+# /var/cache/gilscope/receivers.
+receivers:
+	bash tests/receivers/install.sh
+
 build: setup
 	cargo build --release
 
 demo: build
 	./target/release/gilscope check -- $(PYTHON) tests/workloads/cpu_threads.py 4 5
 
-test: setup interpreters
+test: setup interpreters receivers
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test --workspace --no-fail-fast

@@ -6,7 +6,8 @@
 //! the uncontended fast path), [`gil_sampler`] and [`threads`] sample the GIL
 //! holder and per-thread CPU from user space, [`analyse`] turns counters into a
 //! [`report::Report`], [`diagnose`] says what it means, and [`render`] prints it.
-//! [`check`] wires these together for `gilscope check`.
+//! [`check`] wires these together for `gilscope check`; [`run`] is the node
+//! daemon that watches every CPython process and exports OpenTelemetry metrics.
 
 pub mod analyse;
 pub mod bpf;
@@ -22,6 +23,7 @@ pub mod memory;
 pub mod python;
 pub mod render;
 pub mod report;
+pub mod run;
 pub mod threads;
 pub mod top;
 pub mod watch;

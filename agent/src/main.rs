@@ -27,6 +27,8 @@ enum Command {
     Check(CheckArgs),
     /// Live view of every CPython process on the host (or --pid), refreshed each interval.
     Top(TopArgs),
+    /// Watch every CPython process on this node and export OpenTelemetry metrics.
+    Run(Box<RunArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -48,6 +50,84 @@ struct TopArgs {
     /// Print this many plain-text frames to stdout instead of the interactive view.
     #[arg(long, value_name = "FRAMES")]
     batch: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  gilscope run                                   # summary on stdout every 10 s\n  \
+gilscope run --endpoint http://localhost:4317    # OTLP/gRPC, gzip\n  \
+OTEL_EXPORTER_OTLP_ENDPOINT=http://vm:8428/opentelemetry OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf gilscope run\n  \
+gilscope run --config /etc/gilscope.yaml\n\n\
+Flags beat OTEL_* variables, which beat the config file. Exit codes: 0 stopped by a signal or --duration, \
+2 bad configuration or missing privilege, 1 internal failure."
+)]
+struct RunArgs {
+    /// YAML config file (see README: `gilscope run` configuration).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Export interval (default 10s; env OTEL_METRIC_EXPORT_INTERVAL in ms).
+    #[arg(long, value_parser = parse_duration)]
+    interval: Option<Duration>,
+    /// How often /proc is listed for new processes (default 250ms).
+    #[arg(long, value_parser = parse_duration)]
+    poll: Option<Duration>,
+    /// GIL state samples per second per process (default 10).
+    #[arg(long)]
+    sample_hz: Option<u32>,
+    /// OTLP endpoint (gRPC: http://host:4317; HTTP: base URL, /v1/metrics is appended).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// grpc or http/protobuf.
+    #[arg(long)]
+    protocol: Option<String>,
+    /// Extra request header KEY=VALUE (repeatable).
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// gzip (default), zstd or none.
+    #[arg(long)]
+    compression: Option<String>,
+    /// cumulative (default) or delta.
+    #[arg(long)]
+    temporality: Option<String>,
+    /// Only watch executables matching this glob (repeatable).
+    #[arg(long = "include-exe")]
+    include_exe: Vec<String>,
+    /// Never watch executables matching this glob (repeatable).
+    #[arg(long = "exclude-exe")]
+    exclude_exe: Vec<String>,
+    /// Only watch command lines matching this regex (repeatable).
+    #[arg(long = "include-cmdline")]
+    include_cmdline: Vec<String>,
+    /// Never watch command lines matching this regex (repeatable).
+    #[arg(long = "exclude-cmdline")]
+    exclude_cmdline: Vec<String>,
+    /// Only watch processes whose /proc/PID/cgroup matches this regex (repeatable).
+    #[arg(long = "include-cgroup")]
+    include_cgroup: Vec<String>,
+    /// Never watch processes whose /proc/PID/cgroup matches this regex (repeatable).
+    #[arg(long = "exclude-cgroup")]
+    exclude_cgroup: Vec<String>,
+    /// Ignore processes younger than this.
+    #[arg(long, value_parser = parse_duration)]
+    min_age: Option<Duration>,
+    /// Also export per-thread series (thread.id, thread.name).
+    #[arg(long)]
+    per_thread: bool,
+    /// Per-thread series kept per process (default 20).
+    #[arg(long)]
+    max_threads: Option<usize>,
+    /// tenant.id for every process.
+    #[arg(long, conflicts_with = "tenant_from")]
+    tenant: Option<String>,
+    /// tenant.id from this key of each target's OTEL_RESOURCE_ATTRIBUTES.
+    #[arg(long)]
+    tenant_from: Option<String>,
+    /// Print the per-interval summary even when exporting.
+    #[arg(long)]
+    summary: bool,
+    /// Stop after this long (default: run until SIGTERM).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -198,12 +278,55 @@ fn run_top(args: TopArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
+    use gilscope::run::config::{resolve, Flags};
+    let flags = Flags {
+        config: args.config,
+        interval: args.interval,
+        poll: args.poll,
+        sample_hz: args.sample_hz,
+        endpoint: args.endpoint,
+        protocol: args.protocol,
+        headers: args.headers,
+        compression: args.compression,
+        temporality: args.temporality,
+        include_exe: args.include_exe,
+        exclude_exe: args.exclude_exe,
+        include_cmdline: args.include_cmdline,
+        exclude_cmdline: args.exclude_cmdline,
+        include_cgroup: args.include_cgroup,
+        exclude_cgroup: args.exclude_cgroup,
+        min_age: args.min_age,
+        per_thread: args.per_thread,
+        max_threads: args.max_threads,
+        tenant: args.tenant,
+        tenant_from: args.tenant_from,
+        summary: args.summary,
+        run_for: args.duration,
+    };
+    let settings = match resolve(&flags, &|k| std::env::var(k).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gilscope run: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match gilscope::run::run(settings) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("gilscope run: {e}");
+            Ok(ExitCode::from(if e.is_user_error() { 2 } else { 1 }))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Check(args) => run_check(args),
         Command::Top(args) => run_top(args),
+        Command::Run(args) => run_daemon(*args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("gilscope: {e:#}");

@@ -167,6 +167,19 @@ impl ProcessWatch {
     /// Refreshes GILs, per-thread CPU and holder names; marks the process gone
     /// when procfs no longer has it.
     pub fn tick(&mut self, probe: &mut WaitProbe) {
+        self.refresh(probe);
+        if !self.alive {
+            return;
+        }
+        if let Ok(counters) = self.read_waits(probe) {
+            self.learn_holders(&counters);
+        }
+    }
+
+    /// [`ProcessWatch::tick`] without reading the kernel counters: a caller that
+    /// watches many processes reads them once for all ([`WaitProbe::read_all`])
+    /// and hands each its own through [`ProcessWatch::learn_holders`].
+    pub fn refresh(&mut self, probe: &mut WaitProbe) {
         if !self.alive {
             return;
         }
@@ -194,18 +207,23 @@ impl ProcessWatch {
                 Err(e) => tracing::debug!("cannot update the GILs of process {pid}: {e}"),
             }
         }
-        if let Ok(counters) = self.read_waits(probe) {
-            self.learn_holders(&counters);
-        }
         self.python_names.extend(self.name_reader.read());
+    }
+
+    /// Folds the condvar probe's GIL waits into the futex probe's (musl only).
+    fn fold_condwait(&self, waits: &mut WaitCounters) {
+        if let Some(c) = &self.condwait {
+            match c.read(self.pid()) {
+                Ok(cond) => condwait_probe::merge_into(waits, &cond),
+                Err(e) => tracing::debug!("condvar probe of {}: {e}", self.pid()),
+            }
+        }
     }
 
     /// The wait counters of this process, with the condvar probe's folded in on musl.
     fn read_waits(&self, probe: &WaitProbe) -> Result<WaitCounters> {
         let mut waits = probe.read(self.pid())?;
-        if let Some(c) = &self.condwait {
-            condwait_probe::merge_into(&mut waits, &c.read(self.pid())?);
-        }
+        self.fold_condwait(&mut waits);
         Ok(waits)
     }
 
@@ -245,7 +263,14 @@ impl ProcessWatch {
 
     /// The cumulative counters now (call [`ProcessWatch::tick`] first for fresh CPU).
     pub fn snapshot(&mut self, probe: &WaitProbe) -> Snapshot {
-        let waits = self.read_waits(probe).unwrap_or_default();
+        let waits = probe.read(self.pid()).unwrap_or_default();
+        self.snapshot_with(waits)
+    }
+
+    /// [`ProcessWatch::snapshot`] from kernel counters the caller already read
+    /// (the condvar probe's, on musl, are folded in here).
+    pub fn snapshot_with(&mut self, mut waits: WaitCounters) -> Snapshot {
+        self.fold_condwait(&mut waits);
         self.learn_holders(&waits);
         Snapshot {
             at: if self.alive {

@@ -1,0 +1,734 @@
+//! Settings of `gilscope run`: a YAML file, the standard `OTEL_*` variables and
+//! flags, merged in that order of strength (flags > environment > file > defaults).
+//!
+//! Everything here is parsing and checking; nothing is started. A bad value is
+//! reported once, naming where it came from (`--interval`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
+//! `gilscope.yaml: export.compression`), so the daemon never starts half-configured.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::discover::{RulePatterns, Rules};
+use super::error::RunError;
+use super::resource::TenantRule;
+
+/// Default export interval (`OTEL_METRIC_EXPORT_INTERVAL` has the same default in spirit: 10 s here, not 60 s,
+/// because GIL contention comes in bursts).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// How often /proc is listed for new processes: new ones are seen within this.
+pub const DEFAULT_POLL: Duration = Duration::from_millis(250);
+/// GIL state samples per second per process (hold share, utilization, switches).
+pub const DEFAULT_SAMPLE_HZ: u32 = 10;
+/// Data points per OTLP request.
+pub const DEFAULT_BATCH_POINTS: usize = 512;
+/// Requests waiting to be sent before new ones are dropped (and counted).
+pub const DEFAULT_QUEUE_REQUESTS: usize = 64;
+/// Per-thread series kept per process when per-thread export is on.
+pub const DEFAULT_MAX_THREADS: usize = 20;
+
+/// The YAML file, as written by a user. Unknown keys are errors (a typo must not
+/// silently fall back to a default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Export interval (`10s`, `500ms`).
+    pub interval: Option<String>,
+    /// /proc polling period for discovery.
+    pub poll: Option<String>,
+    pub sample_hz: Option<u32>,
+    pub export: Option<ExportFile>,
+    pub include: Option<RuleFile>,
+    pub exclude: Option<RuleFile>,
+    /// Processes younger than this are not watched yet.
+    pub min_age: Option<String>,
+    pub per_thread: Option<PerThreadFile>,
+    pub tenant: Option<TenantFile>,
+    /// Print the per-interval summary even when exporting.
+    pub summary: Option<bool>,
+}
+
+/// The `export:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportFile {
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub timeout: Option<String>,
+    pub compression: Option<String>,
+    pub temporality: Option<String>,
+    pub batch_size: Option<usize>,
+    pub queue_size: Option<usize>,
+}
+
+/// `include:` / `exclude:`.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    /// Globs on the executable path (`/usr/bin/python3*`, `*/python3.11`).
+    #[serde(default)]
+    pub executables: Vec<String>,
+    /// Regular expressions on the command line (arguments joined by spaces).
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    /// Regular expressions on `/proc/PID/cgroup` (container ids, pod slices, units).
+    #[serde(default)]
+    pub cgroup: Vec<String>,
+}
+
+/// `per_thread:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerThreadFile {
+    pub enabled: Option<bool>,
+    pub max_threads: Option<usize>,
+}
+
+/// `tenant:` — exactly one of `value` or `resource_attribute`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantFile {
+    pub value: Option<String>,
+    pub resource_attribute: Option<String>,
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// Request body compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// Counter temporality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Temporality {
+    /// Totals since the process was first watched (the OTLP default).
+    Cumulative,
+    /// What happened in the interval only; unchanged series are not re-sent.
+    Delta,
+}
+
+/// Where and how to export.
+#[derive(Debug, Clone)]
+pub struct ExportSettings {
+    /// gRPC: the server URL; HTTP: the full URL of the metrics path.
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub compression: Compression,
+    pub temporality: Temporality,
+    pub batch_points: usize,
+    pub queue_requests: usize,
+}
+
+/// Everything `gilscope run` needs, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub interval: Duration,
+    pub poll: Duration,
+    pub sample_hz: u32,
+    pub rules: Rules,
+    /// `Some(cap)`: per-thread series, at most `cap` threads a process.
+    pub per_thread: Option<usize>,
+    pub tenant: Option<TenantRule>,
+    /// `None`: nothing configured, print the summary to stdout.
+    pub export: Option<ExportSettings>,
+    /// Print the summary to stdout (always when not exporting).
+    pub summary: bool,
+    pub temporality: Temporality,
+    /// The agent's own resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
+    pub agent_service_name: String,
+    pub agent_attributes: Vec<(String, String)>,
+    /// Stop after this long (tests and benchmarks); `None`: until SIGTERM.
+    pub run_for: Option<Duration>,
+}
+
+/// Values given as flags; `None` means "not given".
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub interval: Option<Duration>,
+    pub poll: Option<Duration>,
+    pub sample_hz: Option<u32>,
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub headers: Vec<String>,
+    pub compression: Option<String>,
+    pub temporality: Option<String>,
+    pub include_exe: Vec<String>,
+    pub exclude_exe: Vec<String>,
+    pub include_cmdline: Vec<String>,
+    pub exclude_cmdline: Vec<String>,
+    pub include_cgroup: Vec<String>,
+    pub exclude_cgroup: Vec<String>,
+    pub min_age: Option<Duration>,
+    pub per_thread: bool,
+    pub max_threads: Option<usize>,
+    pub tenant: Option<String>,
+    pub tenant_from: Option<String>,
+    pub summary: bool,
+    pub run_for: Option<Duration>,
+}
+
+/// Parses `10`, `10s`, `500ms`, `2m`, `1.5s`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (examples: 10s, 500ms, 2m)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("duration '{text}' must be positive"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Reads and parses the YAML config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, RunError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RunError::ConfigRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_file(path, &text)
+}
+
+/// Parses config text (an empty file is all defaults).
+pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, RunError> {
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_norway::from_str(text).map_err(|e| RunError::ConfigParse {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })
+}
+
+/// Splits `k=v,k2=v2` (the `OTEL_*_HEADERS` / `OTEL_RESOURCE_ATTRIBUTES` format),
+/// percent-decoding keys and values; entries without `=` are skipped.
+pub fn parse_key_values(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let k = percent_decode(k.trim());
+            (!k.is_empty()).then(|| (k, percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+/// `%XX` decoding; malformed escapes are kept as they are.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn protocol(source: &str, text: &str) -> Result<Protocol, RunError> {
+    match text.trim() {
+        "grpc" => Ok(Protocol::Grpc),
+        "http/protobuf" | "http" => Ok(Protocol::HttpProtobuf),
+        other => Err(RunError::setting(
+            source,
+            format!("protocol '{other}' is not supported (use grpc or http/protobuf)"),
+        )),
+    }
+}
+
+fn compression(source: &str, text: &str) -> Result<Compression, RunError> {
+    match text.trim() {
+        "gzip" => Ok(Compression::Gzip),
+        "zstd" => Ok(Compression::Zstd),
+        "none" | "" => Ok(Compression::None),
+        other => Err(RunError::setting(
+            source,
+            format!("compression '{other}' is not supported (use gzip, zstd or none)"),
+        )),
+    }
+}
+
+fn temporality(source: &str, text: &str) -> Result<Temporality, RunError> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "cumulative" => Ok(Temporality::Cumulative),
+        // lowmemory means delta for counters and histograms: all of ours that have a temporality.
+        "delta" | "lowmemory" => Ok(Temporality::Delta),
+        other => Err(RunError::setting(
+            source,
+            format!("temporality '{other}' is not supported (use cumulative or delta)"),
+        )),
+    }
+}
+
+fn duration(source: &str, text: &str) -> Result<Duration, RunError> {
+    parse_duration(text).map_err(|why| RunError::setting(source, why))
+}
+
+fn millis(source: &str, text: &str) -> Result<Duration, RunError> {
+    let ms: f64 = text.trim().parse().map_err(|_| {
+        RunError::setting(source, format!("'{text}' is not a number of milliseconds"))
+    })?;
+    if !ms.is_finite() || ms <= 0.0 {
+        return Err(RunError::setting(
+            source,
+            "must be a positive number of milliseconds",
+        ));
+    }
+    Ok(Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// The first set variable among `names`, with its name.
+fn first_env<'a>(
+    env: &dyn Fn(&str) -> Option<String>,
+    names: &[&'a str],
+) -> Option<(&'a str, String)> {
+    names
+        .iter()
+        .find_map(|n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (*n, v)))
+}
+
+/// The HTTP metrics URL: a base endpoint gets `/v1/metrics` appended.
+fn http_metrics_url(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if base.ends_with("/v1/metrics") {
+        base.to_string()
+    } else {
+        format!("{base}/v1/metrics")
+    }
+}
+
+/// Merges file, environment and flags into [`Settings`].
+pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, RunError> {
+    let file = match &flags.config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    let fname = flags
+        .config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let at = |key: &str| format!("{fname}: {key}");
+
+    let interval = match (
+        &flags.interval,
+        env("OTEL_METRIC_EXPORT_INTERVAL"),
+        &file.interval,
+    ) {
+        (Some(d), _, _) => *d,
+        (None, Some(ms), _) if !ms.trim().is_empty() => millis("OTEL_METRIC_EXPORT_INTERVAL", &ms)?,
+        (None, _, Some(text)) => duration(&at("interval"), text)?,
+        _ => DEFAULT_INTERVAL,
+    };
+    let poll = match (&flags.poll, &file.poll) {
+        (Some(d), _) => *d,
+        (None, Some(text)) => duration(&at("poll"), text)?,
+        _ => DEFAULT_POLL,
+    };
+    let sample_hz = flags
+        .sample_hz
+        .or(file.sample_hz)
+        .unwrap_or(DEFAULT_SAMPLE_HZ);
+    if !(1..=1000).contains(&sample_hz) {
+        return Err(RunError::setting(
+            "sample_hz",
+            format!("{sample_hz} is out of range (1-1000)"),
+        ));
+    }
+
+    // Rules: flags add to the file's lists.
+    let inc = file.include.clone().unwrap_or_default();
+    let exc = file.exclude.clone().unwrap_or_default();
+    let min_age = match (&flags.min_age, &file.min_age) {
+        (Some(d), _) => *d,
+        (None, Some(text)) => duration(&at("min_age"), text)?,
+        _ => Duration::ZERO,
+    };
+    let rules = Rules::new(
+        &RulePatterns {
+            include_exe: [inc.executables, flags.include_exe.clone()].concat(),
+            exclude_exe: [exc.executables, flags.exclude_exe.clone()].concat(),
+            include_cmdline: [inc.cmdline, flags.include_cmdline.clone()].concat(),
+            exclude_cmdline: [exc.cmdline, flags.exclude_cmdline.clone()].concat(),
+            include_cgroup: [inc.cgroup, flags.include_cgroup.clone()].concat(),
+            exclude_cgroup: [exc.cgroup, flags.exclude_cgroup.clone()].concat(),
+        },
+        min_age,
+    )?;
+
+    let pt = file.per_thread.unwrap_or_default();
+    let per_thread = (flags.per_thread || pt.enabled.unwrap_or(false)).then(|| {
+        flags
+            .max_threads
+            .or(pt.max_threads)
+            .unwrap_or(DEFAULT_MAX_THREADS)
+    });
+
+    let tenant = match (&flags.tenant, &flags.tenant_from, &file.tenant) {
+        (Some(v), _, _) => Some(TenantRule::Fixed(v.clone())),
+        (None, Some(k), _) => Some(TenantRule::ResourceAttribute(k.clone())),
+        (None, None, Some(t)) => match (&t.value, &t.resource_attribute) {
+            (Some(v), None) => Some(TenantRule::Fixed(v.clone())),
+            (None, Some(k)) => Some(TenantRule::ResourceAttribute(k.clone())),
+            _ => {
+                return Err(RunError::setting(
+                    at("tenant"),
+                    "give exactly one of `value` or `resource_attribute`",
+                ))
+            }
+        },
+        _ => None,
+    };
+
+    let ef = file.export.unwrap_or_default();
+    let temporality = match (
+        &flags.temporality,
+        first_env(env, &["OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"]),
+        &ef.temporality,
+    ) {
+        (Some(t), _, _) => temporality("--temporality", t)?,
+        (None, Some((name, t)), _) => temporality(name, &t)?,
+        (None, None, Some(t)) => temporality(&at("export.temporality"), t)?,
+        _ => Temporality::Cumulative,
+    };
+    let protocol = match (
+        &flags.protocol,
+        first_env(
+            env,
+            &[
+                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ],
+        ),
+        &ef.protocol,
+    ) {
+        (Some(p), _, _) => protocol("--protocol", p)?,
+        (None, Some((name, p)), _) => protocol(name, &p)?,
+        (None, None, Some(p)) => protocol(&at("export.protocol"), p)?,
+        _ => Protocol::Grpc,
+    };
+    // The signal-specific variable is a full URL; everything else is a base.
+    let endpoint = match (
+        &flags.endpoint,
+        env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").filter(|v| !v.trim().is_empty()),
+        env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.trim().is_empty()),
+        &ef.endpoint,
+    ) {
+        (Some(e), ..) => Some((e.clone(), false)),
+        (None, Some(e), ..) => Some((e, true)),
+        (None, None, Some(e), _) => Some((e, false)),
+        (None, None, None, Some(e)) => Some((e.clone(), false)),
+        _ => None,
+    };
+    let export = match endpoint {
+        None => None,
+        Some((url, full)) => {
+            if url.starts_with("https://") {
+                return Err(RunError::setting(
+                    "endpoint",
+                    format!(
+                        "'{url}': TLS is not built into gilscope yet; send to a local collector \
+                         over http:// and let it forward with TLS"
+                    ),
+                ));
+            }
+            if !url.starts_with("http://") {
+                return Err(RunError::setting(
+                    "endpoint",
+                    format!("'{url}' must start with http://"),
+                ));
+            }
+            let endpoint = match protocol {
+                Protocol::Grpc => url,
+                Protocol::HttpProtobuf if full => url,
+                Protocol::HttpProtobuf => http_metrics_url(&url),
+            };
+            let mut headers: Vec<(String, String)> = ef.headers.into_iter().collect();
+            if let Some((_, h)) = first_env(
+                env,
+                &[
+                    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                ],
+            ) {
+                headers.extend(parse_key_values(&h));
+            }
+            for h in &flags.headers {
+                let (k, v) = h.split_once('=').ok_or_else(|| {
+                    RunError::setting("--header", format!("'{h}' is not KEY=VALUE"))
+                })?;
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+            let timeout = match (
+                first_env(
+                    env,
+                    &[
+                        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+                        "OTEL_EXPORTER_OTLP_TIMEOUT",
+                    ],
+                ),
+                &ef.timeout,
+            ) {
+                (Some((name, ms)), _) => millis(name, &ms)?,
+                (None, Some(t)) => duration(&at("export.timeout"), t)?,
+                _ => Duration::from_secs(10),
+            };
+            let compression = match (
+                &flags.compression,
+                first_env(
+                    env,
+                    &[
+                        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+                        "OTEL_EXPORTER_OTLP_COMPRESSION",
+                    ],
+                ),
+                &ef.compression,
+            ) {
+                (Some(c), _, _) => compression("--compression", c)?,
+                (None, Some((name, c)), _) => compression(name, &c)?,
+                (None, None, Some(c)) => compression(&at("export.compression"), c)?,
+                // Thin links are the point: compress unless told not to.
+                _ => Compression::Gzip,
+            };
+            let batch_points = ef.batch_size.unwrap_or(DEFAULT_BATCH_POINTS);
+            let queue_requests = ef.queue_size.unwrap_or(DEFAULT_QUEUE_REQUESTS);
+            if batch_points == 0 || queue_requests == 0 {
+                return Err(RunError::setting(
+                    at("export"),
+                    "batch_size and queue_size must be at least 1",
+                ));
+            }
+            Some(ExportSettings {
+                endpoint,
+                protocol,
+                headers,
+                timeout,
+                compression,
+                temporality,
+                batch_points,
+                queue_requests,
+            })
+        }
+    };
+
+    let mut agent_attributes = env("OTEL_RESOURCE_ATTRIBUTES")
+        .map(|v| parse_key_values(&v))
+        .unwrap_or_default();
+    let agent_service_name = env("OTEL_SERVICE_NAME")
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| {
+            agent_attributes
+                .iter()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap_or_else(|| "gilscope".to_string());
+    agent_attributes.retain(|(k, _)| k != "service.name");
+
+    Ok(Settings {
+        interval,
+        poll,
+        sample_hz,
+        rules,
+        per_thread,
+        tenant,
+        summary: flags.summary || file.summary.unwrap_or(false) || export.is_none(),
+        export,
+        temporality,
+        agent_service_name,
+        agent_attributes,
+        run_for: flags.run_for,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn with_file(text: &str) -> Result<Settings, RunError> {
+        let dir = std::env::temp_dir().join(format!("gilscope-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(format!("c{}.yaml", text.len()));
+        std::fs::write(&path, text).expect("write config");
+        resolve(
+            &Flags {
+                config: Some(path),
+                ..Flags::default()
+            },
+            &no_env,
+        )
+    }
+
+    #[test]
+    fn nothing_configured_means_a_summary_on_stdout_every_ten_seconds() {
+        let s = resolve(&Flags::default(), &no_env).expect("defaults");
+        assert!(s.export.is_none());
+        assert!(s.summary);
+        assert_eq!(s.interval, Duration::from_secs(10));
+        assert_eq!(s.agent_service_name, "gilscope");
+    }
+
+    #[test]
+    fn otel_variables_configure_the_exporter() {
+        let env = |k: &str| -> Option<String> {
+            match k {
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4318".into()),
+                "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".into()),
+                "OTEL_EXPORTER_OTLP_HEADERS" => Some("api-key=s%3Dcret,x-team=py".into()),
+                "OTEL_EXPORTER_OTLP_TIMEOUT" => Some("2500".into()),
+                "OTEL_EXPORTER_OTLP_COMPRESSION" => Some("zstd".into()),
+                "OTEL_METRIC_EXPORT_INTERVAL" => Some("1000".into()),
+                "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE" => Some("Delta".into()),
+                "OTEL_SERVICE_NAME" => Some("node-agent".into()),
+                "OTEL_RESOURCE_ATTRIBUTES" => Some("deployment.environment=prod".into()),
+                _ => None,
+            }
+        };
+        let s = resolve(&Flags::default(), &env).expect("env");
+        let e = s.export.expect("exporting");
+        assert_eq!(e.endpoint, "http://collector:4318/v1/metrics");
+        assert_eq!(e.protocol, Protocol::HttpProtobuf);
+        assert_eq!(
+            e.headers,
+            vec![
+                ("api-key".to_string(), "s=cret".to_string()),
+                ("x-team".to_string(), "py".to_string())
+            ]
+        );
+        assert_eq!(e.timeout, Duration::from_millis(2500));
+        assert_eq!(e.compression, Compression::Zstd);
+        assert_eq!(e.temporality, Temporality::Delta);
+        assert_eq!(s.interval, Duration::from_secs(1));
+        assert_eq!(s.agent_service_name, "node-agent");
+        assert!(!s.summary);
+    }
+
+    #[test]
+    fn flags_beat_the_environment() {
+        let env = |k: &str| (k == "OTEL_METRIC_EXPORT_INTERVAL").then(|| "1000".to_string());
+        let flags = Flags {
+            interval: Some(Duration::from_secs(3)),
+            endpoint: Some("http://localhost:4317".into()),
+            ..Flags::default()
+        };
+        let s = resolve(&flags, &env).expect("flags");
+        assert_eq!(s.interval, Duration::from_secs(3));
+        let e = s.export.expect("exporting");
+        assert_eq!(e.protocol, Protocol::Grpc);
+        assert_eq!(e.compression, Compression::Gzip);
+    }
+
+    #[test]
+    fn a_config_file_sets_rules_tenant_and_export() {
+        let s = with_file(
+            "interval: 2s\n\
+             export:\n  endpoint: http://vm:8428/opentelemetry\n  protocol: http/protobuf\n\
+             include:\n  executables: ['*/python3*']\n\
+             exclude:\n  cmdline: ['pip install']\n\
+             min_age: 1s\n\
+             tenant:\n  value: acme\n\
+             per_thread:\n  enabled: true\n  max_threads: 5\n",
+        )
+        .expect("valid file");
+        assert_eq!(s.interval, Duration::from_secs(2));
+        assert_eq!(
+            s.export.expect("export").endpoint,
+            "http://vm:8428/opentelemetry/v1/metrics"
+        );
+        assert_eq!(s.tenant, Some(TenantRule::Fixed("acme".into())));
+        assert_eq!(s.per_thread, Some(5));
+        assert_eq!(s.rules.min_age, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_misspelled_key_is_named_in_the_error() {
+        let err = with_file("intervall: 2s\n").expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("intervall"), "{text}");
+        assert!(text.contains("is not valid"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        let err =
+            with_file("export:\n  endpoint: http://x:4317\n  compression: lz4\n").expect_err("lz4");
+        assert!(err.to_string().contains("export.compression"), "{err}");
+        assert!(err.to_string().contains("gzip, zstd or none"), "{err}");
+        let err = with_file("include:\n  cmdline: ['(unclosed']\n").expect_err("regex");
+        assert!(err.to_string().contains("(unclosed"), "{err}");
+        let env = |k: &str| (k == "OTEL_EXPORTER_OTLP_PROTOCOL").then(|| "http/json".to_string());
+        let flags = Flags {
+            endpoint: Some("http://x:4318".into()),
+            ..Flags::default()
+        };
+        let err = resolve(&flags, &env).expect_err("json");
+        assert!(
+            err.to_string().starts_with("OTEL_EXPORTER_OTLP_PROTOCOL:"),
+            "{err}"
+        );
+        let tls = Flags {
+            endpoint: Some("https://collector:4317".into()),
+            ..Flags::default()
+        };
+        let err = resolve(&tls, &no_env).expect_err("https");
+        assert!(err.to_string().contains("TLS is not built"), "{err}");
+        let err = resolve(&flags, &env).expect_err("json");
+        assert!(
+            err.to_string().starts_with("OTEL_EXPORTER_OTLP_PROTOCOL:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn key_value_lists_are_percent_decoded() {
+        assert_eq!(
+            parse_key_values("service.name=shop%20api, tenant.id=t1,broken"),
+            vec![
+                ("service.name".to_string(), "shop api".to_string()),
+                ("tenant.id".to_string(), "t1".to_string())
+            ]
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}

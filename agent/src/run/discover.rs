@@ -1,0 +1,433 @@
+//! Finds the CPython processes of the node, continuously, by polling /proc.
+//!
+//! Rules select by executable glob, command-line regex, cgroup regex (containers,
+//! pods, systemd units) and minimum age.
+//!
+//! Polling was chosen over an exec tracepoint: listing /proc every 250 ms costs
+//! well under a millisecond of CPU on a node with a few hundred processes
+//! (measured in BENCHMARKS.md) and sees a new process within one poll, which is
+//! the 1 s the daemon promises, without a second BPF program.
+//!
+//! A process is judged once per (pid, executable): rules first (no
+//! file is opened), then the interpreter search. What is not CPython, or not
+//! supported, is remembered and logged once, so it is not examined again every
+//! poll; an `exec` changes the executable and so earns a new look. A CPython
+//! process whose GIL does not exist yet (still starting) is retried.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use regex::Regex;
+
+use super::error::RunError;
+use crate::error::Error;
+
+/// Which processes may be watched: globs on the executable, regexes on the
+/// command line, and a minimum age (short-lived tools are not worth attaching to).
+#[derive(Debug, Clone)]
+pub struct Rules {
+    include_exe: Option<GlobSet>,
+    exclude_exe: Option<GlobSet>,
+    include_cmdline: Vec<Regex>,
+    exclude_cmdline: Vec<Regex>,
+    include_cgroup: Vec<Regex>,
+    exclude_cgroup: Vec<Regex>,
+    pub min_age: Duration,
+}
+
+/// Patterns of [`Rules`] as written (globs and regexes), before compiling.
+#[derive(Debug, Clone, Default)]
+pub struct RulePatterns {
+    pub include_exe: Vec<String>,
+    pub exclude_exe: Vec<String>,
+    pub include_cmdline: Vec<String>,
+    pub exclude_cmdline: Vec<String>,
+    /// Regexes on `/proc/PID/cgroup` (a container id, a Kubernetes pod slice, a systemd unit).
+    pub include_cgroup: Vec<String>,
+    pub exclude_cgroup: Vec<String>,
+}
+
+fn globs(patterns: &[String], what: &str) -> Result<Option<GlobSet>, RunError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut set = GlobSetBuilder::new();
+    for p in patterns {
+        set.add(Glob::new(p).map_err(|e| RunError::setting(what, format!("glob '{p}': {e}")))?);
+    }
+    set.build()
+        .map(Some)
+        .map_err(|e| RunError::setting(what, e.to_string()))
+}
+
+fn regexes(patterns: &[String], what: &str) -> Result<Vec<Regex>, RunError> {
+    patterns
+        .iter()
+        .map(|p| Regex::new(p).map_err(|e| RunError::setting(what, format!("regex '{p}': {e}"))))
+        .collect()
+}
+
+impl Rules {
+    /// Compiles the rules; a bad glob or regex is an error naming it.
+    pub fn new(p: &RulePatterns, min_age: Duration) -> Result<Self, RunError> {
+        Ok(Self {
+            include_exe: globs(&p.include_exe, "include executables")?,
+            exclude_exe: globs(&p.exclude_exe, "exclude executables")?,
+            include_cmdline: regexes(&p.include_cmdline, "include cmdline")?,
+            exclude_cmdline: regexes(&p.exclude_cmdline, "exclude cmdline")?,
+            include_cgroup: regexes(&p.include_cgroup, "include cgroup")?,
+            exclude_cgroup: regexes(&p.exclude_cgroup, "exclude cgroup")?,
+            min_age,
+        })
+    }
+
+    /// Whether the cgroup rules need `/proc/PID/cgroup` at all.
+    pub fn uses_cgroup(&self) -> bool {
+        !self.include_cgroup.is_empty() || !self.exclude_cgroup.is_empty()
+    }
+
+    /// Everything, at any age.
+    pub fn all() -> Self {
+        Self {
+            include_exe: None,
+            exclude_exe: None,
+            include_cmdline: Vec::new(),
+            exclude_cmdline: Vec::new(),
+            include_cgroup: Vec::new(),
+            exclude_cgroup: Vec::new(),
+            min_age: Duration::ZERO,
+        }
+    }
+
+    /// Whether a process with this executable, command line and cgroup file may be watched.
+    pub fn admits(&self, exe: &str, cmdline: &str, cgroup: &str) -> bool {
+        if !self.include_cgroup.is_empty()
+            && !self.include_cgroup.iter().any(|r| r.is_match(cgroup))
+        {
+            return false;
+        }
+        if self.exclude_cgroup.iter().any(|r| r.is_match(cgroup)) {
+            return false;
+        }
+        if self.include_exe.as_ref().is_some_and(|g| !g.is_match(exe)) {
+            return false;
+        }
+        if self.exclude_exe.as_ref().is_some_and(|g| g.is_match(exe)) {
+            return false;
+        }
+        if !self.include_cmdline.is_empty()
+            && !self.include_cmdline.iter().any(|r| r.is_match(cmdline))
+        {
+            return false;
+        }
+        !self.exclude_cmdline.iter().any(|r| r.is_match(cmdline))
+    }
+}
+
+/// Who a pid is: the same pid with another start time or executable is another process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub pid: u32,
+    /// Start time in clock ticks after boot (`/proc/PID/stat` field 22).
+    pub start_ticks: u64,
+    pub exe: PathBuf,
+}
+
+/// What the poll decided about one process.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Attach now.
+    Attach(Identity),
+    /// Not yet (too young, GIL not initialized, interpreter not mapped yet): look again.
+    Later,
+    /// Never (for this identity): the reason was logged once.
+    Refused,
+}
+
+/// The state of the poll: what was refused and what is pending.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    refused: HashMap<u32, Identity>,
+    /// Pending processes and the candidate files seen last time (no ELF is read again
+    /// until the mapped files change).
+    pending: HashMap<u32, (Identity, Vec<PathBuf>)>,
+    /// Refusals so far (for the log and self-telemetry).
+    pub refusals: u64,
+    /// Polls so far.
+    polls: u64,
+}
+
+/// A refused process is checked for an exec once every this many polls (1 s at 250 ms).
+const REFUSED_RECHECK: u64 = 4;
+
+/// The pids in /proc (processes, not threads).
+pub fn list_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
+}
+
+/// Start time in ticks after boot, from `/proc/PID/stat` (after the `comm` field,
+/// which may hold spaces and parentheses).
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_ticks(&stat)
+}
+
+/// Field 22 of a `/proc/PID/stat` line.
+pub fn parse_start_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    // After ')' come field 3 (state) onwards: starttime is field 22, the 20th here.
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Seconds since boot.
+pub fn uptime_s() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
+pub fn ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// How long a process whose interpreter is not mapped yet stays pending (ld.so
+/// maps libpython within milliseconds of exec).
+const YOUNG_S: f64 = 2.0;
+/// How long a CPython process may take to create its GIL before it is refused.
+const GIL_INIT_S: f64 = 30.0;
+
+impl Discovery {
+    /// Decides about one pid not watched yet. `exclude` is the daemon's own pid.
+    pub fn judge(&mut self, pid: u32, rules: &Rules, own_pid: u32) -> Verdict {
+        if pid == own_pid {
+            return Verdict::Refused;
+        }
+        // Refused processes cost nothing most polls: an exec (the only way a refused
+        // pid becomes Python) is looked for once every REFUSED_RECHECK polls.
+        if self.refused.contains_key(&pid) && !self.polls.is_multiple_of(REFUSED_RECHECK) {
+            return Verdict::Refused;
+        }
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            return Verdict::Refused; // kernel thread, or gone
+        };
+        if self.refused.get(&pid).is_some_and(|known| known.exe == exe) {
+            return Verdict::Refused;
+        }
+        let Some(start) = start_ticks(pid) else {
+            return Verdict::Refused;
+        };
+        let identity = Identity {
+            pid,
+            start_ticks: start,
+            exe: exe.clone(),
+        };
+        let exe_text = exe.to_string_lossy();
+        let cmdline = crate::watch::command_line(pid);
+        let cgroup = if rules.uses_cgroup() {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        if !rules.admits(&exe_text, &cmdline, &cgroup) {
+            tracing::debug!("process {pid} ({exe_text}) excluded by the rules");
+            return self.refuse(identity);
+        }
+        let age_s = uptime_s() - start as f64 / ticks_per_s();
+        if age_s < rules.min_age.as_secs_f64() {
+            return Verdict::Later;
+        }
+        let files = match crate::python::locate::candidate_files(pid) {
+            Ok(f) => f,
+            Err(_) => return Verdict::Refused,
+        };
+        // A young process whose mapped files did not change has nothing new to show.
+        if let Some((known, seen)) = self.pending.get(&pid) {
+            if *known == identity && *seen == files && age_s < YOUNG_S {
+                return Verdict::Later;
+            }
+        }
+        match crate::python::locate::find_interpreter(pid) {
+            Ok(Some(_)) if self.pending.contains_key(&pid) && age_s > GIL_INIT_S => {
+                tracing::info!(
+                    "process {pid} ({exe_text}): its GIL is still not usable after {age_s:.0} s; not watching it"
+                );
+                self.refuse(identity)
+            }
+            Ok(Some(_)) => {
+                self.pending.remove(&pid);
+                Verdict::Attach(identity)
+            }
+            Ok(None) if age_s < YOUNG_S => {
+                self.pending.insert(pid, (identity, files));
+                Verdict::Later
+            }
+            Ok(None) => {
+                tracing::debug!("process {pid} ({exe_text}) is not CPython");
+                self.refuse(identity)
+            }
+            Err(Error::NoSuchProcess { .. }) => Verdict::Refused,
+            Err(e) => {
+                tracing::warn!("not watching process {pid} ({exe_text}): {e}");
+                self.refuse(identity)
+            }
+        }
+    }
+
+    /// Remembers that attaching failed in a way that may pass (GIL not initialized):
+    /// retried when the mapped files change or every poll, until [`GIL_INIT_S`].
+    pub fn retry_later(&mut self, identity: Identity, err: &Error) {
+        let pid = identity.pid;
+        match err {
+            Error::GilNotValid { .. } | Error::NoSuchProcess { .. } => {
+                tracing::debug!("process {pid}: not ready yet ({err})");
+                // Empty file list: the next poll compares unequal and tries again.
+                self.pending.insert(pid, (identity, Vec::new()));
+            }
+            _ => {
+                tracing::warn!(
+                    "not watching process {pid} ({}): {err}",
+                    identity.exe.display()
+                );
+                self.refuse(identity);
+            }
+        }
+    }
+
+    fn refuse(&mut self, identity: Identity) -> Verdict {
+        self.refusals += 1;
+        self.pending.remove(&identity.pid);
+        self.refused.insert(identity.pid, identity);
+        Verdict::Refused
+    }
+
+    /// Forgets pids that no longer exist, so the tables do not grow forever; ends a poll.
+    pub fn forget_missing(&mut self, alive: &HashSet<u32>) {
+        self.polls += 1;
+        self.refused.retain(|pid, _| alive.contains(pid));
+        self.pending.retain(|pid, _| alive.contains(pid));
+    }
+
+    /// How many processes are remembered as refused.
+    pub fn refused_count(&self) -> usize {
+        self.refused.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn rules(inc: &[&str], exc: &[&str], inc_re: &[&str], exc_re: &[&str]) -> Rules {
+        let p = RulePatterns {
+            include_exe: s(inc),
+            exclude_exe: s(exc),
+            include_cmdline: s(inc_re),
+            exclude_cmdline: s(exc_re),
+            ..RulePatterns::default()
+        };
+        Rules::new(&p, Duration::ZERO).expect("rules")
+    }
+
+    #[test]
+    fn cgroup_regexes_select_containers() {
+        let p = RulePatterns {
+            include_cgroup: s(&["kubepods"]),
+            exclude_cgroup: s(&["kube-system"]),
+            ..RulePatterns::default()
+        };
+        let r = Rules::new(&p, Duration::ZERO).expect("rules");
+        assert!(r.uses_cgroup());
+        assert!(r.admits(
+            "/usr/bin/python3",
+            "python3 app.py",
+            "0::/kubepods.slice/pod1/cri-containerd-ab.scope\n"
+        ));
+        assert!(!r.admits(
+            "/usr/bin/python3",
+            "python3 app.py",
+            "0::/user.slice/session-1.scope\n"
+        ));
+        assert!(!r.admits(
+            "/usr/bin/python3",
+            "x",
+            "0::/kubepods/kube-system/pod2/cd\n"
+        ));
+        assert!(!Rules::all().uses_cgroup());
+    }
+
+    #[test]
+    fn executable_globs_include_and_exclude() {
+        let r = rules(&["*/python3*"], &["/usr/bin/python3.9"], &[], &[]);
+        assert!(r.admits("/usr/bin/python3.11", "python3 app.py", ""));
+        assert!(r.admits("/root/.pyenv/versions/3.11.7/bin/python3.11", "x", ""));
+        assert!(!r.admits("/usr/bin/python3.9", "python3.9 app.py", ""));
+        assert!(!r.admits("/usr/bin/bash", "bash", ""));
+    }
+
+    #[test]
+    fn command_line_regexes_include_and_exclude() {
+        let r = rules(&[], &[], &["gunicorn|celery"], &["--check-only"]);
+        assert!(r.admits("/usr/bin/python3", "python3 -m gunicorn app:app", ""));
+        assert!(!r.admits("/usr/bin/python3", "python3 tool.py", ""));
+        assert!(!r.admits("/usr/bin/python3", "celery worker --check-only", ""));
+        assert!(Rules::all().admits("/anything", "", ""));
+    }
+
+    #[test]
+    fn a_bad_pattern_is_an_error_that_quotes_it() {
+        let p = RulePatterns {
+            include_exe: s(&["["]),
+            ..RulePatterns::default()
+        };
+        let err = Rules::new(&p, Duration::ZERO).expect_err("glob");
+        assert!(err.to_string().contains("glob '['"), "{err}");
+    }
+
+    #[test]
+    fn start_time_is_read_past_a_command_name_with_spaces() {
+        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000 200";
+        assert_eq!(parse_start_ticks(stat), Some(987_654));
+        let own = start_ticks(std::process::id());
+        assert!(own.is_some_and(|t| t > 0));
+    }
+
+    #[test]
+    fn our_own_process_and_a_non_python_one_are_refused_once() {
+        let mut d = Discovery::default();
+        let own = std::process::id();
+        assert!(matches!(d.judge(own, &Rules::all(), own), Verdict::Refused));
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        // Old enough not to be "still starting".
+        let r = Rules::all();
+        std::thread::sleep(Duration::from_millis(50));
+        let first = d.judge(child.id(), &r, own);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            matches!(first, Verdict::Later | Verdict::Refused),
+            "{first:?}"
+        );
+    }
+}

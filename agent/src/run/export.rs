@@ -1,0 +1,496 @@
+//! Sends OTLP requests without ever blocking the measuring loop or losing data silently.
+//!
+//! The daemon hands finished requests to a bounded queue; one worker thread
+//! sends them over gRPC (tonic) or HTTP/protobuf (ureq), compressed, retrying
+//! transient failures with exponential backoff and jitter until the request is
+//! too old. What cannot be queued or sent in time is dropped and counted
+//! ([`ExportStats`], exported as `gilscope.export.*`), and a failing collector
+//! produces one warning per interval, not one per request.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::transport::Channel;
+
+use super::config::{Compression, ExportSettings, Protocol};
+use super::error::RunError;
+
+/// What the exporter did, for self-telemetry (all cumulative).
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    pub points_sent: AtomicU64,
+    pub points_dropped: AtomicU64,
+    pub requests_sent: AtomicU64,
+    pub requests_failed: AtomicU64,
+    pub requests_dropped: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+impl ExportStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A counter's current value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+struct Job {
+    request: ExportMetricsServiceRequest,
+    points: usize,
+    queued_at: Instant,
+}
+
+/// A failed attempt: may it be retried?
+#[derive(Debug)]
+struct SendError {
+    transient: bool,
+    message: String,
+}
+
+enum Transport {
+    Grpc {
+        runtime: tokio::runtime::Runtime,
+        client: MetricsServiceClient<Channel>,
+        headers: Vec<(
+            MetadataKey<tonic::metadata::Ascii>,
+            MetadataValue<tonic::metadata::Ascii>,
+        )>,
+        timeout: Duration,
+    },
+    Http {
+        agent: ureq::Agent,
+        url: String,
+        headers: Vec<(String, String)>,
+        compression: Compression,
+    },
+}
+
+impl Transport {
+    fn new(s: &ExportSettings) -> Result<Self, RunError> {
+        match s.protocol {
+            Protocol::Grpc => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        RunError::setting("exporter", format!("cannot start its runtime: {e}"))
+                    })?;
+                let endpoint = Channel::from_shared(s.endpoint.clone())
+                    .map_err(|e| RunError::setting("endpoint", format!("'{}': {e}", s.endpoint)))?
+                    .connect_timeout(s.timeout)
+                    .timeout(s.timeout);
+                let channel = {
+                    let _guard = runtime.enter();
+                    endpoint.connect_lazy()
+                };
+                let mut client = MetricsServiceClient::new(channel);
+                client = match s.compression {
+                    Compression::Gzip => client.send_compressed(CompressionEncoding::Gzip),
+                    Compression::Zstd => client.send_compressed(CompressionEncoding::Zstd),
+                    Compression::None => client,
+                };
+                let mut headers = Vec::new();
+                for (k, v) in &s.headers {
+                    let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(
+                        |_| {
+                            RunError::setting(
+                                "headers",
+                                format!("'{k}' is not a valid header name"),
+                            )
+                        },
+                    )?;
+                    let value = MetadataValue::try_from(v.as_str()).map_err(|_| {
+                        RunError::setting(
+                            "headers",
+                            format!("the value of '{k}' is not a valid header value"),
+                        )
+                    })?;
+                    headers.push((key, value));
+                }
+                Ok(Transport::Grpc {
+                    runtime,
+                    client,
+                    headers,
+                    timeout: s.timeout,
+                })
+            }
+            Protocol::HttpProtobuf => {
+                let config = ureq::Agent::config_builder()
+                    .timeout_global(Some(s.timeout))
+                    .http_status_as_error(true)
+                    .build();
+                Ok(Transport::Http {
+                    agent: config.into(),
+                    url: s.endpoint.clone(),
+                    headers: s.headers.clone(),
+                    compression: s.compression,
+                })
+            }
+        }
+    }
+
+    fn send(&mut self, request: &ExportMetricsServiceRequest) -> Result<(), SendError> {
+        match self {
+            Transport::Grpc {
+                runtime,
+                client,
+                headers,
+                timeout,
+            } => {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(*timeout);
+                for (k, v) in headers.iter() {
+                    req.metadata_mut().insert(k.clone(), v.clone());
+                }
+                let mut client = client.clone();
+                let result = runtime.block_on(async {
+                    tokio::time::timeout(*timeout + Duration::from_secs(1), client.export(req))
+                        .await
+                });
+                match result {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(status)) => {
+                        use tonic::Code;
+                        Err(SendError {
+                            transient: matches!(
+                                status.code(),
+                                Code::Unavailable
+                                    | Code::DeadlineExceeded
+                                    | Code::ResourceExhausted
+                                    | Code::Aborted
+                                    | Code::Cancelled
+                                    | Code::OutOfRange
+                                    | Code::DataLoss
+                                    | Code::Unknown
+                            ),
+                            message: format!("{:?}: {}", status.code(), status.message()),
+                        })
+                    }
+                    Err(_) => Err(SendError {
+                        transient: true,
+                        message: "timed out".into(),
+                    }),
+                }
+            }
+            Transport::Http {
+                agent,
+                url,
+                headers,
+                compression,
+            } => {
+                let raw = request.encode_to_vec();
+                let (body, encoding) = compress(&raw, *compression);
+                let mut call = agent
+                    .post(url.as_str())
+                    .header("Content-Type", "application/x-protobuf");
+                if let Some(e) = encoding {
+                    call = call.header("Content-Encoding", e);
+                }
+                for (k, v) in headers.iter() {
+                    call = call.header(k.as_str(), v.as_str());
+                }
+                match call.send(&body[..]) {
+                    Ok(_) => Ok(()),
+                    Err(ureq::Error::StatusCode(code)) => Err(SendError {
+                        transient: matches!(code, 408 | 429 | 502 | 503 | 504),
+                        message: format!("HTTP {code} from {url}"),
+                    }),
+                    Err(e) => Err(SendError {
+                        transient: true,
+                        message: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// Compresses an HTTP body; returns it with its `Content-Encoding`.
+pub fn compress(raw: &[u8], how: Compression) -> (Vec<u8>, Option<&'static str>) {
+    match how {
+        Compression::None => (raw.to_vec(), None),
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            match enc.write_all(raw).and_then(|_| enc.finish()) {
+                Ok(body) => (body, Some("gzip")),
+                Err(_) => (raw.to_vec(), None),
+            }
+        }
+        Compression::Zstd => match zstd::encode_all(raw, 3) {
+            Ok(body) => (body, Some("zstd")),
+            Err(_) => (raw.to_vec(), None),
+        },
+    }
+}
+
+/// The exporter: a bounded queue and the thread that drains it.
+pub struct Exporter {
+    tx: Option<SyncSender<Job>>,
+    stats: Arc<ExportStats>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// First retry delay; doubled per attempt up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Exporter {
+    /// Checks the settings (endpoint, headers) and starts the worker. A request is
+    /// retried until it is `max_age` old; warnings come at most once per `log_every`.
+    pub fn start(
+        settings: &ExportSettings,
+        max_age: Duration,
+        log_every: Duration,
+    ) -> Result<Self, RunError> {
+        let transport = Transport::new(settings)?;
+        let (tx, rx) = sync_channel(settings.queue_requests);
+        let stats = Arc::new(ExportStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            rx,
+            transport,
+            stats: Arc::clone(&stats),
+            stop: Arc::clone(&stop),
+            endpoint: settings.endpoint.clone(),
+            max_age,
+            log_every,
+            failing_since_log: 0,
+            dropped_since_log: 0,
+            last_log: None,
+            last_error: None,
+            failing: false,
+        };
+        let handle = std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || worker.run())
+            .map_err(|e| RunError::setting("exporter", format!("cannot start its thread: {e}")))?;
+        Ok(Self {
+            tx: Some(tx),
+            stats,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Counters of what was sent and dropped.
+    pub fn stats(&self) -> Arc<ExportStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Queues a request; when the queue is full it is dropped and counted.
+    pub fn submit(&self, request: ExportMetricsServiceRequest, points: usize) {
+        let Some(tx) = &self.tx else { return };
+        let job = Job {
+            request,
+            points,
+            queued_at: Instant::now(),
+        };
+        match tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
+                ExportStats::add(&self.stats.requests_dropped, 1);
+                ExportStats::add(&self.stats.points_dropped, job.points as u64);
+            }
+        }
+    }
+
+    /// Sends what is queued for up to `grace`, then stops retrying and joins the worker.
+    pub fn shutdown(mut self, grace: Duration) {
+        self.tx.take();
+        let deadline = Instant::now() + grace;
+        if let Some(handle) = self.handle.take() {
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.stop.store(true, Ordering::Relaxed);
+            // A send in flight ends within its timeout; do not wait for it longer than a second.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                tracing::warn!("export still in flight at shutdown; not waiting for it");
+            }
+        }
+    }
+}
+
+struct Worker {
+    rx: Receiver<Job>,
+    transport: Transport,
+    stats: Arc<ExportStats>,
+    stop: Arc<AtomicBool>,
+    endpoint: String,
+    max_age: Duration,
+    log_every: Duration,
+    failing_since_log: u64,
+    dropped_since_log: u64,
+    last_log: Option<Instant>,
+    last_error: Option<String>,
+    failing: bool,
+}
+
+/// Up to a quarter of `d` added at random, so agents on many nodes do not retry in step.
+fn jitter(d: Duration) -> Duration {
+    let nanos = Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id());
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos() as u64)
+        .unwrap_or(0)
+        ^ nanos;
+    let quarter = d.as_millis() as u64 / 4 + 1;
+    d + Duration::from_millis(seed % quarter)
+}
+
+impl Worker {
+    fn run(mut self) {
+        while let Ok(job) = self.rx.recv() {
+            self.deliver(job);
+        }
+        self.log(true);
+    }
+
+    fn deliver(&mut self, job: Job) {
+        let size = job.request.encoded_len() as u64;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.transport.send(&job.request) {
+                Ok(()) => {
+                    ExportStats::add(&self.stats.requests_sent, 1);
+                    ExportStats::add(&self.stats.points_sent, job.points as u64);
+                    ExportStats::add(&self.stats.bytes_sent, size);
+                    if self.failing {
+                        tracing::warn!("export to {} works again", self.endpoint);
+                        self.failing = false;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    ExportStats::add(&self.stats.requests_failed, 1);
+                    self.failing_since_log += 1;
+                    self.last_error = Some(e.message.clone());
+                    self.failing = true;
+                    let wait = jitter(backoff);
+                    let too_old = job.queued_at.elapsed() + wait > self.max_age;
+                    if !e.transient || too_old || self.stop.load(Ordering::Relaxed) {
+                        ExportStats::add(&self.stats.requests_dropped, 1);
+                        ExportStats::add(&self.stats.points_dropped, job.points as u64);
+                        self.dropped_since_log += job.points as u64;
+                        self.log(false);
+                        return;
+                    }
+                    self.log(false);
+                    ExportStats::add(&self.stats.retries, 1);
+                    let until = Instant::now() + wait;
+                    while Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// One warning per `log_every` while failing, summing up what happened since the last.
+    fn log(&mut self, last: bool) {
+        if self.failing_since_log == 0 && self.dropped_since_log == 0 {
+            return;
+        }
+        if !last && self.last_log.is_some_and(|t| t.elapsed() < self.log_every) {
+            return;
+        }
+        tracing::warn!(
+            "export to {} failing: {}; {} failed attempts, {} data points dropped since the last message \
+             ({} dropped in all); retrying with backoff",
+            self.endpoint,
+            self.last_error.as_deref().unwrap_or("unknown error"),
+            self.failing_since_log,
+            self.dropped_since_log,
+            ExportStats::get(&self.stats.points_dropped)
+        );
+        self.failing_since_log = 0;
+        self.dropped_since_log = 0;
+        self.last_log = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::Temporality;
+    use super::*;
+
+    fn settings(protocol: Protocol, endpoint: &str) -> ExportSettings {
+        ExportSettings {
+            endpoint: endpoint.into(),
+            protocol,
+            headers: vec![("x-api-key".into(), "k".into())],
+            timeout: Duration::from_millis(300),
+            compression: Compression::Gzip,
+            temporality: Temporality::Cumulative,
+            batch_points: 512,
+            queue_requests: 2,
+        }
+    }
+
+    #[test]
+    fn bodies_are_compressed() {
+        let raw = vec![7u8; 10_000];
+        let (gz, enc) = compress(&raw, Compression::Gzip);
+        assert_eq!(enc, Some("gzip"));
+        assert!(gz.len() < 200);
+        let (zs, enc) = compress(&raw, Compression::Zstd);
+        assert_eq!(enc, Some("zstd"));
+        assert_eq!(zstd::decode_all(&zs[..]).ok(), Some(raw));
+    }
+
+    #[test]
+    fn an_unreachable_collector_drops_and_counts_without_blocking() {
+        // Port 9 (discard) on localhost: nothing listens, connections are refused.
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let exporter = Exporter::start(
+                &settings(protocol, "http://127.0.0.1:9"),
+                Duration::from_millis(700),
+                Duration::from_secs(60),
+            )
+            .expect("start");
+            let stats = exporter.stats();
+            let started = Instant::now();
+            for _ in 0..10 {
+                exporter.submit(ExportMetricsServiceRequest::default(), 5);
+            }
+            assert!(
+                started.elapsed() < Duration::from_millis(100),
+                "submit blocked"
+            );
+            exporter.shutdown(Duration::from_secs(5));
+            assert_eq!(ExportStats::get(&stats.points_sent), 0);
+            assert_eq!(ExportStats::get(&stats.points_dropped), 50, "{protocol:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_header_is_a_setting_error() {
+        let mut s = settings(Protocol::Grpc, "http://127.0.0.1:4317");
+        s.headers = vec![("bad header".into(), "v".into())];
+        let err = Exporter::start(&s, Duration::from_secs(1), Duration::from_secs(1))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("bad header"), "{err}");
+    }
+}

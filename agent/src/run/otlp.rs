@@ -1,0 +1,332 @@
+//! Encodes data points as OTLP protobuf requests, one `ResourceMetrics` per process.
+//!
+//! Why not the SDK's `MeterProvider`: one agent reports many processes, each with
+//! its own resource, and the SDK binds one resource to a provider; a provider per
+//! process means a reader thread, an exporter and a connection per process, and
+//! a request per process per interval. Built here, one request carries every
+//! process (up to the batch size), and the counters keep their exact values
+//! (the kernel counted them; an SDK would only re-aggregate them).
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric::Data, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint,
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+use super::config::Temporality;
+use super::metrics::{wait_bounds_s, Kind, Point, ProcessSeries, Value};
+
+/// Maps monotonic instants to wall-clock nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base: Instant,
+    base_unix_ns: u64,
+}
+
+impl Clock {
+    /// Pairs now with now.
+    pub fn new() -> Self {
+        let base_unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Self {
+            base: Instant::now(),
+            base_unix_ns,
+        }
+    }
+
+    /// Unix nanoseconds of `at`.
+    pub fn unix_ns(&self, at: Instant) -> u64 {
+        if at >= self.base {
+            self.base_unix_ns + (at - self.base).as_nanos() as u64
+        } else {
+            self.base_unix_ns
+                .saturating_sub((self.base - at).as_nanos() as u64)
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A string attribute.
+pub fn kv(key: &str, value: &str) -> KeyValue {
+    let value = match value.parse::<i64>() {
+        // process.pid is an int in the semantic conventions.
+        Ok(n) if key == "process.pid" => any_value::Value::IntValue(n),
+        _ => any_value::Value::StringValue(value.to_string()),
+    };
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..KeyValue::default()
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "gilscope".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ..InstrumentationScope::default()
+    }
+}
+
+fn temporality_code(t: Temporality) -> i32 {
+    match t {
+        Temporality::Cumulative => AggregationTemporality::Cumulative as i32,
+        Temporality::Delta => AggregationTemporality::Delta as i32,
+    }
+}
+
+/// One process's points as a `ResourceMetrics` (points of one metric grouped).
+pub fn resource_metrics(
+    series: &ProcessSeries,
+    clock: &Clock,
+    temporality: Temporality,
+) -> ResourceMetrics {
+    resource_metrics_of(
+        &series.resource,
+        &series.points,
+        series.at,
+        clock,
+        temporality,
+    )
+}
+
+/// Points with a resource, as a `ResourceMetrics`.
+pub fn resource_metrics_of(
+    resource: &[(String, String)],
+    points: &[Point],
+    at: Instant,
+    clock: &Clock,
+    temporality: Temporality,
+) -> ResourceMetrics {
+    let time = clock.unix_ns(at);
+    let mut metrics: Vec<Metric> = Vec::new();
+    for p in points {
+        let attributes: Vec<KeyValue> = p.attributes.iter().map(|(k, v)| kv(k, v)).collect();
+        let start = clock.unix_ns(p.start);
+        let index = match metrics.iter().position(|m| m.name == p.metric.name) {
+            Some(i) => i,
+            None => {
+                let data = match p.metric.kind {
+                    Kind::Counter => Data::Sum(Sum {
+                        data_points: Vec::new(),
+                        aggregation_temporality: temporality_code(temporality),
+                        is_monotonic: true,
+                    }),
+                    Kind::Gauge => Data::Gauge(Gauge {
+                        data_points: Vec::new(),
+                    }),
+                    Kind::Histogram => Data::Histogram(Histogram {
+                        data_points: Vec::new(),
+                        aggregation_temporality: temporality_code(temporality),
+                    }),
+                };
+                metrics.push(Metric {
+                    name: p.metric.name.to_string(),
+                    description: p.metric.description.to_string(),
+                    unit: p.metric.unit.to_string(),
+                    data: Some(data),
+                    ..Metric::default()
+                });
+                metrics.len() - 1
+            }
+        };
+        let number = |value: number_data_point::Value, start_time_unix_nano: u64| NumberDataPoint {
+            attributes: attributes.clone(),
+            start_time_unix_nano,
+            time_unix_nano: time,
+            value: Some(value),
+            ..NumberDataPoint::default()
+        };
+        let nv = match &p.value {
+            Value::Double(v) => Some(number_data_point::Value::AsDouble(*v)),
+            Value::Int(v) => Some(number_data_point::Value::AsInt(*v)),
+            Value::Histogram { .. } => None,
+        };
+        match (&mut metrics[index].data, &p.value, nv) {
+            (Some(Data::Sum(s)), _, Some(v)) => s.data_points.push(number(v, start)),
+            (Some(Data::Gauge(g)), _, Some(v)) => g.data_points.push(number(v, 0)),
+            (Some(Data::Histogram(h)), Value::Histogram { counts, sum_s }, _) => {
+                h.data_points.push(HistogramDataPoint {
+                    attributes: attributes.clone(),
+                    start_time_unix_nano: start,
+                    time_unix_nano: time,
+                    count: counts.iter().sum(),
+                    sum: Some(*sum_s),
+                    bucket_counts: counts.clone(),
+                    explicit_bounds: wait_bounds_s(),
+                    ..HistogramDataPoint::default()
+                })
+            }
+            _ => {}
+        }
+    }
+    ResourceMetrics {
+        resource: Some(Resource {
+            attributes: resource.iter().map(|(k, v)| kv(k, v)).collect(),
+            ..Resource::default()
+        }),
+        scope_metrics: vec![ScopeMetrics {
+            scope: Some(scope()),
+            metrics,
+            ..ScopeMetrics::default()
+        }],
+        ..ResourceMetrics::default()
+    }
+}
+
+/// Data points in a `ResourceMetrics`.
+pub fn point_count(rm: &ResourceMetrics) -> usize {
+    rm.scope_metrics
+        .iter()
+        .flat_map(|s| &s.metrics)
+        .map(|m| match &m.data {
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Packs resources into requests of at most `batch_points` data points each
+/// (a process is never split; one bigger than the batch goes alone).
+pub fn batch(
+    resources: Vec<ResourceMetrics>,
+    batch_points: usize,
+) -> Vec<(ExportMetricsServiceRequest, usize)> {
+    let mut out = Vec::new();
+    let mut cur: Vec<ResourceMetrics> = Vec::new();
+    let mut points = 0;
+    for rm in resources {
+        let n = point_count(&rm);
+        if !cur.is_empty() && points + n > batch_points {
+            out.push((
+                ExportMetricsServiceRequest {
+                    resource_metrics: std::mem::take(&mut cur),
+                },
+                points,
+            ));
+            points = 0;
+        }
+        points += n;
+        cur.push(rm);
+    }
+    if !cur.is_empty() {
+        out.push((
+            ExportMetricsServiceRequest {
+                resource_metrics: cur,
+            },
+            points,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::metrics::{DIAGNOSIS, GIL_WAIT_DURATION, GIL_WAIT_TIME};
+
+    fn points(now: Instant) -> Vec<Point> {
+        let mut diag = Point {
+            metric: &DIAGNOSIS,
+            attributes: vec![("cpython.diagnosis.kind", "no_contention".into())],
+            value: Value::Int(1),
+            start: now,
+        };
+        let diag2 = {
+            let mut d = diag.clone();
+            d.attributes[0].1 = "cpu_starved".into();
+            d.value = Value::Int(0);
+            d
+        };
+        diag.start = now;
+        vec![
+            Point {
+                metric: &GIL_WAIT_TIME,
+                attributes: vec![],
+                value: Value::Double(2.5),
+                start: now,
+            },
+            diag,
+            diag2,
+            Point {
+                metric: &GIL_WAIT_DURATION,
+                attributes: vec![],
+                value: Value::Histogram {
+                    counts: vec![0; wait_bounds_s().len() + 1],
+                    sum_s: 0.0,
+                },
+                start: now,
+            },
+        ]
+    }
+
+    #[test]
+    fn points_of_one_metric_share_one_metric_and_resources_are_kept() {
+        let clock = Clock::new();
+        let now = Instant::now();
+        let res = vec![
+            ("service.name".to_string(), "shop".to_string()),
+            ("process.pid".to_string(), "42".to_string()),
+        ];
+        let rm = resource_metrics_of(&res, &points(now), now, &clock, Temporality::Delta);
+        let metrics = &rm.scope_metrics[0].metrics;
+        assert_eq!(metrics.len(), 3);
+        assert_eq!(point_count(&rm), 4);
+        match &metrics[0].data {
+            Some(Data::Sum(s)) => {
+                assert!(s.is_monotonic);
+                assert_eq!(
+                    s.aggregation_temporality,
+                    AggregationTemporality::Delta as i32
+                );
+                assert_eq!(metrics[0].unit, "s");
+            }
+            other => panic!("not a sum: {other:?}"),
+        }
+        let attrs = &rm
+            .resource
+            .as_ref()
+            .map(|r| r.attributes.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            attrs[1].value.as_ref().and_then(|v| v.value.clone()),
+            Some(any_value::Value::IntValue(42))
+        );
+    }
+
+    #[test]
+    fn batches_hold_whole_processes_up_to_the_point_limit() {
+        let clock = Clock::new();
+        let now = Instant::now();
+        let rms: Vec<ResourceMetrics> = (0..5)
+            .map(|i| {
+                resource_metrics_of(
+                    &[("process.pid".into(), i.to_string())],
+                    &points(now),
+                    now,
+                    &clock,
+                    Temporality::Cumulative,
+                )
+            })
+            .collect();
+        let batches = batch(rms, 10);
+        assert_eq!(
+            batches.iter().map(|(_, n)| n).collect::<Vec<_>>(),
+            vec![&8, &8, &4]
+        );
+        assert_eq!(batch(Vec::new(), 10).len(), 0);
+    }
+}

@@ -1,0 +1,373 @@
+//! The OpenTelemetry resource of each watched process: who it is, where it runs.
+//!
+//! The one place that builds resources. `service.name` comes by a fixed chain:
+//! the target's own `OTEL_SERVICE_NAME`, then `service.name` in its
+//! `OTEL_RESOURCE_ATTRIBUTES` (only these two keys are read from
+//! `/proc/PID/environ`, and at most [`ENVIRON_LIMIT`] bytes of it: the rest of a
+//! process's environment may hold secrets), then `python:<script or module>`
+//! from its command line. `tenant.id` is never taken from a target unless a
+//! rule says so, since any process can set its own environment.
+
+use std::io::Read;
+
+use super::config::parse_key_values;
+
+/// Bytes of `/proc/PID/environ` read at most.
+pub const ENVIRON_LIMIT: u64 = 64 * 1024;
+
+/// Attributes of the target's own resource passed through as they are.
+const PASSED_THROUGH: &[&str] = &[
+    "service.namespace",
+    "service.version",
+    "deployment.environment",
+    "deployment.environment.name",
+];
+
+/// How `tenant.id` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantRule {
+    /// The same value for every process on this node.
+    Fixed(String),
+    /// This key of the target's `OTEL_RESOURCE_ATTRIBUTES`.
+    ResourceAttribute(String),
+}
+
+/// What the target says about itself in its environment (the two OTel keys only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetOtelEnv {
+    pub service_name: Option<String>,
+    pub resource_attributes: Vec<(String, String)>,
+}
+
+/// Reads only `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` from the target.
+pub fn read_target_env(pid: u32) -> TargetOtelEnv {
+    let mut raw = Vec::new();
+    if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/environ")) {
+        let _ = f.take(ENVIRON_LIMIT).read_to_end(&mut raw);
+    }
+    parse_target_env(&raw)
+}
+
+/// Picks the two OTel keys out of NUL-separated `KEY=value` entries.
+pub fn parse_target_env(raw: &[u8]) -> TargetOtelEnv {
+    let mut out = TargetOtelEnv::default();
+    for entry in raw.split(|b| *b == 0) {
+        if let Some(v) = entry.strip_prefix(b"OTEL_SERVICE_NAME=") {
+            let v = String::from_utf8_lossy(v).trim().to_string();
+            if !v.is_empty() {
+                out.service_name = Some(v);
+            }
+        } else if let Some(v) = entry.strip_prefix(b"OTEL_RESOURCE_ATTRIBUTES=") {
+            out.resource_attributes = parse_key_values(&String::from_utf8_lossy(v));
+        }
+    }
+    out
+}
+
+/// `python:<script>` or `python:<module>` from a command line (arguments split).
+pub fn python_service_name(args: &[String], exe_name: &str) -> String {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-m" => {
+                if let Some(m) = it.next() {
+                    return format!("python:{m}");
+                }
+            }
+            "-c" => return format!("python:{exe_name}"),
+            // Options that take a value.
+            "-W" | "-X" | "--check-hash-based-pycs" => {
+                it.next();
+            }
+            s if s.starts_with("-m") && s.len() > 2 => return format!("python:{}", &s[2..]),
+            s if s.starts_with('-') => {}
+            script => {
+                let name = std::path::Path::new(script)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| script.to_string());
+                return format!("python:{name}");
+            }
+        }
+    }
+    format!("python:{exe_name}")
+}
+
+/// The container id in `/proc/PID/cgroup` text: docker (`/docker/<id>`,
+/// `docker-<id>.scope`), containerd (`cri-containerd-<id>.scope`, `/kubepods/.../<id>`),
+/// cri-o (`crio-<id>.scope`) and podman (`libpod-<id>.scope`).
+pub fn container_id_from_cgroup(text: &str) -> Option<String> {
+    for line in text.lines() {
+        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+        for segment in path.rsplit('/') {
+            let seg = segment.strip_suffix(".scope").unwrap_or(segment);
+            if seg.starts_with("crio-conmon-") {
+                continue;
+            }
+            let id = [
+                "docker-",
+                "cri-containerd-",
+                "crio-",
+                "libpod-",
+                "containerd-",
+            ]
+            .iter()
+            .find_map(|p| seg.strip_prefix(p))
+            .unwrap_or(seg);
+            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Some(id.to_ascii_lowercase());
+            }
+        }
+    }
+    None
+}
+
+/// The machine: same for every process.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub arch: String,
+}
+
+impl Host {
+    /// Reads the host name; `host.arch` in OpenTelemetry's spelling.
+    pub fn detect() -> Self {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "x86",
+            other => other,
+        }
+        .to_string();
+        Self { name, arch }
+    }
+}
+
+/// What resource building needs to know about one process.
+#[derive(Debug, Clone)]
+pub struct ProcessFacts {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub exe: String,
+    pub args: Vec<String>,
+    pub runtime_version: String,
+    pub env: TargetOtelEnv,
+    pub cgroup: String,
+}
+
+impl ProcessFacts {
+    /// Reads what is needed from /proc (missing files give empty values).
+    pub fn read(pid: u32, start_ticks: u64, runtime_version: String) -> Self {
+        let args = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            pid,
+            start_ticks,
+            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            args,
+            runtime_version,
+            env: read_target_env(pid),
+            cgroup: std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default(),
+        }
+    }
+}
+
+/// The resource attributes of one process, in a stable order.
+pub fn process_resource(
+    p: &ProcessFacts,
+    host: &Host,
+    tenant: Option<&TenantRule>,
+) -> Vec<(String, String)> {
+    let exe_name = std::path::Path::new(&p.exe)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let attr = |k: &str| {
+        p.env
+            .resource_attributes
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let service = p
+        .env
+        .service_name
+        .clone()
+        .or_else(|| attr("service.name"))
+        .unwrap_or_else(|| python_service_name(&p.args, &exe_name));
+    let mut out = vec![
+        ("service.name".to_string(), service),
+        (
+            "service.instance.id".to_string(),
+            format!("{}/{}/{}", host.name, p.pid, p.start_ticks),
+        ),
+        ("process.pid".to_string(), p.pid.to_string()),
+        ("process.executable.name".to_string(), exe_name),
+        ("process.executable.path".to_string(), p.exe.clone()),
+        ("process.runtime.name".to_string(), "cpython".to_string()),
+        (
+            "process.runtime.version".to_string(),
+            p.runtime_version.clone(),
+        ),
+        ("host.name".to_string(), host.name.clone()),
+        ("host.arch".to_string(), host.arch.clone()),
+    ];
+    for key in PASSED_THROUGH {
+        if let Some(v) = attr(key) {
+            out.push((key.to_string(), v));
+        }
+    }
+    if let Some(id) = container_id_from_cgroup(&p.cgroup) {
+        out.push(("container.id".to_string(), id));
+    }
+    let tenant = match tenant {
+        Some(TenantRule::Fixed(v)) => Some(v.clone()),
+        Some(TenantRule::ResourceAttribute(k)) => attr(k),
+        None => None,
+    };
+    if let Some(t) = tenant {
+        out.push(("tenant.id".to_string(), t));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn container_ids_come_from_every_runtime_path_format() {
+        let cases = [
+            format!("12:cpu,cpuacct:/docker/{ID}\n"),
+            format!("0::/system.slice/docker-{ID}.scope\n"),
+            format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1a2b.slice/cri-containerd-{ID}.scope\n"),
+            format!("0::/kubepods.slice/kubepods-pod1a2b.slice/crio-{ID}.scope\n"),
+            format!("11:memory:/kubepods/besteffort/pod1a2b-3c4d/{ID}\n"),
+            format!("0::/machine.slice/libpod-{ID}.scope/container\n"),
+        ];
+        for text in &cases {
+            assert_eq!(
+                container_id_from_cgroup(text).as_deref(),
+                Some(ID),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            container_id_from_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"),
+            None
+        );
+        assert_eq!(
+            container_id_from_cgroup(&format!("0::/kubepods.slice/crio-conmon-{ID}.scope\n")),
+            None
+        );
+    }
+
+    #[test]
+    fn only_the_two_otel_keys_are_taken_from_the_environ() {
+        let raw = b"PATH=/bin\0AWS_SECRET=x\0OTEL_SERVICE_NAME=shop\0OTEL_RESOURCE_ATTRIBUTES=tenant.id=evil,service.namespace=web\0";
+        let env = parse_target_env(raw);
+        assert_eq!(env.service_name.as_deref(), Some("shop"));
+        assert_eq!(env.resource_attributes.len(), 2);
+    }
+
+    fn facts(args: &[&str], env: TargetOtelEnv) -> ProcessFacts {
+        ProcessFacts {
+            pid: 42,
+            start_ticks: 1000,
+            exe: "/usr/bin/python3.11".into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            runtime_version: "3.11.2".into(),
+            env,
+            cgroup: String::new(),
+        }
+    }
+
+    fn get<'a>(r: &'a [(String, String)], k: &str) -> Option<&'a str> {
+        r.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn service_name_follows_the_chain() {
+        let host = Host {
+            name: "node1".into(),
+            arch: "amd64".into(),
+        };
+        let own = TargetOtelEnv {
+            service_name: Some("shop".into()),
+            resource_attributes: vec![("service.name".into(), "other".into())],
+        };
+        let r = process_resource(&facts(&["python3", "app.py"], own), &host, None);
+        assert_eq!(get(&r, "service.name"), Some("shop"));
+        let attrs = TargetOtelEnv {
+            service_name: None,
+            resource_attributes: vec![("service.name".into(), "from-attrs".into())],
+        };
+        let r = process_resource(&facts(&["python3", "app.py"], attrs), &host, None);
+        assert_eq!(get(&r, "service.name"), Some("from-attrs"));
+        let r = process_resource(
+            &facts(
+                &["python3", "-u", "/srv/app/worker.py", "--x"],
+                TargetOtelEnv::default(),
+            ),
+            &host,
+            None,
+        );
+        assert_eq!(get(&r, "service.name"), Some("python:worker.py"));
+        assert_eq!(get(&r, "process.runtime.name"), Some("cpython"));
+        assert_eq!(get(&r, "host.arch"), Some("amd64"));
+        assert_eq!(get(&r, "service.instance.id"), Some("node1/42/1000"));
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            python_service_name(&args(&["python3", "-m", "gunicorn", "a:b"]), "python3"),
+            "python:gunicorn"
+        );
+        assert_eq!(
+            python_service_name(&args(&["python3", "-X", "dev", "-mhttp.server"]), "python3"),
+            "python:http.server"
+        );
+        assert_eq!(
+            python_service_name(&args(&["python3", "-c", "print(1)"]), "python3"),
+            "python:python3"
+        );
+    }
+
+    #[test]
+    fn tenant_is_only_taken_from_the_target_when_a_rule_says_so() {
+        let host = Host {
+            name: "n".into(),
+            arch: "amd64".into(),
+        };
+        let env = TargetOtelEnv {
+            service_name: None,
+            resource_attributes: vec![
+                ("tenant.id".into(), "evil".into()),
+                ("team".into(), "blue".into()),
+            ],
+        };
+        let f = facts(&["python3", "a.py"], env);
+        assert_eq!(get(&process_resource(&f, &host, None), "tenant.id"), None);
+        let fixed = TenantRule::Fixed("acme".into());
+        assert_eq!(
+            get(&process_resource(&f, &host, Some(&fixed)), "tenant.id"),
+            Some("acme")
+        );
+        let keyed = TenantRule::ResourceAttribute("team".into());
+        assert_eq!(
+            get(&process_resource(&f, &host, Some(&keyed)), "tenant.id"),
+            Some("blue")
+        );
+    }
+}

@@ -1,0 +1,508 @@
+//! `gilscope run` end to end against real receivers: rotel (an OTLP collector)
+//! forwarding to VictoriaMetrics, and VictoriaMetrics' own OTLP/HTTP ingestion.
+//! What the daemon exported is read back with PromQL and checked against the
+//! truths of the 4-thread CPU workload; a bad config and an unreachable
+//! collector each give one clear message.
+//!
+//! The receivers come from `tests/receivers/install.sh` (cached under
+//! /var/cache/gilscope/receivers); without them these tests skip, or fail under CI=true.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A child process killed when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A receiver with its scratch directory (data, logs), both gone when the test ends.
+struct Receiver(Running, PathBuf);
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0 .0.kill();
+        let _ = self.0 .0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn receivers() -> Option<(PathBuf, PathBuf)> {
+    let dir = std::env::var("GILSCOPE_RECEIVERS")
+        .unwrap_or_else(|_| "/var/cache/gilscope/receivers".into());
+    let bin = Path::new(&dir).join("bin");
+    let rotel = bin.join("rotel");
+    let vm = bin.join("victoria-metrics");
+    if rotel.exists() && vm.exists() {
+        Some((rotel, vm))
+    } else {
+        missing(&format!(
+            "no rotel/victoria-metrics under {}: run tests/receivers/install.sh",
+            bin.display()
+        ));
+        None
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gilscope-run-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// VictoriaMetrics on a free port, its data in a fresh directory.
+fn start_vm(vm: &Path, tag: &str) -> (Receiver, u16) {
+    let port = free_port();
+    let dir = scratch(tag);
+    let child = Command::new(vm)
+        .arg(format!("-storageDataPath={}", dir.join("vm").display()))
+        .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("vm.log")).expect("log"))
+        .spawn()
+        .expect("start victoria-metrics");
+    let running = Receiver(Running(child), dir);
+    wait_for_port(port, "victoria-metrics");
+    (running, port)
+}
+
+/// rotel receiving OTLP gRPC/HTTP and forwarding over OTLP/HTTP to VictoriaMetrics.
+fn start_rotel(rotel: &Path, vm_port: u16, tag: &str) -> (Running, u16, PathBuf) {
+    let grpc = free_port();
+    let http = free_port();
+    let log = scratch(tag).join("rotel.log");
+    let child = Command::new(rotel)
+        .arg("start")
+        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+        .args(["--exporter", "otlp"])
+        .args([
+            "--otlp-exporter-endpoint",
+            &format!("http://127.0.0.1:{vm_port}/opentelemetry"),
+        ])
+        .args(["--otlp-exporter-protocol", "http"])
+        .args([
+            "--debug-log",
+            "metrics",
+            "--debug-log-verbosity",
+            "detailed",
+        ])
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rotel");
+    let running = Running(child);
+    wait_for_port(grpc, "rotel");
+    (running, grpc, log)
+}
+
+/// One PromQL instant query; the result vector.
+fn promql(vm_port: u16, query: &str) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{vm_port}/api/v1/query");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let body = ureq::get(&url)
+        .query("query", query)
+        .query("time", now.to_string())
+        // Recent samples too (the default hides the last 30 s).
+        .query("latency_offset", "1ms")
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .unwrap_or_else(|e| panic!("query {query}: {e}"));
+    let doc: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    doc["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn scalar(result: &[Value]) -> Option<f64> {
+    result.first()?["value"][1].as_str()?.parse().ok()
+}
+
+/// The 4-thread CPU workload with its own service name; `marker` makes its
+/// command line unique so the daemon watches only it on a shared machine.
+fn workload_process(python: &Path, seconds: u32, service: &str, marker: &str) -> Running {
+    let child = Command::new(python)
+        .args([
+            &workload("cpu_threads.py"),
+            "4",
+            &seconds.to_string(),
+            marker,
+        ])
+        .env("OTEL_SERVICE_NAME", service)
+        .env("OTEL_RESOURCE_ATTRIBUTES", "team=blue,tenant.id=spoofed")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the workload");
+    Running(child)
+}
+
+/// Checks what VictoriaMetrics holds for `service` against the workload's truths.
+fn check_exported(vm_port: u16, service: &str, tenant: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    let sel = |name: &str| format!("{{__name__=\"{name}\",service.name=\"{service}\"}}");
+    let util = promql(
+        vm_port,
+        &format!("avg_over_time({}[5m])", sel("cpython.gil.utilization")),
+    );
+    match scalar(&util) {
+        Some(u) if u >= 0.9 => {}
+        other => failures.push(format!("GIL utilization {other:?}, expected >= 0.9")),
+    }
+    // Σ wait over the four workers per second of wall, from the exported counter.
+    let rate = promql(
+        vm_port,
+        &format!(
+            "(max_over_time({s}[5m]) - min_over_time({s}[5m])) / \
+             (tlast_over_time({s}[5m]) - tfirst_over_time({s}[5m]))",
+            s = sel("cpython.gil.wait.time")
+        ),
+    );
+    match scalar(&rate).map(|r| r / 4.0) {
+        Some(per_worker) if (0.55..=0.85).contains(&per_worker) => {}
+        other => failures.push(format!(
+            "GIL wait per worker per second {other:?}, expected 0.55-0.85"
+        )),
+    }
+    let queue = promql(
+        vm_port,
+        &format!("avg_over_time({}[5m])", sel("cpython.gil.queue_length")),
+    );
+    match scalar(&queue) {
+        Some(q) if (2.2..=3.4).contains(&q) => {}
+        other => failures.push(format!("queue length {other:?}, expected about 3")),
+    }
+    let diag = promql(
+        vm_port,
+        &format!(
+            "max_over_time({{__name__=\"cpython.diagnosis\",service.name=\"{service}\",cpython.diagnosis.kind=\"gil_serialized_threads\"}}[5m])"
+        ),
+    );
+    if scalar(&diag) != Some(1.0) {
+        failures.push(format!("diagnosis gil_serialized_threads not 1: {diag:?}"));
+    }
+    let labels = util
+        .first()
+        .map(|v| v["metric"].clone())
+        .unwrap_or(Value::Null);
+    // avg_over_time drops the name but keeps the resource labels.
+    let series = promql(vm_port, &sel("cpython.gil.queue_length"));
+    let metric = series
+        .first()
+        .map(|v| v["metric"].clone())
+        .unwrap_or(labels);
+    for (key, want) in [
+        ("tenant.id", tenant),
+        ("process.runtime.name", "cpython"),
+        ("host.arch", "amd64"),
+    ] {
+        if metric[key].as_str() != Some(want) {
+            failures.push(format!(
+                "resource {key} = {:?}, expected {want}: {metric}",
+                metric[key]
+            ));
+        }
+    }
+    for key in [
+        "process.pid",
+        "service.instance.id",
+        "host.name",
+        "process.runtime.version",
+    ] {
+        if metric[key].as_str().is_none_or(str::is_empty) {
+            failures.push(format!("resource {key} missing: {metric}"));
+        }
+    }
+    failures
+}
+
+/// `gilscope run`, to which a test adds its flags.
+fn daemon() -> Command {
+    let mut cmd = gilscope();
+    cmd.arg("run");
+    cmd
+}
+
+/// Runs the daemon for `seconds` next to a workload and returns its stderr.
+fn run_daemon(cmd: &mut Command, seconds: u32) -> String {
+    let out = cmd
+        .args(["--interval", "1s", "--duration", &format!("{seconds}s")])
+        .output()
+        .expect("run gilscope");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "gilscope run failed ({}): {stderr}",
+        out.status
+    );
+    stderr
+}
+
+#[test]
+fn grpc_gzip_through_rotel_into_victoria_metrics_shows_four_serialized_threads() {
+    if !can_use_bpf() {
+        return;
+    }
+    let (Some((rotel, vm)), Some(python)) = (receivers(), pyenv_python311()) else {
+        return;
+    };
+    let _machine = serial();
+    let failures = twice_on_noise("grpc via rotel", || {
+        let tag = format!("grpc{}", rand_tag());
+        let (_vm, vm_port) = start_vm(&vm, &tag);
+        let (_rotel, grpc, rotel_log) = start_rotel(&rotel, vm_port, &tag);
+        let service = format!("gil-e2e-{tag}");
+        let config = scratch(&tag).join("gilscope.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "include:\n  cmdline: ['{tag}']\ntenant:\n  resource_attribute: team\nexport:\n  batch_size: 512\n"
+            ),
+        )
+        .expect("config");
+        let _work = workload_process(&python, 9, &service, &tag);
+        let stderr = run_daemon(
+            daemon()
+                .env(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    format!("http://127.0.0.1:{grpc}"),
+                )
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+                .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+                .arg("--config")
+                .arg(&config)
+                .arg("-v"),
+            7,
+        );
+        // rotel forwards in batches; give it a moment.
+        std::thread::sleep(Duration::from_secs(3));
+        let mut failures = check_exported(vm_port, &service, "blue");
+        let seen = std::fs::read_to_string(&rotel_log).unwrap_or_default();
+        if !seen.contains("cpython.gil.utilization") {
+            failures.push(format!(
+                "rotel's debug log shows no cpython.gil.utilization:\n{}",
+                &seen[..seen.len().min(2000)]
+            ));
+        }
+        if !failures.is_empty() {
+            failures.push(format!("gilscope stderr:\n{stderr}"));
+        }
+        failures
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn http_protobuf_straight_into_victoria_metrics_carries_the_tenant_rule() {
+    if !can_use_bpf() {
+        return;
+    }
+    let (Some((_, vm)), Some(python)) = (receivers(), pyenv_python311()) else {
+        return;
+    };
+    let _machine = serial();
+    let failures = twice_on_noise("http into vm", || {
+        let tag = format!("http{}", rand_tag());
+        let (_vm, vm_port) = start_vm(&vm, &tag);
+        let service = format!("gil-e2e-{tag}");
+        let _work = workload_process(&python, 9, &service, &tag);
+        let stderr = run_daemon(
+            daemon()
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .args([
+                    "--endpoint",
+                    &format!("http://127.0.0.1:{vm_port}/opentelemetry"),
+                ])
+                .args(["--protocol", "http/protobuf", "--tenant", "acme"])
+                .args(["--include-cmdline", &tag]),
+            7,
+        );
+        let mut failures = check_exported(vm_port, &service, "acme");
+        if !failures.is_empty() {
+            failures.push(format!("gilscope stderr:\n{stderr}"));
+        }
+        failures
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_collector_that_comes_up_late_gets_every_interval_retried_and_none_dropped() {
+    if !can_use_bpf() {
+        return;
+    }
+    let (Some((_, vm)), Some(python)) = (receivers(), pyenv_python311()) else {
+        return;
+    };
+    let _machine = serial();
+    let tag = format!("late{}", rand_tag());
+    let service = format!("gil-e2e-{tag}");
+    let _work = workload_process(&python, 12, &service, &tag);
+    // Reserve the port, start the daemon against it, bring VictoriaMetrics up 4 s later.
+    let port = free_port();
+    let daemon = daemon()
+        .args([
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}/opentelemetry"),
+        ])
+        .args(["--protocol", "http/protobuf", "--include-cmdline", &tag])
+        .args(["--interval", "1s", "--duration", "8s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gilscope run");
+    std::thread::sleep(Duration::from_secs(4));
+    let dir = scratch(&tag);
+    let _vm = Receiver(
+        Running(
+            Command::new(&vm)
+                .arg(format!("-storageDataPath={}", dir.join("vm").display()))
+                .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start victoria-metrics"),
+        ),
+        dir.clone(),
+    );
+    let out = daemon.wait_with_output().expect("gilscope run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // VictoriaMetrics makes fresh rows searchable within a couple of seconds.
+    std::thread::sleep(Duration::from_secs(5));
+    let count = promql(
+        port,
+        &format!("count_over_time({{__name__=\"cpython.gil.utilization\",service.name=\"{service}\"}}[5m])"),
+    );
+    let n = scalar(&count).unwrap_or(0.0);
+    // 7 one-second intervals and the final one at 8 s; the first 3-4 waited for the collector.
+    assert!(
+        n >= 8.0,
+        "{n} intervals arrived, expected every one of ~9:\n{stderr}"
+    );
+    let dropped = promql(
+        port,
+        "max_over_time({__name__=\"gilscope.export.data_points\",outcome=\"dropped\"}[5m])",
+    );
+    assert_eq!(scalar(&dropped), Some(0.0), "{dropped:?}\n{stderr}");
+    let retries = promql(
+        port,
+        "max_over_time({__name__=\"gilscope.export.retries\"}[5m])",
+    );
+    assert!(
+        scalar(&retries).unwrap_or(0.0) >= 1.0,
+        "no retry counted: {retries:?}"
+    );
+    assert!(
+        stderr.contains("works again"),
+        "recovery not logged:\n{stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_collector_gives_one_warning_per_interval_and_the_daemon_keeps_running() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = pyenv_python311() else {
+        return;
+    };
+    let tag = format!("down{}", rand_tag());
+    let _work = workload_process(&python, 8, "gil-down", &tag);
+    let port = free_port(); // nothing listens there
+    let started = Instant::now();
+    let stderr = run_daemon(
+        daemon()
+            .args(["--endpoint", &format!("http://127.0.0.1:{port}")])
+            .args(["--include-cmdline", &tag]),
+        5,
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(5),
+        "stopped early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "shutdown hung: {elapsed:?}"
+    );
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("failing")).collect();
+    assert!(
+        !warnings.is_empty() && warnings.len() <= 7,
+        "expected about one warning per interval, got {}:\n{stderr}",
+        warnings.len()
+    );
+    assert!(
+        warnings[0].contains(&format!("127.0.0.1:{port}")),
+        "the warning names the endpoint: {}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn a_bad_config_file_is_one_clear_error() {
+    let dir = scratch("badcfg");
+    let config = dir.join("bad.yaml");
+    std::fs::write(&config, "interval: 1s\nexport:\n  compresion: gzip\n").expect("write");
+    let out = gilscope()
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run gilscope");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("compresion"), "names the bad key: {stderr}");
+    assert!(
+        stderr.contains(&config.display().to_string()),
+        "names the file: {stderr}"
+    );
+
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = gilscope()
+        .args(["run", "--endpoint", "localhost:4317"])
+        .output()
+        .expect("run gilscope");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("must start with http://"), "{stderr}");
+}
+
+/// A short tag unique to this test run.
+fn rand_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}x{nanos:x}", std::process::id())
+}

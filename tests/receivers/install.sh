@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the real OTLP receivers the `gilscope run` end-to-end tests export to,
+# cached under /var/cache/gilscope/receivers (idempotent: seconds when cached):
+#   bin/rotel            an OTLP collector in Rust (pip package `rotel`, in its own venv)
+#   bin/victoria-metrics VictoriaMetrics from Debian sid's .deb (OTLP ingestion + PromQL)
+# The system's apt state is not touched: sid is used only for this one download.
+set -euo pipefail
+
+cache="${GILSCOPE_RECEIVERS:-/var/cache/gilscope/receivers}"
+mkdir -p "$cache/bin"
+
+if [ ! -x "$cache/bin/rotel" ]; then
+  echo "receivers: installing rotel (pip) into $cache/venv" >&2
+  python3 -m venv "$cache/venv"
+  "$cache/venv/bin/pip" install -q rotel
+  # The wheel ships the collector binary as rotel/rotel-agent (no console script).
+  found=$(find "$cache/venv" -type f -name rotel-agent | head -1 || true)
+  [ -n "$found" ] || { echo "receivers: no rotel-agent binary in the rotel wheel" >&2; exit 1; }
+  chmod +x "$found"
+  ln -sf "$found" "$cache/bin/rotel"
+fi
+
+if [ ! -x "$cache/bin/victoria-metrics" ]; then
+  echo "receivers: downloading victoria-metrics from Debian sid into $cache" >&2
+  apt_dir="$cache/apt"
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+  list="$apt_dir/sid.list"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main" > "$list"
+  opts=(-o "Dir::Etc::SourceList=$list" -o "Dir::Etc::SourceParts=-"
+        -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
+  apt-get "${opts[@]}" update -q >&2
+  chmod 777 "$apt_dir"  # apt-get download drops to _apt
+  (cd "$apt_dir" && apt-get "${opts[@]}" download victoria-metrics >&2)
+  deb=$(ls "$apt_dir"/victoria-metrics_*.deb | head -1)
+  rm -rf "$apt_dir/root" && mkdir -p "$apt_dir/root"
+  dpkg -x "$deb" "$apt_dir/root"
+  bin=$(find "$apt_dir/root" -type f -path '*bin/victoria-metrics' | head -1)
+  [ -n "$bin" ] || { echo "receivers: no victoria-metrics binary in $deb" >&2; exit 1; }
+  ln -sf "$bin" "$cache/bin/victoria-metrics"
+fi
+
+"$cache/bin/rotel" --version >/dev/null 2>&1 || "$cache/bin/rotel" --help >/dev/null
+"$cache/bin/victoria-metrics" -version >&2

@@ -237,7 +237,15 @@ fn exported(file: &object::File<'_>, name: &str) -> Option<u64> {
 /// dropped: `size` in Debian's 3.14), which is what the lock probe reads.
 pub fn find_park(file: &object::File<'_>) -> Vec<FoundFunction> {
     const PARK: &str = "_PyParkingLot_Park";
-    let Some(export) = exported(file, PARK) else {
+    // A static executable (musl's, say) has no .dynsym: the global is in .symtab only.
+    let global = || {
+        file.symbols()
+            .find(|s| {
+                s.kind() == object::SymbolKind::Text && s.address() != 0 && s.name() == Ok(PARK)
+            })
+            .map(|s| s.address())
+    };
+    let Some(export) = exported(file, PARK).or_else(global) else {
         return Vec::new();
     };
     let mut copies = symbols_named(file, PARK);

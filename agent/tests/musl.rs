@@ -14,23 +14,7 @@ use std::time::Duration;
 use common::*;
 
 fn python313_musl() -> Option<PathBuf> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/interpreters/build-cpython.sh"
-    );
-    let out = Command::new("bash")
-        .args([script, "--print-path", "3.13-musl"])
-        .output()
-        .ok()?;
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if out.status.success() && path.exists() {
-        Some(path)
-    } else {
-        missing(
-            "CPython 3.13-musl is not built: run bash tests/interpreters/build-cpython.sh 3.13-musl",
-        );
-        None
-    }
+    built_cpython("3.13-musl")
 }
 
 fn check_musl(python: &std::path::Path, workload_args: &[&str]) -> serde_json::Value {

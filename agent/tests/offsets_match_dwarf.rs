@@ -186,26 +186,19 @@ fn table_matches_dwarf(version: PyVersion, lib: &Path) {
 
 /// libpython3.13t of the free-threaded build, if it was built here.
 fn free_threaded_library() -> Option<PathBuf> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/interpreters/build-cpython.sh"
-    );
-    let out = Command::new("bash")
-        .args([script, "--print-path", "3.13t"])
-        .output()
-        .expect("bash");
-    let python = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let python = common::python313t()?;
     let lib = python
         .parent()
         .and_then(|b| b.parent())
-        .map(|prefix| prefix.join("lib/libpython3.13t.so.1.0"));
-    let found = lib.filter(|l| out.status.success() && l.exists());
-    if found.is_none() {
-        common::missing(
-            "CPython 3.13t is not built: run bash tests/interpreters/build-cpython.sh 3.13t",
-        );
+        .map(|prefix| prefix.join("lib/libpython3.13t.so.1.0"))
+        .filter(|l| l.exists());
+    if lib.is_none() {
+        common::missing(&format!(
+            "{} has no lib/libpython3.13t.so.1.0 beside it",
+            python.display()
+        ));
     }
-    found
+    lib
 }
 
 #[test]

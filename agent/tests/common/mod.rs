@@ -75,26 +75,43 @@ pub fn debian_python311() -> Option<PathBuf> {
     }
 }
 
-/// Asks tests/interpreters/fetch-debian-python.sh for a path it prints (`what`:
-/// `--print-path` or `--print-debug-file`) of interpreter `name`, if fetched.
-fn fetched_debian_python(what: &str, name: &str) -> Option<PathBuf> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/interpreters/fetch-debian-python.sh"
-    );
-    let out = Command::new("bash")
-        .args([script, what, name])
-        .output()
-        .ok()?;
+/// The path `tests/interpreters/SCRIPT ARGS...` prints, if the script succeeds and
+/// the path exists; otherwise [`missing`] with `hint` (how to get it).
+fn path_printed_by(script: &str, args: &[&str], hint: &str) -> Option<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/interpreters")
+        .join(script);
+    let out = Command::new("bash").arg(script).args(args).output().ok()?;
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     if out.status.success() && path.exists() {
         Some(path)
     } else {
-        missing(&format!(
-            "Debian sid's CPython {name} is not fetched: run bash tests/interpreters/fetch-debian-python.sh {name}"
-        ));
+        missing(hint);
         None
     }
+}
+
+/// Asks tests/interpreters/fetch-debian-python.sh for a path it prints (`what`:
+/// `--print-path` or `--print-debug-file`) of interpreter `name`, if fetched.
+fn fetched_debian_python(what: &str, name: &str) -> Option<PathBuf> {
+    path_printed_by(
+        "fetch-debian-python.sh",
+        &[what, name],
+        &format!(
+            "Debian sid's CPython {name} is not fetched: run bash tests/interpreters/fetch-debian-python.sh {name}"
+        ),
+    )
+}
+
+/// An interpreter built by tests/interpreters/build-cpython.sh (`3.13t`, `3.13-musl`).
+pub fn built_cpython(name: &str) -> Option<PathBuf> {
+    path_printed_by(
+        "build-cpython.sh",
+        &["--print-path", name],
+        &format!(
+            "CPython {name} is not built: run bash tests/interpreters/build-cpython.sh {name}"
+        ),
+    )
 }
 
 /// Debian sid's CPython 3.14 (static, stripped, LTO; needs sid's glibc): the
@@ -273,19 +290,5 @@ pub fn twice_on_noise(label: &str, measure: impl Fn() -> Vec<String>) -> Vec<Str
 
 /// The free-threaded CPython 3.13t built by tests/interpreters/build-cpython.sh.
 pub fn python313t() -> Option<PathBuf> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/interpreters/build-cpython.sh"
-    );
-    let out = Command::new("bash")
-        .args([script, "--print-path", "3.13t"])
-        .output()
-        .ok()?;
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if out.status.success() && path.exists() {
-        Some(path)
-    } else {
-        missing("CPython 3.13t is not built: run bash tests/interpreters/build-cpython.sh 3.13t");
-        None
-    }
+    built_cpython("3.13t")
 }

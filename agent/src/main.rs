@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use gilscope::check::{self, CheckOptions, Target};
 use gilscope::launch::ChildStdout;
 use gilscope::render;
+use gilscope::run::config::parse_duration;
 
 /// Shows whether Python services really run in parallel or are serialized by the GIL.
 #[derive(Parser, Debug)]
@@ -157,33 +158,6 @@ struct CheckArgs {
     /// The command to start and measure, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
-}
-
-/// Parses `10`, `10s`, `500ms`, `2m`, `1.5s`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration (examples: 10s, 500ms, 2m)"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit '{unit}' in '{text}' (use ms, s, m or h)"
-            ))
-        }
-    };
-    if !seconds.is_finite() || seconds <= 0.0 {
-        return Err(format!("duration '{text}' must be positive"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn init_logging(verbose: u8) {

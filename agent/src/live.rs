@@ -146,15 +146,21 @@ impl LiveSet {
                 self.try_watch(pid);
             }
         }
+        for live in self.live.values_mut() {
+            live.watch.refresh(&mut self.probe);
+        }
+        // One pass over the kernel maps for every process, not one per process.
+        let mut counters = self.probe.read_all().unwrap_or_default();
         let mut views = Vec::with_capacity(self.live.len());
         let mut gone = Vec::new();
         for (pid, live) in self.live.iter_mut() {
-            live.watch.tick(&mut self.probe);
             if !live.watch.alive {
                 gone.push(*pid);
                 continue;
             }
-            let now = live.watch.snapshot(&self.probe);
+            let now = live
+                .watch
+                .snapshot_with(counters.remove(pid).unwrap_or_default());
             let m = live.watch.measurement(&live.last, &now);
             live.last = now;
             let (process, threads) = analyse(&m);

@@ -9,44 +9,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use serde_json::Value;
 
-struct Case {
-    label: String,
-    python: PathBuf,
-    lib_dir: Option<PathBuf>,
-}
-
 fn matrix() -> Vec<Case> {
-    let mut cases = Vec::new();
-    for (line, python, lib) in pyenv_matrix() {
+    let mut cases = interpreter_matrix("names");
+    if let Some(python) = python313t() {
         cases.push(Case {
-            label: format!("pyenv {line}"),
-            python: python.clone(),
-            lib_dir: None,
-        });
-        let stripped = stripped_copy(&lib, &format!("names-{line}"));
-        cases.push(Case {
-            label: format!("pyenv {line} stripped"),
+            label: "CPython 3.13t (free-threaded)".into(),
             python,
-            lib_dir: stripped.parent().map(Path::to_path_buf),
+            lib_dir: None,
+            line: "3.13".into(),
         });
-    }
-    for (label, python) in [
-        ("Debian 3.11 (static, stripped)", debian_python311()),
-        ("CPython 3.13t (free-threaded)", python313t()),
-        ("Debian sid 3.14 (static, stripped)", debian_python314()),
-    ] {
-        if let Some(python) = python {
-            cases.push(Case {
-                label: label.into(),
-                python,
-                lib_dir: None,
-            });
-        }
     }
     cases
 }
@@ -72,16 +48,7 @@ fn python_names(doc: &Value) -> Vec<String> {
 /// The names one interpreter must show; returns what did not hold.
 fn check_names(case: &Case) -> Vec<String> {
     let label = &case.label;
-    let mut cmd = gilscope();
-    cmd.args(["check", "--json", "--"]).arg(&case.python).args([
-        &workload("named_threads.py"),
-        "2",
-        "1.5",
-    ]);
-    if let Some(dir) = &case.lib_dir {
-        cmd.env("LD_LIBRARY_PATH", dir);
-    }
-    let doc = check_json_with(&mut cmd);
+    let doc = case.check(&[], &[&workload("named_threads.py"), "2", "1.5"]);
     let mut failures = Vec::new();
     let mut fail = |what: String| failures.push(format!("{label}: {what}"));
     if case.lib_dir.is_some() && doc["interpreter"]["stripped"] != true {

@@ -7,70 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::*;
 
-/// One interpreter to run: a label, the python binary, and a library directory
-/// to put first on LD_LIBRARY_PATH (for stripped copies).
-struct Case {
-    label: String,
-    python: PathBuf,
-    lib_dir: Option<PathBuf>,
-    /// The release line gilscope must report ("3.14"): the right file was read.
-    line: String,
-}
-
-impl Case {
-    /// `gilscope check --json FLAGS -- PYTHON WORKLOAD...` for this interpreter.
-    fn check(&self, flags: &[&str], workload_args: &[&str]) -> serde_json::Value {
-        let mut cmd = gilscope();
-        cmd.args(["check", "--json"])
-            .args(flags)
-            .arg("--")
-            .arg(&self.python)
-            .args(workload_args);
-        if let Some(dir) = &self.lib_dir {
-            cmd.env("LD_LIBRARY_PATH", dir);
-        }
-        check_json_with(&mut cmd)
-    }
-}
-
 fn matrix() -> Vec<Case> {
-    let mut cases = Vec::new();
-    for (line, python, lib) in pyenv_matrix() {
-        cases.push(Case {
-            label: format!("pyenv {line}"),
-            python: python.clone(),
-            lib_dir: None,
-            line: line.clone(),
-        });
-        let stripped = stripped_copy(&lib, &format!("matrix-{line}"));
-        cases.push(Case {
-            label: format!("pyenv {line} stripped"),
-            python,
-            lib_dir: stripped.parent().map(Path::to_path_buf),
-            line,
-        });
-    }
-    if let Some(python) = debian_python311() {
-        cases.push(Case {
-            label: "Debian 3.11 (static, stripped)".into(),
-            python,
-            lib_dir: None,
-            line: "3.11".into(),
-        });
-    }
-    if let Some(python) = debian_python314() {
-        cases.push(Case {
-            label: "Debian sid 3.14 (static, stripped, through sid's loader)".into(),
-            python,
-            lib_dir: None,
-            line: "3.14".into(),
-        });
-    }
-    cases
+    interpreter_matrix("matrix")
 }
 
 /// The truths one interpreter must show; returns what did not hold.

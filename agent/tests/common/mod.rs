@@ -292,3 +292,68 @@ pub fn twice_on_noise(label: &str, measure: impl Fn() -> Vec<String>) -> Vec<Str
 pub fn python313t() -> Option<PathBuf> {
     built_cpython("3.13t")
 }
+
+/// One interpreter of the test matrix: a label, the python binary, and a library
+/// directory to put first on LD_LIBRARY_PATH (for stripped copies).
+pub struct Case {
+    pub label: String,
+    pub python: PathBuf,
+    pub lib_dir: Option<PathBuf>,
+    /// The release line gilscope must report ("3.14"): the right file was read.
+    pub line: String,
+}
+
+impl Case {
+    /// `gilscope check --json FLAGS -- PYTHON WORKLOAD...` for this interpreter.
+    pub fn check(&self, flags: &[&str], workload_args: &[&str]) -> Value {
+        let mut cmd = gilscope();
+        cmd.args(["check", "--json"])
+            .args(flags)
+            .arg("--")
+            .arg(&self.python)
+            .args(workload_args);
+        if let Some(dir) = &self.lib_dir {
+            cmd.env("LD_LIBRARY_PATH", dir);
+        }
+        check_json_with(&mut cmd)
+    }
+}
+
+/// Every GIL interpreter here: pyenv 3.8-3.13, an `objcopy --strip-all` copy of
+/// each libpython (made under a name with `tag`), Debian's static stripped 3.11
+/// and Debian sid's 3.14.
+pub fn interpreter_matrix(tag: &str) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (line, python, lib) in pyenv_matrix() {
+        cases.push(Case {
+            label: format!("pyenv {line}"),
+            python: python.clone(),
+            lib_dir: None,
+            line: line.clone(),
+        });
+        let stripped = stripped_copy(&lib, &format!("{tag}-{line}"));
+        cases.push(Case {
+            label: format!("pyenv {line} stripped"),
+            python,
+            lib_dir: stripped.parent().map(Path::to_path_buf),
+            line,
+        });
+    }
+    if let Some(python) = debian_python311() {
+        cases.push(Case {
+            label: "Debian 3.11 (static, stripped)".into(),
+            python,
+            lib_dir: None,
+            line: "3.11".into(),
+        });
+    }
+    if let Some(python) = debian_python314() {
+        cases.push(Case {
+            label: "Debian sid 3.14 (static, stripped, through sid's loader)".into(),
+            python,
+            lib_dir: None,
+            line: "3.14".into(),
+        });
+    }
+    cases
+}

@@ -125,6 +125,8 @@ pub enum Temporality {
 pub struct ExportSettings {
     /// gRPC: the server URL; HTTP: the full URL of the metrics path.
     pub endpoint: String,
+    /// gRPC: the server URL; HTTP: the full URL of the traces path (spans).
+    pub traces_endpoint: String,
     pub protocol: Protocol,
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
@@ -334,6 +336,17 @@ fn http_metrics_url(base: &str) -> String {
     }
 }
 
+/// The HTTP traces URL next to a metrics URL or base endpoint.
+fn http_traces_url(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let base = base.strip_suffix("/v1/metrics").unwrap_or(base);
+    if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{base}/v1/traces")
+    }
+}
+
 /// Merges file, environment and flags into [`Settings`].
 pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, RunError> {
     let file = match &flags.config {
@@ -475,6 +488,14 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
                     format!("'{url}' must start with http://"),
                 ));
             }
+            let traces_endpoint = match (
+                protocol,
+                env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.trim().is_empty()),
+            ) {
+                (_, Some(t)) => t,
+                (Protocol::Grpc, None) => url.clone(),
+                (Protocol::HttpProtobuf, None) => http_traces_url(&url),
+            };
             let endpoint = match protocol {
                 Protocol::Grpc => url,
                 Protocol::HttpProtobuf if full => url,
@@ -537,6 +558,7 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
             }
             Some(ExportSettings {
                 endpoint,
+                traces_endpoint,
                 protocol,
                 headers,
                 timeout,
@@ -628,6 +650,7 @@ mod tests {
         let s = resolve(&Flags::default(), &env).expect("env");
         let e = s.export.expect("exporting");
         assert_eq!(e.endpoint, "http://collector:4318/v1/metrics");
+        assert_eq!(e.traces_endpoint, "http://collector:4318/v1/traces");
         assert_eq!(e.protocol, Protocol::HttpProtobuf);
         assert_eq!(
             e.headers,

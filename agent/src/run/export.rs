@@ -1,6 +1,7 @@
 //! Sends OTLP requests without ever blocking the measuring loop or losing data silently.
 //!
-//! The daemon hands finished requests to a bounded queue; one worker thread
+//! The daemon hands finished requests (metrics or spans, one [`Payload`]) to a
+//! bounded queue; one worker thread
 //! sends them over gRPC (tonic) or HTTP/protobuf (ureq), compressed, retrying
 //! transient failures with exponential backoff and jitter until the request is
 //! too old. What cannot be queued or sent in time is dropped and counted
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataValue};
@@ -34,6 +37,11 @@ pub struct ExportStats {
     pub requests_dropped: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub retries: AtomicU64,
+    pub spans_sent: AtomicU64,
+    pub spans_dropped: AtomicU64,
+    /// Set once the endpoint answered that it takes no traces: spans are not built
+    /// or sent after that (they are counted as dropped while it was learned).
+    pub traces_refused: AtomicBool,
 }
 
 impl ExportStats {
@@ -47,32 +55,92 @@ impl ExportStats {
     }
 }
 
+/// One OTLP request: metrics and spans share the queue, the retries and the
+/// accounting, so an outage treats both alike.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Metrics(ExportMetricsServiceRequest),
+    Traces(ExportTraceServiceRequest),
+}
+
+impl Payload {
+    fn encoded_len(&self) -> usize {
+        match self {
+            Payload::Metrics(r) => r.encoded_len(),
+            Payload::Traces(r) => r.encoded_len(),
+        }
+    }
+
+    fn encode_to_vec(&self) -> Vec<u8> {
+        match self {
+            Payload::Metrics(r) => r.encode_to_vec(),
+            Payload::Traces(r) => r.encode_to_vec(),
+        }
+    }
+
+    fn is_traces(&self) -> bool {
+        matches!(self, Payload::Traces(_))
+    }
+}
+
 struct Job {
-    request: ExportMetricsServiceRequest,
-    points: usize,
+    payload: Payload,
+    /// Data points (metrics) or spans (traces) in the request.
+    items: usize,
     queued_at: Instant,
+}
+
+impl ExportStats {
+    /// Counts a request that will never be sent.
+    fn dropped(&self, job: &Job) {
+        ExportStats::add(&self.requests_dropped, 1);
+        let counter = if job.payload.is_traces() {
+            &self.spans_dropped
+        } else {
+            &self.points_dropped
+        };
+        ExportStats::add(counter, job.items as u64);
+    }
+
+    fn delivered(&self, job: &Job, bytes: u64) {
+        ExportStats::add(&self.requests_sent, 1);
+        let counter = if job.payload.is_traces() {
+            &self.spans_sent
+        } else {
+            &self.points_sent
+        };
+        ExportStats::add(counter, job.items as u64);
+        ExportStats::add(&self.bytes_sent, bytes);
+    }
 }
 
 /// A failed attempt: may it be retried?
 #[derive(Debug)]
 struct SendError {
     transient: bool,
+    /// The endpoint does not serve this signal at all (gRPC UNIMPLEMENTED, HTTP 404/405/415).
+    unsupported: bool,
     message: String,
 }
 
+/// The gRPC clients of both signals on one channel.
+struct GrpcTransport {
+    runtime: tokio::runtime::Runtime,
+    client: MetricsServiceClient<Channel>,
+    traces: TraceServiceClient<Channel>,
+    headers: Vec<(
+        MetadataKey<tonic::metadata::Ascii>,
+        MetadataValue<tonic::metadata::Ascii>,
+    )>,
+    timeout: Duration,
+}
+
 enum Transport {
-    Grpc {
-        runtime: tokio::runtime::Runtime,
-        client: MetricsServiceClient<Channel>,
-        headers: Vec<(
-            MetadataKey<tonic::metadata::Ascii>,
-            MetadataValue<tonic::metadata::Ascii>,
-        )>,
-        timeout: Duration,
-    },
+    Grpc(Box<GrpcTransport>),
     Http {
         agent: ureq::Agent,
         url: String,
+        traces_url: String,
         headers: Vec<(String, String)>,
         compression: Compression,
     },
@@ -96,12 +164,16 @@ impl Transport {
                     let _guard = runtime.enter();
                     endpoint.connect_lazy()
                 };
-                let mut client = MetricsServiceClient::new(channel);
-                client = match s.compression {
-                    Compression::Gzip => client.send_compressed(CompressionEncoding::Gzip),
-                    Compression::Zstd => client.send_compressed(CompressionEncoding::Zstd),
-                    Compression::None => client,
-                };
+                let mut client = MetricsServiceClient::new(channel.clone());
+                let mut traces = TraceServiceClient::new(channel);
+                if let Some(encoding) = match s.compression {
+                    Compression::Gzip => Some(CompressionEncoding::Gzip),
+                    Compression::Zstd => Some(CompressionEncoding::Zstd),
+                    Compression::None => None,
+                } {
+                    client = client.send_compressed(encoding);
+                    traces = traces.send_compressed(encoding);
+                }
                 let mut headers = Vec::new();
                 for (k, v) in &s.headers {
                     let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(
@@ -120,12 +192,13 @@ impl Transport {
                     })?;
                     headers.push((key, value));
                 }
-                Ok(Transport::Grpc {
+                Ok(Transport::Grpc(Box::new(GrpcTransport {
                     runtime,
                     client,
+                    traces,
                     headers,
                     timeout: s.timeout,
-                })
+                })))
             }
             Protocol::HttpProtobuf => {
                 let config = ureq::Agent::config_builder()
@@ -135,6 +208,7 @@ impl Transport {
                 Ok(Transport::Http {
                     agent: config.into(),
                     url: s.endpoint.clone(),
+                    traces_url: s.traces_endpoint.clone(),
                     headers: s.headers.clone(),
                     compression: s.compression,
                 })
@@ -142,29 +216,58 @@ impl Transport {
         }
     }
 
-    fn send(&mut self, request: &ExportMetricsServiceRequest) -> Result<(), SendError> {
+    fn send(&mut self, payload: &Payload) -> Result<(), SendError> {
         match self {
-            Transport::Grpc {
-                runtime,
-                client,
-                headers,
-                timeout,
-            } => {
-                let mut req = tonic::Request::new(request.clone());
-                req.set_timeout(*timeout);
-                for (k, v) in headers.iter() {
-                    req.metadata_mut().insert(k.clone(), v.clone());
+            Transport::Grpc(grpc) => {
+                let GrpcTransport {
+                    runtime,
+                    client,
+                    traces,
+                    headers,
+                    timeout,
+                } = &mut **grpc;
+                fn request<T>(
+                    body: T,
+                    timeout: Duration,
+                    headers: &[(
+                        MetadataKey<tonic::metadata::Ascii>,
+                        MetadataValue<tonic::metadata::Ascii>,
+                    )],
+                ) -> tonic::Request<T> {
+                    let mut req = tonic::Request::new(body);
+                    req.set_timeout(timeout);
+                    for (k, v) in headers {
+                        req.metadata_mut().insert(k.clone(), v.clone());
+                    }
+                    req
                 }
-                let mut client = client.clone();
-                let result = runtime.block_on(async {
-                    tokio::time::timeout(*timeout + Duration::from_secs(1), client.export(req))
-                        .await
-                });
+                let limit = *timeout + Duration::from_secs(1);
+                let result = match payload {
+                    Payload::Metrics(r) => {
+                        let req = request(r.clone(), *timeout, headers);
+                        let mut client = client.clone();
+                        runtime.block_on(async {
+                            tokio::time::timeout(limit, client.export(req))
+                                .await
+                                .map(|r| r.map(|_| ()))
+                        })
+                    }
+                    Payload::Traces(r) => {
+                        let req = request(r.clone(), *timeout, headers);
+                        let mut client = traces.clone();
+                        runtime.block_on(async {
+                            tokio::time::timeout(limit, client.export(req))
+                                .await
+                                .map(|r| r.map(|_| ()))
+                        })
+                    }
+                };
                 match result {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(())) => Ok(()),
                     Ok(Err(status)) => {
                         use tonic::Code;
                         Err(SendError {
+                            unsupported: status.code() == Code::Unimplemented,
                             transient: matches!(
                                 status.code(),
                                 Code::Unavailable
@@ -181,6 +284,7 @@ impl Transport {
                     }
                     Err(_) => Err(SendError {
                         transient: true,
+                        unsupported: false,
                         message: "timed out".into(),
                     }),
                 }
@@ -188,10 +292,12 @@ impl Transport {
             Transport::Http {
                 agent,
                 url,
+                traces_url,
                 headers,
                 compression,
             } => {
-                let raw = request.encode_to_vec();
+                let url = if payload.is_traces() { traces_url } else { url };
+                let raw = payload.encode_to_vec();
                 let (body, encoding) = compress(&raw, *compression);
                 let mut call = agent
                     .post(url.as_str())
@@ -206,10 +312,12 @@ impl Transport {
                     Ok(_) => Ok(()),
                     Err(ureq::Error::StatusCode(code)) => Err(SendError {
                         transient: matches!(code, 408 | 429 | 502 | 503 | 504),
+                        unsupported: matches!(code, 404 | 405 | 415),
                         message: format!("HTTP {code} from {url}"),
                     }),
                     Err(e) => Err(SendError {
                         transient: true,
+                        unsupported: false,
                         message: e.to_string(),
                     }),
                 }
@@ -291,19 +399,19 @@ impl Exporter {
         Arc::clone(&self.stats)
     }
 
-    /// Queues a request; when the queue is full it is dropped and counted.
-    pub fn submit(&self, request: ExportMetricsServiceRequest, points: usize) {
+    /// Queues a request of `items` data points or spans; when the queue is full
+    /// it is dropped and counted.
+    pub fn submit(&self, payload: Payload, items: usize) {
         let Some(tx) = &self.tx else { return };
         let job = Job {
-            request,
-            points,
+            payload,
+            items,
             queued_at: Instant::now(),
         };
         match tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
-                ExportStats::add(&self.stats.requests_dropped, 1);
-                ExportStats::add(&self.stats.points_dropped, job.points as u64);
+                self.stats.dropped(&job);
             }
         }
     }
@@ -367,18 +475,31 @@ impl Worker {
     }
 
     fn deliver(&mut self, job: Job) {
-        let size = job.request.encoded_len() as u64;
+        if job.payload.is_traces() && self.stats.traces_refused.load(Ordering::Relaxed) {
+            self.stats.dropped(&job);
+            return;
+        }
+        let size = job.payload.encoded_len() as u64;
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match self.transport.send(&job.request) {
+            match self.transport.send(&job.payload) {
                 Ok(()) => {
-                    ExportStats::add(&self.stats.requests_sent, 1);
-                    ExportStats::add(&self.stats.points_sent, job.points as u64);
-                    ExportStats::add(&self.stats.bytes_sent, size);
+                    self.stats.delivered(&job, size);
                     if self.failing {
                         tracing::warn!("export to {} works again", self.endpoint);
                         self.failing = false;
                     }
+                    return;
+                }
+                Err(e) if e.unsupported && job.payload.is_traces() => {
+                    // Not a failure of the collector: it takes metrics only. Say so once.
+                    tracing::warn!(
+                        "{} does not accept traces ({}); contention spans are not sent to it",
+                        self.endpoint,
+                        e.message
+                    );
+                    self.stats.traces_refused.store(true, Ordering::Relaxed);
+                    self.stats.dropped(&job);
                     return;
                 }
                 Err(e) => {
@@ -389,9 +510,10 @@ impl Worker {
                     let wait = jitter(backoff);
                     let too_old = job.queued_at.elapsed() + wait > self.max_age;
                     if !e.transient || too_old || self.stop.load(Ordering::Relaxed) {
-                        ExportStats::add(&self.stats.requests_dropped, 1);
-                        ExportStats::add(&self.stats.points_dropped, job.points as u64);
-                        self.dropped_since_log += job.points as u64;
+                        self.stats.dropped(&job);
+                        if !job.payload.is_traces() {
+                            self.dropped_since_log += job.items as u64;
+                        }
                         self.log(false);
                         return;
                     }
@@ -438,6 +560,7 @@ mod tests {
     fn settings(protocol: Protocol, endpoint: &str) -> ExportSettings {
         ExportSettings {
             endpoint: endpoint.into(),
+            traces_endpoint: endpoint.into(),
             protocol,
             headers: vec![("x-api-key".into(), "k".into())],
             timeout: Duration::from_millis(300),
@@ -472,7 +595,7 @@ mod tests {
             let stats = exporter.stats();
             let started = Instant::now();
             for _ in 0..10 {
-                exporter.submit(ExportMetricsServiceRequest::default(), 5);
+                exporter.submit(Payload::Metrics(ExportMetricsServiceRequest::default()), 5);
             }
             assert!(
                 started.elapsed() < Duration::from_millis(100),

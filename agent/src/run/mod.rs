@@ -288,7 +288,7 @@ impl Daemon {
                 .map_or(config::DEFAULT_BATCH_POINTS, |e| e.batch_points);
             if let Some(exporter) = &self.exporter {
                 for (request, points) in otlp::batch(resources, batch_points) {
-                    exporter.submit(request, points);
+                    exporter.submit(export::Payload::Metrics(request), points);
                 }
             }
         }

@@ -1,0 +1,145 @@
+//! The real OTLP receivers of the `gilscope run` tests: VictoriaMetrics (OTLP
+//! ingestion, PromQL) and rotel (an OTLP collector that logs what it receives and
+//! forwards to VictoriaMetrics), each on free ports with a scratch directory.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::missing;
+
+/// A child process killed when the test ends, however it ends.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A receiver with its scratch directory (data, logs), both gone when the test ends.
+pub struct Receiver(pub Running, pub PathBuf);
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0 .0.kill();
+        let _ = self.0 .0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+pub fn receivers() -> Option<(PathBuf, PathBuf)> {
+    let dir = std::env::var("GILSCOPE_RECEIVERS")
+        .unwrap_or_else(|_| "/var/cache/gilscope/receivers".into());
+    let bin = Path::new(&dir).join("bin");
+    let rotel = bin.join("rotel");
+    let vm = bin.join("victoria-metrics");
+    if rotel.exists() && vm.exists() {
+        Some((rotel, vm))
+    } else {
+        missing(&format!(
+            "no rotel/victoria-metrics under {}: run tests/receivers/install.sh",
+            bin.display()
+        ));
+        None
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gilscope-run-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// VictoriaMetrics on a free port, its data in a fresh directory.
+pub fn start_vm(vm: &Path, tag: &str) -> (Receiver, u16) {
+    let port = free_port();
+    let dir = scratch(tag);
+    let child = Command::new(vm)
+        .arg(format!("-storageDataPath={}", dir.join("vm").display()))
+        .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("vm.log")).expect("log"))
+        .spawn()
+        .expect("start victoria-metrics");
+    let running = Receiver(Running(child), dir);
+    wait_for_port(port, "victoria-metrics");
+    (running, port)
+}
+
+/// rotel receiving OTLP gRPC/HTTP and forwarding over OTLP/HTTP to VictoriaMetrics.
+pub fn start_rotel(rotel: &Path, vm_port: u16, tag: &str) -> (Running, u16, PathBuf) {
+    let grpc = free_port();
+    let http = free_port();
+    let log = scratch(tag).join("rotel.log");
+    let child = Command::new(rotel)
+        .arg("start")
+        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+        .args(["--exporter", "otlp"])
+        .args([
+            "--otlp-exporter-endpoint",
+            &format!("http://127.0.0.1:{vm_port}/opentelemetry"),
+        ])
+        .args(["--otlp-exporter-protocol", "http"])
+        .args([
+            "--debug-log",
+            "metrics",
+            "--debug-log",
+            "traces",
+            "--debug-log-verbosity",
+            "detailed",
+        ])
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rotel");
+    let running = Running(child);
+    wait_for_port(grpc, "rotel");
+    (running, grpc, log)
+}
+
+/// One PromQL instant query; the result vector.
+pub fn promql(vm_port: u16, query: &str) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{vm_port}/api/v1/query");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let body = ureq::get(&url)
+        .query("query", query)
+        .query("time", now.to_string())
+        // Recent samples too (the default hides the last 30 s).
+        .query("latency_offset", "1ms")
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .unwrap_or_else(|e| panic!("query {query}: {e}"));
+    let doc: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    doc["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub fn scalar(result: &[Value]) -> Option<f64> {
+    result.first()?["value"][1].as_str()?.parse().ok()
+}

@@ -306,21 +306,23 @@ fn unix_now() -> u64 {
 /// Grafana's variables as the test sets them: every tenant and namespace (the
 /// dashboards' `All` value), the CPU-bound service, every process; built-in
 /// intervals as Grafana would give them for a short range at 1 s resolution.
+/// Whole names only (`$tenantx` is not `$tenant`): an unknown variable stays and
+/// is reported.
 fn substitute(expr: &str, service: &str) -> String {
-    let mut out = expr.to_string();
-    for (var, value) in [
-        ("$__rate_interval", "20s"),
-        ("${__rate_interval}", "20s"),
-        ("$__interval", "5s"),
-        ("$__range", "5m"),
-        ("$tenant", ".*"),
-        ("$namespace", ".*"),
-        ("$service", service),
-        ("$instance", ".*"),
-    ] {
-        out = out.replace(var, value);
-    }
-    out
+    let value = |name: &str| match name {
+        "__rate_interval" => Some("20s"),
+        "__interval" => Some("5s"),
+        "__range" => Some("5m"),
+        "tenant" | "namespace" | "instance" => Some(".*"),
+        "service" => Some(service),
+        _ => None,
+    };
+    let var = regex::Regex::new(r"\$\{(\w+)\}|\$(\w+)").expect("regex");
+    var.replace_all(expr, |c: &regex::Captures| {
+        let name = c.get(1).or(c.get(2)).map_or("", |m| m.as_str());
+        value(name).map_or_else(|| c[0].to_string(), str::to_string)
+    })
+    .into_owned()
 }
 
 /// One PromQL query of a dashboard: where it is, its text, whether Grafana runs it as an instant query.

@@ -74,9 +74,9 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new() -> Option<Self> {
+    fn new(tag: &str) -> Option<Self> {
         let system_python = debian_python311()?;
-        let root = std::env::temp_dir().join(format!("gilscope-caps-{}", std::process::id()));
+        let root = std::env::temp_dir().join(format!("gilscope-caps-{tag}-{}", std::process::id()));
         let private = root.join("private");
         let public = root.join("public");
         std::fs::create_dir_all(&private).expect("mkdir private");
@@ -110,7 +110,7 @@ impl Workload {
     fn start(python: &Path) -> Self {
         let child = Command::new(python)
             .arg(workload("cpu_threads.py"))
-            .args(["4", "120"])
+            .args(["4", "120", "capabilities-test-workload"])
             .stdout(Stdio::null())
             .spawn()
             .expect("start cpu_threads.py");
@@ -134,6 +134,16 @@ impl Drop for Workload {
 /// `gilscope check --json --pid PID --duration 3s`, as nobody with exactly `caps`
 /// (permitted, effective, inheritable and ambient), nothing else.
 fn check_as_nobody(gilscope: &Path, caps: &[String], pid: u32) -> Output {
+    let pid = pid.to_string();
+    as_nobody(
+        gilscope,
+        caps,
+        &["check", "--json", "--duration", "3s", "--pid", &pid],
+    )
+}
+
+/// `gilscope ARGS` as nobody with exactly `caps`.
+fn as_nobody(gilscope: &Path, caps: &[String], args: &[&str]) -> Output {
     let list: Vec<String> = caps.iter().map(|c| capsh_name(c)).collect();
     let list = list.join(",");
     let mut cmd = Command::new("capsh");
@@ -152,8 +162,7 @@ fn check_as_nobody(gilscope: &Path, caps: &[String], pid: u32) -> Output {
     }
     cmd.arg(format!("--shell={}", gilscope.display()))
         .arg("--")
-        .args(["check", "--json", "--duration", "3s", "--pid"])
-        .arg(pid.to_string());
+        .args(args);
     cmd.output().expect("run capsh")
 }
 
@@ -189,10 +198,10 @@ fn the_manifest_capabilities_are_enough_and_each_is_needed() {
         return;
     }
     let caps = manifest_capabilities();
-    let Some(scratch) = Scratch::new() else {
+    let _machine = serial();
+    let Some(scratch) = Scratch::new("check") else {
         return;
     };
-    let _machine = serial();
     let work = Workload::start(&scratch.python);
 
     // The whole list: a non-root agent measures a root-owned process.
@@ -238,4 +247,72 @@ fn the_manifest_capabilities_are_enough_and_each_is_needed() {
             "the advice names CAP_{cap}:\n{err}"
         );
     }
+}
+
+/// `(GIL held %, queue length)` of `pid` in each interval line of the daemon's summary
+/// (`pid N name  GIL held 100%  queue  2.33  …`).
+fn summary_intervals(stdout: &str, pid: u32) -> Vec<(f64, f64)> {
+    let pid = pid.to_string();
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.first() != Some(&"pid") || words.get(1) != Some(&pid.as_str()) {
+                return None;
+            }
+            let after = |key: &str| {
+                let i = words.iter().position(|w| *w == key)?;
+                words.get(i + 1)?.trim_end_matches('%').parse::<f64>().ok()
+            };
+            Some((after("held")?, after("queue")?))
+        })
+        .collect()
+}
+
+#[test]
+fn the_daemon_watches_a_root_process_with_the_manifest_capabilities() {
+    if !can_drop_to_nobody() {
+        return;
+    }
+    let caps = manifest_capabilities();
+    let _machine = serial();
+    let Some(scratch) = Scratch::new("run") else {
+        return;
+    };
+    let work = Workload::start(&scratch.python);
+    let out = as_nobody(
+        &scratch.gilscope,
+        &caps,
+        &[
+            "run",
+            "--duration",
+            "7s",
+            "--interval",
+            "3s",
+            "--sample-hz",
+            "50",
+            "--include-cmdline",
+            "capabilities-test-workload",
+        ],
+    );
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let intervals = summary_intervals(&stdout, work.pid());
+    // Two full 3 s intervals (the first starts when the process is found); 4
+    // CPU-bound threads: the GIL is held nearly always and 2-3 threads wait for it
+    // (1.5 leaves room for a loaded 2-core machine).
+    assert!(
+        intervals.len() >= 2,
+        "the daemon reported the workload:\n{stdout}"
+    );
+    let full = &intervals[..2];
+    assert!(
+        full.iter().any(|&(held, _)| held >= 90.0),
+        "GIL held >= 90 % in a full interval:\n{stdout}"
+    );
+    assert!(
+        full.iter().all(|&(_, queue)| queue >= 1.5),
+        "queue >= 1.5 in each full interval:\n{stdout}"
+    );
+    assert!(stdout.contains("gil_serialized_threads"), "{stdout}");
 }

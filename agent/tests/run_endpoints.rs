@@ -79,6 +79,30 @@ fn get(port: u16, path: &str) -> Result<(u16, String, String), String> {
     Ok((status, ctype, body))
 }
 
+/// `/metrics` asked for with `Accept-Encoding: gzip`, checked to be gzip, inflated.
+fn gzipped_metrics(port: u16) -> Result<String, String> {
+    use std::io::Read as _;
+    let mut r = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .header("Accept-Encoding", "deflate, gzip;q=1.0, *;q=0.5")
+        .call()
+        .map_err(|e| e.to_string())?;
+    let encoding = r
+        .headers()
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if encoding != "gzip" {
+        return Err(format!("Content-Encoding {encoding:?}"));
+    }
+    let raw = r.body_mut().read_to_vec().map_err(|e| e.to_string())?;
+    let mut page = String::new();
+    flate2::read::GzDecoder::new(raw.as_slice())
+        .read_to_string(&mut page)
+        .map_err(|e| format!("not gzip: {e}"))?;
+    Ok(page)
+}
+
 /// The 4-thread CPU workload, named `service`, `marker` on its command line.
 fn workload_process(python: &Path, seconds: u32, service: &str, marker: &str) -> Running {
     let child = Command::new(python)
@@ -391,6 +415,15 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     let Some((samples, types)) = last else {
         return failures;
     };
+    // A scraper asking for gzip gets the same page gzipped.
+    match gzipped_metrics(port) {
+        Ok(page) => {
+            if let Err(e) = parse_exposition(&page) {
+                failures.push(format!("the gzipped page is not valid: {e}"));
+            }
+        }
+        Err(e) => failures.push(format!("gzipped /metrics: {e}")),
+    }
     if !utilization.iter().any(|u| *u >= 0.9) {
         failures.push(format!(
             "GIL utilization of pid {pid} with service_name {service}: {utilization:?}, expected one >= 0.9"

@@ -232,7 +232,15 @@ fn serve(server: &tiny_http::Server, shared: &Shared) {
                 return;
             }
         };
-        let response = respond(request.method(), request.url(), shared);
+        // Scrapers ask for gzip: a page is ~20 KB per watched process.
+        let gzip = request.headers().iter().any(|h| {
+            h.field.equiv("Accept-Encoding")
+                && h.value
+                    .as_str()
+                    .split(',')
+                    .any(|e| e.trim().split(';').next() == Some("gzip"))
+        });
+        let response = respond(request.method(), request.url(), shared, gzip);
         if let Err(e) = request.respond(response) {
             tracing::debug!("http: cannot answer: {e}");
         }
@@ -260,7 +268,18 @@ fn verdict(v: Verdict) -> Response {
     }
 }
 
-fn respond(method: &tiny_http::Method, url: &str, shared: &Shared) -> Response {
+/// `body` gzipped, if that works (it only fails on allocation).
+fn gzipped(body: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 8),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(body).ok()?;
+    enc.finish().ok()
+}
+
+fn respond(method: &tiny_http::Method, url: &str, shared: &Shared, gzip: bool) -> Response {
     use tiny_http::Method;
     let path = url.split('?').next().unwrap_or(url);
     if !matches!(method, Method::Get | Method::Head) {
@@ -272,7 +291,18 @@ fn respond(method: &tiny_http::Method, url: &str, shared: &Shared) -> Response {
                 Ok(m) => Arc::clone(&m),
                 Err(poisoned) => Arc::clone(&poisoned.into_inner()),
             };
-            text(200, EXPOSITION, body.as_bytes())
+            match gzip.then(|| gzipped(body.as_bytes())).flatten() {
+                Some(zipped) => {
+                    let mut r = text(200, EXPOSITION, zipped);
+                    if let Ok(h) =
+                        tiny_http::Header::from_bytes(&b"Content-Encoding"[..], &b"gzip"[..])
+                    {
+                        r.add_header(h);
+                    }
+                    r
+                }
+                None => text(200, EXPOSITION, body.as_bytes()),
+            }
         }
         "/healthz" => verdict(shared.health.liveness(Instant::now())),
         "/readyz" => verdict(shared.health.readiness()),

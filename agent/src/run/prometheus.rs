@@ -237,15 +237,18 @@ impl Exposition {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         let bounds: Vec<String> = wait_bounds_s().iter().map(|b| format!("{b}")).collect();
+        // A resource's labels are the same on each of its series: written once.
+        let prefixes: Vec<String> = self.resources.keys().map(label_text).collect();
         for def in metrics::ALL {
-            let series: Vec<(&Labels, &Labels, &Value)> = self
+            let series: Vec<(&Labels, &str, &Labels, &Value)> = self
                 .resources
                 .iter()
-                .flat_map(|(resource, series)| {
+                .zip(&prefixes)
+                .flat_map(|((resource, series), prefix)| {
                     series
                         .iter()
                         .filter(|((name, _), _)| *name == def.name)
-                        .map(move |((_, attrs), (_, v))| (resource, attrs, v))
+                        .map(move |((_, attrs), (_, v))| (resource, prefix.as_str(), attrs, v))
                 })
                 .collect();
             if series.is_empty() {
@@ -260,8 +263,21 @@ impl Exposition {
                 Kind::Histogram => "histogram",
             };
             let _ = writeln!(out, "\n# TYPE {name} {kind}");
-            for (resource, attrs, value) in series {
-                let labels = labels_of(resource.iter().chain(attrs.iter()).cloned());
+            for (resource, prefix, attrs, value) in series {
+                let clash = attrs
+                    .iter()
+                    .any(|(k, _)| k == "le" || resource.iter().any(|(r, _)| r == k));
+                let labels = match (attrs.is_empty(), clash) {
+                    (true, _) => prefix.to_string(),
+                    (false, false) if prefix.is_empty() => label_text(attrs),
+                    (false, false) => format!("{prefix},{}", label_text(attrs)),
+                    // A point attribute named like a resource label replaces it.
+                    (false, true) => {
+                        let mut all = labels_of(resource.iter().chain(attrs.iter()).cloned());
+                        all.retain(|(k, _)| k != "le");
+                        label_text(&all)
+                    }
+                };
                 match value {
                     Value::Double(v) => sample(&mut out, &name, &labels, None, |o| push_f64(o, *v)),
                     Value::Int(v) => sample(&mut out, &name, &labels, None, |o| {
@@ -297,32 +313,41 @@ impl Exposition {
     }
 }
 
-/// One sample line: `name{labels} value`.
+/// `k="v",k2="v2"`, values escaped.
+fn label_text(labels: &Labels) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        push_label_value(&mut out, v);
+        out.push('"');
+    }
+    out
+}
+
+/// One sample line: `name{labels,le="…"} value` (`labels` already written out).
 fn sample(
     out: &mut String,
     name: &str,
-    labels: &Labels,
+    labels: &str,
     le: Option<&str>,
     value: impl FnOnce(&mut String),
 ) {
     out.push_str(name);
-    let extra = le.map(|le| ("le", le));
-    let all = labels
-        .iter()
-        .filter(|(k, _)| !(le.is_some() && k == "le"))
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .chain(extra);
-    let mut first = true;
-    for (k, v) in all {
-        out.push(if first { '{' } else { ',' });
-        first = false;
-        out.push_str(k);
-        out.push_str("=\"");
-        push_label_value(out, v);
-        out.push('"');
-    }
-    if !first {
-        out.push('}');
+    match (labels.is_empty(), le) {
+        (true, None) => {}
+        (true, Some(le)) => {
+            let _ = write!(out, "{{le=\"{le}\"}}");
+        }
+        (false, None) => {
+            let _ = write!(out, "{{{labels}}}");
+        }
+        (false, Some(le)) => {
+            let _ = write!(out, "{{{labels},le=\"{le}\"}}");
+        }
     }
     out.push(' ');
     value(out);
@@ -491,6 +516,18 @@ mod tests {
         // Cumulative values are shown as they come.
         e.update(&[(&a, &first, Temporality::Cumulative)]);
         assert!(e.render().contains("process_pid=\"1\"} 1.5\n"));
+    }
+
+    #[test]
+    fn a_point_attribute_named_like_a_resource_label_replaces_it() {
+        let mut e = Exposition::default();
+        let r = vec![("thread.id".to_string(), "1".to_string())];
+        let mut pt = p(&THREAD_CPU_TIME, Value::Double(2.0));
+        pt.attributes.push(("thread.id", "9".into()));
+        e.update(&[(&r, &[pt], Temporality::Cumulative)]);
+        assert!(e
+            .render()
+            .ends_with("\ncpython_thread_cpu_time_seconds_total{thread_id=\"9\"} 2\n"));
     }
 
     #[test]

@@ -129,6 +129,10 @@ struct RunArgs {
     /// Stop after this long (default: run until SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on HOST:PORT, e.g.
+    /// 0.0.0.0:9464 (env GILSCOPE_LISTEN; default: off).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -277,6 +281,7 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         tenant_from: args.tenant_from,
         summary: args.summary,
         run_for: args.duration,
+        listen: args.listen,
     };
     let settings = match resolve(&flags, &|k| std::env::var(k).ok()) {
         Ok(s) => s,

@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub tenant: Option<TenantFile>,
     /// Print the per-interval summary even when exporting.
     pub summary: Option<bool>,
+    /// `host:port` of the HTTP endpoints (`/metrics`, `/healthz`, `/readyz`).
+    pub listen: Option<String>,
 }
 
 /// The `export:` section.
@@ -156,6 +158,15 @@ pub struct Settings {
     pub agent_attributes: Vec<(String, String)>,
     /// Stop after this long (tests and benchmarks); `None`: until SIGTERM.
     pub run_for: Option<Duration>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (off when `None`).
+    pub listen: Option<Listen>,
+}
+
+/// Where the HTTP endpoints listen, and which setting said so (for errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: std::net::SocketAddr,
+    pub source: String,
 }
 
 /// Values given as flags; `None` means "not given".
@@ -183,6 +194,7 @@ pub struct Flags {
     pub tenant_from: Option<String>,
     pub summary: bool,
     pub run_for: Option<Duration>,
+    pub listen: Option<String>,
 }
 
 /// Parses `10`, `10s`, `500ms`, `2m`, `1.5s`, `1h` (a bare number is seconds).
@@ -345,6 +357,30 @@ fn http_traces_url(base: &str) -> String {
     } else {
         format!("{base}/v1/traces")
     }
+}
+
+/// `host:port` (`0.0.0.0:9464`, `[::]:9464`, `localhost:9464`) to one address.
+fn listen_addr(source: &str, text: &str) -> Result<Listen, RunError> {
+    use std::net::ToSocketAddrs;
+    let text = text.trim();
+    let bad = |why: String| RunError::setting(source, why);
+    if text
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
+        return Err(bad(format!(
+            "'{text}' is not host:port (examples: 0.0.0.0:9464, 127.0.0.1:9464, [::]:9464)"
+        )));
+    }
+    let addr = text
+        .to_socket_addrs()
+        .map_err(|e| bad(format!("cannot resolve '{text}': {e}")))?
+        .next()
+        .ok_or_else(|| bad(format!("'{text}' resolves to no address")))?;
+    Ok(Listen {
+        addr,
+        source: source.to_string(),
+    })
 }
 
 /// Merges file, environment and flags into [`Settings`].
@@ -570,6 +606,17 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         }
     };
 
+    let listen = match (
+        &flags.listen,
+        first_env(env, &["GILSCOPE_LISTEN"]),
+        &file.listen,
+    ) {
+        (Some(a), _, _) => Some(listen_addr("--listen", a)?),
+        (None, Some((name, a)), _) => Some(listen_addr(name, &a)?),
+        (None, None, Some(a)) => Some(listen_addr(&at("listen"), a)?),
+        _ => None,
+    };
+
     let mut agent_attributes = env("OTEL_RESOURCE_ATTRIBUTES")
         .map(|v| parse_key_values(&v))
         .unwrap_or_default();
@@ -591,12 +638,16 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         rules,
         per_thread,
         tenant,
-        summary: flags.summary || file.summary.unwrap_or(false) || export.is_none(),
+        // Nothing else to show what was measured: the summary on stdout.
+        summary: flags.summary
+            || file.summary.unwrap_or(false)
+            || (export.is_none() && listen.is_none()),
         export,
         temporality,
         agent_service_name,
         agent_attributes,
         run_for: flags.run_for,
+        listen,
     })
 }
 
@@ -741,6 +792,41 @@ mod tests {
             err.to_string().starts_with("OTEL_EXPORTER_OTLP_PROTOCOL:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_listen_address_comes_from_flag_environment_or_file() {
+        assert!(resolve(&Flags::default(), &no_env)
+            .expect("defaults")
+            .listen
+            .is_none());
+        let env = |k: &str| (k == "GILSCOPE_LISTEN").then(|| "127.0.0.1:9464".to_string());
+        let s = resolve(&Flags::default(), &env).expect("env");
+        let l = s.listen.expect("listening");
+        assert_eq!(l.addr, "127.0.0.1:9464".parse().expect("addr"));
+        assert_eq!(l.source, "GILSCOPE_LISTEN");
+        // Serving /metrics is a way to show the figures: no summary on stdout then.
+        assert!(!s.summary);
+        let flags = Flags {
+            listen: Some("0.0.0.0:9000".into()),
+            ..Flags::default()
+        };
+        let l = resolve(&flags, &env)
+            .expect("flag")
+            .listen
+            .expect("listening");
+        assert_eq!((l.addr.port(), l.source.as_str()), (9000, "--listen"));
+        let s = with_file("listen: '[::]:9464'\n").expect("file");
+        assert_eq!(s.listen.expect("listening").addr.port(), 9464);
+        for bad in ["9464", "0.0.0.0", "0.0.0.0:http", "0.0.0.0:70000"] {
+            let flags = Flags {
+                listen: Some(bad.into()),
+                ..Flags::default()
+            };
+            let err = resolve(&flags, &no_env).expect_err(bad);
+            assert!(err.to_string().starts_with("--listen: "), "{err}");
+            assert!(err.to_string().contains("host:port"), "{err}");
+        }
     }
 
     #[test]

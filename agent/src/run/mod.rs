@@ -14,8 +14,10 @@ pub mod config;
 pub mod discover;
 pub mod error;
 pub mod export;
+pub mod http;
 pub mod metrics;
 pub mod otlp;
+pub mod prometheus;
 pub mod resource;
 pub mod summary;
 
@@ -96,12 +98,26 @@ struct Daemon {
     /// Self-telemetry at the previous interval (for delta temporality).
     prev_stats: [u64; 8],
     last_interval: Instant,
+    /// `/metrics`, `/healthz`, `/readyz` when `--listen` is given.
+    endpoints: Option<http::Endpoints>,
 }
 
 /// Runs until SIGTERM/SIGINT (or `run_for`), exporting every interval.
 pub fn run(settings: Settings) -> Result<(), RunError> {
     install_signal_handler();
+    // Listen first: a port in use stops the start before the probe is loaded.
+    let endpoints = match &settings.listen {
+        Some(l) => Some(http::Endpoints::start(
+            l.addr,
+            &l.source,
+            settings.interval,
+        )?),
+        None => None,
+    };
     let probe = WaitProbe::load()?;
+    if let Some(e) = &endpoints {
+        e.probe_loaded();
+    }
     let exporter = match &settings.export {
         Some(e) => {
             // A request older than a few intervals is stale; keep retrying it until then.
@@ -128,6 +144,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         started: now,
         prev_stats: [0; 8],
         last_interval: now,
+        endpoints,
     };
     daemon.main_loop();
     Ok(())
@@ -147,6 +164,9 @@ impl Daemon {
                 break;
             }
             self.discover();
+            if let Some(e) = &self.endpoints {
+                e.beat();
+            }
             let now = Instant::now();
             if now >= next_tick {
                 self.tick();
@@ -162,6 +182,9 @@ impl Daemon {
             let wake = (Instant::now() + self.settings.poll).min(next_export);
             let nap = wake.saturating_duration_since(Instant::now());
             std::thread::sleep(nap.max(Duration::from_millis(1)));
+        }
+        if let Some(e) = &self.endpoints {
+            e.stopping();
         }
         // A last (partial) interval, so a stop does not lose the tail. The kernel
         // state goes with the probe when the process exits: no per-process detach.
@@ -292,6 +315,14 @@ impl Daemon {
                 }
             }
         }
+        if self.endpoints.is_some() {
+            // Cumulative always: /metrics is scraped, not pushed.
+            let resource = self.agent_resource();
+            let points = self.agent_points(self.export_counts(), self.started, now);
+            if let Some(e) = &mut self.endpoints {
+                e.publish(&all, (&resource, &points), temporality);
+            }
+        }
         if self.settings.summary && !all.is_empty() {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(summary::render(&all, interval_s).as_bytes());
@@ -318,17 +349,13 @@ impl Daemon {
             .map_or(self.settings.temporality, |e| e.temporality)
     }
 
-    /// The agent's own counters, under its own resource.
-    fn self_telemetry(
-        &mut self,
-        now: Instant,
-        temporality: Temporality,
-    ) -> opentelemetry_proto::tonic::metrics::v1::ResourceMetrics {
+    /// The exporter's counters since the start (zeros without an exporter).
+    fn export_counts(&self) -> [u64; 8] {
         let stats = self.exporter.as_ref().map(Exporter::stats);
         let get = |f: fn(&ExportStats) -> &std::sync::atomic::AtomicU64| {
             stats.as_ref().map_or(0, |s| ExportStats::get(f(s)))
         };
-        let values = [
+        [
             get(|s| &s.points_sent),
             get(|s| &s.points_dropped),
             get(|s| &s.requests_sent),
@@ -337,7 +364,16 @@ impl Daemon {
             get(|s| &s.bytes_sent),
             get(|s| &s.retries),
             0,
-        ];
+        ]
+    }
+
+    /// The agent's own counters, under its own resource.
+    fn self_telemetry(
+        &mut self,
+        now: Instant,
+        temporality: Temporality,
+    ) -> opentelemetry_proto::tonic::metrics::v1::ResourceMetrics {
+        let values = self.export_counts();
         let (shown, start) = match temporality {
             Temporality::Cumulative => (values, self.started),
             Temporality::Delta => {
@@ -349,6 +385,14 @@ impl Daemon {
             }
         };
         self.prev_stats = values;
+        let points = self.agent_points(shown, start, now);
+        let resource = self.agent_resource();
+        otlp::resource_metrics_of(&resource, &points, now, &self.clock, temporality)
+    }
+
+    /// The agent's own data points: export counters `shown` (counted from
+    /// `start`) and the processes watched now.
+    fn agent_points(&self, shown: [u64; 8], start: Instant, now: Instant) -> Vec<Point> {
         let counter = |metric, outcome: Option<&str>, v: u64| Point {
             metric,
             attributes: outcome
@@ -357,7 +401,7 @@ impl Daemon {
             value: Value::Int(v as i64),
             start,
         };
-        let points = vec![
+        vec![
             counter(&metrics::EXPORT_POINTS, Some("sent"), shown[0]),
             counter(&metrics::EXPORT_POINTS, Some("dropped"), shown[1]),
             counter(&metrics::EXPORT_REQUESTS, Some("sent"), shown[2]),
@@ -371,7 +415,11 @@ impl Daemon {
                 value: Value::Int(self.watched.len() as i64),
                 start: now,
             },
-        ];
+        ]
+    }
+
+    /// The agent's own resource.
+    fn agent_resource(&self) -> Vec<(String, String)> {
         let mut resource = vec![
             (
                 "service.name".to_string(),
@@ -386,7 +434,7 @@ impl Daemon {
             ("process.pid".to_string(), std::process::id().to_string()),
         ];
         resource.extend(self.settings.agent_attributes.iter().cloned());
-        otlp::resource_metrics_of(&resource, &points, now, &self.clock, temporality)
+        resource
     }
 
     fn last_interval_start(&self, now: Instant) -> Instant {

@@ -1,0 +1,789 @@
+//! `gilscope run --listen`: the real daemon next to the real 4-thread workload,
+//! probed as Kubernetes would (`/readyz`, `/healthz`) and scraped as Prometheus
+//! would (`/metrics`, checked line by line against the text format 0.0.4, and
+//! its values against the workload's truths). A second daemon on the same port is
+//! one clear error. VictoriaMetrics scrapes the endpoint while the same daemon
+//! pushes OTLP to it, and both paths must give the same metric names and labels,
+//! so one dashboard serves both.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A child process killed when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A short tag unique to this test run (the workload's command line carries it).
+fn tag(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}{}x{nanos:x}", std::process::id())
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gilscope-ep-{tag}"));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// One GET: status, content type, body (any status is an answer, not an error).
+fn get(port: u16, path: &str) -> Result<(u16, String, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut r = agent
+        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    Ok((status, ctype, body))
+}
+
+/// `/metrics` asked for with `Accept-Encoding: gzip`, checked to be gzip, inflated.
+fn gzipped_metrics(port: u16) -> Result<String, String> {
+    use std::io::Read as _;
+    let mut r = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .header("Accept-Encoding", "deflate, gzip;q=1.0, *;q=0.5")
+        .call()
+        .map_err(|e| e.to_string())?;
+    let encoding = r
+        .headers()
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if encoding != "gzip" {
+        return Err(format!("Content-Encoding {encoding:?}"));
+    }
+    let raw = r.body_mut().read_to_vec().map_err(|e| e.to_string())?;
+    let mut page = String::new();
+    flate2::read::GzDecoder::new(raw.as_slice())
+        .read_to_string(&mut page)
+        .map_err(|e| format!("not gzip: {e}"))?;
+    Ok(page)
+}
+
+/// The 4-thread CPU workload, named `service`, `marker` on its command line.
+fn workload_process(python: &Path, seconds: u32, service: &str, marker: &str) -> Running {
+    let child = Command::new(python)
+        .args([
+            &workload("cpu_threads.py"),
+            "4",
+            &seconds.to_string(),
+            marker,
+        ])
+        .env("OTEL_SERVICE_NAME", service)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the workload");
+    Running(child)
+}
+
+/// `gilscope run --listen 127.0.0.1:PORT` watching only `marker`, with its stderr in `log`.
+fn daemon(port: u16, marker: &str, seconds: u32, log: &Path, extra: &[&str]) -> Running {
+    let child = gilscope()
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--interval", "1s", "--duration", &format!("{seconds}s")])
+        .args(["--include-cmdline", marker])
+        .args(extra)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("start gilscope run");
+    Running(child)
+}
+
+/// One sample of a scrape.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// A strict reader of the text format 0.0.4: every line is a `# HELP`, a
+/// `# TYPE` or a sample; names and labels have the allowed characters; label
+/// values are properly escaped; each family has one TYPE, before its samples,
+/// which are contiguous; counters end in `_total`; each histogram series has
+/// increasing buckets ending at `le="+Inf"`, equal to its `_count`.
+fn parse_exposition(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>), String> {
+    fn name_ok(n: &str) -> bool {
+        !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+    fn value(v: &str) -> Option<f64> {
+        match v {
+            "+Inf" => Some(f64::INFINITY),
+            "-Inf" => Some(f64::NEG_INFINITY),
+            "NaN" => Some(f64::NAN),
+            v if v.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c)) => v.parse().ok(),
+            _ => None,
+        }
+    }
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = Vec::new();
+    let mut family_order: Vec<String> = Vec::new();
+    if !text.ends_with('\n') {
+        return Err("the exposition does not end with a newline".into());
+    }
+    for (no, line) in text.lines().enumerate() {
+        let bad = |why: &str| format!("line {}: {why}: {line}", no + 1);
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, _) = rest
+                .split_once(' ')
+                .ok_or_else(|| bad("HELP without text"))?;
+            if !name_ok(name) {
+                return Err(bad("bad name in HELP"));
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest
+                .split_once(' ')
+                .ok_or_else(|| bad("TYPE without a type"))?;
+            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                return Err(bad("unknown type"));
+            }
+            if !name_ok(name) || types.insert(name.into(), kind.into()).is_some() {
+                return Err(bad("bad or repeated TYPE"));
+            }
+            if kind == "counter" && !name.ends_with("_total") {
+                return Err(bad("a counter without _total"));
+            }
+            family_order.push(name.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            return Err(bad("unexpected comment or blank line"));
+        }
+        // name{labels} value
+        let name_end = line.find(['{', ' ']).ok_or_else(|| bad("no value"))?;
+        let name = &line[..name_end];
+        if !name_ok(name) {
+            return Err(bad("bad metric name"));
+        }
+        let mut rest = &line[name_end..];
+        let mut labels = BTreeMap::new();
+        if let Some(body) = rest.strip_prefix('{') {
+            let mut chars = body.char_indices().peekable();
+            loop {
+                let start = chars
+                    .peek()
+                    .map(|(i, _)| *i)
+                    .ok_or_else(|| bad("open labels"))?;
+                if body[start..].starts_with('}') {
+                    rest = &body[start + 1..];
+                    break;
+                }
+                let eq = body[start..]
+                    .find("=\"")
+                    .ok_or_else(|| bad("label without =\""))?;
+                let key = &body[start..start + eq];
+                if !name_ok(key) || key.contains(':') {
+                    return Err(bad("bad label name"));
+                }
+                for _ in 0..eq + 2 {
+                    chars.next();
+                }
+                let mut val = String::new();
+                loop {
+                    match chars.next() {
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, '\\')) => val.push('\\'),
+                            Some((_, '"')) => val.push('"'),
+                            Some((_, 'n')) => val.push('\n'),
+                            _ => return Err(bad("bad escape in a label value")),
+                        },
+                        Some((_, '"')) => break,
+                        Some((_, '\n')) | None => return Err(bad("unterminated label value")),
+                        Some((_, c)) => val.push(c),
+                    }
+                }
+                if labels.insert(key.to_string(), val).is_some() {
+                    return Err(bad("repeated label"));
+                }
+                match chars.peek() {
+                    Some((_, ',')) => {
+                        chars.next();
+                    }
+                    Some((_, '}')) => {}
+                    _ => return Err(bad("labels not separated by ','")),
+                }
+            }
+        }
+        let v = rest
+            .strip_prefix(' ')
+            .ok_or_else(|| bad("no space before the value"))?;
+        let v = value(v).ok_or_else(|| bad("bad value (or a timestamp)"))?;
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|b| types.get(*b).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        if family_order.last().map(String::as_str) != Some(family) {
+            return Err(bad(
+                "a sample outside its family's block (or before its TYPE)",
+            ));
+        }
+        samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value: v,
+        });
+    }
+    // Histograms: buckets increase up to +Inf, which equals _count.
+    for (family, _) in types.iter().filter(|(_, t)| *t == "histogram") {
+        let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+        for s in &samples {
+            let mut id = s.labels.clone();
+            let le = id.remove("le");
+            let key = format!("{id:?}");
+            if s.name == format!("{family}_bucket") {
+                let le = le.ok_or("a bucket without le")?;
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().map_err(|_| format!("le {le}"))?
+                };
+                series.entry(key).or_default().push((bound, s.value));
+            } else if s.name == format!("{family}_count") {
+                counts.insert(key, s.value);
+            }
+        }
+        for (key, buckets) in series {
+            let increasing = buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1);
+            let last = buckets.last().copied().unwrap_or((0.0, 0.0));
+            if !increasing || last.0 != f64::INFINITY || counts.get(&key) != Some(&last.1) {
+                return Err(format!("histogram {family} {key}: bad buckets {buckets:?}"));
+            }
+        }
+    }
+    Ok((samples, types))
+}
+
+#[test]
+fn the_exposition_reader_rejects_what_prometheus_would() {
+    let good = "# HELP a_total x\n# TYPE a_total counter\na_total{k=\"q\\\"\\\\\\n\"} 1\n";
+    let (samples, _) = parse_exposition(good).expect("valid");
+    assert_eq!(samples[0].labels["k"], "q\"\\\n");
+    for bad in [
+        "# TYPE a counter\na 1\n",
+        "# TYPE a_total counter\na_total{k=\"x} 1\n",
+        "# TYPE a_total counter\na_total{k=\"\\x\"} 1\n",
+        "# TYPE a_total counter\na_total{k.j=\"x\"} 1\n",
+        "# TYPE b gauge\na 1\n",
+        "# TYPE a gauge\na 1 2 3\n",
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n",
+        "# TYPE a gauge\na 1",
+    ] {
+        assert!(parse_exposition(bad).is_err(), "accepted: {bad}");
+    }
+}
+
+/// One run of the daemon next to the workload: the probes, then /metrics.
+fn probe_and_scrape(python: &Path) -> Vec<String> {
+    let marker = tag("ep");
+    let service = format!("gil-ep-{marker}");
+    let work = workload_process(python, 14, &service, &marker);
+    let pid = work.0.id();
+    let port = free_port();
+    let log = scratch(&marker).join("gilscope.log");
+    let started = Instant::now();
+    let _daemon = daemon(port, &marker, 12, &log, &[]);
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut failures = Vec::new();
+
+    // /readyz: 503 (with a reason) while the probe loads, then 200.
+    let mut answers: Vec<(u16, String)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ready_after = loop {
+        if let Ok((status, _, body)) = get(port, "/readyz") {
+            if answers.last().map(|a| a.0) != Some(status) {
+                answers.push((status, body.trim().to_string()));
+            }
+            if status == 200 {
+                break Some(started.elapsed());
+            }
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!("/readyz answers: {answers:?}, ready after {ready_after:?}");
+    if ready_after.is_none() {
+        failures.push(format!("/readyz never 200: {answers:?}\n{}", stderr()));
+        return failures;
+    }
+    if !answers
+        .iter()
+        .all(|(s, b)| (*s == 200 && b == "ready") || (*s == 503 && !b.is_empty()))
+    {
+        failures.push(format!("/readyz answered something else: {answers:?}"));
+    }
+    match get(port, "/healthz") {
+        Ok((200, _, body)) if body.starts_with("ok") => {}
+        other => failures.push(format!("/healthz: {other:?}")),
+    }
+    match get(port, "/nope") {
+        Ok((404, ..)) => {}
+        other => failures.push(format!("/nope: {other:?}")),
+    }
+
+    // After ready, each interval (1 s) brings a new page; read three, 1.2 s apart.
+    // The first interval can be a partial one around the workload's start-up, so
+    // the GIL utilization must reach 0.9 in one of the three.
+    let mut utilization = Vec::new();
+    let mut last = None;
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1200));
+        let (status, ctype, body) = match get(port, "/metrics") {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("/metrics: {e}"));
+                return failures;
+            }
+        };
+        if status != 200 || ctype != "text/plain; version=0.0.4; charset=utf-8" {
+            failures.push(format!("/metrics: status {status}, content type {ctype:?}"));
+        }
+        let (samples, types) = match parse_exposition(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                failures.push(format!("/metrics is not valid text format: {e}"));
+                return failures;
+            }
+        };
+        utilization.extend(
+            samples
+                .iter()
+                .filter(|s| s.name == "cpython_gil_utilization_ratio")
+                .filter(|s| s.labels.get("process_pid") == Some(&pid.to_string()))
+                .filter(|s| s.labels.get("service_name") == Some(&service))
+                .map(|s| s.value),
+        );
+        last = Some((samples, types));
+    }
+    let Some((samples, types)) = last else {
+        return failures;
+    };
+    // A scraper asking for gzip gets the same page gzipped.
+    match gzipped_metrics(port) {
+        Ok(page) => {
+            if let Err(e) = parse_exposition(&page) {
+                failures.push(format!("the gzipped page is not valid: {e}"));
+            }
+        }
+        Err(e) => failures.push(format!("gzipped /metrics: {e}")),
+    }
+    if !utilization.iter().any(|u| *u >= 0.9) {
+        failures.push(format!(
+            "GIL utilization of pid {pid} with service_name {service}: {utilization:?}, expected one >= 0.9"
+        ));
+    }
+    let of = |name: &str| -> Vec<&Sample> {
+        samples
+            .iter()
+            .filter(|s| s.name == name && s.labels.get("process_pid") == Some(&pid.to_string()))
+            .collect()
+    };
+    let wait = of("cpython_gil_wait_time_seconds_total");
+    let cpu = of("process_cpu_time_seconds_total");
+    // Σ GIL wait ≈ 3 × CPU: while one worker runs, the three others wait for the GIL.
+    match (wait.as_slice(), cpu.as_slice()) {
+        ([w], [c]) if c.value > 0.2 && w.value > 1.5 * c.value => {}
+        ([w], [c]) => failures.push(format!(
+            "pid {pid}: GIL wait {} s for {} s of CPU, expected about 3 times more wait",
+            w.value, c.value
+        )),
+        _ => failures.push(format!("no wait/cpu totals of pid {pid}")),
+    }
+    if types
+        .get("cpython_gil_wait_time_seconds_total")
+        .map(String::as_str)
+        != Some("counter")
+        || types
+            .get("cpython_gil_wait_duration_seconds")
+            .map(String::as_str)
+            != Some("histogram")
+    {
+        failures.push(format!("types: {types:?}"));
+    }
+    if of("cpython_gil_wait_duration_seconds_count")
+        .first()
+        .is_none_or(|s| s.value < 10.0)
+    {
+        failures.push("no GIL wait histogram with waits".into());
+    }
+    let diag: Vec<&Sample> = of("cpython_diagnosis_ratio")
+        .into_iter()
+        .filter(|s| s.value == 1.0)
+        .collect();
+    if !diag.iter().any(|s| {
+        s.labels.get("cpython_diagnosis_kind").map(String::as_str) == Some("gil_serialized_threads")
+    }) {
+        failures.push(format!("diagnosis gil_serialized_threads not 1: {diag:?}"));
+    }
+    // The agent's own series, under its own resource.
+    let watched: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == "gilscope_processes_watched")
+        .collect();
+    match watched.as_slice() {
+        [s] if s.value == 1.0
+            && s.labels.get("service_name").map(String::as_str) == Some("gilscope") => {}
+        other => failures.push(format!("gilscope_processes_watched: {other:?}")),
+    }
+    if !samples
+        .iter()
+        .any(|s| s.name == "gilscope_export_requests_total")
+    {
+        failures.push("no gilscope_export_requests_total".into());
+    }
+    for (key, want) in [("process_runtime_name", "cpython"), ("host_arch", "amd64")] {
+        if of("process_thread_count")
+            .first()
+            .and_then(|s| s.labels.get(key))
+            .map(String::as_str)
+            != Some(want)
+        {
+            failures.push(format!("resource label {key} is not {want}"));
+        }
+    }
+    if !failures.is_empty() {
+        failures.push(format!("gilscope stderr:\n{}", stderr()));
+    }
+    failures
+}
+
+#[test]
+fn probes_answer_as_kubernetes_expects_and_metrics_show_four_serialized_threads() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = pyenv_python311() else {
+        return;
+    };
+    let _machine = serial();
+    let failures = twice_on_noise("endpoints", || probe_and_scrape(&python));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_port_or_a_bad_address_is_one_clear_error() {
+    if !can_use_bpf() {
+        return;
+    }
+    let marker = tag("port");
+    let port = free_port();
+    let log = scratch(&marker).join("first.log");
+    let _first = daemon(port, &marker, 6, &log, &[]);
+    wait_for_port(port, "the first gilscope run");
+    let started = Instant::now();
+    let out = gilscope()
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--duration", "5s"])
+        .output()
+        .expect("run gilscope");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(3), "failed late");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("gilscope run: --listen: "), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+
+    for (env, flag, named) in [
+        (None, Some("localhost"), "--listen"),
+        (Some("0.0.0.0:99999"), None, "GILSCOPE_LISTEN"),
+    ] {
+        let mut cmd = gilscope();
+        cmd.arg("run");
+        if let Some(v) = env {
+            cmd.env("GILSCOPE_LISTEN", v);
+        }
+        if let Some(v) = flag {
+            cmd.args(["--listen", v]);
+        }
+        let out = cmd.output().expect("run gilscope");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("gilscope run: {named}: ")) && stderr.contains("host:port"),
+            "{stderr}"
+        );
+    }
+}
+
+/// VictoriaMetrics' binary, from tests/receivers/install.sh.
+fn victoria_metrics() -> Option<PathBuf> {
+    let dir = std::env::var("GILSCOPE_RECEIVERS")
+        .unwrap_or_else(|_| "/var/cache/gilscope/receivers".into());
+    let vm = Path::new(&dir).join("bin/victoria-metrics");
+    if vm.exists() {
+        Some(vm)
+    } else {
+        missing(&format!(
+            "no victoria-metrics under {dir}/bin: run tests/receivers/install.sh"
+        ));
+        None
+    }
+}
+
+/// One PromQL instant query (recent samples included); the result vector.
+fn promql(vm_port: u16, query: &str) -> Vec<Value> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let body = ureq::get(&format!("http://127.0.0.1:{vm_port}/api/v1/query"))
+        .query("query", query)
+        .query("time", now.to_string())
+        .query("latency_offset", "1ms")
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .unwrap_or_else(|e| panic!("query {query}: {e}"));
+    let doc: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    doc["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Label names of each series in `result`, without those only one path adds.
+fn label_sets(result: &[Value], drop: &[&str]) -> BTreeSet<Vec<String>> {
+    result
+        .iter()
+        .filter_map(|r| r["metric"].as_object())
+        .map(|m| {
+            m.keys()
+                .filter(|k| !drop.contains(&k.as_str()))
+                .cloned()
+                .collect()
+        })
+        .collect()
+}
+
+/// The daemon pushes OTLP/HTTP into VictoriaMetrics (`-opentelemetry.usePrometheusNaming`)
+/// and VictoriaMetrics scrapes its /metrics: the same names, labels and values come out.
+fn scraped_equals_pushed(vm: &Path, python: &Path) -> Vec<String> {
+    let marker = tag("vmscrape");
+    let service = format!("gil-ep-{marker}");
+    let dir = scratch(&marker);
+    let (vm_port, listen) = (free_port(), free_port());
+    let scrape = dir.join("scrape.yaml");
+    std::fs::write(
+        &scrape,
+        format!(
+            "scrape_configs:\n  - job_name: gilscope\n    scrape_interval: 1s\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{listen}']\n"
+        ),
+    )
+    .expect("scrape config");
+    let _vm = Running(
+        Command::new(vm)
+            .arg(format!("-storageDataPath={}", dir.join("vm").display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{vm_port}"))
+            .arg("-opentelemetry.usePrometheusNaming")
+            .arg(format!("-promscrape.config={}", scrape.display()))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("vm.log")).expect("log"))
+            .spawn()
+            .expect("start victoria-metrics"),
+    );
+    wait_for_port(vm_port, "victoria-metrics");
+    let _work = workload_process(python, 11, &service, &marker);
+    let log = dir.join("gilscope.log");
+    let mut daemon = daemon(
+        listen,
+        &marker,
+        8,
+        &log,
+        &[
+            "--endpoint",
+            &format!("http://127.0.0.1:{vm_port}/opentelemetry"),
+            "--protocol",
+            "http/protobuf",
+        ],
+    );
+    let _ = daemon.0.wait();
+    // Fresh rows become searchable within a couple of seconds.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut failures = Vec::new();
+    let up = promql(vm_port, "max_over_time(up{job=\"gilscope\"}[5m])");
+    if up.first().and_then(|r| r["value"][1].as_str()) != Some("1") {
+        failures.push(format!(
+            "VictoriaMetrics never scraped /metrics successfully: {up:?}"
+        ));
+    }
+    // Scraped series carry job/instance; pushed ones do not.
+    let names = |path: &str| -> BTreeSet<String> {
+        promql(
+            vm_port,
+            &format!(
+                "count by (__name__) (last_over_time({{__name__=~\"cpython_.+|process_.+|gilscope_.+\",service_name=~\"{service}|gilscope\",job{path}\"gilscope\"}}[5m]))"
+            ),
+        )
+        .iter()
+        .filter_map(|r| r["metric"]["__name__"].as_str().map(String::from))
+        .collect()
+    };
+    let (scraped, pushed) = (names("="), names("!="));
+    eprintln!("scraped: {scraped:?}\npushed: {pushed:?}");
+    if scraped.is_empty() || scraped != pushed {
+        failures.push(format!(
+            "metric names differ: only scraped {:?}, only pushed {:?}",
+            scraped.difference(&pushed).collect::<Vec<_>>(),
+            pushed.difference(&scraped).collect::<Vec<_>>()
+        ));
+    }
+    for must in [
+        "cpython_gil_utilization_ratio",
+        "cpython_gil_wait_time_seconds_total",
+        "cpython_gil_wait_duration_seconds_bucket",
+        "gilscope_processes_watched",
+    ] {
+        if !scraped.contains(must) {
+            failures.push(format!("{must} not scraped"));
+        }
+    }
+    // The same label names on both paths (scraping adds job and instance; the
+    // OTLP path adds the instrumentation scope), and the same histogram bounds.
+    for metric in [
+        "cpython_gil_utilization_ratio",
+        "cpython_gil_wait_duration_seconds_bucket",
+    ] {
+        let q = |path: &str| {
+            promql(
+                vm_port,
+                &format!("last_over_time({metric}{{service_name=\"{service}\",job{path}\"gilscope\"}}[5m])"),
+            )
+        };
+        let (s, p) = (q("="), q("!="));
+        let drop = ["job", "instance", "__name__"];
+        let scope = |k: &Vec<String>| -> Vec<String> {
+            k.iter()
+                .filter(|k| !k.starts_with("otel_scope") && !k.starts_with("scope_"))
+                .cloned()
+                .collect()
+        };
+        let (ls, lp): (BTreeSet<_>, BTreeSet<_>) = (
+            label_sets(&s, &drop).iter().map(scope).collect(),
+            label_sets(&p, &drop).iter().map(scope).collect(),
+        );
+        if ls.is_empty() || ls != lp {
+            failures.push(format!(
+                "{metric} labels differ:\nscraped {ls:?}\npushed  {lp:?}"
+            ));
+        }
+        if metric.ends_with("_bucket") {
+            let les = |r: &[Value]| -> BTreeSet<String> {
+                r.iter()
+                    .filter_map(|v| v["metric"]["le"].as_str().map(String::from))
+                    .collect()
+            };
+            if les(&s).len() < 10 || les(&s) != les(&p) {
+                failures.push(format!("le bounds differ: {:?} vs {:?}", les(&s), les(&p)));
+            }
+        }
+    }
+    // The scraper saw the very values the exporter pushed (each interval's point;
+    // a scrape between two intervals sees the last one again).
+    let values = |path: &str| -> Vec<String> {
+        promql(
+            vm_port,
+            &format!("cpython_gil_utilization_ratio{{service_name=\"{service}\",job{path}\"gilscope\"}}[5m]"),
+        )
+        .first()
+        .and_then(|r| r["values"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v[1].as_str().map(String::from))
+        // The scraper marks a series stale (NaN) once the daemon is gone.
+        .filter(|v| v != "NaN")
+        .collect()
+    };
+    let (scraped, pushed) = (values("="), values("!="));
+    eprintln!("utilization scraped {scraped:?}\npushed {pushed:?}");
+    if scraped.len() < 4 || scraped.iter().any(|v| !pushed.contains(v)) {
+        failures.push(format!(
+            "scraped utilization values {scraped:?} are not among the pushed ones {pushed:?}"
+        ));
+    }
+    if !scraped
+        .iter()
+        .any(|v| v.parse::<f64>().is_ok_and(|u| u >= 0.9))
+    {
+        failures.push(format!("no scraped GIL utilization >= 0.9: {scraped:?}"));
+    }
+    if !failures.is_empty() {
+        failures.push(format!(
+            "gilscope stderr:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    failures
+}
+
+#[test]
+fn victoria_metrics_scrapes_the_names_and_labels_the_otlp_path_creates() {
+    if !can_use_bpf() {
+        return;
+    }
+    let (Some(vm), Some(python)) = (victoria_metrics(), pyenv_python311()) else {
+        return;
+    };
+    let _machine = serial();
+    let failures = twice_on_noise("scrape vs push", || scraped_equals_pushed(&vm, &python));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -129,6 +129,15 @@ struct RunArgs {
     /// Stop after this long (default: run until SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Do not export GIL contention spans (on by default when exporting).
+    #[arg(long)]
+    no_spans: bool,
+    /// A GIL wait at least this long is a contention span (default 50ms).
+    #[arg(long, value_parser = parse_duration)]
+    span_threshold: Option<Duration>,
+    /// Contention spans per second per process, also the burst (default 10).
+    #[arg(long)]
+    span_rate: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -277,6 +286,9 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         tenant_from: args.tenant_from,
         summary: args.summary,
         run_for: args.duration,
+        no_spans: args.no_spans,
+        span_threshold: args.span_threshold,
+        span_rate: args.span_rate,
     };
     let settings = match resolve(&flags, &|k| std::env::var(k).ok()) {
         Ok(s) => s,

@@ -240,6 +240,25 @@ impl ProcessWatch {
         }
     }
 
+    /// The tid behind a thread state while it still exists (contention spans
+    /// name their holders as soon as the kernel reports them).
+    pub fn tid_of_tstate(&self, tstate: u64) -> Option<u32> {
+        self.resolver.tid_of(tstate)
+    }
+
+    /// A thread's name for people: its Python `threading` name, else its OS name.
+    pub fn thread_name(&self, tid: u32) -> String {
+        if let Some(name) = self.python_names.get(&tid) {
+            return name.clone();
+        }
+        if let Some(sample) = self.cpu_last.get(&tid) {
+            return sample.os_name.clone();
+        }
+        std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", self.pid()))
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_default()
+    }
+
     /// Holder thread state -> tid, as far as known.
     pub fn holder_tids(&self) -> &HashMap<u64, u32> {
         &self.holder_tids

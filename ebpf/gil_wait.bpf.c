@@ -198,22 +198,6 @@ static __always_inline __u32 is_retake(__u32 tid, __u32 kind, __u64 now)
 	return retake;
 }
 
-/* Remembers a holder of a take wait, once, in the first free slot. */
-static __always_inline void note_holder(struct futex_inflight *cur, __u64 holder)
-{
-	if (!holder)
-		return;
-#pragma unroll
-	for (int i = 0; i < GILSCOPE_EPISODE_HOLDERS; i++) {
-		if (cur->holders[i] == holder)
-			return;
-		if (!cur->holders[i]) {
-			cur->holders[i] = holder;
-			return;
-		}
-	}
-}
-
 /* A long take wait ended at `end`: one record for user space. */
 static __always_inline void emit_episode(__u32 tgid, __u32 tid,
 					 const struct futex_inflight *cur, __u64 end)
@@ -289,7 +273,7 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 		cur->deadline_ns = deadline;
 		cur->continuing = 0;
 		cur->slices++;
-		note_holder(cur, holder);
+		note_holder(cur->holders, holder);
 		return;
 	}
 	if (cur && cur->continuing) {

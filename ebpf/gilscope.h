@@ -201,6 +201,9 @@ struct condwait_inflight {
 	__u64 gil_addr;
 	__u32 kind;
 	__u32 continuing;        /* 1: a timed-out take wait that will retry */
+	__u32 slices;            /* take slices merged into this wait so far */
+	__u32 _pad;
+	__u64 holders[GILSCOPE_EPISODE_HOLDERS]; /* distinct holders seen, 0 = unused */
 };
 
 #endif

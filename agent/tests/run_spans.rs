@@ -3,7 +3,8 @@
 //! and VictoriaMetrics (the episode counters), against the truths of the
 //! 4-thread CPU workload: its waiters and holders are its own `cpu-N` threads,
 //! each span's wait is at least the threshold, the resource is the process's,
-//! and the rate limit lets through at most its rate and counts the rest.
+//! and the rate limit lets through at most its rate and counts the rest. The
+//! musl build (condvar-wait probe) sends the same spans.
 //!
 //! Threshold: the workload's typical GIL wait is about 3 x 5 ms (three other
 //! threads each run a switch interval); a wait of 50 ms (the default) needs
@@ -298,6 +299,52 @@ fn contention_spans_reach_rotel_with_waiter_holders_and_the_process_resource() {
                 "cpython.gil.episodes{{outcome=exported}} = {exported:?}, rotel got {}",
                 spans.len()
             ));
+        }
+        if !failures.is_empty() {
+            failures.truncate(12);
+            failures.push(format!("gilscope stderr:\n{stderr}"));
+        }
+        failures
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn musl_condvar_waits_become_spans_too() {
+    if !can_use_bpf() {
+        return;
+    }
+    let (Some((rotel, vm)), Some(python)) = (receivers(), built_cpython("3.13-musl")) else {
+        return;
+    };
+    let _machine = serial();
+    let failures = twice_on_noise("musl spans via rotel", || {
+        let tag = tag("musl");
+        let (_vm, vm_port) = start_vm(&vm, &tag);
+        let (_rotel, grpc, rotel_log) = start_rotel(&rotel, vm_port, &tag);
+        let service = format!("gil-musl-{tag}");
+        let work = workload_process(&python, 12, &service, &tag);
+        let pid = work.0.id();
+        let stderr = run_daemon(
+            daemon()
+                .args(["--endpoint", &format!("http://127.0.0.1:{grpc}")])
+                .args(["--include-cmdline", &tag, "--tenant", "acme"])
+                .args(["--span-threshold", "20ms", "--span-rate", "1000"]),
+            7,
+        );
+        let workers = tids_of(pid);
+        std::thread::sleep(Duration::from_secs(2));
+        let spans = spans_of(&rotel_log, &service);
+        eprintln!("musl spans: {} at rotel", spans.len());
+        let mut failures = Vec::new();
+        if spans.len() < 10 {
+            failures.push(format!("{} spans at rotel, expected dozens", spans.len()));
+        }
+        for s in &spans {
+            let bad = span_failures(s, 0.020, &workers, "acme");
+            if !bad.is_empty() {
+                failures.push(format!("span {s:?}: {}", bad.join("; ")));
+            }
         }
         if !failures.is_empty() {
             failures.truncate(12);

@@ -593,7 +593,10 @@ mod tests {
                 holder_tstate,
                 gil_addr,
                 kind,
-                continuing
+                continuing,
+                slices,
+                _pad,
+                holders
             ]
         );
         assert_layout!(
@@ -661,6 +664,11 @@ pub struct CondwaitInflight {
     pub gil_addr: u64,
     pub kind: u32,
     pub continuing: u32,
+    /// Take slices merged into this wait so far.
+    pub slices: u32,
+    pub _pad: u32,
+    /// Distinct holders seen at the start of its slices (0: unused slot).
+    pub holders: [u64; EPISODE_HOLDERS],
 }
 
 // SAFETY: repr(C), Copy, integers only: every bit pattern is valid, no pointers.

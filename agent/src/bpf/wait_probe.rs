@@ -74,6 +74,27 @@ pub struct WaitProbe {
     ebpf: Ebpf,
     /// The `episodes` ring buffer, taken out of `ebpf` so it can be drained.
     episodes: Option<RingBuf<MapData>>,
+    episode_threshold_ns: u64,
+}
+
+/// Moves every [`GilEpisode`] in an episode ring buffer into `out`.
+pub(crate) fn drain_ring(ring: &mut RingBuf<MapData>, out: &mut Vec<GilEpisode>) {
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<GilEpisode>() {
+            // SAFETY: GilEpisode is repr(C) Pod (any bit pattern is valid) and the
+            // item holds at least size_of::<GilEpisode>() bytes; read_unaligned
+            // makes no assumption about the item's alignment.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<GilEpisode>()) });
+        }
+    }
+}
+
+/// The value of a one-slot u64 array map (an episodes-lost counter); 0 if unreadable.
+pub(crate) fn lost_count(ebpf: &Ebpf, name: &str) -> u64 {
+    ebpf.map(name)
+        .and_then(|m| Array::<&MapData, u64>::try_from(m).ok())
+        .and_then(|a| a.get(&0, 0).ok())
+        .unwrap_or(0)
 }
 
 impl WaitProbe {
@@ -118,33 +139,31 @@ impl WaitProbe {
                 Some(RingBuf::try_from(map).map_err(|e| map_error("episodes", &e))?)
             }
         };
-        Ok(Self { ebpf, episodes })
+        Ok(Self {
+            ebpf,
+            episodes,
+            episode_threshold_ns: threshold_ns,
+        })
     }
 
     /// Moves every episode the kernel recorded since the last call into `out`
     /// (of all watched processes; nothing when loaded without a threshold).
     pub fn drain_episodes(&mut self, out: &mut Vec<GilEpisode>) {
-        let Some(ring) = self.episodes.as_mut() else {
-            return;
-        };
-        while let Some(item) = ring.next() {
-            if item.len() >= std::mem::size_of::<GilEpisode>() {
-                // SAFETY: GilEpisode is repr(C) Pod (any bit pattern is valid) and the
-                // item holds at least size_of::<GilEpisode>() bytes; read_unaligned
-                // makes no assumption about the item's alignment.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<GilEpisode>()) });
-            }
+        if let Some(ring) = self.episodes.as_mut() {
+            drain_ring(ring, out);
         }
     }
 
     /// Episodes the kernel could not record because the ring buffer was full
     /// (cumulative since load): the agent fell behind.
     pub fn episodes_lost(&self) -> u64 {
-        self.ebpf
-            .map("episodes_lost")
-            .and_then(|m| Array::<&MapData, u64>::try_from(m).ok())
-            .and_then(|a| a.get(&0, 0).ok())
-            .unwrap_or(0)
+        lost_count(&self.ebpf, "episodes_lost")
+    }
+
+    /// The span threshold this probe was loaded with (0: no episodes), for the
+    /// per-process probes (musl) that must record the same episodes.
+    pub fn episode_threshold_ns(&self) -> u64 {
+        self.episode_threshold_ns
     }
 
     fn map_mut<K: aya::Pod, V: aya::Pod>(

@@ -103,6 +103,9 @@ struct Daemon {
     episodes: Option<spans::Episodes>,
     /// Reused buffer for draining the kernel's episode records.
     episode_buf: Vec<GilEpisode>,
+    /// Episodes lost by the per-process (musl) probes of released processes,
+    /// so the lost counter never goes down when one is released.
+    released_episodes_lost: u64,
 }
 
 /// Values of the agent's own counters kept for delta temporality.
@@ -142,6 +145,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         last_interval: now,
         episodes: settings.spans.map(spans::Episodes::new),
         episode_buf: Vec::new(),
+        released_episodes_lost: 0,
         settings,
     };
     daemon.main_loop();
@@ -228,6 +232,9 @@ impl Daemon {
         };
         self.episode_buf.clear();
         self.probe.drain_episodes(&mut self.episode_buf);
+        for w in self.watched.values_mut() {
+            w.watch.drain_episodes(&mut self.episode_buf);
+        }
         let refused = self
             .exporter
             .as_ref()
@@ -364,6 +371,7 @@ impl Daemon {
                 episodes.forget(pid);
             }
             if let Some(w) = self.watched.remove(&pid) {
+                self.released_episodes_lost += w.watch.episodes_lost();
                 tracing::info!("process {pid} exited; released its kernel state");
                 w.watch.detach(&mut self.probe);
             }
@@ -397,7 +405,13 @@ impl Daemon {
             get(|s| &s.retries),
             get(|s| &s.spans_sent),
             get(|s| &s.spans_dropped),
-            self.probe.episodes_lost(),
+            self.probe.episodes_lost()
+                + self.released_episodes_lost
+                + self
+                    .watched
+                    .values()
+                    .map(|w| w.watch.episodes_lost())
+                    .sum::<u64>(),
             0,
         ];
         let (shown, start) = match temporality {

@@ -66,6 +66,12 @@ impl ThreadLookup for crate::watch::ProcessWatch {
     }
 }
 
+/// Whether every holder the record names is the waiter itself.
+fn own_tstate_only(record: &GilEpisode, threads: &dyn ThreadLookup) -> bool {
+    let mut named = record.holders.iter().filter(|t| **t != 0).peekable();
+    named.peek().is_some() && named.all(|t| threads.tid_of_tstate(*t) == Some(record.tid))
+}
+
 /// Token bucket of one process: `rate` spans a second, bursts up to `burst`.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenBucket {
@@ -177,6 +183,13 @@ impl Episodes {
                     holders.push((tid, String::new()));
                 }
             }
+        }
+        if holders.is_empty() && own_tstate_only(record, threads) {
+            // Not a wait behind another thread: glibc's pthread_cond_signal (drop_gil
+            // signalling gil->cond) can block on a futex word inside the condvar
+            // until the woken waiters leave, and the dropping thread is still
+            // gil->last_holder then. Seen only under CPU starvation; not contention.
+            return;
         }
         let episode = Episode {
             pid: record.tgid,
@@ -383,6 +396,18 @@ mod tests {
                 tid: 1,
                 start_ns: 0,
                 end_ns: 80 * MS,
+                ..GilEpisode::default()
+            },
+            &Names,
+        );
+        // A signal-side block of the dropping thread itself: not an episode.
+        eps.record(
+            &GilEpisode {
+                tgid: 7,
+                tid: 12,
+                start_ns: 0,
+                end_ns: 300 * MS,
+                holders: [0x100 * 12, 0, 0, 0],
                 ..GilEpisode::default()
             },
             &Names,

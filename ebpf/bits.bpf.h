@@ -64,4 +64,21 @@ static __always_inline void *lookup_or_init(void *map, const void *key, const vo
 	return bpf_map_lookup_elem(map, key);
 }
 
+/* Remembers a GIL holder of a take wait once, in the first free slot of
+ * `holders` (GILSCOPE_EPISODE_HOLDERS long; 0 = free). */
+static __always_inline void note_holder(__u64 *holders, __u64 holder)
+{
+	if (!holder)
+		return;
+#pragma unroll
+	for (int i = 0; i < GILSCOPE_EPISODE_HOLDERS; i++) {
+		if (holders[i] == holder)
+			return;
+		if (!holders[i]) {
+			holders[i] = holder;
+			return;
+		}
+	}
+}
+
 #endif

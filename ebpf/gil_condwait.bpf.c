@@ -16,7 +16,10 @@
  * ETIMEDOUT is merged with the retry that follows, as gil_wait.bpf.c does, so
  * one wait is one acquisition. gil->last_holder is read at the start of every
  * take slice: that is "blocked by". The counters have the shape the agent
- * merges into the futex probe's per-thread figures.
+ * merges into the futex probe's per-thread figures. A merged take wait of at
+ * least episode_threshold_ns also leaves one struct gil_episode in the
+ * `cond_episodes` ring buffer, as in gil_wait.bpf.c (retake is always 0 here:
+ * this probe does not see the blocking calls).
  */
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
@@ -28,6 +31,22 @@
 
 /* A take slice that starts this long after the previous one timed out is a new wait. */
 const volatile __u64 continuation_gap_ns = 1000000;
+/* A merged take wait at least this long is sent as an episode record; 0 = none. */
+const volatile __u64 episode_threshold_ns = 0;
+
+/* Episode records of this process for the agent (no wakeup: it drains on its poll). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} cond_episodes SEC(".maps");
+
+/* Episodes that found the ring buffer full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} cond_episodes_lost SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -70,8 +89,37 @@ struct {
 
 static struct condwait_waits zero_waits;
 
-static __always_inline void close_take_wait(__u32 tid, __u32 tgid, __u64 gil, __u64 d)
+/* A long take wait ended at `end`: one record for user space. */
+static __always_inline void emit_episode(__u32 tgid, __u32 tid,
+					 const struct condwait_inflight *cur, __u64 end)
 {
+	struct gil_episode *e = bpf_ringbuf_reserve(&cond_episodes, sizeof(*e), 0);
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&cond_episodes_lost, &zero);
+		if (lost)
+			__sync_fetch_and_add(lost, 1);
+		return;
+	}
+	e->tgid = tgid;
+	e->tid = tid;
+	e->start_ns = cur->wait_start_ns;
+	e->end_ns = end;
+	e->gil_addr = cur->gil_addr;
+#pragma unroll
+	for (int i = 0; i < GILSCOPE_EPISODE_HOLDERS; i++)
+		e->holders[i] = cur->holders[i];
+	e->slices = cur->slices;
+	e->retake = 0;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline void close_take_wait(__u32 tid, __u32 tgid,
+					    const struct condwait_inflight *cur, __u64 end)
+{
+	__u64 gil = cur->gil_addr, d = end - cur->wait_start_ns;
+	if (episode_threshold_ns && d >= episode_threshold_ns)
+		emit_episode(tgid, tid, cur, end);
 	struct condwait_waits *w = lookup_or_init(&cond_waits, &tid, &zero_waits);
 	if (w) {
 		w->tgid = tgid;
@@ -124,17 +172,21 @@ int cond_enter(struct pt_regs *ctx)
 		cur->slice_start_ns = now;
 		cur->holder_tstate = holder;
 		cur->continuing = 0;
+		cur->slices++;
+		note_holder(cur->holders, holder);
 		return 0;
 	}
 	if (cur && cur->continuing)
 		/* The retry never came: the thread got the GIL after its last slice. */
-		close_take_wait(tid, tgid, cur->gil_addr, cur->last_exit_ns - cur->wait_start_ns);
+		close_take_wait(tid, tgid, cur, cur->last_exit_ns);
 	struct condwait_inflight fresh = {
 		.wait_start_ns = now,
 		.slice_start_ns = now,
 		.holder_tstate = holder,
 		.gil_addr = gil,
 		.kind = kind,
+		.slices = 1,
+		.holders = { holder },
 	};
 	bpf_map_update_elem(&cond_inflight, &tid, &fresh, BPF_ANY);
 	return 0;
@@ -179,7 +231,7 @@ int cond_return(struct pt_regs *ctx)
 		cur->last_exit_ns = now;
 		return 0;
 	}
-	close_take_wait(tid, tgid, cur->gil_addr, now - cur->wait_start_ns);
+	close_take_wait(tid, tgid, cur, now);
 	bpf_map_delete_elem(&cond_inflight, &tid);
 	return 0;
 }

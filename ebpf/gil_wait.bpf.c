@@ -17,7 +17,10 @@
  * holder (gil->last_holder) is read at the start of every take slice, so wait
  * time is attributed to the thread that blocked it. A take wait that starts
  * right after a wake from a non-GIL sleep is also counted as a retake wait
- * (the GIL residual latency of a blocking call). Only counters leave the kernel.
+ * (the GIL residual latency of a blocking call). Counters leave the kernel,
+ * plus one small record per contention episode: a merged take wait of at least
+ * episode_threshold_ns (ring buffer `episodes`; long waits only, never the
+ * fast path).
  */
 #include <linux/bpf.h>
 #include <linux/futex.h>
@@ -52,6 +55,8 @@ const volatile __u64 continuation_gap_ns = 1000000;
 /* A take wait that starts this long after a wake from a non-GIL sleep is not a retake:
  * the thread got the GIL free and ran in between. */
 const volatile __u64 retake_window_ns = 1000000;
+/* A merged take wait at least this long is sent as an episode record; 0 = none. */
+const volatile __u64 episode_threshold_ns = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -91,6 +96,25 @@ struct {
 	__type(key, struct gil_key);
 	__type(value, struct gil_val);
 } gil_waits SEC(".maps");
+
+/* Episode records for user space (struct gil_episode). Reserved without wakeup:
+ * the agent drains it on its own poll, so no reader is woken per record. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} episodes SEC(".maps");
+
+/* Puts struct gil_episode into the object's BTF (ring buffers name no value
+ * type), so the layout test can check the Rust mirror against it. */
+const struct gil_episode *gil_episode_btf __attribute__((unused));
+
+/* Episodes that found the ring buffer full (the agent fell behind). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} episodes_lost SEC(".maps");
 
 /* Too large for the BPF stack: the zero value new entries start from. */
 static struct thread_waits zero_waits;
@@ -174,9 +198,37 @@ static __always_inline __u32 is_retake(__u32 tid, __u32 kind, __u64 now)
 	return retake;
 }
 
-static __always_inline void close_take_wait(struct thread_waits *w, __u32 tgid,
-					    const struct futex_inflight *cur, __u64 d)
+/* A long take wait ended at `end`: one record for user space. */
+static __always_inline void emit_episode(__u32 tgid, __u32 tid,
+					 const struct futex_inflight *cur, __u64 end)
 {
+	struct gil_episode *e = bpf_ringbuf_reserve(&episodes, sizeof(*e), 0);
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&episodes_lost, &zero);
+		if (lost)
+			__sync_fetch_and_add(lost, 1);
+		return;
+	}
+	e->tgid = tgid;
+	e->tid = tid;
+	e->start_ns = cur->wait_start_ns;
+	e->end_ns = end;
+	e->gil_addr = cur->gil_addr;
+#pragma unroll
+	for (int i = 0; i < GILSCOPE_EPISODE_HOLDERS; i++)
+		e->holders[i] = cur->holders[i];
+	e->slices = cur->slices;
+	e->retake = cur->retake;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+/* A merged take wait of `tid` ended at `end` after `d` ns. */
+static __always_inline void close_take_wait(struct thread_waits *w, __u32 tgid, __u32 tid,
+					    const struct futex_inflight *cur, __u64 d, __u64 end)
+{
+	if (episode_threshold_ns && d >= episode_threshold_ns)
+		emit_episode(tgid, tid, cur, end);
 	w->take_wait_ns += d;
 	w->take_waits++;
 	w->take_hist[log2_slot(d)]++;
@@ -220,13 +272,16 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 		cur->holder_tstate = holder;
 		cur->deadline_ns = deadline;
 		cur->continuing = 0;
+		cur->slices++;
+		note_holder(cur->holders, holder);
 		return;
 	}
 	if (cur && cur->continuing) {
 		/* The retry never came: the thread got the GIL after its last slice. */
 		struct thread_waits *w = bpf_map_lookup_elem(&thread_waits, &tid);
 		if (w)
-			close_take_wait(w, tgid, cur, cur->last_exit_ns - cur->wait_start_ns);
+			close_take_wait(w, tgid, tid, cur, cur->last_exit_ns - cur->wait_start_ns,
+					cur->last_exit_ns);
 	}
 	struct futex_inflight fresh = {
 		.wait_start_ns = now,
@@ -236,6 +291,8 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 		.gil_addr = gil,
 		.kind = kind,
 		.retake = retake,
+		.slices = 1,
+		.holders = { holder },
 	};
 	bpf_map_update_elem(&inflight, &tid, &fresh, BPF_ANY);
 }
@@ -302,7 +359,7 @@ static __always_inline void on_run(struct task_struct *next, __u64 now)
 			cur->last_exit_ns = now;
 			return;
 		}
-		close_take_wait(w, tgid, cur, now - cur->wait_start_ns);
+		close_take_wait(w, tgid, tid, cur, now - cur->wait_start_ns, now);
 		break;
 	}
 	case WAIT_MUTEX:

@@ -16,6 +16,10 @@
  * subinterpreters with their own GIL (3.12+). */
 #define GILSCOPE_MAX_GILS 8
 
+/* Distinct GIL holders remembered per wait for its episode record: a wait of
+ * many slices behind many threads names the first four. */
+#define GILSCOPE_EPISODE_HOLDERS 4
+
 /* Where the GILs of one process live and how to read them (key: tgid).
  * Offsets are relative to a GIL's address and come from the agent's version table. */
 struct gil_target {
@@ -79,7 +83,24 @@ struct futex_inflight {
 	__u32 kind;              /* enum wait_kind */
 	__u32 continuing;        /* 1: a timed-out take wait that will retry */
 	__u32 retake;            /* 1: a take wait right after a wake from a non-GIL sleep */
-	__u32 _pad;
+	__u32 slices;            /* take futex calls merged into this wait so far */
+	/* Distinct holders (gil->last_holder) seen at the start of the wait's slices,
+	 * in order of appearance, for the episode record; 0 = unused slot. */
+	__u64 holders[GILSCOPE_EPISODE_HOLDERS];
+};
+
+/* One GIL contention episode: a merged take wait that lasted at least
+ * episode_threshold_ns, sent through the `episodes` ring buffer when it ends.
+ * The only per-event record the kernel emits, and only for long waits. */
+struct gil_episode {
+	__u32 tgid;
+	__u32 tid;               /* the waiter */
+	__u64 start_ns;          /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u64 end_ns;
+	__u64 gil_addr;
+	__u64 holders[GILSCOPE_EPISODE_HOLDERS]; /* PyThreadState*, 0 = unused */
+	__u32 slices;            /* take futex calls (timed-out slices + the last) */
+	__u32 retake;            /* 1: began right after a wake from a non-GIL sleep */
 };
 
 /* GIL wait of one thread while a given thread state held the GIL. */
@@ -180,6 +201,9 @@ struct condwait_inflight {
 	__u64 gil_addr;
 	__u32 kind;
 	__u32 continuing;        /* 1: a timed-out take wait that will retry */
+	__u32 slices;            /* take slices merged into this wait so far */
+	__u32 _pad;
+	__u64 holders[GILSCOPE_EPISODE_HOLDERS]; /* distinct holders seen, 0 = unused */
 };
 
 #endif

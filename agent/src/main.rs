@@ -133,6 +133,15 @@ struct RunArgs {
     /// 0.0.0.0:9464 (env GILSCOPE_LISTEN; default: off).
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
+    /// Do not export GIL contention spans (on by default when exporting).
+    #[arg(long)]
+    no_spans: bool,
+    /// A GIL wait at least this long is a contention span (default 50ms).
+    #[arg(long, value_parser = parse_duration)]
+    span_threshold: Option<Duration>,
+    /// Contention spans per second per process, also the burst (default 10).
+    #[arg(long)]
+    span_rate: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -282,6 +291,9 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         summary: args.summary,
         run_for: args.duration,
         listen: args.listen,
+        no_spans: args.no_spans,
+        span_threshold: args.span_threshold,
+        span_rate: args.span_rate,
     };
     let settings = match resolve(&flags, &|k| std::env::var(k).ok()) {
         Ok(s) => s,

@@ -119,7 +119,8 @@ impl ProcessWatch {
         probe.watch(pid, &gils, &gil.layout)?;
         let condwait = match crate::python::libc::require_measurable(&interp)?.cond_wait {
             Some(site) => {
-                let mut c = CondWaitProbe::attach(pid, &site)?;
+                let mut c =
+                    CondWaitProbe::attach_with_episodes(pid, &site, probe.episode_threshold_ns())?;
                 c.watch(pid, &gils, &gil.layout)?;
                 Some(c)
             }
@@ -238,6 +239,40 @@ impl ProcessWatch {
                 }
             }
         }
+    }
+
+    /// The tid behind a thread state while it still exists (contention spans
+    /// name their holders as soon as the kernel reports them).
+    pub fn tid_of_tstate(&self, tstate: u64) -> Option<u32> {
+        self.resolver.tid_of(tstate)
+    }
+
+    /// A thread's name for people: its Python `threading` name, else its OS name.
+    pub fn thread_name(&self, tid: u32) -> String {
+        if let Some(name) = self.python_names.get(&tid) {
+            return name.clone();
+        }
+        if let Some(sample) = self.cpu_last.get(&tid) {
+            return sample.os_name.clone();
+        }
+        std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", self.pid()))
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_default()
+    }
+
+    /// musl: moves the condvar probe's episode records into `out` (the futex
+    /// probe's come from [`WaitProbe::drain_episodes`] for all processes at once).
+    pub fn drain_episodes(&mut self, out: &mut Vec<crate::bpf::layout::GilEpisode>) {
+        if let Some(c) = self.condwait.as_mut() {
+            c.drain_episodes(out);
+        }
+    }
+
+    /// musl: episodes the condvar probe could not record (its ring buffer was full).
+    pub fn episodes_lost(&self) -> u64 {
+        self.condwait
+            .as_ref()
+            .map_or(0, CondWaitProbe::episodes_lost)
     }
 
     /// Holder thread state -> tid, as far as known.

@@ -4,17 +4,18 @@
 //!
 //! The counters come back as a [`WaitCounters`] of the same shape the futex
 //! probe produces, and [`merge_into`] folds them into the futex probe's, so a
-//! musl report has the same fields, filled the same way, as a glibc one.
+//! musl report has the same fields, filled the same way, as a glibc one. Long
+//! waits come out as [`GilEpisode`] records too, as from the futex probe.
 
 use std::num::NonZeroU32;
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 
 use super::layout::{
-    BlockedKey, BlockedVal, CondwaitTarget, CondwaitWaits, GilKey, GilVal, ThreadWaits,
+    BlockedKey, BlockedVal, CondwaitTarget, CondwaitWaits, GilEpisode, GilKey, GilVal, ThreadWaits,
 };
 use super::wait_probe::WaitCounters;
 use super::{bpf_error, map_error};
@@ -32,6 +33,8 @@ const CONTINUATION_GAP_NS: u64 = 1_000_000;
 /// The attached condvar-wait probes of one process; detached when dropped.
 pub struct CondWaitProbe {
     ebpf: Ebpf,
+    /// The `cond_episodes` ring buffer (`None`: loaded without a threshold).
+    episodes: Option<RingBuf<MapData>>,
     /// Where the probe went, for `measured_by`.
     pub site: CondWaitSite,
 }
@@ -40,9 +43,16 @@ impl CondWaitProbe {
     /// Attaches entry and return probes to musl's condvar wait at `site`, for
     /// process `pid` only. Nothing is counted until [`CondWaitProbe::watch`].
     pub fn attach(pid: u32, site: &CondWaitSite) -> Result<Self> {
+        Self::attach_with_episodes(pid, site, 0)
+    }
+
+    /// As [`CondWaitProbe::attach`], and every merged take wait of at least
+    /// `threshold_ns` is recorded as a [`GilEpisode`] (0: none).
+    pub fn attach_with_episodes(pid: u32, site: &CondWaitSite, threshold_ns: u64) -> Result<Self> {
         let gap = CONTINUATION_GAP_NS;
         let mut ebpf = EbpfLoader::new()
             .override_global("continuation_gap_ns", &gap, true)
+            .override_global("episode_threshold_ns", &threshold_ns, true)
             .load(CONDWAIT_OBJECT)
             .map_err(|e| bpf_error("loading gil_condwait.bpf.o", &e))?;
         let pid = NonZeroU32::new(pid).ok_or(Error::NoSuchProcess { pid })?;
@@ -70,10 +80,32 @@ impl CondWaitProbe {
                     bpf_error(&what, &e)
                 })?;
         }
+        let episodes = match threshold_ns {
+            0 => None,
+            _ => {
+                let map = ebpf.take_map("cond_episodes").ok_or_else(|| {
+                    Error::Internal("map cond_episodes missing from gil_condwait.bpf.o".into())
+                })?;
+                Some(RingBuf::try_from(map).map_err(|e| map_error("cond_episodes", &e))?)
+            }
+        };
         Ok(Self {
             ebpf,
+            episodes,
             site: site.clone(),
         })
+    }
+
+    /// Moves every episode recorded since the last call into `out`.
+    pub fn drain_episodes(&mut self, out: &mut Vec<GilEpisode>) {
+        if let Some(ring) = self.episodes.as_mut() {
+            super::wait_probe::drain_ring(ring, out);
+        }
+    }
+
+    /// Episodes lost to a full ring buffer (cumulative).
+    pub fn episodes_lost(&self) -> u64 {
+        super::wait_probe::lost_count(&self.ebpf, "cond_episodes_lost")
     }
 
     fn map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<BpfHashMap<&MapData, K, V>> {

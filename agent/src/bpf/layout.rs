@@ -127,7 +127,34 @@ pub struct FutexInflight {
     pub continuing: u32,
     /// 1: a take wait right after a wake from a non-GIL sleep.
     pub retake: u32,
-    pub _pad: u32,
+    /// Take futex calls merged into this wait so far.
+    pub slices: u32,
+    /// Distinct holders seen at the start of its slices (0: unused slot).
+    pub holders: [u64; EPISODE_HOLDERS],
+}
+
+/// Distinct holders one episode record names (`GILSCOPE_EPISODE_HOLDERS`).
+pub const EPISODE_HOLDERS: usize = 4;
+
+/// One GIL contention episode (ring buffer `episodes`): a merged take wait of
+/// at least the configured threshold, so long waits can leave the node as spans
+/// with their waiter and holders instead of only as histogram counts.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GilEpisode {
+    pub tgid: u32,
+    /// The waiting thread.
+    pub tid: u32,
+    /// CLOCK_MONOTONIC ns (`bpf_ktime_get_ns`).
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub gil_addr: u64,
+    /// `PyThreadState *` of the holders seen, in order; 0 = unused slot.
+    pub holders: [u64; EPISODE_HOLDERS],
+    /// Take futex calls (timed-out slices plus the last one).
+    pub slices: u32,
+    /// 1: began right after a wake from a non-GIL sleep.
+    pub retake: u32,
 }
 
 /// (process, GIL) of map `gil_waits`.
@@ -249,6 +276,7 @@ pub struct ParkInflight {
 unsafe impl aya::Pod for GilTarget {}
 unsafe impl aya::Pod for ThreadWaits {}
 unsafe impl aya::Pod for FutexInflight {}
+unsafe impl aya::Pod for GilEpisode {}
 unsafe impl aya::Pod for BlockedKey {}
 unsafe impl aya::Pod for GilKey {}
 unsafe impl aya::Pod for GilVal {}
@@ -439,8 +467,15 @@ mod tests {
                 kind,
                 continuing,
                 retake,
-                _pad
+                slices,
+                holders
             ]
+        );
+        assert_layout!(
+            s,
+            "gil_episode",
+            GilEpisode,
+            [tgid, tid, start_ns, end_ns, gil_addr, holders, slices, retake]
         );
         assert_layout!(
             s,
@@ -558,7 +593,10 @@ mod tests {
                 holder_tstate,
                 gil_addr,
                 kind,
-                continuing
+                continuing,
+                slices,
+                _pad,
+                holders
             ]
         );
         assert_layout!(
@@ -626,6 +664,11 @@ pub struct CondwaitInflight {
     pub gil_addr: u64,
     pub kind: u32,
     pub continuing: u32,
+    /// Take slices merged into this wait so far.
+    pub slices: u32,
+    pub _pad: u32,
+    /// Distinct holders seen at the start of its slices (0: unused slot).
+    pub holders: [u64; EPISODE_HOLDERS],
 }
 
 // SAFETY: repr(C), Copy, integers only: every bit pattern is valid, no pointers.

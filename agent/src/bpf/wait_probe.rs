@@ -2,16 +2,19 @@
 //!
 //! One loaded probe serves any number of processes: [`WaitProbe::watch`] adds a
 //! process (its GIL address) to the in-kernel filter, [`WaitProbe::unwatch`]
-//! removes it together with every per-thread entry it left behind.
+//! removes it together with every per-thread entry it left behind. With an
+//! episode threshold ([`WaitProbe::load_with_episodes`]) the kernel also sends
+//! one [`GilEpisode`] per long GIL wait, drained by [`WaitProbe::drain_episodes`].
 
 use std::collections::HashMap;
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use super::layout::{
-    BlockedKey, BlockedVal, FutexInflight, GilKey, GilTarget, GilVal, ThreadWaits, MAX_GILS,
+    BlockedKey, BlockedVal, FutexInflight, GilEpisode, GilKey, GilTarget, GilVal, ThreadWaits,
+    MAX_GILS,
 };
 use super::{bpf_error, map_error};
 use crate::error::{Error, Result};
@@ -69,16 +72,46 @@ impl WaitCounters {
 /// The loaded and attached wait probe (GIL waits and every other sleep).
 pub struct WaitProbe {
     ebpf: Ebpf,
+    /// The `episodes` ring buffer, taken out of `ebpf` so it can be drained.
+    episodes: Option<RingBuf<MapData>>,
+    episode_threshold_ns: u64,
+}
+
+/// Moves every [`GilEpisode`] in an episode ring buffer into `out`.
+pub(crate) fn drain_ring(ring: &mut RingBuf<MapData>, out: &mut Vec<GilEpisode>) {
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<GilEpisode>() {
+            // SAFETY: GilEpisode is repr(C) Pod (any bit pattern is valid) and the
+            // item holds at least size_of::<GilEpisode>() bytes; read_unaligned
+            // makes no assumption about the item's alignment.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<GilEpisode>()) });
+        }
+    }
+}
+
+/// The value of a one-slot u64 array map (an episodes-lost counter); 0 if unreadable.
+pub(crate) fn lost_count(ebpf: &Ebpf, name: &str) -> u64 {
+    ebpf.map(name)
+        .and_then(|m| Array::<&MapData, u64>::try_from(m).ok())
+        .and_then(|a| a.get(&0, 0).ok())
+        .unwrap_or(0)
 }
 
 impl WaitProbe {
     /// Loads and attaches; fails with a permission error when not privileged.
     pub fn load() -> Result<Self> {
+        Self::load_with_episodes(0)
+    }
+
+    /// As [`WaitProbe::load`], and the kernel records every merged take wait of at
+    /// least `threshold_ns` as a [`GilEpisode`] (0: none, the ring buffer stays empty).
+    pub fn load_with_episodes(threshold_ns: u64) -> Result<Self> {
         let gap = CONTINUATION_GAP_NS;
         let window = RETAKE_WINDOW_NS;
         let mut ebpf = EbpfLoader::new()
             .override_global("continuation_gap_ns", &gap, true)
             .override_global("retake_window_ns", &window, true)
+            .override_global("episode_threshold_ns", &threshold_ns, true)
             .load(WAIT_OBJECT)
             .map_err(|e| bpf_error("loading gil_wait.bpf.o", &e))?;
         let btf = Btf::from_sys_fs().map_err(|e| {
@@ -97,7 +130,40 @@ impl WaitProbe {
         program
             .attach()
             .map_err(|e| bpf_error("attaching the sched_switch probe", &e))?;
-        Ok(Self { ebpf })
+        let episodes = match threshold_ns {
+            0 => None,
+            _ => {
+                let map = ebpf.take_map("episodes").ok_or_else(|| {
+                    Error::Internal("map episodes missing from gil_wait.bpf.o".into())
+                })?;
+                Some(RingBuf::try_from(map).map_err(|e| map_error("episodes", &e))?)
+            }
+        };
+        Ok(Self {
+            ebpf,
+            episodes,
+            episode_threshold_ns: threshold_ns,
+        })
+    }
+
+    /// Moves every episode the kernel recorded since the last call into `out`
+    /// (of all watched processes; nothing when loaded without a threshold).
+    pub fn drain_episodes(&mut self, out: &mut Vec<GilEpisode>) {
+        if let Some(ring) = self.episodes.as_mut() {
+            drain_ring(ring, out);
+        }
+    }
+
+    /// Episodes the kernel could not record because the ring buffer was full
+    /// (cumulative since load): the agent fell behind.
+    pub fn episodes_lost(&self) -> u64 {
+        lost_count(&self.ebpf, "episodes_lost")
+    }
+
+    /// The span threshold this probe was loaded with (0: no episodes), for the
+    /// per-process probes (musl) that must record the same episodes.
+    pub fn episode_threshold_ns(&self) -> u64 {
+        self.episode_threshold_ns
     }
 
     fn map_mut<K: aya::Pod, V: aya::Pod>(

@@ -28,6 +28,13 @@ pub const DEFAULT_BATCH_POINTS: usize = 512;
 pub const DEFAULT_QUEUE_REQUESTS: usize = 64;
 /// Per-thread series kept per process when per-thread export is on.
 pub const DEFAULT_MAX_THREADS: usize = 20;
+/// A GIL wait at least this long is a contention episode (a span): ten switch
+/// intervals, far beyond the 5-20 ms waits of ordinary sharing.
+pub const DEFAULT_SPAN_THRESHOLD: Duration = Duration::from_millis(50);
+/// Contention spans per second per process (also the burst).
+pub const DEFAULT_SPAN_RATE: f64 = 10.0;
+/// Shorter thresholds turn ordinary 5 ms switch-interval waits into spans.
+const MIN_SPAN_THRESHOLD: Duration = Duration::from_millis(1);
 
 /// The YAML file, as written by a user. Unknown keys are errors (a typo must not
 /// silently fall back to a default).
@@ -50,6 +57,17 @@ pub struct FileConfig {
     pub summary: Option<bool>,
     /// `host:port` of the HTTP endpoints (`/metrics`, `/healthz`, `/readyz`).
     pub listen: Option<String>,
+    pub spans: Option<SpansFile>,
+}
+
+/// `spans:` — GIL contention episodes as OTLP spans.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpansFile {
+    pub enabled: Option<bool>,
+    /// Shortest wait that is an episode (`50ms`).
+    pub threshold: Option<String>,
+    pub rate_per_second: Option<f64>,
 }
 
 /// The `export:` section.
@@ -138,6 +156,15 @@ pub struct ExportSettings {
     pub queue_requests: usize,
 }
 
+/// GIL contention spans: which waits become spans and how many a process may send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpanSettings {
+    /// A merged GIL wait at least this long is an episode.
+    pub threshold: Duration,
+    /// Spans per second per process (token bucket refill; the burst is the same number).
+    pub rate_per_second: f64,
+}
+
 /// Everything `gilscope run` needs, resolved and checked.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -158,6 +185,8 @@ pub struct Settings {
     pub agent_attributes: Vec<(String, String)>,
     /// Stop after this long (tests and benchmarks); `None`: until SIGTERM.
     pub run_for: Option<Duration>,
+    /// `None`: no contention spans (not exporting, or turned off).
+    pub spans: Option<SpanSettings>,
     /// Serve `/metrics`, `/healthz` and `/readyz` here (off when `None`).
     pub listen: Option<Listen>,
 }
@@ -195,6 +224,9 @@ pub struct Flags {
     pub summary: bool,
     pub run_for: Option<Duration>,
     pub listen: Option<String>,
+    pub no_spans: bool,
+    pub span_threshold: Option<Duration>,
+    pub span_rate: Option<f64>,
 }
 
 /// Parses `10`, `10s`, `500ms`, `2m`, `1.5s`, `1h` (a bare number is seconds).
@@ -616,6 +648,8 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         (None, None, Some(a)) => Some(listen_addr(&at("listen"), a)?),
         _ => None,
     };
+    let spans =
+        spans(flags, env, file.spans.unwrap_or_default(), &at)?.filter(|_| export.is_some());
 
     let mut agent_attributes = env("OTEL_RESOURCE_ATTRIBUTES")
         .map(|v| parse_key_values(&v))
@@ -648,7 +682,52 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         agent_attributes,
         run_for: flags.run_for,
         listen,
+        spans,
     })
+}
+
+/// The `spans:` settings: flags > `OTEL_TRACES_EXPORTER=none` (off) > file > defaults.
+/// Checked even when spans end up off, so a bad value is never silently ignored.
+fn spans(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+    file: SpansFile,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Option<SpanSettings>, RunError> {
+    let threshold = match (&flags.span_threshold, &file.threshold) {
+        (Some(d), _) => ("--span-threshold".to_string(), *d),
+        (None, Some(t)) => (at("spans.threshold"), duration(&at("spans.threshold"), t)?),
+        _ => (String::new(), DEFAULT_SPAN_THRESHOLD),
+    };
+    if threshold.1 < MIN_SPAN_THRESHOLD {
+        return Err(RunError::setting(
+            threshold.0,
+            format!(
+                "{:?} is below 1ms: every ordinary 5 ms GIL hand-over would be a span",
+                threshold.1
+            ),
+        ));
+    }
+    let rate = match (flags.span_rate, file.rate_per_second) {
+        (Some(r), _) => ("--span-rate".to_string(), r),
+        (None, Some(r)) => (at("spans.rate_per_second"), r),
+        _ => (String::new(), DEFAULT_SPAN_RATE),
+    };
+    if !rate.1.is_finite() || rate.1 <= 0.0 {
+        return Err(RunError::setting(
+            rate.0,
+            format!(
+                "{} spans per second: must be positive (to send none, set spans.enabled: false)",
+                rate.1
+            ),
+        ));
+    }
+    let env_off = env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim() == "none");
+    let enabled = !flags.no_spans && !env_off && file.enabled.unwrap_or(true);
+    Ok(enabled.then_some(SpanSettings {
+        threshold: threshold.1,
+        rate_per_second: rate.1,
+    }))
 }
 
 #[cfg(test)]
@@ -827,6 +906,69 @@ mod tests {
             assert!(err.to_string().starts_with("--listen: "), "{err}");
             assert!(err.to_string().contains("host:port"), "{err}");
         }
+    }
+
+    #[test]
+    fn spans_are_on_when_exporting_and_layer_flags_over_the_file() {
+        assert_eq!(
+            resolve(&Flags::default(), &no_env).expect("defaults").spans,
+            None
+        );
+        let s = with_file("export:\n  endpoint: http://x:4317\n").expect("file");
+        assert_eq!(
+            s.spans,
+            Some(SpanSettings {
+                threshold: DEFAULT_SPAN_THRESHOLD,
+                rate_per_second: DEFAULT_SPAN_RATE
+            })
+        );
+        let text =
+            "export:\n  endpoint: http://x:4317\nspans:\n  threshold: 20ms\n  rate_per_second: 2\n";
+        let s = with_file(text).expect("file");
+        assert_eq!(
+            s.spans,
+            Some(SpanSettings {
+                threshold: Duration::from_millis(20),
+                rate_per_second: 2.0
+            })
+        );
+        let flags = Flags {
+            endpoint: Some("http://x:4317".into()),
+            span_threshold: Some(Duration::from_millis(100)),
+            span_rate: Some(0.5),
+            ..Flags::default()
+        };
+        let s = resolve(&flags, &no_env).expect("flags");
+        assert_eq!(
+            s.spans,
+            Some(SpanSettings {
+                threshold: Duration::from_millis(100),
+                rate_per_second: 0.5
+            })
+        );
+        let off = |k: &str| (k == "OTEL_TRACES_EXPORTER").then(|| "none".to_string());
+        assert_eq!(resolve(&flags, &off).expect("env").spans, None);
+        let no = Flags {
+            no_spans: true,
+            ..flags.clone()
+        };
+        assert_eq!(resolve(&no, &no_env).expect("flag").spans, None);
+        let s = with_file("export:\n  endpoint: http://x:4317\nspans:\n  enabled: false\n")
+            .expect("file");
+        assert_eq!(s.spans, None);
+    }
+
+    #[test]
+    fn bad_span_settings_name_their_source() {
+        let err = with_file("spans:\n  threshold: 100us\n").expect_err("unit");
+        assert!(err.to_string().contains("spans.threshold"), "{err}");
+        let err = with_file("spans:\n  threshold: 0.5ms\n").expect_err("too short");
+        assert!(err.to_string().contains("below 1ms"), "{err}");
+        let err = with_file("spans:\n  rate_per_second: 0\n").expect_err("zero rate");
+        assert!(err.to_string().contains("spans.rate_per_second"), "{err}");
+        assert!(err.to_string().contains("enabled: false"), "{err}");
+        let err = with_file("spans:\n  rate: 3\n").expect_err("unknown key");
+        assert!(err.to_string().contains("rate"), "{err}");
     }
 
     #[test]

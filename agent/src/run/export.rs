@@ -312,7 +312,9 @@ impl Transport {
                     Ok(_) => Ok(()),
                     Err(ureq::Error::StatusCode(code)) => Err(SendError {
                         transient: matches!(code, 408 | 429 | 502 | 503 | 504),
-                        unsupported: matches!(code, 404 | 405 | 415),
+                        // VictoriaMetrics answers 400 "unsupported path" for /v1/traces.
+                        unsupported: matches!(code, 404 | 405 | 415)
+                            || (code == 400 && payload.is_traces()),
                         message: format!("HTTP {code} from {url}"),
                     }),
                     Err(e) => Err(SendError {

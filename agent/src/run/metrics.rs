@@ -156,6 +156,13 @@ metric!(
     "Per thread (opt-in): share of the interval the thread held the GIL (sampled)."
 );
 metric!(
+    GIL_EPISODES,
+    "cpython.gil.episodes",
+    Counter,
+    "{episode}",
+    "GIL contention episodes (waits over the span threshold), by outcome: exported as a span, or rate_limited."
+);
+metric!(
     EXPORT_POINTS,
     "gilscope.export.data_points",
     Counter,
@@ -184,6 +191,20 @@ metric!(
     "The agent's own: export attempts retried after a transient error."
 );
 metric!(
+    EXPORT_SPANS,
+    "gilscope.export.spans",
+    Counter,
+    "{span}",
+    "The agent's own: contention spans handed to the exporter, by outcome (sent, dropped)."
+);
+metric!(
+    EPISODES_LOST,
+    "gilscope.episodes.lost",
+    Counter,
+    "{episode}",
+    "The agent's own: contention episodes the kernel could not record (its ring buffer was full)."
+);
+metric!(
     PROCESSES_WATCHED,
     "gilscope.processes.watched",
     Gauge,
@@ -210,10 +231,13 @@ pub const ALL: &[&MetricDef] = &[
     &THREAD_GIL_WAIT_TIME,
     &THREAD_CPU_TIME,
     &THREAD_GIL_HOLD,
+    &GIL_EPISODES,
     &EXPORT_POINTS,
     &EXPORT_REQUESTS,
     &EXPORT_BYTES,
     &EXPORT_RETRIES,
+    &EXPORT_SPANS,
+    &EPISODES_LOST,
     &PROCESSES_WATCHED,
 ];
 

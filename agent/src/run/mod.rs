@@ -8,7 +8,8 @@
 //! ([`metrics`]) with its resource ([`resource`]), encodes them ([`otlp`]) and
 //! queues them for the exporter ([`export`]), or prints the [`summary`] when no
 //! endpoint is configured. Exited processes are reported once more, then their
-//! kernel state is released.
+//! kernel state is released. When exporting, long GIL waits also leave as spans
+//! ([`spans`]): drained from the kernel every poll, sent once per interval.
 
 pub mod config;
 pub mod discover;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod prometheus;
 pub mod resource;
+pub mod spans;
 pub mod summary;
 
 use std::collections::{HashMap, HashSet};
@@ -26,6 +28,7 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::bpf::layout::GilEpisode;
 use crate::bpf::wait_probe::WaitProbe;
 use crate::watch::{ProcessWatch, Snapshot};
 
@@ -96,11 +99,21 @@ struct Daemon {
     exporter: Option<Exporter>,
     started: Instant,
     /// Self-telemetry at the previous interval (for delta temporality).
-    prev_stats: [u64; 8],
+    prev_stats: [u64; SELF_STATS],
     last_interval: Instant,
     /// `/metrics`, `/healthz`, `/readyz` when `--listen` is given.
     endpoints: Option<http::Endpoints>,
+    /// Contention episodes waiting for the interval (`None`: spans off).
+    episodes: Option<spans::Episodes>,
+    /// Reused buffer for draining the kernel's episode records.
+    episode_buf: Vec<GilEpisode>,
+    /// Episodes lost by the per-process (musl) probes of released processes,
+    /// so the lost counter never goes down when one is released.
+    released_episodes_lost: u64,
 }
+
+/// Values of the agent's own counters kept for delta temporality.
+const SELF_STATS: usize = 11;
 
 /// Runs until SIGTERM/SIGINT (or `run_for`), exporting every interval.
 pub fn run(settings: Settings) -> Result<(), RunError> {
@@ -114,7 +127,10 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         )?),
         None => None,
     };
-    let probe = WaitProbe::load()?;
+    let threshold_ns = settings
+        .spans
+        .map_or(0, |s| s.threshold.as_nanos().max(1) as u64);
+    let probe = WaitProbe::load_with_episodes(threshold_ns)?;
     if let Some(e) = &endpoints {
         e.probe_loaded();
     }
@@ -134,7 +150,6 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
     };
     let now = Instant::now();
     let mut daemon = Daemon {
-        settings,
         probe,
         discovery: Discovery::default(),
         watched: HashMap::new(),
@@ -142,9 +157,13 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         clock: Clock::new(),
         exporter,
         started: now,
-        prev_stats: [0; 8],
+        prev_stats: [0; SELF_STATS],
         last_interval: now,
         endpoints,
+        episodes: settings.spans.map(spans::Episodes::new),
+        episode_buf: Vec::new(),
+        released_episodes_lost: 0,
+        settings,
     };
     daemon.main_loop();
     Ok(())
@@ -167,6 +186,7 @@ impl Daemon {
             if let Some(e) = &self.endpoints {
                 e.beat();
             }
+            self.drain_episodes();
             let now = Instant::now();
             if now >= next_tick {
                 self.tick();
@@ -227,6 +247,31 @@ impl Daemon {
         all
     }
 
+    /// Takes the kernel's episode records and resolves them while their threads
+    /// live; dropped unread once the endpoint said it takes no traces.
+    fn drain_episodes(&mut self) {
+        let Some(episodes) = self.episodes.as_mut() else {
+            return;
+        };
+        self.episode_buf.clear();
+        self.probe.drain_episodes(&mut self.episode_buf);
+        for w in self.watched.values_mut() {
+            w.watch.drain_episodes(&mut self.episode_buf);
+        }
+        let refused = self
+            .exporter
+            .as_ref()
+            .is_some_and(|e| e.stats().traces_refused.load(Ordering::Relaxed));
+        if refused {
+            return;
+        }
+        for record in &self.episode_buf {
+            if let Some(w) = self.watched.get(&record.tgid) {
+                episodes.record(record, &w.watch);
+            }
+        }
+    }
+
     /// Lists /proc and attaches to new CPython processes.
     fn discover(&mut self) {
         let own = std::process::id();
@@ -279,13 +324,15 @@ impl Daemon {
         self.last_interval = now;
         let temporality = self.temporality();
         self.tick();
+        self.drain_episodes();
         let mut counters = self.read_counters();
         let mut all: Vec<ProcessSeries> = Vec::with_capacity(self.watched.len());
+        let mut span_resources = Vec::new();
         for (pid, w) in self.watched.iter_mut() {
             let cur = w
                 .watch
                 .snapshot_with(counters.remove(pid).unwrap_or_default());
-            let series = metrics::process_series(&IntervalInput {
+            let mut series = metrics::process_series(&IntervalInput {
                 watch: &w.watch,
                 first: &w.first,
                 prev: &w.prev,
@@ -295,6 +342,19 @@ impl Daemon {
                 per_thread: self.settings.per_thread,
                 resource: &w.resource,
             });
+            if let Some(episodes) = self.episodes.as_mut() {
+                let kept = episodes.take(*pid, &w.watch);
+                if !kept.is_empty() {
+                    span_resources.push(otlp::resource_spans(&w.resource, &kept, &self.clock));
+                }
+                let start = match temporality {
+                    Temporality::Cumulative => w.first.at,
+                    Temporality::Delta => w.prev.at,
+                };
+                series
+                    .points
+                    .extend(episodes.points(*pid, temporality, start));
+            }
             w.prev = cur;
             all.push(series);
         }
@@ -312,6 +372,9 @@ impl Daemon {
             if let Some(exporter) = &self.exporter {
                 for (request, points) in otlp::batch(resources, batch_points) {
                     exporter.submit(export::Payload::Metrics(request), points);
+                }
+                for (request, n) in otlp::batch_spans(span_resources, batch_points) {
+                    exporter.submit(export::Payload::Traces(request), n);
                 }
             }
         }
@@ -335,7 +398,11 @@ impl Daemon {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
+            if let Some(episodes) = self.episodes.as_mut() {
+                episodes.forget(pid);
+            }
             if let Some(w) = self.watched.remove(&pid) {
+                self.released_episodes_lost += w.watch.episodes_lost();
                 tracing::info!("process {pid} exited; released its kernel state");
                 w.watch.detach(&mut self.probe);
             }
@@ -350,7 +417,7 @@ impl Daemon {
     }
 
     /// The exporter's counters since the start (zeros without an exporter).
-    fn export_counts(&self) -> [u64; 8] {
+    fn export_counts(&self) -> [u64; SELF_STATS] {
         let stats = self.exporter.as_ref().map(Exporter::stats);
         let get = |f: fn(&ExportStats) -> &std::sync::atomic::AtomicU64| {
             stats.as_ref().map_or(0, |s| ExportStats::get(f(s)))
@@ -363,6 +430,15 @@ impl Daemon {
             get(|s| &s.requests_dropped),
             get(|s| &s.bytes_sent),
             get(|s| &s.retries),
+            get(|s| &s.spans_sent),
+            get(|s| &s.spans_dropped),
+            self.probe.episodes_lost()
+                + self.released_episodes_lost
+                + self
+                    .watched
+                    .values()
+                    .map(|w| w.watch.episodes_lost())
+                    .sum::<u64>(),
             0,
         ]
     }
@@ -392,7 +468,7 @@ impl Daemon {
 
     /// The agent's own data points: export counters `shown` (counted from
     /// `start`) and the processes watched now.
-    fn agent_points(&self, shown: [u64; 8], start: Instant, now: Instant) -> Vec<Point> {
+    fn agent_points(&self, shown: [u64; SELF_STATS], start: Instant, now: Instant) -> Vec<Point> {
         let counter = |metric, outcome: Option<&str>, v: u64| Point {
             metric,
             attributes: outcome
@@ -409,6 +485,9 @@ impl Daemon {
             counter(&metrics::EXPORT_REQUESTS, Some("dropped"), shown[4]),
             counter(&metrics::EXPORT_BYTES, None, shown[5]),
             counter(&metrics::EXPORT_RETRIES, None, shown[6]),
+            counter(&metrics::EXPORT_SPANS, Some("sent"), shown[7]),
+            counter(&metrics::EXPORT_SPANS, Some("dropped"), shown[8]),
+            counter(&metrics::EPISODES_LOST, None, shown[9]),
             Point {
                 metric: &metrics::PROCESSES_WATCHED,
                 attributes: Vec::new(),

@@ -1,4 +1,6 @@
-//! Encodes data points as OTLP protobuf requests, one `ResourceMetrics` per process.
+//! Encodes data points as OTLP protobuf requests, one `ResourceMetrics` per process,
+//! and GIL contention episodes as spans, one `ResourceSpans` per process with the
+//! same resource as its metrics.
 //!
 //! Why not the SDK's `MeterProvider`: one agent reports many processes, each with
 //! its own resource, and the SDK binds one resource to a provider; a provider per
@@ -10,21 +12,35 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue,
+};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric::Data, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint,
     Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
 
 use super::config::Temporality;
 use super::metrics::{wait_bounds_s, Kind, Point, ProcessSeries, Value};
+use super::spans::Episode;
 
 /// Maps monotonic instants to wall-clock nanoseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     base: Instant,
     base_unix_ns: u64,
+    /// CLOCK_MONOTONIC ns at `base`: the kernel's `bpf_ktime_get_ns` clock.
+    base_mono_ns: u64,
+}
+
+/// CLOCK_MONOTONIC now, in ns (0 if unreadable, which Linux never is).
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 impl Clock {
@@ -37,6 +53,17 @@ impl Clock {
         Self {
             base: Instant::now(),
             base_unix_ns,
+            base_mono_ns: monotonic_ns(),
+        }
+    }
+
+    /// Unix nanoseconds of a kernel timestamp (CLOCK_MONOTONIC ns).
+    pub fn unix_ns_of_monotonic(&self, mono_ns: u64) -> u64 {
+        if mono_ns >= self.base_mono_ns {
+            self.base_unix_ns + (mono_ns - self.base_mono_ns)
+        } else {
+            self.base_unix_ns
+                .saturating_sub(self.base_mono_ns - mono_ns)
         }
     }
 
@@ -185,6 +212,127 @@ pub fn resource_metrics_of(
     }
 }
 
+fn attr(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..KeyValue::default()
+    }
+}
+
+fn array(values: impl Iterator<Item = any_value::Value>) -> any_value::Value {
+    any_value::Value::ArrayValue(ArrayValue {
+        values: values.map(|v| AnyValue { value: Some(v) }).collect(),
+    })
+}
+
+/// Name of every contention span: one GIL wait of one thread.
+pub const SPAN_NAME: &str = "gil.wait";
+
+/// One episode as a span: its own trace (an episode has no caller to join),
+/// kind INTERNAL, the waiter and holders as attributes.
+pub fn episode_span(e: &Episode, clock: &Clock) -> Span {
+    use any_value::Value as V;
+    let mut trace_id = [0u8; 16];
+    let mut span_id = [0u8; 8];
+    // All-zero ids are invalid; with 128/64 random bits that never repeats in practice.
+    while trace_id == [0; 16] {
+        trace_id = rand::random();
+    }
+    while span_id == [0; 8] {
+        span_id = rand::random();
+    }
+    let attributes = vec![
+        attr("thread.id", V::IntValue(i64::from(e.tid))),
+        attr("thread.name", V::StringValue(e.thread_name.clone())),
+        attr(
+            "cpython.gil.holder.thread.ids",
+            array(
+                e.holders
+                    .iter()
+                    .map(|(tid, _)| V::IntValue(i64::from(*tid))),
+            ),
+        ),
+        attr(
+            "cpython.gil.holder.thread.names",
+            array(e.holders.iter().map(|(_, n)| V::StringValue(n.clone()))),
+        ),
+        attr(
+            "cpython.gil.wait.time",
+            V::DoubleValue(e.wait_ns as f64 / 1e9),
+        ),
+        attr("cpython.gil.wait.slices", V::IntValue(i64::from(e.slices))),
+        attr("cpython.gil.retake", V::BoolValue(e.retake)),
+    ];
+    Span {
+        trace_id: trace_id.to_vec(),
+        span_id: span_id.to_vec(),
+        name: SPAN_NAME.to_string(),
+        kind: SpanKind::Internal as i32,
+        start_time_unix_nano: clock.unix_ns_of_monotonic(e.start_ns),
+        end_time_unix_nano: clock.unix_ns_of_monotonic(e.end_ns),
+        attributes,
+        ..Span::default()
+    }
+}
+
+/// One process's episodes as a `ResourceSpans` under its resource.
+pub fn resource_spans(
+    resource: &[(String, String)],
+    episodes: &[Episode],
+    clock: &Clock,
+) -> ResourceSpans {
+    ResourceSpans {
+        resource: Some(Resource {
+            attributes: resource.iter().map(|(k, v)| kv(k, v)).collect(),
+            ..Resource::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            scope: Some(scope()),
+            spans: episodes.iter().map(|e| episode_span(e, clock)).collect(),
+            ..ScopeSpans::default()
+        }],
+        ..ResourceSpans::default()
+    }
+}
+
+/// Packs processes' spans into requests of at most `batch` spans each (a process
+/// is never split; one bigger than the batch goes alone).
+pub fn batch_spans(
+    resources: Vec<ResourceSpans>,
+    batch: usize,
+) -> Vec<(ExportTraceServiceRequest, usize)> {
+    let mut out = Vec::new();
+    let mut cur: Vec<ResourceSpans> = Vec::new();
+    let mut spans = 0;
+    for rs in resources {
+        let n: usize = rs.scope_spans.iter().map(|s| s.spans.len()).sum();
+        if n == 0 {
+            continue;
+        }
+        if !cur.is_empty() && spans + n > batch {
+            out.push((
+                ExportTraceServiceRequest {
+                    resource_spans: std::mem::take(&mut cur),
+                },
+                spans,
+            ));
+            spans = 0;
+        }
+        spans += n;
+        cur.push(rs);
+    }
+    if !cur.is_empty() {
+        out.push((
+            ExportTraceServiceRequest {
+                resource_spans: cur,
+            },
+            spans,
+        ));
+    }
+    out
+}
+
 /// Data points in a `ResourceMetrics`.
 pub fn point_count(rm: &ResourceMetrics) -> usize {
     rm.scope_metrics
@@ -304,6 +452,63 @@ mod tests {
         assert_eq!(
             attrs[1].value.as_ref().and_then(|v| v.value.clone()),
             Some(any_value::Value::IntValue(42))
+        );
+    }
+
+    #[test]
+    fn an_episode_is_an_internal_span_with_waiter_holders_and_unix_times() {
+        let clock = Clock::new();
+        let mono = monotonic_ns();
+        let e = Episode {
+            pid: 42,
+            tid: 101,
+            thread_name: "cpu-0".into(),
+            start_ns: mono - 80_000_000,
+            end_ns: mono - 20_000_000,
+            wait_ns: 60_000_000,
+            holders: vec![(102, "cpu-1".into()), (103, "cpu-2".into())],
+            slices: 12,
+            retake: false,
+            records: 1,
+        };
+        let res = vec![("service.name".to_string(), "shop".to_string())];
+        let rs = resource_spans(&res, &[e.clone(), e], &clock);
+        let spans = &rs.scope_spans[0].spans;
+        assert_eq!(spans.len(), 2);
+        let s = &spans[0];
+        assert_eq!(
+            (s.name.as_str(), s.kind),
+            ("gil.wait", SpanKind::Internal as i32)
+        );
+        assert_eq!((s.trace_id.len(), s.span_id.len()), (16, 8));
+        assert_ne!(spans[0].trace_id, spans[1].trace_id);
+        assert_eq!(s.end_time_unix_nano - s.start_time_unix_nano, 60_000_000);
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let lag = now_unix.saturating_sub(s.end_time_unix_nano);
+        assert!((15_000_000..1_000_000_000).contains(&lag), "lag {lag} ns");
+        let get = |k: &str| {
+            s.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone())
+                .and_then(|v| v.value)
+        };
+        assert_eq!(get("thread.id"), Some(any_value::Value::IntValue(101)));
+        assert_eq!(
+            get("cpython.gil.wait.time"),
+            Some(any_value::Value::DoubleValue(0.06))
+        );
+        match get("cpython.gil.holder.thread.names") {
+            Some(any_value::Value::ArrayValue(a)) => assert_eq!(a.values.len(), 2),
+            other => panic!("holder names {other:?}"),
+        }
+        let batches = batch_spans(vec![rs.clone(), rs.clone(), rs], 3);
+        assert_eq!(
+            batches.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            vec![2, 2, 2]
         );
     }
 

@@ -129,6 +129,13 @@ struct RunArgs {
     /// Stop after this long (default: run until SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Keep requests the collector cannot take in time in this directory and send
+    /// them, oldest first, when it is back (env GILSCOPE_SPOOL_DIR; default: off).
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
+    /// Disk the spool may use: 268435456, 256MiB, 1GiB (default 256MiB); the oldest go first.
+    #[arg(long, value_parser = gilscope::run::config::parse_bytes)]
+    spool_max_bytes: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -277,6 +284,8 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         tenant_from: args.tenant_from,
         summary: args.summary,
         run_for: args.duration,
+        spool_dir: args.spool_dir,
+        spool_max_bytes: args.spool_max_bytes,
     };
     let settings = match resolve(&flags, &|k| std::env::var(k).ok()) {
         Ok(s) => s,

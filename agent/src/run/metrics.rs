@@ -184,6 +184,20 @@ metric!(
     "The agent's own: export attempts retried after a transient error."
 );
 metric!(
+    EXPORT_SPOOL_REQUESTS,
+    "gilscope.export.spool.requests",
+    Gauge,
+    "{request}",
+    "The agent's own: requests waiting in the on-disk spool (0 without one)."
+);
+metric!(
+    EXPORT_SPOOL_BYTES,
+    "gilscope.export.spool.bytes",
+    Gauge,
+    "By",
+    "The agent's own: bytes the on-disk spool takes."
+);
+metric!(
     PROCESSES_WATCHED,
     "gilscope.processes.watched",
     Gauge,
@@ -214,6 +228,8 @@ pub const ALL: &[&MetricDef] = &[
     &EXPORT_REQUESTS,
     &EXPORT_BYTES,
     &EXPORT_RETRIES,
+    &EXPORT_SPOOL_REQUESTS,
+    &EXPORT_SPOOL_BYTES,
     &PROCESSES_WATCHED,
 ];
 

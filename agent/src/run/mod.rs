@@ -17,7 +17,9 @@ pub mod export;
 pub mod metrics;
 pub mod otlp;
 pub mod resource;
+pub mod spool;
 pub mod summary;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
@@ -96,6 +98,8 @@ struct Daemon {
     /// Self-telemetry at the previous interval (for delta temporality).
     prev_stats: [u64; 8],
     last_interval: Instant,
+    /// Intervals handed to the exporter (logged at shutdown next to the export totals).
+    intervals: u64,
 }
 
 /// Runs until SIGTERM/SIGINT (or `run_for`), exporting every interval.
@@ -128,6 +132,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         started: now,
         prev_stats: [0; 8],
         last_interval: now,
+        intervals: 0,
     };
     daemon.main_loop();
     Ok(())
@@ -168,6 +173,7 @@ impl Daemon {
         self.interval();
         self.watched.clear();
         if let Some(exporter) = self.exporter.take() {
+            tracing::info!("{} intervals exported", self.intervals);
             exporter.shutdown(Duration::from_secs(5));
         }
     }
@@ -286,6 +292,7 @@ impl Daemon {
                 .export
                 .as_ref()
                 .map_or(config::DEFAULT_BATCH_POINTS, |e| e.batch_points);
+            self.intervals += 1;
             if let Some(exporter) = &self.exporter {
                 for (request, points) in otlp::batch(resources, batch_points) {
                     exporter.submit(export::Payload::Metrics(request), points);
@@ -365,6 +372,18 @@ impl Daemon {
             counter(&metrics::EXPORT_REQUESTS, Some("dropped"), shown[4]),
             counter(&metrics::EXPORT_BYTES, None, shown[5]),
             counter(&metrics::EXPORT_RETRIES, None, shown[6]),
+            Point {
+                metric: &metrics::EXPORT_SPOOL_REQUESTS,
+                attributes: Vec::new(),
+                value: Value::Int(get(|s| &s.spool_requests) as i64),
+                start: now,
+            },
+            Point {
+                metric: &metrics::EXPORT_SPOOL_BYTES,
+                attributes: Vec::new(),
+                value: Value::Int(get(|s| &s.spool_bytes) as i64),
+                start: now,
+            },
             Point {
                 metric: &metrics::PROCESSES_WATCHED,
                 attributes: Vec::new(),

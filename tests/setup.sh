@@ -13,6 +13,8 @@ packages=(
   make
   gdb             # the offset-table test reads the DWARF of the pyenv builds
   tmux            # the `gilscope top` test drives it in a real terminal
+  openssl         # the TLS tests make a throwaway CA and certificates
+  socat           # the gRPC-over-TLS test puts a real TLS terminator in front of rotel
 )
 
 missing=()

@@ -379,6 +379,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut next = Some(e);
     while let Some(err) = next {
         let text = err.to_string();
+        if parts
+            .last()
+            .is_some_and(|last| text.contains(last.as_str()))
+        {
+            // A cause that repeats its wrapper's text: keep the fuller one.
+            parts.pop();
+        }
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }

@@ -105,7 +105,7 @@ struct Daemon {
 /// Runs until SIGTERM/SIGINT (or `run_for`), exporting every interval.
 pub fn run(settings: Settings) -> Result<(), RunError> {
     install_signal_handler();
-    let probe = WaitProbe::load()?;
+    // The exporter first: a bad spool directory or endpoint is reported before BPF is loaded.
     let exporter = match &settings.export {
         Some(e) => {
             // A request older than a few intervals is stale; keep retrying it until then.
@@ -120,6 +120,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         }
         None => None,
     };
+    let probe = WaitProbe::load()?;
     let now = Instant::now();
     let mut daemon = Daemon {
         settings,

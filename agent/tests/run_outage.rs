@@ -305,3 +305,199 @@ fn without_the_spool_what_is_missing_is_what_was_counted_as_dropped() {
         "about one warning per interval of the outage, got {warnings}:\n{log}"
     );
 }
+
+/// Spool files (`*.otlp`) in `dir` and their total size.
+fn spool_files(dir: &Path) -> (usize, u64) {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".otlp"))
+                .fold((0, 0), |(n, b), e| {
+                    (n + 1, b + e.metadata().map(|m| m.len()).unwrap_or(0))
+                })
+        })
+        .unwrap_or((0, 0))
+}
+
+#[test]
+fn a_crash_keeps_the_spool_and_the_next_start_sends_it_first() {
+    if !can_use_bpf() {
+        return;
+    }
+    let (Some((_, vm)), Some(python)) = (receivers(), pyenv_python311()) else {
+        return;
+    };
+    let _machine = serial();
+    let tag = rand_tag("crash");
+    let dir = scratch(&tag);
+    let spool = dir.join("spool");
+    let service = format!("gil-crash-{tag}");
+    let _work = Running(
+        Command::new(&python)
+            .args([&workload("cpu_threads.py"), "2", "40", &tag])
+            .env("OTEL_SERVICE_NAME", &service)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the workload"),
+    );
+    std::fs::write(dir.join("gilscope.yaml"), "export:\n  batch_size: 100000\n").expect("config");
+    let port = free_port(); // nothing listens there during the first run
+    let daemon = |seconds: u32| {
+        let mut cmd = gilscope();
+        cmd.arg("run")
+            .arg("--config")
+            .arg(dir.join("gilscope.yaml"))
+            .args([
+                "--endpoint",
+                &format!("http://127.0.0.1:{port}/opentelemetry"),
+            ])
+            .args(["--protocol", "http/protobuf", "--include-cmdline", &tag])
+            .args([
+                "--interval",
+                "1s",
+                "--duration",
+                &format!("{seconds}s"),
+                "-v",
+            ])
+            .arg("--spool-dir")
+            .arg(&spool)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    // First run: the collector is down; the daemon is killed (SIGKILL: a crash).
+    let mut first = daemon(60).spawn().expect("start gilscope run");
+    std::thread::sleep(Duration::from_secs(6));
+    let _ = first.kill();
+    let _ = first.wait();
+    let (files, _) = spool_files(&spool);
+    assert!(files >= 4, "{files} requests spooled in 6 s at 1 s");
+    // A damaged file among them: skipped and reported, not sent, not fatal.
+    std::fs::write(
+        spool.join("00000000000099999999.otlp"),
+        b"GILSPL01 but cut short",
+    )
+    .expect("damaged file");
+    // Second run: the collector is up.
+    let _vm = Running(vm_on(&vm, port, &dir, "vm.log"));
+    let out = daemon(4).output().expect("gilscope run");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let intervals = number_before(&stderr, "intervals exported")
+        .unwrap_or_else(|| panic!("no interval count:\n{stderr}"));
+    assert!(
+        stderr.contains(&format!("holds {files} request(s)")),
+        "the replay is announced:\n{stderr}"
+    );
+    let damaged: Vec<&str> = stderr.lines().filter(|l| l.contains("damaged")).collect();
+    assert_eq!(
+        damaged.len(),
+        1,
+        "one message for the damaged file:\n{stderr}"
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let q = format!(
+        "count_over_time({{__name__=\"cpython.gil.utilization\",service.name=\"{service}\"}}[10m])"
+    );
+    let n = scalar(&promql(port, &q)).unwrap_or(0.0) as u64;
+    assert_eq!(
+        n,
+        files as u64 + intervals,
+        "the crashed run's {files} spooled intervals and the {intervals} new ones:\n{stderr}"
+    );
+    assert_eq!(
+        spool_files(&spool).0,
+        0,
+        "the spool is empty after the replay"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_spool_drops_the_oldest_and_says_so_once_per_interval() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = pyenv_python311() else {
+        return;
+    };
+    let tag = rand_tag("full");
+    let dir = scratch(&tag);
+    let spool = dir.join("spool");
+    let _work = Running(
+        Command::new(&python)
+            .args([&workload("cpu_threads.py"), "2", "20", &tag])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the workload"),
+    );
+    const CAP: u64 = 16 * 1024;
+    let port = free_port(); // nothing listens there
+    let out = gilscope()
+        .arg("run")
+        .args(["--endpoint", &format!("http://127.0.0.1:{port}")])
+        .args([
+            "--include-cmdline",
+            &tag,
+            "--interval",
+            "1s",
+            "--duration",
+            "8s",
+            "-v",
+        ])
+        .arg("--spool-dir")
+        .arg(&spool)
+        .args(["--spool-max-bytes", &CAP.to_string()])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .expect("run gilscope");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let intervals = number_before(&stderr, "intervals exported")
+        .unwrap_or_else(|| panic!("no interval count:\n{stderr}"));
+    let (_, points_dropped, requests_sent, requests_dropped, left) =
+        totals(&stderr).unwrap_or_else(|| panic!("no totals:\n{stderr}"));
+    let (files, bytes) = spool_files(&spool);
+    eprintln!(
+        "full spool: {intervals} intervals, {requests_dropped} requests ({points_dropped} points) \
+         dropped, {left} left ({files} files, {bytes} bytes)"
+    );
+    assert_eq!(requests_sent, 0, "{stderr}");
+    assert!(bytes <= CAP, "{bytes} bytes on disk, cap {CAP}");
+    assert!(files > 0 && requests_dropped > 0, "{stderr}");
+    assert_eq!(files as u64, left, "{stderr}");
+    // The newest are kept: the oldest kept one is numbered intervals - left.
+    let oldest_kept = std::fs::read_dir(&spool)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_suffix(".otlp")
+                        .and_then(|s| s.parse::<u64>().ok())
+                })
+                .min()
+        })
+        .ok()
+        .flatten();
+    assert_eq!(oldest_kept, Some(intervals - left), "{stderr}");
+    assert_eq!(
+        requests_dropped + left,
+        intervals,
+        "every interval is either on disk or counted as dropped:\n{stderr}"
+    );
+    let full: Vec<&str> = stderr.lines().filter(|l| l.contains("is full")).collect();
+    // 8 s of run and up to 5 s of shutdown grace, one message per 1 s interval at most.
+    assert!(
+        (1..=14).contains(&full.len()),
+        "{} 'is full' messages:\n{stderr}",
+        full.len()
+    );
+    assert!(
+        full[0].contains("--spool-max-bytes"),
+        "says what to do: {}",
+        full[0]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

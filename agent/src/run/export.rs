@@ -317,16 +317,7 @@ impl Transport {
                                     | Code::DataLoss
                                     | Code::Unknown
                             ),
-                            message: match std::error::Error::source(&status) {
-                                // "transport error" alone hides a refused connection or a bad certificate.
-                                Some(cause) => format!(
-                                    "{:?}: {}: {}",
-                                    status.code(),
-                                    status.message(),
-                                    error_chain(cause)
-                                ),
-                                None => format!("{:?}: {}", status.code(), status.message()),
-                            },
+                            message: grpc_message(&status),
                         })
                     }
                     Err(_) => Err(SendError {
@@ -370,6 +361,21 @@ impl Transport {
                 }
             }
         }
+    }
+}
+
+/// A gRPC failure in one line: its code, its message and, when the message
+/// does not say it already, the root cause ("transport error" alone hides a
+/// refused connection or a certificate the CA does not vouch for).
+fn grpc_message(status: &tonic::Status) -> String {
+    let mut root = std::error::Error::source(status);
+    while let Some(next) = root.and_then(|e| e.source()) {
+        root = Some(next);
+    }
+    let message = status.message();
+    match root.map(|r| r.to_string()) {
+        Some(r) if !message.contains(&r) => format!("{:?}: {message}: {r}", status.code()),
+        _ => format!("{:?}: {message}", status.code()),
     }
 }
 

@@ -940,6 +940,44 @@ mod tests {
     }
 
     #[test]
+    fn with_a_spool_an_unreachable_collector_drops_nothing_and_keeps_the_order() {
+        let dir =
+            std::env::temp_dir().join(format!("gilscope-export-spool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = super::super::spool::SpoolSettings {
+            dir: dir.clone(),
+            max_bytes: 1 << 20,
+        };
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let mut s = settings(protocol, "http://127.0.0.1:9");
+            s.spool = Some(spool.clone());
+            s.queue_requests = 64;
+            let exporter = Exporter::start(&s, Duration::from_millis(700), Duration::from_secs(60))
+                .expect("start");
+            let stats = exporter.stats();
+            for items in 1..=5 {
+                exporter.submit(
+                    Payload::Metrics(ExportMetricsServiceRequest::default()),
+                    items,
+                );
+            }
+            exporter.shutdown(Duration::from_secs(2));
+            assert_eq!(ExportStats::get(&stats.points_dropped), 0, "{protocol:?}");
+            assert_eq!(ExportStats::get(&stats.spool_requests), 5, "{protocol:?}");
+            // What is left is on disk, oldest first, for the next start.
+            let (mut left, damaged) = Spool::open(&spool).expect("reopen");
+            assert!(damaged.is_empty());
+            let mut order = Vec::new();
+            while let Some(Ok((entry, _))) = left.read_oldest() {
+                order.push(entry.items);
+                left.pop();
+            }
+            assert_eq!(order, vec![1, 2, 3, 4, 5], "{protocol:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_bad_header_is_a_setting_error() {
         let mut s = settings(Protocol::Grpc, "http://127.0.0.1:4317");
         s.headers = vec![("bad header".into(), "v".into())];

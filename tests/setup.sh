@@ -16,6 +16,8 @@ packages=(
   util-linux      # setpriv/nsenter (Essential, listed to be explicit)
   libcap2-bin     # capsh: the capability test runs gilscope as nobody with only the DaemonSet's capabilities
   python3-venv    # the Kubernetes tools below live in their own venv
+  openssl         # the TLS tests make a throwaway CA and certificates
+  socat           # the gRPC-over-TLS test puts a real TLS terminator in front of rotel
 )
 
 missing=()

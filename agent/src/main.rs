@@ -142,6 +142,13 @@ struct RunArgs {
     /// Contention spans per second per process, also the burst (default 10).
     #[arg(long)]
     span_rate: Option<f64>,
+    /// Keep requests the collector cannot take in time in this directory and send
+    /// them, oldest first, when it is back (env GILSCOPE_SPOOL_DIR; default: off).
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
+    /// Disk the spool may use: 268435456, 256MiB, 1GiB (default 256MiB); the oldest go first.
+    #[arg(long, value_parser = gilscope::run::config::parse_bytes)]
+    spool_max_bytes: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -294,6 +301,8 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         no_spans: args.no_spans,
         span_threshold: args.span_threshold,
         span_rate: args.span_rate,
+        spool_dir: args.spool_dir,
+        spool_max_bytes: args.spool_max_bytes,
     };
     let settings = match resolve(&flags, &|k| std::env::var(k).ok()) {
         Ok(s) => s,

@@ -326,7 +326,8 @@ fn an_unreachable_collector_gives_one_warning_per_interval_and_the_daemon_keeps_
     );
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("failing")).collect();
     assert!(
-        !warnings.is_empty() && warnings.len() <= 7,
+        // 5 s of run and up to 5 s of shutdown grace (still retrying), one a second at most
+        !warnings.is_empty() && warnings.len() <= 11,
         "expected about one warning per interval, got {}:\n{stderr}",
         warnings.len()
     );

@@ -14,6 +14,8 @@ use serde::Deserialize;
 use super::discover::{RulePatterns, Rules};
 use super::error::RunError;
 use super::resource::TenantRule;
+use super::spool::{SpoolSettings, DEFAULT_MAX_BYTES};
+use super::tls::{load_certificates, load_private_key, TlsSettings};
 
 /// Default export interval (`OTEL_METRIC_EXPORT_INTERVAL` has the same default in spirit: 10 s here, not 60 s,
 /// because GIL contention comes in bursts).
@@ -83,6 +85,22 @@ pub struct ExportFile {
     pub temporality: Option<String>,
     pub batch_size: Option<usize>,
     pub queue_size: Option<usize>,
+    /// CA bundle (PEM) to trust for `https://` endpoints.
+    pub certificate: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub client_certificate: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    pub client_key: Option<PathBuf>,
+    pub spool: Option<SpoolFile>,
+}
+
+/// `export.spool:` — where requests wait on disk while the collector is away.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolFile {
+    pub dir: Option<PathBuf>,
+    /// Bytes (`268435456`) or with a unit (`256MiB`, `1GiB`, `500MB`).
+    pub max_bytes: Option<serde_norway::Value>,
 }
 
 /// `include:` / `exclude:`.
@@ -154,6 +172,10 @@ pub struct ExportSettings {
     pub temporality: Temporality,
     pub batch_points: usize,
     pub queue_requests: usize,
+    /// `Some`: requests that cannot be sent in time wait on disk instead of being dropped.
+    pub spool: Option<SpoolSettings>,
+    /// `Some` for `https://` endpoints.
+    pub tls: Option<TlsSettings>,
 }
 
 /// GIL contention spans: which waits become spans and how many a process may send.
@@ -227,6 +249,39 @@ pub struct Flags {
     pub no_spans: bool,
     pub span_threshold: Option<Duration>,
     pub span_rate: Option<f64>,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_bytes: Option<u64>,
+}
+
+/// Parses `268435456`, `256MiB`, `1GiB`, `500MB`, `64KiB` (a bare number is bytes).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (examples: 268435456, 256MiB, 1GiB)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" | "k" => 1024.0,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ))
+        }
+    };
+    let bytes = value * scale;
+    if !bytes.is_finite() || bytes < 1.0 {
+        return Err(format!("size '{text}' must be at least one byte"));
+    }
+    Ok(bytes as u64)
 }
 
 /// Parses `10`, `10s`, `500ms`, `2m`, `1.5s`, `1h` (a bare number is seconds).
@@ -415,6 +470,86 @@ fn listen_addr(source: &str, text: &str) -> Result<Listen, RunError> {
     })
 }
 
+/// The TLS files: `OTEL_EXPORTER_OTLP_METRICS_*` > `OTEL_EXPORTER_OTLP_*` > the file.
+/// Spans go over the same connection settings, so the `TRACES_` variants are not read.
+fn tls_settings(
+    env: &dyn Fn(&str) -> Option<String>,
+    ef: &ExportFile,
+    at: &dyn Fn(&str) -> String,
+) -> Result<TlsSettings, RunError> {
+    let pick = |suffix: &str, key: &str, file: &Option<PathBuf>| {
+        let metrics = format!("OTEL_EXPORTER_OTLP_METRICS_{suffix}");
+        let general = format!("OTEL_EXPORTER_OTLP_{suffix}");
+        match first_env(env, &[metrics.as_str(), general.as_str()]) {
+            Some((name, path)) => Some((name.to_string(), PathBuf::from(path.trim()))),
+            None => file.clone().map(|p| (at(key), p)),
+        }
+    };
+    let ca = pick("CERTIFICATE", "export.certificate", &ef.certificate);
+    let cert = pick(
+        "CLIENT_CERTIFICATE",
+        "export.client_certificate",
+        &ef.client_certificate,
+    );
+    let key = pick("CLIENT_KEY", "export.client_key", &ef.client_key);
+    let ca_pem = match ca {
+        Some((source, path)) => Some(load_certificates(&source, &path)?),
+        None => None,
+    };
+    let client = match (cert, key) {
+        (Some((cs, cp)), Some((ks, kp))) => {
+            Some((load_certificates(&cs, &cp)?, load_private_key(&ks, &kp)?))
+        }
+        (Some((source, _)), None) | (None, Some((source, _))) => {
+            return Err(RunError::setting(
+                source,
+                "mutual TLS needs both a client certificate and its key \
+                 (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY)",
+            ))
+        }
+        (None, None) => None,
+    };
+    Ok(TlsSettings { ca_pem, client })
+}
+
+/// The spool: `--spool-dir` > `GILSCOPE_SPOOL_DIR` > `export.spool.dir`; off when none is set.
+fn spool_settings(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+    file: Option<&SpoolFile>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Option<SpoolSettings>, RunError> {
+    let dir = flags
+        .spool_dir
+        .clone()
+        .or_else(|| {
+            env("GILSCOPE_SPOOL_DIR")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| file.and_then(|f| f.dir.clone()));
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let max_bytes = match (
+        flags.spool_max_bytes,
+        file.and_then(|f| f.max_bytes.as_ref()),
+    ) {
+        (Some(b), _) => b,
+        (None, Some(v)) => {
+            let text = match v {
+                serde_norway::Value::Number(n) => n.to_string(),
+                serde_norway::Value::String(s) => s.clone(),
+                _ => String::new(),
+            };
+            parse_bytes(&text)
+                .map_err(|why| RunError::setting(at("export.spool.max_bytes"), why))?
+        }
+        (None, None) => DEFAULT_MAX_BYTES,
+    };
+    Ok(Some(SpoolSettings { dir, max_bytes }))
+}
+
 /// Merges file, environment and flags into [`Settings`].
 pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, RunError> {
     let file = match &flags.config {
@@ -541,21 +676,18 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
     let export = match endpoint {
         None => None,
         Some((url, full)) => {
-            if url.starts_with("https://") {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(RunError::setting(
                     "endpoint",
-                    format!(
-                        "'{url}': TLS is not built into gilscope yet; send to a local collector \
-                         over http:// and let it forward with TLS"
-                    ),
+                    format!("'{url}' must start with http:// or https://"),
                 ));
             }
-            if !url.starts_with("http://") {
-                return Err(RunError::setting(
-                    "endpoint",
-                    format!("'{url}' must start with http://"),
-                ));
-            }
+            let tls = if url.starts_with("https://") {
+                Some(tls_settings(env, &ef, &at)?)
+            } else {
+                None
+            };
+            let spool = spool_settings(flags, env, ef.spool.as_ref(), &at)?;
             let traces_endpoint = match (
                 protocol,
                 env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.trim().is_empty()),
@@ -634,6 +766,8 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
                 temporality,
                 batch_points,
                 queue_requests,
+                spool,
+                tls,
             })
         }
     };
@@ -864,8 +998,26 @@ mod tests {
             endpoint: Some("https://collector:4317".into()),
             ..Flags::default()
         };
-        let err = resolve(&tls, &no_env).expect_err("https");
-        assert!(err.to_string().contains("TLS is not built"), "{err}");
+        let bad_ca =
+            |k: &str| (k == "OTEL_EXPORTER_OTLP_CERTIFICATE").then(|| "/nonexistent/ca.pem".into());
+        let err = resolve(&tls, &bad_ca).expect_err("missing CA");
+        assert!(
+            err.to_string()
+                .starts_with("OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
+        let half =
+            |k: &str| (k == "OTEL_EXPORTER_OTLP_CLIENT_KEY").then(|| "/nonexistent/key.pem".into());
+        let err = resolve(&tls, &half).expect_err("key without cert");
+        assert!(
+            err.to_string().contains("both a client certificate"),
+            "{err}"
+        );
+        let https = resolve(&tls, &no_env).expect("https with the built-in roots");
+        assert_eq!(
+            https.export.and_then(|e| e.tls),
+            Some(TlsSettings::default())
+        );
         let err = resolve(&flags, &env).expect_err("json");
         assert!(
             err.to_string().starts_with("OTEL_EXPORTER_OTLP_PROTOCOL:"),
@@ -969,6 +1121,41 @@ mod tests {
         assert!(err.to_string().contains("enabled: false"), "{err}");
         let err = with_file("spans:\n  rate: 3\n").expect_err("unknown key");
         assert!(err.to_string().contains("rate"), "{err}");
+    }
+
+    #[test]
+    fn the_spool_is_off_unless_a_directory_is_given() {
+        let flags = Flags {
+            endpoint: Some("http://x:4317".into()),
+            ..Flags::default()
+        };
+        let s = resolve(&flags, &no_env).expect("no spool");
+        assert_eq!(s.export.and_then(|e| e.spool), None);
+        let env = |k: &str| (k == "GILSCOPE_SPOOL_DIR").then(|| "/var/lib/gilscope".to_string());
+        let s = resolve(&flags, &env).expect("env spool");
+        assert_eq!(
+            s.export.and_then(|e| e.spool),
+            Some(SpoolSettings {
+                dir: "/var/lib/gilscope".into(),
+                max_bytes: DEFAULT_MAX_BYTES
+            })
+        );
+        let s = with_file(
+            "export:\n  endpoint: http://x:4317\n  spool:\n    dir: /tmp/s\n    max_bytes: 64MiB\n",
+        )
+        .expect("file spool");
+        assert_eq!(
+            s.export.and_then(|e| e.spool).map(|s| s.max_bytes),
+            Some(64 * 1024 * 1024)
+        );
+        let err = with_file(
+            "export:\n  endpoint: http://x:4317\n  spool:\n    dir: /tmp/s\n    max_bytes: lots\n",
+        )
+        .expect_err("bad size");
+        assert!(err.to_string().contains("export.spool.max_bytes"), "{err}");
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert!(parse_bytes("0").is_err());
     }
 
     #[test]

@@ -7,6 +7,13 @@
 //! too old. What cannot be queued or sent in time is dropped and counted
 //! ([`ExportStats`], exported as `gilscope.export.*`), and a failing collector
 //! produces one warning per interval, not one per request.
+//!
+//! With a [`Spool`], a request that fails transiently goes to disk at once and
+//! so does everything queued behind it while a backlog exists: the oldest
+//! spooled request is retried (with the same backoff) and, once the collector
+//! answers, the backlog is replayed oldest first before newer data, so each
+//! series reaches the backend in order and memory stays bounded however long
+//! the outage. Only the spool's size cap drops data then, oldest first, counted.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +33,7 @@ use tonic::transport::Channel;
 
 use super::config::{Compression, ExportSettings, Protocol};
 use super::error::RunError;
+use super::spool::{Kind, Spool, SpoolError};
 
 /// What the exporter did, for self-telemetry (all cumulative).
 #[derive(Debug, Default)]
@@ -39,6 +47,10 @@ pub struct ExportStats {
     pub retries: AtomicU64,
     pub spans_sent: AtomicU64,
     pub spans_dropped: AtomicU64,
+    /// Requests waiting in the on-disk spool now (a gauge).
+    pub spool_requests: AtomicU64,
+    /// Bytes the spool takes on disk now (a gauge).
+    pub spool_bytes: AtomicU64,
     /// Set once the endpoint answered that it takes no traces: spans are not built
     /// or sent after that (they are counted as dropped while it was learned).
     pub traces_refused: AtomicBool,
@@ -81,6 +93,21 @@ impl Payload {
     fn is_traces(&self) -> bool {
         matches!(self, Payload::Traces(_))
     }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Payload::Metrics(_) => Kind::Metrics,
+            Payload::Traces(_) => Kind::Traces,
+        }
+    }
+
+    /// A spooled request back in memory.
+    fn decode(kind: Kind, body: &[u8]) -> Result<Self, prost::DecodeError> {
+        Ok(match kind {
+            Kind::Metrics => Payload::Metrics(ExportMetricsServiceRequest::decode(body)?),
+            Kind::Traces => Payload::Traces(ExportTraceServiceRequest::decode(body)?),
+        })
+    }
 }
 
 struct Job {
@@ -93,13 +120,16 @@ struct Job {
 impl ExportStats {
     /// Counts a request that will never be sent.
     fn dropped(&self, job: &Job) {
+        self.dropped_items(job.payload.kind(), job.items as u64);
+    }
+
+    fn dropped_items(&self, kind: Kind, items: u64) {
         ExportStats::add(&self.requests_dropped, 1);
-        let counter = if job.payload.is_traces() {
-            &self.spans_dropped
-        } else {
-            &self.points_dropped
+        let counter = match kind {
+            Kind::Traces => &self.spans_dropped,
+            Kind::Metrics => &self.points_dropped,
         };
-        ExportStats::add(counter, job.items as u64);
+        ExportStats::add(counter, items);
     }
 
     fn delivered(&self, job: &Job, bytes: u64) {
@@ -156,10 +186,15 @@ impl Transport {
                     .map_err(|e| {
                         RunError::setting("exporter", format!("cannot start its runtime: {e}"))
                     })?;
-                let endpoint = Channel::from_shared(s.endpoint.clone())
+                let mut endpoint = Channel::from_shared(s.endpoint.clone())
                     .map_err(|e| RunError::setting("endpoint", format!("'{}': {e}", s.endpoint)))?
                     .connect_timeout(s.timeout)
                     .timeout(s.timeout);
+                if let Some(tls) = &s.tls {
+                    endpoint = endpoint.tls_config(tls.tonic_config()).map_err(|e| {
+                        RunError::setting("tls", format!("{}: {}", s.endpoint, error_chain(&e)))
+                    })?;
+                }
                 let channel = {
                     let _guard = runtime.enter();
                     endpoint.connect_lazy()
@@ -201,10 +236,13 @@ impl Transport {
                 })))
             }
             Protocol::HttpProtobuf => {
-                let config = ureq::Agent::config_builder()
+                let mut config = ureq::Agent::config_builder()
                     .timeout_global(Some(s.timeout))
-                    .http_status_as_error(true)
-                    .build();
+                    .http_status_as_error(true);
+                if let Some(tls) = &s.tls {
+                    config = config.tls_config(tls.ureq_config()?);
+                }
+                let config = config.build();
                 Ok(Transport::Http {
                     agent: config.into(),
                     url: s.endpoint.clone(),
@@ -279,7 +317,7 @@ impl Transport {
                                     | Code::DataLoss
                                     | Code::Unknown
                             ),
-                            message: format!("{:?}: {}", status.code(), status.message()),
+                            message: grpc_message(&status),
                         })
                     }
                     Err(_) => Err(SendError {
@@ -328,6 +366,42 @@ impl Transport {
     }
 }
 
+/// A gRPC failure in one line: its code, its message and, when the message
+/// does not say it already, the root cause ("transport error" alone hides a
+/// refused connection or a certificate the CA does not vouch for).
+fn grpc_message(status: &tonic::Status) -> String {
+    let mut root = std::error::Error::source(status);
+    while let Some(next) = root.and_then(|e| e.source()) {
+        root = Some(next);
+    }
+    let message = status.message();
+    match root.map(|r| r.to_string()) {
+        Some(r) if !message.contains(&r) => format!("{:?}: {message}: {r}", status.code()),
+        _ => format!("{:?}: {message}", status.code()),
+    }
+}
+
+/// An error and its causes on one line, repeated texts said once.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if parts
+            .last()
+            .is_some_and(|last| text.contains(last.as_str()))
+        {
+            // A cause that repeats its wrapper's text: keep the fuller one.
+            parts.pop();
+        }
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
 /// Compresses an HTTP body; returns it with its `Content-Encoding`.
 pub fn compress(raw: &[u8], how: Compression) -> (Vec<u8>, Option<&'static str>) {
     match how {
@@ -354,7 +428,8 @@ pub struct Exporter {
     handle: Option<JoinHandle<()>>,
 }
 
-/// First retry delay; doubled per attempt up to [`MAX_BACKOFF`].
+/// First retry delay; doubled per attempt up to the interval (1-30 s): a
+/// collector that is back is found within about one interval.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -370,6 +445,36 @@ impl Exporter {
         let (tx, rx) = sync_channel(settings.queue_requests);
         let stats = Arc::new(ExportStats::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let spool = match &settings.spool {
+            None => None,
+            Some(s) => {
+                let (spool, damaged) = Spool::open(s).map_err(|e| {
+                    RunError::setting(
+                        "spool",
+                        format!(
+                            "{e}; the spool directory (--spool-dir, GILSCOPE_SPOOL_DIR, \
+                             export.spool.dir) must be a writable directory"
+                        ),
+                    )
+                })?;
+                if let Some(first) = damaged.first() {
+                    tracing::warn!(
+                        "{} damaged spool file(s) from a previous run skipped and counted as dropped requests (first: {first})",
+                        damaged.len()
+                    );
+                    ExportStats::add(&stats.requests_dropped, damaged.len() as u64);
+                }
+                if !spool.is_empty() {
+                    tracing::info!(
+                        "spool {} holds {} request(s) ({} bytes) from a previous run; sending them first",
+                        s.dir.display(),
+                        spool.len(),
+                        spool.bytes()
+                    );
+                }
+                Some(spool)
+            }
+        };
         let worker = Worker {
             rx,
             transport,
@@ -377,16 +482,26 @@ impl Exporter {
             stop: Arc::clone(&stop),
             endpoint: settings.endpoint.clone(),
             max_age,
+            max_backoff: log_every.clamp(Duration::from_secs(1), MAX_BACKOFF),
             log_every,
             failing_since_log: 0,
             dropped_since_log: 0,
+            evicted_since_log: (0, 0),
+            spool_problem: None,
+            spool_dir: settings
+                .spool
+                .as_ref()
+                .map(|s| (s.dir.display().to_string(), s.max_bytes)),
             last_log: None,
             last_error: None,
             failing: false,
         };
         let handle = std::thread::Builder::new()
             .name("otlp-export".into())
-            .spawn(move || worker.run())
+            .spawn(move || match spool {
+                Some(spool) => worker.run_spooled(spool),
+                None => worker.run(),
+            })
             .map_err(|e| RunError::setting("exporter", format!("cannot start its thread: {e}")))?;
         Ok(Self {
             tx: Some(tx),
@@ -438,6 +553,25 @@ impl Exporter {
                 tracing::warn!("export still in flight at shutdown; not waiting for it");
             }
         }
+        let s = &self.stats;
+        let (dropped, spans_dropped) = (
+            ExportStats::get(&s.points_dropped),
+            ExportStats::get(&s.spans_dropped),
+        );
+        let totals = format!(
+            "export totals: {} data points sent, {dropped} dropped; {} requests sent, {} dropped; \
+             {} spans sent, {spans_dropped} dropped; {} requests left in the spool",
+            ExportStats::get(&s.points_sent),
+            ExportStats::get(&s.requests_sent),
+            ExportStats::get(&s.requests_dropped),
+            ExportStats::get(&s.spans_sent),
+            ExportStats::get(&s.spool_requests),
+        );
+        if dropped + spans_dropped > 0 {
+            tracing::warn!("{totals}");
+        } else {
+            tracing::info!("{totals}");
+        }
     }
 }
 
@@ -448,9 +582,16 @@ struct Worker {
     stop: Arc<AtomicBool>,
     endpoint: String,
     max_age: Duration,
+    max_backoff: Duration,
     log_every: Duration,
     failing_since_log: u64,
     dropped_since_log: u64,
+    /// Requests and data points the full spool dropped since the last message.
+    evicted_since_log: (u64, u64),
+    /// A spool write or read failure since the last message.
+    spool_problem: Option<String>,
+    /// The spool's directory and cap, for messages.
+    spool_dir: Option<(String, u64)>,
     last_log: Option<Instant>,
     last_error: Option<String>,
     failing: bool,
@@ -468,7 +609,16 @@ fn jitter(d: Duration) -> Duration {
     d + Duration::from_millis(seed % quarter)
 }
 
+/// What one attempt came to.
+enum Tried {
+    /// Sent, or given up on for good (and counted).
+    Done,
+    /// Failed in a way worth retrying.
+    Transient,
+}
+
 impl Worker {
+    /// Without a spool: each request is retried in memory until it is `max_age` old.
     fn run(mut self) {
         while let Ok(job) = self.rx.recv() {
             self.deliver(job);
@@ -477,45 +627,15 @@ impl Worker {
     }
 
     fn deliver(&mut self, job: Job) {
-        if job.payload.is_traces() && self.stats.traces_refused.load(Ordering::Relaxed) {
-            self.stats.dropped(&job);
-            return;
-        }
-        let size = job.payload.encoded_len() as u64;
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match self.transport.send(&job.payload) {
-                Ok(()) => {
-                    self.stats.delivered(&job, size);
-                    if self.failing {
-                        tracing::warn!("export to {} works again", self.endpoint);
-                        self.failing = false;
-                    }
-                    return;
-                }
-                Err(e) if e.unsupported && job.payload.is_traces() => {
-                    // Not a failure of the collector: it takes metrics only. Say so once.
-                    tracing::warn!(
-                        "{} does not accept traces ({}); contention spans are not sent to it",
-                        self.endpoint,
-                        e.message
-                    );
-                    self.stats.traces_refused.store(true, Ordering::Relaxed);
-                    self.stats.dropped(&job);
-                    return;
-                }
-                Err(e) => {
-                    ExportStats::add(&self.stats.requests_failed, 1);
-                    self.failing_since_log += 1;
-                    self.last_error = Some(e.message.clone());
-                    self.failing = true;
+            match self.try_once(&job) {
+                Tried::Done => return,
+                Tried::Transient => {
                     let wait = jitter(backoff);
                     let too_old = job.queued_at.elapsed() + wait > self.max_age;
-                    if !e.transient || too_old || self.stop.load(Ordering::Relaxed) {
-                        self.stats.dropped(&job);
-                        if !job.payload.is_traces() {
-                            self.dropped_since_log += job.items as u64;
-                        }
+                    if too_old || self.stop.load(Ordering::Relaxed) {
+                        self.drop_job(&job);
                         self.log(false);
                         return;
                     }
@@ -525,31 +645,241 @@ impl Worker {
                     while Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(50));
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = (backoff * 2).min(self.max_backoff);
                 }
             }
         }
     }
 
-    /// One warning per `log_every` while failing, summing up what happened since the last.
+    /// With a spool: a request that fails goes to disk, and while anything waits
+    /// there, new requests go behind it; the oldest is retried with backoff.
+    fn run_spooled(mut self, mut spool: Spool) {
+        let mut backoff = FIRST_BACKOFF;
+        let mut next_try = Instant::now();
+        let mut closed = false;
+        loop {
+            self.publish(&spool);
+            if spool.is_empty() {
+                if closed {
+                    break;
+                }
+                let Ok(job) = self.rx.recv() else { break };
+                if let Tried::Transient = self.try_once(&job) {
+                    self.spill(&mut spool, &job);
+                    self.log(false);
+                    next_try = Instant::now() + jitter(backoff);
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+                continue;
+            }
+            // A backlog: take in what is queued (memory stays small), in order.
+            loop {
+                match self.rx.try_recv() {
+                    Ok(job) => self.spill(&mut spool, &job),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                break; // what is left stays on disk for the next start
+            }
+            let now = Instant::now();
+            if now < next_try {
+                let wait = (next_try - now).min(Duration::from_millis(100));
+                if closed {
+                    std::thread::sleep(wait);
+                } else if let Ok(job) = self.rx.recv_timeout(wait) {
+                    self.spill(&mut spool, &job);
+                }
+                self.log(false);
+                continue;
+            }
+            let Some(read) = spool.read_oldest() else {
+                continue;
+            };
+            let decoded = read.and_then(|(entry, body)| {
+                let path = spool.path(entry.seq);
+                Payload::decode(entry.kind, &body)
+                    .map(|payload| (entry, payload))
+                    .map_err(|e| SpoolError::Corrupt {
+                        path,
+                        why: format!("not an OTLP request: {e}"),
+                    })
+            });
+            match decoded {
+                Err(e) => {
+                    if let Some(entry) = spool.pop() {
+                        self.stats.dropped_items(entry.kind, entry.items);
+                        if entry.kind == Kind::Metrics {
+                            self.dropped_since_log += entry.items;
+                        }
+                    }
+                    self.spool_problem = Some(e.to_string());
+                    self.log(false);
+                }
+                Ok((entry, payload)) => {
+                    let job = Job {
+                        payload,
+                        items: entry.items as usize,
+                        queued_at: now,
+                    };
+                    match self.try_once(&job) {
+                        Tried::Done => {
+                            spool.pop();
+                            backoff = FIRST_BACKOFF;
+                        }
+                        Tried::Transient => {
+                            ExportStats::add(&self.stats.retries, 1);
+                            self.log(false);
+                            next_try = Instant::now() + jitter(backoff);
+                            backoff = (backoff * 2).min(self.max_backoff);
+                        }
+                    }
+                }
+            }
+        }
+        self.publish(&spool);
+        self.log(true);
+    }
+
+    /// The spool's size, for self-telemetry.
+    fn publish(&self, spool: &Spool) {
+        self.stats
+            .spool_requests
+            .store(spool.len() as u64, Ordering::Relaxed);
+        self.stats
+            .spool_bytes
+            .store(spool.bytes(), Ordering::Relaxed);
+    }
+
+    /// Writes a request to the spool; what the cap pushes out (or a failed write) is dropped.
+    fn spill(&mut self, spool: &mut Spool, job: &Job) {
+        match spool.push(
+            job.payload.kind(),
+            job.items as u64,
+            &job.payload.encode_to_vec(),
+        ) {
+            Ok(evicted) => {
+                for e in evicted {
+                    self.stats.dropped_items(e.kind, e.items);
+                    self.evicted_since_log.0 += 1;
+                    if e.kind == Kind::Metrics {
+                        self.evicted_since_log.1 += e.items;
+                    }
+                }
+            }
+            Err(e) => {
+                self.drop_job(job);
+                self.spool_problem = Some(format!("cannot write to the spool: {e}"));
+            }
+        }
+        self.publish(spool);
+    }
+
+    /// One attempt at a request. Success, a permanent error and a signal the
+    /// endpoint does not take are settled (and counted) here.
+    fn try_once(&mut self, job: &Job) -> Tried {
+        if job.payload.is_traces() && self.stats.traces_refused.load(Ordering::Relaxed) {
+            self.stats.dropped(job);
+            return Tried::Done;
+        }
+        let size = job.payload.encoded_len() as u64;
+        match self.transport.send(&job.payload) {
+            Ok(()) => {
+                self.stats.delivered(job, size);
+                if self.failing {
+                    tracing::warn!("export to {} works again", self.endpoint);
+                    self.failing = false;
+                }
+                Tried::Done
+            }
+            Err(e) if e.unsupported && job.payload.is_traces() => {
+                // Not a failure of the collector: it takes metrics only. Say so once.
+                tracing::warn!(
+                    "{} does not accept traces ({}); contention spans are not sent to it",
+                    self.endpoint,
+                    e.message
+                );
+                self.stats.traces_refused.store(true, Ordering::Relaxed);
+                self.stats.dropped(job);
+                Tried::Done
+            }
+            Err(e) => {
+                ExportStats::add(&self.stats.requests_failed, 1);
+                self.failing_since_log += 1;
+                self.last_error = Some(e.message.clone());
+                self.failing = true;
+                if e.transient {
+                    Tried::Transient
+                } else {
+                    self.drop_job(job);
+                    self.log(false);
+                    Tried::Done
+                }
+            }
+        }
+    }
+
+    fn drop_job(&mut self, job: &Job) {
+        self.stats.dropped(job);
+        if !job.payload.is_traces() {
+            self.dropped_since_log += job.items as u64;
+        }
+    }
+
+    /// One warning per `log_every` for each kind of trouble, summing up what
+    /// happened since the last.
     fn log(&mut self, last: bool) {
-        if self.failing_since_log == 0 && self.dropped_since_log == 0 {
+        let quiet = self.failing_since_log == 0
+            && self.dropped_since_log == 0
+            && self.evicted_since_log.0 == 0
+            && self.spool_problem.is_none();
+        if quiet {
             return;
         }
         if !last && self.last_log.is_some_and(|t| t.elapsed() < self.log_every) {
             return;
         }
-        tracing::warn!(
-            "export to {} failing: {}; {} failed attempts, {} data points dropped since the last message \
-             ({} dropped in all); retrying with backoff",
-            self.endpoint,
-            self.last_error.as_deref().unwrap_or("unknown error"),
-            self.failing_since_log,
-            self.dropped_since_log,
-            ExportStats::get(&self.stats.points_dropped)
-        );
+        let total = ExportStats::get(&self.stats.points_dropped);
+        if self.failing_since_log > 0 || self.dropped_since_log > 0 {
+            let error = self.last_error.as_deref().unwrap_or("unknown error");
+            match &self.spool_dir {
+                Some((dir, _)) => tracing::warn!(
+                    "export to {} failing: {error}; {} failed attempts, {} data points dropped since the last message \
+                     ({total} dropped in all); {} requests ({} bytes) wait in the spool {dir}",
+                    self.endpoint,
+                    self.failing_since_log,
+                    self.dropped_since_log,
+                    ExportStats::get(&self.stats.spool_requests),
+                    ExportStats::get(&self.stats.spool_bytes),
+                ),
+                None => tracing::warn!(
+                    "export to {} failing: {error}; {} failed attempts, {} data points dropped since the last message \
+                     ({total} dropped in all); retrying with backoff",
+                    self.endpoint,
+                    self.failing_since_log,
+                    self.dropped_since_log,
+                ),
+            }
+        }
+        if self.evicted_since_log.0 > 0 {
+            let (dir, cap) = self.spool_dir.clone().unwrap_or_default();
+            tracing::warn!(
+                "spool {dir} is full ({cap} bytes): dropped its {} oldest requests ({} data points) since the last \
+                 message ({total} data points dropped in all); raise --spool-max-bytes to keep a longer outage",
+                self.evicted_since_log.0,
+                self.evicted_since_log.1,
+            );
+        }
+        if let Some(problem) = self.spool_problem.take() {
+            tracing::warn!("{problem}");
+        }
         self.failing_since_log = 0;
         self.dropped_since_log = 0;
+        self.evicted_since_log = (0, 0);
         self.last_log = Some(Instant::now());
     }
 }
@@ -570,6 +900,8 @@ mod tests {
             temporality: Temporality::Cumulative,
             batch_points: 512,
             queue_requests: 2,
+            spool: None,
+            tls: None,
         }
     }
 
@@ -607,6 +939,44 @@ mod tests {
             assert_eq!(ExportStats::get(&stats.points_sent), 0);
             assert_eq!(ExportStats::get(&stats.points_dropped), 50, "{protocol:?}");
         }
+    }
+
+    #[test]
+    fn with_a_spool_an_unreachable_collector_drops_nothing_and_keeps_the_order() {
+        let dir =
+            std::env::temp_dir().join(format!("gilscope-export-spool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = super::super::spool::SpoolSettings {
+            dir: dir.clone(),
+            max_bytes: 1 << 20,
+        };
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let mut s = settings(protocol, "http://127.0.0.1:9");
+            s.spool = Some(spool.clone());
+            s.queue_requests = 64;
+            let exporter = Exporter::start(&s, Duration::from_millis(700), Duration::from_secs(60))
+                .expect("start");
+            let stats = exporter.stats();
+            for items in 1..=5 {
+                exporter.submit(
+                    Payload::Metrics(ExportMetricsServiceRequest::default()),
+                    items,
+                );
+            }
+            exporter.shutdown(Duration::from_secs(2));
+            assert_eq!(ExportStats::get(&stats.points_dropped), 0, "{protocol:?}");
+            assert_eq!(ExportStats::get(&stats.spool_requests), 5, "{protocol:?}");
+            // What is left is on disk, oldest first, for the next start.
+            let (mut left, damaged) = Spool::open(&spool).expect("reopen");
+            assert!(damaged.is_empty());
+            let mut order = Vec::new();
+            while let Some(Ok((entry, _))) = left.read_oldest() {
+                order.push(entry.items);
+                left.pop();
+            }
+            assert_eq!(order, vec![1, 2, 3, 4, 5], "{protocol:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -205,6 +205,20 @@ metric!(
     "The agent's own: contention episodes the kernel could not record (its ring buffer was full)."
 );
 metric!(
+    EXPORT_SPOOL_REQUESTS,
+    "gilscope.export.spool.requests",
+    Gauge,
+    "{request}",
+    "The agent's own: requests waiting in the on-disk spool (0 without one)."
+);
+metric!(
+    EXPORT_SPOOL_BYTES,
+    "gilscope.export.spool.bytes",
+    Gauge,
+    "By",
+    "The agent's own: bytes the on-disk spool takes."
+);
+metric!(
     PROCESSES_WATCHED,
     "gilscope.processes.watched",
     Gauge,
@@ -238,6 +252,8 @@ pub const ALL: &[&MetricDef] = &[
     &EXPORT_RETRIES,
     &EXPORT_SPANS,
     &EPISODES_LOST,
+    &EXPORT_SPOOL_REQUESTS,
+    &EXPORT_SPOOL_BYTES,
     &PROCESSES_WATCHED,
 ];
 

@@ -21,7 +21,9 @@ pub mod otlp;
 pub mod prometheus;
 pub mod resource;
 pub mod spans;
+pub mod spool;
 pub mod summary;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
@@ -110,6 +112,8 @@ struct Daemon {
     /// Episodes lost by the per-process (musl) probes of released processes,
     /// so the lost counter never goes down when one is released.
     released_episodes_lost: u64,
+    /// Intervals handed to the exporter (logged at shutdown next to the export totals).
+    intervals: u64,
 }
 
 /// Values of the agent's own counters kept for delta temporality.
@@ -127,13 +131,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         )?),
         None => None,
     };
-    let threshold_ns = settings
-        .spans
-        .map_or(0, |s| s.threshold.as_nanos().max(1) as u64);
-    let probe = WaitProbe::load_with_episodes(threshold_ns)?;
-    if let Some(e) = &endpoints {
-        e.probe_loaded();
-    }
+    // The exporter next: a bad spool directory or endpoint is reported before BPF is loaded.
     let exporter = match &settings.export {
         Some(e) => {
             // A request older than a few intervals is stale; keep retrying it until then.
@@ -148,6 +146,13 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         }
         None => None,
     };
+    let threshold_ns = settings
+        .spans
+        .map_or(0, |s| s.threshold.as_nanos().max(1) as u64);
+    let probe = WaitProbe::load_with_episodes(threshold_ns)?;
+    if let Some(e) = &endpoints {
+        e.probe_loaded();
+    }
     let now = Instant::now();
     let mut daemon = Daemon {
         probe,
@@ -164,6 +169,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         episode_buf: Vec::new(),
         released_episodes_lost: 0,
         settings,
+        intervals: 0,
     };
     daemon.main_loop();
     Ok(())
@@ -211,6 +217,7 @@ impl Daemon {
         self.interval();
         self.watched.clear();
         if let Some(exporter) = self.exporter.take() {
+            tracing::info!("{} intervals exported", self.intervals);
             exporter.shutdown(Duration::from_secs(5));
         }
     }
@@ -369,6 +376,7 @@ impl Daemon {
                 .export
                 .as_ref()
                 .map_or(config::DEFAULT_BATCH_POINTS, |e| e.batch_points);
+            self.intervals += 1;
             if let Some(exporter) = &self.exporter {
                 for (request, points) in otlp::batch(resources, batch_points) {
                     exporter.submit(export::Payload::Metrics(request), points);
@@ -477,6 +485,10 @@ impl Daemon {
             value: Value::Int(v as i64),
             start,
         };
+        let stats = self.exporter.as_ref().map(Exporter::stats);
+        let get = |f: fn(&ExportStats) -> &std::sync::atomic::AtomicU64| {
+            stats.as_ref().map_or(0, |s| ExportStats::get(f(s)))
+        };
         vec![
             counter(&metrics::EXPORT_POINTS, Some("sent"), shown[0]),
             counter(&metrics::EXPORT_POINTS, Some("dropped"), shown[1]),
@@ -488,6 +500,18 @@ impl Daemon {
             counter(&metrics::EXPORT_SPANS, Some("sent"), shown[7]),
             counter(&metrics::EXPORT_SPANS, Some("dropped"), shown[8]),
             counter(&metrics::EPISODES_LOST, None, shown[9]),
+            Point {
+                metric: &metrics::EXPORT_SPOOL_REQUESTS,
+                attributes: Vec::new(),
+                value: Value::Int(get(|s| &s.spool_requests) as i64),
+                start: now,
+            },
+            Point {
+                metric: &metrics::EXPORT_SPOOL_BYTES,
+                attributes: Vec::new(),
+                value: Value::Int(get(|s| &s.spool_bytes) as i64),
+                start: now,
+            },
             Point {
                 metric: &metrics::PROCESSES_WATCHED,
                 attributes: Vec::new(),

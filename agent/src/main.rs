@@ -129,6 +129,14 @@ struct RunArgs {
     /// Stop after this long (default: run until SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Export bytes allowed per minute (65536, 64KiB, 1MB; env GILSCOPE_BYTE_BUDGET):
+    /// over it, per-thread series go first, then the interval doubles (up to 8x).
+    #[arg(long)]
+    byte_budget: Option<String>,
+    /// Request shape: lean (default: one timestamp per interval, descriptions now and
+    /// then, gauges to 4 digits) or standard (what an SDK sends).
+    #[arg(long)]
+    encoding: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -277,6 +285,8 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         tenant_from: args.tenant_from,
         summary: args.summary,
         run_for: args.duration,
+        byte_budget: args.byte_budget,
+        encoding: args.encoding,
     };
     let settings = match resolve(&flags, &|k| std::env::var(k).ok()) {
         Ok(s) => s,

@@ -55,15 +55,18 @@ def start_workloads(python, seconds, tag):
 
 
 def one_side(args, port, proxy, tag, flags):
-    """Runs one agent; returns (bytes counted over the window, window seconds)."""
+    """Runs one agent; returns (bytes counted over the window, window seconds,
+    export failures the agent logged: bytes of rejected requests count too)."""
+    log = tempfile.TemporaryFile()
     agent = subprocess.Popen([args.gilscope, "run", "--interval", f"{args.interval}s",
                               "--endpoint", f"http://127.0.0.1:{port}",
                               "--include-cmdline", tag] + flags,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             stdout=subprocess.DEVNULL, stderr=log)
     try:
         time.sleep(args.warmup)
         if agent.poll() is not None:
-            raise SystemExit(f"gilscope run exited: {agent.stderr.read().decode()}")
+            log.seek(0)
+            raise SystemExit(f"gilscope run exited: {log.read().decode()}")
         b0, t0 = proxy.up + proxy.down, time.monotonic()
         time.sleep(args.seconds)
         b1, t1 = proxy.up + proxy.down, time.monotonic()
@@ -73,7 +76,10 @@ def one_side(args, port, proxy, tag, flags):
             agent.wait(timeout=30)
         except subprocess.TimeoutExpired:
             agent.kill()
-    return b1 - b0, t1 - t0
+    log.seek(0)
+    failures = sum(1 for line in log.read().decode(errors="replace").splitlines()
+                   if "failing" in line)
+    return b1 - b0, t1 - t0, failures
 
 
 def main():
@@ -111,7 +117,10 @@ def main():
         for r in range(args.rounds):
             order = ["default", "baseline"] if r % 2 == 0 else ["baseline", "default"]
             for side in order:
-                b, t = one_side(args, proxy_port, proxy, tag, sides[side])
+                b, t, failures = one_side(args, proxy_port, proxy, tag, sides[side])
+                if failures:
+                    raise SystemExit(f"{side}: the receiver rejected requests "
+                                     f"({failures} warnings): bytes would not be comparable")
                 totals[side][0] += b
                 totals[side][1] += t
                 hourly = b / t * 3600 / len(workloads)

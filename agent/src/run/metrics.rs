@@ -184,6 +184,13 @@ metric!(
     "The agent's own: export attempts retried after a transient error."
 );
 metric!(
+    EXPORT_DEGRADATION,
+    "gilscope.export.degradation",
+    Gauge,
+    "1",
+    "The agent's own: detail given up to stay in the byte budget (0 none, 1 per-thread series dropped, N >= 2 also the interval N times longer)."
+);
+metric!(
     PROCESSES_WATCHED,
     "gilscope.processes.watched",
     Gauge,
@@ -214,6 +221,7 @@ pub const ALL: &[&MetricDef] = &[
     &EXPORT_REQUESTS,
     &EXPORT_BYTES,
     &EXPORT_RETRIES,
+    &EXPORT_DEGRADATION,
     &PROCESSES_WATCHED,
 ];
 

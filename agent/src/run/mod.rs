@@ -10,6 +10,7 @@
 //! endpoint is configured. Exited processes are reported once more, then their
 //! kernel state is released.
 
+pub mod budget;
 pub mod config;
 pub mod discover;
 pub mod error;
@@ -34,6 +35,10 @@ use export::{ExportStats, Exporter};
 use metrics::{IntervalInput, Point, ProcessSeries, Value};
 use otlp::Clock;
 use resource::{Host, ProcessFacts};
+
+/// Under the lean encoding, metric descriptions go out every this many intervals
+/// (and in the first): receivers keep them as metadata per metric name.
+const DESCRIBE_EVERY: u64 = 60;
 
 /// How often per-thread CPU is refreshed (threads that exit keep their last figures,
 /// so a thread's last TICK of CPU can be missed when it exits).
@@ -96,6 +101,10 @@ struct Daemon {
     /// Self-telemetry at the previous interval (for delta temporality).
     prev_stats: [u64; 8],
     last_interval: Instant,
+    /// The byte budget, when one is set and exporting.
+    budget: Option<budget::Budget>,
+    /// Intervals exported so far.
+    intervals: u64,
 }
 
 /// Runs until SIGTERM/SIGINT (or `run_for`), exporting every interval.
@@ -117,6 +126,10 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         None => None,
     };
     let now = Instant::now();
+    let budget = settings
+        .byte_budget
+        .filter(|_| exporter.is_some())
+        .map(|b| budget::Budget::new(b, settings.per_thread.is_some()));
     let mut daemon = Daemon {
         settings,
         probe,
@@ -128,6 +141,8 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         started: now,
         prev_stats: [0; 8],
         last_interval: now,
+        budget,
+        intervals: 0,
     };
     daemon.main_loop();
     Ok(())
@@ -136,7 +151,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
 impl Daemon {
     fn main_loop(&mut self) {
         let mut next_tick = Instant::now() + TICK;
-        let mut next_export = Instant::now() + self.settings.interval;
+        let mut next_export = Instant::now() + self.interval_now();
         loop {
             let done = STOP.load(Ordering::Relaxed)
                 || self
@@ -154,9 +169,10 @@ impl Daemon {
             }
             if now >= next_export {
                 self.interval();
-                next_export += self.settings.interval;
+                let interval = self.interval_now();
+                next_export += interval;
                 if next_export < now {
-                    next_export = now + self.settings.interval;
+                    next_export = now + interval;
                 }
             }
             let wake = (Instant::now() + self.settings.poll).min(next_export);
@@ -269,18 +285,25 @@ impl Daemon {
                 cur: &cur,
                 thread_count: thread_count(w.watch.pid()),
                 temporality,
-                per_thread: self.settings.per_thread,
+                per_thread: self.settings.per_thread.filter(|_| {
+                    !self
+                        .budget
+                        .as_ref()
+                        .is_some_and(|b| b.level().per_thread_dropped)
+                }),
                 resource: &w.resource,
             });
             w.prev = cur;
             all.push(series);
         }
         if self.exporter.is_some() {
+            let encoding = self.encoding();
             let mut resources: Vec<_> = all
                 .iter()
-                .map(|s| otlp::resource_metrics(s, &self.clock, temporality))
+                .map(|s| otlp::resource_metrics(s, &self.clock, temporality, encoding, now))
                 .collect();
-            resources.push(self.self_telemetry(now, temporality));
+            resources.push(self.self_telemetry(now, temporality, encoding));
+            self.intervals += 1;
             let batch_points = self
                 .settings
                 .export
@@ -289,6 +312,10 @@ impl Daemon {
             if let Some(exporter) = &self.exporter {
                 for (request, points) in otlp::batch(resources, batch_points) {
                     exporter.submit(request, points);
+                }
+                if let Some(budget) = &mut self.budget {
+                    let sent = ExportStats::get(&exporter.stats().bytes_sent);
+                    budget.observe(now, sent, self.settings.interval);
                 }
             }
         }
@@ -311,6 +338,21 @@ impl Daemon {
         }
     }
 
+    /// The export interval now: the configured one, stretched by the byte budget.
+    fn interval_now(&self) -> Duration {
+        let multiplier = self.budget.as_ref().map_or(1, |b| b.level().multiplier);
+        self.settings.interval * multiplier
+    }
+
+    /// The request shape of this interval.
+    fn encoding(&self) -> otlp::Encoding {
+        let lean = self.settings.lean_encoding;
+        otlp::Encoding {
+            lean,
+            describe: !lean || self.intervals.is_multiple_of(DESCRIBE_EVERY),
+        }
+    }
+
     fn temporality(&self) -> Temporality {
         self.settings
             .export
@@ -323,6 +365,7 @@ impl Daemon {
         &mut self,
         now: Instant,
         temporality: Temporality,
+        encoding: otlp::Encoding,
     ) -> opentelemetry_proto::tonic::metrics::v1::ResourceMetrics {
         let stats = self.exporter.as_ref().map(Exporter::stats);
         let get = |f: fn(&ExportStats) -> &std::sync::atomic::AtomicU64| {
@@ -366,6 +409,12 @@ impl Daemon {
             counter(&metrics::EXPORT_BYTES, None, shown[5]),
             counter(&metrics::EXPORT_RETRIES, None, shown[6]),
             Point {
+                metric: &metrics::EXPORT_DEGRADATION,
+                attributes: Vec::new(),
+                value: Value::Int(self.budget.as_ref().map_or(0, |b| b.level().gauge())),
+                start: now,
+            },
+            Point {
                 metric: &metrics::PROCESSES_WATCHED,
                 attributes: Vec::new(),
                 value: Value::Int(self.watched.len() as i64),
@@ -386,11 +435,11 @@ impl Daemon {
             ("process.pid".to_string(), std::process::id().to_string()),
         ];
         resource.extend(self.settings.agent_attributes.iter().cloned());
-        otlp::resource_metrics_of(&resource, &points, now, &self.clock, temporality)
+        otlp::resource_metrics_of(&resource, &points, now, &self.clock, temporality, encoding)
     }
 
     fn last_interval_start(&self, now: Instant) -> Instant {
-        now.checked_sub(self.settings.interval)
+        now.checked_sub(self.interval_now())
             .unwrap_or(self.started)
             .max(self.started)
     }

@@ -29,7 +29,7 @@ use super::metrics::{wait_bounds_s, Kind, Point, ProcessSeries, Value};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Encoding {
     /// One timestamp for every process of an interval (the caller's `at`), start
-    /// times rounded down to the second, gauge doubles cut to [`GAUGE_BITS`]
+    /// times rounded down to the second (cumulative only), gauge doubles cut to [`GAUGE_BITS`]
     /// mantissa bits, counters of seconds rounded down to [`COUNTER_STEP_S`]. Standard: what a per-process SDK would send.
     pub lean: bool,
     /// Metric descriptions (HELP metadata). Lean sends them only now and then.
@@ -175,8 +175,9 @@ pub fn resource_metrics_of(
     for p in points {
         let attributes: Vec<KeyValue> = p.attributes.iter().map(|(k, v)| kv(k, v)).collect();
         let mut start = clock.unix_ns(p.start);
-        if encoding.lean {
+        if encoding.lean && temporality == Temporality::Cumulative {
             // Earlier, never later: the counted window still holds every event.
+            // (Delta windows must meet end to start, so they are left exact.)
             start -= start % 1_000_000_000;
         }
         let index = match metrics.iter().position(|m| m.name == p.metric.name) {

@@ -134,7 +134,7 @@ struct RunArgs {
     #[arg(long)]
     byte_budget: Option<String>,
     /// Request shape: lean (default: one timestamp per interval, descriptions now and
-    /// then, gauges to 4 digits) or standard (what an SDK sends).
+    /// then, counters to ~1 µs, gauges to 12 bits) or standard (what an SDK sends).
     #[arg(long)]
     encoding: Option<String>,
 }

@@ -605,14 +605,15 @@ fn a_tiny_byte_budget_drops_per_thread_series_then_stretches_the_interval_and_sa
         .filter(|w| w[0].0 >= settled)
         .map(|w| w[1].0 - w[0].0)
         .collect();
-    // The last one is the partial interval at shutdown.
+    // The last one is the partial interval at shutdown; a loaded machine may be a
+    // little late for one interval, never early.
     let full = &gaps[..gaps.len().saturating_sub(1)];
     assert!(
         full.len() >= 2
             && full
                 .iter()
-                .all(|g| (last_level - 0.5..=last_level + 0.6).contains(g)),
-        "gaps after settling at level {last_level} at {settled}: {gaps:?}"
+                .all(|g| (last_level - 0.5..=last_level + 1.5).contains(g)),
+        "gaps after settling at level {last_level} at {settled}: {gaps:?}\n{stderr}"
     );
     // Bytes sent: over the budget before degrading, under it once settled.
     let bytes = samples(port, &agent_sel("gilscope.export.bytes"));

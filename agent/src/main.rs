@@ -149,6 +149,14 @@ struct RunArgs {
     /// Disk the spool may use: 268435456, 256MiB, 1GiB (default 256MiB); the oldest go first.
     #[arg(long, value_parser = gilscope::run::config::parse_bytes)]
     spool_max_bytes: Option<u64>,
+    /// Export bytes allowed per minute (65536, 64KiB, 1MB; env GILSCOPE_BYTE_BUDGET):
+    /// over it, per-thread series go first, then the interval doubles (up to 8x).
+    #[arg(long)]
+    byte_budget: Option<String>,
+    /// Request shape: lean (default: one timestamp per interval, descriptions now and
+    /// then, counters to ~1 µs, gauges to 12 bits) or standard (what an SDK sends).
+    #[arg(long)]
+    encoding: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -303,6 +311,8 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         span_rate: args.span_rate,
         spool_dir: args.spool_dir,
         spool_max_bytes: args.spool_max_bytes,
+        byte_budget: args.byte_budget,
+        encoding: args.encoding,
     };
     let settings = match resolve(&flags, &|k| std::env::var(k).ok()) {
         Ok(s) => s,

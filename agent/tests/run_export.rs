@@ -376,3 +376,127 @@ fn rand_tag() -> String {
         .unwrap_or(0);
     format!("{}x{nanos:x}", std::process::id())
 }
+
+/// (unix seconds, value) of every raw sample of `selector` in the last 5 minutes.
+fn samples(vm_port: u16, selector: &str) -> Vec<(f64, f64)> {
+    let result = promql(vm_port, &format!("{selector}[5m]"));
+    let mut out: Vec<(f64, f64)> = result
+        .first()
+        .and_then(|s| s["values"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| Some((v[0].as_f64()?, v[1].as_str()?.parse().ok()?)))
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// Bytes a minute of the agent's `gilscope.export.bytes` counter between two times.
+fn bytes_per_minute(bytes: &[(f64, f64)], from: f64, to: f64) -> Option<f64> {
+    let first = bytes.iter().find(|(t, _)| *t >= from)?;
+    let last = bytes.iter().rev().find(|(t, _)| *t <= to)?;
+    (last.0 > first.0 + 1.0).then(|| (last.1 - first.1) / (last.0 - first.0) * 60.0)
+}
+
+#[test]
+fn a_tiny_byte_budget_drops_per_thread_series_then_stretches_the_interval_and_says_so() {
+    if !can_use_bpf() {
+        return;
+    }
+    let (Some((_, vm)), Some(python)) = (receivers(), pyenv_python311()) else {
+        return;
+    };
+    let _machine = serial();
+    let tag = format!("budget{}", rand_tag());
+    let (_vm, port) = start_vm(&vm, &tag);
+    let service = format!("gil-budget-{tag}");
+    let agent = format!("gilscope-{tag}");
+    let _work = workload_process(&python, 65, &service, &tag);
+    // One process with its 5 threads sends well over 40 kB/min at a 1 s interval,
+    // with per-thread series or without; it fits only with a stretched interval.
+    let budget = 40_000.0;
+    let stderr = run_daemon(
+        daemon()
+            .env("OTEL_SERVICE_NAME", &agent)
+            .env("GILSCOPE_BYTE_BUDGET", "40000")
+            .args([
+                "--endpoint",
+                &format!("http://127.0.0.1:{port}/opentelemetry"),
+                "--protocol",
+                "http/protobuf",
+                "--per-thread",
+                "--include-cmdline",
+                &tag,
+            ]),
+        60,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let levels: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("byte budget 40000 B/min"))
+        .collect();
+    assert!(
+        levels.len() >= 2
+            && levels[0].contains("full detail -> per-thread series dropped")
+            && levels[1].contains("(2x)"),
+        "expected one line per step (per-thread, 2x, ...):\n{stderr}"
+    );
+    eprintln!("{}", levels.join("\n"));
+    let agent_sel = |name: &str| format!("{{__name__=\"{name}\",service.name=\"{agent}\"}}");
+    let degradation = samples(port, &agent_sel("gilscope.export.degradation"));
+    let last_level = degradation.last().map_or(0.0, |s| s.1);
+    assert!(
+        last_level >= 2.0,
+        "degradation gauge {degradation:?}\n{stderr}"
+    );
+    // When the final level was first reported.
+    let settled = degradation
+        .iter()
+        .find(|s| s.1 == last_level)
+        .map_or(0.0, |s| s.0);
+    // Per-thread series stopped at the first step and did not come back.
+    let threads = samples(
+        port,
+        &format!("{{__name__=\"cpython.thread.cpu.time\",service.name=\"{service}\"}}"),
+    );
+    let first_step = degradation.iter().find(|s| s.1 >= 1.0).map_or(0.0, |s| s.0);
+    assert!(!threads.is_empty(), "per-thread series were never sent");
+    assert!(
+        threads.iter().all(|(t, _)| *t <= first_step + 0.5),
+        "per-thread samples after the first step at {first_step}: {threads:?}"
+    );
+    // The interval is N x 1 s once settled at level N: a process gauge's samples N s apart.
+    let util = samples(
+        port,
+        &format!("{{__name__=\"cpython.gil.utilization\",service.name=\"{service}\"}}"),
+    );
+    let gaps: Vec<f64> = util
+        .windows(2)
+        .filter(|w| w[0].0 >= settled)
+        .map(|w| w[1].0 - w[0].0)
+        .collect();
+    // The last one is the partial interval at shutdown; a loaded machine may be a
+    // little late for one interval, never early.
+    let full = &gaps[..gaps.len().saturating_sub(1)];
+    assert!(
+        full.len() >= 2
+            && full
+                .iter()
+                .all(|g| (last_level - 0.5..=last_level + 1.5).contains(g)),
+        "gaps after settling at level {last_level} at {settled}: {gaps:?}\n{stderr}"
+    );
+    // Bytes sent: over the budget before degrading, under it once settled.
+    let bytes = samples(port, &agent_sel("gilscope.export.bytes"));
+    let start = bytes.first().map_or(0.0, |s| s.0);
+    let before = bytes_per_minute(&bytes, start, first_step);
+    let after = bytes_per_minute(&bytes, settled, f64::MAX);
+    assert!(
+        before.is_some_and(|b| b > budget),
+        "before degrading {before:?} B/min, budget {budget}: {bytes:?}"
+    );
+    eprintln!("bytes/min before {before:?}, after settling {after:?}");
+    assert!(
+        after.is_some_and(|a| a <= budget),
+        "after settling {after:?} B/min, budget {budget}: {bytes:?}\n{stderr}"
+    );
+}

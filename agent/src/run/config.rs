@@ -85,6 +85,10 @@ pub struct ExportFile {
     pub temporality: Option<String>,
     pub batch_size: Option<usize>,
     pub queue_size: Option<usize>,
+    /// Byte budget per minute (`64KiB`, `100000`); over it detail is given up.
+    pub byte_budget_per_minute: Option<String>,
+    /// `lean` (default) or `standard` request shape (see `otlp::Encoding`).
+    pub encoding: Option<String>,
     /// CA bundle (PEM) to trust for `https://` endpoints.
     pub certificate: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
@@ -207,6 +211,10 @@ pub struct Settings {
     pub agent_attributes: Vec<(String, String)>,
     /// Stop after this long (tests and benchmarks); `None`: until SIGTERM.
     pub run_for: Option<Duration>,
+    /// Encoded export bytes allowed per minute ([`super::budget`]); `None`: no limit.
+    pub byte_budget: Option<u64>,
+    /// The lean request shape (default) rather than the standard one ([`super::otlp::Encoding`]).
+    pub lean_encoding: bool,
     /// `None`: no contention spans (not exporting, or turned off).
     pub spans: Option<SpanSettings>,
     /// Serve `/metrics`, `/healthz` and `/readyz` here (off when `None`).
@@ -245,6 +253,10 @@ pub struct Flags {
     pub tenant_from: Option<String>,
     pub summary: bool,
     pub run_for: Option<Duration>,
+    /// `--byte-budget` (a byte count with an optional unit).
+    pub byte_budget: Option<String>,
+    /// `--encoding` (lean or standard).
+    pub encoding: Option<String>,
     pub listen: Option<String>,
     pub no_spans: bool,
     pub span_threshold: Option<Duration>,
@@ -400,6 +412,21 @@ fn temporality(source: &str, text: &str) -> Result<Temporality, RunError> {
 
 fn duration(source: &str, text: &str) -> Result<Duration, RunError> {
     parse_duration(text).map_err(|why| RunError::setting(source, why))
+}
+
+fn lean(source: &str, text: &str) -> Result<bool, RunError> {
+    match text.trim() {
+        "lean" => Ok(true),
+        "standard" => Ok(false),
+        other => Err(RunError::setting(
+            source,
+            format!("encoding '{other}' is not supported (use lean or standard)"),
+        )),
+    }
+}
+
+fn bytes(source: &str, text: &str) -> Result<u64, RunError> {
+    super::budget::parse_bytes(text).map_err(|why| RunError::setting(source, why))
 }
 
 fn millis(source: &str, text: &str) -> Result<Duration, RunError> {
@@ -634,6 +661,21 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
     };
 
     let ef = file.export.unwrap_or_default();
+    let byte_budget = match (
+        &flags.byte_budget,
+        first_env(env, &["GILSCOPE_BYTE_BUDGET"]),
+        &ef.byte_budget_per_minute,
+    ) {
+        (Some(b), _, _) => Some(bytes("--byte-budget", b)?),
+        (None, Some((name, b)), _) => Some(bytes(name, &b)?),
+        (None, None, Some(b)) => Some(bytes(&at("export.byte_budget_per_minute"), b)?),
+        _ => None,
+    };
+    let lean_encoding = match (&flags.encoding, &ef.encoding) {
+        (Some(e), _) => lean("--encoding", e)?,
+        (None, Some(e)) => lean(&at("export.encoding"), e)?,
+        _ => true,
+    };
     let temporality = match (
         &flags.temporality,
         first_env(env, &["OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"]),
@@ -817,6 +859,8 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         run_for: flags.run_for,
         listen,
         spans,
+        byte_budget,
+        lean_encoding,
     })
 }
 
@@ -966,6 +1010,37 @@ mod tests {
         assert_eq!(s.tenant, Some(TenantRule::Fixed("acme".into())));
         assert_eq!(s.per_thread, Some(5));
         assert_eq!(s.rules.min_age, Duration::from_secs(1));
+        assert_eq!(s.byte_budget, None);
+        assert!(s.lean_encoding);
+        let s = with_file("export:\n  encoding: standard\n").expect("standard");
+        assert!(!s.lean_encoding);
+        let err = with_file("export:\n  encoding: tiny\n").expect_err("tiny");
+        assert!(err.to_string().contains("lean or standard"), "{err}");
+    }
+
+    #[test]
+    fn the_byte_budget_comes_from_flag_environment_or_file() {
+        let s = with_file("export:\n  byte_budget_per_minute: 64KiB\n").expect("file");
+        assert_eq!(s.byte_budget, Some(65536));
+        let env = |k: &str| (k == "GILSCOPE_BYTE_BUDGET").then(|| "2k".to_string());
+        assert_eq!(
+            resolve(&Flags::default(), &env).expect("env").byte_budget,
+            Some(2000)
+        );
+        let flags = Flags {
+            byte_budget: Some("1000".into()),
+            ..Flags::default()
+        };
+        assert_eq!(resolve(&flags, &env).expect("flag").byte_budget, Some(1000));
+        let err = resolve(
+            &Flags {
+                byte_budget: Some("lots".into()),
+                ..Flags::default()
+            },
+            &no_env,
+        )
+        .expect_err("not a number");
+        assert!(err.to_string().starts_with("--byte-budget:"), "{err}");
     }
 
     #[test]

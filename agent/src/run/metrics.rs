@@ -219,6 +219,13 @@ metric!(
     "The agent's own: bytes the on-disk spool takes."
 );
 metric!(
+    EXPORT_DEGRADATION,
+    "gilscope.export.degradation",
+    Gauge,
+    "1",
+    "The agent's own: detail given up to stay in the byte budget (0 none, 1 per-thread series dropped, N >= 2 also the interval N times longer)."
+);
+metric!(
     PROCESSES_WATCHED,
     "gilscope.processes.watched",
     Gauge,
@@ -254,6 +261,7 @@ pub const ALL: &[&MetricDef] = &[
     &EPISODES_LOST,
     &EXPORT_SPOOL_REQUESTS,
     &EXPORT_SPOOL_BYTES,
+    &EXPORT_DEGRADATION,
     &PROCESSES_WATCHED,
 ];
 

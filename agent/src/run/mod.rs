@@ -11,6 +11,7 @@
 //! kernel state is released. When exporting, long GIL waits also leave as spans
 //! ([`spans`]): drained from the kernel every poll, sent once per interval.
 
+pub mod budget;
 pub mod config;
 pub mod discover;
 pub mod error;
@@ -41,6 +42,10 @@ use export::{ExportStats, Exporter};
 use metrics::{IntervalInput, Point, ProcessSeries, Value};
 use otlp::Clock;
 use resource::{Host, ProcessFacts};
+
+/// Under the lean encoding, metric descriptions go out every this many intervals
+/// (and in the first): receivers keep them as metadata per metric name.
+const DESCRIBE_EVERY: u64 = 60;
 
 /// How often per-thread CPU is refreshed (threads that exit keep their last figures,
 /// so a thread's last TICK of CPU can be missed when it exits).
@@ -103,6 +108,8 @@ struct Daemon {
     /// Self-telemetry at the previous interval (for delta temporality).
     prev_stats: [u64; SELF_STATS],
     last_interval: Instant,
+    /// The byte budget, when one is set and exporting.
+    budget: Option<budget::Budget>,
     /// `/metrics`, `/healthz`, `/readyz` when `--listen` is given.
     endpoints: Option<http::Endpoints>,
     /// Contention episodes waiting for the interval (`None`: spans off).
@@ -154,6 +161,10 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         e.probe_loaded();
     }
     let now = Instant::now();
+    let budget = settings
+        .byte_budget
+        .filter(|_| exporter.is_some())
+        .map(|b| budget::Budget::new(b, settings.per_thread.is_some()));
     let mut daemon = Daemon {
         probe,
         discovery: Discovery::default(),
@@ -169,6 +180,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         episode_buf: Vec::new(),
         released_episodes_lost: 0,
         settings,
+        budget,
         intervals: 0,
     };
     daemon.main_loop();
@@ -178,7 +190,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
 impl Daemon {
     fn main_loop(&mut self) {
         let mut next_tick = Instant::now() + TICK;
-        let mut next_export = Instant::now() + self.settings.interval;
+        let mut next_export = Instant::now() + self.interval_now();
         loop {
             let done = STOP.load(Ordering::Relaxed)
                 || self
@@ -200,9 +212,10 @@ impl Daemon {
             }
             if now >= next_export {
                 self.interval();
-                next_export += self.settings.interval;
+                let interval = self.interval_now();
+                next_export += interval;
                 if next_export < now {
-                    next_export = now + self.settings.interval;
+                    next_export = now + interval;
                 }
             }
             let wake = (Instant::now() + self.settings.poll).min(next_export);
@@ -346,7 +359,12 @@ impl Daemon {
                 cur: &cur,
                 thread_count: thread_count(w.watch.pid()),
                 temporality,
-                per_thread: self.settings.per_thread,
+                per_thread: self.settings.per_thread.filter(|_| {
+                    !self
+                        .budget
+                        .as_ref()
+                        .is_some_and(|b| b.level().per_thread_dropped)
+                }),
                 resource: &w.resource,
             });
             if let Some(episodes) = self.episodes.as_mut() {
@@ -366,11 +384,12 @@ impl Daemon {
             all.push(series);
         }
         if self.exporter.is_some() {
+            let encoding = self.encoding();
             let mut resources: Vec<_> = all
                 .iter()
-                .map(|s| otlp::resource_metrics(s, &self.clock, temporality))
+                .map(|s| otlp::resource_metrics(s, &self.clock, temporality, encoding, now))
                 .collect();
-            resources.push(self.self_telemetry(now, temporality));
+            resources.push(self.self_telemetry(now, temporality, encoding));
             let batch_points = self
                 .settings
                 .export
@@ -383,6 +402,10 @@ impl Daemon {
                 }
                 for (request, n) in otlp::batch_spans(span_resources, batch_points) {
                     exporter.submit(export::Payload::Traces(request), n);
+                }
+                if let Some(budget) = &mut self.budget {
+                    let sent = ExportStats::get(&exporter.stats().bytes_sent);
+                    budget.observe(now, sent, self.settings.interval);
                 }
             }
         }
@@ -414,6 +437,21 @@ impl Daemon {
                 tracing::info!("process {pid} exited; released its kernel state");
                 w.watch.detach(&mut self.probe);
             }
+        }
+    }
+
+    /// The export interval now: the configured one, stretched by the byte budget.
+    fn interval_now(&self) -> Duration {
+        let multiplier = self.budget.as_ref().map_or(1, |b| b.level().multiplier);
+        self.settings.interval * multiplier
+    }
+
+    /// The request shape of this interval.
+    fn encoding(&self) -> otlp::Encoding {
+        let lean = self.settings.lean_encoding;
+        otlp::Encoding {
+            lean,
+            describe: !lean || self.intervals.is_multiple_of(DESCRIBE_EVERY),
         }
     }
 
@@ -456,6 +494,7 @@ impl Daemon {
         &mut self,
         now: Instant,
         temporality: Temporality,
+        encoding: otlp::Encoding,
     ) -> opentelemetry_proto::tonic::metrics::v1::ResourceMetrics {
         let values = self.export_counts();
         let (shown, start) = match temporality {
@@ -471,7 +510,7 @@ impl Daemon {
         self.prev_stats = values;
         let points = self.agent_points(shown, start, now);
         let resource = self.agent_resource();
-        otlp::resource_metrics_of(&resource, &points, now, &self.clock, temporality)
+        otlp::resource_metrics_of(&resource, &points, now, &self.clock, temporality, encoding)
     }
 
     /// The agent's own data points: export counters `shown` (counted from
@@ -513,6 +552,12 @@ impl Daemon {
                 start: now,
             },
             Point {
+                metric: &metrics::EXPORT_DEGRADATION,
+                attributes: Vec::new(),
+                value: Value::Int(self.budget.as_ref().map_or(0, |b| b.level().gauge())),
+                start: now,
+            },
+            Point {
                 metric: &metrics::PROCESSES_WATCHED,
                 attributes: Vec::new(),
                 value: Value::Int(self.watched.len() as i64),
@@ -541,7 +586,7 @@ impl Daemon {
     }
 
     fn last_interval_start(&self, now: Instant) -> Instant {
-        now.checked_sub(self.settings.interval)
+        now.checked_sub(self.interval_now())
             .unwrap_or(self.started)
             .max(self.started)
     }

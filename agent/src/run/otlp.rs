@@ -8,6 +8,9 @@
 //! a request per process per interval. Built here, one request carries every
 //! process (up to the batch size), and the counters keep their exact values
 //! (the kernel counted them; an SDK would only re-aggregate them).
+//!
+//! The lean [`Encoding`] (the default) shapes requests for thin links without
+//! changing a single series or sample: see its doc and BENCHMARKS.md.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +29,54 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, Scope
 use super::config::Temporality;
 use super::metrics::{wait_bounds_s, Kind, Point, ProcessSeries, Value};
 use super::spans::Episode;
+
+/// How requests are shaped. Every series and every sample is sent either way;
+/// lean only leaves out what a receiver does not need again and makes the rest
+/// repeat, so compression finds it (BENCHMARKS.md: ~35 % fewer bytes with gzip).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoding {
+    /// One timestamp for every process of an interval (the caller's `at`), start
+    /// times rounded down to the second (cumulative only), gauge doubles cut to [`GAUGE_BITS`]
+    /// mantissa bits, counters of seconds rounded down to [`COUNTER_STEP_S`]. Standard: what a per-process SDK would send.
+    pub lean: bool,
+    /// Metric descriptions (HELP metadata). Lean sends them only now and then.
+    pub describe: bool,
+}
+
+impl Encoding {
+    /// What an OpenTelemetry SDK sends: descriptions every time, full precision.
+    pub const STANDARD: Encoding = Encoding {
+        lean: false,
+        describe: true,
+    };
+}
+
+/// Mantissa bits kept of a gauge's double under the lean encoding: a relative
+/// error under 2.5e-4, well below what a gauge sampled at 10 Hz resolves (1e-2
+/// over a 10 s interval); the 40 zero bits left compress to almost nothing.
+pub const GAUGE_BITS: u32 = 12;
+
+/// Resolution of counters in seconds under the lean encoding: 2^-20 s (~1 µs).
+/// Rounding down to a binary grid keeps a counter monotonic (a <= b stays
+/// floor(a) <= floor(b)) and exact (no decimal), and zeroes ~25 bits of noise.
+pub const COUNTER_STEP_S: f64 = 1.0 / 1_048_576.0;
+
+/// `v` rounded down to a multiple of `step` (a power of two: exact in binary).
+pub fn floor_to(v: f64, step: f64) -> f64 {
+    if !v.is_finite() {
+        return v;
+    }
+    (v / step).floor() * step
+}
+
+/// `v` with only the top `bits` bits of its mantissa (rounded toward zero).
+pub fn cut_mantissa(v: f64, bits: u32) -> f64 {
+    if !v.is_finite() || v == 0.0 || bits >= 52 {
+        return v;
+    }
+    let mask = !((1u64 << (52 - bits)) - 1);
+    f64::from_bits(v.to_bits() & mask)
+}
 
 /// Maps monotonic instants to wall-clock nanoseconds.
 #[derive(Debug, Clone, Copy)]
@@ -114,17 +165,26 @@ fn temporality_code(t: Temporality) -> i32 {
 }
 
 /// One process's points as a `ResourceMetrics` (points of one metric grouped).
+/// Lean: stamped `interval_at`, the interval's time shared by every process.
 pub fn resource_metrics(
     series: &ProcessSeries,
     clock: &Clock,
     temporality: Temporality,
+    encoding: Encoding,
+    interval_at: Instant,
 ) -> ResourceMetrics {
+    let at = if encoding.lean {
+        interval_at
+    } else {
+        series.at
+    };
     resource_metrics_of(
         &series.resource,
         &series.points,
-        series.at,
+        at,
         clock,
         temporality,
+        encoding,
     )
 }
 
@@ -135,12 +195,18 @@ pub fn resource_metrics_of(
     at: Instant,
     clock: &Clock,
     temporality: Temporality,
+    encoding: Encoding,
 ) -> ResourceMetrics {
     let time = clock.unix_ns(at);
     let mut metrics: Vec<Metric> = Vec::new();
     for p in points {
         let attributes: Vec<KeyValue> = p.attributes.iter().map(|(k, v)| kv(k, v)).collect();
-        let start = clock.unix_ns(p.start);
+        let mut start = clock.unix_ns(p.start);
+        if encoding.lean && temporality == Temporality::Cumulative {
+            // Earlier, never later: the counted window still holds every event.
+            // (Delta windows must meet end to start, so they are left exact.)
+            start -= start % 1_000_000_000;
+        }
         let index = match metrics.iter().position(|m| m.name == p.metric.name) {
             Some(i) => i,
             None => {
@@ -160,7 +226,11 @@ pub fn resource_metrics_of(
                 };
                 metrics.push(Metric {
                     name: p.metric.name.to_string(),
-                    description: p.metric.description.to_string(),
+                    description: if encoding.describe {
+                        p.metric.description.to_string()
+                    } else {
+                        String::new()
+                    },
                     unit: p.metric.unit.to_string(),
                     data: Some(data),
                     ..Metric::default()
@@ -176,6 +246,12 @@ pub fn resource_metrics_of(
             ..NumberDataPoint::default()
         };
         let nv = match &p.value {
+            Value::Double(v) if encoding.lean && p.metric.kind == Kind::Gauge => Some(
+                number_data_point::Value::AsDouble(cut_mantissa(*v, GAUGE_BITS)),
+            ),
+            Value::Double(v) if encoding.lean && p.metric.kind == Kind::Counter => Some(
+                number_data_point::Value::AsDouble(floor_to(*v, COUNTER_STEP_S)),
+            ),
             Value::Double(v) => Some(number_data_point::Value::AsDouble(*v)),
             Value::Int(v) => Some(number_data_point::Value::AsInt(*v)),
             Value::Histogram { .. } => None,
@@ -429,7 +505,14 @@ mod tests {
             ("service.name".to_string(), "shop".to_string()),
             ("process.pid".to_string(), "42".to_string()),
         ];
-        let rm = resource_metrics_of(&res, &points(now), now, &clock, Temporality::Delta);
+        let rm = resource_metrics_of(
+            &res,
+            &points(now),
+            now,
+            &clock,
+            Temporality::Delta,
+            Encoding::STANDARD,
+        );
         let metrics = &rm.scope_metrics[0].metrics;
         assert_eq!(metrics.len(), 3);
         assert_eq!(point_count(&rm), 4);
@@ -513,6 +596,73 @@ mod tests {
     }
 
     #[test]
+    fn lean_keeps_every_point_and_counter_value_and_drops_only_what_repeats() {
+        let clock = Clock::new();
+        let now = Instant::now();
+        let mut pts = points(now);
+        pts.push(Point {
+            metric: &crate::run::metrics::GIL_UTILIZATION,
+            attributes: vec![],
+            value: Value::Double(0.123456789),
+            start: now,
+        });
+        let lean = Encoding {
+            lean: true,
+            describe: false,
+        };
+        let std_rm = resource_metrics_of(
+            &[],
+            &pts,
+            now,
+            &clock,
+            Temporality::Cumulative,
+            Encoding::STANDARD,
+        );
+        let lean_rm = resource_metrics_of(&[], &pts, now, &clock, Temporality::Cumulative, lean);
+        assert_eq!(point_count(&lean_rm), point_count(&std_rm));
+        let metrics = &lean_rm.scope_metrics[0].metrics;
+        assert!(metrics
+            .iter()
+            .all(|m| m.description.is_empty() && !m.unit.is_empty()));
+        let number = |rm: &ResourceMetrics, name: &str| {
+            rm.scope_metrics[0]
+                .metrics
+                .iter()
+                .find(|m| m.name == name)
+                .and_then(|m| match &m.data {
+                    Some(Data::Sum(s)) => s.data_points.first().cloned(),
+                    Some(Data::Gauge(g)) => g.data_points.first().cloned(),
+                    _ => None,
+                })
+                .expect("point")
+        };
+        // Counters keep their value to the µs; the start only moves earlier, to a whole second.
+        let (c_std, c_lean) = (
+            number(&std_rm, "cpython.gil.wait.time"),
+            number(&lean_rm, "cpython.gil.wait.time"),
+        );
+        assert_eq!(c_std.value, c_lean.value, "2.5 s is on the grid");
+        let x = 1_234.567_890_123;
+        let q = floor_to(x, COUNTER_STEP_S);
+        assert!(q <= x && x - q < 1e-6, "{q}");
+        assert_eq!(q.to_bits() & 0xff, 0);
+        assert!(floor_to(x + 1e-9, COUNTER_STEP_S) >= q, "monotonic");
+        assert!(c_lean.start_time_unix_nano <= c_std.start_time_unix_nano);
+        assert!(c_std.start_time_unix_nano - c_lean.start_time_unix_nano < 1_000_000_000);
+        assert_eq!(c_lean.start_time_unix_nano % 1_000_000_000, 0);
+        // Gauges keep 12 mantissa bits: within 2.5e-4 of the value.
+        match number(&lean_rm, "cpython.gil.utilization").value {
+            Some(number_data_point::Value::AsDouble(v)) => {
+                assert!(((v - 0.123456789) / 0.123456789).abs() < 2.5e-4, "{v}");
+                assert_eq!(v.to_bits() & ((1 << 40) - 1), 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cut_mantissa(1.0, GAUGE_BITS), 1.0);
+        assert_eq!(cut_mantissa(0.0, GAUGE_BITS), 0.0);
+    }
+
+    #[test]
     fn batches_hold_whole_processes_up_to_the_point_limit() {
         let clock = Clock::new();
         let now = Instant::now();
@@ -524,6 +674,7 @@ mod tests {
                     now,
                     &clock,
                     Temporality::Cumulative,
+                    Encoding::STANDARD,
                 )
             })
             .collect();

@@ -228,8 +228,9 @@ impl Daemon {
                         self.settings.tenant.as_ref(),
                     );
                     tracing::info!(
-                        "watching process {pid} (CPython {version}, {})",
-                        watch.command
+                        "watching process {pid} (CPython {version}, {}) as {}",
+                        watch.command,
+                        resource::identifying(&resource)
                     );
                     let first = watch.first_snapshot();
                     self.watched.insert(

@@ -172,7 +172,7 @@ impl ProcessFacts {
         Self {
             pid,
             start_ticks,
-            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+            exe: crate::python::locate::exe_in_process(pid)
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             args,
@@ -181,6 +181,28 @@ impl ProcessFacts {
             cgroup: std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default(),
         }
     }
+}
+
+/// Attributes that say which workload a process is, in a log line
+/// (`service.name=… container.id=… k8s.pod.name=…`), those present only.
+pub fn identifying(resource: &[(String, String)]) -> String {
+    const KEYS: &[&str] = &[
+        "service.name",
+        "container.id",
+        "k8s.namespace.name",
+        "k8s.pod.name",
+        "k8s.container.name",
+        "tenant.id",
+    ];
+    KEYS.iter()
+        .filter_map(|k| {
+            resource
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| format!("{k}={v}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The resource attributes of one process, in a stable order.

@@ -126,6 +126,10 @@ struct RunArgs {
     /// Print the per-interval summary even when exporting.
     #[arg(long)]
     summary: bool,
+    /// Add pod metadata (k8s.*) from the Kubernetes API even outside a pod (kubeconfig);
+    /// in a pod it is on by default. Needs NODE_NAME or kubernetes.node_name.
+    #[arg(long)]
+    kubernetes: bool,
     /// Stop after this long (default: run until SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -277,6 +281,7 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         tenant_from: args.tenant_from,
         summary: args.summary,
         run_for: args.duration,
+        kubernetes: args.kubernetes,
     };
     let settings = match resolve(&flags, &|k| std::env::var(k).ok()) {
         Ok(s) => s,

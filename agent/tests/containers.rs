@@ -15,9 +15,14 @@
 //! namespace's (1, 2, …) while BPF and /proc use host tids: the measurement and
 //! the thread names are only right when gilscope maps one to the other.
 //! The pivot_root container also runs in a cgroup-v2 cgroup named like Docker's
-//! (`docker-<64 hex>.scope`), so `gilscope run` must give it that `container.id`.
+//! (`docker-<64 hex>.scope`), so `gilscope run` must give it that `container.id`,
+//! and, with `--kubernetes` pointed (by kubeconfig) at a stand-in API server
+//! answering with recorded real responses whose pod status names that container
+//! id (no cluster can run here), that pod's `k8s.*` attributes and service name.
 
 mod common;
+#[path = "common/kube_api.rs"]
+mod kube_api;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -348,7 +353,7 @@ fn check_measures_a_cpython_in_its_own_pid_and_mount_namespace() {
 }
 
 #[test]
-fn run_gives_a_container_its_id_and_its_own_service_name() {
+fn run_gives_a_container_its_id_and_its_pod() {
     if !can_use_bpf() {
         return;
     }
@@ -361,36 +366,60 @@ fn run_gives_a_container_its_id_and_its_own_service_name() {
     let Some(id) = into_docker_cgroup(&mut container) else {
         return;
     };
+    // The recorded nginx pod, its container status naming this container.
+    let api = kube_api::serve(&id);
+    let kubeconfig = api.kubeconfig(&rootfs.dir);
     let out = gilscope()
-        .args(["-v", "run", "--interval", "2s", "--duration", "5s"])
+        .args([
+            "-v",
+            "run",
+            "--interval",
+            "2s",
+            "--duration",
+            "7s",
+            "--kubernetes",
+        ])
         .args(["--include-cgroup", &format!("docker-{id}")])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("NODE_NAME", kube_api::NODE)
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .output()
         .expect("run gilscope run");
     assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let pid = container.pid;
-    let watching = stderr
+    assert!(
+        stderr.contains(&format!("watching process {pid} ")),
+        "run never watched {pid}:\n{stderr}"
+    );
+    // The resource as logged when complete (at attach, or once the pod was seen).
+    let described = stderr
         .lines()
-        .find(|l| l.contains(&format!("watching process {pid} ")))
-        .unwrap_or_else(|| panic!("run never watched {pid}:\n{stderr}"));
-    assert!(
-        watching.contains(&format!("container.id={id}")),
-        "the resource carries the cgroup's container id: {watching}"
-    );
-    assert!(
-        watching.contains("service.name=python:cpu_threads.py"),
-        "{watching}"
-    );
+        .find(|l| l.contains(&format!("container.id={id}")) && l.contains("k8s.pod.name="))
+        .unwrap_or_else(|| panic!("no resource of {pid} with its pod:\n{stderr}"));
+    eprintln!("{described}");
+    for part in [
+        "service.name=nginx ",
+        "k8s.namespace.name=default",
+        "k8s.pod.name=nginx-77b4fdf86c-hp4x5",
+        "k8s.container.name=nginx",
+    ] {
+        assert!(described.contains(part), "{part} in {described}");
+    }
     // One row per interval; the machine is shared, so the best interval is judged.
     let rows: Vec<&str> = stdout
         .lines()
         .filter(|l| l.contains(&format!("pid {pid:>7}")))
         .collect();
     assert!(!rows.is_empty(), "no summary row for {pid}:\n{stdout}");
+    let last = rows.last().copied().unwrap_or_default();
+    assert!(
+        last.contains(" nginx "),
+        "the pod's service name once known: {last}"
+    );
     let mut held = 0.0f64;
     for row in &rows {
-        assert!(row.contains("python:cpu_threads.py"), "{row}");
         let h: f64 = row
             .split("GIL held")
             .nth(1)
@@ -399,6 +428,6 @@ fn run_gives_a_container_its_id_and_its_own_service_name() {
             .unwrap_or_else(|| panic!("no GIL held % in {row}"));
         held = held.max(h);
     }
-    let row = rows.join("\n");
-    assert!(held >= 90.0, "GIL held {held}% in {row}");
+    let rows = rows.join("\n");
+    assert!(held >= 90.0, "GIL held {held}% in {rows}");
 }

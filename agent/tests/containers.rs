@@ -366,41 +366,95 @@ fn run_gives_a_container_its_id_and_its_pod() {
     let Some(id) = into_docker_cgroup(&mut container) else {
         return;
     };
-    // The recorded nginx pod, its container status naming this container.
-    let api = kube_api::serve(&id);
+    // The API lists the recorded pods of the node, none of them this container's
+    // yet: the daemon attaches without pod metadata, then the watch says the
+    // nginx pod now runs this container, and the next interval must carry it.
+    let api = kube_api::serve(kube_api::NGINX_ID);
     let kubeconfig = api.kubeconfig(&rootfs.dir);
-    let out = gilscope()
+    let mut child = gilscope()
         .args([
             "-v",
             "run",
             "--interval",
             "2s",
             "--duration",
-            "7s",
+            "9s",
             "--kubernetes",
         ])
         .args(["--include-cgroup", &format!("docker-{id}")])
         .env("KUBECONFIG", &kubeconfig)
         .env("NODE_NAME", kube_api::NODE)
         .env_remove("KUBERNETES_SERVICE_HOST")
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run gilscope run");
-    assert_success(&out);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout_pipe = child.stdout.take().expect("stdout");
+    let stdout_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stdout_pipe }, &mut text);
+        text
+    });
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let pid = container.pid;
+    let mut stderr = String::new();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let watching = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                stderr.push_str(&line);
+                stderr.push('\n');
+                if line.contains(&format!("watching process {pid} ")) {
+                    break line;
+                }
+            }
+            Err(_) => panic!("run never watched {pid}:\n{stderr}"),
+        }
+    };
     assert!(
-        stderr.contains(&format!("watching process {pid} ")),
-        "run never watched {pid}:\n{stderr}"
+        watching.contains(&format!("container.id={id}")),
+        "{watching}"
     );
-    // The resource as logged when complete (at attach, or once the pod was seen).
+    assert!(
+        !watching.contains("k8s.pod.name"),
+        "no pod runs this container yet: {watching}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&kube_api::fixture("pods-on-node.json")).expect("pod list");
+    let mut pod = list["items"][0].clone();
+    pod["metadata"]["resourceVersion"] = "2890230".into();
+    pod["status"]["containerStatuses"][0]["containerID"] = format!("docker://{id}").into();
+    api.events
+        .push(serde_json::json!({"type": "MODIFIED", "object": pod}).to_string());
+    let status = child.wait().expect("wait for gilscope run");
+    stderr.extend(lines.iter().map(|l| l + "\n"));
+    let stdout = stdout_reader.join().unwrap_or_default();
+    assert!(
+        status.success(),
+        "gilscope run failed ({status}):\n{stderr}"
+    );
+    // The resource as logged once the pod was seen.
     let described = stderr
         .lines()
-        .find(|l| l.contains(&format!("container.id={id}")) && l.contains("k8s.pod.name="))
-        .unwrap_or_else(|| panic!("no resource of {pid} with its pod:\n{stderr}"));
+        .find(|l| l.contains(&format!("process {pid} is ")))
+        .unwrap_or_else(|| panic!("the pod of {pid} never reached its resource:\n{stderr}"));
     eprintln!("{described}");
     for part in [
         "service.name=nginx ",
+        &format!("container.id={id}"),
         "k8s.namespace.name=default",
         "k8s.pod.name=nginx-77b4fdf86c-hp4x5",
         "k8s.container.name=nginx",

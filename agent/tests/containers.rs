@@ -318,6 +318,14 @@ fn check_container(container: &Container, label: &str) -> Vec<String> {
         names.push(w["python_name"].as_str().unwrap_or("").to_string());
     }
     names.sort();
+    let shares: Vec<String> = workers
+        .iter()
+        .map(|w| format!("{:.2}", f(w, "gil_wait_s") / wall))
+        .collect();
+    eprintln!(
+        "{label}: pid {pid}, GIL utilization {:.3}, worker wait shares {shares:?}, names {names:?}",
+        f(p, "gil_utilization")
+    );
     if names != ["cpu-0", "cpu-1", "cpu-2", "cpu-3"] {
         failures.push(format!("{label}: Python thread names {names:?}"));
     }

@@ -35,6 +35,8 @@ pub const APP_NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const DEFAULT_TENANT_LABEL: &str = "tenant";
 /// How long a namespace's labels are trusted before they are read again.
 const NAMESPACE_TTL: Duration = Duration::from_secs(300);
+/// How often pods whose owner or namespace could not be read are tried again.
+const RETRY: Duration = Duration::from_secs(30);
 
 /// What the Kubernetes metadata source needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,10 +239,15 @@ impl Resolver {
         }
     }
 
-    async fn deployment_of(&mut self, namespace: &str, replicaset: &str) -> Option<String> {
+    /// The Deployment owning a ReplicaSet; `Err` when the API did not say.
+    async fn deployment_of(
+        &mut self,
+        namespace: &str,
+        replicaset: &str,
+    ) -> Result<Option<String>, ()> {
         let key = (namespace.to_string(), replicaset.to_string());
         if let Some(known) = self.deployments.get(&key) {
-            return known.clone();
+            return Ok(known.clone());
         }
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), namespace);
         match api.get_opt(replicaset).await {
@@ -251,22 +258,26 @@ impl Resolver {
                         .map(|o| o.name.clone())
                 });
                 self.deployments.insert(key, deployment.clone());
-                deployment
+                Ok(deployment)
             }
             Err(e) => {
                 self.warn_once(
                     "replicasets",
                     format!("cannot read ReplicaSet {namespace}/{replicaset} (RBAC: get replicasets.apps): {e}"),
                 );
-                None
+                Err(())
             }
         }
     }
 
-    async fn namespace_labels(&mut self, namespace: &str) -> Option<BTreeMap<String, String>> {
+    /// A namespace's labels; `Err` (with the last known ones) when the API did not say.
+    async fn namespace_labels(
+        &mut self,
+        namespace: &str,
+    ) -> Result<BTreeMap<String, String>, Option<BTreeMap<String, String>>> {
         if let Some((labels, at)) = self.namespaces.get(namespace) {
             if at.elapsed() < NAMESPACE_TTL {
-                return Some(labels.clone());
+                return Ok(labels.clone());
             }
         }
         let api: Api<Namespace> = Api::all(self.client.clone());
@@ -275,34 +286,48 @@ impl Resolver {
                 let labels = ns.and_then(|n| n.metadata.labels).unwrap_or_default();
                 self.namespaces
                     .insert(namespace.to_string(), (labels.clone(), Instant::now()));
-                Some(labels)
+                Ok(labels)
             }
             Err(e) => {
                 self.warn_once(
                     "namespaces",
                     format!("cannot read namespace {namespace} (RBAC: get namespaces): {e}"),
                 );
-                self.namespaces.get(namespace).map(|(l, _)| l.clone())
+                Err(self.namespaces.get(namespace).map(|(l, _)| l.clone()))
             }
         }
     }
 
-    /// Every container of `pod` with its metadata.
-    async fn resolve(&mut self, pod: &Pod) -> Vec<(String, PodMetadata)> {
+    /// Every container of `pod` with its metadata, and whether every lookup
+    /// succeeded (else the pod is tried again later).
+    async fn resolve(&mut self, pod: &Pod) -> (Vec<(String, PodMetadata)>, bool) {
         let containers = pod_containers(pod);
         if containers.is_empty() {
-            return Vec::new();
+            return (Vec::new(), true);
         }
+        let mut complete = true;
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let deployment = match controller(pod.metadata.owner_references.as_ref()) {
-            Some(o) if o.kind == "ReplicaSet" => self.deployment_of(&namespace, &o.name).await,
+            Some(o) if o.kind == "ReplicaSet" => self
+                .deployment_of(&namespace, &o.name)
+                .await
+                .unwrap_or_else(|()| {
+                    complete = false;
+                    None
+                }),
             _ => None,
         };
         let labels = match &self.tenant_label {
-            Some(_) => self.namespace_labels(&namespace).await,
+            Some(_) => match self.namespace_labels(&namespace).await {
+                Ok(labels) => Some(labels),
+                Err(last) => {
+                    complete = false;
+                    last
+                }
+            },
             None => None,
         };
-        containers
+        let entries = containers
             .into_iter()
             .map(|(id, name)| {
                 let meta = pod_metadata(
@@ -314,7 +339,8 @@ impl Resolver {
                 );
                 (id, meta)
             })
-            .collect()
+            .collect();
+        (entries, complete)
     }
 }
 
@@ -346,7 +372,19 @@ async fn watch_pods(
     let mut stale: HashSet<String> = HashSet::new();
     let mut failing = false;
     let mut stream = watcher::watcher(pods, config).default_backoff().boxed();
-    while let Some(event) = stream.next().await {
+    // Pods whose owner or namespace lookup failed, tried again every RETRY.
+    let mut incomplete: HashMap<String, Pod> = HashMap::new();
+    loop {
+        let event = match tokio::time::timeout(RETRY, stream.next()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => break,
+            Err(_) => {
+                for pod in std::mem::take(&mut incomplete).into_values() {
+                    apply(&mut resolver, &map, &mut by_pod, &mut incomplete, pod).await;
+                }
+                continue;
+            }
+        };
         let event = match event {
             Ok(e) => {
                 if failing {
@@ -372,31 +410,19 @@ async fn watch_pods(
         match event {
             Event::Init => stale = by_pod.keys().cloned().collect(),
             Event::InitApply(pod) | Event::Apply(pod) => {
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
-                stale.remove(&uid);
-                let entries = resolver.resolve(&pod).await;
-                let mut shared = map.write().unwrap_or_else(|p| p.into_inner());
-                for old in by_pod.remove(&uid).unwrap_or_default() {
-                    shared.remove(&old);
-                }
-                by_pod.insert(uid, entries.iter().map(|(id, _)| id.clone()).collect());
-                shared.extend(entries);
+                stale.remove(&uid_of(&pod));
+                apply(&mut resolver, &map, &mut by_pod, &mut incomplete, pod).await;
             }
             Event::Delete(pod) => {
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
-                let mut shared = map.write().unwrap_or_else(|p| p.into_inner());
-                for old in by_pod.remove(&uid).unwrap_or_default() {
-                    shared.remove(&old);
-                }
+                let uid = uid_of(&pod);
+                incomplete.remove(&uid);
+                forget(&map, &mut by_pod, &uid);
             }
             Event::InitDone => {
-                let mut shared = map.write().unwrap_or_else(|p| p.into_inner());
-                for uid in stale.drain() {
-                    for old in by_pod.remove(&uid).unwrap_or_default() {
-                        shared.remove(&old);
-                    }
+                for uid in std::mem::take(&mut stale) {
+                    incomplete.remove(&uid);
+                    forget(&map, &mut by_pod, &uid);
                 }
-                drop(shared);
                 if !synced.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     tracing::info!(
                         "Kubernetes metadata: {} pods on node {}",
@@ -406,6 +432,47 @@ async fn watch_pods(
                 }
             }
         }
+    }
+}
+
+fn uid_of(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+/// Drops a pod's containers from the map.
+fn forget(map: &SharedMap, by_pod: &mut HashMap<String, Vec<String>>, uid: &str) {
+    let mut shared = map.write().unwrap_or_else(|p| p.into_inner());
+    for old in by_pod.remove(uid).unwrap_or_default() {
+        shared.remove(&old);
+    }
+}
+
+/// Puts a pod's containers in the map (replacing what it had), remembering it
+/// for a retry when a lookup failed.
+async fn apply(
+    resolver: &mut Resolver,
+    map: &SharedMap,
+    by_pod: &mut HashMap<String, Vec<String>>,
+    incomplete: &mut HashMap<String, Pod>,
+    pod: Pod,
+) {
+    let uid = uid_of(&pod);
+    let (entries, complete) = resolver.resolve(&pod).await;
+    // One write: a lookup never sees the pod half replaced.
+    let mut shared = map.write().unwrap_or_else(|p| p.into_inner());
+    for old in by_pod.remove(&uid).unwrap_or_default() {
+        shared.remove(&old);
+    }
+    by_pod.insert(
+        uid.clone(),
+        entries.iter().map(|(id, _)| id.clone()).collect(),
+    );
+    shared.extend(entries);
+    drop(shared);
+    if complete {
+        incomplete.remove(&uid);
+    } else {
+        incomplete.insert(uid, pod);
     }
 }
 

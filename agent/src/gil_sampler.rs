@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::bpf::layout::HIST_SLOTS;
 use crate::memory::RemoteMemory;
+use crate::pidns::TidMap;
 use crate::python::locate::{read_gil_state, GilSite};
 use crate::python::versions::ThreadIdField;
 
@@ -29,6 +30,8 @@ pub struct TstateResolver {
     /// Offset of the tid inside glibc's `struct pthread`, for [`ThreadIdField::PthreadOnly`].
     pthread_tid_off: Option<u64>,
     cache: Mutex<HashMap<u64, (Option<u32>, Instant)>>,
+    /// The target's own tids (its PID namespace) to the host's, which BPF and /proc use.
+    tids: Mutex<TidMap>,
 }
 
 /// How long a tstate -> tid mapping is trusted (thread states are freed and reused).
@@ -42,6 +45,7 @@ impl TstateResolver {
             field,
             pthread_tid_off,
             cache: Mutex::new(HashMap::new()),
+            tids: Mutex::new(TidMap::of(mem.pid())),
         }
     }
 
@@ -83,7 +87,11 @@ impl TstateResolver {
                 u64::from(u32::from_le_bytes(buf))
             }
         };
-        u32::try_from(raw).ok().filter(|tid| *tid != 0)
+        let own = u32::try_from(raw).ok().filter(|tid| *tid != 0)?;
+        self.tids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .host_tid(own)
     }
 }
 

@@ -20,6 +20,7 @@ pub mod gil_sampler;
 pub mod launch;
 pub mod live;
 pub mod memory;
+pub mod pidns;
 pub mod python;
 pub mod render;
 pub mod report;

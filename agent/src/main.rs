@@ -126,6 +126,10 @@ struct RunArgs {
     /// Print the per-interval summary even when exporting.
     #[arg(long)]
     summary: bool,
+    /// Add pod metadata (k8s.*) from the Kubernetes API even outside a pod (kubeconfig);
+    /// in a pod it is on by default. Needs NODE_NAME or kubernetes.node_name.
+    #[arg(long)]
+    kubernetes: bool,
     /// Stop after this long (default: run until SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -313,6 +317,7 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         spool_max_bytes: args.spool_max_bytes,
         byte_budget: args.byte_budget,
         encoding: args.encoding,
+        kubernetes: args.kubernetes,
     };
     let settings = match resolve(&flags, &|k| std::env::var(k).ok()) {
         Ok(s) => s,

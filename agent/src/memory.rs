@@ -21,6 +21,11 @@ impl RemoteMemory {
         Self { pid }
     }
 
+    /// The process this handle reads.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Fills `buf` from `addr` in the target.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
         let len = buf.len();

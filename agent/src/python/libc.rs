@@ -189,7 +189,7 @@ pub fn detect(interp: &Interpreter) -> Result<Libc> {
             cond_wait: None,
         });
     }
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let exe = super::locate::exe_in_process(pid);
     let mapped = mapped_paths(pid)?;
     // The file that defines the condvar wait: musl-named files first, then the
     // interpreter and executable (static builds), then any other mapped file

@@ -3,7 +3,11 @@
 //! The interpreter is whichever mapped file exports `_PyRuntime`: the executable
 //! (static builds such as Debian's `/usr/bin/python3.11`) or a `libpython3.X.so`.
 //! Files are opened through `/proc/PID/root`, so a process in a container is read
-//! from its own filesystem. The GIL address is only trusted after
+//! from its own filesystem. The kernel prints a mapped file's path relative to
+//! the *reader's* root: a process in its own mount namespace (`pivot_root`, as
+//! container runtimes do) shows its own paths, but one only chrooted inside our
+//! namespace shows host paths (`/srv/rootfs/usr/lib/...`); [`path_in_process`]
+//! turns both into the process's own view before `/proc/PID/root` is prefixed. The GIL address is only trusted after
 //! [`read_gil_state`] confirms that memory there looks like a GIL.
 
 use std::path::{Path, PathBuf};
@@ -267,6 +271,7 @@ fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
     };
     let process = Process::new(pid as i32).map_err(proc_err)?;
     let maps = process.maps().map_err(proc_err)?;
+    let root = chroot_dir(pid);
     let mut files: Vec<MappedFile> = Vec::new();
     for map in maps {
         let MMapPath::Path(path) = map.pathname else {
@@ -275,6 +280,7 @@ fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
         if map.offset != 0 {
             continue;
         }
+        let path = in_process_view(root.as_deref(), path);
         match files.iter_mut().find(|f| f.path == path) {
             Some(f) => f.base = f.base.min(map.address.0),
             None => files.push(MappedFile {
@@ -292,6 +298,33 @@ pub(crate) fn mapped_paths(pid: u32) -> Result<Vec<PathBuf>> {
     Ok(mapped_files(pid)?.into_iter().map(|f| f.path).collect())
 }
 
+/// The root directory of `pid` as we see it when the process is chrooted inside
+/// our mount namespace; `None` when it shares our root or has a mount namespace
+/// of its own (then `/proc/PID/root` reads as `/`).
+fn chroot_dir(pid: u32) -> Option<PathBuf> {
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok()?;
+    (root.is_absolute() && root != Path::new("/")).then_some(root)
+}
+
+fn in_process_view(chroot: Option<&Path>, printed: PathBuf) -> PathBuf {
+    match chroot.and_then(|root| printed.strip_prefix(root).ok()) {
+        Some(rest) => Path::new("/").join(rest),
+        None => printed,
+    }
+}
+
+/// A path the kernel printed for `pid` (in `maps`, or `/proc/PID/exe`) as the
+/// process itself names it, so that [`host_path`] finds the file.
+pub fn path_in_process(pid: u32, printed: &Path) -> PathBuf {
+    in_process_view(chroot_dir(pid).as_deref(), printed.to_path_buf())
+}
+
+/// `/proc/PID/exe` as the process names it (see [`path_in_process`]).
+pub fn exe_in_process(pid: u32) -> Option<PathBuf> {
+    let printed = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    Some(path_in_process(pid, &printed))
+}
+
 /// Path of a file of process `pid`, seen from the host.
 pub fn host_path(pid: u32, path_in_process: &Path) -> PathBuf {
     let relative = path_in_process.strip_prefix("/").unwrap_or(path_in_process);
@@ -306,7 +339,7 @@ fn is_candidate(path: &Path, exe: Option<&Path>) -> bool {
 /// The mapped files that could hold the interpreter; cheap (no ELF is read), so a
 /// caller polling a starting process can skip [`find_interpreter`] until this changes.
 pub fn candidate_files(pid: u32) -> Result<Vec<PathBuf>> {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let exe = exe_in_process(pid);
     Ok(mapped_files(pid)?
         .into_iter()
         .map(|f| f.path)
@@ -316,7 +349,7 @@ pub fn candidate_files(pid: u32) -> Result<Vec<PathBuf>> {
 
 /// Finds the interpreter of `pid`. `Ok(None)`: nothing mapped exports `_PyRuntime` (yet).
 pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let exe = exe_in_process(pid);
     let mut files = mapped_files(pid)?;
     // The executable first: static builds define _PyRuntime there.
     files.sort_by_key(|f| Some(f.path.as_path()) != exe.as_deref());
@@ -388,7 +421,7 @@ pub fn glibc_pthread_tid_offset(pid: u32) -> Option<u64> {
 /// [`find_interpreter`] that turns "nothing found" into [`Error::NotPython`].
 pub fn require_interpreter(pid: u32) -> Result<Interpreter> {
     find_interpreter(pid)?.ok_or_else(|| {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let exe = exe_in_process(pid);
         let name = exe
             .as_ref()
             .map(|p| p.display().to_string())

@@ -25,6 +25,7 @@ use super::objects::{
 };
 use super::versions::GilLocation;
 use crate::memory::RemoteMemory;
+use crate::pidns::TidMap;
 
 /// Longest name kept, in characters; longer names are cut.
 pub const MAX_NAME_CHARS: usize = 256;
@@ -361,6 +362,8 @@ pub struct ThreadNameReader<M: Memory = RemoteMemory> {
     known: HashMap<u64, Known>,
     /// When `known` and `name_index` were last emptied.
     known_since: Instant,
+    /// The target's own tids (its PID namespace) to the host's, which callers key by.
+    tids: TidMap,
 }
 
 /// One `Thread` object as last read: its `_active` key and ident, where its
@@ -413,7 +416,9 @@ impl ThreadNameReader<RemoteMemory> {
         let pthread_tid_off = layout
             .filter(|l| l.tstate_native_thread_id.is_none())
             .and_then(|_| locate::glibc_pthread_tid_offset(interp.pid));
-        Self::with_layout(mem, layout, interp.py_runtime(), pthread_tid_off)
+        let mut reader = Self::with_layout(mem, layout, interp.py_runtime(), pthread_tid_off);
+        reader.tids = TidMap::of(interp.pid);
+        reader
     }
 }
 
@@ -435,6 +440,7 @@ impl<M: Memory> ThreadNameReader<M> {
             name_index: HashMap::new(),
             known: HashMap::new(),
             known_since: Instant::now(),
+            tids: TidMap::identity(),
         }
     }
 
@@ -491,7 +497,8 @@ impl<M: Memory> ThreadNameReader<M> {
             let Some((ident, name)) = self.thread_name(item.key, item.value, l) else {
                 continue;
             };
-            if let Some(tid) = tids.get(&ident).copied().or_else(|| self.glibc_tid(ident)) {
+            let own = tids.get(&ident).copied().or_else(|| self.glibc_tid(ident));
+            if let Some(tid) = own.and_then(|t| self.tids.host_tid(t)) {
                 names.insert(tid, name);
             }
         }

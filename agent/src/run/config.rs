@@ -60,6 +60,7 @@ pub struct FileConfig {
     /// `host:port` of the HTTP endpoints (`/metrics`, `/healthz`, `/readyz`).
     pub listen: Option<String>,
     pub spans: Option<SpansFile>,
+    pub kubernetes: Option<KubernetesFile>,
 }
 
 /// `spans:` — GIL contention episodes as OTLP spans.
@@ -70,6 +71,20 @@ pub struct SpansFile {
     /// Shortest wait that is an episode (`50ms`).
     pub threshold: Option<String>,
     pub rate_per_second: Option<f64>,
+}
+
+/// `kubernetes:` — pod metadata from the API server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesFile {
+    /// Default: on when `KUBERNETES_SERVICE_HOST` is set (running in a pod).
+    pub enabled: Option<bool>,
+    /// Default: the `NODE_NAME` environment variable (downward API `spec.nodeName`).
+    pub node_name: Option<String>,
+    /// Take `tenant.id` from a namespace label (default off).
+    pub tenant_from_namespace: Option<bool>,
+    /// The namespace label for `tenant.id` (default `tenant`); setting it switches that on.
+    pub tenant_label: Option<String>,
 }
 
 /// The `export:` section.
@@ -211,6 +226,8 @@ pub struct Settings {
     pub agent_attributes: Vec<(String, String)>,
     /// Stop after this long (tests and benchmarks); `None`: until SIGTERM.
     pub run_for: Option<Duration>,
+    /// Pod metadata from the Kubernetes API; `None`: off.
+    pub kubernetes: Option<super::kube::KubeSettings>,
     /// Encoded export bytes allowed per minute ([`super::budget`]); `None`: no limit.
     pub byte_budget: Option<u64>,
     /// The lean request shape (default) rather than the standard one ([`super::otlp::Encoding`]).
@@ -253,6 +270,8 @@ pub struct Flags {
     pub tenant_from: Option<String>,
     pub summary: bool,
     pub run_for: Option<Duration>,
+    /// `--kubernetes`: pod metadata even outside a pod (with a kubeconfig).
+    pub kubernetes: bool,
     /// `--byte-budget` (a byte count with an optional unit).
     pub byte_budget: Option<String>,
     /// `--encoding` (lean or standard).
@@ -660,6 +679,63 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         _ => None,
     };
 
+    let kf = file.kubernetes.unwrap_or_default();
+    let in_pod = env("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.trim().is_empty());
+    let asked = flags.kubernetes || kf.enabled == Some(true);
+    let kubernetes = if asked || (in_pod && kf.enabled != Some(false)) {
+        let node = kf
+            .node_name
+            .clone()
+            .or_else(|| env("NODE_NAME"))
+            .filter(|n| !n.trim().is_empty());
+        match node {
+            Some(node_name) => {
+                let tenant_on = kf
+                    .tenant_from_namespace
+                    .unwrap_or(kf.tenant_label.is_some());
+                let tenant_label = tenant_on.then(|| {
+                    kf.tenant_label
+                        .clone()
+                        .unwrap_or_else(|| super::kube::DEFAULT_TENANT_LABEL.to_string())
+                });
+                Some(super::kube::KubeSettings {
+                    node_name: node_name.trim().to_string(),
+                    tenant_label,
+                    api_url: None,
+                })
+            }
+            None if asked => {
+                return Err(RunError::setting(
+                    at("kubernetes.node_name"),
+                    "Kubernetes metadata needs this node's name: set NODE_NAME from the \
+                     downward API (fieldRef spec.nodeName) or kubernetes.node_name",
+                ))
+            }
+            None => {
+                tracing::warn!(
+                    "running in a pod but NODE_NAME is not set: no Kubernetes metadata \
+                     (set NODE_NAME from the downward API fieldRef spec.nodeName)"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let tenant = match (&kubernetes, tenant) {
+        (Some(k), t) if k.tenant_label.is_some() => {
+            if t.is_some() {
+                return Err(RunError::setting(
+                    at("kubernetes.tenant_label"),
+                    "tenant.id would come from two places: give `tenant`/--tenant/--tenant-from \
+                     or the namespace label, not both",
+                ));
+            }
+            k.tenant_label.clone().map(TenantRule::NamespaceLabel)
+        }
+        (_, t) => t,
+    };
+
     let ef = file.export.unwrap_or_default();
     let byte_budget = match (
         &flags.byte_budget,
@@ -861,6 +937,7 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         spans,
         byte_budget,
         lean_encoding,
+        kubernetes,
     })
 }
 
@@ -928,6 +1005,49 @@ mod tests {
             },
             &no_env,
         )
+    }
+
+    #[test]
+    fn kubernetes_is_on_in_a_pod_and_tenant_from_namespace_only_when_asked() {
+        let in_pod = |k: &str| match k {
+            "KUBERNETES_SERVICE_HOST" => Some("10.0.0.1".to_string()),
+            "NODE_NAME" => Some("node-a".to_string()),
+            _ => None,
+        };
+        let s = resolve(&Flags::default(), &in_pod).expect("in a pod");
+        let k = s.kubernetes.expect("on by default in a pod");
+        assert_eq!(k.node_name, "node-a");
+        assert_eq!(
+            k.tenant_label, None,
+            "tenant from namespaces is off by default"
+        );
+        assert_eq!(s.tenant, None);
+        assert!(resolve(&Flags::default(), &no_env)
+            .expect("outside")
+            .kubernetes
+            .is_none());
+        // Asked for without a node name: a configuration error, not a silent no-op.
+        let asked = Flags {
+            kubernetes: true,
+            ..Flags::default()
+        };
+        assert!(resolve(&asked, &no_env).is_err());
+        let s = with_file(
+            "kubernetes:\n  enabled: true\n  node_name: n1\n  tenant_from_namespace: true\n",
+        )
+        .expect("tenant on");
+        assert_eq!(
+            s.tenant,
+            Some(TenantRule::NamespaceLabel("tenant".into())),
+            "default label name"
+        );
+        let s = with_file("kubernetes:\n  enabled: true\n  node_name: n1\n  tenant_label: team\n")
+            .expect("own label");
+        assert_eq!(s.tenant, Some(TenantRule::NamespaceLabel("team".into())));
+        assert!(with_file(
+            "tenant:\n  value: acme\nkubernetes:\n  enabled: true\n  node_name: n1\n  tenant_label: team\n"
+        )
+        .is_err());
     }
 
     #[test]

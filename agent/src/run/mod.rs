@@ -9,7 +9,9 @@
 //! queues them for the exporter ([`export`]), or prints the [`summary`] when no
 //! endpoint is configured. Exited processes are reported once more, then their
 //! kernel state is released. When exporting, long GIL waits also leave as spans
-//! ([`spans`]): drained from the kernel every poll, sent once per interval.
+//! ([`spans`]): drained from the kernel every poll, sent once per interval. In
+//! Kubernetes, [`kube`] adds each container's pod metadata from a watch on this
+//! node's pods, running on a thread of its own.
 
 pub mod budget;
 pub mod config;
@@ -17,6 +19,7 @@ pub mod discover;
 pub mod error;
 pub mod export;
 pub mod http;
+pub mod kube;
 pub mod metrics;
 pub mod otlp;
 pub mod prometheus;
@@ -80,6 +83,9 @@ struct Watched {
     first: Snapshot,
     prev: Snapshot,
     resource: Vec<(String, String)>,
+    facts: ProcessFacts,
+    /// In a container whose pod was not known yet: look again each interval.
+    pod_pending: bool,
 }
 
 /// Live threads of a process (0 once it is gone).
@@ -104,6 +110,7 @@ struct Daemon {
     host: Host,
     clock: Clock,
     exporter: Option<Exporter>,
+    kube: Option<kube::KubeMetadata>,
     started: Instant,
     /// Self-telemetry at the previous interval (for delta temporality).
     prev_stats: [u64; SELF_STATS],
@@ -160,6 +167,13 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
     if let Some(e) = &endpoints {
         e.probe_loaded();
     }
+    let kube = settings.kubernetes.clone().map(|k| {
+        tracing::info!(
+            "Kubernetes metadata: watching the pods of node {}",
+            k.node_name
+        );
+        kube::KubeMetadata::start(k)
+    });
     let now = Instant::now();
     let budget = settings
         .byte_budget
@@ -172,6 +186,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         host: Host::detect(),
         clock: Clock::new(),
         exporter,
+        kube,
         started: now,
         prev_stats: [0; SELF_STATS],
         last_interval: now,
@@ -310,14 +325,11 @@ impl Daemon {
                 Ok(watch) => {
                     let version = watch.interp.file.version.to_string();
                     let facts = ProcessFacts::read(pid, identity.start_ticks, version.clone());
-                    let resource = resource::process_resource(
-                        &facts,
-                        &self.host,
-                        self.settings.tenant.as_ref(),
-                    );
+                    let (resource, pod_pending) = self.resource_of(&facts);
                     tracing::info!(
-                        "watching process {pid} (CPython {version}, {})",
-                        watch.command
+                        "watching process {pid} (CPython {version}, {}) as {}",
+                        watch.command,
+                        resource::identifying(&resource)
                     );
                     let first = watch.first_snapshot();
                     self.watched.insert(
@@ -328,6 +340,8 @@ impl Daemon {
                             prev: first.clone(),
                             first,
                             resource,
+                            facts,
+                            pod_pending,
                         },
                     );
                 }
@@ -337,8 +351,50 @@ impl Daemon {
         self.discovery.forget_missing(&alive);
     }
 
+    /// The resource of a process, and whether it waits for its pod's metadata
+    /// (in a container, Kubernetes on, pod not seen yet).
+    fn resource_of(&self, facts: &ProcessFacts) -> (Vec<(String, String)>, bool) {
+        let container = resource::container_id_from_cgroup(&facts.cgroup);
+        let pod = match (&self.kube, &container) {
+            (Some(kube), Some(id)) => kube.lookup(id),
+            _ => None,
+        };
+        let pending = self.kube.is_some() && container.is_some() && pod.is_none();
+        let resource = resource::process_resource(
+            facts,
+            &self.host,
+            self.settings.tenant.as_ref(),
+            pod.as_ref(),
+        );
+        (resource, pending)
+    }
+
+    /// Gives processes whose pod was not known at attach time their pod metadata.
+    fn complete_pods(&mut self) {
+        let pending: Vec<u32> = self
+            .watched
+            .iter()
+            .filter(|(_, w)| w.pod_pending)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in pending {
+            let Some(facts) = self.watched.get(&pid).map(|w| w.facts.clone()) else {
+                continue;
+            };
+            let (resource, still) = self.resource_of(&facts);
+            if let Some(w) = self.watched.get_mut(&pid) {
+                if !still {
+                    tracing::info!("process {pid} is {}", resource::identifying(&resource));
+                    w.resource = resource;
+                }
+                w.pod_pending = still;
+            }
+        }
+    }
+
     /// Builds, exports (or prints) one interval, then releases exited processes.
     fn interval(&mut self) {
+        self.complete_pods();
         let now = Instant::now();
         let interval_s = now.duration_since(self.last_interval).as_secs_f64();
         self.last_interval = now;

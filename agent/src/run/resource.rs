@@ -4,13 +4,16 @@
 //! the target's own `OTEL_SERVICE_NAME`, then `service.name` in its
 //! `OTEL_RESOURCE_ATTRIBUTES` (only these two keys are read from
 //! `/proc/PID/environ`, and at most [`ENVIRON_LIMIT`] bytes of it: the rest of a
-//! process's environment may hold secrets), then `python:<script or module>`
-//! from its command line. `tenant.id` is never taken from a target unless a
-//! rule says so, since any process can set its own environment.
+//! process's environment may hold secrets), then, in Kubernetes, its pod's
+//! `resource.opentelemetry.io/service.name` annotation, `app.kubernetes.io/name`
+//! label or owning workload's name ([`super::kube`]), then `python:<script or
+//! module>` from its command line. `tenant.id` is never taken from a target
+//! unless a rule says so, since any process can set its own environment.
 
 use std::io::Read;
 
 use super::config::parse_key_values;
+use super::kube::PodMetadata;
 
 /// Bytes of `/proc/PID/environ` read at most.
 pub const ENVIRON_LIMIT: u64 = 64 * 1024;
@@ -30,6 +33,8 @@ pub enum TenantRule {
     Fixed(String),
     /// This key of the target's `OTEL_RESOURCE_ATTRIBUTES`.
     ResourceAttribute(String),
+    /// This label of the pod's namespace (set by cluster admins, not by the pod).
+    NamespaceLabel(String),
 }
 
 /// What the target says about itself in its environment (the two OTel keys only).
@@ -172,7 +177,7 @@ impl ProcessFacts {
         Self {
             pid,
             start_ticks,
-            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+            exe: crate::python::locate::exe_in_process(pid)
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             args,
@@ -183,11 +188,34 @@ impl ProcessFacts {
     }
 }
 
+/// Attributes that say which workload a process is, in a log line
+/// (`service.name=… container.id=… k8s.pod.name=…`), those present only.
+pub fn identifying(resource: &[(String, String)]) -> String {
+    const KEYS: &[&str] = &[
+        "service.name",
+        "container.id",
+        "k8s.namespace.name",
+        "k8s.pod.name",
+        "k8s.container.name",
+        "tenant.id",
+    ];
+    KEYS.iter()
+        .filter_map(|k| {
+            resource
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| format!("{k}={v}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The resource attributes of one process, in a stable order.
 pub fn process_resource(
     p: &ProcessFacts,
     host: &Host,
     tenant: Option<&TenantRule>,
+    pod: Option<&PodMetadata>,
 ) -> Vec<(String, String)> {
     let exe_name = std::path::Path::new(&p.exe)
         .file_name()
@@ -205,6 +233,7 @@ pub fn process_resource(
         .service_name
         .clone()
         .or_else(|| attr("service.name"))
+        .or_else(|| pod.and_then(|m| m.service_name.clone()))
         .unwrap_or_else(|| python_service_name(&p.args, &exe_name));
     let mut out = vec![
         ("service.name".to_string(), service),
@@ -231,9 +260,13 @@ pub fn process_resource(
     if let Some(id) = container_id_from_cgroup(&p.cgroup) {
         out.push(("container.id".to_string(), id));
     }
+    if let Some(m) = pod {
+        out.extend(m.attributes.iter().cloned());
+    }
     let tenant = match tenant {
         Some(TenantRule::Fixed(v)) => Some(v.clone()),
         Some(TenantRule::ResourceAttribute(k)) => attr(k),
+        Some(TenantRule::NamespaceLabel(_)) => pod.and_then(|m| m.tenant.clone()),
         None => None,
     };
     if let Some(t) = tenant {
@@ -309,13 +342,13 @@ mod tests {
             service_name: Some("shop".into()),
             resource_attributes: vec![("service.name".into(), "other".into())],
         };
-        let r = process_resource(&facts(&["python3", "app.py"], own), &host, None);
+        let r = process_resource(&facts(&["python3", "app.py"], own), &host, None, None);
         assert_eq!(get(&r, "service.name"), Some("shop"));
         let attrs = TargetOtelEnv {
             service_name: None,
             resource_attributes: vec![("service.name".into(), "from-attrs".into())],
         };
-        let r = process_resource(&facts(&["python3", "app.py"], attrs), &host, None);
+        let r = process_resource(&facts(&["python3", "app.py"], attrs), &host, None, None);
         assert_eq!(get(&r, "service.name"), Some("from-attrs"));
         let r = process_resource(
             &facts(
@@ -323,6 +356,7 @@ mod tests {
                 TargetOtelEnv::default(),
             ),
             &host,
+            None,
             None,
         );
         assert_eq!(get(&r, "service.name"), Some("python:worker.py"));
@@ -358,16 +392,65 @@ mod tests {
             ],
         };
         let f = facts(&["python3", "a.py"], env);
-        assert_eq!(get(&process_resource(&f, &host, None), "tenant.id"), None);
+        assert_eq!(
+            get(&process_resource(&f, &host, None, None), "tenant.id"),
+            None
+        );
         let fixed = TenantRule::Fixed("acme".into());
         assert_eq!(
-            get(&process_resource(&f, &host, Some(&fixed)), "tenant.id"),
+            get(
+                &process_resource(&f, &host, Some(&fixed), None),
+                "tenant.id"
+            ),
             Some("acme")
         );
         let keyed = TenantRule::ResourceAttribute("team".into());
         assert_eq!(
-            get(&process_resource(&f, &host, Some(&keyed)), "tenant.id"),
+            get(
+                &process_resource(&f, &host, Some(&keyed), None),
+                "tenant.id"
+            ),
             Some("blue")
+        );
+    }
+
+    #[test]
+    fn a_pod_names_the_service_only_when_the_target_does_not() {
+        let host = Host {
+            name: "n".into(),
+            arch: "amd64".into(),
+        };
+        let pod = PodMetadata {
+            attributes: vec![
+                ("k8s.namespace.name".into(), "shop".into()),
+                ("k8s.pod.name".into(), "web-1".into()),
+            ],
+            service_name: Some("web".into()),
+            tenant: Some("acme".into()),
+        };
+        let plain = facts(&["python3", "app.py"], TargetOtelEnv::default());
+        let r = process_resource(&plain, &host, None, Some(&pod));
+        assert_eq!(get(&r, "service.name"), Some("web"));
+        assert_eq!(get(&r, "k8s.pod.name"), Some("web-1"));
+        assert_eq!(get(&r, "tenant.id"), None, "no rule, no tenant");
+        let rule = TenantRule::NamespaceLabel("tenant".into());
+        let r = process_resource(&plain, &host, Some(&rule), Some(&pod));
+        assert_eq!(get(&r, "tenant.id"), Some("acme"));
+        let own = TargetOtelEnv {
+            service_name: Some("checkout".into()),
+            resource_attributes: vec![("tenant.id".into(), "evil".into())],
+        };
+        let r = process_resource(
+            &facts(&["python3", "app.py"], own),
+            &host,
+            Some(&rule),
+            Some(&pod),
+        );
+        assert_eq!(get(&r, "service.name"), Some("checkout"));
+        assert_eq!(
+            get(&r, "tenant.id"),
+            Some("acme"),
+            "never the target's own tenant.id"
         );
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::analyse::{CpuEnvironment, Measurement};
 use crate::bpf::condwait_probe::{self, CondWaitProbe};
@@ -18,13 +18,17 @@ use crate::bpf::layout::MAX_GILS;
 use crate::bpf::wait_probe::{WaitCounters, WaitProbe};
 use crate::cgroup::{affinity_cpus, throttled_between, CpuCgroup, Throttling};
 use crate::error::Result;
-use crate::gil_sampler::{GilSampler, GilSamples, TstateResolver};
+use crate::gil_sampler::{GilSamples, SampledProcess, SamplerPool, TstateResolver};
 use crate::memory::RemoteMemory;
 use crate::python::locate::{self, GilSite, Interpreter};
 use crate::python::thread_names::ThreadNameReader;
 use crate::python::versions::ThreadIdField;
 use crate::report::{InterpreterInfo, Mode};
-use crate::threads::{sample_threads, ThreadSample};
+use crate::threads::{sample_threads, sample_threads_named, ThreadSample};
+
+/// How often thread names (OS and Python) are read again although no thread
+/// came or went: catches a thread renamed after it started, within this long.
+const NAMES_EVERY: Duration = Duration::from_secs(30);
 
 /// Cumulative counters of one process at one instant; two of them give an interval.
 #[derive(Debug, Clone)]
@@ -74,10 +78,20 @@ pub struct ProcessWatch {
     pub last_seen: Instant,
     pub alive: bool,
     resolver: Arc<TstateResolver>,
-    sampler: Option<GilSampler>,
+    /// This process on a sampler thread (the caller's shared pool, or `own_pool`).
+    sampler: Option<SampledProcess>,
+    /// The sampler thread of this process alone ([`ProcessWatch::attach_sampled`]).
+    own_pool: Option<SamplerPool>,
     name_reader: ThreadNameReader,
     /// Python `threading` names by tid, the last seen of each thread.
     python_names: HashMap<u32, String>,
+    /// The live threads at the last refresh (a change means names to read).
+    live_tids: Vec<u32>,
+    /// Read every name at the next refresh: threads came or went at the last one
+    /// (a new thread may name itself just after it appears).
+    names_pending: bool,
+    /// When every name was last read.
+    names_read_at: Instant,
     cgroup: Option<CpuCgroup>,
     throttling_start: Vec<Throttling>,
     holder_tids: HashMap<u64, u32>,
@@ -104,12 +118,25 @@ pub fn command_line(pid: u32) -> String {
 impl ProcessWatch {
     /// Starts watching a running CPython process whose GIL already exists.
     pub fn attach(pid: u32, probe: &mut WaitProbe) -> Result<Self> {
-        Self::attach_sampled(pid, probe, None)
+        Self::attach_with(pid, probe, None)
     }
 
     /// As [`ProcessWatch::attach`], and samples the GIL state at `sample_hz`
-    /// (hold shares, utilization, switches) when given.
+    /// (hold shares, utilization, switches) when given, on a thread of its own.
     pub fn attach_sampled(pid: u32, probe: &mut WaitProbe, sample_hz: Option<u32>) -> Result<Self> {
+        let own_pool = sample_hz.map(SamplerPool::start);
+        let mut watch = Self::attach_with(pid, probe, own_pool.as_ref())?;
+        watch.own_pool = own_pool;
+        Ok(watch)
+    }
+
+    /// As [`ProcessWatch::attach`], and samples the GIL state on `pool`'s thread
+    /// when given: a watcher of many processes samples them all from one thread.
+    pub fn attach_with(
+        pid: u32,
+        probe: &mut WaitProbe,
+        pool: Option<&SamplerPool>,
+    ) -> Result<Self> {
         let interp = locate::require_interpreter(pid)?;
         let mem = RemoteMemory::new(pid);
         let gil = interp.resolve_gil(&mem)?;
@@ -131,7 +158,7 @@ impl ProcessWatch {
         };
         let now = Instant::now();
         let resolver = Arc::new(TstateResolver::new(mem, gil.thread_id, pthread_tid_off));
-        let sampler = sample_hz.map(|hz| GilSampler::start(pid, gil, Arc::clone(&resolver), hz));
+        let sampler = pool.map(|p| p.add(pid, gil, Arc::clone(&resolver)));
         let cgroup = CpuCgroup::of(pid);
         let throttling_start = cgroup
             .as_ref()
@@ -140,8 +167,12 @@ impl ProcessWatch {
         Ok(Self {
             name_reader: ThreadNameReader::new(&interp, &gil, mem),
             python_names: HashMap::new(),
+            live_tids: cpu_start.keys().copied().collect(),
+            names_pending: true,
+            names_read_at: Instant::now(),
             resolver,
             sampler,
+            own_pool: None,
             cgroup,
             throttling_start,
             command: command_line(pid),
@@ -184,16 +215,26 @@ impl ProcessWatch {
             return;
         }
         let pid = self.pid();
-        match sample_threads(pid) {
+        // Names are read only when threads come or go (and now and then): with a
+        // thousand threads, reading every name every refresh was most of the cost.
+        let all_names = self.names_pending || self.names_read_at.elapsed() >= NAMES_EVERY;
+        let no_names = BTreeMap::new();
+        let known = if all_names { &no_names } else { &self.cpu_last };
+        let changed = match sample_threads_named(pid, known) {
             Ok(threads) => {
+                let changed = !threads.keys().eq(self.live_tids.iter());
+                if changed {
+                    self.live_tids = threads.keys().copied().collect();
+                }
                 self.cpu_last.extend(threads);
                 self.last_seen = Instant::now();
+                changed
             }
             Err(_) => {
                 self.alive = false;
                 return;
             }
-        }
+        };
         let gils = locate::all_gils(&self.mem, &self.gil, MAX_GILS);
         if gils != self.watched_gils && !gils.is_empty() {
             let updated = probe.watch(pid, &gils, &self.gil.layout).and_then(|()| {
@@ -207,7 +248,13 @@ impl ProcessWatch {
                 Err(e) => tracing::debug!("cannot update the GILs of process {pid}: {e}"),
             }
         }
-        self.python_names.extend(self.name_reader.read());
+        if all_names || changed {
+            self.python_names.extend(self.name_reader.read());
+        }
+        if all_names {
+            self.names_read_at = Instant::now();
+        }
+        self.names_pending = changed;
     }
 
     /// Folds the condvar probe's GIL waits into the futex probe's (musl only).
@@ -283,7 +330,7 @@ impl ProcessWatch {
             gil: self
                 .sampler
                 .as_ref()
-                .map(GilSampler::snapshot)
+                .map(SampledProcess::snapshot)
                 .unwrap_or_default(),
             throttling: self
                 .cgroup

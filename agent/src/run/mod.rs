@@ -1,7 +1,7 @@
 //! `gilscope run`: the node daemon. Watches every CPython process of the node
 //! and exports what it sees as OpenTelemetry metrics every interval.
 //!
-//! One loop, one thread (plus a GIL sampler per process and the export worker):
+//! One loop, one thread (plus one GIL sampler thread for all processes and the export worker):
 //! every poll it lists /proc and attaches to new CPython processes
 //! ([`discover`]); every second it refreshes per-thread CPU of the watched ones;
 //! every interval it turns each process's snapshots into data points
@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::bpf::wait_probe::WaitProbe;
+use crate::gil_sampler::SamplerPool;
 use crate::watch::{ProcessWatch, Snapshot};
 
 use config::{Settings, Temporality};
@@ -87,6 +88,8 @@ fn still_same(identity: &Identity) -> bool {
 struct Daemon {
     settings: Settings,
     probe: WaitProbe,
+    /// Samples the GIL of every watched process, all from one thread.
+    sampler: SamplerPool,
     discovery: Discovery,
     watched: HashMap<u32, Watched>,
     host: Host,
@@ -118,6 +121,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
     };
     let now = Instant::now();
     let mut daemon = Daemon {
+        sampler: SamplerPool::start(settings.sample_hz),
         settings,
         probe,
         discovery: Discovery::default(),
@@ -217,8 +221,7 @@ impl Daemon {
             else {
                 continue;
             };
-            match ProcessWatch::attach_sampled(pid, &mut self.probe, Some(self.settings.sample_hz))
-            {
+            match ProcessWatch::attach_with(pid, &mut self.probe, Some(&self.sampler)) {
                 Ok(watch) => {
                     let version = watch.interp.file.version.to_string();
                     let facts = ProcessFacts::read(pid, identity.start_ticks, version.clone());

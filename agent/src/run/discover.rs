@@ -11,7 +11,9 @@
 //! A process is judged once per (pid, executable): rules first (no
 //! file is opened), then the interpreter search. What is not CPython, or not
 //! supported, is remembered and logged once, so it is not examined again every
-//! poll; an `exec` changes the executable and so earns a new look. A CPython
+//! poll; an `exec` changes the executable and so earns a new look (within 1 s
+//! of the refusal, then ever less often: up to 30 s for a process refused long
+//! ago, since exec wrappers exec right after they start). A CPython
 //! process whose GIL does not exist yet (still starting) is retried.
 
 use std::collections::{HashMap, HashSet};
@@ -149,7 +151,7 @@ pub enum Verdict {
 /// The state of the poll: what was refused and what is pending.
 #[derive(Debug, Default)]
 pub struct Discovery {
-    refused: HashMap<u32, Identity>,
+    refused: HashMap<u32, Refused>,
     /// Pending processes and the candidate files seen last time (no ELF is read again
     /// until the mapped files change).
     pending: HashMap<u32, (Identity, Vec<PathBuf>)>,
@@ -159,8 +161,23 @@ pub struct Discovery {
     polls: u64,
 }
 
-/// A refused process is checked for an exec once every this many polls (1 s at 250 ms).
+/// A refused process, and when to look for an exec next.
+#[derive(Debug)]
+struct Refused {
+    identity: Identity,
+    /// The poll at which its executable is read again.
+    next_check: u64,
+    /// Polls between the last two looks: doubles while the executable stays the same.
+    gap: u64,
+}
+
+/// A newly refused process is checked for an exec after this many polls (1 s at 250 ms).
 const REFUSED_RECHECK: u64 = 4;
+/// The longest gap between two looks at a refused process (30 s at 250 ms): a
+/// process that exec's into Python does so right after it starts (a shell or
+/// container entry point), so one that did not for long is looked at rarely,
+/// and a node's hundreds of other processes cost almost nothing per poll.
+const REFUSED_RECHECK_MAX: u64 = 120;
 
 /// The pids in /proc (processes, not threads).
 pub fn list_pids() -> Vec<u32> {
@@ -218,15 +235,24 @@ impl Discovery {
             return Verdict::Refused;
         }
         // Refused processes cost nothing most polls: an exec (the only way a refused
-        // pid becomes Python) is looked for once every REFUSED_RECHECK polls.
-        if self.refused.contains_key(&pid) && !self.polls.is_multiple_of(REFUSED_RECHECK) {
+        // pid becomes Python) is looked for after REFUSED_RECHECK polls, then ever
+        // less often (up to REFUSED_RECHECK_MAX) while the executable stays the same.
+        if self
+            .refused
+            .get(&pid)
+            .is_some_and(|r| self.polls < r.next_check)
+        {
             return Verdict::Refused;
         }
         let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
             return Verdict::Refused; // kernel thread, or gone
         };
-        if self.refused.get(&pid).is_some_and(|known| known.exe == exe) {
-            return Verdict::Refused;
+        if let Some(known) = self.refused.get_mut(&pid) {
+            if known.identity.exe == exe {
+                known.gap = (known.gap * 2).min(REFUSED_RECHECK_MAX);
+                known.next_check = self.polls + known.gap;
+                return Verdict::Refused;
+            }
         }
         let Some(start) = start_ticks(pid) else {
             return Verdict::Refused;
@@ -311,7 +337,14 @@ impl Discovery {
     fn refuse(&mut self, identity: Identity) -> Verdict {
         self.refusals += 1;
         self.pending.remove(&identity.pid);
-        self.refused.insert(identity.pid, identity);
+        self.refused.insert(
+            identity.pid,
+            Refused {
+                identity,
+                next_check: self.polls + REFUSED_RECHECK,
+                gap: REFUSED_RECHECK,
+            },
+        );
         Verdict::Refused
     }
 
@@ -408,6 +441,46 @@ mod tests {
         assert_eq!(parse_start_ticks(stat), Some(987_654));
         let own = start_ticks(std::process::id());
         assert!(own.is_some_and(|t| t > 0));
+    }
+
+    #[test]
+    fn a_refused_process_is_looked_at_ever_less_often_until_it_execs() {
+        let own = std::process::id();
+        // Excludes every executable: each look refuses again at once.
+        let r = rules(&[], &["*"], &[], &[]);
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 1; exec sleep 5"])
+            .spawn()
+            .expect("sh");
+        let pid = child.id();
+        let alive = HashSet::from([pid]);
+        let mut d = Discovery::default();
+        let first = d.judge(pid, &r, own);
+        let shell = d.refused.get(&pid).map(|x| x.identity.exe.clone());
+        let mut looks = Vec::new();
+        for _ in 0..40 {
+            d.forget_missing(&alive);
+            let before = d.refused.get(&pid).map(|x| x.next_check);
+            d.judge(pid, &r, own);
+            if d.refused.get(&pid).map(|x| x.next_check) != before {
+                looks.push(d.polls);
+            }
+        }
+        // The shell has exec'd `sleep` by now: the next look sees a new executable.
+        std::thread::sleep(Duration::from_millis(1500));
+        while d.refused.get(&pid).is_some_and(|x| d.polls < x.next_check) {
+            d.forget_missing(&alive);
+        }
+        d.judge(pid, &r, own);
+        let after = d.refused.get(&pid).map(|x| (x.identity.exe.clone(), x.gap));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(matches!(first, Verdict::Refused), "{first:?}");
+        assert_eq!(looks, vec![4, 12, 28], "gaps of 4, 8, 16 polls");
+        let (exe, gap) = after.expect("still refused");
+        assert_ne!(Some(exe.clone()), shell, "the exec was seen");
+        assert!(exe.to_string_lossy().contains("sleep"), "{exe:?}");
+        assert_eq!(gap, REFUSED_RECHECK, "a new executable starts over");
     }
 
     #[test]

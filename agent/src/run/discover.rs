@@ -244,15 +244,22 @@ impl Discovery {
         {
             return Verdict::Refused;
         }
-        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-            return Verdict::Refused; // kernel thread, or gone
-        };
+        // A kernel thread (or a zombie) has no executable: remembered as refused
+        // with an empty one, so it is not looked at again every poll.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
         if let Some(known) = self.refused.get_mut(&pid) {
             if known.identity.exe == exe {
                 known.gap = (known.gap * 2).min(REFUSED_RECHECK_MAX);
                 known.next_check = self.polls + known.gap;
                 return Verdict::Refused;
             }
+        }
+        if exe.as_os_str().is_empty() {
+            return self.remember_refused(Identity {
+                pid,
+                start_ticks: 0,
+                exe,
+            });
         }
         let Some(start) = start_ticks(pid) else {
             return Verdict::Refused;
@@ -336,6 +343,11 @@ impl Discovery {
 
     fn refuse(&mut self, identity: Identity) -> Verdict {
         self.refusals += 1;
+        self.remember_refused(identity)
+    }
+
+    /// Not to be looked at again before the next exec check.
+    fn remember_refused(&mut self, identity: Identity) -> Verdict {
         self.pending.remove(&identity.pid);
         self.refused.insert(
             identity.pid,
@@ -502,5 +514,19 @@ mod tests {
             matches!(first, Verdict::Later | Verdict::Refused),
             "{first:?}"
         );
+    }
+
+    #[test]
+    fn a_kernel_thread_is_remembered_and_not_read_every_poll() {
+        // kthreadd is pid 2 on Linux: no executable to read.
+        let kthreadd = 2;
+        if std::fs::read_link(format!("/proc/{kthreadd}/exe")).is_ok() {
+            return; // not a host pid namespace: no kernel thread to look at
+        }
+        let mut d = Discovery::default();
+        let verdict = d.judge(kthreadd, &Rules::all(), std::process::id());
+        assert!(matches!(verdict, Verdict::Refused), "{verdict:?}");
+        assert!(d.refused.get(&kthreadd).is_some_and(|r| r.next_check > 0));
+        assert_eq!(d.refusals, 0, "not counted as a refused Python candidate");
     }
 }

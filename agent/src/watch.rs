@@ -26,6 +26,11 @@ use crate::python::versions::ThreadIdField;
 use crate::report::{InterpreterInfo, Mode};
 use crate::threads::{sample_threads, sample_threads_named, ThreadSample};
 
+/// Process CPU (clock ticks, all threads, exited ones included) below which a
+/// [`ProcessWatch::refresh_if_busy`] skips the per-thread read: a thread that
+/// exits unseen can only take less than this with it (50 ms at 100 Hz).
+const UNSEEN_CPU_TICKS: u64 = 5;
+
 /// How often thread names (OS and Python) are read again although no thread
 /// came or went: catches a thread renamed after it started, within this long.
 const NAMES_EVERY: Duration = Duration::from_secs(30);
@@ -92,6 +97,8 @@ pub struct ProcessWatch {
     names_pending: bool,
     /// When every name was last read.
     names_read_at: Instant,
+    /// The process's CPU (clock ticks) at the last per-thread read.
+    cpu_ticks_read: u64,
     cgroup: Option<CpuCgroup>,
     throttling_start: Vec<Throttling>,
     holder_tids: HashMap<u64, u32>,
@@ -170,6 +177,7 @@ impl ProcessWatch {
             live_tids: cpu_start.keys().copied().collect(),
             names_pending: true,
             names_read_at: Instant::now(),
+            cpu_ticks_read: process_cpu_ticks(pid).unwrap_or(0),
             resolver,
             sampler,
             own_pool: None,
@@ -207,6 +215,28 @@ impl ProcessWatch {
         }
     }
 
+    /// [`ProcessWatch::refresh`] when the process used CPU since the last
+    /// per-thread read (at least [`UNSEEN_CPU_TICKS`]), else only its GIL list and
+    /// one file for the whole process. A periodic refresh exists so that exiting
+    /// threads keep their CPU; an idle process has none to lose, and reading a
+    /// file per thread of a thousand idle threads every tick was the daemon's
+    /// largest cost. The caller still calls [`ProcessWatch::refresh`] before a
+    /// snapshot.
+    pub fn refresh_if_busy(&mut self, probe: &mut WaitProbe) {
+        if !self.alive {
+            return;
+        }
+        let pid = self.pid();
+        match process_cpu_ticks(pid) {
+            Some(ticks) if ticks.saturating_sub(self.cpu_ticks_read) < UNSEEN_CPU_TICKS => {
+                self.last_seen = Instant::now();
+                self.update_gils(probe);
+            }
+            // Busy, gone or unreadable: the full refresh decides.
+            _ => self.refresh(probe),
+        }
+    }
+
     /// [`ProcessWatch::tick`] without reading the kernel counters: a caller that
     /// watches many processes reads them once for all ([`WaitProbe::read_all`])
     /// and hands each its own through [`ProcessWatch::learn_holders`].
@@ -215,6 +245,7 @@ impl ProcessWatch {
             return;
         }
         let pid = self.pid();
+        let cpu_ticks = process_cpu_ticks(pid);
         // Names are read only when threads come or go (and now and then): with a
         // thousand threads, reading every name every refresh was most of the cost.
         let all_names = self.names_pending || self.names_read_at.elapsed() >= NAMES_EVERY;
@@ -228,6 +259,10 @@ impl ProcessWatch {
                 }
                 self.cpu_last.extend(threads);
                 self.last_seen = Instant::now();
+                // Read before the threads: CPU used meanwhile counts as unseen.
+                if let Some(ticks) = cpu_ticks {
+                    self.cpu_ticks_read = ticks;
+                }
                 changed
             }
             Err(_) => {
@@ -235,6 +270,19 @@ impl ProcessWatch {
                 return;
             }
         };
+        self.update_gils(probe);
+        if all_names || changed {
+            self.python_names.extend(self.name_reader.read());
+        }
+        if all_names {
+            self.names_read_at = Instant::now();
+        }
+        self.names_pending = changed;
+    }
+
+    /// Keeps the kernel filter on the current GILs (subinterpreters come and go).
+    fn update_gils(&mut self, probe: &mut WaitProbe) {
+        let pid = self.pid();
         let gils = locate::all_gils(&self.mem, &self.gil, MAX_GILS);
         if gils != self.watched_gils && !gils.is_empty() {
             let updated = probe.watch(pid, &gils, &self.gil.layout).and_then(|()| {
@@ -248,13 +296,6 @@ impl ProcessWatch {
                 Err(e) => tracing::debug!("cannot update the GILs of process {pid}: {e}"),
             }
         }
-        if all_names || changed {
-            self.python_names.extend(self.name_reader.read());
-        }
-        if all_names {
-            self.names_read_at = Instant::now();
-        }
-        self.names_pending = changed;
     }
 
     /// Folds the condvar probe's GIL waits into the futex probe's (musl only).
@@ -377,6 +418,23 @@ impl ProcessWatch {
     }
 }
 
+/// CPU of the whole process (utime + stime of every thread, exited ones
+/// included) in clock ticks, from `/proc/PID/stat`; `None` when unreadable.
+fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_ticks(&stat)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, past the
+/// `comm` field (which may hold spaces and parentheses).
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let mut after = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    // After ')' comes field 3 (state): utime is the 12th from there.
+    let utime: u64 = after.nth(11)?.parse().ok()?;
+    let stime: u64 = after.next()?.parse().ok()?;
+    Some(utime.saturating_add(stime))
+}
+
 /// Every live descendant of `root` (children, grandchildren, ...), from procfs.
 ///
 /// The kernel here has no `/proc/PID/task/TID/children`, so this reads the
@@ -419,6 +477,14 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert!(found.contains(&child.id()), "{found:?}");
+    }
+
+    #[test]
+    fn process_cpu_is_utime_plus_stime_past_an_odd_command_name() {
+        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000 200";
+        assert_eq!(parse_cpu_ticks(stat), Some(8));
+        assert_eq!(parse_cpu_ticks("4242 (x) S 1"), None);
+        assert!(process_cpu_ticks(std::process::id()).is_some());
     }
 
     #[test]

@@ -153,7 +153,7 @@ impl Daemon {
             self.discover();
             let now = Instant::now();
             if now >= next_tick {
-                self.tick();
+                self.tick(false);
                 next_tick = now + TICK;
             }
             if now >= next_export {
@@ -176,13 +176,18 @@ impl Daemon {
         }
     }
 
-    /// Refreshes every watched process from procfs (per-thread CPU, GIL list).
-    fn tick(&mut self) {
+    /// Refreshes every watched process from procfs (per-thread CPU, GIL list);
+    /// between intervals (`full` false) only the processes that used CPU.
+    fn tick(&mut self, full: bool) {
         for w in self.watched.values_mut() {
             if w.watch.alive && !still_same(&w.identity) {
                 w.watch.alive = false;
             }
-            w.watch.refresh(&mut self.probe);
+            if full {
+                w.watch.refresh(&mut self.probe);
+            } else {
+                w.watch.refresh_if_busy(&mut self.probe);
+            }
         }
     }
 
@@ -258,7 +263,7 @@ impl Daemon {
         let interval_s = now.duration_since(self.last_interval).as_secs_f64();
         self.last_interval = now;
         let temporality = self.temporality();
-        self.tick();
+        self.tick(true);
         let mut counters = self.read_counters();
         let mut all: Vec<ProcessSeries> = Vec::with_capacity(self.watched.len());
         for (pid, w) in self.watched.iter_mut() {

@@ -3,10 +3,11 @@
 //! Rules select by executable glob, command-line regex, cgroup regex (containers,
 //! pods, systemd units) and minimum age.
 //!
-//! Polling was chosen over an exec tracepoint: listing /proc every 250 ms costs
-//! well under a millisecond of CPU on a node with a few hundred processes
-//! (measured in BENCHMARKS.md) and sees a new process within one poll, which is
-//! the 1 s the daemon promises, without a second BPF program.
+//! Polling was chosen over an exec tracepoint: it sees a new process within one
+//! poll, which is the 1 s the daemon promises, without a second BPF program.
+//! Listing /proc walks every thread of the node in the kernel, so a poll first
+//! asks whether the number of processes changed (one `stat` of /proc) and lists
+//! only then, or once a second (a start and an exit in one poll).
 //!
 //! A process is judged once per (pid, executable): rules first (no
 //! file is opened), then the interpreter search. What is not CPython, or not
@@ -159,7 +160,24 @@ pub struct Discovery {
     pub refusals: u64,
     /// Polls so far.
     polls: u64,
+    /// The number of processes on the node at the last full listing (the link
+    /// count of `/proc`), and the poll of that listing.
+    listed: Option<(u64, u64)>,
 }
+
+/// The pids one poll looks at: every pid in /proc, or only the pending ones
+/// when the node has the same number of processes as at the last full listing.
+#[derive(Debug)]
+pub struct Listing {
+    pub pids: Vec<u32>,
+    /// Every process of the node (not only the pending ones).
+    pub complete: bool,
+}
+
+/// /proc is listed in full at least once every this many polls (1 s at 250 ms),
+/// even when the number of processes did not change (one started as another
+/// exited): the daemon still sees every new process within a second.
+const FULL_LIST_EVERY: u64 = 4;
 
 /// A refused process, and when to look for an exec next.
 #[derive(Debug)]
@@ -187,6 +205,15 @@ pub fn list_pids() -> Vec<u32> {
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .collect()
+}
+
+/// The number of processes of the node, in one `stat`: procfs gives /proc a link
+/// count of its own few links plus one per process (thread group, not thread).
+/// Listing /proc walks every *thread* of the node in the kernel, which at a
+/// thousand threads costs more than everything else the poll does.
+fn process_count() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc").ok().map(|m| m.nlink())
 }
 
 /// Start time in ticks after boot, from `/proc/PID/stat` (after the `comm` field,
@@ -360,6 +387,38 @@ impl Discovery {
         Verdict::Refused
     }
 
+    /// The pids this poll should judge: all of /proc when processes came or went
+    /// (or every [`FULL_LIST_EVERY`] polls), else only the pending ones.
+    pub fn list(&mut self) -> Listing {
+        let count = process_count();
+        let unchanged = match (self.listed, count) {
+            (Some((was, at)), Some(now)) => was == now && self.polls < at + FULL_LIST_EVERY,
+            _ => false,
+        };
+        if unchanged {
+            return Listing {
+                pids: self.pending.keys().copied().collect(),
+                complete: false,
+            };
+        }
+        self.listed = count.map(|c| (c, self.polls));
+        Listing {
+            pids: list_pids(),
+            complete: true,
+        }
+    }
+
+    /// Ends a poll; after a complete listing, forgets pids that no longer
+    /// exist, so the tables do not grow forever.
+    pub fn end_poll(&mut self, listing: &Listing) {
+        if listing.complete {
+            let alive: HashSet<u32> = listing.pids.iter().copied().collect();
+            self.forget_missing(&alive);
+        } else {
+            self.polls += 1;
+        }
+    }
+
     /// Forgets pids that no longer exist, so the tables do not grow forever; ends a poll.
     pub fn forget_missing(&mut self, alive: &HashSet<u32>) {
         self.polls += 1;
@@ -514,6 +573,50 @@ mod tests {
             matches!(first, Verdict::Later | Verdict::Refused),
             "{first:?}"
         );
+    }
+
+    #[test]
+    fn proc_is_listed_in_full_when_a_process_starts_and_at_least_every_second() {
+        let mut d = Discovery::default();
+        let first = d.list();
+        assert!(first.complete, "the first poll lists everything");
+        assert!(first.pids.contains(&std::process::id()));
+        d.end_poll(&first);
+        // Other tests of this binary start processes too: a poll may list in
+        // full early, never late.
+        let mut complete_at = Vec::new();
+        for _ in 0..8 {
+            let l = d.list();
+            if l.complete {
+                complete_at.push(d.polls);
+            }
+            d.end_poll(&l);
+        }
+        assert!(
+            complete_at
+                .windows(2)
+                .all(|w| w[1] - w[0] <= FULL_LIST_EVERY)
+                && complete_at.first().is_some_and(|p| *p <= FULL_LIST_EVERY),
+            "{complete_at:?}"
+        );
+        // A new process changes the count: the next poll lists in full and sees
+        // it (unless another exited meanwhile: then within FULL_LIST_EVERY polls).
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let mut seen_after = None;
+        for n in 1..=FULL_LIST_EVERY + 1 {
+            let l = d.list();
+            d.end_poll(&l);
+            if l.complete && l.pids.contains(&child.id()) {
+                seen_after = Some(n);
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(seen_after.is_some(), "a new process was not listed");
     }
 
     #[test]

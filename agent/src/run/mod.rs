@@ -19,7 +19,7 @@ pub mod otlp;
 pub mod resource;
 pub mod summary;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -216,9 +216,8 @@ impl Daemon {
     /// Lists /proc and attaches to new CPython processes.
     fn discover(&mut self) {
         let own = std::process::id();
-        let pids = discover::list_pids();
-        let alive: HashSet<u32> = pids.iter().copied().collect();
-        for pid in pids {
+        let listing = self.discovery.list();
+        for &pid in &listing.pids {
             if self.watched.contains_key(&pid) {
                 continue;
             }
@@ -254,7 +253,7 @@ impl Daemon {
                 Err(e) => self.discovery.retry_later(identity, &e),
             }
         }
-        self.discovery.forget_missing(&alive);
+        self.discovery.end_poll(&listing);
     }
 
     /// Builds, exports (or prints) one interval, then releases exited processes.

@@ -7,8 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use procfs::process::Process;
-
 use crate::error::{Error, Result};
 
 /// One thread at one instant.
@@ -23,35 +21,73 @@ pub struct ThreadSample {
 
 /// Reads every live thread of `pid`; `NoSuchProcess` once the process is gone.
 pub fn sample_threads(pid: u32) -> Result<BTreeMap<u32, ThreadSample>> {
-    let gone = |e: procfs::ProcError| match e {
-        procfs::ProcError::NotFound(_) => Error::NoSuchProcess { pid },
-        procfs::ProcError::PermissionDenied(_) => Error::Permission {
-            what: format!("reading /proc/{pid}/task"),
+    sample_threads_named(pid, &BTreeMap::new())
+}
+
+/// As [`sample_threads`], but a thread already in `known` keeps its name from
+/// there instead of reading `comm` again: a watcher of a thousand threads reads
+/// one file per thread per refresh, not two.
+pub fn sample_threads_named(
+    pid: u32,
+    known: &BTreeMap<u32, ThreadSample>,
+) -> Result<BTreeMap<u32, ThreadSample>> {
+    let task_dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&task_dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid },
+        std::io::ErrorKind::PermissionDenied => Error::Permission {
+            what: format!("reading {task_dir}"),
         },
-        other => Error::Internal(format!("reading /proc/{pid}/task: {other}")),
-    };
-    let process = Process::new(pid as i32).map_err(gone)?;
-    let tasks = process.tasks().map_err(gone)?;
+        _ => Error::Internal(format!("reading {task_dir}: {e}")),
+    })?;
     let mut threads = BTreeMap::new();
-    for task in tasks.flatten() {
-        let Ok(schedstat) = task.schedstat() else {
+    for entry in tasks.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some((on_cpu_ns, runqueue_ns)) = read_short(&format!("{task_dir}/{tid}/schedstat"))
+            .and_then(|text| parse_schedstat(&text))
+        else {
             continue; // exited since the listing
         };
-        let tid = task.tid as u32;
-        let os_name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-            .map(|s| s.trim_end().to_string())
-            .unwrap_or_default();
+        let os_name = match known.get(&tid) {
+            Some(seen) => seen.os_name.clone(),
+            None => std::fs::read_to_string(format!("{task_dir}/{tid}/comm"))
+                .map(|s| s.trim_end().to_string())
+                .unwrap_or_default(),
+        };
         threads.insert(
             tid,
             ThreadSample {
                 tid,
                 os_name,
-                on_cpu_ns: schedstat.sum_exec_runtime,
-                runqueue_ns: schedstat.run_delay,
+                on_cpu_ns,
+                runqueue_ns,
             },
         );
     }
     Ok(threads)
+}
+
+/// A procfs file of one short line, in one `read` (no `statx`, no second read
+/// for the end of file as `read_to_string` does: this runs for every thread
+/// every refresh). `None` when it cannot be opened (the thread exited).
+fn read_short(path: &str) -> Option<String> {
+    use std::io::Read as _;
+    let mut buf = [0u8; 128];
+    let n = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// On-CPU and run-queue nanoseconds from a `schedstat` line ("runtime delay slices").
+fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+    let mut fields = text.split_whitespace();
+    let on_cpu = fields.next()?.parse().ok()?;
+    let delay = fields.next()?.parse().ok()?;
+    Some((on_cpu, delay))
 }
 
 #[cfg(test)]
@@ -97,6 +133,31 @@ mod tests {
             .find(|t| t.os_name == "spin-test")
             .expect("the named thread is listed");
         assert!(spinner.on_cpu_ns >= 45_000_000, "{spinner:?}");
+    }
+
+    #[test]
+    fn schedstat_gives_cpu_and_run_queue_time() {
+        assert_eq!(
+            parse_schedstat("123456789 4242 17\n"),
+            Some((123_456_789, 4242))
+        );
+        assert_eq!(parse_schedstat("12"), None);
+        assert_eq!(parse_schedstat(""), None);
+    }
+
+    #[test]
+    fn known_threads_keep_their_names_and_new_ones_are_read() {
+        let pid = std::process::id();
+        let fresh = sample_threads(pid).expect("own /proc");
+        let mut known = fresh.clone();
+        let (&tid, _) = known.iter().next().expect("a thread");
+        if let Some(t) = known.get_mut(&tid) {
+            t.os_name = "kept-name".into();
+        }
+        let again = sample_threads_named(pid, &known).expect("own /proc");
+        assert_eq!(again[&tid].os_name, "kept-name");
+        let read = sample_threads_named(pid, &BTreeMap::new()).expect("own /proc");
+        assert_eq!(read[&tid].os_name, fresh[&tid].os_name);
     }
 
     #[test]

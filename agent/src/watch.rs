@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::analyse::{CpuEnvironment, Measurement};
 use crate::bpf::condwait_probe::{self, CondWaitProbe};
@@ -18,13 +18,22 @@ use crate::bpf::layout::MAX_GILS;
 use crate::bpf::wait_probe::{WaitCounters, WaitProbe};
 use crate::cgroup::{affinity_cpus, throttled_between, CpuCgroup, Throttling};
 use crate::error::Result;
-use crate::gil_sampler::{GilSampler, GilSamples, TstateResolver};
+use crate::gil_sampler::{GilSamples, SampledProcess, SamplerPool, TstateResolver};
 use crate::memory::RemoteMemory;
 use crate::python::locate::{self, GilSite, Interpreter};
 use crate::python::thread_names::ThreadNameReader;
 use crate::python::versions::ThreadIdField;
 use crate::report::{InterpreterInfo, Mode};
-use crate::threads::{sample_threads, ThreadSample};
+use crate::threads::{sample_threads, sample_threads_named, ThreadSample};
+
+/// Process CPU (clock ticks, all threads, exited ones included) below which a
+/// [`ProcessWatch::refresh_if_busy`] skips the per-thread read: a thread that
+/// exits unseen can only take less than this with it (50 ms at 100 Hz).
+const UNSEEN_CPU_TICKS: u64 = 5;
+
+/// How often thread names (OS and Python) are read again although no thread
+/// came or went: catches a thread renamed after it started, within this long.
+const NAMES_EVERY: Duration = Duration::from_secs(30);
 
 /// Cumulative counters of one process at one instant; two of them give an interval.
 #[derive(Debug, Clone)]
@@ -74,10 +83,22 @@ pub struct ProcessWatch {
     pub last_seen: Instant,
     pub alive: bool,
     resolver: Arc<TstateResolver>,
-    sampler: Option<GilSampler>,
+    /// This process on a sampler thread (the caller's shared pool, or `own_pool`).
+    sampler: Option<SampledProcess>,
+    /// The sampler thread of this process alone ([`ProcessWatch::attach_sampled`]).
+    own_pool: Option<SamplerPool>,
     name_reader: ThreadNameReader,
     /// Python `threading` names by tid, the last seen of each thread.
     python_names: HashMap<u32, String>,
+    /// The live threads at the last refresh (a change means names to read).
+    live_tids: Vec<u32>,
+    /// Read every name at the next refresh: threads came or went at the last one
+    /// (a new thread may name itself just after it appears).
+    names_pending: bool,
+    /// When every name was last read.
+    names_read_at: Instant,
+    /// The process's CPU (clock ticks) at the last per-thread read.
+    cpu_ticks_read: u64,
     cgroup: Option<CpuCgroup>,
     throttling_start: Vec<Throttling>,
     holder_tids: HashMap<u64, u32>,
@@ -104,12 +125,25 @@ pub fn command_line(pid: u32) -> String {
 impl ProcessWatch {
     /// Starts watching a running CPython process whose GIL already exists.
     pub fn attach(pid: u32, probe: &mut WaitProbe) -> Result<Self> {
-        Self::attach_sampled(pid, probe, None)
+        Self::attach_with(pid, probe, None)
     }
 
     /// As [`ProcessWatch::attach`], and samples the GIL state at `sample_hz`
-    /// (hold shares, utilization, switches) when given.
+    /// (hold shares, utilization, switches) when given, on a thread of its own.
     pub fn attach_sampled(pid: u32, probe: &mut WaitProbe, sample_hz: Option<u32>) -> Result<Self> {
+        let own_pool = sample_hz.map(SamplerPool::start);
+        let mut watch = Self::attach_with(pid, probe, own_pool.as_ref())?;
+        watch.own_pool = own_pool;
+        Ok(watch)
+    }
+
+    /// As [`ProcessWatch::attach`], and samples the GIL state on `pool`'s thread
+    /// when given: a watcher of many processes samples them all from one thread.
+    pub fn attach_with(
+        pid: u32,
+        probe: &mut WaitProbe,
+        pool: Option<&SamplerPool>,
+    ) -> Result<Self> {
         let interp = locate::require_interpreter(pid)?;
         let mem = RemoteMemory::new(pid);
         let gil = interp.resolve_gil(&mem)?;
@@ -132,7 +166,7 @@ impl ProcessWatch {
         };
         let now = Instant::now();
         let resolver = Arc::new(TstateResolver::new(mem, gil.thread_id, pthread_tid_off));
-        let sampler = sample_hz.map(|hz| GilSampler::start(pid, gil, Arc::clone(&resolver), hz));
+        let sampler = pool.map(|p| p.add(pid, gil, Arc::clone(&resolver)));
         let cgroup = CpuCgroup::of(pid);
         let throttling_start = cgroup
             .as_ref()
@@ -141,8 +175,13 @@ impl ProcessWatch {
         Ok(Self {
             name_reader: ThreadNameReader::new(&interp, &gil, mem),
             python_names: HashMap::new(),
+            live_tids: cpu_start.keys().copied().collect(),
+            names_pending: true,
+            names_read_at: Instant::now(),
+            cpu_ticks_read: process_cpu_ticks(pid).unwrap_or(0),
             resolver,
             sampler,
+            own_pool: None,
             cgroup,
             throttling_start,
             command: command_line(pid),
@@ -177,6 +216,28 @@ impl ProcessWatch {
         }
     }
 
+    /// [`ProcessWatch::refresh`] when the process used CPU since the last
+    /// per-thread read (at least [`UNSEEN_CPU_TICKS`]), else only its GIL list and
+    /// one file for the whole process. A periodic refresh exists so that exiting
+    /// threads keep their CPU; an idle process has none to lose, and reading a
+    /// file per thread of a thousand idle threads every tick was the daemon's
+    /// largest cost. The caller still calls [`ProcessWatch::refresh`] before a
+    /// snapshot.
+    pub fn refresh_if_busy(&mut self, probe: &mut WaitProbe) {
+        if !self.alive {
+            return;
+        }
+        let pid = self.pid();
+        match process_cpu_ticks(pid) {
+            Some(ticks) if ticks.saturating_sub(self.cpu_ticks_read) < UNSEEN_CPU_TICKS => {
+                self.last_seen = Instant::now();
+                self.update_gils(probe);
+            }
+            // Busy, gone or unreadable: the full refresh decides.
+            _ => self.refresh(probe),
+        }
+    }
+
     /// [`ProcessWatch::tick`] without reading the kernel counters: a caller that
     /// watches many processes reads them once for all ([`WaitProbe::read_all`])
     /// and hands each its own through [`ProcessWatch::learn_holders`].
@@ -185,16 +246,44 @@ impl ProcessWatch {
             return;
         }
         let pid = self.pid();
-        match sample_threads(pid) {
+        let cpu_ticks = process_cpu_ticks(pid);
+        // Names are read only when threads come or go (and now and then): with a
+        // thousand threads, reading every name every refresh was most of the cost.
+        let all_names = self.names_pending || self.names_read_at.elapsed() >= NAMES_EVERY;
+        let no_names = BTreeMap::new();
+        let known = if all_names { &no_names } else { &self.cpu_last };
+        let changed = match sample_threads_named(pid, known) {
             Ok(threads) => {
+                let changed = !threads.keys().eq(self.live_tids.iter());
+                if changed {
+                    self.live_tids = threads.keys().copied().collect();
+                }
                 self.cpu_last.extend(threads);
                 self.last_seen = Instant::now();
+                // Read before the threads: CPU used meanwhile counts as unseen.
+                if let Some(ticks) = cpu_ticks {
+                    self.cpu_ticks_read = ticks;
+                }
+                changed
             }
             Err(_) => {
                 self.alive = false;
                 return;
             }
+        };
+        self.update_gils(probe);
+        if all_names || changed {
+            self.python_names.extend(self.name_reader.read());
         }
+        if all_names {
+            self.names_read_at = Instant::now();
+        }
+        self.names_pending = changed;
+    }
+
+    /// Keeps the kernel filter on the current GILs (subinterpreters come and go).
+    fn update_gils(&mut self, probe: &mut WaitProbe) {
+        let pid = self.pid();
         let gils = locate::all_gils(&self.mem, &self.gil, MAX_GILS);
         if gils != self.watched_gils && !gils.is_empty() {
             let updated = probe.watch(pid, &gils, &self.gil.layout).and_then(|()| {
@@ -208,7 +297,6 @@ impl ProcessWatch {
                 Err(e) => tracing::debug!("cannot update the GILs of process {pid}: {e}"),
             }
         }
-        self.python_names.extend(self.name_reader.read());
     }
 
     /// Folds the condvar probe's GIL waits into the futex probe's (musl only).
@@ -318,7 +406,7 @@ impl ProcessWatch {
             gil: self
                 .sampler
                 .as_ref()
-                .map(GilSampler::snapshot)
+                .map(SampledProcess::snapshot)
                 .unwrap_or_default(),
             throttling: self
                 .cgroup
@@ -365,6 +453,23 @@ impl ProcessWatch {
     }
 }
 
+/// CPU of the whole process (utime + stime of every thread, exited ones
+/// included) in clock ticks, from `/proc/PID/stat`; `None` when unreadable.
+fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_ticks(&stat)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, past the
+/// `comm` field (which may hold spaces and parentheses).
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let mut after = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    // After ')' comes field 3 (state): utime is the 12th from there.
+    let utime: u64 = after.nth(11)?.parse().ok()?;
+    let stime: u64 = after.next()?.parse().ok()?;
+    Some(utime.saturating_add(stime))
+}
+
 /// Every live descendant of `root` (children, grandchildren, ...), from procfs.
 ///
 /// The kernel here has no `/proc/PID/task/TID/children`, so this reads the
@@ -407,6 +512,14 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert!(found.contains(&child.id()), "{found:?}");
+    }
+
+    #[test]
+    fn process_cpu_is_utime_plus_stime_past_an_odd_command_name() {
+        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000 200";
+        assert_eq!(parse_cpu_ticks(stat), Some(8));
+        assert_eq!(parse_cpu_ticks("4242 (x) S 1"), None);
+        assert!(process_cpu_ticks(std::process::id()).is_some());
     }
 
     #[test]

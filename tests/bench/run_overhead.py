@@ -5,7 +5,9 @@ of T threads each, and OTLP bytes on the wire per process per interval.
 The agent exports to rotel through a small TCP proxy that counts the bytes in
 both directions (HTTP/2 framing and gzip included: what a thin link carries).
 Usage (root): run_overhead.py --processes 20 --threads 4 --seconds 60 [--interval 10]
-Prints one JSON line; BENCHMARKS.md quotes it.
+Prints one JSON line; BENCHMARKS.md quotes it. `agent_cpu_by_thread_name` splits
+the agent's CPU by thread name (main loop `gilscope`, samplers, exporter), from
+/proc/AGENT/task/*/stat at the start and end of the measurement.
 """
 import argparse
 import json
@@ -73,6 +75,31 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def thread_cpu_s(pid):
+    """CPU seconds of each live thread of `pid`, by tid: {tid: (name, seconds)}."""
+    out = {}
+    task = f"/proc/{pid}/task"
+    for tid in os.listdir(task):
+        try:
+            with open(f"{task}/{tid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue  # exited meanwhile
+        fields = rest.split()
+        out[tid] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def cpu_by_thread_name(before, after, wall):
+    """Share of one core per thread name between two `thread_cpu_s` readings
+    (threads of one name, e.g. one sampler per process, are added up)."""
+    shares = {}
+    for tid, (name, s1) in after.items():
+        s0 = before.get(tid, (name, 0.0))[1]
+        shares[name] = shares.get(name, 0.0) + (s1 - s0) / wall
+    return {n: round(v, 4) for n, v in sorted(shares.items(), key=lambda kv: -kv[1])}
+
+
 def rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -116,12 +143,14 @@ def main():
     try:
         time.sleep(args.warmup)
         c0, b0, t0 = cpu_s(agent.pid), proxy.up + proxy.down, time.monotonic()
+        threads0 = thread_cpu_s(agent.pid)
         rss = []
         end = t0 + args.seconds
         while time.monotonic() < end:
             time.sleep(1)
             rss.append(rss_mb(agent.pid))
         c1, b1, t1 = cpu_s(agent.pid), proxy.up + proxy.down, time.monotonic()
+        threads1 = thread_cpu_s(agent.pid)
     finally:
         agent.terminate()
         t_stop = time.monotonic()
@@ -141,6 +170,8 @@ def main():
         "interval_s": args.interval,
         "measured_s": round(wall, 1),
         "agent_cpu_share_of_one_core": round((c1 - c0) / wall, 4),
+        "agent_cpu_by_thread_name": cpu_by_thread_name(threads0, threads1, wall),
+        "agent_threads": len(threads1),
         "agent_rss_mb_max": round(max(rss), 1),
         "wire_bytes_per_process_per_interval": round((b1 - b0) / intervals / args.processes),
         "wire_bytes_per_process_per_hour": round((b1 - b0) / wall * 3600 / args.processes),

@@ -3,15 +3,18 @@
 //! Rules select by executable glob, command-line regex, cgroup regex (containers,
 //! pods, systemd units) and minimum age.
 //!
-//! Polling was chosen over an exec tracepoint: listing /proc every 250 ms costs
-//! well under a millisecond of CPU on a node with a few hundred processes
-//! (measured in BENCHMARKS.md) and sees a new process within one poll, which is
-//! the 1 s the daemon promises, without a second BPF program.
+//! Polling was chosen over an exec tracepoint: it sees a new process within one
+//! poll, which is the 1 s the daemon promises, without a second BPF program.
+//! Listing /proc walks every thread of the node in the kernel, so a poll first
+//! asks whether the number of processes changed (one `stat` of /proc) and lists
+//! only then, or once a second (a start and an exit in one poll).
 //!
 //! A process is judged once per (pid, executable): rules first (no
 //! file is opened), then the interpreter search. What is not CPython, or not
 //! supported, is remembered and logged once, so it is not examined again every
-//! poll; an `exec` changes the executable and so earns a new look. A CPython
+//! poll; an `exec` changes the executable and so earns a new look (within 1 s
+//! of the refusal, then ever less often: up to 30 s for a process refused long
+//! ago, since exec wrappers exec right after they start). A CPython
 //! process whose GIL does not exist yet (still starting) is retried.
 
 use std::collections::{HashMap, HashSet};
@@ -149,7 +152,7 @@ pub enum Verdict {
 /// The state of the poll: what was refused and what is pending.
 #[derive(Debug, Default)]
 pub struct Discovery {
-    refused: HashMap<u32, Identity>,
+    refused: HashMap<u32, Refused>,
     /// Pending processes and the candidate files seen last time (no ELF is read again
     /// until the mapped files change).
     pending: HashMap<u32, (Identity, Vec<PathBuf>)>,
@@ -157,10 +160,42 @@ pub struct Discovery {
     pub refusals: u64,
     /// Polls so far.
     polls: u64,
+    /// The number of processes on the node at the last full listing (the link
+    /// count of `/proc`), and the poll of that listing.
+    listed: Option<(u64, u64)>,
 }
 
-/// A refused process is checked for an exec once every this many polls (1 s at 250 ms).
+/// The pids one poll looks at: every pid in /proc, or only the pending ones
+/// when the node has the same number of processes as at the last full listing.
+#[derive(Debug)]
+pub struct Listing {
+    pub pids: Vec<u32>,
+    /// Every process of the node (not only the pending ones).
+    pub complete: bool,
+}
+
+/// /proc is listed in full at least once every this many polls (1 s at 250 ms),
+/// even when the number of processes did not change (one started as another
+/// exited): the daemon still sees every new process within a second.
+const FULL_LIST_EVERY: u64 = 4;
+
+/// A refused process, and when to look for an exec next.
+#[derive(Debug)]
+struct Refused {
+    identity: Identity,
+    /// The poll at which its executable is read again.
+    next_check: u64,
+    /// Polls between the last two looks: doubles while the executable stays the same.
+    gap: u64,
+}
+
+/// A newly refused process is checked for an exec after this many polls (1 s at 250 ms).
 const REFUSED_RECHECK: u64 = 4;
+/// The longest gap between two looks at a refused process (30 s at 250 ms): a
+/// process that exec's into Python does so right after it starts (a shell or
+/// container entry point), so one that did not for long is looked at rarely,
+/// and a node's hundreds of other processes cost almost nothing per poll.
+const REFUSED_RECHECK_MAX: u64 = 120;
 
 /// The pids in /proc (processes, not threads).
 pub fn list_pids() -> Vec<u32> {
@@ -170,6 +205,15 @@ pub fn list_pids() -> Vec<u32> {
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .collect()
+}
+
+/// The number of processes of the node, in one `stat`: procfs gives /proc a link
+/// count of its own few links plus one per process (thread group, not thread).
+/// Listing /proc walks every *thread* of the node in the kernel, which at a
+/// thousand threads costs more than everything else the poll does.
+fn process_count() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc").ok().map(|m| m.nlink())
 }
 
 /// Start time in ticks after boot, from `/proc/PID/stat` (after the `comm` field,
@@ -218,15 +262,31 @@ impl Discovery {
             return Verdict::Refused;
         }
         // Refused processes cost nothing most polls: an exec (the only way a refused
-        // pid becomes Python) is looked for once every REFUSED_RECHECK polls.
-        if self.refused.contains_key(&pid) && !self.polls.is_multiple_of(REFUSED_RECHECK) {
+        // pid becomes Python) is looked for after REFUSED_RECHECK polls, then ever
+        // less often (up to REFUSED_RECHECK_MAX) while the executable stays the same.
+        if self
+            .refused
+            .get(&pid)
+            .is_some_and(|r| self.polls < r.next_check)
+        {
             return Verdict::Refused;
         }
-        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-            return Verdict::Refused; // kernel thread, or gone
-        };
-        if self.refused.get(&pid).is_some_and(|known| known.exe == exe) {
-            return Verdict::Refused;
+        // A kernel thread (or a zombie) has no executable: remembered as refused
+        // with an empty one, so it is not looked at again every poll.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if let Some(known) = self.refused.get_mut(&pid) {
+            if known.identity.exe == exe {
+                known.gap = (known.gap * 2).min(REFUSED_RECHECK_MAX);
+                known.next_check = self.polls + known.gap;
+                return Verdict::Refused;
+            }
+        }
+        if exe.as_os_str().is_empty() {
+            return self.remember_refused(Identity {
+                pid,
+                start_ticks: 0,
+                exe,
+            });
         }
         let Some(start) = start_ticks(pid) else {
             return Verdict::Refused;
@@ -310,9 +370,53 @@ impl Discovery {
 
     fn refuse(&mut self, identity: Identity) -> Verdict {
         self.refusals += 1;
+        self.remember_refused(identity)
+    }
+
+    /// Not to be looked at again before the next exec check.
+    fn remember_refused(&mut self, identity: Identity) -> Verdict {
         self.pending.remove(&identity.pid);
-        self.refused.insert(identity.pid, identity);
+        self.refused.insert(
+            identity.pid,
+            Refused {
+                identity,
+                next_check: self.polls + REFUSED_RECHECK,
+                gap: REFUSED_RECHECK,
+            },
+        );
         Verdict::Refused
+    }
+
+    /// The pids this poll should judge: all of /proc when processes came or went
+    /// (or every [`FULL_LIST_EVERY`] polls), else only the pending ones.
+    pub fn list(&mut self) -> Listing {
+        let count = process_count();
+        let unchanged = match (self.listed, count) {
+            (Some((was, at)), Some(now)) => was == now && self.polls < at + FULL_LIST_EVERY,
+            _ => false,
+        };
+        if unchanged {
+            return Listing {
+                pids: self.pending.keys().copied().collect(),
+                complete: false,
+            };
+        }
+        self.listed = count.map(|c| (c, self.polls));
+        Listing {
+            pids: list_pids(),
+            complete: true,
+        }
+    }
+
+    /// Ends a poll; after a complete listing, forgets pids that no longer
+    /// exist, so the tables do not grow forever.
+    pub fn end_poll(&mut self, listing: &Listing) {
+        if listing.complete {
+            let alive: HashSet<u32> = listing.pids.iter().copied().collect();
+            self.forget_missing(&alive);
+        } else {
+            self.polls += 1;
+        }
     }
 
     /// Forgets pids that no longer exist, so the tables do not grow forever; ends a poll.
@@ -411,6 +515,46 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_process_is_looked_at_ever_less_often_until_it_execs() {
+        let own = std::process::id();
+        // Excludes every executable: each look refuses again at once.
+        let r = rules(&[], &["*"], &[], &[]);
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 1; exec sleep 5"])
+            .spawn()
+            .expect("sh");
+        let pid = child.id();
+        let alive = HashSet::from([pid]);
+        let mut d = Discovery::default();
+        let first = d.judge(pid, &r, own);
+        let shell = d.refused.get(&pid).map(|x| x.identity.exe.clone());
+        let mut looks = Vec::new();
+        for _ in 0..40 {
+            d.forget_missing(&alive);
+            let before = d.refused.get(&pid).map(|x| x.next_check);
+            d.judge(pid, &r, own);
+            if d.refused.get(&pid).map(|x| x.next_check) != before {
+                looks.push(d.polls);
+            }
+        }
+        // The shell has exec'd `sleep` by now: the next look sees a new executable.
+        std::thread::sleep(Duration::from_millis(1500));
+        while d.refused.get(&pid).is_some_and(|x| d.polls < x.next_check) {
+            d.forget_missing(&alive);
+        }
+        d.judge(pid, &r, own);
+        let after = d.refused.get(&pid).map(|x| (x.identity.exe.clone(), x.gap));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(matches!(first, Verdict::Refused), "{first:?}");
+        assert_eq!(looks, vec![4, 12, 28], "gaps of 4, 8, 16 polls");
+        let (exe, gap) = after.expect("still refused");
+        assert_ne!(Some(exe.clone()), shell, "the exec was seen");
+        assert!(exe.to_string_lossy().contains("sleep"), "{exe:?}");
+        assert_eq!(gap, REFUSED_RECHECK, "a new executable starts over");
+    }
+
+    #[test]
     fn our_own_process_and_a_non_python_one_are_refused_once() {
         let mut d = Discovery::default();
         let own = std::process::id();
@@ -429,5 +573,63 @@ mod tests {
             matches!(first, Verdict::Later | Verdict::Refused),
             "{first:?}"
         );
+    }
+
+    #[test]
+    fn proc_is_listed_in_full_when_a_process_starts_and_at_least_every_second() {
+        let mut d = Discovery::default();
+        let first = d.list();
+        assert!(first.complete, "the first poll lists everything");
+        assert!(first.pids.contains(&std::process::id()));
+        d.end_poll(&first);
+        // Other tests of this binary start processes too: a poll may list in
+        // full early, never late.
+        let mut complete_at = Vec::new();
+        for _ in 0..8 {
+            let l = d.list();
+            if l.complete {
+                complete_at.push(d.polls);
+            }
+            d.end_poll(&l);
+        }
+        assert!(
+            complete_at
+                .windows(2)
+                .all(|w| w[1] - w[0] <= FULL_LIST_EVERY)
+                && complete_at.first().is_some_and(|p| *p <= FULL_LIST_EVERY),
+            "{complete_at:?}"
+        );
+        // A new process changes the count: the next poll lists in full and sees
+        // it (unless another exited meanwhile: then within FULL_LIST_EVERY polls).
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let mut seen_after = None;
+        for n in 1..=FULL_LIST_EVERY + 1 {
+            let l = d.list();
+            d.end_poll(&l);
+            if l.complete && l.pids.contains(&child.id()) {
+                seen_after = Some(n);
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(seen_after.is_some(), "a new process was not listed");
+    }
+
+    #[test]
+    fn a_kernel_thread_is_remembered_and_not_read_every_poll() {
+        // kthreadd is pid 2 on Linux: no executable to read.
+        let kthreadd = 2;
+        if std::fs::read_link(format!("/proc/{kthreadd}/exe")).is_ok() {
+            return; // not a host pid namespace: no kernel thread to look at
+        }
+        let mut d = Discovery::default();
+        let verdict = d.judge(kthreadd, &Rules::all(), std::process::id());
+        assert!(matches!(verdict, Verdict::Refused), "{verdict:?}");
+        assert!(d.refused.get(&kthreadd).is_some_and(|r| r.next_check > 0));
+        assert_eq!(d.refusals, 0, "not counted as a refused Python candidate");
     }
 }

@@ -1,7 +1,7 @@
 //! `gilscope run`: the node daemon. Watches every CPython process of the node
 //! and exports what it sees as OpenTelemetry metrics every interval.
 //!
-//! One loop, one thread (plus a GIL sampler per process and the export worker):
+//! One loop, one thread (plus one GIL sampler thread for all processes and the export worker):
 //! every poll it lists /proc and attaches to new CPython processes
 //! ([`discover`]); every second it refreshes per-thread CPU of the watched ones;
 //! every interval it turns each process's snapshots into data points
@@ -29,13 +29,14 @@ pub mod spool;
 pub mod summary;
 pub mod tls;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::bpf::layout::GilEpisode;
 use crate::bpf::wait_probe::WaitProbe;
+use crate::gil_sampler::SamplerPool;
 use crate::watch::{ProcessWatch, Snapshot};
 
 use config::{Settings, Temporality};
@@ -105,6 +106,8 @@ fn still_same(identity: &Identity) -> bool {
 struct Daemon {
     settings: Settings,
     probe: WaitProbe,
+    /// Samples the GIL of every watched process, all from one thread.
+    sampler: SamplerPool,
     discovery: Discovery,
     watched: HashMap<u32, Watched>,
     host: Host,
@@ -180,6 +183,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         .filter(|_| exporter.is_some())
         .map(|b| budget::Budget::new(b, settings.per_thread.is_some()));
     let mut daemon = Daemon {
+        sampler: SamplerPool::start(settings.sample_hz),
         probe,
         discovery: Discovery::default(),
         watched: HashMap::new(),
@@ -222,7 +226,7 @@ impl Daemon {
             self.drain_episodes();
             let now = Instant::now();
             if now >= next_tick {
-                self.tick();
+                self.tick(false);
                 next_tick = now + TICK;
             }
             if now >= next_export {
@@ -250,13 +254,18 @@ impl Daemon {
         }
     }
 
-    /// Refreshes every watched process from procfs (per-thread CPU, GIL list).
-    fn tick(&mut self) {
+    /// Refreshes every watched process from procfs (per-thread CPU, GIL list);
+    /// between intervals (`full` false) only the processes that used CPU.
+    fn tick(&mut self, full: bool) {
         for w in self.watched.values_mut() {
             if w.watch.alive && !still_same(&w.identity) {
                 w.watch.alive = false;
             }
-            w.watch.refresh(&mut self.probe);
+            if full {
+                w.watch.refresh(&mut self.probe);
+            } else {
+                w.watch.refresh_if_busy(&mut self.probe);
+            }
         }
     }
 
@@ -310,9 +319,8 @@ impl Daemon {
     /// Lists /proc and attaches to new CPython processes.
     fn discover(&mut self) {
         let own = std::process::id();
-        let pids = discover::list_pids();
-        let alive: HashSet<u32> = pids.iter().copied().collect();
-        for pid in pids {
+        let listing = self.discovery.list();
+        for &pid in &listing.pids {
             if self.watched.contains_key(&pid) {
                 continue;
             }
@@ -320,8 +328,7 @@ impl Daemon {
             else {
                 continue;
             };
-            match ProcessWatch::attach_sampled(pid, &mut self.probe, Some(self.settings.sample_hz))
-            {
+            match ProcessWatch::attach_with(pid, &mut self.probe, Some(&self.sampler)) {
                 Ok(watch) => {
                     let version = watch.interp.file.version.to_string();
                     let facts = ProcessFacts::read(pid, identity.start_ticks, version.clone());
@@ -348,7 +355,7 @@ impl Daemon {
                 Err(e) => self.discovery.retry_later(identity, &e),
             }
         }
-        self.discovery.forget_missing(&alive);
+        self.discovery.end_poll(&listing);
     }
 
     /// The resource of a process, and whether it waits for its pod's metadata
@@ -399,7 +406,7 @@ impl Daemon {
         let interval_s = now.duration_since(self.last_interval).as_secs_f64();
         self.last_interval = now;
         let temporality = self.temporality();
-        self.tick();
+        self.tick(true);
         self.drain_episodes();
         let mut counters = self.read_counters();
         let mut all: Vec<ProcessSeries> = Vec::with_capacity(self.watched.len());

@@ -233,6 +233,13 @@ fn the_manifest_capabilities_are_enough_and_each_is_needed() {
                 err.contains(&format!("CAP_{dropped}")),
                 "the message must name CAP_{dropped}:\n{err}"
             );
+        } else {
+            // A file or /proc entry it may not read is a permission problem, not
+            // "not a CPython process".
+            assert!(
+                err.contains("permission denied") && !err.contains("not a CPython process"),
+                "without {dropped} the message must say permission denied:\n{err}"
+            );
         }
         assert!(!err.trim().is_empty(), "without {dropped}: no message");
     }

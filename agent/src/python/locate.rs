@@ -353,6 +353,9 @@ pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
     let mut files = mapped_files(pid)?;
     // The executable first: static builds define _PyRuntime there.
     files.sort_by_key(|f| Some(f.path.as_path()) != exe.as_deref());
+    // A file we may not open (another user's, in a directory we cannot enter) is
+    // not "not Python": if nothing else is found, that is what to say.
+    let mut denied = None;
     for mapped in files
         .iter()
         .filter(|f| is_candidate(&f.path, exe.as_deref()))
@@ -362,6 +365,11 @@ pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
             Ok(Some(file)) => file,
             Ok(None) => continue,
             Err(e @ Error::NoSuchProcess { .. }) => return Err(e),
+            Err(e @ Error::Permission { .. }) => {
+                tracing::debug!("skipping {}: {e}", host.display());
+                denied.get_or_insert(e);
+                continue;
+            }
             Err(e) => {
                 tracing::debug!("skipping {}: {e}", host.display());
                 continue;
@@ -388,7 +396,10 @@ pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
             libc,
         }));
     }
-    Ok(None)
+    match denied {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
 }
 
 /// Where glibc keeps the kernel tid inside `struct pthread`, read from the

@@ -137,9 +137,21 @@ pub struct Host {
 impl Host {
     /// Reads the host name; `host.arch` in OpenTelemetry's spelling.
     pub fn detect() -> Self {
-        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
+        Self::detect_with(&|k| std::env::var(k).ok())
+    }
+
+    /// In a pod the UTS hostname is the pod's name, not the node's: the node name
+    /// from the downward API (`NODE_NAME`, set by the DaemonSet) wins when present.
+    pub fn detect_with(env: &dyn Fn(&str) -> Option<String>) -> Self {
+        let name = env("NODE_NAME")
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
@@ -280,6 +292,17 @@ mod tests {
     use super::*;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn in_a_pod_host_name_is_the_node_not_the_pod() {
+        let pod = |k: &str| (k == "NODE_NAME").then(|| "node-a".to_string());
+        assert_eq!(Host::detect_with(&pod).name, "node-a");
+        let host = Host::detect_with(&|_| None).name;
+        let uts = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        assert_eq!(host, uts.trim());
+        let blank = |k: &str| (k == "NODE_NAME").then(|| " ".to_string());
+        assert_eq!(Host::detect_with(&blank).name, host);
+    }
 
     #[test]
     fn container_ids_come_from_every_runtime_path_format() {

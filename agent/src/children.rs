@@ -81,7 +81,11 @@ impl Children {
                     tracing::debug!("watching child {pid}: {}", watch.command);
                     self.watches.push(watch);
                 }
-                Err(Error::UnsupportedVersion { .. } | Error::Permission { .. }) => {
+                Err(
+                    Error::UnsupportedVersion { .. }
+                    | Error::Permission { .. }
+                    | Error::UprobePermission { .. },
+                ) => {
                     *attempts = MAX_ATTEMPTS;
                 }
                 Err(e) => tracing::debug!("child {pid} not watchable yet: {e}"),

@@ -31,6 +31,9 @@ pub enum Error {
     #[error("permission denied: {what}. Run gilscope as root, or grant it CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")]
     Permission { what: String },
 
+    #[error("permission denied: {what}. Uprobes (musl interpreters, --precise, PyMutex lock contention) need CAP_SYS_ADMIN on kernels since 2025, besides CAP_BPF and CAP_PERFMON: run gilscope as root or grant CAP_SYS_ADMIN (the Helm chart's uprobes.enabled)")]
+    UprobePermission { what: String },
+
     #[error("{path} is not a readable ELF file: {why}")]
     BadElf { path: PathBuf, why: String },
 
@@ -68,6 +71,7 @@ impl Error {
                 | Error::UnknownVersion { .. }
                 | Error::GilNotValid { .. }
                 | Error::Permission { .. }
+                | Error::UprobePermission { .. }
                 | Error::Launch { .. }
                 | Error::MuslUnmeasurable { .. }
                 | Error::StrippedStatic { .. }

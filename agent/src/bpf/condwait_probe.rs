@@ -18,7 +18,7 @@ use super::layout::{
     BlockedKey, BlockedVal, CondwaitTarget, CondwaitWaits, GilEpisode, GilKey, GilVal, ThreadWaits,
 };
 use super::wait_probe::WaitCounters;
-use super::{bpf_error, map_error};
+use super::{bpf_error, map_error, uprobe_error};
 use crate::error::{Error, Result};
 use crate::python::libc::CondWaitSite;
 use crate::python::versions::GilLayout;
@@ -77,7 +77,7 @@ impl CondWaitProbe {
                         site.symbol,
                         site.host_path.display()
                     );
-                    bpf_error(&what, &e)
+                    uprobe_error(&what, &e)
                 })?;
         }
         let episodes = match threshold_ns {

@@ -14,7 +14,7 @@ use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 
 use super::layout::{LockKey, LockVal, LockWaits};
-use super::{bpf_error, map_error};
+use super::{bpf_error, map_error, uprobe_error};
 use crate::error::{Error, Result};
 
 static LOCK_OBJECT: &[u8] =
@@ -66,7 +66,7 @@ impl LockProbe {
                         UProbeScope::OneProcess(pid),
                     )
                     .map_err(|e| {
-                        bpf_error(
+                        uprobe_error(
                             &format!("attaching {program} to {}+{offset:#x}", file.display()),
                             &e,
                         )

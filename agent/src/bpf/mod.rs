@@ -40,6 +40,15 @@ pub(crate) fn bpf_error(what: &str, err: &(dyn std::error::Error + 'static)) -> 
     }
 }
 
+/// Like [`bpf_error`] for attaching a uprobe, whose permission failure needs
+/// CAP_SYS_ADMIN on current kernels (perf/core requires it for uprobes).
+pub(crate) fn uprobe_error(what: &str, err: &(dyn std::error::Error + 'static)) -> Error {
+    match bpf_error(what, err) {
+        Error::Permission { what } => Error::UprobePermission { what },
+        other => other,
+    }
+}
+
 /// A map that is missing or of the wrong type is a build bug, not a user error.
 pub(crate) fn map_error(name: &str, err: &(dyn std::error::Error + 'static)) -> Error {
     let (text, _) = chain(err);

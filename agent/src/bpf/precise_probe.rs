@@ -14,7 +14,7 @@ use aya::programs::UProbe;
 use aya::Ebpf;
 
 use super::layout::PreciseGil;
-use super::{bpf_error, map_error};
+use super::{bpf_error, map_error, uprobe_error};
 use crate::error::{Error, Result};
 
 static PRECISE_OBJECT: &[u8] =
@@ -55,7 +55,7 @@ impl PreciseProbe {
                     .map_err(|e| {
                         let what =
                             format!("attaching {program} at {offset:#x} of {}", file.display());
-                        bpf_error(&what, &e)
+                        uprobe_error(&what, &e)
                     })?;
             }
             Ok(())

@@ -500,3 +500,83 @@ fn a_tiny_byte_budget_drops_per_thread_series_then_stretches_the_interval_and_sa
         "after settling {after:?} B/min, budget {budget}: {bytes:?}\n{stderr}"
     );
 }
+
+#[test]
+fn a_max_delay_sends_every_interval_in_fewer_requests() {
+    if !can_use_bpf() {
+        return;
+    }
+    let (Some((_, vm)), Some(python)) = (receivers(), pyenv_python311()) else {
+        return;
+    };
+    let _machine = serial();
+    let tag = format!("hold{}", rand_tag());
+    let (_vm, vm_port) = start_vm(&vm, &tag);
+    let service = format!("gil-e2e-{tag}");
+    let _work = workload_process(&python, 14, &service, &tag);
+    // 1 s intervals held up to 4 s: about a quarter of the requests, every interval kept.
+    let stderr = run_daemon(
+        daemon()
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .args([
+                "--endpoint",
+                &format!("http://127.0.0.1:{vm_port}/opentelemetry"),
+            ])
+            .args(["--protocol", "http/protobuf", "--no-spans", "-v"])
+            .args(["--max-delay", "4s"])
+            .args(["--include-cmdline", &tag]),
+        12,
+    );
+    let intervals = stderr
+        .lines()
+        .find_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let i = words.windows(2).position(|w| w[1] == "intervals")?;
+            words.get(i)?.parse::<f64>().ok()
+        })
+        .unwrap_or(0.0);
+    assert!(
+        intervals >= 8.0,
+        "intervals exported: {intervals}\n{stderr}"
+    );
+    // VictoriaMetrics makes fresh rows searchable within a few seconds.
+    let stored = || {
+        scalar(&promql(
+            vm_port,
+            &format!(
+                "count_over_time({{__name__=\"cpython.gil.utilization\",service.name=\"{service}\"}}[5m])"
+            ),
+        ))
+        .unwrap_or(0.0)
+    };
+    // The workload is found within an interval or two; every interval after that is stored.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut samples = stored();
+    while samples < intervals - 3.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        samples = stored();
+    }
+    // What the receiver itself counted, not what the agent says it sent.
+    let page = ureq::get(&format!("http://127.0.0.1:{vm_port}/metrics"))
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .unwrap_or_default();
+    let requests = page
+        .lines()
+        .find(|l| {
+            l.starts_with("vm_http_requests_total{")
+                && l.contains("path=\"/opentelemetry/v1/metrics\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    eprintln!("{intervals} intervals exported, {samples} stored, in {requests} requests");
+    assert!(
+        samples >= intervals - 3.0,
+        "{samples} intervals stored of {intervals}\n{stderr}"
+    );
+    // Held up to 4 s: one request per 4 intervals or so (plus the last), not one each.
+    assert!(
+        (1.0..=(intervals / 4.0).ceil() + 1.0).contains(&requests),
+        "{requests} requests for {intervals} intervals\n{stderr}"
+    );
+}

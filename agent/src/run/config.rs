@@ -104,6 +104,8 @@ pub struct ExportFile {
     pub byte_budget_per_minute: Option<String>,
     /// `lean` (default) or `standard` request shape (see `otlp::Encoding`).
     pub encoding: Option<String>,
+    /// Hold finished intervals up to this long (`1m`) unless a batch fills first.
+    pub max_delay: Option<String>,
     /// CA bundle (PEM) to trust for `https://` endpoints.
     pub certificate: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
@@ -232,6 +234,9 @@ pub struct Settings {
     pub byte_budget: Option<u64>,
     /// The lean request shape (default) rather than the standard one ([`super::otlp::Encoding`]).
     pub lean_encoding: bool,
+    /// Finished intervals are held up to this long, unless a batch fills first, so a
+    /// thin link gets fewer, larger (better compressed) requests; zero: send each interval.
+    pub max_delay: Duration,
     /// `None`: no contention spans (not exporting, or turned off).
     pub spans: Option<SpanSettings>,
     /// Serve `/metrics`, `/healthz` and `/readyz` here (off when `None`).
@@ -274,6 +279,8 @@ pub struct Flags {
     pub kubernetes: bool,
     /// `--byte-budget` (a byte count with an optional unit).
     pub byte_budget: Option<String>,
+    /// `--max-delay`: hold finished intervals up to this long before sending.
+    pub max_delay: Option<Duration>,
     /// `--encoding` (lean or standard).
     pub encoding: Option<String>,
     pub listen: Option<String>,
@@ -752,6 +759,11 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         (None, Some(e)) => lean(&at("export.encoding"), e)?,
         _ => true,
     };
+    let max_delay = match (flags.max_delay, &ef.max_delay) {
+        (Some(d), _) => d,
+        (None, Some(d)) => duration(&at("export.max_delay"), d)?,
+        _ => Duration::ZERO,
+    };
     let temporality = match (
         &flags.temporality,
         first_env(env, &["OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"]),
@@ -937,6 +949,7 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         spans,
         byte_budget,
         lean_encoding,
+        max_delay,
         kubernetes,
     })
 }
@@ -1316,6 +1329,30 @@ mod tests {
         assert!(err.to_string().contains("enabled: false"), "{err}");
         let err = with_file("spans:\n  rate: 3\n").expect_err("unknown key");
         assert!(err.to_string().contains("rate"), "{err}");
+    }
+
+    #[test]
+    fn max_delay_is_zero_unless_asked_for() {
+        let flags = Flags {
+            endpoint: Some("http://x:4317".into()),
+            ..Flags::default()
+        };
+        assert_eq!(
+            resolve(&flags, &no_env).expect("default").max_delay,
+            Duration::ZERO
+        );
+        let s = with_file("export:\n  endpoint: http://x:4317\n  max_delay: 1m\n").expect("file");
+        assert_eq!(s.max_delay, Duration::from_secs(60));
+        let f = Flags {
+            max_delay: Some(Duration::from_secs(5)),
+            ..flags
+        };
+        assert_eq!(
+            resolve(&f, &no_env).expect("flag").max_delay,
+            Duration::from_secs(5)
+        );
+        let err = with_file("export:\n  max_delay: soon\n").expect_err("bad");
+        assert!(err.to_string().contains("export.max_delay"), "{err}");
     }
 
     #[test]

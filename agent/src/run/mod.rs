@@ -18,6 +18,7 @@ pub mod config;
 pub mod discover;
 pub mod error;
 pub mod export;
+pub mod hold;
 pub mod http;
 pub mod kube;
 pub mod metrics;
@@ -131,6 +132,8 @@ struct Daemon {
     released_episodes_lost: u64,
     /// Intervals handed to the exporter (logged at shutdown next to the export totals).
     intervals: u64,
+    /// Finished intervals waiting for a full batch or the max delay.
+    held: hold::Held,
 }
 
 /// Values of the agent's own counters kept for delta temporality.
@@ -201,6 +204,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         settings,
         budget,
         intervals: 0,
+        held: hold::Held::default(),
     };
     daemon.main_loop();
     Ok(())
@@ -247,6 +251,7 @@ impl Daemon {
         // A last (partial) interval, so a stop does not lose the tail. The kernel
         // state goes with the probe when the process exits: no per-process detach.
         self.interval();
+        self.send_held(Instant::now(), true);
         self.watched.clear();
         if let Some(exporter) = self.exporter.take() {
             tracing::info!("{} intervals exported", self.intervals);
@@ -453,24 +458,9 @@ impl Daemon {
                 .map(|s| otlp::resource_metrics(s, &self.clock, temporality, encoding, now))
                 .collect();
             resources.push(self.self_telemetry(now, temporality, encoding));
-            let batch_points = self
-                .settings
-                .export
-                .as_ref()
-                .map_or(config::DEFAULT_BATCH_POINTS, |e| e.batch_points);
             self.intervals += 1;
-            if let Some(exporter) = &self.exporter {
-                for (request, points) in otlp::batch(resources, batch_points) {
-                    exporter.submit(export::Payload::Metrics(request), points);
-                }
-                for (request, n) in otlp::batch_spans(span_resources, batch_points) {
-                    exporter.submit(export::Payload::Traces(request), n);
-                }
-                if let Some(budget) = &mut self.budget {
-                    let sent = ExportStats::get(&exporter.stats().bytes_sent);
-                    budget.observe(now, sent, self.settings.interval);
-                }
-            }
+            self.held.add(resources, span_resources, now);
+            self.send_held(now, false);
         }
         if self.endpoints.is_some() {
             // Cumulative always: /metrics is scraped, not pushed.
@@ -500,6 +490,32 @@ impl Daemon {
                 tracing::info!("process {pid} exited; released its kernel state");
                 w.watch.detach(&mut self.probe);
             }
+        }
+    }
+
+    /// Hands what is held to the exporter when it is due (or `now_anyway`, at a stop).
+    fn send_held(&mut self, now: Instant, now_anyway: bool) {
+        let batch_points = self
+            .settings
+            .export
+            .as_ref()
+            .map_or(config::DEFAULT_BATCH_POINTS, |e| e.batch_points);
+        if !now_anyway && !self.held.due(now, batch_points, self.settings.max_delay) {
+            return;
+        }
+        let (resources, span_resources) = self.held.take();
+        let Some(exporter) = &self.exporter else {
+            return;
+        };
+        for (request, points) in otlp::batch(resources, batch_points) {
+            exporter.submit(export::Payload::Metrics(request), points);
+        }
+        for (request, n) in otlp::batch_spans(span_resources, batch_points) {
+            exporter.submit(export::Payload::Traces(request), n);
+        }
+        if let Some(budget) = &mut self.budget {
+            let sent = ExportStats::get(&exporter.stats().bytes_sent);
+            budget.observe(now, sent, self.settings.interval);
         }
     }
 

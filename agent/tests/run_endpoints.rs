@@ -9,38 +9,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::receivers::{free_port, promql, wait_for_port, workload_process, Running};
 use common::*;
 use serde_json::Value;
-
-/// A child process killed when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A short tag unique to this test run (the workload's command line carries it).
 fn tag(prefix: &str) -> String {
@@ -101,22 +76,6 @@ fn gzipped_metrics(port: u16) -> Result<String, String> {
         .read_to_string(&mut page)
         .map_err(|e| format!("not gzip: {e}"))?;
     Ok(page)
-}
-
-/// The 4-thread CPU workload, named `service`, `marker` on its command line.
-fn workload_process(python: &Path, seconds: u32, service: &str, marker: &str) -> Running {
-    let child = Command::new(python)
-        .args([
-            &workload("cpu_threads.py"),
-            "4",
-            &seconds.to_string(),
-            marker,
-        ])
-        .env("OTEL_SERVICE_NAME", service)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the workload");
-    Running(child)
 }
 
 /// `gilscope run --listen 127.0.0.1:PORT` watching only `marker`, with its stderr in `log`.
@@ -577,26 +536,6 @@ fn victoria_metrics() -> Option<PathBuf> {
         ));
         None
     }
-}
-
-/// One PromQL instant query (recent samples included); the result vector.
-fn promql(vm_port: u16, query: &str) -> Vec<Value> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let body = ureq::get(&format!("http://127.0.0.1:{vm_port}/api/v1/query"))
-        .query("query", query)
-        .query("time", now.to_string())
-        .query("latency_offset", "1ms")
-        .call()
-        .and_then(|mut r| r.body_mut().read_to_string())
-        .unwrap_or_else(|e| panic!("query {query}: {e}"));
-    let doc: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    doc["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// Label names of each series in `result`, without those only one path adds.

@@ -9,31 +9,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::receivers::*;
 use common::*;
 use serde_json::Value;
-
-/// The 4-thread CPU workload with its own service name; `marker` makes its
-/// command line unique so the daemon watches only it on a shared machine.
-fn workload_process(python: &Path, seconds: u32, service: &str, marker: &str) -> Running {
-    let child = Command::new(python)
-        .args([
-            &workload("cpu_threads.py"),
-            "4",
-            &seconds.to_string(),
-            marker,
-        ])
-        .env("OTEL_SERVICE_NAME", service)
-        .env("OTEL_RESOURCE_ATTRIBUTES", "team=blue,tenant.id=spoofed")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the workload");
-    Running(child)
-}
 
 /// Checks what VictoriaMetrics holds for `service` against the workload's truths.
 fn check_exported(vm_port: u16, service: &str, tenant: &str) -> Vec<String> {

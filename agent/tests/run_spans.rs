@@ -18,29 +18,11 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::receivers::*;
 use common::*;
-
-/// The 4-thread CPU workload (threads `cpu-0`..`cpu-3`) under its own service
-/// name, with a spoofed tenant.id the daemon's tenant rule must override.
-fn workload_process(python: &Path, seconds: u32, service: &str, marker: &str) -> Running {
-    let child = Command::new(python)
-        .args([
-            &workload("cpu_threads.py"),
-            "4",
-            &seconds.to_string(),
-            marker,
-        ])
-        .env("OTEL_SERVICE_NAME", service)
-        .env("OTEL_RESOURCE_ATTRIBUTES", "team=blue,tenant.id=spoofed")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the workload");
-    Running(child)
-}
 
 /// One span as rotel's detailed debug log shows it, with its resource.
 #[derive(Debug, Default, Clone)]

@@ -189,37 +189,6 @@ impl Budget {
     }
 }
 
-/// Parses a byte count: `65536`, `64k`/`64KB` (x1000), `64KiB` (x1024), `1M`, `1MiB`.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a byte count (examples: 65536, 64KiB, 1MB)"))?;
-    let scale = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "ki" | "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mi" | "mib" => 1024.0 * 1024.0,
-        "g" | "gb" => 1e9,
-        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => {
-            return Err(format!(
-                "unknown unit '{other}' in '{text}' (use B, KB, KiB, MB or MiB)"
-            ))
-        }
-    };
-    let bytes = value * scale;
-    if !bytes.is_finite() || bytes < 1.0 {
-        return Err(format!("byte budget '{text}' must be at least 1 byte"));
-    }
-    Ok(bytes as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,16 +253,5 @@ mod tests {
         b.observe(t, 0, TEN);
         feed(&mut b, &mut t, &mut total, 20, 5_000);
         assert_eq!(b.level().gauge(), 0);
-    }
-
-    #[test]
-    fn byte_counts_take_units() {
-        assert_eq!(parse_bytes("65536"), Ok(65536));
-        assert_eq!(parse_bytes("64KiB"), Ok(65536));
-        assert_eq!(parse_bytes("64k"), Ok(64_000));
-        assert_eq!(parse_bytes("1.5MB"), Ok(1_500_000));
-        assert!(parse_bytes("0").is_err());
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("5 parsecs").is_err());
     }
 }

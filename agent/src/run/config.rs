@@ -291,7 +291,8 @@ pub struct Flags {
     pub spool_max_bytes: Option<u64>,
 }
 
-/// Parses `268435456`, `256MiB`, `1GiB`, `500MB`, `64KiB` (a bare number is bytes).
+/// Parses `268435456`, `256MiB`, `1GiB`, `500MB`, `64KiB` (a bare number is bytes;
+/// KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024, and a bare `k` is refused as ambiguous).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
@@ -306,9 +307,9 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "kb" => 1e3,
         "mb" => 1e6,
         "gb" => 1e9,
-        "kib" | "k" => 1024.0,
-        "mib" | "m" => 1024.0 * 1024.0,
-        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
         other => {
             return Err(format!(
                 "unknown unit '{other}' in '{text}' (use B, KiB, MiB, GiB, KB, MB or GB)"
@@ -452,7 +453,7 @@ fn lean(source: &str, text: &str) -> Result<bool, RunError> {
 }
 
 fn bytes(source: &str, text: &str) -> Result<u64, RunError> {
-    super::budget::parse_bytes(text).map_err(|why| RunError::setting(source, why))
+    parse_bytes(text).map_err(|why| RunError::setting(source, why))
 }
 
 fn millis(source: &str, text: &str) -> Result<Duration, RunError> {
@@ -1155,7 +1156,7 @@ mod tests {
     fn the_byte_budget_comes_from_flag_environment_or_file() {
         let s = with_file("export:\n  byte_budget_per_minute: 64KiB\n").expect("file");
         assert_eq!(s.byte_budget, Some(65536));
-        let env = |k: &str| (k == "GILSCOPE_BYTE_BUDGET").then(|| "2k".to_string());
+        let env = |k: &str| (k == "GILSCOPE_BYTE_BUDGET").then(|| "2KB".to_string());
         assert_eq!(
             resolve(&Flags::default(), &env).expect("env").byte_budget,
             Some(2000)
@@ -1386,6 +1387,11 @@ mod tests {
         .expect_err("bad size");
         assert!(err.to_string().contains("export.spool.max_bytes"), "{err}");
         assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("1.5MB"), Ok(1_500_000));
+        assert!(parse_bytes("64k").is_err(), "KB or KiB?");
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
         assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
         assert!(parse_bytes("0").is_err());
     }

@@ -143,3 +143,22 @@ pub fn promql(vm_port: u16, query: &str) -> Vec<Value> {
 pub fn scalar(result: &[Value]) -> Option<f64> {
     result.first()?["value"][1].as_str()?.parse().ok()
 }
+
+/// The 4-thread CPU workload (threads `cpu-0`..`cpu-3`) under its own service name,
+/// with a spoofed `tenant.id` a tenant rule must override; `marker` makes its command
+/// line unique so a daemon watches only it on a shared machine.
+pub fn workload_process(python: &Path, seconds: u32, service: &str, marker: &str) -> Running {
+    let child = Command::new(python)
+        .args([
+            &super::workload("cpu_threads.py"),
+            "4",
+            &seconds.to_string(),
+            marker,
+        ])
+        .env("OTEL_SERVICE_NAME", service)
+        .env("OTEL_RESOURCE_ATTRIBUTES", "team=blue,tenant.id=spoofed")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the workload");
+    Running(child)
+}

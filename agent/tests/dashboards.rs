@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::quota::QuotaCgroup;
 use common::receivers::*;
 use common::*;
 use serde_json::Value;
@@ -94,56 +95,6 @@ fn the_alert_rules_pass_their_unit_tests_and_a_wrong_threshold_fails_them() {
     let _ = std::fs::remove_dir_all(&scratch);
     assert!(!ok, "a wrong threshold passed the unit tests:\n{text}");
     assert!(text.contains("GILBoundService"), "{text}");
-}
-
-/// A fresh cgroup-v1 `cpu` (or v2 with `cpu`) group limited to `cores`, removed on drop.
-struct QuotaCgroup {
-    dir: PathBuf,
-}
-
-impl QuotaCgroup {
-    fn new(cores: f64) -> Option<Self> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        let name = format!("gilscope-dash-{}", std::process::id());
-        let period = 100_000u64;
-        let quota = (cores * period as f64) as u64;
-        for line in mountinfo.lines() {
-            let (left, right) = line.split_once(" - ")?;
-            let point = Path::new(left.split_whitespace().nth(4)?);
-            let mut right = right.split_whitespace();
-            let fstype = right.next()?;
-            let options = right.nth(1).unwrap_or("");
-            if fstype == "cgroup" && options.split(',').any(|o| o == "cpu") {
-                let dir = point.join(&name);
-                std::fs::create_dir_all(&dir).ok()?;
-                std::fs::write(dir.join("cpu.cfs_period_us"), period.to_string()).ok()?;
-                std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string()).ok()?;
-                return Some(Self { dir });
-            }
-            if fstype == "cgroup2" {
-                let controllers =
-                    std::fs::read_to_string(point.join("cgroup.controllers")).unwrap_or_default();
-                if !controllers.split_whitespace().any(|c| c == "cpu") {
-                    continue;
-                }
-                let _ = std::fs::write(point.join("cgroup.subtree_control"), "+cpu");
-                let dir = point.join(&name);
-                std::fs::create_dir_all(&dir).ok()?;
-                if std::fs::write(dir.join("cpu.max"), format!("{quota} {period}")).is_err() {
-                    let _ = std::fs::remove_dir(&dir);
-                    continue;
-                }
-                return Some(Self { dir });
-            }
-        }
-        None
-    }
-}
-
-impl Drop for QuotaCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-    }
 }
 
 /// The services of the end-to-end run, each a workload with its own service.name.

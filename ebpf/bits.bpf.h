@@ -81,4 +81,39 @@ static __always_inline void note_holder(__u64 *holders, __u64 holder)
 	}
 }
 
+/* The part of a merged take wait an episode record carries. */
+struct episode_wait {
+	__u64 start_ns;
+	__u64 gil_addr;
+	const __u64 *holders;  /* GILSCOPE_EPISODE_HOLDERS long */
+	__u32 slices;
+	__u32 retake;
+};
+
+/* A long take wait ended at `end`: one record for user space in `ringbuf`; a full
+ * buffer is counted in slot 0 of the `lost` array instead. */
+static __always_inline void emit_episode_to(void *ringbuf, void *lost, __u32 tgid, __u32 tid,
+					    const struct episode_wait *w, __u64 end)
+{
+	struct gil_episode *e = bpf_ringbuf_reserve(ringbuf, sizeof(*e), 0);
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(lost, &zero);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		return;
+	}
+	e->tgid = tgid;
+	e->tid = tid;
+	e->start_ns = w->start_ns;
+	e->end_ns = end;
+	e->gil_addr = w->gil_addr;
+#pragma unroll
+	for (int i = 0; i < GILSCOPE_EPISODE_HOLDERS; i++)
+		e->holders[i] = w->holders[i];
+	e->slices = w->slices;
+	e->retake = w->retake;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
 #endif

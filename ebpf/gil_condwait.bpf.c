@@ -93,25 +93,14 @@ static struct condwait_waits zero_waits;
 static __always_inline void emit_episode(__u32 tgid, __u32 tid,
 					 const struct condwait_inflight *cur, __u64 end)
 {
-	struct gil_episode *e = bpf_ringbuf_reserve(&cond_episodes, sizeof(*e), 0);
-	if (!e) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&cond_episodes_lost, &zero);
-		if (lost)
-			__sync_fetch_and_add(lost, 1);
-		return;
-	}
-	e->tgid = tgid;
-	e->tid = tid;
-	e->start_ns = cur->wait_start_ns;
-	e->end_ns = end;
-	e->gil_addr = cur->gil_addr;
-#pragma unroll
-	for (int i = 0; i < GILSCOPE_EPISODE_HOLDERS; i++)
-		e->holders[i] = cur->holders[i];
-	e->slices = cur->slices;
-	e->retake = 0;
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	struct episode_wait w = {
+		.start_ns = cur->wait_start_ns,
+		.gil_addr = cur->gil_addr,
+		.holders = cur->holders,
+		.slices = cur->slices,
+		.retake = 0,
+	};
+	emit_episode_to(&cond_episodes, &cond_episodes_lost, tgid, tid, &w, end);
 }
 
 static __always_inline void close_take_wait(__u32 tid, __u32 tgid,

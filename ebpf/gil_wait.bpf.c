@@ -202,25 +202,14 @@ static __always_inline __u32 is_retake(__u32 tid, __u32 kind, __u64 now)
 static __always_inline void emit_episode(__u32 tgid, __u32 tid,
 					 const struct futex_inflight *cur, __u64 end)
 {
-	struct gil_episode *e = bpf_ringbuf_reserve(&episodes, sizeof(*e), 0);
-	if (!e) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&episodes_lost, &zero);
-		if (lost)
-			__sync_fetch_and_add(lost, 1);
-		return;
-	}
-	e->tgid = tgid;
-	e->tid = tid;
-	e->start_ns = cur->wait_start_ns;
-	e->end_ns = end;
-	e->gil_addr = cur->gil_addr;
-#pragma unroll
-	for (int i = 0; i < GILSCOPE_EPISODE_HOLDERS; i++)
-		e->holders[i] = cur->holders[i];
-	e->slices = cur->slices;
-	e->retake = cur->retake;
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	struct episode_wait w = {
+		.start_ns = cur->wait_start_ns,
+		.gil_addr = cur->gil_addr,
+		.holders = cur->holders,
+		.slices = cur->slices,
+		.retake = cur->retake,
+	};
+	emit_episode_to(&episodes, &episodes_lost, tgid, tid, &w, end);
 }
 
 /* A merged take wait of `tid` ended at `end` after `d` ns. */

@@ -806,6 +806,11 @@ impl Worker {
                     break;
                 }
                 let Ok(job) = self.rx.recv() else { break };
+                if self.stop.load(Ordering::Relaxed) {
+                    // Past the grace: no more tries, the rest waits on disk for the next start.
+                    self.spill(&mut spool, &job);
+                    continue;
+                }
                 if let Tried::Transient(asked) = self.try_once(&job) {
                     self.spill(&mut spool, &job);
                     self.log(false);

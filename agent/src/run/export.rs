@@ -459,6 +459,12 @@ impl Transport {
                     }
                 };
                 let code = response.status().as_u16();
+                // Protobuf answers only (what we send); a proxy's HTML or JSON page is not one.
+                let protobuf = response
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .is_none_or(|v| v.contains("protobuf"));
                 // Read the (bounded) body either way, so the connection can be reused.
                 let body = response
                     .body_mut()
@@ -466,6 +472,7 @@ impl Transport {
                     .limit(MAX_RESPONSE_BYTES)
                     .read_to_vec()
                     .unwrap_or_default();
+                let body = if protobuf { body } else { Vec::new() };
                 if (200..300).contains(&code) {
                     return Ok(http_partial_success(payload.is_traces(), &body));
                 }

@@ -136,6 +136,8 @@ fn through_an_outage(tag: &str, spool: bool) -> Option<Outcome> {
             &format!("http://127.0.0.1:{port}/opentelemetry"),
         ])
         .args(["--protocol", "http/protobuf", "--include-cmdline", tag])
+        // Metrics only: one request per interval (spans would add requests of their own).
+        .arg("--no-spans")
         .args(["--interval", "1s", "--duration"])
         .arg(format!("{}s", total.as_secs()))
         .arg("-v")
@@ -352,6 +354,7 @@ fn a_crash_keeps_the_spool_and_the_next_start_sends_it_first() {
                 &format!("http://127.0.0.1:{port}/opentelemetry"),
             ])
             .args(["--protocol", "http/protobuf", "--include-cmdline", &tag])
+            .arg("--no-spans")
             .args([
                 "--interval",
                 "1s",
@@ -438,6 +441,7 @@ fn a_full_spool_drops_the_oldest_and_says_so_once_per_interval() {
         .arg("run")
         .args(["--endpoint", &format!("http://127.0.0.1:{port}")])
         .args([
+            "--no-spans",
             "--include-cmdline",
             &tag,
             "--interval",

@@ -132,25 +132,114 @@ impl ExportStats {
         ExportStats::add(counter, items);
     }
 
-    fn delivered(&self, job: &Job, bytes: u64) {
+    /// Counts a request the collector took, less the `rejected` items it
+    /// refused (partial success): those are dropped, the request is not.
+    fn delivered(&self, job: &Job, bytes: u64, rejected: u64) {
         ExportStats::add(&self.requests_sent, 1);
-        let counter = if job.payload.is_traces() {
-            &self.spans_sent
+        let (sent, dropped) = if job.payload.is_traces() {
+            (&self.spans_sent, &self.spans_dropped)
         } else {
-            &self.points_sent
+            (&self.points_sent, &self.points_dropped)
         };
-        ExportStats::add(counter, job.items as u64);
+        let rejected = rejected.min(job.items as u64);
+        ExportStats::add(sent, job.items as u64 - rejected);
+        ExportStats::add(dropped, rejected);
         ExportStats::add(&self.bytes_sent, bytes);
     }
 }
 
 /// A failed attempt: may it be retried?
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct SendError {
     transient: bool,
     /// The endpoint does not serve this signal at all (gRPC UNIMPLEMENTED, HTTP 404/405/415).
     unsupported: bool,
+    /// How long the collector asked us to wait (HTTP `Retry-After`, gRPC `RetryInfo`).
+    retry_after: Option<Duration>,
     message: String,
+}
+
+/// A request the collector took: all of it, or all but `rejected` items
+/// (OTLP `partial_success`), which are lost for good and counted as dropped.
+#[derive(Debug, Default, PartialEq)]
+struct Accepted {
+    rejected: u64,
+    message: String,
+}
+
+impl Accepted {
+    fn partial(rejected: i64, message: String) -> Self {
+        Self {
+            rejected: rejected.max(0) as u64,
+            message,
+        }
+    }
+}
+
+/// The largest response body read (a partial-success or error message): a
+/// collector cannot make the agent buffer more.
+const MAX_RESPONSE_BYTES: u64 = 64 * 1024;
+
+/// Whether a gRPC failure may be retried and after how long, per the OTLP
+/// specification ("Failures", "OTLP/gRPC Throttling"): UNAVAILABLE and the
+/// other transient codes are retried; RESOURCE_EXHAUSTED only when the server
+/// says recovery is possible by sending `google.rpc.RetryInfo`, whose
+/// `retry_delay` is then honoured. A status the client made up for a broken
+/// transport (UNKNOWN with a cause, e.g. a connection reset mid-request) is a
+/// network failure and retried; UNKNOWN sent by the server is not.
+fn grpc_retry(status: &tonic::Status) -> (bool, Option<Duration>) {
+    use tonic::Code;
+    use tonic_types::StatusExt;
+    let retry_after = status.get_details_retry_info().and_then(|r| r.retry_delay);
+    let from_transport = std::error::Error::source(status).is_some();
+    let transient = match status.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => true,
+        Code::ResourceExhausted => retry_after.is_some() || from_transport,
+        Code::Unknown => from_transport,
+        _ => false,
+    };
+    (transient, retry_after)
+}
+
+/// An HTTP `Retry-After` value: delay-seconds or an HTTP-date (RFC 9110 10.2.3).
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The `partial_success` of an OTLP/HTTP response body (protobuf); an empty or
+/// undecodable body means all was taken, as the specification says.
+fn http_partial_success(traces: bool, body: &[u8]) -> Accepted {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    if traces {
+        ExportTraceServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| Accepted::partial(p.rejected_spans, p.error_message))
+    } else {
+        ExportMetricsServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| Accepted::partial(p.rejected_data_points, p.error_message))
+    }
+    .unwrap_or_default()
+}
+
+/// The message of an OTLP/HTTP error body (a protobuf `google.rpc.Status`), if any.
+fn http_error_message(body: &[u8]) -> Option<String> {
+    let status = tonic_types::Status::decode(body).ok()?;
+    let message = status.message.trim().to_string();
+    (!message.is_empty()).then_some(message)
 }
 
 /// The gRPC clients of both signals on one channel.
@@ -238,7 +327,8 @@ impl Transport {
             Protocol::HttpProtobuf => {
                 let mut config = ureq::Agent::config_builder()
                     .timeout_global(Some(s.timeout))
-                    .http_status_as_error(true);
+                    // Statuses are read here: a 429/503 carries Retry-After.
+                    .http_status_as_error(false);
                 if let Some(tls) = &s.tls {
                     config = config.tls_config(tls.ureq_config()?);
                 }
@@ -254,7 +344,7 @@ impl Transport {
         }
     }
 
-    fn send(&mut self, payload: &Payload) -> Result<(), SendError> {
+    fn send(&mut self, payload: &Payload) -> Result<Accepted, SendError> {
         match self {
             Transport::Grpc(grpc) => {
                 let GrpcTransport {
@@ -287,7 +377,19 @@ impl Transport {
                         runtime.block_on(async {
                             tokio::time::timeout(limit, client.export(req))
                                 .await
-                                .map(|r| r.map(|_| ()))
+                                .map(|r| {
+                                    r.map(|resp| {
+                                        resp.into_inner()
+                                            .partial_success
+                                            .map(|p| {
+                                                Accepted::partial(
+                                                    p.rejected_data_points,
+                                                    p.error_message,
+                                                )
+                                            })
+                                            .unwrap_or_default()
+                                    })
+                                })
                         })
                     }
                     Payload::Traces(r) => {
@@ -296,34 +398,34 @@ impl Transport {
                         runtime.block_on(async {
                             tokio::time::timeout(limit, client.export(req))
                                 .await
-                                .map(|r| r.map(|_| ()))
+                                .map(|r| {
+                                    r.map(|resp| {
+                                        resp.into_inner()
+                                            .partial_success
+                                            .map(|p| {
+                                                Accepted::partial(p.rejected_spans, p.error_message)
+                                            })
+                                            .unwrap_or_default()
+                                    })
+                                })
                         })
                     }
                 };
                 match result {
-                    Ok(Ok(())) => Ok(()),
+                    Ok(Ok(accepted)) => Ok(accepted),
                     Ok(Err(status)) => {
-                        use tonic::Code;
+                        let (transient, retry_after) = grpc_retry(&status);
                         Err(SendError {
-                            unsupported: status.code() == Code::Unimplemented,
-                            transient: matches!(
-                                status.code(),
-                                Code::Unavailable
-                                    | Code::DeadlineExceeded
-                                    | Code::ResourceExhausted
-                                    | Code::Aborted
-                                    | Code::Cancelled
-                                    | Code::OutOfRange
-                                    | Code::DataLoss
-                                    | Code::Unknown
-                            ),
+                            unsupported: status.code() == tonic::Code::Unimplemented,
+                            transient,
+                            retry_after,
                             message: grpc_message(&status),
                         })
                     }
                     Err(_) => Err(SendError {
                         transient: true,
-                        unsupported: false,
                         message: "timed out".into(),
+                        ..SendError::default()
                     }),
                 }
             }
@@ -346,21 +448,51 @@ impl Transport {
                 for (k, v) in headers.iter() {
                     call = call.header(k.as_str(), v.as_str());
                 }
-                match call.send(&body[..]) {
-                    Ok(_) => Ok(()),
-                    Err(ureq::Error::StatusCode(code)) => Err(SendError {
-                        transient: matches!(code, 408 | 429 | 502 | 503 | 504),
-                        // VictoriaMetrics answers 400 "unsupported path" for /v1/traces.
-                        unsupported: matches!(code, 404 | 405 | 415)
-                            || (code == 400 && payload.is_traces()),
-                        message: format!("HTTP {code} from {url}"),
-                    }),
-                    Err(e) => Err(SendError {
-                        transient: true,
-                        unsupported: false,
-                        message: e.to_string(),
-                    }),
+                let mut response = match call.send(&body[..]) {
+                    Ok(response) => response,
+                    Err(e) => {
+                        return Err(SendError {
+                            transient: true,
+                            message: e.to_string(),
+                            ..SendError::default()
+                        })
+                    }
+                };
+                let code = response.status().as_u16();
+                // Protobuf answers only (what we send); a proxy's HTML or JSON page is not one.
+                let protobuf = response
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .is_none_or(|v| v.contains("protobuf"));
+                // Read the (bounded) body either way, so the connection can be reused.
+                let body = response
+                    .body_mut()
+                    .with_config()
+                    .limit(MAX_RESPONSE_BYTES)
+                    .read_to_vec()
+                    .unwrap_or_default();
+                let body = if protobuf { body } else { Vec::new() };
+                if (200..300).contains(&code) {
+                    return Ok(http_partial_success(payload.is_traces(), &body));
                 }
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                let detail = http_error_message(&body)
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                Err(SendError {
+                    // OTLP/HTTP: only these are retried; every other 4xx/5xx must not be.
+                    transient: matches!(code, 429 | 502 | 503 | 504),
+                    // VictoriaMetrics answers 400 "unsupported path" for /v1/traces.
+                    unsupported: matches!(code, 404 | 405 | 415)
+                        || (code == 400 && payload.is_traces()),
+                    retry_after,
+                    message: format!("HTTP {code} from {url}{detail}"),
+                })
             }
         }
     }
@@ -426,12 +558,17 @@ pub struct Exporter {
     stats: Arc<ExportStats>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+    /// One attempt's timeout: how long a send in flight at shutdown may still take.
+    send_timeout: Duration,
 }
 
 /// First retry delay; doubled per attempt up to the interval (1-30 s): a
 /// collector that is back is found within about one interval.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait a collector's `Retry-After`/`RetryInfo` can impose; without
+/// a spool a request is dropped sooner if the wait would outlive its `max_age`.
+const MAX_THROTTLE: Duration = Duration::from_secs(300);
 
 impl Exporter {
     /// Checks the settings (endpoint, headers) and starts the worker. A request is
@@ -445,6 +582,7 @@ impl Exporter {
         let (tx, rx) = sync_channel(settings.queue_requests);
         let stats = Arc::new(ExportStats::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let send_timeout = settings.timeout;
         let spool = match &settings.spool {
             None => None,
             Some(s) => {
@@ -495,6 +633,7 @@ impl Exporter {
             last_log: None,
             last_error: None,
             failing: false,
+            partial_since_log: (0, 0, None),
         };
         let handle = std::thread::Builder::new()
             .name("otlp-export".into())
@@ -508,6 +647,7 @@ impl Exporter {
             stats,
             stop,
             handle: Some(handle),
+            send_timeout,
         })
     }
 
@@ -542,8 +682,10 @@ impl Exporter {
                 std::thread::sleep(Duration::from_millis(20));
             }
             self.stop.store(true, Ordering::Relaxed);
-            // A send in flight ends within its timeout; do not wait for it longer than a second.
-            let deadline = Instant::now() + Duration::from_secs(1);
+            // Queued requests are now counted as dropped without a try; a send in
+            // flight ends within its timeout (gRPC adds a second of slack), and
+            // only then are the totals below exact.
+            let deadline = Instant::now() + self.send_timeout + Duration::from_secs(2);
             while !handle.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -595,6 +737,8 @@ struct Worker {
     last_log: Option<Instant>,
     last_error: Option<String>,
     failing: bool,
+    /// Partial successes since the last message: requests, items rejected, the collector's reason.
+    partial_since_log: (u64, u64, Option<String>),
 }
 
 /// Up to a quarter of `d` added at random, so agents on many nodes do not retry in step.
@@ -613,14 +757,19 @@ fn jitter(d: Duration) -> Duration {
 enum Tried {
     /// Sent, or given up on for good (and counted).
     Done,
-    /// Failed in a way worth retrying.
-    Transient,
+    /// Failed in a way worth retrying; the collector may have said when.
+    Transient(Option<Duration>),
 }
 
 impl Worker {
     /// Without a spool: each request is retried in memory until it is `max_age` old.
     fn run(mut self) {
         while let Ok(job) = self.rx.recv() {
+            if self.stop.load(Ordering::Relaxed) {
+                // Shutting down past the grace: what is still queued is not tried.
+                self.drop_job(&job);
+                continue;
+            }
             self.deliver(job);
         }
         self.log(true);
@@ -631,8 +780,8 @@ impl Worker {
         loop {
             match self.try_once(&job) {
                 Tried::Done => return,
-                Tried::Transient => {
-                    let wait = jitter(backoff);
+                Tried::Transient(asked) => {
+                    let wait = self.wait(asked, backoff);
                     let too_old = job.queued_at.elapsed() + wait > self.max_age;
                     if too_old || self.stop.load(Ordering::Relaxed) {
                         self.drop_job(&job);
@@ -664,10 +813,15 @@ impl Worker {
                     break;
                 }
                 let Ok(job) = self.rx.recv() else { break };
-                if let Tried::Transient = self.try_once(&job) {
+                if self.stop.load(Ordering::Relaxed) {
+                    // Past the grace: no more tries, the rest waits on disk for the next start.
+                    self.spill(&mut spool, &job);
+                    continue;
+                }
+                if let Tried::Transient(asked) = self.try_once(&job) {
                     self.spill(&mut spool, &job);
                     self.log(false);
-                    next_try = Instant::now() + jitter(backoff);
+                    next_try = Instant::now() + self.wait(asked, backoff);
                     backoff = (backoff * 2).min(self.max_backoff);
                 }
                 continue;
@@ -731,10 +885,10 @@ impl Worker {
                             spool.pop();
                             backoff = FIRST_BACKOFF;
                         }
-                        Tried::Transient => {
+                        Tried::Transient(asked) => {
                             ExportStats::add(&self.stats.retries, 1);
                             self.log(false);
-                            next_try = Instant::now() + jitter(backoff);
+                            next_try = Instant::now() + self.wait(asked, backoff);
                             backoff = (backoff * 2).min(self.max_backoff);
                         }
                     }
@@ -743,6 +897,15 @@ impl Worker {
         }
         self.publish(&spool);
         self.log(true);
+    }
+
+    /// How long to wait before the next attempt: what the collector asked for
+    /// (OTLP throttling; capped), else the jittered backoff.
+    fn wait(&self, asked: Option<Duration>, backoff: Duration) -> Duration {
+        match asked {
+            Some(d) => d.min(MAX_THROTTLE),
+            None => jitter(backoff),
+        }
     }
 
     /// The spool's size, for self-telemetry.
@@ -788,11 +951,21 @@ impl Worker {
         }
         let size = job.payload.encoded_len() as u64;
         match self.transport.send(&job.payload) {
-            Ok(()) => {
-                self.stats.delivered(job, size);
+            Ok(accepted) => {
+                self.stats.delivered(job, size, accepted.rejected);
                 if self.failing {
                     tracing::warn!("export to {} works again", self.endpoint);
                     self.failing = false;
+                }
+                if accepted.rejected > 0 || !accepted.message.is_empty() {
+                    let rejected = accepted.rejected.min(job.items as u64);
+                    let p = &mut self.partial_since_log;
+                    p.0 += 1;
+                    p.1 += rejected;
+                    if !accepted.message.is_empty() {
+                        p.2 = Some(accepted.message);
+                    }
+                    self.log(false);
                 }
                 Tried::Done
             }
@@ -813,7 +986,7 @@ impl Worker {
                 self.last_error = Some(e.message.clone());
                 self.failing = true;
                 if e.transient {
-                    Tried::Transient
+                    Tried::Transient(e.retry_after)
                 } else {
                     self.drop_job(job);
                     self.log(false);
@@ -834,6 +1007,7 @@ impl Worker {
     /// happened since the last.
     fn log(&mut self, last: bool) {
         let quiet = self.failing_since_log == 0
+            && self.partial_since_log.0 == 0
             && self.dropped_since_log == 0
             && self.evicted_since_log.0 == 0
             && self.spool_problem.is_none();
@@ -864,6 +1038,14 @@ impl Worker {
                     self.dropped_since_log,
                 ),
             }
+        }
+        if self.partial_since_log.0 > 0 {
+            let (requests, rejected, reason) = std::mem::take(&mut self.partial_since_log);
+            tracing::warn!(
+                "{} accepted {requests} request(s) only in part: it rejected {rejected} data points or spans                  since the last message, counted as dropped ({total} data points dropped in all): {}",
+                self.endpoint,
+                reason.as_deref().unwrap_or("no reason given"),
+            );
         }
         if self.evicted_since_log.0 > 0 {
             let (dir, cap) = self.spool_dir.clone().unwrap_or_default();
@@ -977,6 +1159,79 @@ mod tests {
             assert_eq!(order, vec![1, 2, 3, 4, 5], "{protocol:?}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(parse_retry_after(" 3 ", now), Some(Duration::from_secs(3)));
+        // RFC 9110's example date is 784111777 s after the epoch: 10 s later here.
+        let later = now - Duration::from_secs(10);
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", later),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after(
+                "Sun, 06 Nov 1994 08:49:37 GMT",
+                now + Duration::from_secs(5)
+            ),
+            Some(Duration::ZERO),
+            "a date in the past: retry at once"
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn grpc_statuses_are_retried_as_the_otlp_spec_says() {
+        use tonic::Code;
+        use tonic_types::{ErrorDetails, StatusExt};
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Aborted] {
+            assert_eq!(grpc_retry(&tonic::Status::new(code, "x")), (true, None));
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::Internal,
+            Code::Unknown,
+            // Without RetryInfo the server does not say recovery is possible.
+            Code::ResourceExhausted,
+        ] {
+            assert!(!grpc_retry(&tonic::Status::new(code, "x")).0, "{code:?}");
+        }
+        let throttled = tonic::Status::with_error_details(
+            Code::ResourceExhausted,
+            "slow down",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(3))),
+        );
+        assert_eq!(grpc_retry(&throttled), (true, Some(Duration::from_secs(3))));
+    }
+
+    #[test]
+    fn a_partial_success_body_is_read() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::{
+            ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+        };
+        let body = ExportMetricsServiceResponse {
+            partial_success: Some(ExportMetricsPartialSuccess {
+                rejected_data_points: 7,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            http_partial_success(false, &body),
+            Accepted {
+                rejected: 7,
+                message: "too old".into()
+            }
+        );
+        assert_eq!(http_partial_success(false, b""), Accepted::default());
+        assert_eq!(
+            http_partial_success(false, b"{not protobuf"),
+            Accepted::default()
+        );
     }
 
     #[test]

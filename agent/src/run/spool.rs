@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Where the spool lives and how large it may grow.
@@ -88,10 +89,15 @@ impl Spool {
     /// (the caller reports and counts them); an unwritable directory is an error.
     pub fn open(settings: &SpoolSettings) -> Result<(Self, Vec<SpoolError>), SpoolError> {
         let dir = settings.dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        // Spooled requests carry the node's telemetry: the agent's alone (0700/0600).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io(&dir, e))?;
         // Prove now that files can be created, synced and removed, not at the first outage.
         let probe = dir.join(format!(".probe{TEMP_SUFFIX}"));
-        File::create(&probe)
+        private_file(&probe)
             .and_then(|f| f.sync_all())
             .and_then(|_| std::fs::remove_file(&probe))
             .map_err(|e| io(&dir, e))?;
@@ -179,7 +185,7 @@ impl Spool {
         }
         let path = self.path(entry.seq);
         let temp = self.dir.join(format!("{:020}{TEMP_SUFFIX}", entry.seq));
-        let mut file = File::create(&temp).map_err(|e| io(&temp, e))?;
+        let mut file = private_file(&temp).map_err(|e| io(&temp, e))?;
         let written = file
             .write_all(&header(kind, items, body))
             .and_then(|_| file.write_all(body))
@@ -288,6 +294,16 @@ fn read_header(path: &Path) -> Result<Entry, SpoolError> {
     })
 }
 
+/// A new file only the agent may read.
+fn private_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 fn read_body(path: &Path) -> Result<Vec<u8>, SpoolError> {
     let mut data = Vec::new();
     OpenOptions::new()
@@ -370,6 +386,27 @@ mod tests {
         let (s, _) = open(&d, 1 << 20);
         assert_eq!(s.entries.front().map(|e| e.seq), Some(6));
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn spooled_requests_are_readable_by_the_agent_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("private").join("spool");
+        let (mut s, _) = open(&d, 1 << 20);
+        s.push(Kind::Metrics, 1, b"x").expect("push");
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0)
+        };
+        assert_eq!(mode(&d), 0o700);
+        let files: Vec<_> = std::fs::read_dir(&d)
+            .expect("list")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        assert_eq!(files.len(), 1);
+        assert_eq!(mode(&files[0]), 0o600);
+        let _ = std::fs::remove_dir_all(d.parent().unwrap_or(&d));
     }
 
     #[test]

@@ -381,29 +381,61 @@ fn an_interpreter_file_replaced_while_running_is_measured_or_named_once() {
     let marker = tag("replaced");
     let dir = scratch(&marker);
     let copy = interpreter_copy(&python, &dir);
-    let (target, _) = spawn_ready(Command::new(&copy).args([
-        "-c",
-        "import threading, time\n\
-         end = time.monotonic() + 60\n\
-         def spin():\n    while time.monotonic() < end: pass\n\
-         [threading.Thread(target=spin).start() for _ in range(2)]\n\
-         print('ready', flush=True)\n",
-        &marker,
-    ]));
-    let pid = target.0.id();
-    // Replace the file as a package upgrade does: a new file renamed over the old.
-    let new = dir.join("python3.11.new");
-    std::fs::copy("/bin/sleep", &new).expect("copy sleep");
-    std::fs::rename(&new, &copy).expect("replace the interpreter");
+    let spin = |copy: &Path| {
+        spawn_ready(Command::new(copy).args([
+            "-c",
+            "import threading, time\n\
+             end = time.monotonic() + 60\n\
+             def spin():\n    while time.monotonic() < end: pass\n\
+             [threading.Thread(target=spin).start() for _ in range(2)]\n\
+             print('ready', flush=True)\n",
+            &marker,
+        ]))
+    };
+    // Replace a file as a package upgrade does: a new file renamed over the old.
+    let replace = |copy: &Path| {
+        let new = copy.with_extension("new");
+        std::fs::copy("/bin/sleep", &new).expect("copy sleep");
+        std::fs::rename(&new, copy).expect("replace the interpreter");
+    };
+    // Replaced before the daemon starts: found through the mapped file itself.
+    let (before, _) = spin(&copy);
+    replace(&copy);
     let mut daemon = Daemon::start(&vm, &marker, &[]);
-    let threads = daemon.wait_value("process.thread.count", pid);
-    assert!(threads >= 3.0, "threads {threads}");
+    let pid = before.0.id();
     let util = daemon.wait_value("cpython.gil.utilization", pid);
     assert!(
         util > 0.8,
         "GIL utilization of two spinning threads: {util}"
     );
+    // Replaced while watched: not taken for an exec, still reported.
+    let later_dir = dir.join("later");
+    std::fs::create_dir_all(&later_dir).expect("scratch");
+    let later_copy = interpreter_copy(&python, &later_dir);
+    let (later, _) = spin(&later_copy);
+    let later_pid = later.0.id();
+    daemon.wait_value("cpython.gil.utilization", later_pid);
+    replace(&later_copy);
+    std::thread::sleep(Duration::from_secs(6));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let last = promql(
+        daemon.vm_port,
+        &format!("max(tlast_over_time({{__name__=\"cpython.gil.utilization\",process.pid=\"{later_pid}\"}}[5m]))"),
+    );
+    assert!(
+        scalar(&last).is_some_and(|t| t > now - 3.0),
+        "process {later_pid} no longer reported after its file was replaced: {last:?}\n{:?}",
+        daemon.lines_about(later_pid)
+    );
+    assert_eq!(
+        daemon.lines_about(later_pid).len(),
+        1,
+        "{:?}",
+        daemon.lines_about(later_pid)
+    );
     daemon.assert_running();
-    drop(target);
+    drop((before, later));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -98,6 +98,52 @@ impl Daemon {
     }
 }
 
+/// The keys (tgids) of the daemon's `targets` BPF map, found through its fds
+/// (/proc/PID/fdinfo map_id) and dumped with bpftool.
+fn watched_in_kernel(daemon: u32) -> Vec<u64> {
+    let bpftool = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .expect("run bpftool (tests/setup.sh installs it)");
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let fds = std::fs::read_dir(format!("/proc/{daemon}/fdinfo")).expect("the daemon's fds");
+    let map_ids: Vec<String> = fds
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| Some(l.strip_prefix("map_id:")?.trim().to_string()))
+        })
+        .collect();
+    let id = map_ids
+        .iter()
+        .find(|id| bpftool(&["map", "show", "id", id])["name"] == "targets")
+        .expect("the daemon holds its targets map");
+    bpftool(&["map", "dump", "id", id])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let key = e.get("formatted").map_or(&e["key"], |f| &f["key"]);
+            key.as_u64().or_else(|| {
+                // Without BTF: the key as little-endian hex bytes.
+                let bytes: Vec<u8> = key
+                    .as_array()?
+                    .iter()
+                    .filter_map(|b| {
+                        u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok()
+                    })
+                    .collect();
+                Some(u64::from(u32::from_le_bytes(
+                    bytes.get(..4)?.try_into().ok()?,
+                )))
+            })
+        })
+        .collect()
+}
+
 /// Resident memory of `pid` in MiB.
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -307,7 +353,7 @@ fn a_process_that_execs_into_a_non_python_binary_is_released() {
     let _machine = serial();
     let marker = tag("exec");
     let script = "import os, sys, threading, time\n\
-                  end = time.monotonic() + 4\n\
+                  end = time.monotonic() + 6\n\
                   def spin():\n    while time.monotonic() < end: pass\n\
                   ts = [threading.Thread(target=spin) for _ in range(2)]\n\
                   [t.start() for t in ts]\n\
@@ -318,6 +364,15 @@ fn a_process_that_execs_into_a_non_python_binary_is_released() {
     std::thread::sleep(Duration::from_secs(1));
     let (target, _) = python_child(&python, script, &marker);
     let pid = target.0.id();
+    // In the kernel filter while it runs Python.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while !watched_in_kernel(daemon.pid()).contains(&u64::from(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "the target never entered the kernel filter"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     daemon.wait_value("process.thread.count", pid);
     std::thread::sleep(Duration::from_millis(2500));
     let threads = promql(
@@ -354,9 +409,14 @@ fn a_process_that_execs_into_a_non_python_binary_is_released() {
         "the process was still reported {:.1} s after it exec'd into sh",
         last - exec_at
     );
+    let left = watched_in_kernel(daemon.pid());
+    assert!(
+        !left.contains(&u64::from(pid)),
+        "still in the kernel filter: {left:?}"
+    );
     let lines = daemon.lines_about(pid);
     assert!(
-        lines.len() == 2 && lines[1].contains("released"),
+        lines.len() == 2 && lines[1].contains("another program (exec)"),
         "one line to start watching, one to let go: {lines:?}"
     );
     drop(target);

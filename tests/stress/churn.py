@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -286,7 +287,7 @@ def main():
             "daemon_warnings": sum(1 for l in log.splitlines() if " WARN " in l),
             "daemon_log_lines": log.count("\n"),
             "failures": failures,
-            "scratch": scratch,
+            "scratch": scratch if failures else None,
         }
         text = json.dumps(report, indent=1)
         print(text)
@@ -304,6 +305,8 @@ def main():
             daemon.kill()
         vm.kill()
         vm.wait()
+        if not failures:
+            shutil.rmtree(scratch, ignore_errors=True)
     sys.exit(1 if failures else 0)
 
 

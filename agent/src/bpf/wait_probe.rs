@@ -217,6 +217,12 @@ impl WaitProbe {
         let mut targets = self.map_mut::<u32, GilTarget>("targets")?;
         match targets.remove(&tgid) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            // Already stopped (the kernel says ENOENT).
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(map_error("targets", &e)),
         }
     }

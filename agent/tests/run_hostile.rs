@@ -430,7 +430,7 @@ fn interpreter_copy(python: &Path, dir: &Path) -> PathBuf {
 }
 
 #[test]
-fn an_interpreter_file_replaced_while_running_is_measured_or_named_once() {
+fn an_interpreter_file_replaced_on_disk_is_still_measured() {
     let (Some(python), Some((_, vm))) = (debian_python311(), receivers()) else {
         return;
     };

@@ -210,16 +210,29 @@ impl WaitProbe {
             .map_err(|e| map_error("targets", &e))
     }
 
+    /// Stops counting the sleeps of `tgid` at once but keeps what was counted, for a
+    /// last report: a process that exec'd into another program must not have that
+    /// program's sleeps counted under it. [`WaitProbe::unwatch`] clears the rest.
+    pub fn stop_counting(&mut self, tgid: u32) -> Result<()> {
+        let mut targets = self.map_mut::<u32, GilTarget>("targets")?;
+        match targets.remove(&tgid) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            // Already stopped (the kernel says ENOENT).
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(map_error("targets", &e)),
+        }
+    }
+
     /// Stops watching `tgid` and deletes every kernel entry it left (threads, holders, in-flight waits).
     pub fn unwatch(&mut self, tgid: u32) -> Result<()> {
         let tids: Vec<u32> = self.read(tgid)?.threads.into_keys().collect();
         self.forget_threads(&tids)?;
         self.forget_gils(tgid)?;
-        let mut targets = self.map_mut::<u32, GilTarget>("targets")?;
-        match targets.remove(&tgid) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_error("targets", &e)),
-        }
+        self.stop_counting(tgid)
     }
 
     /// Deletes the per-thread entries of threads that exited.

@@ -259,6 +259,29 @@ pub fn read_gil_state(pid: u32, mem: &RemoteMemory, gil: &GilSite) -> Result<Gil
 struct MappedFile {
     path: PathBuf,
     base: u64,
+    /// End of the mapping at `base` (with `base`, its `/proc/PID/map_files` name).
+    end: u64,
+}
+
+impl MappedFile {
+    /// Where to read the file from the host. A file deleted or replaced on disk
+    /// while mapped (`PATH (deleted)`, e.g. an interpreter upgraded under a running
+    /// process) is read through `/proc/PID/map_files`, which is the mapped file itself.
+    fn host_path(&self, pid: u32) -> PathBuf {
+        let deleted = self
+            .path
+            .as_os_str()
+            .as_encoded_bytes()
+            .ends_with(b" (deleted)");
+        if deleted {
+            PathBuf::from(format!(
+                "/proc/{pid}/map_files/{:x}-{:x}",
+                self.base, self.end
+            ))
+        } else {
+            host_path(pid, &self.path)
+        }
+    }
 }
 
 fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
@@ -282,10 +305,12 @@ fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
         }
         let path = in_process_view(root.as_deref(), path);
         match files.iter_mut().find(|f| f.path == path) {
-            Some(f) => f.base = f.base.min(map.address.0),
+            Some(f) if map.address.0 < f.base => (f.base, f.end) = map.address,
+            Some(_) => {}
             None => files.push(MappedFile {
                 path,
                 base: map.address.0,
+                end: map.address.1,
             }),
         }
     }
@@ -360,7 +385,7 @@ pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
         .iter()
         .filter(|f| is_candidate(&f.path, exe.as_deref()))
     {
-        let host = host_path(pid, &mapped.path);
+        let host = mapped.host_path(pid);
         let file = match elf::inspect(&host) {
             Ok(Some(file)) => file,
             Ok(None) => continue,

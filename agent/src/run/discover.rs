@@ -18,7 +18,8 @@
 //! process whose GIL does not exist yet (still starting) is retried.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -84,6 +85,11 @@ impl Rules {
             exclude_cgroup: regexes(&p.exclude_cgroup, "exclude cgroup")?,
             min_age,
         })
+    }
+
+    /// Whether the command line rules need `/proc/PID/cmdline` at all.
+    pub fn uses_cmdline(&self) -> bool {
+        !self.include_cmdline.is_empty() || !self.exclude_cmdline.is_empty()
     }
 
     /// Whether the cgroup rules need `/proc/PID/cgroup` at all.
@@ -197,6 +203,38 @@ const REFUSED_RECHECK: u64 = 4;
 /// and a node's hundreds of other processes cost almost nothing per poll.
 const REFUSED_RECHECK_MAX: u64 = 120;
 
+/// Bytes of `/proc/PID/cmdline` the rules are matched against at most.
+const CMDLINE_LIMIT: u64 = 128 * 1024;
+
+/// The command line the rules see: every argument (NULs to spaces), up to
+/// [`CMDLINE_LIMIT`]. Not the shortened one shown to people, so a pattern that
+/// matches a late argument (an include, or an exclude) still applies.
+fn full_command_line(pid: u32) -> String {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/cmdline")) {
+        let _ = f.take(CMDLINE_LIMIT).read_to_end(&mut raw);
+    }
+    let text = String::from_utf8_lossy(&raw);
+    text.split('\0')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether two readings of `/proc/PID/exe` name the same executable. A file
+/// replaced on disk while it runs (a package upgrade renames a new one over it)
+/// reads as `PATH (deleted)`: still the same program, not an exec.
+pub fn same_executable(before: &Path, now: &Path) -> bool {
+    let strip = |p: &Path| -> PathBuf {
+        let bytes = p.as_os_str().as_bytes();
+        PathBuf::from(std::ffi::OsStr::from_bytes(
+            bytes.strip_suffix(b" (deleted)").unwrap_or(bytes),
+        ))
+    };
+    before == now || strip(before) == strip(now)
+}
+
 /// The pids in /proc (processes, not threads).
 pub fn list_pids() -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -275,7 +313,7 @@ impl Discovery {
         // with an empty one, so it is not looked at again every poll.
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
         if let Some(known) = self.refused.get_mut(&pid) {
-            if known.identity.exe == exe {
+            if same_executable(&known.identity.exe, &exe) {
                 known.gap = (known.gap * 2).min(REFUSED_RECHECK_MAX);
                 known.next_check = self.polls + known.gap;
                 return Verdict::Refused;
@@ -297,7 +335,11 @@ impl Discovery {
             exe: exe.clone(),
         };
         let exe_text = exe.to_string_lossy();
-        let cmdline = crate::watch::command_line(pid);
+        let cmdline = if rules.uses_cmdline() {
+            full_command_line(pid)
+        } else {
+            String::new()
+        };
         let cgroup = if rules.uses_cgroup() {
             std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
         } else {
@@ -435,6 +477,44 @@ impl Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replaced_executable_is_the_same_program() {
+        let p = |s: &str| PathBuf::from(s);
+        assert!(same_executable(
+            &p("/usr/bin/python3.11"),
+            &p("/usr/bin/python3.11 (deleted)")
+        ));
+        assert!(same_executable(&p("/x (deleted)"), &p("/x")));
+        assert!(!same_executable(&p("/usr/bin/python3.11"), &p("/bin/sh")));
+        assert!(!same_executable(
+            &p("/usr/bin/python3.11"),
+            &p("/usr/bin/python3.1")
+        ));
+    }
+
+    #[test]
+    fn rules_see_arguments_past_the_shortened_command_line() {
+        let long = "x".repeat(300);
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5", &long, "late-marker"])
+            .spawn()
+            .expect("spawn sh");
+        // Until the child has exec'd (before, it shows the test's own command line).
+        let mut full = String::new();
+        for _ in 0..200 {
+            full = full_command_line(child.id());
+            if full.starts_with("sh ") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let shown = crate::watch::command_line(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(full.ends_with(&format!("{long} late-marker")), "{full}");
+        assert!(!shown.contains("late-marker"), "{shown}");
+    }
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

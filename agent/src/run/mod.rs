@@ -99,7 +99,8 @@ fn thread_count(pid: u32) -> usize {
 
 /// The same process still runs under this pid (not exited, not exec'd into something else).
 fn still_same(identity: &Identity) -> bool {
-    std::fs::read_link(format!("/proc/{}/exe", identity.pid)).is_ok_and(|exe| exe == identity.exe)
+    std::fs::read_link(format!("/proc/{}/exe", identity.pid))
+        .is_ok_and(|exe| discover::same_executable(&identity.exe, &exe))
         && discover::start_ticks(identity.pid) == Some(identity.start_ticks)
 }
 
@@ -265,6 +266,10 @@ impl Daemon {
         for w in self.watched.values_mut() {
             if w.watch.alive && !still_same(&w.identity) {
                 w.watch.alive = false;
+                // Exec'd into another program: count nothing more under it.
+                if let Err(e) = self.probe.stop_counting(w.identity.pid) {
+                    tracing::debug!("cannot stop counting process {}: {e}", w.identity.pid);
+                }
             }
             if full {
                 w.watch.refresh(&mut self.probe);
@@ -487,7 +492,13 @@ impl Daemon {
             }
             if let Some(w) = self.watched.remove(&pid) {
                 self.released_episodes_lost += w.watch.episodes_lost();
-                tracing::info!("process {pid} exited; released its kernel state");
+                if discover::start_ticks(pid) == Some(w.identity.start_ticks) {
+                    tracing::info!(
+                        "process {pid} now runs another program (exec); released its kernel state"
+                    );
+                } else {
+                    tracing::info!("process {pid} exited; released its kernel state");
+                }
                 w.watch.detach(&mut self.probe);
             }
         }

@@ -3,8 +3,8 @@
 //! The one place that builds resources. `service.name` comes by a fixed chain:
 //! the target's own `OTEL_SERVICE_NAME`, then `service.name` in its
 //! `OTEL_RESOURCE_ATTRIBUTES` (only these two keys are read from
-//! `/proc/PID/environ`, and at most [`ENVIRON_LIMIT`] bytes of it: the rest of a
-//! process's environment may hold secrets), then, in Kubernetes, its pod's
+//! `/proc/PID/environ`, streamed in bounded memory and at most [`ENVIRON_LIMIT`]
+//! bytes of it: the rest of a process's environment may hold secrets), then, in Kubernetes, its pod's
 //! `resource.opentelemetry.io/service.name` annotation, `app.kubernetes.io/name`
 //! label or owning workload's name ([`super::kube`]), then `python:<script or
 //! module>` from its command line. `tenant.id` is never taken from a target
@@ -15,8 +15,16 @@ use std::io::Read;
 use super::config::parse_key_values;
 use super::kube::PodMetadata;
 
-/// Bytes of `/proc/PID/environ` read at most.
-pub const ENVIRON_LIMIT: u64 = 64 * 1024;
+/// Bytes of `/proc/PID/environ` scanned at most. The environment is streamed
+/// (never held whole), so this bounds the time spent on a huge one, not memory.
+pub const ENVIRON_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Longest `OTEL_*` entry kept; a longer one is ignored (a cut-off attribute list
+/// would give wrong attributes).
+pub const ENVIRON_ENTRY_LIMIT: usize = 16 * 1024;
+
+/// The keys read from a target's environment.
+const OTEL_KEYS: [&[u8]; 2] = [b"OTEL_SERVICE_NAME=", b"OTEL_RESOURCE_ATTRIBUTES="];
 
 /// Attributes of the target's own resource passed through as they are.
 const PASSED_THROUGH: &[&str] = &[
@@ -46,27 +54,75 @@ pub struct TargetOtelEnv {
 
 /// Reads only `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` from the target.
 pub fn read_target_env(pid: u32) -> TargetOtelEnv {
-    let mut raw = Vec::new();
-    if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/environ")) {
-        let _ = f.take(ENVIRON_LIMIT).read_to_end(&mut raw);
+    match std::fs::File::open(format!("/proc/{pid}/environ")) {
+        Ok(f) => scan_target_env(f.take(ENVIRON_LIMIT)),
+        Err(_) => TargetOtelEnv::default(),
     }
-    parse_target_env(&raw)
 }
 
 /// Picks the two OTel keys out of NUL-separated `KEY=value` entries.
 pub fn parse_target_env(raw: &[u8]) -> TargetOtelEnv {
+    scan_target_env(raw)
+}
+
+/// [`parse_target_env`] over a stream, in bounded memory: only an entry that can
+/// still be one of the two keys is buffered, and at most [`ENVIRON_ENTRY_LIMIT`]
+/// bytes of it. Entries without `=`, invalid UTF-8 and a last entry without its
+/// NUL are all tolerated; a read error ends the scan with what was found.
+pub fn scan_target_env(mut input: impl Read) -> TargetOtelEnv {
     let mut out = TargetOtelEnv::default();
-    for entry in raw.split(|b| *b == 0) {
-        if let Some(v) = entry.strip_prefix(b"OTEL_SERVICE_NAME=") {
-            let v = String::from_utf8_lossy(v).trim().to_string();
-            if !v.is_empty() {
-                out.service_name = Some(v);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut entry: Vec<u8> = Vec::new();
+    let mut skipping = false;
+    loop {
+        let n = match input.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for (i, piece) in chunk[..n].split(|b| *b == 0).enumerate() {
+            if i > 0 {
+                // A NUL ended the entry before this piece.
+                if !skipping {
+                    take_entry(&entry, &mut out);
+                }
+                entry.clear();
+                skipping = false;
             }
-        } else if let Some(v) = entry.strip_prefix(b"OTEL_RESOURCE_ATTRIBUTES=") {
-            out.resource_attributes = parse_key_values(&String::from_utf8_lossy(v));
+            if skipping || piece.is_empty() {
+                continue;
+            }
+            if entry.len() + piece.len() > ENVIRON_ENTRY_LIMIT {
+                skipping = true;
+                entry.clear();
+                continue;
+            }
+            entry.extend_from_slice(piece);
+            let wanted = OTEL_KEYS.iter().any(|key| {
+                let n = key.len().min(entry.len());
+                entry[..n] == key[..n]
+            });
+            if !wanted {
+                skipping = true;
+                entry.clear();
+            }
         }
     }
+    if !skipping {
+        take_entry(&entry, &mut out);
+    }
     out
+}
+
+/// Takes one `KEY=value` entry if it is one of the two OTel keys.
+fn take_entry(entry: &[u8], out: &mut TargetOtelEnv) {
+    if let Some(v) = entry.strip_prefix(OTEL_KEYS[0]) {
+        let v = String::from_utf8_lossy(v).trim().to_string();
+        if !v.is_empty() {
+            out.service_name = Some(v);
+        }
+    } else if let Some(v) = entry.strip_prefix(OTEL_KEYS[1]) {
+        out.resource_attributes = parse_key_values(&String::from_utf8_lossy(v));
+    }
 }
 
 /// `python:<script>` or `python:<module>` from a command line (arguments split).
@@ -337,6 +393,58 @@ mod tests {
         let env = parse_target_env(raw);
         assert_eq!(env.service_name.as_deref(), Some("shop"));
         assert_eq!(env.resource_attributes.len(), 2);
+    }
+
+    /// A reader that hands out at most `step` bytes per read, to cross every
+    /// chunk boundary inside entries and keys.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn keys_after_a_huge_environment_are_found_in_bounded_memory() {
+        let mut raw = Vec::new();
+        for i in 0..40 {
+            raw.extend_from_slice(format!("BIG{i}=").as_bytes());
+            raw.extend(std::iter::repeat_n(b'x', 100_000));
+            raw.push(0);
+        }
+        // Longer than an entry may be: ignored, not cut.
+        raw.extend_from_slice(b"OTEL_RESOURCE_ATTRIBUTES=a=");
+        raw.extend(std::iter::repeat_n(b'y', ENVIRON_ENTRY_LIMIT));
+        raw.push(0);
+        raw.extend_from_slice(b"OTEL_SERVICE_NAME=late\0");
+        let env = scan_target_env(raw.as_slice());
+        assert_eq!(env.service_name.as_deref(), Some("late"));
+        assert!(env.resource_attributes.is_empty());
+        for step in [1, 7, 18, 65_536] {
+            let env = scan_target_env(Trickle(&raw, step));
+            assert_eq!(env.service_name.as_deref(), Some("late"), "step {step}");
+        }
+    }
+
+    #[test]
+    fn malformed_environments_are_tolerated() {
+        // No '=', invalid UTF-8, empty entries, a last entry without its NUL.
+        let raw = b"NOEQUALS\0\xff\xfe\x00\0\0OTEL_SERVICE_NAME=caf\xc3\xa9\xff\0OTEL_RESOURCE_ATTRIBUTES=team=blue";
+        let env = parse_target_env(raw);
+        assert_eq!(env.service_name.as_deref(), Some("café\u{fffd}"));
+        assert_eq!(
+            env.resource_attributes,
+            vec![("team".to_string(), "blue".to_string())]
+        );
+        assert_eq!(
+            parse_target_env(b"OTEL_SERVICE_NAME"),
+            TargetOtelEnv::default()
+        );
+        assert_eq!(parse_target_env(b""), TargetOtelEnv::default());
     }
 
     fn facts(args: &[&str], env: TargetOtelEnv) -> ProcessFacts {

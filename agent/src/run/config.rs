@@ -602,6 +602,16 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         Some(path) => read_file(path)?,
         None => FileConfig::default(),
     };
+    resolve_parsed(flags, file, env)
+}
+
+/// [`resolve`] with the config file already parsed (`flags.config` only names
+/// it in errors): public so the fuzz harness can feed file text without a file.
+pub fn resolve_parsed(
+    flags: &Flags,
+    file: FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, RunError> {
     let fname = flags
         .config
         .as_ref()

@@ -46,9 +46,9 @@ wait
 crashed=0
 printf '%-14s %8s %14s %10s %8s\n' target seconds executions exec/s crashes
 for t in "${targets[@]}"; do
-    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "logs/$t.log" | grep -o '[0-9]*$' | tail -1)
+    execs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "logs/$t.log" | grep -ao '[0-9]*$' | tail -1)
     if [[ -z "$execs" ]]; then # killed before the final stats: the last status line
-        execs=$(grep -o '^#[0-9]*' "logs/$t.log" | tail -1 | tr -d '#')
+        execs=$(grep -ao '^#[0-9]*' "logs/$t.log" | tail -1 | tr -d '#')
     fi
     crashes=$(find "artifacts/$t" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l)
     [[ "$crashes" -eq 0 ]] || crashed=1

@@ -131,8 +131,9 @@ pub fn proc_parsers(data: &[u8]) {
             }
         }
         9 => {
-            use procfs::FromRead as _;
-            let _ = procfs::process::Stat::from_read(rest);
+            // OTEL_RESOURCE_ATTRIBUTES / OTEL_EXPORTER_OTLP_HEADERS values.
+            let _ = config::parse_key_values(&text);
+            let _ = config::percent_decode(&text);
         }
         10 => {
             // /proc/PID/cmdline: NUL-separated arguments.

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use gilscope::python::versions::PyVersion;
-use gilscope::python::{debug_offsets, elf, finder, libc};
+use gilscope::python::{debug_offsets, elf, finder, libc, locate};
 use gilscope::run::{config, discover, kube, resource, spool};
 use gilscope::{cgroup, pidns, threads};
 
@@ -117,18 +117,10 @@ pub fn proc_parsers(data: &[u8]) {
             let _ = kube::container_id_of(&text);
         }
         8 => {
-            use procfs::FromBufRead as _;
-            if let Ok(maps) = procfs::process::MemoryMaps::from_buf_read(rest) {
-                let paths: Vec<String> = maps
-                    .into_iter()
-                    .filter_map(|m| match m.pathname {
-                        procfs::process::MMapPath::Path(p) => Some(p.display().to_string()),
-                        _ => None,
-                    })
-                    .collect();
-                let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-                let _ = libc::classify(&refs, None, false);
-            }
+            let maps = locate::parse_maps(&text);
+            let paths: Vec<String> = maps.iter().map(|(_, p)| p.display().to_string()).collect();
+            let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+            let _ = libc::classify(&refs, None, false);
         }
         9 => {
             // OTEL_RESOURCE_ATTRIBUTES / OTEL_EXPORTER_OTLP_HEADERS values.

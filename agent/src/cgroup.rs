@@ -152,11 +152,18 @@ fn locate(cgroup_text: &str, mounts: &[Mount]) -> Option<CpuCgroup> {
 }
 
 impl CpuCgroup {
+    /// The CPU cgroup a `/proc/PID/cgroup` text names under the mounts a
+    /// mountinfo text lists, without checking the directory exists: the
+    /// parsing half of [`Self::of`], public so the fuzz harness can feed it text.
+    pub fn from_texts(cgroup_text: &str, mountinfo: &str) -> Option<Self> {
+        locate(cgroup_text, &parse_mounts(mountinfo))
+    }
+
     /// The CPU cgroup of `pid`, or `None` when procfs or the mounts do not say.
     pub fn of(pid: u32) -> Option<Self> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        let cg = locate(&text, &parse_mounts(&mountinfo))?;
+        let cg = Self::from_texts(&text, &mountinfo)?;
         cg.dir.is_dir().then_some(cg)
     }
 

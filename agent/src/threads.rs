@@ -83,7 +83,8 @@ fn read_short(path: &str) -> Option<String> {
 }
 
 /// On-CPU and run-queue nanoseconds from a `schedstat` line ("runtime delay slices").
-fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+/// Public so the fuzz harness (`fuzz/`) can feed it bytes.
+pub fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
     let mut fields = text.split_whitespace();
     let on_cpu = fields.next()?.parse().ok()?;
     let delay = fields.next()?.parse().ok()?;

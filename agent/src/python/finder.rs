@@ -68,7 +68,8 @@ pub fn branches(code: &[u8], address: u64, known_size: bool) -> Branches {
             {
                 let target = i.near_branch_target();
                 // Jumps inside the body are control flow, not tail calls.
-                if target < address || target >= address + code.len() as u64 {
+                // Saturating: a body at the top of the address space must not overflow.
+                if target < address || target >= address.saturating_add(code.len() as u64) {
                     out.jumps.push(target);
                 }
             }
@@ -304,6 +305,21 @@ mod tests {
         let code = [0xc3, 0x90, 0xe8, 0, 0, 0, 0];
         assert!(branches(&code, 0x2000, false).calls.is_empty());
         assert_eq!(branches(&code, 0x2000, true).calls.len(), 1);
+    }
+
+    /// Found by fuzzing (fuzz/, target `disasm_finder`): a jump in a body that
+    /// ends past `u64::MAX` overflowed the "inside the body" bound check.
+    #[test]
+    fn a_body_at_the_top_of_the_address_space_does_not_overflow() {
+        // jmp +0 (short) then nops: 16 bytes at u64::MAX - 15, the jump stays inside.
+        let mut code = vec![0xeb, 0x00];
+        code.resize(16, 0x90);
+        let b = branches(&code, u64::MAX - 15, true);
+        assert_eq!(
+            b,
+            Branches::default(),
+            "a jump inside the body is no tail call"
+        );
     }
 
     #[test]

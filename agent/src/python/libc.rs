@@ -148,11 +148,17 @@ pub fn is_stripped_static(path: &Path) -> bool {
         && file.section_by_name(".dynsym").is_none()
 }
 
+/// The condvar wait a libc file defines (symbol name, link-time address): the
+/// parsing half of [`detect`], public so the fuzz harness can feed it bytes.
+pub fn cond_wait_symbol(file: &object::File<'_>) -> Option<(String, u64)> {
+    defined_function(file, &COND_WAIT_SYMBOLS)
+}
+
 /// The condvar wait in `path` (seen from the host), if the file defines it.
 fn cond_wait_in(host: &Path, in_process: &Path) -> Result<Option<CondWaitSite>> {
     let image = ElfImage::read(host)?;
     let file = image.parse(host)?;
-    let Some((symbol, address)) = defined_function(&file, &COND_WAIT_SYMBOLS) else {
+    let Some((symbol, address)) = cond_wait_symbol(&file) else {
         return Ok(None);
     };
     let file_offset = file_offset_of(&file, address).ok_or_else(|| Error::BadElf {

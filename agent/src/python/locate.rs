@@ -12,8 +12,6 @@
 
 use std::path::{Path, PathBuf};
 
-use procfs::process::{MMapPath, Process};
-
 use super::debug_offsets;
 use super::elf::{self, InterpreterFile};
 use super::libc::{self, LibcKind};
@@ -284,33 +282,61 @@ impl MappedFile {
     }
 }
 
+/// The file mappings at offset 0 of a `/proc/PID/maps` text: (start address, path).
+///
+/// Our own parser, not procfs's: procfs-core 0.17 panics on a mapped file whose
+/// path starts with `/SYSV` and is shorter than 13 bytes (it slices a SysV shm
+/// key out of it), and any process on the host can map such a file (found by
+/// fuzzing, target `proc_parsers`). Non-UTF-8 paths are read lossily.
+pub fn parse_maps(text: &str) -> Vec<(u64, u64, PathBuf)> {
+    text.lines()
+        .filter_map(|line| {
+            // address perms offset dev inode, then the path (which may hold spaces).
+            let mut rest = line;
+            let mut field = || {
+                let t = rest.trim_start();
+                let end = t.find(char::is_whitespace).unwrap_or(t.len());
+                let (f, r) = t.split_at(end);
+                rest = r;
+                f
+            };
+            let (range, _perms, offset, _dev, _inode) =
+                (field(), field(), field(), field(), field());
+            let path = rest.trim();
+            if !path.starts_with('/') || u64::from_str_radix(offset, 16).ok()? != 0 {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            Some((start, end, PathBuf::from(path)))
+        })
+        .collect()
+}
+
 fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
-    let proc_err = |e: procfs::ProcError| match e {
-        procfs::ProcError::NotFound(_) => Error::NoSuchProcess { pid },
-        procfs::ProcError::PermissionDenied(_) => Error::Permission {
-            what: format!("reading /proc/{pid}/maps"),
+    let maps_path = format!("/proc/{pid}/maps");
+    let raw = std::fs::read(&maps_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid },
+        std::io::ErrorKind::PermissionDenied => Error::Permission {
+            what: format!("reading {maps_path}"),
         },
-        other => Error::Internal(format!("reading /proc/{pid}/maps: {other}")),
-    };
-    let process = Process::new(pid as i32).map_err(proc_err)?;
-    let maps = process.maps().map_err(proc_err)?;
+        _ => Error::Internal(format!("reading {maps_path}: {e}")),
+    })?;
+    let maps = parse_maps(&String::from_utf8_lossy(&raw));
     let root = chroot_dir(pid);
     let mut files: Vec<MappedFile> = Vec::new();
-    for map in maps {
-        let MMapPath::Path(path) = map.pathname else {
-            continue;
-        };
-        if map.offset != 0 {
-            continue;
-        }
+    for (start, end, path) in maps {
         let path = in_process_view(root.as_deref(), path);
         match files.iter_mut().find(|f| f.path == path) {
-            Some(f) if map.address.0 < f.base => (f.base, f.end) = map.address,
+            // The lowest mapping: its start is the load base, and /proc/PID/map_files
+            // names it by its exact range.
+            Some(f) if start < f.base => (f.base, f.end) = (start, end),
             Some(_) => {}
             None => files.push(MappedFile {
                 path,
-                base: map.address.0,
-                end: map.address.1,
+                base: start,
+                end,
             }),
         }
     }
@@ -471,4 +497,58 @@ pub fn require_interpreter(pid: u32) -> Result<Interpreter> {
             _ => Error::NotPython { pid, exe: name },
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_give_offset_zero_file_mappings_with_spaces_in_paths() {
+        let text = "55d0c0000000-55d0c0001000 r--p 00000000 08:01 123      /usr/bin/python3.11\n\
+                    55d0c0001000-55d0c0002000 r-xp 00001000 08:01 123      /usr/bin/python3.11\n\
+                    7f0000000000-7f0000020000 r--p 00000000 08:01 456      /opt/my app/libpython3.12.so (deleted)\n\
+                    7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0        [stack]\n\
+                    7ffd10000000-7ffd10001000 rw-s 00000000 00:01 7        /SYSV0000002a (deleted)\n";
+        let maps = parse_maps(text);
+        assert_eq!(
+            maps,
+            vec![
+                (
+                    0x55d0c0000000,
+                    0x55d0c0001000,
+                    PathBuf::from("/usr/bin/python3.11")
+                ),
+                (
+                    0x7f0000000000,
+                    0x7f0000020000,
+                    PathBuf::from("/opt/my app/libpython3.12.so (deleted)")
+                ),
+                (
+                    0x7ffd10000000,
+                    0x7ffd10001000,
+                    PathBuf::from("/SYSV0000002a (deleted)")
+                ),
+            ]
+        );
+    }
+
+    /// Found by fuzzing (fuzz/, target `proc_parsers`): procfs's maps parser
+    /// panicked on a mapped file named like a SysV segment but shorter
+    /// (`/SYSVbin`), which any process can map; gilscope now parses maps itself.
+    #[test]
+    fn a_short_sysv_like_path_is_a_file_not_a_panic() {
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fuzz/proc_parsers/maps-short-sysv-path"
+        ))
+        .expect("fixture");
+        let maps = parse_maps(&String::from_utf8_lossy(&raw[1..]));
+        assert!(
+            maps.iter().any(|(_, _, p)| p == Path::new("/SYSVbin")),
+            "{maps:?}"
+        );
+        let maps = parse_maps("7f00-7f01 r--p 00000000 08:01 9 /SYSVx\n\u{0}\u{ff} garbage");
+        assert_eq!(maps, vec![(0x7f00, 0x7f01, PathBuf::from("/SYSVx"))]);
+    }
 }

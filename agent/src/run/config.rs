@@ -347,7 +347,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(format!("duration '{text}' must be positive"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    // A huge number ("1111...1h") is finite but overflows a Duration: an error, not a panic.
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("duration '{text}' is too long (at most ~584 billion years)"))
 }
 
 /// Reads and parses the YAML config file.
@@ -466,7 +468,8 @@ fn millis(source: &str, text: &str) -> Result<Duration, RunError> {
             "must be a positive number of milliseconds",
         ));
     }
-    Ok(Duration::from_secs_f64(ms / 1000.0))
+    Duration::try_from_secs_f64(ms / 1000.0)
+        .map_err(|_| RunError::setting(source, format!("'{text}' milliseconds is too long")))
 }
 
 /// The first set variable among `names`, with its name.
@@ -610,6 +613,16 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         Some(path) => read_file(path)?,
         None => FileConfig::default(),
     };
+    resolve_parsed(flags, file, env)
+}
+
+/// [`resolve`] with the config file already parsed (`flags.config` only names
+/// it in errors): public so the fuzz harness can feed file text without a file.
+pub fn resolve_parsed(
+    flags: &Flags,
+    file: FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, RunError> {
     let fname = flags
         .config
         .as_ref()
@@ -1001,6 +1014,28 @@ fn spans(
 
 #[cfg(test)]
 mod tests {
+    /// Found by fuzzing (fuzz/, target `config`): a finite duration too long for
+    /// a `Duration` panicked in `Duration::from_secs_f64` and stopped the daemon.
+    #[test]
+    fn a_duration_too_long_for_a_duration_is_an_error_not_a_panic() {
+        let huge = format!("{}h", "1".repeat(40));
+        let err = super::parse_duration(&huge).expect_err("too long");
+        assert!(err.contains("too long"), "{err}");
+        let env = |key: &str| (key == "OTEL_METRIC_EXPORT_INTERVAL").then(|| "1e300".to_string());
+        let err = super::resolve(&super::Flags::default(), &env).expect_err("too long");
+        assert!(err.to_string().contains("too long"), "{err}");
+        let data = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fuzz/config/min-age-overflow"
+        ))
+        .expect("fixture");
+        // The fuzz input: YAML up to the first NUL (environment entries follow).
+        let text = String::from_utf8_lossy(&data);
+        let yaml = text.split('\0').next().unwrap_or_default();
+        let file = super::parse_file(std::path::Path::new("f.yaml"), yaml).expect("yaml");
+        assert!(super::resolve_parsed(&super::Flags::default(), file, &|_| None).is_err());
+    }
+
     use super::*;
 
     fn no_env(_: &str) -> Option<String> {

@@ -311,6 +311,13 @@ fn read_body(path: &Path) -> Result<Vec<u8>, SpoolError> {
         .open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(|e| io(path, e))?;
+    body_from_bytes(path, data)
+}
+
+/// Checks a whole spool file's bytes (header, length, CRC) and returns its
+/// body; `path` only names the file in errors. The parsing half of reading an
+/// entry back, public so the fuzz harness can feed it bytes.
+pub fn body_from_bytes(path: &Path, mut data: Vec<u8>) -> Result<Vec<u8>, SpoolError> {
     let header = parse_header(path, &data)?;
     let body = data.split_off(HEADER);
     if body.len() as u64 != header.len {

@@ -1,0 +1,185 @@
+//! The bodies of gilscope's fuzz targets: each feeds arbitrary bytes to the
+//! parsers that read outside input (interpreter ELF files, `/proc` and cgroup
+//! files, the config file and environment, spool files) the way the agent does.
+//!
+//! They live here, not in `fuzz_targets/`, so that `agent/tests/fuzz_corpus.rs`
+//! (part of `cargo test`) runs the same bodies over the committed seeds: the
+//! harness cannot rot between fuzzing sessions. A body must never panic; the
+//! parsers' results are dropped, only panics, hangs and overflows matter.
+
+use std::path::{Path, PathBuf};
+
+use gilscope::python::versions::PyVersion;
+use gilscope::python::{debug_offsets, elf, finder, libc, locate};
+use gilscope::run::{config, discover, kube, resource, spool};
+use gilscope::{cgroup, pidns, threads};
+
+/// What the agent does with an interpreter file found mapped in a process:
+/// symbols and version (`inspect_parsed`), the `_PyRuntime` debug-offsets
+/// block as a 3.13+ file carries it in `.data`, the `take_gil`/`drop_gil`/park
+/// finders (symbol table, else disassembly), and the libc checks.
+pub fn elf_inspect(data: &[u8]) {
+    let Ok(file) = object::File::parse(data) else {
+        return;
+    };
+    if let Ok(Some(info)) = elf::inspect_parsed(Path::new("/fuzz/libpython3.12.so"), &file) {
+        let line = info.version.line;
+        if let Some(block) = elf::bytes_at(&file, info.py_runtime, debug_offsets::BLOCK_LEN as u64)
+        {
+            for line in [line, V313, V314] {
+                let _ = debug_offsets::parse(block, line);
+            }
+        }
+        let _ = elf::file_offset_of(&file, info.py_runtime);
+    }
+    for found in finder::find_take_gil(&file)
+        .into_iter()
+        .chain(finder::find_drop_gil(&file))
+        .chain(finder::find_park(&file))
+    {
+        let _ = elf::bytes_at(&file, found.address, 16);
+    }
+    let _ = finder::plt_stub(&file, "pthread_cond_wait");
+    let _ = libc::program_interpreter(&file);
+    let _ = libc::has_static_musl_symbols(&file);
+    let _ = libc::cond_wait_symbol(&file);
+}
+
+const V313: PyVersion = PyVersion {
+    major: 3,
+    minor: 13,
+};
+const V314: PyVersion = PyVersion {
+    major: 3,
+    minor: 14,
+};
+
+fn u64_le(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    let n = bytes.len().min(8);
+    word[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(word)
+}
+
+/// The byte-level decoders under the ELF analysis: the x86-64 branch finder
+/// (first 8 bytes: the code's address, bit 0 of the 9th: size known), the
+/// version readers and the debug-offsets block parser.
+pub fn disasm_finder(data: &[u8]) {
+    let address = u64_le(data.get(..8).unwrap_or(data));
+    let known_size = data.get(8).is_some_and(|b| b & 1 == 1);
+    let code = data.get(9..).unwrap_or_default();
+    let _ = finder::branches(code, address, known_size);
+    let _ = elf::version_from_rodata(data);
+    let _ = elf::version_from_hex(address);
+    for line in [V313, V314] {
+        let _ = debug_offsets::parse(data, line);
+    }
+}
+
+/// One text split in two at the first NUL (two files fed to one parser).
+fn two_texts(text: &str) -> (&str, &str) {
+    text.split_once('\0').unwrap_or((text, ""))
+}
+
+/// The `/proc` and cgroup parsers; the first byte picks one, the rest is the file.
+pub fn proc_parsers(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match which % 12 {
+        0 => {
+            let _ = threads::parse_schedstat(&text);
+        }
+        1 => {
+            let _ = cgroup::parse_cpu_stat(&text);
+            let _ = cgroup::parse_cpu_max(&text);
+            let (quota, period) = two_texts(&text);
+            let _ = cgroup::parse_cfs_quota(quota, period);
+        }
+        2 => {
+            let (cgroup_text, mountinfo) = two_texts(&text);
+            let _ = cgroup::CpuCgroup::from_texts(cgroup_text, mountinfo);
+        }
+        3 => {
+            let _ = discover::parse_start_ticks(&text);
+        }
+        4 => {
+            let _ = resource::parse_target_env(rest);
+        }
+        5 => {
+            let _ = resource::container_id_from_cgroup(&text);
+        }
+        6 => {
+            let _ = pidns::parse_nspid(&text);
+        }
+        7 => {
+            let _ = kube::container_id_of(&text);
+        }
+        8 => {
+            let maps = locate::parse_maps(&text);
+            let paths: Vec<String> = maps
+                .iter()
+                .map(|(_, _, p)| p.display().to_string())
+                .collect();
+            let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+            let _ = libc::classify(&refs, None, false);
+        }
+        9 => {
+            // OTEL_RESOURCE_ATTRIBUTES / OTEL_EXPORTER_OTLP_HEADERS values.
+            let _ = config::parse_key_values(&text);
+            let _ = config::percent_decode(&text);
+        }
+        10 => {
+            // /proc/PID/cmdline: NUL-separated arguments.
+            let args: Vec<String> = rest
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let exe = args.first().cloned().unwrap_or_default();
+            let _ = resource::python_service_name(&args, &exe);
+            let _ = elf::version_from_file_name(Path::new(&exe));
+        }
+        _ => {
+            let paths: Vec<&str> = text.split('\n').collect();
+            let (interp, _) = two_texts(&text);
+            let _ = libc::classify(&paths, Some(interp), which & 0x80 != 0);
+        }
+    }
+}
+
+/// The config file and environment: YAML text up to the first NUL, then
+/// NUL-separated `KEY=value` environment entries, merged by `resolve` as
+/// `gilscope run --config` does; the value parsers also get every value.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (yaml, env_text) = two_texts(&text);
+    let env: Vec<(&str, &str)> = env_text
+        .split('\0')
+        .filter_map(|entry| entry.split_once('='))
+        .collect();
+    for (_, value) in &env {
+        let _ = config::parse_duration(value);
+        let _ = config::parse_bytes(value);
+        let _ = config::parse_key_values(value);
+    }
+    let path = PathBuf::from("/fuzz/gilscope.yaml");
+    let Ok(file) = config::parse_file(&path, yaml) else {
+        return;
+    };
+    let flags = config::Flags {
+        config: Some(path),
+        ..config::Flags::default()
+    };
+    let lookup = |key: &str| {
+        env.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    };
+    let _ = config::resolve_parsed(&flags, file, &lookup);
+}
+
+/// A spool file read back after a restart: header, length and CRC checks.
+pub fn spool_file(data: &[u8]) {
+    let _ = spool::body_from_bytes(Path::new("/fuzz/spool/1.req"), data.to_vec());
+}

@@ -466,6 +466,11 @@ impl Daemon {
             self.intervals += 1;
             self.held.add(resources, span_resources, now);
             self.send_held(now, false);
+            // The budget watches the bytes every interval, whether or not one was sent.
+            if let (Some(budget), Some(exporter)) = (&mut self.budget, &self.exporter) {
+                let sent = ExportStats::get(&exporter.stats().bytes_sent);
+                budget.observe(now, sent, self.settings.interval);
+            }
         }
         if self.endpoints.is_some() {
             // Cumulative always: /metrics is scraped, not pushed.
@@ -523,10 +528,6 @@ impl Daemon {
         }
         for (request, n) in otlp::batch_spans(span_resources, batch_points) {
             exporter.submit(export::Payload::Traces(request), n);
-        }
-        if let Some(budget) = &mut self.budget {
-            let sent = ExportStats::get(&exporter.stats().bytes_sent);
-            budget.observe(now, sent, self.settings.interval);
         }
     }
 

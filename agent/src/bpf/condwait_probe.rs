@@ -14,10 +14,8 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 
-use super::layout::{
-    BlockedKey, BlockedVal, CondwaitTarget, CondwaitWaits, GilEpisode, GilKey, GilVal, ThreadWaits,
-};
-use super::wait_probe::WaitCounters;
+use super::layout::{CondwaitTarget, CondwaitWaits, GilEpisode, ThreadWaits};
+use super::wait_probe::{counters_of, WaitCounters};
 use super::{bpf_error, map_error, uprobe_error};
 use crate::error::{Error, Result};
 use crate::python::libc::CondWaitSite;
@@ -150,24 +148,12 @@ impl CondWaitProbe {
             .filter(|(_, w)| w.tgid == tgid)
             .map(|(tid, w)| (tid, as_thread_waits(&w)))
             .collect();
-        let blocked_by = self
-            .map::<BlockedKey, BlockedVal>("cond_blocked_by")?
-            .iter()
-            .filter_map(|e| e.ok())
-            .filter(|(k, _)| threads.contains_key(&k.waiter_tid))
-            .collect();
-        let gils = self
-            .map::<GilKey, GilVal>("cond_gil_waits")?
-            .iter()
-            .filter_map(|e| e.ok())
-            .filter(|(k, _)| k.tgid == tgid)
-            .map(|(k, v)| (k.gil_addr, v))
-            .collect();
-        Ok(WaitCounters {
+        Ok(counters_of(
+            tgid,
             threads,
-            blocked_by,
-            gils,
-        })
+            &self.map("cond_blocked_by")?,
+            &self.map("cond_gil_waits")?,
+        ))
     }
 }
 

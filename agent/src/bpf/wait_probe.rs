@@ -284,24 +284,12 @@ impl WaitProbe {
             .filter_map(|entry| entry.ok())
             .filter(|(_, w)| w.tgid == tgid)
             .collect();
-        let blocked = self.map::<BlockedKey, BlockedVal>("blocked_by")?;
-        let blocked_by = blocked
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter(|(k, _)| threads.contains_key(&k.waiter_tid))
-            .collect();
-        let gils = self
-            .map::<GilKey, GilVal>("gil_waits")?
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter(|(k, _)| k.tgid == tgid)
-            .map(|(k, v)| (k.gil_addr, v))
-            .collect();
-        Ok(WaitCounters {
+        Ok(counters_of(
+            tgid,
             threads,
-            blocked_by,
-            gils,
-        })
+            &self.map("blocked_by")?,
+            &self.map("gil_waits")?,
+        ))
     }
 
     /// The counters of every watched process, in one pass over each map: what a
@@ -362,5 +350,31 @@ impl WaitProbe {
                 self.map::<GilKey, GilVal>("gil_waits")?.keys().count(),
             ),
         ])
+    }
+}
+
+/// One process's thread counters joined with those threads' blocked-by pairs and the
+/// process's per-GIL waits: the same shape from the futex and the condvar probe.
+pub(crate) fn counters_of(
+    tgid: u32,
+    threads: HashMap<u32, ThreadWaits>,
+    blocked: &BpfHashMap<&MapData, BlockedKey, BlockedVal>,
+    gils: &BpfHashMap<&MapData, GilKey, GilVal>,
+) -> WaitCounters {
+    let blocked_by = blocked
+        .iter()
+        .filter_map(|entry| entry.ok())
+        .filter(|(k, _)| threads.contains_key(&k.waiter_tid))
+        .collect();
+    let gils = gils
+        .iter()
+        .filter_map(|entry| entry.ok())
+        .filter(|(k, _)| k.tgid == tgid)
+        .map(|(k, v)| (k.gil_addr, v))
+        .collect();
+    WaitCounters {
+        threads,
+        blocked_by,
+        gils,
     }
 }

@@ -732,3 +732,230 @@ fn victoria_metrics_scrapes_the_names_and_labels_the_otlp_path_creates() {
     let failures = twice_on_noise("scrape vs push", || scraped_equals_pushed(&vm, &python));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Resident memory of process `pid` in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Threads and open sockets of process `pid`, from /proc.
+fn threads_and_sockets(pid: u32) -> (usize, usize) {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter(|l| l.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0);
+    (threads, sockets)
+}
+
+/// Whether the server closed `stream` within `within`: reads (and discards) until
+/// end of stream or reset; a read that times out means the server still holds it.
+fn closed_by_server(mut stream: &std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read as _;
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The daemon under a slow-client attack: hundreds of silent connections, 32 that
+/// send half a request line and stall, 4 that pipeline 2000 scrapes through a tiny
+/// receive buffer and never read. Probes must still be answered within the
+/// kubelet's 1 s, the daemon must not grow a thread per client, and it must close
+/// the stalled connections itself within the documented timeouts.
+fn probes_under_slow_clients() -> Vec<String> {
+    use std::io::Write as _;
+    use std::net::TcpStream;
+    let marker = tag("slow");
+    let port = free_port();
+    let log = scratch(&marker).join("gilscope.log");
+    let daemon = daemon(port, &marker, 60, &log, &[]);
+    let pid = daemon.0.id();
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut failures = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !matches!(get(port, "/readyz"), Ok((200, ..))) {
+        if Instant::now() > deadline {
+            return vec![format!("/readyz never 200:\n{}", stderr())];
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (threads_before, _) = threads_and_sockets(pid);
+    let rss_before = rss_kib(pid);
+    let connect = || TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
+
+    // Oldest first: 200 that say nothing (more than the daemon keeps open at once).
+    let silent: Vec<TcpStream> = (0..200).map(|_| connect()).collect();
+    let half: Vec<TcpStream> = (0..32)
+        .map(|_| {
+            let mut s = connect();
+            s.write_all(b"GET /heal").expect("half a request line");
+            s
+        })
+        .collect();
+    let scrapes = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    let stalled: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let s = connect();
+            let tiny: libc::c_int = 1024;
+            // SAFETY: a valid socket and a c_int option of the right size.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&tiny as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+            let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+            let _ = (&s).write_all(&scrapes);
+            s
+        })
+        .collect();
+    let attacked = Instant::now();
+
+    // The kubelet probes every 250 ms for 12 s with its 1 s timeout.
+    let probe: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(1)))
+        .build()
+        .into();
+    let mut latencies = Vec::new();
+    let mut most = (0, 0);
+    let mut rss_most = rss_before;
+    let mut round = 0;
+    while attacked.elapsed() < Duration::from_secs(12) {
+        let path = if round % 8 == 7 {
+            "/metrics"
+        } else {
+            "/healthz"
+        };
+        round += 1;
+        let asked = Instant::now();
+        let answer = probe
+            .get(&format!("http://127.0.0.1:{port}{path}"))
+            .call()
+            .and_then(|mut r| Ok((r.status().as_u16(), r.body_mut().read_to_string()?)));
+        match answer {
+            Ok((200, _)) => latencies.push(asked.elapsed()),
+            Ok((status, _)) => failures.push(format!(
+                "{path} at {:.1} s of the attack: status {status}",
+                attacked.elapsed().as_secs_f64()
+            )),
+            Err(e) => failures.push(format!(
+                "{path} at {:.1} s of the attack: {e}",
+                attacked.elapsed().as_secs_f64()
+            )),
+        }
+        let (t, s) = threads_and_sockets(pid);
+        most = (most.0.max(t), most.1.max(s));
+        rss_most = rss_most.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    latencies.sort();
+    eprintln!(
+        "under attack: {} of {round} probes answered, median {:?}, slowest {:?}; \
+         threads {threads_before} before, at most {}; at most {} sockets; \
+         resident memory {rss_before} KiB before, at most {rss_most} KiB",
+        latencies.len(),
+        latencies.get(latencies.len() / 2),
+        latencies.last(),
+        most.0,
+        most.1
+    );
+    // A connection costs kilobytes; 128 of them (and 4 stalled pages) stay far below this.
+    if rss_most > rss_before + 32 * 1024 {
+        failures.push(format!(
+            "resident memory grew from {rss_before} to {rss_most} KiB under the attack"
+        ));
+    }
+    // The HTTP side may start a thread or two, never one per client.
+    if most.0 > threads_before + 4 {
+        failures.push(format!(
+            "the daemon went from {threads_before} to {} threads under 236 slow clients",
+            most.0
+        ));
+    }
+    // At most 128 client connections (documented), plus the agent's own sockets.
+    if most.1 > 128 + 16 {
+        failures.push(format!("the daemon held {} sockets open", most.1));
+    }
+    // By now (12 s) the daemon has hung up on every one of them: 5 s to send the
+    // request head, 10 s for a whole connection.
+    let open_half = half
+        .iter()
+        .filter(|s| !closed_by_server(s, Duration::from_secs(1)))
+        .count();
+    let open_stalled = stalled
+        .iter()
+        .filter(|s| !closed_by_server(s, Duration::from_secs(2)))
+        .count();
+    if open_half + open_stalled > 0 {
+        failures.push(format!(
+            "after 12 s the daemon still held {open_half} of 32 half requests and \
+             {open_stalled} of 4 stalled readers"
+        ));
+    }
+    drop((silent, half, stalled));
+
+    // The attack over, everything is normal.
+    std::thread::sleep(Duration::from_millis(500));
+    match get(port, "/healthz") {
+        Ok((200, _, body)) if body.starts_with("ok") => {}
+        other => failures.push(format!("/healthz after the attack: {other:?}")),
+    }
+    match get(port, "/metrics") {
+        Ok((200, _, body)) => {
+            if let Err(e) = parse_exposition(&body) {
+                failures.push(format!("/metrics after the attack: {e}"));
+            }
+        }
+        other => failures.push(format!("/metrics after the attack: {other:?}")),
+    }
+    match gzipped_metrics(port) {
+        Ok(page) => {
+            if let Err(e) = parse_exposition(&page) {
+                failures.push(format!("gzipped /metrics after the attack: {e}"));
+            }
+        }
+        Err(e) => failures.push(format!("gzipped /metrics after the attack: {e}")),
+    }
+    let (threads_after, sockets_after) = threads_and_sockets(pid);
+    eprintln!("after the attack: {threads_after} threads, {sockets_after} sockets");
+    if !failures.is_empty() {
+        failures.push(format!("gilscope stderr:\n{}", stderr()));
+    }
+    failures
+}
+
+#[test]
+fn slow_or_stalled_clients_do_not_starve_the_probes() {
+    if !can_use_bpf() {
+        return;
+    }
+    let _machine = serial();
+    let failures = twice_on_noise("slow clients", probes_under_slow_clients);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,24 +1,30 @@
 //! The opt-in HTTP endpoints of `gilscope run` (`--listen`): `/metrics` for a
 //! Prometheus-style scraper, `/healthz` and `/readyz` for Kubernetes probes.
 //!
-//! Two small threads answer requests; they never touch the measuring loop. The
-//! loop publishes a finished exposition once per interval (a pointer swap under a
-//! mutex held for no longer than that) and its liveness in atomics, so a slow or
-//! stuck client cannot delay a measurement, and a stuck loop shows in `/healthz`.
+//! One thread of its own answers requests ([`server`]: bounded connections and
+//! timeouts, so slow or stalled clients cannot starve the probes); it never
+//! touches the measuring loop. The loop publishes a finished exposition once per
+//! interval (a pointer swap under a mutex held for no longer than that) and its
+//! liveness in atomics, so a slow or stuck client cannot delay a measurement, and
+//! a stuck loop shows in `/healthz`.
+
+mod server;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
 
 use super::config::Temporality;
 use super::error::RunError;
 use super::metrics::{Point, ProcessSeries};
 use super::prometheus::{Batch, Exposition};
-
-/// Threads answering requests: a probe is answered while a scrape is written.
-const WORKERS: usize = 2;
 
 /// What the loop tells the probes: when it last went round, how far it got.
 #[derive(Debug)]
@@ -100,21 +106,35 @@ impl Health {
     }
 }
 
-/// What the loop shares with the request threads.
+/// What the loop shares with the request task.
 #[derive(Debug)]
 struct Shared {
     health: Health,
     /// The last interval's exposition; swapped whole, cloned out cheaply.
-    metrics: Mutex<Arc<String>>,
+    metrics: Mutex<Page>,
 }
 
-/// The running endpoints: the listening threads, the shared state and the
-/// cumulative series behind `/metrics`.
+/// One interval's `/metrics` page, and the same gzipped once a scraper asked for it
+/// (so a scraper every few seconds costs one compression per interval, not per scrape).
+#[derive(Debug, Default, Clone)]
+struct Page {
+    plain: Bytes,
+    gzip: Option<Bytes>,
+}
+
+impl Shared {
+    fn page(&self) -> MutexGuard<'_, Page> {
+        self.metrics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The running endpoints: the server, the shared state and the cumulative
+/// series behind `/metrics`.
 pub struct Endpoints {
     shared: Arc<Shared>,
     exposition: Exposition,
-    server: Arc<tiny_http::Server>,
-    workers: Vec<JoinHandle<()>>,
+    /// Stops serving when dropped.
+    _server: server::Server,
     addr: SocketAddr,
 }
 
@@ -138,28 +158,23 @@ impl Endpoints {
             RunError::setting(source, format!("cannot listen on {addr}: {e}; {hint}"))
         })?;
         let addr = listener.local_addr().unwrap_or(addr);
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| RunError::setting(source, format!("cannot serve on {addr}: {e}")))?;
-        let server = Arc::new(server);
         let shared = Arc::new(Shared {
             health: Health::new(Health::stale_after(interval)),
-            metrics: Mutex::new(Arc::new(String::new())),
+            metrics: Mutex::new(Page::default()),
         });
-        let mut workers = Vec::with_capacity(WORKERS);
-        for i in 0..WORKERS {
-            let (server, shared) = (Arc::clone(&server), Arc::clone(&shared));
-            let worker = std::thread::Builder::new()
-                .name(format!("gilscope-http-{i}"))
-                .spawn(move || serve(&server, &shared))
-                .map_err(|e| RunError::setting(source, format!("cannot start a thread: {e}")))?;
-            workers.push(worker);
-        }
+        let answers = Arc::clone(&shared);
+        let server = server::Server::start(
+            listener,
+            server::Limits::LISTEN,
+            "gilscope-http",
+            Arc::new(move |request: &Request<Incoming>| respond(request, &answers)),
+        )
+        .map_err(|e| RunError::setting(source, format!("cannot serve on {addr}: {e}")))?;
         tracing::info!("serving /metrics, /healthz and /readyz on http://{addr}");
         Ok(Self {
             shared,
             exposition: Exposition::default(),
-            server,
-            workers,
+            _server: server,
             addr,
         })
     }
@@ -202,56 +217,21 @@ impl Endpoints {
             .chain([(agent.0, agent.1, Temporality::Cumulative)])
             .collect();
         self.exposition.update(&batch);
-        let text = self.exposition.render();
-        match self.shared.metrics.lock() {
-            Ok(mut slot) => *slot = Arc::new(text),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(text),
-        }
-    }
-}
-
-impl Drop for Endpoints {
-    /// Wakes each worker so it returns; they are not joined, because one may be
-    /// writing to a client that stopped reading, and the stop must not wait for it.
-    fn drop(&mut self) {
-        for _ in &self.workers {
-            self.server.unblock();
-        }
-    }
-}
-
-/// Answers requests until the server is unblocked.
-fn serve(server: &tiny_http::Server, shared: &Shared) {
-    loop {
-        let request = match server.recv() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!("http: {e}");
-                return;
-            }
+        let page = Page {
+            plain: Bytes::from(self.exposition.render()),
+            gzip: None,
         };
-        // Scrapers ask for gzip: a page is ~20 KB per watched process.
-        let gzip = request.headers().iter().any(|h| {
-            h.field.equiv("Accept-Encoding")
-                && h.value
-                    .as_str()
-                    .split(',')
-                    .any(|e| e.trim().split(';').next() == Some("gzip"))
-        });
-        let response = respond(request.method(), request.url(), shared, gzip);
-        if let Err(e) = request.respond(response) {
-            tracing::debug!("http: cannot answer: {e}");
-        }
+        *self.shared.page() = page;
     }
 }
 
-type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+type Response = hyper::Response<Full<Bytes>>;
 
-fn text(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
-    let mut r = tiny_http::Response::from_data(body.into()).with_status_code(status);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()) {
-        r.add_header(h);
-    }
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -261,8 +241,8 @@ const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn verdict(v: Verdict) -> Response {
     match v {
-        Ok(why) => text(200, PLAIN, why),
-        Err(why) => text(503, PLAIN, why),
+        Ok(why) => text(StatusCode::OK, PLAIN, why),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, why),
     }
 }
 
@@ -277,39 +257,63 @@ fn gzipped(body: &[u8]) -> Option<Vec<u8>> {
     enc.finish().ok()
 }
 
-fn respond(method: &tiny_http::Method, url: &str, shared: &Shared, gzip: bool) -> Response {
-    use tiny_http::Method;
-    let path = url.split('?').next().unwrap_or(url);
-    if !matches!(method, Method::Get | Method::Head) {
-        return text(405, PLAIN, "only GET and HEAD\n");
-    }
-    match path {
-        "/metrics" => {
-            let body = match shared.metrics.lock() {
-                Ok(m) => Arc::clone(&m),
-                Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-            };
-            match gzip.then(|| gzipped(body.as_bytes())).flatten() {
-                Some(zipped) => {
-                    let mut r = text(200, EXPOSITION, zipped);
-                    if let Ok(h) =
-                        tiny_http::Header::from_bytes(&b"Content-Encoding"[..], &b"gzip"[..])
-                    {
-                        r.add_header(h);
-                    }
-                    r
-                }
-                None => text(200, EXPOSITION, body.as_bytes()),
+/// Scrapers ask for gzip: a page is ~20 KB per watched process.
+fn accepts_gzip(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| e.trim().split(';').next() == Some("gzip"))
+}
+
+/// The last page, gzipped when asked for (compressed at most once per page).
+fn metrics(shared: &Shared, gzip: bool) -> Response {
+    let page = shared.page().clone();
+    let zipped = if !gzip {
+        None
+    } else if let Some(zipped) = page.gzip {
+        Some(zipped)
+    } else {
+        // Compressed outside the lock: publishing a new page never waits for it.
+        gzipped(&page.plain).map(Bytes::from).inspect(|zipped| {
+            let mut slot = shared.page();
+            // The same page (we hold it, so its address cannot have been reused).
+            if slot.plain.as_ptr() == page.plain.as_ptr() && slot.gzip.is_none() {
+                slot.gzip = Some(zipped.clone());
             }
+        })
+    };
+    match zipped {
+        Some(zipped) => {
+            let mut r = text(StatusCode::OK, EXPOSITION, zipped);
+            r.headers_mut()
+                .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            r
         }
+        None => text(StatusCode::OK, EXPOSITION, page.plain),
+    }
+}
+
+fn respond(request: &Request<Incoming>, shared: &Shared) -> Response {
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET and HEAD\n");
+    }
+    match request.uri().path() {
+        "/metrics" => metrics(shared, accepts_gzip(request)),
         "/healthz" => verdict(shared.health.liveness(Instant::now())),
         "/readyz" => verdict(shared.health.readiness()),
         "/" => text(
-            200,
+            StatusCode::OK,
             PLAIN,
             "gilscope run: /metrics (Prometheus text format), /healthz, /readyz\n",
         ),
-        _ => text(404, PLAIN, "not found: try /metrics, /healthz or /readyz\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            "not found: try /metrics, /healthz or /readyz\n",
+        ),
     }
 }
 

@@ -106,6 +106,28 @@ impl CondWaitProbe {
         super::wait_probe::lost_count(&self.ebpf, "cond_episodes_lost")
     }
 
+    /// Inserts lost to a full map (cumulative), per map in the slot order of
+    /// [`map_full_slot`](super::layout::map_full_slot): the musl counterparts of
+    /// [`WaitProbe::entries_dropped`](super::wait_probe::WaitProbe::entries_dropped).
+    /// A take wait that finds `cond_waits` full counts once per slice.
+    pub fn entries_dropped(&self) -> [(&'static str, u64); super::layout::map_full_slot::SLOTS] {
+        super::wait_probe::full_counts(
+            &self.ebpf,
+            "cond_map_full",
+            [
+                "cond_waits",
+                "cond_blocked_by",
+                "cond_inflight",
+                "cond_gil_waits",
+            ],
+        )
+    }
+
+    /// The number of entries the kernel gave map `name` (e.g. `cond_waits`).
+    pub fn capacity(&self, name: &str) -> Option<u32> {
+        super::wait_probe::hash_capacity(&self.ebpf, name)
+    }
+
     fn map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<BpfHashMap<&MapData, K, V>> {
         let map = self.ebpf.map(name).ok_or_else(|| {
             Error::Internal(format!("map {name} missing from gil_condwait.bpf.o"))

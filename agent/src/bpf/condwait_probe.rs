@@ -28,6 +28,15 @@ static CONDWAIT_OBJECT: &[u8] =
 /// (the same figure as the futex probe's).
 const CONTINUATION_GAP_NS: u64 = 1_000_000;
 
+/// The per-thread maps of the condvar probe, in the slot order of its
+/// `cond_map_full` array (the counterparts of the futex probe's).
+pub const FULL_MAPS: [&str; super::layout::map_full_slot::SLOTS] = [
+    "cond_waits",
+    "cond_blocked_by",
+    "cond_inflight",
+    "cond_gil_waits",
+];
+
 /// The attached condvar-wait probes of one process; detached when dropped.
 pub struct CondWaitProbe {
     ebpf: Ebpf,
@@ -111,16 +120,7 @@ impl CondWaitProbe {
     /// [`WaitProbe::entries_dropped`](super::wait_probe::WaitProbe::entries_dropped).
     /// A take wait that finds `cond_waits` full counts once per slice.
     pub fn entries_dropped(&self) -> [(&'static str, u64); super::layout::map_full_slot::SLOTS] {
-        super::wait_probe::full_counts(
-            &self.ebpf,
-            "cond_map_full",
-            [
-                "cond_waits",
-                "cond_blocked_by",
-                "cond_inflight",
-                "cond_gil_waits",
-            ],
-        )
+        super::wait_probe::full_counts(&self.ebpf, "cond_map_full", FULL_MAPS)
     }
 
     /// The number of entries the kernel gave map `name` (e.g. `cond_waits`).

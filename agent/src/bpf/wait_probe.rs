@@ -100,7 +100,7 @@ pub(crate) fn lost_count(ebpf: &Ebpf, name: &str) -> u64 {
 }
 
 /// The per-thread maps of the futex probe, in the slot order of its `map_full` array.
-const FULL_MAPS: [&str; map_full_slot::SLOTS] =
+pub const FULL_MAPS: [&str; map_full_slot::SLOTS] =
     ["thread_waits", "blocked_by", "inflight", "gil_waits"];
 
 /// Failed inserts per map, from a map-full array (`names` in slot order; see

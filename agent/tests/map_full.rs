@@ -1,13 +1,15 @@
 //! A kernel map that is full must not lose waits silently: the wait probe counts
 //! every insert it could not make. Filled for real: `thread_waits` shrunk to 4
 //! entries, a real CPython with 8 CPU-bound threads watched; the same workload
-//! with the normal size loses nothing.
+//! with the normal size loses nothing. `gilscope run --thread-capacity 4` says
+//! so in one warning and exports the count on `/metrics`.
 
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::receivers::{free_port, Running};
 use common::*;
 use gilscope::bpf::wait_probe::WaitProbe;
 use gilscope::memory::RemoteMemory;
@@ -75,13 +77,16 @@ fn a_full_thread_map_counts_the_waits_it_could_not_hold() {
         .map(|w| w.take_waits)
         .sum();
     eprintln!("thread_waits full: {lost} waits dropped, {waits} counted");
-    assert!(waits >= 20, "the four slotted threads' waits: {waits}");
-    // Nothing else was full.
-    for (map, n) in probe.entries_dropped() {
-        if map != "thread_waits" {
-            assert_eq!(n, 0, "map {map} had {n} failed inserts");
-        }
+    assert!(waits > 0, "the slotted threads' waits are counted: {waits}");
+    // inflight is sized for 4 threads too (it may have run full: 7 wait at once);
+    // blocked_by keeps its built-in size and gil_waits is per process and GIL.
+    assert_eq!(probe.capacity("inflight"), Some(4));
+    assert!(entries(&probe, "inflight") <= 4);
+    assert_eq!(probe.capacity("blocked_by"), Some(65536));
+    for map in ["blocked_by", "gil_waits"] {
+        assert_eq!(dropped(&probe, map), 0, "map {map} had failed inserts");
     }
+    eprintln!("inflight dropped: {}", dropped(&probe, "inflight"));
 }
 
 #[test]
@@ -102,5 +107,88 @@ fn with_the_normal_size_nothing_is_dropped() {
     );
     for (map, n) in probe.entries_dropped() {
         assert_eq!(n, 0, "map {map} had {n} failed inserts");
+    }
+}
+
+/// The value of `gilscope_bpf_entries_dropped_total` for `map` in a scrape.
+fn scraped_dropped(text: &str, map: &str) -> Option<f64> {
+    let label = format!("gilscope_bpf_map=\"{map}\"");
+    text.lines()
+        .filter(|l| l.starts_with("gilscope_bpf_entries_dropped_total{") && l.contains(&label))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn the_daemon_warns_once_per_full_map_and_exports_the_count() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = debian_python311() else {
+        return;
+    };
+    let _machine = serial();
+    let marker = format!("mapfull{}", std::process::id());
+    let _work = Running(
+        Command::new(&python)
+            .args([&workload("cpu_threads.py"), "8", "10", &marker])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python"),
+    );
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("gilscope-{marker}.log"));
+    let mut daemon = Running(
+        gilscope()
+            .args(["run", "--thread-capacity", "4"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--interval", "1s", "--duration", "7s"])
+            .args(["--include-cmdline", &marker])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start gilscope run"),
+    );
+    // The count rises interval after interval while the daemon runs.
+    let mut seen: Vec<f64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < deadline {
+        let body = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok());
+        if let Some(n) = body
+            .as_deref()
+            .and_then(|b| scraped_dropped(b, "thread_waits"))
+        {
+            if seen.last() != Some(&n) {
+                seen.push(n);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let status = daemon.0.wait().expect("daemon exit");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(status.success(), "gilscope run failed: {text}");
+    eprintln!("thread_waits dropped, as scraped: {seen:?}");
+    assert!(
+        seen.iter().filter(|n| **n > 0.0).count() >= 2,
+        "the count was exported and rose: {seen:?}\n{text}"
+    );
+    let warnings = text
+        .lines()
+        .filter(|l| l.contains("kernel map thread_waits (4 entries) is full"))
+        .count();
+    assert_eq!(
+        warnings, 1,
+        "one warning for thread_waits over 6 intervals:\n{text}"
+    );
+    for map in ["blocked_by", "inflight", "gil_waits"] {
+        let n = text
+            .lines()
+            .filter(|l| l.contains(&format!("kernel map {map} ")))
+            .count();
+        assert!(n <= 1, "{map} warned {n} times:\n{text}");
     }
 }

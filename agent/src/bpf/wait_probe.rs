@@ -25,6 +25,9 @@ use crate::python::versions::GilLayout;
 static WAIT_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gil_wait.bpf.o"));
 
+/// Entries of the per-thread maps as built (`max_entries` in gil_wait.bpf.c).
+const BUILT_IN_THREADS: u32 = 65_536;
+
 /// The scheduler tracepoint the probe hooks: a thread going to sleep and resuming.
 const SCHED_TRACEPOINT: &str = "sched_switch";
 
@@ -142,11 +145,13 @@ impl WaitProbe {
         Self::load_with_capacity(threshold_ns, None)
     }
 
-    /// As [`WaitProbe::load_with_episodes`], with `thread_waits` sized for
-    /// `threads` threads (`None`: the built-in 65,536, shared by all watched
-    /// processes). For tests that must fill the map, and for a daemon that
-    /// needs a different size; a thread beyond it is counted in
-    /// [`WaitProbe::entries_dropped`] instead of its waits.
+    /// As [`WaitProbe::load_with_episodes`], with the per-thread maps sized for
+    /// `threads` threads of all watched processes (`None`: the built-in 65,536):
+    /// `thread_waits` and `inflight` get `threads` entries, `blocked_by` (pairs
+    /// of waiter and holder) at least as many as built in. For a node with more
+    /// threads (`gilscope run --thread-capacity`), and for tests that must fill
+    /// the map; a thread beyond it is counted in [`WaitProbe::entries_dropped`]
+    /// instead of its waits.
     pub fn load_with_capacity(threshold_ns: u64, threads: Option<u32>) -> Result<Self> {
         let gap = CONTINUATION_GAP_NS;
         let window = RETAKE_WINDOW_NS;
@@ -155,8 +160,11 @@ impl WaitProbe {
             .override_global("continuation_gap_ns", &gap, true)
             .override_global("retake_window_ns", &window, true)
             .override_global("episode_threshold_ns", &threshold_ns, true);
-        if let Some(threads) = threads {
-            loader.map_max_entries("thread_waits", threads.max(1));
+        if let Some(threads) = threads.map(|n| n.max(1)) {
+            loader
+                .map_max_entries("thread_waits", threads)
+                .map_max_entries("inflight", threads)
+                .map_max_entries("blocked_by", threads.max(BUILT_IN_THREADS));
         }
         let mut ebpf = loader
             .load(WAIT_OBJECT)

@@ -120,10 +120,17 @@ impl FullMaps {
                 .map(|n| format!(" ({n} entries)"))
                 .unwrap_or_default();
             let what = consequence(rise.slot);
+            // The futex probe's per-thread maps grow with --thread-capacity.
+            let remedy = match rise.map {
+                "thread_waits" | "inflight" | "blocked_by" => {
+                    "; raise --thread-capacity (thread_capacity)"
+                }
+                _ => "",
+            };
             if rise.first {
                 tracing::warn!(
-                    "kernel map {}{size} is full: {} {what} (counted in gilscope.bpf.entries.dropped; \
-                     this warning is given once)",
+                    "kernel map {}{size} is full: {} {what}{remedy} (counted in \
+                     gilscope.bpf.entries.dropped; this warning is given once)",
                     rise.map,
                     rise.added
                 );

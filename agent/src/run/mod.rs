@@ -177,7 +177,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
     let threshold_ns = settings
         .spans
         .map_or(0, |s| s.threshold.as_nanos().max(1) as u64);
-    let probe = WaitProbe::load_with_episodes(threshold_ns)?;
+    let probe = WaitProbe::load_with_capacity(threshold_ns, settings.thread_capacity)?;
     if let Some(e) = &endpoints {
         e.probe_loaded();
     }

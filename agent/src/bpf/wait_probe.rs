@@ -125,6 +125,16 @@ pub(crate) fn full_counts(
     out
 }
 
+/// Logs one warning per map that had failed inserts: for the one-shot commands
+/// (`check`), whose report would otherwise look complete while waits are missing.
+pub fn warn_dropped(counts: &[(&'static str, u64)]) {
+    for (map, n) in counts.iter().filter(|(_, n)| *n > 0) {
+        tracing::warn!(
+            "kernel map {map} was full: {n} inserts failed, so some waits are missing from this report"
+        );
+    }
+}
+
 /// The capacity (max_entries) the kernel gave hash map `name`, if it is one.
 pub(crate) fn hash_capacity(ebpf: &Ebpf, name: &str) -> Option<u32> {
     match ebpf.map(name)? {

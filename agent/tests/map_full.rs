@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use common::receivers::{free_port, Running};
 use common::*;
+use gilscope::bpf::condwait_probe::CondWaitProbe;
 use gilscope::bpf::wait_probe::WaitProbe;
 use gilscope::memory::RemoteMemory;
+use gilscope::python::libc::require_measurable;
 use gilscope::python::locate::{read_gil_state, require_interpreter};
 
 /// Runs cpu_threads.py with 8 threads for 1.5 s under `probe` and waits for it to exit.
@@ -191,4 +193,48 @@ fn the_daemon_warns_once_per_full_map_and_exports_the_count() {
             .count();
         assert!(n <= 1, "{map} warned {n} times:\n{text}");
     }
+}
+
+#[test]
+fn a_full_condvar_map_on_musl_counts_what_it_could_not_hold() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = built_cpython("3.13-musl") else {
+        return;
+    };
+    let _machine = serial();
+    let mut target = Running(
+        Command::new(&python)
+            .args([&workload("cpu_threads.py"), "8", "1.5"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python"),
+    );
+    let pid = target.0.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let interp = require_interpreter(pid).expect("CPython");
+    let mem = RemoteMemory::new(pid);
+    let gil = interp.resolve_gil(&mem).expect("GIL address");
+    read_gil_state(pid, &mem, &gil).expect("valid GIL");
+    let site = require_measurable(&interp)
+        .expect("measurable musl build")
+        .cond_wait
+        .expect("musl: a condvar wait to probe");
+    let mut probe =
+        CondWaitProbe::attach_with_capacity(pid, &site, 0, Some(4)).expect("attach the probe");
+    assert_eq!(probe.capacity("cond_waits"), Some(4));
+    probe.watch(pid, &[gil.addr], &gil.layout).expect("watch");
+    let _ = target.0.wait();
+
+    let threads = probe.read(pid).expect("read").threads.len();
+    assert_eq!(threads, 4, "cond_waits holds its 4 entries");
+    let dropped = probe.entries_dropped();
+    eprintln!("musl: {dropped:?}");
+    assert_eq!(dropped[0].0, "cond_waits");
+    assert!(
+        dropped[0].1 >= 20,
+        "four threads without a slot: {dropped:?}"
+    );
+    assert_eq!(dropped[3], ("cond_gil_waits", 0));
 }

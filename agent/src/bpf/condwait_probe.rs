@@ -56,10 +56,31 @@ impl CondWaitProbe {
     /// As [`CondWaitProbe::attach`], and every merged take wait of at least
     /// `threshold_ns` is recorded as a [`GilEpisode`] (0: none).
     pub fn attach_with_episodes(pid: u32, site: &CondWaitSite, threshold_ns: u64) -> Result<Self> {
+        Self::attach_with_capacity(pid, site, threshold_ns, None)
+    }
+
+    /// As [`CondWaitProbe::attach_with_episodes`], with the per-thread maps sized
+    /// for `threads` threads of this process (`None`: the built-in 65,536), as
+    /// [`WaitProbe::load_with_capacity`](super::wait_probe::WaitProbe::load_with_capacity)
+    /// does: for tests that must fill them.
+    pub fn attach_with_capacity(
+        pid: u32,
+        site: &CondWaitSite,
+        threshold_ns: u64,
+        threads: Option<u32>,
+    ) -> Result<Self> {
         let gap = CONTINUATION_GAP_NS;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("continuation_gap_ns", &gap, true)
-            .override_global("episode_threshold_ns", &threshold_ns, true)
+            .override_global("episode_threshold_ns", &threshold_ns, true);
+        if let Some(threads) = threads.map(|n| n.max(1)) {
+            loader
+                .map_max_entries("cond_waits", threads)
+                .map_max_entries("cond_inflight", threads)
+                .map_max_entries("cond_blocked_by", threads.max(65_536));
+        }
+        let mut ebpf = loader
             .load(CONDWAIT_OBJECT)
             .map_err(|e| bpf_error("loading gil_condwait.bpf.o", &e))?;
         let pid = NonZeroU32::new(pid).ok_or(Error::NoSuchProcess { pid })?;

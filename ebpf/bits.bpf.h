@@ -64,6 +64,26 @@ static __always_inline void *lookup_or_init(void *map, const void *key, const vo
 	return bpf_map_lookup_elem(map, key);
 }
 
+/* Counts one failed insert in slot `slot` (enum map_full_slot) of the u64
+ * array `full`. Called on failure branches only: the hot path pays nothing. */
+static __always_inline void count_full(void *full, __u32 slot)
+{
+	__u64 *n = bpf_map_lookup_elem(full, &slot);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/* lookup_or_init that counts in slot `slot` of `full` when the insert failed
+ * (the map is full): the found-entry path is the same single lookup. */
+static __always_inline void *lookup_or_count(void *map, const void *key, const void *zero,
+					     void *full, __u32 slot)
+{
+	void *val = lookup_or_init(map, key, zero);
+	if (!val)
+		count_full(full, slot);
+	return val;
+}
+
 /* Remembers a GIL holder of a take wait once, in the first free slot of
  * `holders` (GILSCOPE_EPISODE_HOLDERS long; 0 = free). */
 static __always_inline void note_holder(__u64 *holders, __u64 holder)

@@ -48,6 +48,15 @@ struct {
 	__type(value, __u64);
 } cond_episodes_lost SEC(".maps");
 
+/* Failed inserts into cond_waits, cond_blocked_by, cond_inflight and
+ * cond_gil_waits, one slot each (enum map_full_slot, same slots as map_full). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FULL_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} cond_map_full SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -109,7 +118,8 @@ static __always_inline void close_take_wait(__u32 tid, __u32 tgid,
 	__u64 gil = cur->gil_addr, d = end - cur->wait_start_ns;
 	if (episode_threshold_ns && d >= episode_threshold_ns)
 		emit_episode(tgid, tid, cur, end);
-	struct condwait_waits *w = lookup_or_init(&cond_waits, &tid, &zero_waits);
+	struct condwait_waits *w = lookup_or_count(&cond_waits, &tid, &zero_waits, &cond_map_full,
+							     FULL_THREAD_WAITS);
 	if (w) {
 		w->tgid = tgid;
 		w->take_wait_ns += d;
@@ -118,7 +128,8 @@ static __always_inline void close_take_wait(__u32 tid, __u32 tgid,
 	}
 	struct gil_key key = { .tgid = tgid, .gil_addr = gil };
 	struct gil_val zero = {};
-	struct gil_val *g = lookup_or_init(&cond_gil_waits, &key, &zero);
+	struct gil_val *g = lookup_or_count(&cond_gil_waits, &key, &zero, &cond_map_full,
+						FULL_GIL_WAITS);
 	if (g) {
 		g->take_wait_ns += d;
 		g->take_waits++;
@@ -177,7 +188,8 @@ int cond_enter(struct pt_regs *ctx)
 		.slices = 1,
 		.holders = { holder },
 	};
-	bpf_map_update_elem(&cond_inflight, &tid, &fresh, BPF_ANY);
+	if (bpf_map_update_elem(&cond_inflight, &tid, &fresh, BPF_ANY))
+		count_full(&cond_map_full, FULL_INFLIGHT);
 	return 0;
 }
 
@@ -193,7 +205,8 @@ int cond_return(struct pt_regs *ctx)
 	__u64 slice = now - cur->slice_start_ns;
 
 	if (cur->kind == WAIT_DROP) {
-		struct condwait_waits *w = lookup_or_init(&cond_waits, &tid, &zero_waits);
+		struct condwait_waits *w = lookup_or_count(&cond_waits, &tid, &zero_waits, &cond_map_full,
+							     FULL_THREAD_WAITS);
 		if (w) {
 			w->tgid = tgid;
 			w->drop_wait_ns += slice;
@@ -204,12 +217,14 @@ int cond_return(struct pt_regs *ctx)
 	}
 	struct blocked_key bk = { .waiter_tid = tid, .holder_tstate = cur->holder_tstate };
 	struct blocked_val bzero = {};
-	struct blocked_val *b = lookup_or_init(&cond_blocked_by, &bk, &bzero);
+	struct blocked_val *b = lookup_or_count(&cond_blocked_by, &bk, &bzero, &cond_map_full,
+						     FULL_BLOCKED_BY);
 	if (b) {
 		b->wait_ns += slice;
 		b->segments++;
 	}
-	struct condwait_waits *w = lookup_or_init(&cond_waits, &tid, &zero_waits);
+	struct condwait_waits *w = lookup_or_count(&cond_waits, &tid, &zero_waits, &cond_map_full,
+							     FULL_THREAD_WAITS);
 	if (w) {
 		w->tgid = tgid;
 		w->take_slices++;

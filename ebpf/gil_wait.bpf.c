@@ -116,6 +116,18 @@ struct {
 	__type(value, __u64);
 } episodes_lost SEC(".maps");
 
+/* Failed inserts into thread_waits, blocked_by, inflight and gil_waits, one
+ * slot each (enum map_full_slot): waits lost because a map was full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FULL_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} map_full SEC(".maps");
+
+/* Puts enum map_full_slot into the object's BTF, for the layout test. */
+const enum map_full_slot *map_full_slot_btf __attribute__((unused));
+
 /* Too large for the BPF stack: the zero value new entries start from. */
 static struct thread_waits zero_waits;
 
@@ -228,7 +240,7 @@ static __always_inline void close_take_wait(struct thread_waits *w, __u32 tgid, 
 	}
 	struct gil_key key = { .tgid = tgid, .gil_addr = cur->gil_addr };
 	struct gil_val zero = {};
-	struct gil_val *g = lookup_or_init(&gil_waits, &key, &zero);
+	struct gil_val *g = lookup_or_count(&gil_waits, &key, &zero, &map_full, FULL_GIL_WAITS);
 	if (g) {
 		g->take_wait_ns += d;
 		g->take_waits++;
@@ -283,7 +295,8 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 		.slices = 1,
 		.holders = { holder },
 	};
-	bpf_map_update_elem(&inflight, &tid, &fresh, BPF_ANY);
+	if (bpf_map_update_elem(&inflight, &tid, &fresh, BPF_ANY))
+		count_full(&map_full, FULL_INFLIGHT);
 }
 
 /* Adds a finished non-GIL sleep to its family's counters. */
@@ -328,15 +341,21 @@ static __always_inline void on_run(struct task_struct *next, __u64 now)
 	__u64 segment = now - cur->segment_start_ns;
 
 	struct thread_waits *w = lookup_or_init(&thread_waits, &tid, &zero_waits);
-	if (!w)
+	if (!w) {
+		/* thread_waits is full: this wait is lost. Counted once, and the
+		 * in-flight entry goes too, or every later switch-in would retry. */
+		count_full(&map_full, FULL_THREAD_WAITS);
+		bpf_map_delete_elem(&inflight, &tid);
 		return;
+	}
 	w->tgid = tgid;
 
 	switch (cur->kind) {
 	case WAIT_TAKE: {
 		struct blocked_key bk = { .waiter_tid = tid, .holder_tstate = cur->holder_tstate };
 		struct blocked_val bzero = {};
-		struct blocked_val *b = lookup_or_init(&blocked_by, &bk, &bzero);
+		struct blocked_val *b =
+			lookup_or_count(&blocked_by, &bk, &bzero, &map_full, FULL_BLOCKED_BY);
 		if (b) {
 			b->wait_ns += segment;
 			b->segments++;

@@ -32,6 +32,19 @@ struct gil_target {
 	__u32 locked_off;       /* int, 1 while held */
 };
 
+/* Slots of the map-full counters (u64 array `map_full` of gil_wait.bpf.c,
+ * `cond_map_full` of gil_condwait.bpf.c): inserts into a per-thread map that
+ * failed because the map was full (or no entry could be allocated), so the
+ * wait was not counted. Counted only on the failure branch. The musl probe's
+ * maps use the same slot as their futex-probe counterparts. */
+enum map_full_slot {
+	FULL_THREAD_WAITS = 0,  /* thread_waits, cond_waits */
+	FULL_BLOCKED_BY = 1,    /* blocked_by, cond_blocked_by */
+	FULL_INFLIGHT = 2,      /* inflight, cond_inflight */
+	FULL_GIL_WAITS = 3,     /* gil_waits, cond_gil_waits */
+	FULL_SLOTS = 4,
+};
+
 /* Cumulative blocking counters of one thread (key: tid): GIL waits, other
  * futex waits, and every other voluntary sleep by the syscall it sleeps in. */
 struct thread_waits {

@@ -466,6 +466,10 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         _ => Throttling::default(),
     };
     let waits = read_waits(&probe, attached.condwait.as_ref(), pid)?;
+    crate::bpf::wait_probe::warn_dropped(&probe.entries_dropped());
+    if let Some(c) = &attached.condwait {
+        crate::bpf::wait_probe::warn_dropped(&c.entries_dropped());
+    }
     for key in waits.blocked_by.keys() {
         if let Some(tid) = resolver.tid_of(key.holder_tstate) {
             holder_tids.entry(key.holder_tstate).or_insert(tid);

@@ -117,6 +117,10 @@ struct RunArgs {
     /// Per-thread series kept per process (default 20).
     #[arg(long)]
     max_threads: Option<usize>,
+    /// Threads of all watched processes the kernel keeps wait counters for
+    /// (default 65536); beyond it waits are counted in gilscope.bpf.entries.dropped.
+    #[arg(long)]
+    thread_capacity: Option<u32>,
     /// tenant.id for every process.
     #[arg(long, conflicts_with = "tenant_from")]
     tenant: Option<String>,
@@ -309,6 +313,7 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         min_age: args.min_age,
         per_thread: args.per_thread,
         max_threads: args.max_threads,
+        thread_capacity: args.thread_capacity,
         tenant: args.tenant,
         tenant_from: args.tenant_from,
         summary: args.summary,

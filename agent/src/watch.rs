@@ -363,6 +363,14 @@ impl ProcessWatch {
             .map_or(0, CondWaitProbe::episodes_lost)
     }
 
+    /// musl: inserts the condvar probe could not make because a map was full
+    /// (`None`: no condvar probe, not musl).
+    pub fn entries_dropped(
+        &self,
+    ) -> Option<[(&'static str, u64); crate::bpf::layout::map_full_slot::SLOTS]> {
+        self.condwait.as_ref().map(CondWaitProbe::entries_dropped)
+    }
+
     /// Holder thread state -> tid, as far as known.
     pub fn holder_tids(&self) -> &HashMap<u64, u32> {
         &self.holder_tids

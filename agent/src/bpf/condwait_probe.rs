@@ -28,6 +28,15 @@ static CONDWAIT_OBJECT: &[u8] =
 /// (the same figure as the futex probe's).
 const CONTINUATION_GAP_NS: u64 = 1_000_000;
 
+/// The per-thread maps of the condvar probe, in the slot order of its
+/// `cond_map_full` array (the counterparts of the futex probe's).
+pub const FULL_MAPS: [&str; super::layout::map_full_slot::SLOTS] = [
+    "cond_waits",
+    "cond_blocked_by",
+    "cond_inflight",
+    "cond_gil_waits",
+];
+
 /// The attached condvar-wait probes of one process; detached when dropped.
 pub struct CondWaitProbe {
     ebpf: Ebpf,
@@ -47,10 +56,31 @@ impl CondWaitProbe {
     /// As [`CondWaitProbe::attach`], and every merged take wait of at least
     /// `threshold_ns` is recorded as a [`GilEpisode`] (0: none).
     pub fn attach_with_episodes(pid: u32, site: &CondWaitSite, threshold_ns: u64) -> Result<Self> {
+        Self::attach_with_capacity(pid, site, threshold_ns, None)
+    }
+
+    /// As [`CondWaitProbe::attach_with_episodes`], with the per-thread maps sized
+    /// for `threads` threads of this process (`None`: the built-in 65,536), as
+    /// [`WaitProbe::load_with_capacity`](super::wait_probe::WaitProbe::load_with_capacity)
+    /// does: for tests that must fill them.
+    pub fn attach_with_capacity(
+        pid: u32,
+        site: &CondWaitSite,
+        threshold_ns: u64,
+        threads: Option<u32>,
+    ) -> Result<Self> {
         let gap = CONTINUATION_GAP_NS;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("continuation_gap_ns", &gap, true)
-            .override_global("episode_threshold_ns", &threshold_ns, true)
+            .override_global("episode_threshold_ns", &threshold_ns, true);
+        if let Some(threads) = threads.map(|n| n.max(1)) {
+            loader
+                .map_max_entries("cond_waits", threads)
+                .map_max_entries("cond_inflight", threads)
+                .map_max_entries("cond_blocked_by", threads.max(65_536));
+        }
+        let mut ebpf = loader
             .load(CONDWAIT_OBJECT)
             .map_err(|e| bpf_error("loading gil_condwait.bpf.o", &e))?;
         let pid = NonZeroU32::new(pid).ok_or(Error::NoSuchProcess { pid })?;
@@ -104,6 +134,19 @@ impl CondWaitProbe {
     /// Episodes lost to a full ring buffer (cumulative).
     pub fn episodes_lost(&self) -> u64 {
         super::wait_probe::lost_count(&self.ebpf, "cond_episodes_lost")
+    }
+
+    /// Inserts lost to a full map (cumulative), per map in the slot order of
+    /// [`map_full_slot`](super::layout::map_full_slot): the musl counterparts of
+    /// [`WaitProbe::entries_dropped`](super::wait_probe::WaitProbe::entries_dropped).
+    /// A take wait that finds `cond_waits` full counts once per slice.
+    pub fn entries_dropped(&self) -> [(&'static str, u64); super::layout::map_full_slot::SLOTS] {
+        super::wait_probe::full_counts(&self.ebpf, "cond_map_full", FULL_MAPS)
+    }
+
+    /// The number of entries the kernel gave map `name` (e.g. `cond_waits`).
+    pub fn capacity(&self, name: &str) -> Option<u32> {
+        super::wait_probe::hash_capacity(&self.ebpf, name)
     }
 
     fn map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<BpfHashMap<&MapData, K, V>> {

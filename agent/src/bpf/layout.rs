@@ -29,6 +29,22 @@ pub mod wait_kind {
     pub const BLOCK_OTHER: u32 = 7;
 }
 
+/// Slots of the map-full counters (`enum map_full_slot`; u64 array maps
+/// `map_full` and, on musl, `cond_map_full`): inserts that failed because a
+/// per-thread map was full, so a wait went uncounted and someone must be told.
+pub mod map_full_slot {
+    /// `thread_waits` (musl: `cond_waits`).
+    pub const THREAD_WAITS: u32 = 0;
+    /// `blocked_by` (musl: `cond_blocked_by`).
+    pub const BLOCKED_BY: u32 = 1;
+    /// `inflight` (musl: `cond_inflight`).
+    pub const INFLIGHT: u32 = 2;
+    /// `gil_waits` (musl: `cond_gil_waits`).
+    pub const GIL_WAITS: u32 = 3;
+    /// Number of slots.
+    pub const SLOTS: usize = 4;
+}
+
 /// GILs watched per process (the main interpreter's and subinterpreters' own).
 pub const MAX_GILS: usize = 8;
 
@@ -382,6 +398,67 @@ mod tests {
             }
         }
         structs
+    }
+
+    /// enum name -> (constant name -> value), from `bpftool btf dump`.
+    fn btf_enums(object: &str) -> HashMap<String, HashMap<String, i64>> {
+        let path = format!("{}/{object}", env!("OUT_DIR"));
+        let out = Command::new("bpftool")
+            .args(["btf", "dump", "file", &path, "format", "raw"])
+            .output()
+            .expect(
+                "bpftool must be installed (apt-get install bpftool) to check the BPF constants",
+            );
+        assert!(out.status.success(), "bpftool failed on {path}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut enums: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.split_once("] ENUM '").map(|(_, r)| r) {
+                let name = rest.split('\'').next().unwrap_or_default().to_string();
+                enums.insert(name.clone(), HashMap::new());
+                current = Some(name);
+            } else if line.starts_with('\t') {
+                if let Some(name) = &current {
+                    let constant = line.trim().split('\'').nth(1).unwrap_or_default();
+                    let value = line
+                        .split("val=")
+                        .nth(1)
+                        .and_then(|s| s.split_whitespace().next())
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(i64::MIN);
+                    if let Some(entry) = enums.get_mut(name) {
+                        entry.insert(constant.to_string(), value);
+                    }
+                }
+            } else {
+                current = None;
+            }
+        }
+        enums
+    }
+
+    #[test]
+    fn map_full_slots_match_the_btf_of_the_wait_probe() {
+        let enums = btf_enums("gil_wait.bpf.o");
+        let slots = enums
+            .get("map_full_slot")
+            .expect("enum map_full_slot in gil_wait.bpf.o's BTF");
+        let expected = [
+            ("FULL_THREAD_WAITS", i64::from(map_full_slot::THREAD_WAITS)),
+            ("FULL_BLOCKED_BY", i64::from(map_full_slot::BLOCKED_BY)),
+            ("FULL_INFLIGHT", i64::from(map_full_slot::INFLIGHT)),
+            ("FULL_GIL_WAITS", i64::from(map_full_slot::GIL_WAITS)),
+            ("FULL_SLOTS", map_full_slot::SLOTS as i64),
+        ];
+        for (name, value) in expected {
+            assert_eq!(slots.get(name).copied(), Some(value), "{name}");
+        }
+        assert_eq!(
+            slots.len(),
+            expected.len(),
+            "map_full_slot has constants the Rust mirror lacks"
+        );
     }
 
     macro_rules! assert_layout {

@@ -5,6 +5,8 @@
 //! removes it together with every per-thread entry it left behind. With an
 //! episode threshold ([`WaitProbe::load_with_episodes`]) the kernel also sends
 //! one [`GilEpisode`] per long GIL wait, drained by [`WaitProbe::drain_episodes`].
+//! A wait the kernel could not count because a map was full is counted instead
+//! ([`WaitProbe::entries_dropped`]), so the loss can be reported.
 
 use std::collections::HashMap;
 
@@ -13,8 +15,8 @@ use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use super::layout::{
-    BlockedKey, BlockedVal, FutexInflight, GilEpisode, GilKey, GilTarget, GilVal, ThreadWaits,
-    MAX_GILS,
+    map_full_slot, BlockedKey, BlockedVal, FutexInflight, GilEpisode, GilKey, GilTarget, GilVal,
+    ThreadWaits, MAX_GILS,
 };
 use super::{bpf_error, map_error};
 use crate::error::{Error, Result};
@@ -22,6 +24,9 @@ use crate::python::versions::GilLayout;
 
 static WAIT_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gil_wait.bpf.o"));
+
+/// Entries of the per-thread maps as built (`max_entries` in gil_wait.bpf.c).
+const BUILT_IN_THREADS: u32 = 65_536;
 
 /// The scheduler tracepoint the probe hooks: a thread going to sleep and resuming.
 const SCHED_TRACEPOINT: &str = "sched_switch";
@@ -97,6 +102,47 @@ pub(crate) fn lost_count(ebpf: &Ebpf, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The per-thread maps of the futex probe, in the slot order of its `map_full` array.
+pub const FULL_MAPS: [&str; map_full_slot::SLOTS] =
+    ["thread_waits", "blocked_by", "inflight", "gil_waits"];
+
+/// Failed inserts per map, from a map-full array (`names` in slot order; see
+/// [`map_full_slot`]); 0 where the array cannot be read.
+pub(crate) fn full_counts(
+    ebpf: &Ebpf,
+    array: &str,
+    names: [&'static str; map_full_slot::SLOTS],
+) -> [(&'static str, u64); map_full_slot::SLOTS] {
+    let counts = ebpf
+        .map(array)
+        .and_then(|m| Array::<&MapData, u64>::try_from(m).ok());
+    let mut out = names.map(|name| (name, 0));
+    if let Some(counts) = counts {
+        for (slot, entry) in (0u32..).zip(out.iter_mut()) {
+            entry.1 = counts.get(&slot, 0).unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// Logs one warning per map that had failed inserts: for the one-shot commands
+/// (`check`), whose report would otherwise look complete while waits are missing.
+pub fn warn_dropped(counts: &[(&'static str, u64)]) {
+    for (map, n) in counts.iter().filter(|(_, n)| *n > 0) {
+        tracing::warn!(
+            "kernel map {map} was full: {n} inserts failed, so some waits are missing from this report"
+        );
+    }
+}
+
+/// The capacity (max_entries) the kernel gave hash map `name`, if it is one.
+pub(crate) fn hash_capacity(ebpf: &Ebpf, name: &str) -> Option<u32> {
+    match ebpf.map(name)? {
+        aya::maps::Map::HashMap(data) => data.info().ok().map(|i| i.max_entries()),
+        _ => None,
+    }
+}
+
 impl WaitProbe {
     /// Loads and attaches; fails with a permission error when not privileged.
     pub fn load() -> Result<Self> {
@@ -106,12 +152,31 @@ impl WaitProbe {
     /// As [`WaitProbe::load`], and the kernel records every merged take wait of at
     /// least `threshold_ns` as a [`GilEpisode`] (0: none, the ring buffer stays empty).
     pub fn load_with_episodes(threshold_ns: u64) -> Result<Self> {
+        Self::load_with_capacity(threshold_ns, None)
+    }
+
+    /// As [`WaitProbe::load_with_episodes`], with the per-thread maps sized for
+    /// `threads` threads of all watched processes (`None`: the built-in 65,536):
+    /// `thread_waits` and `inflight` get `threads` entries, `blocked_by` (pairs
+    /// of waiter and holder) at least as many as built in. For a node with more
+    /// threads (`gilscope run --thread-capacity`), and for tests that must fill
+    /// the map; a thread beyond it is counted in [`WaitProbe::entries_dropped`]
+    /// instead of its waits.
+    pub fn load_with_capacity(threshold_ns: u64, threads: Option<u32>) -> Result<Self> {
         let gap = CONTINUATION_GAP_NS;
         let window = RETAKE_WINDOW_NS;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("continuation_gap_ns", &gap, true)
             .override_global("retake_window_ns", &window, true)
-            .override_global("episode_threshold_ns", &threshold_ns, true)
+            .override_global("episode_threshold_ns", &threshold_ns, true);
+        if let Some(threads) = threads.map(|n| n.max(1)) {
+            loader
+                .map_max_entries("thread_waits", threads)
+                .map_max_entries("inflight", threads)
+                .map_max_entries("blocked_by", threads.max(BUILT_IN_THREADS));
+        }
+        let mut ebpf = loader
             .load(WAIT_OBJECT)
             .map_err(|e| bpf_error("loading gil_wait.bpf.o", &e))?;
         let btf = Btf::from_sys_fs().map_err(|e| {
@@ -158,6 +223,21 @@ impl WaitProbe {
     /// (cumulative since load): the agent fell behind.
     pub fn episodes_lost(&self) -> u64 {
         lost_count(&self.ebpf, "episodes_lost")
+    }
+
+    /// Inserts the kernel could not make because the map was full (cumulative
+    /// since load), per map of [`FULL_MAPS`] order: `thread_waits` counts waits
+    /// of threads that found no slot (each one uncounted), `blocked_by` waits
+    /// not attributed to their holder, `inflight` waits not tracked at all,
+    /// `gil_waits` take waits missing from the per-GIL figures.
+    pub fn entries_dropped(&self) -> [(&'static str, u64); map_full_slot::SLOTS] {
+        full_counts(&self.ebpf, "map_full", FULL_MAPS)
+    }
+
+    /// The number of entries the kernel gave map `name` (e.g. `thread_waits`), for
+    /// saying how full "full" is; `None` for an unknown map.
+    pub fn capacity(&self, name: &str) -> Option<u32> {
+        hash_capacity(&self.ebpf, name)
     }
 
     /// The span threshold this probe was loaded with (0: no episodes), for the

@@ -35,6 +35,9 @@ pub const DEFAULT_MAX_THREADS: usize = 20;
 pub const DEFAULT_SPAN_THRESHOLD: Duration = Duration::from_millis(50);
 /// Contention spans per second per process (also the burst).
 pub const DEFAULT_SPAN_RATE: f64 = 10.0;
+/// The most threads the kernel's per-thread maps may be sized for (entries cost
+/// memory only when used, but a typo must not ask the kernel for billions).
+const MAX_THREAD_CAPACITY: u32 = 1 << 22;
 /// Shorter thresholds turn ordinary 5 ms switch-interval waits into spans.
 const MIN_SPAN_THRESHOLD: Duration = Duration::from_millis(1);
 
@@ -48,6 +51,8 @@ pub struct FileConfig {
     /// /proc polling period for discovery.
     pub poll: Option<String>,
     pub sample_hz: Option<u32>,
+    /// Threads the kernel keeps wait counters for, on the whole node.
+    pub thread_capacity: Option<u32>,
     pub export: Option<ExportFile>,
     pub include: Option<RuleFile>,
     pub exclude: Option<RuleFile>,
@@ -214,6 +219,9 @@ pub struct Settings {
     pub interval: Duration,
     pub poll: Duration,
     pub sample_hz: u32,
+    /// Size of the kernel's per-thread maps (`None`: the built-in 65,536), see
+    /// [`WaitProbe::load_with_capacity`](crate::bpf::wait_probe::WaitProbe::load_with_capacity).
+    pub thread_capacity: Option<u32>,
     pub rules: Rules,
     /// `Some(cap)`: per-thread series, at most `cap` threads a process.
     pub per_thread: Option<usize>,
@@ -271,6 +279,7 @@ pub struct Flags {
     pub min_age: Option<Duration>,
     pub per_thread: bool,
     pub max_threads: Option<usize>,
+    pub thread_capacity: Option<u32>,
     pub tenant: Option<String>,
     pub tenant_from: Option<String>,
     pub summary: bool,
@@ -656,6 +665,16 @@ pub fn resolve_parsed(
         ));
     }
 
+    let thread_capacity = flags.thread_capacity.or(file.thread_capacity);
+    if let Some(n) = thread_capacity {
+        if !(1..=MAX_THREAD_CAPACITY).contains(&n) {
+            return Err(RunError::setting(
+                "thread_capacity",
+                format!("{n} is out of range (1-{MAX_THREAD_CAPACITY})"),
+            ));
+        }
+    }
+
     // Rules: flags add to the file's lists.
     let inc = file.include.clone().unwrap_or_default();
     let exc = file.exclude.clone().unwrap_or_default();
@@ -947,6 +966,7 @@ pub fn resolve_parsed(
         interval,
         poll,
         sample_hz,
+        thread_capacity,
         rules,
         per_thread,
         tenant,
@@ -1054,6 +1074,38 @@ mod tests {
             },
             &no_env,
         )
+    }
+
+    #[test]
+    fn thread_capacity_comes_from_the_flag_then_the_file_and_is_bounded() {
+        assert_eq!(
+            resolve(&Flags::default(), &no_env)
+                .expect("defaults")
+                .thread_capacity,
+            None,
+            "the built-in size unless asked"
+        );
+        assert_eq!(
+            with_file("thread_capacity: 200000\n")
+                .expect("file")
+                .thread_capacity,
+            Some(200_000)
+        );
+        let flag = Flags {
+            thread_capacity: Some(4),
+            ..Flags::default()
+        };
+        assert_eq!(
+            resolve(&flag, &no_env).expect("flag").thread_capacity,
+            Some(4)
+        );
+        for bad in ["thread_capacity: 0\n", "thread_capacity: 100000000\n"] {
+            let err = with_file(bad).expect_err(bad).to_string();
+            assert!(
+                err.contains("thread_capacity") && err.contains("out of range"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

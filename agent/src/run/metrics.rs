@@ -205,6 +205,13 @@ metric!(
     "The agent's own: contention episodes the kernel could not record (its ring buffer was full)."
 );
 metric!(
+    BPF_ENTRIES_DROPPED,
+    "gilscope.bpf.entries.dropped",
+    Counter,
+    "{entry}",
+    "The agent's own: inserts into a kernel map that failed because it was full, by map (gilscope.bpf.map); the waits they carried were not counted."
+);
+metric!(
     EXPORT_SPOOL_REQUESTS,
     "gilscope.export.spool.requests",
     Gauge,
@@ -259,6 +266,7 @@ pub const ALL: &[&MetricDef] = &[
     &EXPORT_RETRIES,
     &EXPORT_SPANS,
     &EPISODES_LOST,
+    &BPF_ENTRIES_DROPPED,
     &EXPORT_SPOOL_REQUESTS,
     &EXPORT_SPOOL_BYTES,
     &EXPORT_DEGRADATION,

@@ -18,6 +18,7 @@ pub mod config;
 pub mod discover;
 pub mod error;
 pub mod export;
+pub mod full;
 pub mod hold;
 pub mod http;
 pub mod kube;
@@ -131,14 +132,20 @@ struct Daemon {
     /// Episodes lost by the per-process (musl) probes of released processes,
     /// so the lost counter never goes down when one is released.
     released_episodes_lost: u64,
+    /// Kernel maps that ran full: warned about once each, exported as a counter.
+    full: full::FullMaps,
     /// Intervals handed to the exporter (logged at shutdown next to the export totals).
     intervals: u64,
     /// Finished intervals waiting for a full batch or the max delay.
     held: hold::Held,
 }
 
-/// Values of the agent's own counters kept for delta temporality.
-const SELF_STATS: usize = 11;
+/// Values of the agent's own counters kept for delta temporality: the exporter's,
+/// lost episodes, then failed inserts per kernel map (from [`FIRST_FULL`] on).
+const SELF_STATS: usize = FIRST_FULL + full::MAPS;
+
+/// Index of the first map-full count in the self-telemetry values.
+const FIRST_FULL: usize = 11;
 
 /// Runs until SIGTERM/SIGINT (or `run_for`), exporting every interval.
 pub fn run(settings: Settings) -> Result<(), RunError> {
@@ -170,7 +177,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
     let threshold_ns = settings
         .spans
         .map_or(0, |s| s.threshold.as_nanos().max(1) as u64);
-    let probe = WaitProbe::load_with_episodes(threshold_ns)?;
+    let probe = WaitProbe::load_with_capacity(threshold_ns, settings.thread_capacity)?;
     if let Some(e) = &endpoints {
         e.probe_loaded();
     }
@@ -202,6 +209,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         episodes: settings.spans.map(spans::Episodes::new),
         episode_buf: Vec::new(),
         released_episodes_lost: 0,
+        full: full::FullMaps::default(),
         settings,
         budget,
         intervals: 0,
@@ -456,6 +464,9 @@ impl Daemon {
             w.prev = cur;
             all.push(series);
         }
+        let dropped = self.entries_dropped();
+        let probe = &self.probe;
+        self.full.report(&dropped, |map| probe.capacity(map));
         if self.exporter.is_some() {
             let encoding = self.encoding();
             let mut resources: Vec<_> = all
@@ -475,7 +486,8 @@ impl Daemon {
         if self.endpoints.is_some() {
             // Cumulative always: /metrics is scraped, not pushed.
             let resource = self.agent_resource();
-            let points = self.agent_points(self.export_counts(), self.started, now);
+            let counts = self.export_counts();
+            let points = self.agent_points(counts, self.started, now);
             if let Some(e) = &mut self.endpoints {
                 e.publish(&all, (&resource, &points), temporality);
             }
@@ -497,6 +509,9 @@ impl Daemon {
             }
             if let Some(w) = self.watched.remove(&pid) {
                 self.released_episodes_lost += w.watch.episodes_lost();
+                if let Some(counts) = w.watch.entries_dropped() {
+                    self.full.release(&counts);
+                }
                 if discover::start_ticks(pid) == Some(w.identity.start_ticks) {
                     tracing::info!(
                         "process {pid} now runs another program (exec); released its kernel state"
@@ -553,13 +568,25 @@ impl Daemon {
             .map_or(self.settings.temporality, |e| e.temporality)
     }
 
+    /// Failed inserts per kernel map since the start: the futex probe's, then the
+    /// musl probes' (live and released).
+    fn entries_dropped(&mut self) -> [(&'static str, u64); full::MAPS] {
+        let musl: Vec<full::Counts> = self
+            .watched
+            .values()
+            .filter_map(|w| w.watch.entries_dropped())
+            .collect();
+        self.full.totals(self.probe.entries_dropped(), musl.iter())
+    }
+
     /// The exporter's counters since the start (zeros without an exporter).
-    fn export_counts(&self) -> [u64; SELF_STATS] {
+    fn export_counts(&mut self) -> [u64; SELF_STATS] {
+        let dropped = self.entries_dropped();
         let stats = self.exporter.as_ref().map(Exporter::stats);
         let get = |f: fn(&ExportStats) -> &std::sync::atomic::AtomicU64| {
             stats.as_ref().map_or(0, |s| ExportStats::get(f(s)))
         };
-        [
+        let exported: [u64; FIRST_FULL] = [
             get(|s| &s.points_sent),
             get(|s| &s.points_dropped),
             get(|s| &s.requests_sent),
@@ -577,7 +604,13 @@ impl Daemon {
                     .map(|w| w.watch.episodes_lost())
                     .sum::<u64>(),
             0,
-        ]
+        ];
+        let mut values = [0; SELF_STATS];
+        values[..FIRST_FULL].copy_from_slice(&exported);
+        for (value, (_, n)) in values[FIRST_FULL..].iter_mut().zip(dropped) {
+            *value = n;
+        }
+        values
     }
 
     /// The agent's own counters, under its own resource.
@@ -619,7 +652,7 @@ impl Daemon {
         let get = |f: fn(&ExportStats) -> &std::sync::atomic::AtomicU64| {
             stats.as_ref().map_or(0, |s| ExportStats::get(f(s)))
         };
-        vec![
+        let mut points = vec![
             counter(&metrics::EXPORT_POINTS, Some("sent"), shown[0]),
             counter(&metrics::EXPORT_POINTS, Some("dropped"), shown[1]),
             counter(&metrics::EXPORT_REQUESTS, Some("sent"), shown[2]),
@@ -654,7 +687,24 @@ impl Daemon {
                 value: Value::Int(self.watched.len() as i64),
                 start: now,
             },
-        ]
+        ];
+        // The musl maps only once a musl process was watched: elsewhere they do not exist.
+        let maps = crate::bpf::wait_probe::FULL_MAPS
+            .iter()
+            .chain(crate::bpf::condwait_probe::FULL_MAPS.iter())
+            .take(match self.full.musl_seen() {
+                true => full::MAPS,
+                false => full::MAPS / 2,
+            });
+        for (map, n) in maps.zip(&shown[FIRST_FULL..]) {
+            points.push(Point {
+                metric: &metrics::BPF_ENTRIES_DROPPED,
+                attributes: vec![("gilscope.bpf.map", map.to_string())],
+                value: Value::Int(*n as i64),
+                start,
+            });
+        }
+        points
     }
 
     /// The agent's own resource.

@@ -376,6 +376,7 @@ mod tests {
             (&EXPORT_BYTES, "gilscope_export_bytes_total"),
             (&EXPORT_POINTS, "gilscope_export_data_points_total"),
             (&PROCESSES_WATCHED, "gilscope_processes_watched"),
+            (&BPF_ENTRIES_DROPPED, "gilscope_bpf_entries_dropped_total"),
         ] {
             assert_eq!(metric_name(def), want);
         }

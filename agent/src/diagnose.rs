@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::report::{
     ChildReport, Diagnosis, LockContention, ProcessReport, Severity, ThreadReport,
 };
+use crate::retire::EXITED_TID;
 
 /// GIL queue length (Σ GIL wait / wall) from which threads are called serialized.
 pub const SERIALIZED_QUEUE_LENGTH: f64 = 0.25;
@@ -80,6 +81,24 @@ const MIN_WORKER_WATCH_S: f64 = 1.0;
 
 /// The diagnoses of one process, most severe first (never empty).
 pub fn diagnose(facts: &Facts) -> Vec<Diagnosis> {
+    // The exited-threads row sums many threads: no rule may take it for one.
+    let threads: Vec<ThreadReport>;
+    let without_row: Facts;
+    let facts = if facts.threads.iter().any(|t| t.tid == EXITED_TID) {
+        threads = facts
+            .threads
+            .iter()
+            .filter(|t| t.tid != EXITED_TID)
+            .cloned()
+            .collect();
+        without_row = Facts {
+            threads: &threads,
+            ..*facts
+        };
+        &without_row
+    } else {
+        facts
+    };
     let mut out: Vec<Diagnosis> = RULES.iter().filter_map(|rule| rule(facts)).collect();
     if out.is_empty() {
         out.push(no_contention(facts));

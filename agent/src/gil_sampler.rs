@@ -418,6 +418,22 @@ impl SampledProcess {
         out
     }
 
+    /// Takes the per-thread tallies of retired threads out of the tables (a
+    /// long-lived process's exited threads must not grow them forever): their
+    /// locked samples, summed, and their hold stretches.
+    pub fn take_threads(&self, tids: &[u32]) -> (u64, Vec<HoldStretches>) {
+        let mut state = self.member.lock();
+        let held = tids
+            .iter()
+            .filter_map(|tid| state.tally.held_by.remove(tid))
+            .sum();
+        let stretches = tids
+            .iter()
+            .filter_map(|tid| state.stretches.by_thread.remove(tid))
+            .collect();
+        (held, stretches)
+    }
+
     /// Takes the process off the pool and returns its tally (the stretch in
     /// progress counted as ended).
     pub fn stop(self) -> GilSamples {

@@ -24,6 +24,7 @@ pub mod pidns;
 pub mod python;
 pub mod render;
 pub mod report;
+pub mod retire;
 pub mod run;
 pub mod threads;
 pub mod top;

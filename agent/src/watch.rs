@@ -24,6 +24,7 @@ use crate::python::locate::{self, GilSite, Interpreter};
 use crate::python::thread_names::ThreadNameReader;
 use crate::python::versions::ThreadIdField;
 use crate::report::{InterpreterInfo, Mode};
+use crate::retire::{self, Retirement};
 use crate::threads::{sample_threads, sample_threads_named, ThreadSample};
 
 /// Process CPU (clock ticks, all threads, exited ones included) below which a
@@ -34,6 +35,10 @@ const UNSEEN_CPU_TICKS: u64 = 5;
 /// How often thread names (OS and Python) are read again although no thread
 /// came or went: catches a thread renamed after it started, within this long.
 const NAMES_EVERY: Duration = Duration::from_secs(30);
+
+/// How often a refresh looks for exited threads to retire (each look that finds
+/// some reads one kernel map in full).
+const RETIRE_EVERY: Duration = Duration::from_secs(5);
 
 /// Cumulative counters of one process at one instant; two of them give an interval.
 #[derive(Debug, Clone)]
@@ -106,6 +111,10 @@ pub struct ProcessWatch {
     mem: RemoteMemory,
     /// musl only: GIL waits come from the libc condvar wait, not from futex addresses.
     condwait: Option<CondWaitProbe>,
+    /// Exited threads: which are gone, and the row the retired ones were folded into.
+    exits: Retirement,
+    /// When exited threads were last looked for.
+    retire_checked: Instant,
 }
 
 /// A process's command line as one short line (NULs to spaces, at most 200 chars).
@@ -196,6 +205,8 @@ impl ProcessWatch {
             watched_gils: gils,
             mem,
             condwait,
+            exits: Retirement::default(),
+            retire_checked: now,
         })
     }
 
@@ -271,6 +282,10 @@ impl ProcessWatch {
                 return;
             }
         };
+        let now = Instant::now();
+        self.exits
+            .note(self.cpu_last.keys().copied(), &self.live_tids, now);
+        self.retire(probe, now);
         self.update_gils(probe);
         if all_names || changed {
             self.python_names.extend(self.name_reader.read());
@@ -279,6 +294,53 @@ impl ProcessWatch {
             self.names_read_at = Instant::now();
         }
         self.names_pending = changed;
+    }
+
+    /// Folds threads that exited a while ago into the exited-threads row and
+    /// deletes their kernel entries ([`crate::retire`]): a process that starts a
+    /// thread per request must not fill the kernel maps every process shares.
+    fn retire(&mut self, probe: &mut WaitProbe, now: Instant) {
+        if now.saturating_duration_since(self.retire_checked) < RETIRE_EVERY {
+            return;
+        }
+        self.retire_checked = now;
+        let due = self.exits.due(now);
+        if due.is_empty() {
+            return;
+        }
+        let pid = self.pid();
+        let mut taken = match probe.take_threads(&due) {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::debug!("cannot release the exited threads of process {pid}: {e}");
+                return;
+            }
+        };
+        if let Some(c) = self.condwait.as_mut() {
+            match c.take_threads(&due) {
+                Ok(cond) => condwait_probe::merge_into(&mut taken, &cond),
+                Err(e) => tracing::debug!("condvar probe of {pid}: {e}"),
+            }
+        }
+        self.exits.fold(&due, &mut self.cpu_last, &taken, now);
+        if let Some(sampler) = &self.sampler {
+            let (held, stretches) = sampler.take_threads(&due);
+            self.exits.fold_samples(held, &stretches);
+        }
+        let due: std::collections::HashSet<u32> = due.into_iter().collect();
+        self.python_names.retain(|tid, _| !due.contains(tid));
+        // A freed thread state is reused by a later thread: resolve it afresh.
+        self.holder_tids.retain(|_, tid| !due.contains(tid));
+        tracing::debug!(
+            "process {pid}: {} exited threads folded into one row ({} so far)",
+            due.len(),
+            self.exits.retired()
+        );
+    }
+
+    /// Exited threads retired so far (folded into the exited-threads row).
+    pub fn threads_retired(&self) -> u64 {
+        self.exits.retired()
     }
 
     /// Keeps the kernel filter on the current GILs (subinterpreters come and go).
@@ -403,19 +465,23 @@ impl ProcessWatch {
     pub fn snapshot_with(&mut self, mut waits: WaitCounters) -> Snapshot {
         self.fold_condwait(&mut waits);
         self.learn_holders(&waits);
+        let now = Instant::now();
+        // Threads that lived and died between two procfs reads are known only here.
+        self.exits
+            .note(waits.threads.keys().copied(), &self.live_tids, now);
+        let mut threads = self.cpu_last.clone();
+        let mut gil = self
+            .sampler
+            .as_ref()
+            .map(SampledProcess::snapshot)
+            .unwrap_or_default();
+        self.exits
+            .apply(&mut threads, &mut waits, &mut gil, &self.live_tids);
         Snapshot {
-            at: if self.alive {
-                Instant::now()
-            } else {
-                self.last_seen
-            },
-            threads: self.cpu_last.clone(),
+            at: if self.alive { now } else { self.last_seen },
+            threads,
             waits,
-            gil: self
-                .sampler
-                .as_ref()
-                .map(SampledProcess::snapshot)
-                .unwrap_or_default(),
+            gil,
             throttling: self
                 .cgroup
                 .as_ref()
@@ -426,15 +492,24 @@ impl ProcessWatch {
 
     /// Everything that happened between two snapshots, ready for [`crate::analyse`].
     pub fn measurement(&self, prev: &Snapshot, cur: &Snapshot) -> Measurement {
-        let gil = cur.gil.since(&prev.gil);
+        // Threads retired in between count from `prev` in the exited-threads row.
+        let (cpu_start, prev_waits, prev_gil) = retire::rebase(
+            &prev.threads,
+            &prev.waits,
+            &prev.gil,
+            &cur.threads,
+            &cur.waits,
+            &cur.gil,
+        );
+        let gil = cur.gil.since(&prev_gil);
         Measurement {
             pid: self.pid(),
             wall_s: cur.at.saturating_duration_since(prev.at).as_secs_f64(),
             mode: Mode::Default,
             interpreter: interpreter_info(&self.interp, &self.gil, &cur.gil),
-            cpu_start: prev.threads.clone(),
+            cpu_start,
             cpu_end: cur.threads.clone(),
-            waits: cur.waits.since(&prev.waits),
+            waits: cur.waits.since(&prev_waits),
             precise: None,
             gil,
             holder_tids: self.holder_tids.clone(),

@@ -14,8 +14,8 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 
-use super::layout::{CondwaitTarget, CondwaitWaits, GilEpisode, ThreadWaits};
-use super::wait_probe::{counters_of, WaitCounters};
+use super::layout::{CondwaitInflight, CondwaitTarget, CondwaitWaits, GilEpisode, ThreadWaits};
+use super::wait_probe::{counters_of, take_thread_entries, WaitCounters};
 use super::{bpf_error, map_error, uprobe_error};
 use crate::error::{Error, Result};
 use crate::python::libc::CondWaitSite;
@@ -197,6 +197,23 @@ impl CondWaitProbe {
             &self.map("cond_blocked_by")?,
             &self.map("cond_gil_waits")?,
         ))
+    }
+    /// Deletes the entries of threads that exited and returns what they held,
+    /// shaped like the futex probe's (see [`WaitProbe::take_threads`](super::wait_probe::WaitProbe::take_threads)).
+    pub fn take_threads(&mut self, tids: &[u32]) -> Result<WaitCounters> {
+        let (threads, blocked_by) = take_thread_entries::<CondwaitWaits, CondwaitInflight>(
+            &mut self.ebpf,
+            ["cond_waits", "cond_blocked_by", "cond_inflight"],
+            tids,
+        )?;
+        Ok(WaitCounters {
+            threads: threads
+                .iter()
+                .map(|(tid, w)| (*tid, as_thread_waits(w)))
+                .collect(),
+            blocked_by,
+            gils: std::collections::HashMap::new(),
+        })
     }
 }
 

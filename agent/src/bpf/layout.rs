@@ -325,6 +325,23 @@ unsafe fn lanes_since<T: Copy>(cur: &T, prev: &T, skip: usize) -> T {
     out
 }
 
+/// `into += add`, lane by lane, skipping the first `skip` u64 lanes.
+///
+/// # Safety
+/// As [`lanes_since`]: `T` is `#[repr(C)]`, 8-byte aligned, a whole number of
+/// u64 lanes, every lane from `skip` on a `u64` counter.
+pub(crate) unsafe fn lanes_add<T: Copy>(into: &mut T, add: &T, skip: usize) {
+    const LANE: usize = std::mem::size_of::<u64>();
+    debug_assert_eq!(std::mem::size_of::<T>() % LANE, 0);
+    debug_assert!(std::mem::align_of::<T>() >= LANE);
+    let n = std::mem::size_of::<T>() / LANE;
+    let into_lanes = std::slice::from_raw_parts_mut(into as *mut T as *mut u64, n);
+    let add_lanes = std::slice::from_raw_parts(add as *const T as *const u64, n);
+    for (o, a) in into_lanes.iter_mut().zip(add_lanes).skip(skip) {
+        *o = o.saturating_add(*a);
+    }
+}
+
 impl ThreadWaits {
     /// What this thread accumulated since `prev` (for per-interval views).
     pub fn since(&self, prev: &Self) -> Self {

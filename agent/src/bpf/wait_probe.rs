@@ -317,29 +317,23 @@ impl WaitProbe {
 
     /// Deletes the per-thread entries of threads that exited.
     pub fn forget_threads(&mut self, tids: &[u32]) -> Result<()> {
-        if tids.is_empty() {
-            return Ok(());
-        }
-        let blocked: Vec<BlockedKey> = {
-            let map = self.map::<BlockedKey, BlockedVal>("blocked_by")?;
-            map.keys()
-                .filter_map(|k| k.ok())
-                .filter(|k| tids.contains(&k.waiter_tid))
-                .collect()
-        };
-        let mut map = self.map_mut::<BlockedKey, BlockedVal>("blocked_by")?;
-        for key in &blocked {
-            let _ = map.remove(key);
-        }
-        let mut waits = self.map_mut::<u32, ThreadWaits>("thread_waits")?;
-        for tid in tids {
-            let _ = waits.remove(tid);
-        }
-        let mut inflight = self.map_mut::<u32, FutexInflight>("inflight")?;
-        for tid in tids {
-            let _ = inflight.remove(tid);
-        }
-        Ok(())
+        self.take_threads(tids).map(drop)
+    }
+
+    /// Deletes the per-thread entries of threads that exited and returns what
+    /// they held (their counters and blocked-by pairs): a long-lived process
+    /// whose threads come and go keeps their sum, not their slots.
+    pub fn take_threads(&mut self, tids: &[u32]) -> Result<WaitCounters> {
+        let (threads, blocked_by) = take_thread_entries::<ThreadWaits, FutexInflight>(
+            &mut self.ebpf,
+            ["thread_waits", "blocked_by", "inflight"],
+            tids,
+        )?;
+        Ok(WaitCounters {
+            threads,
+            blocked_by,
+            gils: HashMap::new(),
+        })
     }
 
     fn forget_gils(&mut self, tgid: u32) -> Result<()> {
@@ -457,4 +451,55 @@ pub(crate) fn counters_of(
         blocked_by,
         gils,
     }
+}
+
+/// Reads and deletes the entries of `tids` from a probe's three per-thread maps
+/// (`names`: counters, blocked-by pairs, in-flight waits). Entries that are
+/// already gone are skipped; a map missing from the object fails the call.
+pub(crate) fn take_thread_entries<W: aya::Pod, I: aya::Pod>(
+    ebpf: &mut Ebpf,
+    names: [&str; 3],
+    tids: &[u32],
+) -> Result<(HashMap<u32, W>, HashMap<BlockedKey, BlockedVal>)> {
+    let [waits_name, blocked_name, inflight_name] = names;
+    let mut threads = HashMap::new();
+    let mut blocked = HashMap::new();
+    if tids.is_empty() {
+        return Ok((threads, blocked));
+    }
+    let mut waits: BpfHashMap<&mut MapData, u32, W> = typed_map(ebpf, waits_name)?;
+    for tid in tids {
+        if let Ok(w) = waits.get(tid, 0) {
+            threads.insert(*tid, w);
+        }
+        let _ = waits.remove(tid);
+    }
+    let wanted: std::collections::HashSet<u32> = tids.iter().copied().collect();
+    let mut pairs: BpfHashMap<&mut MapData, BlockedKey, BlockedVal> =
+        typed_map(ebpf, blocked_name)?;
+    let found: Vec<(BlockedKey, BlockedVal)> = pairs
+        .iter()
+        .filter_map(|entry| entry.ok())
+        .filter(|(k, _)| wanted.contains(&k.waiter_tid))
+        .collect();
+    for (key, val) in found {
+        let _ = pairs.remove(&key);
+        blocked.insert(key, val);
+    }
+    let mut inflight: BpfHashMap<&mut MapData, u32, I> = typed_map(ebpf, inflight_name)?;
+    for tid in tids {
+        let _ = inflight.remove(tid);
+    }
+    Ok((threads, blocked))
+}
+
+/// A writable typed view of hash map `name` of `ebpf`.
+fn typed_map<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<BpfHashMap<&'a mut MapData, K, V>> {
+    let map = ebpf
+        .map_mut(name)
+        .ok_or_else(|| Error::Internal(format!("map {name} missing from its BPF object")))?;
+    BpfHashMap::try_from(map).map_err(|e| map_error(name, &e))
 }

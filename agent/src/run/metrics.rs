@@ -493,7 +493,11 @@ fn thread_points(
     now: Instant,
     delta: bool,
 ) -> Vec<Point> {
-    let mut busiest: Vec<&ThreadReport> = interval.iter().collect();
+    // The exited-threads row is no thread: its figures are in the process totals.
+    let mut busiest: Vec<&ThreadReport> = interval
+        .iter()
+        .filter(|t| t.tid != crate::retire::EXITED_TID)
+        .collect();
     busiest.sort_by(|a, b| {
         (b.gil_wait_s + b.cpu_s)
             .total_cmp(&(a.gil_wait_s + a.cpu_s))

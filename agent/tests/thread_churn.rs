@@ -117,22 +117,27 @@ fn exited_threads_of_a_running_process_are_released_and_still_counted() {
         kernel_entries_at_end <= live_at_end.max(2) + 1,
         "after the churn, {kernel_entries_at_end} entries for {live_at_end} live threads"
     );
-    // Only threads that slept have kernel entries (and need retiring); many
-    // short threads ran start to end without blocking.
+    // Every short thread slept once, so each had kernel entries to release.
     assert!(
-        retired as usize >= started / 10,
+        retired as usize >= started * 9 / 10,
         "retired {retired} of {started}"
     );
 
-    // Nothing lost: per-thread sums equal the per-GIL totals at every snapshot
-    // (the two maps are read a moment apart: a few waits may close in between).
+    // Nothing lost: per-thread sums equal the per-GIL totals at every snapshot.
+    // While threads churn the maps are read a moment apart and waits close in
+    // between (hundreds a second); once only the keeper runs, nothing does.
     for (i, (by_thread, by_gil)) in gil_sums_match.iter().enumerate() {
         let gap = by_thread.abs_diff(*by_gil);
         assert!(
-            gap <= 5 + by_gil / 1000,
+            gap <= 5 + by_gil / 100,
             "snapshot {i}: {by_thread} take waits by thread, {by_gil} by GIL"
         );
     }
+    let (by_thread, by_gil) = gil_sums_match.last().copied().unwrap_or_default();
+    assert!(
+        by_thread.abs_diff(by_gil) <= 2 && by_gil > retired,
+        "at the end, with {retired} threads retired: {by_thread} take waits by thread, {by_gil} by GIL"
+    );
 
     // Intervals add up to the total, and the total never falls.
     let last = snaps.last().expect("snapshots");

@@ -4,7 +4,8 @@ Usage: thread_churn.py CHURN_S PER_S [KEEPERS] [TAIL_S]
 
 KEEPERS long-lived CPU-bound threads (default 1) contend for the GIL the whole
 time. For CHURN_S seconds the main thread starts PER_S short threads a second;
-each computes a few milliseconds (so it waits for the GIL) and exits unjoined.
+each sleeps 1 ms (so the kernel counts it), computes a few milliseconds
+(waiting for the GIL) and exits unjoined.
 Then TAIL_S seconds (default 0) with the keepers only. Prints the number of
 short threads started, then exits.
 """
@@ -25,6 +26,7 @@ def keep():
 
 
 def request():
+    time.sleep(0.001)  # a request reads before it computes: every thread sleeps once
     sum(range(30_000))
 
 

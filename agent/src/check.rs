@@ -5,7 +5,7 @@
 //! in the kernel, sample the GIL and procfs until the time is up or the process
 //! ends, then analyse and diagnose. Cleans its kernel state up on the way out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use crate::cgroup::{affinity_cpus, throttled_between, CpuCgroup, Throttling};
 use crate::children::Children;
 use crate::diagnose::{diagnose, Facts};
 use crate::error::{Error, Result};
-use crate::gil_sampler::{GilSampler, TstateResolver};
+use crate::gil_sampler::{GilSampler, GilSamples, TstateResolver};
 use crate::launch::{self, ChildStdout};
 use crate::memory::RemoteMemory;
 use crate::python::elf::ElfImage;
@@ -33,6 +33,7 @@ use crate::python::locate::{self, GilSite, Interpreter};
 use crate::python::thread_names::ThreadNameReader;
 use crate::python::versions::ThreadIdField;
 use crate::report::{Ending, Mode, PreciseProbes, ProbeSite, Report, SCHEMA};
+use crate::retire::{self, Retirement};
 use crate::threads::{sample_threads, ThreadSample};
 use crate::watch::interpreter_info;
 
@@ -389,6 +390,13 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     let throttling_start = cgroup.as_ref().map(CpuCgroup::throttling);
     let cpu_limit_cores = cgroup.as_ref().and_then(CpuCgroup::quota_cores);
     let affinity = affinity_cpus(pid);
+    // Exited threads are folded into one row after a while (see `retire`), so a
+    // long check of a thread-per-request server does not fill the kernel maps.
+    // Not with --precise or PyMutex probes: their per-thread counters stay by tid.
+    let retiring = attached.precise.is_none() && attached.locks.is_none();
+    let mut exits = Retirement::default();
+    let mut retire_checked = Instant::now();
+    let mut live: Vec<u32> = attached.cpu_start.keys().copied().collect();
     let ending = loop {
         children.tick(&mut probe);
         python_names.extend(name_reader.read());
@@ -415,9 +423,36 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
             }
         }
         if let Ok(threads) = sample_threads(pid) {
+            live = threads.keys().copied().collect();
             cpu_end.extend(threads);
         }
+        let now = Instant::now();
+        if retiring {
+            exits.note(cpu_end.keys().copied(), &live, now);
+            if now.saturating_duration_since(retire_checked) >= retire::RETIRE_EVERY {
+                retire_checked = now;
+                let due: HashSet<u32> = retire::retire_due(
+                    &mut exits,
+                    pid,
+                    now,
+                    retire::Sources {
+                        probe: &mut probe,
+                        condwait: attached.condwait.as_mut(),
+                        sampler: Some(sampler.sampled()),
+                        cpu: &mut cpu_end,
+                    },
+                )
+                .into_iter()
+                .collect();
+                python_names.retain(|tid, _| !due.contains(tid));
+                holder_tids.retain(|_, tid| !due.contains(tid));
+            }
+        }
         if let Ok(counters) = read_waits(&probe, attached.condwait.as_ref(), pid) {
+            if retiring {
+                // Threads that lived and died between two procfs reads.
+                exits.note(counters.threads.keys().copied(), &live, now);
+            }
             for key in counters.blocked_by.keys() {
                 if let std::collections::hash_map::Entry::Vacant(slot) =
                     holder_tids.entry(key.holder_tstate)
@@ -459,13 +494,28 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     if opts.progress {
         eprint!("\r\x1b[K");
     }
-    let gil = sampler.stop();
+    let mut gil = sampler.stop();
 
     let throttling = match (&cgroup, &throttling_start) {
         (Some(cg), Some(start)) => throttled_between(start, &cg.throttling()),
         _ => Throttling::default(),
     };
-    let waits = read_waits(&probe, attached.condwait.as_ref(), pid)?;
+    let mut waits = read_waits(&probe, attached.condwait.as_ref(), pid)?;
+    let cpu_start = if exits.retired() > 0 {
+        exits.apply(&mut cpu_end, &mut waits, &mut gil, &live);
+        // Threads retired during the measurement count from their start in the row.
+        retire::rebase(
+            &attached.cpu_start,
+            &WaitCounters::default(),
+            &GilSamples::default(),
+            &cpu_end,
+            &waits,
+            &gil,
+        )
+        .0
+    } else {
+        attached.cpu_start
+    };
     crate::bpf::wait_probe::warn_dropped(&probe.entries_dropped());
     if let Some(c) = &attached.condwait {
         crate::bpf::wait_probe::warn_dropped(&c.entries_dropped());
@@ -563,7 +613,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         wall_s,
         mode,
         interpreter: interpreter_info(&attached.interp, &attached.gil, &gil),
-        cpu_start: attached.cpu_start,
+        cpu_start,
         cpu_end,
         waits,
         precise,

@@ -40,6 +40,12 @@ pub struct TstateResolver {
 /// How long a tstate -> tid mapping is trusted (thread states are freed and reused).
 const RESOLVE_TTL: Duration = Duration::from_secs(1);
 
+/// Thread states remembered before old ones are dropped ([`RESOLVE_KEEP`]).
+const RESOLVE_CACHE_MAX: usize = 4096;
+
+/// A mapping not used for this long is dropped once the cache is full.
+const RESOLVE_KEEP: Duration = Duration::from_secs(60);
+
 impl TstateResolver {
     /// A resolver for one process.
     pub fn new(mem: RemoteMemory, field: ThreadIdField, pthread_tid_off: Option<u64>) -> Self {
@@ -65,6 +71,11 @@ impl TstateResolver {
         }
         let tid = self.read_tid(tstate);
         if tid.is_some() || !cache.contains_key(&tstate) {
+            if cache.len() >= RESOLVE_CACHE_MAX {
+                // Thread states of exited threads: a long-lived process whose threads
+                // come and go would otherwise grow this forever.
+                cache.retain(|_, (_, at)| at.elapsed() < RESOLVE_KEEP);
+            }
             cache.insert(tstate, (tid, Instant::now()));
         }
         tid.or_else(|| cache.get(&tstate).and_then(|(t, _)| *t))
@@ -479,6 +490,11 @@ impl GilSampler {
     /// The tally so far, without stopping.
     pub fn snapshot(&self) -> GilSamples {
         self.process.snapshot()
+    }
+
+    /// The sampled process, for taking retired threads out of its tally.
+    pub fn sampled(&self) -> &SampledProcess {
+        &self.process
     }
 
     /// Stops sampling and returns the tally.

@@ -17,9 +17,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use crate::bpf::condwait_probe::{self, CondWaitProbe};
 use crate::bpf::layout::{BlockedKey, BlockedVal, ThreadWaits};
-use crate::bpf::wait_probe::WaitCounters;
-use crate::gil_sampler::{GilSamples, HoldStretches};
+use crate::bpf::wait_probe::{WaitCounters, WaitProbe};
+use crate::gil_sampler::{GilSamples, HoldStretches, SampledProcess};
 use crate::threads::ThreadSample;
 
 /// The tid of the row that stands for every retired thread. No kernel tid is
@@ -38,6 +39,10 @@ pub const RETIRE_AFTER: Duration = Duration::from_secs(30);
 /// thread-per-request server at 1000 requests/s then holds at most this many
 /// dead threads' kernel entries, not 30,000.
 pub const GONE_KEPT: usize = 64;
+
+/// How often a watcher looks for exited threads to retire (a look that finds
+/// some reads one kernel map in full).
+pub const RETIRE_EVERY: Duration = Duration::from_secs(5);
 
 /// A thread must have been gone this long before it is retired, so that a
 /// thread that appeared in the kernel maps just before its first procfs read
@@ -177,6 +182,53 @@ impl Retirement {
             gil.stretches.insert(EXITED_TID, self.stretches);
         }
     }
+}
+
+/// Where the figures of one process's threads are kept: what a retirement
+/// takes exited threads out of.
+pub struct Sources<'a> {
+    pub probe: &'a mut WaitProbe,
+    /// musl: the condvar probe of the process.
+    pub condwait: Option<&'a mut CondWaitProbe>,
+    /// The process's GIL sampler, if it is sampled.
+    pub sampler: Option<&'a SampledProcess>,
+    /// Last procfs figures by tid (retired threads are removed).
+    pub cpu: &'a mut BTreeMap<u32, ThreadSample>,
+}
+
+/// Retires the threads of process `pid` that are due now: deletes their kernel
+/// entries (the futex probe's and, on musl, the condvar probe's) and folds what
+/// those held, their last CPU and the sampler's tallies into the row. Returns the
+/// retired tids (empty when none were due, or the kernel maps could not be read).
+pub fn retire_due(exits: &mut Retirement, pid: u32, now: Instant, src: Sources) -> Vec<u32> {
+    let due = exits.due(now);
+    if due.is_empty() {
+        return due;
+    }
+    let mut taken = match src.probe.take_threads(&due) {
+        Ok(taken) => taken,
+        Err(e) => {
+            tracing::debug!("cannot release the exited threads of process {pid}: {e}");
+            return Vec::new();
+        }
+    };
+    if let Some(c) = src.condwait {
+        match c.take_threads(&due) {
+            Ok(cond) => condwait_probe::merge_into(&mut taken, &cond),
+            Err(e) => tracing::debug!("condvar probe of {pid}: {e}"),
+        }
+    }
+    exits.fold(&due, src.cpu, &taken, now);
+    if let Some(sampler) = src.sampler {
+        let (held, stretches) = sampler.take_threads(&due);
+        exits.fold_samples(held, &stretches);
+    }
+    tracing::debug!(
+        "process {pid}: {} exited threads folded into one row ({} so far)",
+        due.len(),
+        exits.retired()
+    );
+    due
 }
 
 /// The blocked-by key of the exited-threads row behind `holder`.

@@ -8,7 +8,7 @@
 //! alive. `check` uses it for the child processes of the measured one (worker
 //! pools); the live views use it for every process they show.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,10 +35,6 @@ const UNSEEN_CPU_TICKS: u64 = 5;
 /// How often thread names (OS and Python) are read again although no thread
 /// came or went: catches a thread renamed after it started, within this long.
 const NAMES_EVERY: Duration = Duration::from_secs(30);
-
-/// How often a refresh looks for exited threads to retire (each look that finds
-/// some reads one kernel map in full).
-const RETIRE_EVERY: Duration = Duration::from_secs(5);
 
 /// Cumulative counters of one process at one instant; two of them give an interval.
 #[derive(Debug, Clone)]
@@ -300,42 +296,29 @@ impl ProcessWatch {
     /// deletes their kernel entries ([`crate::retire`]): a process that starts a
     /// thread per request must not fill the kernel maps every process shares.
     fn retire(&mut self, probe: &mut WaitProbe, now: Instant) {
-        if now.saturating_duration_since(self.retire_checked) < RETIRE_EVERY {
+        if now.saturating_duration_since(self.retire_checked) < retire::RETIRE_EVERY {
             return;
         }
         self.retire_checked = now;
-        let due = self.exits.due(now);
+        let pid = self.pid();
+        let due = retire::retire_due(
+            &mut self.exits,
+            pid,
+            now,
+            retire::Sources {
+                probe,
+                condwait: self.condwait.as_mut(),
+                sampler: self.sampler.as_ref(),
+                cpu: &mut self.cpu_last,
+            },
+        );
         if due.is_empty() {
             return;
         }
-        let pid = self.pid();
-        let mut taken = match probe.take_threads(&due) {
-            Ok(taken) => taken,
-            Err(e) => {
-                tracing::debug!("cannot release the exited threads of process {pid}: {e}");
-                return;
-            }
-        };
-        if let Some(c) = self.condwait.as_mut() {
-            match c.take_threads(&due) {
-                Ok(cond) => condwait_probe::merge_into(&mut taken, &cond),
-                Err(e) => tracing::debug!("condvar probe of {pid}: {e}"),
-            }
-        }
-        self.exits.fold(&due, &mut self.cpu_last, &taken, now);
-        if let Some(sampler) = &self.sampler {
-            let (held, stretches) = sampler.take_threads(&due);
-            self.exits.fold_samples(held, &stretches);
-        }
-        let due: std::collections::HashSet<u32> = due.into_iter().collect();
+        let due: HashSet<u32> = due.into_iter().collect();
         self.python_names.retain(|tid, _| !due.contains(tid));
         // A freed thread state is reused by a later thread: resolve it afresh.
         self.holder_tids.retain(|_, tid| !due.contains(tid));
-        tracing::debug!(
-            "process {pid}: {} exited threads folded into one row ({} so far)",
-            due.len(),
-            self.exits.retired()
-        );
     }
 
     /// Exited threads retired so far (folded into the exited-threads row).

@@ -189,3 +189,121 @@ fn exited_threads_of_a_running_process_are_released_and_still_counted() {
     );
     watch.detach(&mut probe);
 }
+
+/// Entries of BPF hash map `name` held by process `pid` (through its map fds
+/// and bpftool), `None` when it holds no such map yet.
+fn map_entries_of(pid: u32, name: &str) -> Option<usize> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?;
+    let mut ids: Vec<String> = fds
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .map(|id| id.trim().to_string())
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    for id in ids {
+        let shown = Command::new("bpftool")
+            .args(["-j", "map", "show", "id", &id])
+            .output()
+            .ok()?;
+        let doc: serde_json::Value = serde_json::from_slice(&shown.stdout).ok()?;
+        if doc["name"] == name {
+            let dumped = Command::new("bpftool")
+                .args(["-j", "map", "dump", "id", &id])
+                .output()
+                .ok()?;
+            let entries: serde_json::Value = serde_json::from_slice(&dumped.stdout).ok()?;
+            return entries.as_array().map(Vec::len);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_long_check_of_a_thread_per_request_process_releases_exited_threads() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = debian_python311() else {
+        return;
+    };
+    if Command::new("bpftool").arg("version").output().is_err() {
+        missing("bpftool is not installed (tests/setup.sh)");
+        return;
+    }
+    let _machine = serial();
+    let report = std::env::temp_dir().join(format!("gilscope-churn-{}.json", std::process::id()));
+    let mut check = gilscope()
+        .args(["check", "--json", "-o"])
+        .arg(&report)
+        .arg("--")
+        .arg(&python)
+        .args([
+            &workload("thread_churn.py"),
+            &CHURN_S.to_string(),
+            &PER_S.to_string(),
+            "1",
+            &TAIL_S.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start gilscope check");
+    let started_at = Instant::now();
+    let (mut in_churn, mut at_end) = (0usize, usize::MAX);
+    while check.try_wait().ok().flatten().is_none() {
+        std::thread::sleep(Duration::from_secs(2));
+        if let Some(n) = map_entries_of(check.id(), "thread_waits") {
+            if started_at.elapsed() < Duration::from_secs(CHURN_S) {
+                in_churn = in_churn.max(n);
+            } else {
+                at_end = n;
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = check.stdout.take().map(|mut s| s.read_to_string(&mut out));
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("the report")).expect("JSON");
+    let _ = std::fs::remove_file(&report);
+    let started: usize = out
+        .trim()
+        .parse()
+        .expect("the workload says how many it started");
+    let threads = doc["threads"].as_array().expect("threads");
+    let row = threads
+        .iter()
+        .find(|t| t["tid"] == u64::from(EXITED_TID))
+        .expect("an exited-threads row");
+    let by_thread: u64 = threads.iter().filter_map(|t| t["gil_waits"].as_u64()).sum();
+    let by_gil: u64 = doc["gils"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["gil_waits"].as_u64())
+        .sum();
+    eprintln!(
+        "check: started {started}; thread_waits entries at most {in_churn} in the churn, {at_end} \
+         at the end; {} rows; exited row {} waits; {by_thread} waits by thread, {by_gil} by GIL",
+        threads.len(),
+        row["gil_waits"]
+    );
+    let bound = GONE_KEPT + started / CHURN_S as usize * 8 + 10;
+    assert!(
+        in_churn > 0 && in_churn <= bound && in_churn * 3 < started,
+        "{in_churn} kernel entries for {started} threads (bound {bound})"
+    );
+    assert!(at_end <= 4, "{at_end} entries once only the keeper runs");
+    assert!(threads.len() <= GONE_KEPT + 4, "{} rows", threads.len());
+    assert!(
+        row["gil_waits"].as_u64().unwrap_or(0) as usize >= started / 2,
+        "exited row: {row}"
+    );
+    assert_eq!(
+        by_thread, by_gil,
+        "per-thread waits against the GIL's total"
+    );
+}

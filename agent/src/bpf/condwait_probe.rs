@@ -117,6 +117,7 @@ impl CondWaitProbe {
                 Some(RingBuf::try_from(map).map_err(|e| map_error("cond_episodes", &e))?)
             }
         };
+        super::release_freed_heap();
         Ok(Self {
             ebpf,
             episodes,

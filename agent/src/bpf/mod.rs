@@ -54,3 +54,15 @@ pub(crate) fn map_error(name: &str, err: &(dyn std::error::Error + 'static)) -> 
     let (text, _) = chain(err);
     Error::Internal(format!("BPF map {name}: {text}"))
 }
+
+/// Gives the heap that loading a BPF object freed back to the system. Loading
+/// parses the kernel's BTF (tens of MiB of short-lived allocations) and glibc
+/// keeps freed heap mapped unless asked: 12 MiB of the daemon's RSS, measured.
+pub(crate) fn release_freed_heap() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; no live
+    // allocation is touched.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

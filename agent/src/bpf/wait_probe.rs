@@ -204,6 +204,8 @@ impl WaitProbe {
                 Some(RingBuf::try_from(map).map_err(|e| map_error("episodes", &e))?)
             }
         };
+        drop(btf);
+        super::release_freed_heap();
         Ok(Self {
             ebpf,
             episodes,

@@ -12,6 +12,7 @@ use crate::analyse::{analyse, estimate};
 use crate::bpf::wait_probe::WaitProbe;
 use crate::diagnose::{diagnose, Facts};
 use crate::error::{Error, Result};
+use crate::gil_sampler::SamplerPool;
 use crate::report::{Diagnosis, Estimate, ProcessReport, ThreadReport};
 use crate::watch::{ProcessWatch, Snapshot};
 
@@ -47,7 +48,8 @@ struct Skipped {
 pub struct LiveSet {
     probe: WaitProbe,
     only: Option<Vec<u32>>,
-    sample_hz: u32,
+    /// One sampler thread for every watched process (not one thread each).
+    sampler: SamplerPool,
     live: BTreeMap<u32, Live>,
     skipped: HashMap<u32, Skipped>,
     own_pid: u32,
@@ -79,7 +81,7 @@ impl LiveSet {
         Ok(Self {
             probe: WaitProbe::load()?,
             only,
-            sample_hz,
+            sampler: SamplerPool::start(sample_hz),
             live: BTreeMap::new(),
             skipped: HashMap::new(),
             own_pid: std::process::id(),
@@ -124,7 +126,7 @@ impl LiveSet {
             entry.final_ = true;
             return;
         }
-        match ProcessWatch::attach_sampled(pid, &mut self.probe, Some(self.sample_hz)) {
+        match ProcessWatch::attach_with(pid, &mut self.probe, Some(&self.sampler)) {
             Ok(watch) => {
                 self.skipped.remove(&pid);
                 let last = watch.first_snapshot();

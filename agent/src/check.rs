@@ -5,7 +5,7 @@
 //! in the kernel, sample the GIL and procfs until the time is up or the process
 //! ends, then analyse and diagnose. Cleans its kernel state up on the way out.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -395,7 +395,6 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
     // Not with --precise or PyMutex probes: their per-thread counters stay by tid.
     let retiring = attached.precise.is_none() && attached.locks.is_none();
     let mut exits = Retirement::default();
-    let mut retire_checked = Instant::now();
     let mut live: Vec<u32> = attached.cpu_start.keys().copied().collect();
     let ending = loop {
         children.tick(&mut probe);
@@ -429,24 +428,19 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         let now = Instant::now();
         if retiring {
             exits.note(cpu_end.keys().copied(), &live, now);
-            if now.saturating_duration_since(retire_checked) >= retire::RETIRE_EVERY {
-                retire_checked = now;
-                let due: HashSet<u32> = retire::retire_due(
-                    &mut exits,
-                    pid,
-                    now,
-                    retire::Sources {
-                        probe: &mut probe,
-                        condwait: attached.condwait.as_mut(),
-                        sampler: Some(sampler.sampled()),
-                        cpu: &mut cpu_end,
-                    },
-                )
-                .into_iter()
-                .collect();
-                python_names.retain(|tid, _| !due.contains(tid));
-                holder_tids.retain(|_, tid| !due.contains(tid));
-            }
+            retire::retire_due(
+                &mut exits,
+                pid,
+                now,
+                retire::Sources {
+                    probe: &mut probe,
+                    condwait: attached.condwait.as_mut(),
+                    sampler: Some(sampler.sampled()),
+                    cpu: &mut cpu_end,
+                    names: &mut python_names,
+                    holders: &mut holder_tids,
+                },
+            );
         }
         if let Ok(counters) = read_waits(&probe, attached.condwait.as_ref(), pid) {
             if retiring {

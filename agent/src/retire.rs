@@ -69,6 +69,8 @@ pub struct Retirement {
     stretches: HoldStretches,
     /// Threads retired so far.
     retired: u64,
+    /// When [`retire_due`] last looked for due threads.
+    looked: Option<Instant>,
 }
 
 impl Retirement {
@@ -194,22 +196,34 @@ pub struct Sources<'a> {
     pub sampler: Option<&'a SampledProcess>,
     /// Last procfs figures by tid (retired threads are removed).
     pub cpu: &'a mut BTreeMap<u32, ThreadSample>,
+    /// Python thread names by tid (retired threads are removed).
+    pub names: &'a mut HashMap<u32, String>,
+    /// Holder thread state -> tid (retired threads' are removed: a freed thread
+    /// state is reused by a later thread and must be resolved afresh).
+    pub holders: &'a mut HashMap<u64, u32>,
 }
 
-/// Retires the threads of process `pid` that are due now: deletes their kernel
-/// entries (the futex probe's and, on musl, the condvar probe's) and folds what
-/// those held, their last CPU and the sampler's tallies into the row. Returns the
-/// retired tids (empty when none were due, or the kernel maps could not be read).
-pub fn retire_due(exits: &mut Retirement, pid: u32, now: Instant, src: Sources) -> Vec<u32> {
+/// Retires the threads of process `pid` that are due now, looking at most every
+/// [`RETIRE_EVERY`]: deletes their kernel entries (the futex probe's and, on
+/// musl, the condvar probe's), folds what those held, their last CPU and the
+/// sampler's tallies into the row, and forgets their names and holder mappings.
+pub fn retire_due(exits: &mut Retirement, pid: u32, now: Instant, src: Sources) {
+    if exits
+        .looked
+        .is_some_and(|at| now.saturating_duration_since(at) < RETIRE_EVERY)
+    {
+        return;
+    }
+    exits.looked = Some(now);
     let due = exits.due(now);
     if due.is_empty() {
-        return due;
+        return;
     }
     let mut taken = match src.probe.take_threads(&due) {
         Ok(taken) => taken,
         Err(e) => {
             tracing::debug!("cannot release the exited threads of process {pid}: {e}");
-            return Vec::new();
+            return;
         }
     };
     if let Some(c) = src.condwait {
@@ -223,12 +237,14 @@ pub fn retire_due(exits: &mut Retirement, pid: u32, now: Instant, src: Sources) 
         let (held, stretches) = sampler.take_threads(&due);
         exits.fold_samples(held, &stretches);
     }
+    let gone: HashSet<u32> = due.iter().copied().collect();
+    src.names.retain(|tid, _| !gone.contains(tid));
+    src.holders.retain(|_, tid| !gone.contains(tid));
     tracing::debug!(
         "process {pid}: {} exited threads folded into one row ({} so far)",
         due.len(),
         exits.retired()
     );
-    due
 }
 
 /// The blocked-by key of the exited-threads row behind `holder`.

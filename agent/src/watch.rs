@@ -8,7 +8,7 @@
 //! alive. `check` uses it for the child processes of the measured one (worker
 //! pools); the live views use it for every process they show.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,8 +109,6 @@ pub struct ProcessWatch {
     condwait: Option<CondWaitProbe>,
     /// Exited threads: which are gone, and the row the retired ones were folded into.
     exits: Retirement,
-    /// When exited threads were last looked for.
-    retire_checked: Instant,
 }
 
 /// A process's command line as one short line (NULs to spaces, at most 200 chars).
@@ -202,7 +200,6 @@ impl ProcessWatch {
             mem,
             condwait,
             exits: Retirement::default(),
-            retire_checked: now,
         })
     }
 
@@ -296,12 +293,8 @@ impl ProcessWatch {
     /// deletes their kernel entries ([`crate::retire`]): a process that starts a
     /// thread per request must not fill the kernel maps every process shares.
     fn retire(&mut self, probe: &mut WaitProbe, now: Instant) {
-        if now.saturating_duration_since(self.retire_checked) < retire::RETIRE_EVERY {
-            return;
-        }
-        self.retire_checked = now;
         let pid = self.pid();
-        let due = retire::retire_due(
+        retire::retire_due(
             &mut self.exits,
             pid,
             now,
@@ -310,15 +303,10 @@ impl ProcessWatch {
                 condwait: self.condwait.as_mut(),
                 sampler: self.sampler.as_ref(),
                 cpu: &mut self.cpu_last,
+                names: &mut self.python_names,
+                holders: &mut self.holder_tids,
             },
         );
-        if due.is_empty() {
-            return;
-        }
-        let due: HashSet<u32> = due.into_iter().collect();
-        self.python_names.retain(|tid, _| !due.contains(tid));
-        // A freed thread state is reused by a later thread: resolve it afresh.
-        self.holder_tids.retain(|_, tid| !due.contains(tid));
     }
 
     /// Exited threads retired so far (folded into the exited-threads row).

@@ -27,6 +27,26 @@ const CHURN_S: u64 = 25;
 /// Long enough after the churn for every exited thread to be retired.
 const TAIL_S: u64 = RETIRE_AFTER.as_secs() + 12;
 
+/// The workload's arguments: churn, then a tail with the keeper alone.
+fn churn_args() -> [String; 5] {
+    [
+        workload("thread_churn.py"),
+        CHURN_S.to_string(),
+        PER_S.to_string(),
+        "1".to_string(),
+        TAIL_S.to_string(),
+    ]
+}
+
+/// How many short threads the workload started (it prints that as it exits).
+fn threads_started(stdout: Option<std::process::ChildStdout>) -> usize {
+    let mut out = String::new();
+    let _ = stdout.map(|mut s| s.read_to_string(&mut out));
+    out.trim()
+        .parse()
+        .expect("the workload says how many it started")
+}
+
 /// (process GIL wait s, GIL waits, CPU s) over an interval, the exited row included.
 fn totals(watch: &ProcessWatch, from: &Snapshot, to: &Snapshot) -> (f64, u64, f64) {
     let (p, _) = analyse(&watch.measurement(from, to));
@@ -44,13 +64,7 @@ fn exited_threads_of_a_running_process_are_released_and_still_counted() {
     let _machine = serial();
     let mut probe = WaitProbe::load().expect("load the wait probe");
     let mut child = Command::new(&python)
-        .args([
-            &workload("thread_churn.py"),
-            &CHURN_S.to_string(),
-            &PER_S.to_string(),
-            "1",
-            &TAIL_S.to_string(),
-        ])
+        .args(churn_args())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the workload");
@@ -90,13 +104,8 @@ fn exited_threads_of_a_running_process_are_released_and_still_counted() {
         .map(|d| d.count())
         .unwrap_or(0);
     let retired = watch.threads_retired();
-    let mut out = String::new();
-    let _ = child.stdout.take().map(|mut s| s.read_to_string(&mut out));
+    let started = threads_started(child.stdout.take());
     let _ = child.wait();
-    let started: usize = out
-        .trim()
-        .parse()
-        .expect("the workload says how many it started");
     eprintln!(
         "started {started} short threads; kernel entries of the process: at most {kernel_entries_in_churn} \
          during the churn, {kernel_entries_at_end} at the end ({live_at_end} threads alive); retired {retired}"
@@ -242,13 +251,7 @@ fn a_long_check_of_a_thread_per_request_process_releases_exited_threads() {
         .arg(&report)
         .arg("--")
         .arg(&python)
-        .args([
-            &workload("thread_churn.py"),
-            &CHURN_S.to_string(),
-            &PER_S.to_string(),
-            "1",
-            &TAIL_S.to_string(),
-        ])
+        .args(churn_args())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start gilscope check");
@@ -264,15 +267,10 @@ fn a_long_check_of_a_thread_per_request_process_releases_exited_threads() {
             }
         }
     }
-    let mut out = String::new();
-    let _ = check.stdout.take().map(|mut s| s.read_to_string(&mut out));
+    let started = threads_started(check.stdout.take());
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("the report")).expect("JSON");
     let _ = std::fs::remove_file(&report);
-    let started: usize = out
-        .trim()
-        .parse()
-        .expect("the workload says how many it started");
     let threads = doc["threads"].as_array().expect("threads");
     let row = threads
         .iter()

@@ -78,7 +78,10 @@ impl CondWaitProbe {
             loader
                 .map_max_entries("cond_waits", threads)
                 .map_max_entries("cond_inflight", threads)
-                .map_max_entries("cond_blocked_by", threads.max(65_536));
+                .map_max_entries(
+                    "cond_blocked_by",
+                    threads.max(super::wait_probe::BUILT_IN_THREADS),
+                );
         }
         let mut ebpf = loader
             .load(CONDWAIT_OBJECT)
@@ -199,6 +202,7 @@ impl CondWaitProbe {
             &self.map("cond_gil_waits")?,
         ))
     }
+
     /// Deletes the entries of threads that exited and returns what they held,
     /// shaped like the futex probe's (see [`WaitProbe::take_threads`](super::wait_probe::WaitProbe::take_threads)).
     pub fn take_threads(&mut self, tids: &[u32]) -> Result<WaitCounters> {

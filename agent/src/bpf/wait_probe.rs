@@ -25,8 +25,9 @@ use crate::python::versions::GilLayout;
 static WAIT_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gil_wait.bpf.o"));
 
-/// Entries of the per-thread maps as built (`max_entries` in gil_wait.bpf.c).
-const BUILT_IN_THREADS: u32 = 65_536;
+/// Entries of the per-thread maps as built (`max_entries` in gil_wait.bpf.c and
+/// gil_condwait.bpf.c).
+pub(crate) const BUILT_IN_THREADS: u32 = 65_536;
 
 /// The scheduler tracepoint the probe hooks: a thread going to sleep and resuming.
 const SCHED_TRACEPOINT: &str = "sched_switch";

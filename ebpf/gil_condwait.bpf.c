@@ -131,8 +131,10 @@ static __always_inline void close_take_wait(__u32 tid, __u32 tgid,
 	struct gil_val *g = lookup_or_count(&cond_gil_waits, &key, &zero, &cond_map_full,
 						FULL_GIL_WAITS);
 	if (g) {
-		g->take_wait_ns += d;
-		g->take_waits++;
+		/* One entry per GIL, closed by threads on every CPU at once: atomic,
+		 * or concurrent waits are lost (this is the slow path, after a block). */
+		__sync_fetch_and_add(&g->take_wait_ns, d);
+		__sync_fetch_and_add(&g->take_waits, 1);
 	}
 }
 

@@ -1,6 +1,6 @@
 /* Structs shared by the BPF programs and the agent.
  *
- * The Rust side mirrors every struct here in agent/src/bpf/layout.rs, with a
+ * The Rust side mirrors every struct here in agent/src/probes/layout.rs, with a
  * test that checks sizes and offsets; change both together.
  */
 #ifndef GILSCOPE_H

@@ -4,9 +4,9 @@
 //!
 //! `cargo run --release --example render_cost`
 
-use gilscope::run::config::Temporality;
-use gilscope::run::metrics::*;
-use gilscope::run::prometheus::Exposition;
+use gilscope::cli::settings::Temporality;
+use gilscope::otel::metrics::*;
+use gilscope::otel::prometheus::Exposition;
 use std::time::Instant;
 fn main() {
     let now = Instant::now();

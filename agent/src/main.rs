@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use gilscope::check::{self, CheckOptions, Target};
-use gilscope::launch::ChildStdout;
-use gilscope::render;
-use gilscope::run::config::parse_duration;
+use gilscope::cli::check::{self, CheckOptions, Target};
+use gilscope::cli::render;
+use gilscope::cli::settings::parse_duration;
+use gilscope::watch::launch::ChildStdout;
 
 /// Shows whether Python services really run in parallel or are serialized by the GIL.
 #[derive(Parser, Debug)]
@@ -155,7 +155,7 @@ struct RunArgs {
     #[arg(long)]
     spool_dir: Option<PathBuf>,
     /// Disk the spool may use: 268435456, 256MiB, 1GiB (default 256MiB); the oldest go first.
-    #[arg(long, value_parser = gilscope::run::config::parse_bytes)]
+    #[arg(long, value_parser = gilscope::cli::settings::parse_bytes)]
     spool_max_bytes: Option<u64>,
     /// Export bytes allowed per minute (65536, 64KiB, 1MB; env GILSCOPE_BYTE_BUDGET):
     /// over it, per-thread series go first, then the interval doubles (up to 8x).
@@ -247,7 +247,7 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(if e.is_user_error() { 2 } else { 1 }));
         }
     };
-    if report.ended == gilscope::report::Ending::ProcessExited {
+    if report.ended == gilscope::core::report::Ending::ProcessExited {
         eprintln!(
             "gilscope: process {} exited after {:.1} s; the report covers that time",
             report.pid, report.duration_s
@@ -277,13 +277,13 @@ fn run_top(args: TopArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
-    let opts = gilscope::top::TopOptions {
+    let opts = gilscope::cli::top::TopOptions {
         pids: (!args.pid.is_empty()).then(|| args.pid.clone()),
         interval: args.interval,
         sample_hz: args.sample_hz,
         batch: args.batch,
     };
-    match gilscope::top::run(&opts) {
+    match gilscope::cli::top::run(&opts) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("gilscope: {e}");
@@ -293,7 +293,7 @@ fn run_top(args: TopArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
-    use gilscope::run::config::{resolve, Flags};
+    use gilscope::cli::settings::{resolve, Flags};
     let flags = Flags {
         config: args.config,
         interval: args.interval,
@@ -336,7 +336,7 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    match gilscope::run::run(settings) {
+    match gilscope::cli::run::run(settings) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("gilscope run: {e}");

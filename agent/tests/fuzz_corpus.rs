@@ -11,7 +11,7 @@ mod harness;
 
 use std::path::{Path, PathBuf};
 
-use gilscope::python::{elf, finder};
+use gilscope::cpython::find::{elf, functions};
 
 /// A fuzz target's body: bytes in, nothing out, must not panic.
 type Body = fn(&[u8]);
@@ -65,8 +65,8 @@ fn every_fuzz_target_runs_over_its_seeds_and_past_crashes() {
 #[test]
 fn the_elf_seeds_reach_the_gil_finders() {
     for (name, by) in [
-        ("fake313.so", finder::FoundBy::SymbolTable),
-        ("fake313-stripped.so", finder::FoundBy::Disassembly),
+        ("fake313.so", functions::FoundBy::SymbolTable),
+        ("fake313-stripped.so", functions::FoundBy::Disassembly),
     ] {
         let data = std::fs::read(repo().join("fuzz/seeds/elf_inspect").join(name)).expect("seed");
         let file = object::File::parse(&*data).expect("the seed is an ELF file");
@@ -74,10 +74,10 @@ fn the_elf_seeds_reach_the_gil_finders() {
             .expect("inspect")
             .expect("the seed exports _PyRuntime");
         assert_eq!(info.version.to_string(), "3.13.0", "{name}: Py_Version");
-        let take = finder::find_take_gil(&file);
+        let take = functions::find_take_gil(&file);
         assert_eq!(take.len(), 1, "{name}: one take_gil, got {take:?}");
         assert_eq!(take[0].how, by, "{name}");
-        let park = finder::find_park(&file);
+        let park = functions::find_park(&file);
         assert!(!park.is_empty(), "{name}: _PyParkingLot_Park");
     }
 }

@@ -7,9 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use gilscope::bpf::wait_probe::WaitProbe;
-use gilscope::memory::RemoteMemory;
-use gilscope::python::locate::{read_gil_state, require_interpreter};
+use gilscope::cpython::find::locate::{read_gil_state, require_interpreter};
+use gilscope::cpython::remote::memory::RemoteMemory;
+use gilscope::probes::wait::WaitProbe;
 
 #[test]
 fn unwatching_a_process_removes_all_its_kernel_state() {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use kube_api::{fixture, serve, NGINX_ID, NODE, QUEUE_ID};
 
-use gilscope::run::kube::{KubeMetadata, KubeSettings, PodMetadata};
-use gilscope::run::resource::{self, Host, ProcessFacts, TargetOtelEnv, TenantRule};
+use gilscope::otel::kube::{KubeMetadata, KubeSettings, PodMetadata};
+use gilscope::otel::resource::{self, Host, ProcessFacts, TargetOtelEnv, TenantRule};
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);

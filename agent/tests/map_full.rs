@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::receivers::{free_port, Running};
 use common::*;
-use gilscope::bpf::condwait_probe::CondWaitProbe;
-use gilscope::bpf::wait_probe::WaitProbe;
-use gilscope::memory::RemoteMemory;
-use gilscope::python::libc::require_measurable;
-use gilscope::python::locate::{read_gil_state, require_interpreter};
+use gilscope::cpython::find::libc::require_measurable;
+use gilscope::cpython::find::locate::{read_gil_state, require_interpreter};
+use gilscope::cpython::remote::memory::RemoteMemory;
+use gilscope::probes::condwait::CondWaitProbe;
+use gilscope::probes::wait::WaitProbe;
 
 /// Runs cpu_threads.py with 8 threads for 1.5 s under `probe` and waits for it to exit.
 fn watch_eight_cpu_threads(python: &std::path::Path, probe: &mut WaitProbe) {

@@ -1,5 +1,5 @@
-//! The offset table (agent/src/python/versions.rs) and the debug-offsets block
-//! positions (agent/src/python/debug_offsets.rs) agree with the DWARF of every
+//! The offset table (agent/src/cpython/layout/versions.rs) and the debug-offsets block
+//! positions (agent/src/cpython/layout/debug_offsets.rs) agree with the DWARF of every
 //! pyenv build on the machine and of Debian sid's 3.14, read with gdb.
 
 mod common;
@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::pyenv_matrix;
-use gilscope::python::debug_offsets::block_layout;
-use gilscope::python::objects::{object_layout_for, KeysLayout, ObjectLayout};
-use gilscope::python::versions::{layout_for, GilLocation, PyVersion, ThreadIdField};
+use gilscope::cpython::layout::debug_offsets::block_layout;
+use gilscope::cpython::layout::versions::{layout_for, GilLocation, PyVersion, ThreadIdField};
+use gilscope::cpython::remote::objects::{object_layout_for, KeysLayout, ObjectLayout};
 
 /// pyenv's libpython of each release line 3.8-3.13, with debug info.
 fn pyenv_libraries() -> Vec<(PyVersion, PathBuf)> {

@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use gilscope::python::elf::{inspect, ElfImage};
-use gilscope::python::finder::{find_park, find_take_gil, FoundBy};
+use gilscope::cpython::find::elf::{inspect, ElfImage};
+use gilscope::cpython::find::functions::{find_park, find_take_gil, FoundBy};
 
 fn take_gil_of(path: &Path) -> Vec<(u64, FoundBy)> {
     inspect(path).expect("readable").expect("is CPython");

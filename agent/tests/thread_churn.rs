@@ -16,10 +16,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use gilscope::analyse::analyse;
-use gilscope::bpf::wait_probe::WaitProbe;
-use gilscope::retire::{EXITED_TID, GONE_KEPT, RETIRE_AFTER};
-use gilscope::watch::{ProcessWatch, Snapshot};
+use gilscope::core::analyse::analyse;
+use gilscope::core::retire::{EXITED_TID, GONE_KEPT, RETIRE_AFTER};
+use gilscope::probes::wait::WaitProbe;
+use gilscope::watch::session::{ProcessWatch, Snapshot};
 
 /// Short threads started per second by the workload (it reaches ~175 here).
 const PER_S: u32 = 200;

@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use gilscope::analyse::analyse;
-use gilscope::bpf::wait_probe::WaitProbe;
-use gilscope::watch::ProcessWatch;
+use gilscope::core::analyse::analyse;
+use gilscope::probes::wait::WaitProbe;
+use gilscope::watch::session::ProcessWatch;
 
 #[test]
 fn an_interval_of_four_cpu_threads_shows_that_interval_serialized() {

@@ -9,10 +9,14 @@
 
 use std::path::{Path, PathBuf};
 
-use gilscope::python::versions::PyVersion;
-use gilscope::python::{debug_offsets, elf, finder, libc, locate};
-use gilscope::run::{config, discover, kube, resource, spool};
-use gilscope::{cgroup, pidns, threads};
+use gilscope::cli::settings as config;
+use gilscope::cpython::find::{elf, functions, libc, locate};
+use gilscope::cpython::layout::debug_offsets;
+use gilscope::cpython::layout::versions::PyVersion;
+use gilscope::os::{cgroup, pidns, threads};
+use gilscope::otel::export::spool;
+use gilscope::otel::{kube, resource};
+use gilscope::watch::discover;
 
 /// What the agent does with an interpreter file found mapped in a process:
 /// symbols and version (`inspect_parsed`), the `_PyRuntime` debug-offsets
@@ -32,14 +36,14 @@ pub fn elf_inspect(data: &[u8]) {
         }
         let _ = elf::file_offset_of(&file, info.py_runtime);
     }
-    for found in finder::find_take_gil(&file)
+    for found in functions::find_take_gil(&file)
         .into_iter()
-        .chain(finder::find_drop_gil(&file))
-        .chain(finder::find_park(&file))
+        .chain(functions::find_drop_gil(&file))
+        .chain(functions::find_park(&file))
     {
         let _ = elf::bytes_at(&file, found.address, 16);
     }
-    let _ = finder::plt_stub(&file, "pthread_cond_wait");
+    let _ = functions::plt_stub(&file, "pthread_cond_wait");
     let _ = libc::program_interpreter(&file);
     let _ = libc::has_static_musl_symbols(&file);
     let _ = libc::cond_wait_symbol(&file);
@@ -68,7 +72,7 @@ pub fn disasm_finder(data: &[u8]) {
     let address = u64_le(data.get(..8).unwrap_or(data));
     let known_size = data.get(8).is_some_and(|b| b & 1 == 1);
     let code = data.get(9..).unwrap_or_default();
-    let _ = finder::branches(code, address, known_size);
+    let _ = functions::branches(code, address, known_size);
     let _ = elf::version_from_rodata(data);
     let _ = elf::version_from_hex(address);
     for line in [V313, V314] {

@@ -30,7 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from churn import ROOT, map_entries, map_names, rss_kb  # noqa: E402
 
-RETIRE_AFTER_S = 30  # agent/src/retire.rs
+RETIRE_AFTER_S = 30  # agent/src/core/retire.rs
 
 
 def main():

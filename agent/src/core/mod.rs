@@ -1,0 +1,8 @@
+//! The measuring core, pure: cumulative counters in, reports out. Turns two
+//! snapshots into a measurement, analyses it, folds exited threads, and says
+//! what it means.
+
+pub mod analyse;
+pub mod diagnose;
+pub mod report;
+pub mod retire;

@@ -1,0 +1,278 @@
+//! Reads what gilscope needs from a CPython executable or `libpython` on disk.
+//!
+//! Works on stripped files: `_PyRuntime` and `Py_Version` are exported dynamic
+//! symbols in every build; `take_gil`/`drop_gil` come from
+//! `.symtab` when it survived. Nothing here touches a process.
+
+use std::path::{Path, PathBuf};
+
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
+
+use crate::cpython::layout::versions::PyVersion;
+use crate::error::{Error, Result};
+
+/// A full CPython version (`3.11.7`), as far as the file tells: some builds keep
+/// no trace of the micro version, and then it is left out rather than guessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FullVersion {
+    pub line: PyVersion,
+    pub micro: Option<u8>,
+}
+
+impl std::fmt::Display for FullVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.micro {
+            Some(micro) => write!(f, "{}.{micro}", self.line),
+            None => write!(f, "{}", self.line),
+        }
+    }
+}
+
+/// A function found in the file: where it is and how long it is (0 if unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Function {
+    pub address: u64,
+    pub size: u64,
+}
+
+/// What an interpreter file says about itself.
+#[derive(Debug, Clone)]
+pub struct InterpreterFile {
+    pub path: PathBuf,
+    /// Link-time address of `_PyRuntime`.
+    pub py_runtime: u64,
+    pub version: FullVersion,
+    /// No `.symtab`: `take_gil`/`drop_gil` must be found by disassembly.
+    pub stripped: bool,
+    /// Link-time address of the first loadable segment (0 for PIE and shared objects).
+    pub first_load_vaddr: u64,
+    pub take_gil: Option<Function>,
+    pub drop_gil: Option<Function>,
+    /// Exported `_PyParkingLot_Park` (3.13+): the PyMutex slow path, probed on free-threaded builds.
+    pub park: Option<Function>,
+    /// Exported `PyEvent_WaitTimed`: parks it makes are event waits, not lock contention.
+    pub event_wait: Option<Function>,
+    /// `PT_INTERP` (e.g. `/lib/ld-musl-x86_64.so.1`): names the libc of a dynamic executable.
+    pub program_interpreter: Option<String>,
+    /// A static executable carrying musl's own symbols (see [`crate::cpython::find::libc`]).
+    pub static_musl: bool,
+}
+
+/// The parsed file plus its bytes, for callers that need to read code (disassembly).
+pub struct ElfImage {
+    pub data: Vec<u8>,
+}
+
+impl ElfImage {
+    /// Reads a file; errors name the path.
+    pub fn read(path: &Path) -> Result<Self> {
+        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Ok(Self { data })
+    }
+
+    /// Parses the bytes as an ELF object.
+    pub fn parse(&self, path: &Path) -> Result<object::File<'_>> {
+        object::File::parse(&*self.data).map_err(|e| Error::BadElf {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })
+    }
+}
+
+/// Bytes of the file at a link-time virtual address, as far as one section holds them.
+pub fn bytes_at<'a>(file: &object::File<'a>, address: u64, len: u64) -> Option<&'a [u8]> {
+    file.sections().find_map(|section| {
+        let start = section.address();
+        let end = start.checked_add(section.size())?;
+        if address < start || address >= end {
+            return None;
+        }
+        let data = section.data().ok()?;
+        let from = usize::try_from(address - start).ok()?;
+        let to = usize::try_from((address - start).saturating_add(len).min(end - start)).ok()?;
+        data.get(from..to)
+    })
+}
+
+/// File offset of a link-time virtual address (what a uprobe attaches to).
+pub fn file_offset_of(file: &object::File<'_>, address: u64) -> Option<u64> {
+    file.segments().find_map(|seg| {
+        let (offset, filesz) = seg.file_range();
+        let start = seg.address();
+        (address >= start && address < start.checked_add(filesz)?).then(|| address - start + offset)
+    })
+}
+
+/// The symbol named `name`, or a compiler clone of it (`take_gil.constprop.0`).
+fn find_function(file: &object::File<'_>, name: &str) -> Option<Function> {
+    let matches = |sym_name: &str| {
+        sym_name == name
+            || sym_name
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    file.symbols()
+        .chain(file.dynamic_symbols())
+        .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
+        .find(|s| s.name().is_ok_and(matches))
+        .map(|s| Function {
+            address: s.address(),
+            size: s.size(),
+        })
+}
+
+/// Link-time address of a data symbol (dynamic symbols first).
+pub fn object_address(file: &object::File<'_>, name: &str) -> Option<u64> {
+    find_object(file, name)
+}
+
+fn find_object(file: &object::File<'_>, name: &str) -> Option<u64> {
+    file.dynamic_symbols()
+        .chain(file.symbols())
+        .find(|s| s.name() == Ok(name) && s.address() != 0)
+        .map(|s| s.address())
+}
+
+/// Decodes `PY_VERSION_HEX` (the value of the exported `Py_Version`, 3.11+).
+pub fn version_from_hex(hex: u64) -> Option<FullVersion> {
+    let major = ((hex >> 24) & 0xff) as u8;
+    let minor = ((hex >> 16) & 0xff) as u8;
+    let micro = ((hex >> 8) & 0xff) as u8;
+    (major == 3).then_some(FullVersion {
+        line: PyVersion { major, minor },
+        micro: Some(micro),
+    })
+}
+
+/// Finds a NUL-delimited `3.X.Y` string (the `PY_VERSION` literal) in read-only data.
+pub fn version_from_rodata(rodata: &[u8]) -> Option<FullVersion> {
+    rodata
+        .split(|b| *b == 0)
+        .filter(|s| s.len() >= 5 && s.len() <= 12 && s.starts_with(b"3."))
+        .find_map(|s| {
+            let text = std::str::from_utf8(s).ok()?;
+            // Release suffixes: 3.13.0rc1, 3.12.0+
+            let core: &str = text
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .next()?;
+            let mut parts = core.split('.');
+            let major: u8 = parts.next()?.parse().ok()?;
+            let minor: u8 = parts.next()?.parse().ok()?;
+            let micro: u8 = parts.next()?.parse().ok()?;
+            if parts.next().is_some() || major != 3 || !(6..=30).contains(&minor) {
+                return None;
+            }
+            Some(FullVersion {
+                line: PyVersion { major, minor },
+                micro: Some(micro),
+            })
+        })
+}
+
+/// `python3.11` / `libpython3.11.so.1.0` / `libpython3.13t.so` -> 3.11 (micro unknown).
+pub fn version_from_file_name(path: &Path) -> Option<FullVersion> {
+    let name = path.file_name()?.to_str()?;
+    let rest = name
+        .strip_prefix("libpython")
+        .or_else(|| name.strip_prefix("python"))?;
+    let digits: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let mut parts = digits.split('.');
+    let major: u8 = parts.next()?.parse().ok()?;
+    let minor: u8 = parts.next()?.parse().ok()?;
+    (major == 3).then_some(FullVersion {
+        line: PyVersion { major, minor },
+        micro: None,
+    })
+}
+
+/// Inspects an interpreter file; `Ok(None)` when it simply is not CPython (no `_PyRuntime`).
+pub fn inspect(path: &Path) -> Result<Option<InterpreterFile>> {
+    let image = ElfImage::read(path)?;
+    let file = image.parse(path)?;
+    inspect_parsed(path, &file)
+}
+
+/// [`inspect`] on an already parsed file.
+pub fn inspect_parsed(path: &Path, file: &object::File<'_>) -> Result<Option<InterpreterFile>> {
+    let Some(py_runtime) = find_object(file, "_PyRuntime") else {
+        return Ok(None);
+    };
+    let version = find_object(file, "Py_Version")
+        .and_then(|addr| bytes_at(file, addr, 8))
+        .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
+        .and_then(version_from_hex)
+        .or_else(|| {
+            file.section_by_name(".rodata")
+                .and_then(|s| s.data().ok())
+                .and_then(version_from_rodata)
+        })
+        .or_else(|| version_from_file_name(path))
+        .ok_or_else(|| Error::UnknownVersion {
+            path: path.to_path_buf(),
+        })?;
+    let first_load_vaddr = file
+        .segments()
+        .find(|s| s.file_range().0 == 0)
+        .map(|s| s.address())
+        .unwrap_or(0);
+    let program_interpreter = crate::cpython::find::libc::program_interpreter(file);
+    Ok(Some(InterpreterFile {
+        path: path.to_path_buf(),
+        py_runtime,
+        version,
+        stripped: file.section_by_name(".symtab").is_none(),
+        first_load_vaddr,
+        take_gil: find_function(file, "take_gil"),
+        drop_gil: find_function(file, "drop_gil"),
+        park: find_function(file, "_PyParkingLot_Park"),
+        event_wait: find_function(file, "PyEvent_WaitTimed"),
+        static_musl: program_interpreter.is_none()
+            && crate::cpython::find::libc::has_static_musl_symbols(file),
+        program_interpreter,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn py_version_hex_decodes() {
+        let v = version_from_hex(0x030b07f0).expect("3.11.7 final");
+        assert_eq!(v.to_string(), "3.11.7");
+        assert!(version_from_hex(0x020712f0).is_none());
+    }
+
+    #[test]
+    fn the_version_literal_is_found_among_other_strings() {
+        let rodata = b"\0hello\x003.1\0x3.9.18\x003.9.18\0%s (%s)\0";
+        assert_eq!(
+            version_from_rodata(rodata).map(|v| v.to_string()),
+            Some("3.9.18".into())
+        );
+        assert!(version_from_rodata(b"\0no\0version\0").is_none());
+    }
+
+    #[test]
+    fn file_names_give_the_release_line() {
+        let v = version_from_file_name(Path::new("/usr/lib/libpython3.11.so.1.0")).expect("lib");
+        assert_eq!(v.to_string(), "3.11", "no micro version is made up");
+        let v = version_from_file_name(Path::new("/usr/bin/python3.13t")).expect("exe");
+        assert_eq!(v.line.to_string(), "3.13");
+        assert!(version_from_file_name(Path::new("/usr/bin/bash")).is_none());
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error_not_a_panic() {
+        let dir = std::env::temp_dir().join(format!("gilscope-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("not-an-elf");
+        std::fs::write(&path, b"\x7fELF\x02\x01garbage").expect("write");
+        let err = inspect(&path).expect_err("garbage must not parse");
+        assert!(err.to_string().contains("not a readable ELF"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

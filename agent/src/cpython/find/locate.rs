@@ -1,0 +1,554 @@
+//! Finds the CPython interpreter inside a running process and the address of its GIL.
+//!
+//! The interpreter is whichever mapped file exports `_PyRuntime`: the executable
+//! (static builds such as Debian's `/usr/bin/python3.11`) or a `libpython3.X.so`.
+//! Files are opened through `/proc/PID/root`, so a process in a container is read
+//! from its own filesystem. The kernel prints a mapped file's path relative to
+//! the *reader's* root: a process in its own mount namespace (`pivot_root`, as
+//! container runtimes do) shows its own paths, but one only chrooted inside our
+//! namespace shows host paths (`/srv/rootfs/usr/lib/...`); [`path_in_process`]
+//! turns both into the process's own view before `/proc/PID/root` is prefixed. The GIL address is only trusted after
+//! [`read_gil_state`] confirms that memory there looks like a GIL.
+
+use std::path::{Path, PathBuf};
+
+use crate::cpython::find::elf::{self, InterpreterFile};
+use crate::cpython::find::libc::{self, LibcKind};
+use crate::cpython::layout::debug_offsets;
+use crate::cpython::layout::versions::{self, GilLayout, GilLocation, Layout, ThreadIdField};
+use crate::cpython::remote::memory::RemoteMemory;
+use crate::error::{Error, Result};
+
+/// The interpreter of one process: which file, where it is loaded, which layout applies.
+#[derive(Debug, Clone)]
+pub struct Interpreter {
+    pub pid: u32,
+    /// `/proc/PID/exe` when the interpreter was found (the process may be gone at report time).
+    pub executable: PathBuf,
+    pub file: InterpreterFile,
+    /// The file's path as the process sees it (inside its mount namespace).
+    pub path_in_process: PathBuf,
+    /// The same file from the host: `/proc/PID/root/...`.
+    pub host_path: PathBuf,
+    /// The file is a shared `libpython`, not the executable.
+    pub is_library: bool,
+    /// Runtime address minus link-time address of the file's symbols.
+    pub load_bias: u64,
+    pub layout: &'static Layout,
+    /// The C library the process runs on: on musl, GIL waits are measured at
+    /// the libc condvar wait, not from futex addresses.
+    pub libc: LibcKind,
+}
+
+/// The GIL of one interpreter: where it is and how to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GilSite {
+    pub addr: u64,
+    pub layout: GilLayout,
+    /// How a `PyThreadState *` (the GIL's `last_holder`) leads to a tid.
+    pub thread_id: ThreadIdField,
+    pub free_threaded: bool,
+    /// Offset of `int enabled` inside the GIL struct (free-threaded builds).
+    pub enabled_off: Option<u64>,
+    /// How to walk every interpreter (3.12+, where subinterpreters may own a GIL).
+    pub interpreters: Option<InterpreterList>,
+}
+
+/// The interpreter list of a process: where its head pointer is, and the
+/// offsets of `next` and `ceval.gil` inside `PyInterpreterState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterpreterList {
+    pub head_at: u64,
+    pub next_off: u64,
+    pub gil_ptr_off: u64,
+}
+
+/// Interpreters walked at most, against a corrupt or cyclic list.
+const MAX_INTERPRETERS: usize = 256;
+
+/// Every distinct GIL of the process, the main interpreter's first.
+pub fn all_gils(mem: &RemoteMemory, site: &GilSite, max: usize) -> Vec<u64> {
+    let mut gils = vec![site.addr];
+    let Some(list) = site.interpreters else {
+        return gils;
+    };
+    let mut interp = mem.read_u64(list.head_at).unwrap_or(0);
+    for _ in 0..MAX_INTERPRETERS {
+        if interp == 0 || gils.len() >= max {
+            break;
+        }
+        if let Ok(gil) = mem.read_u64(interp + list.gil_ptr_off) {
+            if gil != 0 && !gils.contains(&gil) {
+                gils.push(gil);
+            }
+        }
+        interp = mem.read_u64(interp + list.next_off).unwrap_or(0);
+    }
+    gils
+}
+
+impl Interpreter {
+    /// Runtime address of `_PyRuntime`.
+    pub fn py_runtime(&self) -> u64 {
+        self.file.py_runtime.wrapping_add(self.load_bias)
+    }
+
+    /// The GIL without reading memory, where the layout makes it static (3.8-3.11):
+    /// usable before the interpreter has initialized anything.
+    pub fn static_gil(&self) -> Option<GilSite> {
+        match self.layout.gil {
+            GilLocation::Embedded(off) => Some(GilSite {
+                addr: self.py_runtime() + off,
+                layout: self.layout.gil_layout,
+                thread_id: self.layout.thread_id,
+                free_threaded: false,
+                enabled_off: None,
+                interpreters: None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Finds the GIL, reading pointers (3.12) or the debug offsets (3.13+) from the process.
+    pub fn resolve_gil(&self, mem: &RemoteMemory) -> Result<GilSite> {
+        let not_ready = |why: &str| Error::GilNotValid {
+            pid: self.pid,
+            addr: 0,
+            why: why.to_string(),
+        };
+        match self.layout.gil {
+            GilLocation::Embedded(_) => self
+                .static_gil()
+                .ok_or_else(|| Error::Internal("embedded GIL without an address".into())),
+            GilLocation::InterpreterPointer {
+                interp,
+                gil_ptr,
+                interpreters_head,
+                interp_next,
+            } => {
+                let addr = mem.read_u64(self.py_runtime() + interp + gil_ptr)?;
+                if addr == 0 {
+                    return Err(not_ready(
+                        "the interpreter has no GIL yet (still starting?)",
+                    ));
+                }
+                Ok(GilSite {
+                    addr,
+                    layout: self.layout.gil_layout,
+                    thread_id: self.layout.thread_id,
+                    free_threaded: false,
+                    enabled_off: None,
+                    interpreters: Some(InterpreterList {
+                        head_at: self.py_runtime() + interpreters_head,
+                        next_off: interp_next,
+                        gil_ptr_off: gil_ptr,
+                    }),
+                })
+            }
+            GilLocation::DebugOffsets => {
+                let mut block = [0u8; debug_offsets::BLOCK_LEN];
+                mem.read(self.py_runtime(), &mut block)?;
+                let offsets =
+                    debug_offsets::parse(&block, self.file.version.line).map_err(|why| {
+                        Error::GilNotValid {
+                            pid: self.pid,
+                            addr: self.py_runtime(),
+                            why,
+                        }
+                    })?;
+                let head = mem.read_u64(self.py_runtime() + offsets.interpreters_head)?;
+                if head == 0 {
+                    return Err(not_ready("no interpreter yet (still starting?)"));
+                }
+                let addr = mem.read_u64(head + offsets.ceval_gil)?;
+                if addr == 0 {
+                    return Err(not_ready(
+                        "the interpreter has no GIL yet (still starting?)",
+                    ));
+                }
+                let layout = if offsets.free_threaded {
+                    self.layout.gil_layout.free_threaded()
+                } else {
+                    self.layout.gil_layout
+                };
+                if offsets.locked_in_gil() != Some(layout.locked)
+                    || offsets.holder_in_gil() != Some(layout.last_holder)
+                {
+                    return Err(Error::GilNotValid {
+                        pid: self.pid,
+                        addr,
+                        why: format!(
+                            "debug offsets put locked/last_holder at {:?}/{:?}, gilscope expects {}/{}",
+                            offsets.locked_in_gil(),
+                            offsets.holder_in_gil(),
+                            layout.locked,
+                            layout.last_holder
+                        ),
+                    });
+                }
+                Ok(GilSite {
+                    addr,
+                    layout,
+                    thread_id: ThreadIdField::NativeThreadId(offsets.native_thread_id),
+                    free_threaded: offsets.free_threaded,
+                    enabled_off: offsets.enabled_in_gil(),
+                    interpreters: Some(InterpreterList {
+                        head_at: self.py_runtime() + offsets.interpreters_head,
+                        next_off: offsets.interp_next,
+                        gil_ptr_off: offsets.ceval_gil,
+                    }),
+                })
+            }
+        }
+    }
+}
+
+/// The GIL as read from memory at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GilState {
+    pub interval_us: u64,
+    pub locked: bool,
+    pub last_holder: u64,
+    pub switch_number: u64,
+    /// Free-threaded builds: whether the GIL is switched on right now.
+    pub enabled: Option<bool>,
+}
+
+/// Reads and sanity-checks the GIL struct; errors explain what did not look right.
+pub fn read_gil_state(pid: u32, mem: &RemoteMemory, gil: &GilSite) -> Result<GilState> {
+    let (addr, layout) = (gil.addr, &gil.layout);
+    // Everything up to and including switch_number (and `enabled` before it).
+    let mut raw = [0u8; 48];
+    mem.read(addr, &mut raw)?;
+    let field = |off: u64| -> u64 {
+        let off = off as usize;
+        raw.get(off..off + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0)
+    };
+    let interval_us = field(layout.interval);
+    let locked_word = field(layout.locked) & 0xffff_ffff;
+    let state = GilState {
+        interval_us,
+        locked: locked_word == 1,
+        last_holder: field(layout.last_holder),
+        switch_number: field(layout.switch_number),
+        enabled: gil.enabled_off.map(|off| field(off) & 0xffff_ffff != 0),
+    };
+    let invalid = |why: String| Error::GilNotValid { pid, addr, why };
+    if interval_us == 0 {
+        return Err(invalid(
+            "switch interval is 0: the runtime is not initialized".into(),
+        ));
+    }
+    if interval_us > 10_000_000 {
+        return Err(invalid(format!(
+            "switch interval {interval_us} µs is implausible"
+        )));
+    }
+    if locked_word > 1 {
+        return Err(invalid(format!("locked = {locked_word}, expected 0 or 1")));
+    }
+    Ok(state)
+}
+
+/// A mapped file of the process, with the lowest address it is mapped at offset 0.
+struct MappedFile {
+    path: PathBuf,
+    base: u64,
+    /// End of the mapping at `base` (with `base`, its `/proc/PID/map_files` name).
+    end: u64,
+}
+
+impl MappedFile {
+    /// Where to read the file from the host. A file deleted or replaced on disk
+    /// while mapped (`PATH (deleted)`, e.g. an interpreter upgraded under a running
+    /// process) is read through `/proc/PID/map_files`, which is the mapped file itself.
+    fn host_path(&self, pid: u32) -> PathBuf {
+        let deleted = self
+            .path
+            .as_os_str()
+            .as_encoded_bytes()
+            .ends_with(b" (deleted)");
+        if deleted {
+            PathBuf::from(format!(
+                "/proc/{pid}/map_files/{:x}-{:x}",
+                self.base, self.end
+            ))
+        } else {
+            host_path(pid, &self.path)
+        }
+    }
+}
+
+/// The file mappings at offset 0 of a `/proc/PID/maps` text: (start address, path).
+///
+/// Our own parser, not procfs's: procfs-core 0.17 panics on a mapped file whose
+/// path starts with `/SYSV` and is shorter than 13 bytes (it slices a SysV shm
+/// key out of it), and any process on the host can map such a file (found by
+/// fuzzing, target `proc_parsers`). Non-UTF-8 paths are read lossily.
+pub fn parse_maps(text: &str) -> Vec<(u64, u64, PathBuf)> {
+    text.lines()
+        .filter_map(|line| {
+            // address perms offset dev inode, then the path (which may hold spaces).
+            let mut rest = line;
+            let mut field = || {
+                let t = rest.trim_start();
+                let end = t.find(char::is_whitespace).unwrap_or(t.len());
+                let (f, r) = t.split_at(end);
+                rest = r;
+                f
+            };
+            let (range, _perms, offset, _dev, _inode) =
+                (field(), field(), field(), field(), field());
+            let path = rest.trim();
+            if !path.starts_with('/') || u64::from_str_radix(offset, 16).ok()? != 0 {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            Some((start, end, PathBuf::from(path)))
+        })
+        .collect()
+}
+
+fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
+    let maps_path = format!("/proc/{pid}/maps");
+    let raw = std::fs::read(&maps_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid },
+        std::io::ErrorKind::PermissionDenied => Error::Permission {
+            what: format!("reading {maps_path}"),
+        },
+        _ => Error::Internal(format!("reading {maps_path}: {e}")),
+    })?;
+    let maps = parse_maps(&String::from_utf8_lossy(&raw));
+    let root = chroot_dir(pid);
+    let mut files: Vec<MappedFile> = Vec::new();
+    for (start, end, path) in maps {
+        let path = in_process_view(root.as_deref(), path);
+        match files.iter_mut().find(|f| f.path == path) {
+            // The lowest mapping: its start is the load base, and /proc/PID/map_files
+            // names it by its exact range.
+            Some(f) if start < f.base => (f.base, f.end) = (start, end),
+            Some(_) => {}
+            None => files.push(MappedFile {
+                path,
+                base: start,
+                end,
+            }),
+        }
+    }
+    Ok(files)
+}
+
+/// Every file mapped by process `pid` (as the process names it), for callers that
+/// look for something other than the interpreter (e.g. which libc it runs on).
+pub(crate) fn mapped_paths(pid: u32) -> Result<Vec<PathBuf>> {
+    Ok(mapped_files(pid)?.into_iter().map(|f| f.path).collect())
+}
+
+/// The root directory of `pid` as we see it when the process is chrooted inside
+/// our mount namespace; `None` when it shares our root or has a mount namespace
+/// of its own (then `/proc/PID/root` reads as `/`).
+fn chroot_dir(pid: u32) -> Option<PathBuf> {
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok()?;
+    (root.is_absolute() && root != Path::new("/")).then_some(root)
+}
+
+fn in_process_view(chroot: Option<&Path>, printed: PathBuf) -> PathBuf {
+    match chroot.and_then(|root| printed.strip_prefix(root).ok()) {
+        Some(rest) => Path::new("/").join(rest),
+        None => printed,
+    }
+}
+
+/// A path the kernel printed for `pid` (in `maps`, or `/proc/PID/exe`) as the
+/// process itself names it, so that [`host_path`] finds the file.
+pub fn path_in_process(pid: u32, printed: &Path) -> PathBuf {
+    in_process_view(chroot_dir(pid).as_deref(), printed.to_path_buf())
+}
+
+/// `/proc/PID/exe` as the process names it (see [`path_in_process`]).
+pub fn exe_in_process(pid: u32) -> Option<PathBuf> {
+    let printed = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    Some(path_in_process(pid, &printed))
+}
+
+/// Path of a file of process `pid`, seen from the host.
+pub fn host_path(pid: u32, path_in_process: &Path) -> PathBuf {
+    let relative = path_in_process.strip_prefix("/").unwrap_or(path_in_process);
+    PathBuf::from(format!("/proc/{pid}/root")).join(relative)
+}
+
+fn is_candidate(path: &Path, exe: Option<&Path>) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    Some(path) == exe || name.starts_with("libpython3") || name.starts_with("python3")
+}
+
+/// The mapped files that could hold the interpreter; cheap (no ELF is read), so a
+/// caller polling a starting process can skip [`find_interpreter`] until this changes.
+pub fn candidate_files(pid: u32) -> Result<Vec<PathBuf>> {
+    let exe = exe_in_process(pid);
+    Ok(mapped_files(pid)?
+        .into_iter()
+        .map(|f| f.path)
+        .filter(|p| is_candidate(p, exe.as_deref()))
+        .collect())
+}
+
+/// Finds the interpreter of `pid`. `Ok(None)`: nothing mapped exports `_PyRuntime` (yet).
+pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
+    let exe = exe_in_process(pid);
+    let mut files = mapped_files(pid)?;
+    // The executable first: static builds define _PyRuntime there.
+    files.sort_by_key(|f| Some(f.path.as_path()) != exe.as_deref());
+    // A file we may not open (another user's, in a directory we cannot enter) is
+    // not "not Python": if nothing else is found, that is what to say.
+    let mut denied = None;
+    for mapped in files
+        .iter()
+        .filter(|f| is_candidate(&f.path, exe.as_deref()))
+    {
+        let host = mapped.host_path(pid);
+        let file = match elf::inspect(&host) {
+            Ok(Some(file)) => file,
+            Ok(None) => continue,
+            Err(e @ Error::NoSuchProcess { .. }) => return Err(e),
+            Err(e @ Error::Permission { .. }) => {
+                tracing::debug!("skipping {}: {e}", host.display());
+                denied.get_or_insert(e);
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!("skipping {}: {e}", host.display());
+                continue;
+            }
+        };
+        let layout =
+            versions::layout_for(file.version.line).ok_or_else(|| Error::UnsupportedVersion {
+                pid,
+                version: file.version.to_string(),
+                supported: versions::supported_versions(),
+            })?;
+        let load_bias = mapped.base.wrapping_sub(file.first_load_vaddr & !0xfff);
+        let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+        let libc = libc::kind_of(&paths, &file);
+        return Ok(Some(Interpreter {
+            pid,
+            executable: exe.clone().unwrap_or_else(|| mapped.path.clone()),
+            is_library: Some(mapped.path.as_path()) != exe.as_deref(),
+            path_in_process: mapped.path.clone(),
+            host_path: host,
+            file,
+            load_bias,
+            layout,
+            libc,
+        }));
+    }
+    match denied {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
+}
+
+/// Where glibc keeps the kernel tid inside `struct pthread`, read from the
+/// `_thread_db_pthread_tid` descriptor libc exports for debuggers ({bits, count,
+/// offset}); `None` for musl or a libc without it. Needed to name threads on
+/// 3.8-3.10, whose thread states only record the `pthread_t`.
+pub fn glibc_pthread_tid_offset(pid: u32) -> Option<u64> {
+    let files = mapped_files(pid).ok()?;
+    let libc = files.iter().find(|f| {
+        f.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
+    })?;
+    let host = host_path(pid, &libc.path);
+    let image = elf::ElfImage::read(&host).ok()?;
+    let file = image.parse(&host).ok()?;
+    let descriptor = elf::object_address(&file, "_thread_db_pthread_tid")?;
+    let bytes = elf::bytes_at(&file, descriptor, 12)?;
+    let word = |i: usize| -> Option<u32> {
+        bytes
+            .get(i * 4..i * 4 + 4)?
+            .try_into()
+            .ok()
+            .map(u32::from_le_bytes)
+    };
+    (word(0)? == 32 && word(1)? == 1).then(|| u64::from(word(2).unwrap_or(0)))
+}
+
+/// [`find_interpreter`] that turns "nothing found" into [`Error::NotPython`].
+pub fn require_interpreter(pid: u32) -> Result<Interpreter> {
+    find_interpreter(pid)?.ok_or_else(|| {
+        let exe = exe_in_process(pid);
+        let name = exe
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "unknown executable".into());
+        // A stripped static build (e.g. musl, Alpine-style) keeps no symbol at all:
+        // say so rather than "not CPython".
+        match exe {
+            Some(p) if libc::is_stripped_static(&host_path(pid, &p)) => {
+                Error::StrippedStatic { pid, exe: name }
+            }
+            _ => Error::NotPython { pid, exe: name },
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_give_offset_zero_file_mappings_with_spaces_in_paths() {
+        let text = "55d0c0000000-55d0c0001000 r--p 00000000 08:01 123      /usr/bin/python3.11\n\
+                    55d0c0001000-55d0c0002000 r-xp 00001000 08:01 123      /usr/bin/python3.11\n\
+                    7f0000000000-7f0000020000 r--p 00000000 08:01 456      /opt/my app/libpython3.12.so (deleted)\n\
+                    7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0        [stack]\n\
+                    7ffd10000000-7ffd10001000 rw-s 00000000 00:01 7        /SYSV0000002a (deleted)\n";
+        let maps = parse_maps(text);
+        assert_eq!(
+            maps,
+            vec![
+                (
+                    0x55d0c0000000,
+                    0x55d0c0001000,
+                    PathBuf::from("/usr/bin/python3.11")
+                ),
+                (
+                    0x7f0000000000,
+                    0x7f0000020000,
+                    PathBuf::from("/opt/my app/libpython3.12.so (deleted)")
+                ),
+                (
+                    0x7ffd10000000,
+                    0x7ffd10001000,
+                    PathBuf::from("/SYSV0000002a (deleted)")
+                ),
+            ]
+        );
+    }
+
+    /// Found by fuzzing (fuzz/, target `proc_parsers`): procfs's maps parser
+    /// panicked on a mapped file named like a SysV segment but shorter
+    /// (`/SYSVbin`), which any process can map; gilscope now parses maps itself.
+    #[test]
+    fn a_short_sysv_like_path_is_a_file_not_a_panic() {
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fuzz/proc_parsers/maps-short-sysv-path"
+        ))
+        .expect("fixture");
+        let maps = parse_maps(&String::from_utf8_lossy(&raw[1..]));
+        assert!(
+            maps.iter().any(|(_, _, p)| p == Path::new("/SYSVbin")),
+            "{maps:?}"
+        );
+        let maps = parse_maps("7f00-7f01 r--p 00000000 08:01 9 /SYSVx\n\u{0}\u{ff} garbage");
+        assert_eq!(maps, vec![(0x7f00, 0x7f01, PathBuf::from("/SYSVx"))]);
+    }
+}

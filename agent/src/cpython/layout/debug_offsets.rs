@@ -1,0 +1,400 @@
+//! `_PyRuntime.debug_offsets` (3.13+): the interpreter describes its own layout.
+//!
+//! CPython 3.13 put a `_Py_DebugOffsets` block at the very start of `_PyRuntime`
+//! for out-of-process tools: a cookie (`xdebugpy`), `PY_VERSION_HEX`, whether the
+//! build is free-threaded, and `offsetof` values of the fields a profiler needs.
+//! The block's own layout still changes between releases, so this module knows,
+//! per release line, where in the block each value sits; the values themselves
+//! come from the process.
+
+use crate::cpython::layout::versions::PyVersion;
+
+/// Bytes of `_PyRuntime` to read: enough for every field used here in every release.
+pub const BLOCK_LEN: usize = 656;
+
+const COOKIE: &[u8; 8] = b"xdebugpy";
+
+/// Positions (byte offsets inside `_Py_DebugOffsets`) of the values gilscope reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLayout {
+    pub version: PyVersion,
+    pub interpreters_head: usize,
+    pub interp_next: usize,
+    pub ceval_gil: usize,
+    pub gil_runtime_state: usize,
+    pub gil_enabled: usize,
+    pub gil_locked: usize,
+    pub gil_holder: usize,
+    pub native_thread_id: usize,
+    /// Positions of the offsets the thread-name reader uses (interpreter's
+    /// thread list and `sys.modules`, thread states, object headers, dict,
+    /// int and str layouts).
+    pub threads_head: usize,
+    pub imports_modules: usize,
+    pub tstate_next: usize,
+    pub thread_id: usize,
+    pub ob_type: usize,
+    pub tp_flags: usize,
+    pub ma_keys: usize,
+    pub ma_values: usize,
+    pub long_tag: usize,
+    pub long_digits: usize,
+    pub unicode_state: usize,
+    pub unicode_length: usize,
+    pub ascii_size: usize,
+}
+
+/// Read from DWARF (`ptype /o struct _Py_DebugOffsets`) of each release's build.
+///
+/// 3.14 grew the block: `interpreter_state` gained `threads_main` (after
+/// `threads_head`, so `ceval_gil` and the `_gil` fields move by 8) and
+/// `code_object_generation`/`tlbc_generation` (so `thread_state` moves by 24).
+/// The 3.14 figures come from the DWARF Debian's python3.14-dbg ships for sid's
+/// stripped `/usr/bin/python3.14` 3.14.10 (same build id), and match the block
+/// that binary carries in its `.data`.
+const BLOCK_LAYOUTS: &[BlockLayout] = &[
+    BlockLayout {
+        version: PyVersion {
+            major: 3,
+            minor: 13,
+        },
+        interpreters_head: 40,
+        interp_next: 64,
+        ceval_gil: 112,
+        gil_runtime_state: 120,
+        gil_enabled: 128,
+        gil_locked: 136,
+        gil_holder: 144,
+        native_thread_id: 200,
+        threads_head: 72,
+        imports_modules: 88,
+        tstate_next: 168,
+        thread_id: 192,
+        ob_type: 360,
+        tp_flags: 392,
+        ma_keys: 456,
+        ma_values: 464,
+        long_tag: 496,
+        long_digits: 504,
+        unicode_state: 544,
+        unicode_length: 552,
+        ascii_size: 560,
+    },
+    BlockLayout {
+        version: PyVersion {
+            major: 3,
+            minor: 14,
+        },
+        interpreters_head: 40,
+        interp_next: 64,
+        ceval_gil: 120,
+        gil_runtime_state: 128,
+        gil_enabled: 136,
+        gil_locked: 144,
+        gil_holder: 152,
+        native_thread_id: 224,
+        threads_head: 72,
+        imports_modules: 96,
+        tstate_next: 192,
+        thread_id: 216,
+        ob_type: 408,
+        tp_flags: 440,
+        ma_keys: 536,
+        ma_values: 544,
+        long_tag: 576,
+        long_digits: 584,
+        unicode_state: 624,
+        unicode_length: 632,
+        ascii_size: 640,
+    },
+];
+
+/// What a process's debug offsets say (all values are `offsetof` in that build).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebugOffsets {
+    pub version_hex: u64,
+    pub free_threaded: bool,
+    /// `offsetof(_PyRuntimeState, interpreters.head)`
+    pub interpreters_head: u64,
+    /// `offsetof(PyInterpreterState, next)`
+    pub interp_next: u64,
+    /// `offsetof(PyInterpreterState, ceval.gil)`: pointer to the GIL this interpreter uses.
+    pub ceval_gil: u64,
+    /// `offsetof(PyInterpreterState, _gil)` and of its fields.
+    pub gil_runtime_state: u64,
+    pub gil_enabled: u64,
+    pub gil_locked: u64,
+    pub gil_holder: u64,
+    /// `offsetof(PyThreadState, native_thread_id)`
+    pub native_thread_id: u64,
+    /// `offsetof(PyInterpreterState, threads.head)`
+    pub threads_head: u64,
+    /// `offsetof(PyInterpreterState, imports.modules)`: `sys.modules`
+    pub imports_modules: u64,
+    /// `offsetof(PyThreadState, next)`
+    pub tstate_next: u64,
+    /// `offsetof(PyThreadState, thread_id)`: the `pthread_t`
+    pub thread_id: u64,
+    /// `offsetof(PyObject, ob_type)`
+    pub ob_type: u64,
+    /// `offsetof(PyTypeObject, tp_flags)`
+    pub tp_flags: u64,
+    /// `offsetof(PyDictObject, ma_keys)` and `ma_values`
+    pub ma_keys: u64,
+    pub ma_values: u64,
+    /// `offsetof(PyLongObject, long_value.lv_tag)` and `long_value.ob_digit`
+    pub long_tag: u64,
+    pub long_digits: u64,
+    /// `offsetof(PyASCIIObject, state)` and `length`, and `sizeof(PyASCIIObject)`
+    pub unicode_state: u64,
+    pub unicode_length: u64,
+    pub ascii_size: u64,
+}
+
+impl DebugOffsets {
+    /// Offset of `locked` inside the GIL struct.
+    pub fn locked_in_gil(&self) -> Option<u64> {
+        self.gil_locked.checked_sub(self.gil_runtime_state)
+    }
+
+    /// Offset of `last_holder` inside the GIL struct.
+    pub fn holder_in_gil(&self) -> Option<u64> {
+        self.gil_holder.checked_sub(self.gil_runtime_state)
+    }
+
+    /// Offset of `enabled` inside the GIL struct (free-threaded builds only). Unlike
+    /// `locked` and `last_holder`, CPython records this one relative to the GIL
+    /// struct, not to the interpreter (`offsetof(struct _gil_runtime_state, enabled)`).
+    pub fn enabled_in_gil(&self) -> Option<u64> {
+        self.free_threaded.then_some(self.gil_enabled)
+    }
+}
+
+/// The release lines whose debug-offsets block gilscope can read.
+pub fn known(line: PyVersion) -> bool {
+    block_layout(line).is_some()
+}
+
+/// Where the values sit in the block of one release line (checked against DWARF by a test).
+pub fn block_layout(line: PyVersion) -> Option<&'static BlockLayout> {
+    BLOCK_LAYOUTS.iter().find(|l| l.version == line)
+}
+
+fn u64_at(block: &[u8], at: usize) -> Option<u64> {
+    block
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+}
+
+/// Parses the start of `_PyRuntime`; the error says what did not match.
+pub fn parse(block: &[u8], line: PyVersion) -> Result<DebugOffsets, String> {
+    if block.get(..8) != Some(COOKIE.as_slice()) {
+        return Err("no xdebugpy cookie at the start of _PyRuntime".into());
+    }
+    let version_hex = u64_at(block, 8).ok_or("debug offsets block too short")?;
+    let (major, minor) = ((version_hex >> 24) & 0xff, (version_hex >> 16) & 0xff);
+    if major != u64::from(line.major) || minor != u64::from(line.minor) {
+        return Err(format!(
+            "debug offsets say {major}.{minor}, the file says {line}"
+        ));
+    }
+    let layout =
+        block_layout(line).ok_or_else(|| format!("no known debug-offsets layout for {line}"))?;
+    let get =
+        |at: usize| u64_at(block, at).ok_or_else(|| "debug offsets block too short".to_string());
+    let offsets = DebugOffsets {
+        version_hex,
+        free_threaded: get(16)? != 0,
+        interpreters_head: get(layout.interpreters_head)?,
+        interp_next: get(layout.interp_next)?,
+        ceval_gil: get(layout.ceval_gil)?,
+        gil_runtime_state: get(layout.gil_runtime_state)?,
+        gil_enabled: get(layout.gil_enabled)?,
+        gil_locked: get(layout.gil_locked)?,
+        gil_holder: get(layout.gil_holder)?,
+        native_thread_id: get(layout.native_thread_id)?,
+        threads_head: get(layout.threads_head)?,
+        imports_modules: get(layout.imports_modules)?,
+        tstate_next: get(layout.tstate_next)?,
+        thread_id: get(layout.thread_id)?,
+        ob_type: get(layout.ob_type)?,
+        tp_flags: get(layout.tp_flags)?,
+        ma_keys: get(layout.ma_keys)?,
+        ma_values: get(layout.ma_values)?,
+        long_tag: get(layout.long_tag)?,
+        long_digits: get(layout.long_digits)?,
+        unicode_state: get(layout.unicode_state)?,
+        unicode_length: get(layout.unicode_length)?,
+        ascii_size: get(layout.ascii_size)?,
+    };
+    // Sanity: offsets into structs of a few KiB to a few hundred KiB, never 0 where a field must be.
+    let plausible = |v: u64| v > 0 && v < 1 << 24;
+    if ![
+        offsets.interpreters_head,
+        offsets.ceval_gil,
+        offsets.gil_runtime_state,
+        offsets.gil_locked,
+        offsets.native_thread_id,
+    ]
+    .into_iter()
+    .all(plausible)
+    {
+        return Err(format!("implausible debug offsets: {offsets:?}"));
+    }
+    Ok(offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_313(free_threaded: u64) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK_LEN];
+        b[..8].copy_from_slice(COOKIE);
+        let mut put = |at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        put(8, 0x030d00f0);
+        put(16, free_threaded);
+        put(40, 0x28);
+        put(64, 0x8);
+        put(112, 0x1010);
+        put(120, 0x1020);
+        put(128, 0);
+        put(136, 0x1030);
+        put(144, 0x1028);
+        put(200, 0x98);
+        b
+    }
+
+    #[test]
+    fn a_313_block_gives_the_gil_field_offsets() {
+        let d = parse(
+            &block_313(0),
+            PyVersion {
+                major: 3,
+                minor: 13,
+            },
+        )
+        .expect("valid");
+        assert_eq!(d.locked_in_gil(), Some(16));
+        assert_eq!(d.holder_in_gil(), Some(8));
+        assert_eq!(d.enabled_in_gil(), None);
+        assert_eq!(d.native_thread_id, 0x98);
+        let ft = parse(
+            &block_313(1),
+            PyVersion {
+                major: 3,
+                minor: 13,
+            },
+        )
+        .expect("valid");
+        assert_eq!(ft.enabled_in_gil(), Some(0), "relative to the GIL struct");
+    }
+
+    /// The head of sid's 3.14.10 `_PyRuntime` as stored in its `.data` (values
+    /// the stripped binary carries, not made up): `_gil` at +0x1e68 in the interpreter.
+    fn block_314() -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK_LEN];
+        b[..8].copy_from_slice(COOKIE);
+        let values: [(usize, u64); 17] = [
+            (8, 0x030e0af0),
+            (16, 0),
+            (24, 316616),
+            (32, 784),
+            (40, 808),
+            (48, 225864),
+            (56, 7280),
+            (64, 7272),
+            (72, 7344),
+            (80, 7360),
+            (120, 16),
+            (128, 7784),
+            (136, 0),
+            (144, 7800),
+            (152, 7792),
+            (216, 152),
+            (224, 160),
+        ];
+        for (at, v) in values {
+            b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn a_314_block_is_read_at_its_grown_positions() {
+        let line = PyVersion {
+            major: 3,
+            minor: 14,
+        };
+        let d = parse(&block_314(), line).expect("valid");
+        assert_eq!(d.interpreters_head, 808);
+        assert_eq!(d.interp_next, 7272);
+        assert_eq!(d.ceval_gil, 16);
+        assert_eq!(
+            d.gil_runtime_state, 0x1e68,
+            "DWARF: &PyInterpreterState._gil"
+        );
+        assert_eq!(d.locked_in_gil(), Some(16));
+        assert_eq!(d.holder_in_gil(), Some(8));
+        assert_eq!(
+            d.native_thread_id, 0xa0,
+            "DWARF: PyThreadState.native_thread_id"
+        );
+        // Read with 3.13's positions the same bytes would be nonsense: the table matters.
+        let mut as_313 = block_314();
+        as_313[8..16].copy_from_slice(&0x030d00f0u64.to_le_bytes());
+        let wrong = parse(
+            &as_313,
+            PyVersion {
+                major: 3,
+                minor: 13,
+            },
+        );
+        assert!(
+            wrong.map_or(true, |w| w.locked_in_gil() != Some(16)),
+            "3.13 positions must not happen to fit a 3.14 block"
+        );
+    }
+
+    #[test]
+    fn a_wrong_cookie_or_version_is_refused() {
+        let mut b = block_313(0);
+        b[0] = b'y';
+        assert!(parse(
+            &b,
+            PyVersion {
+                major: 3,
+                minor: 13
+            }
+        )
+        .is_err());
+        let b = block_313(0);
+        let err = parse(
+            &b,
+            PyVersion {
+                major: 3,
+                minor: 14,
+            },
+        )
+        .expect_err("3.13 block, 3.14 file");
+        assert!(err.contains("say 3.13"), "{err}");
+        let err = parse(
+            &block_314(),
+            PyVersion {
+                major: 3,
+                minor: 15,
+            },
+        )
+        .expect_err("3.14 block, 3.15 file");
+        assert!(err.contains("say 3.14"), "{err}");
+        assert!(parse(
+            &b[..20],
+            PyVersion {
+                major: 3,
+                minor: 13
+            }
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! OpenTelemetry out: the metric catalog and series, spans, resources and
+//! Kubernetes metadata, OTLP encoding, the Prometheus exposition and its HTTP
+//! endpoints, and the exporter.
+
+pub mod export;
+pub mod http;
+pub mod kube;
+pub mod metrics;
+pub mod otlp;
+pub mod prometheus;
+pub mod resource;
+pub mod spans;

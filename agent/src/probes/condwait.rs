@@ -1,0 +1,332 @@
+//! musl: uprobes on the libc condvar wait of one process, from
+//! `ebpf/gil_condwait.bpf.c`, giving the GIL waits the futex probe cannot see
+//! there (musl's waiters sleep on their own stack, not on the GIL).
+//!
+//! The counters come back as a [`WaitCounters`] of the same shape the futex
+//! probe produces, and [`merge_into`] folds them into the futex probe's, so a
+//! musl report has the same fields, filled the same way, as a glibc one. Long
+//! waits come out as [`GilEpisode`] records too, as from the futex probe.
+
+use std::num::NonZeroU32;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use aya::programs::UProbe;
+use aya::{Ebpf, EbpfLoader};
+
+use crate::cpython::find::libc::CondWaitSite;
+use crate::cpython::layout::versions::GilLayout;
+use crate::error::{Error, Result};
+use crate::probes::layout::{
+    CondwaitInflight, CondwaitTarget, CondwaitWaits, GilEpisode, ThreadWaits,
+};
+use crate::probes::wait::{counters_of, take_thread_entries, WaitCounters};
+use crate::probes::{bpf_error, map_error, uprobe_error};
+
+static CONDWAIT_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gil_condwait.bpf.o"));
+
+/// A take slice that starts within this long of its timed-out predecessor is the same wait
+/// (the same figure as the futex probe's).
+const CONTINUATION_GAP_NS: u64 = 1_000_000;
+
+/// The per-thread maps of the condvar probe, in the slot order of its
+/// `cond_map_full` array (the counterparts of the futex probe's).
+pub const FULL_MAPS: [&str; crate::probes::layout::map_full_slot::SLOTS] = [
+    "cond_waits",
+    "cond_blocked_by",
+    "cond_inflight",
+    "cond_gil_waits",
+];
+
+/// The attached condvar-wait probes of one process; detached when dropped.
+pub struct CondWaitProbe {
+    ebpf: Ebpf,
+    /// The `cond_episodes` ring buffer (`None`: loaded without a threshold).
+    episodes: Option<RingBuf<MapData>>,
+    /// Where the probe went, for `measured_by`.
+    pub site: CondWaitSite,
+}
+
+impl CondWaitProbe {
+    /// Attaches entry and return probes to musl's condvar wait at `site`, for
+    /// process `pid` only. Nothing is counted until [`CondWaitProbe::watch`].
+    pub fn attach(pid: u32, site: &CondWaitSite) -> Result<Self> {
+        Self::attach_with_episodes(pid, site, 0)
+    }
+
+    /// As [`CondWaitProbe::attach`], and every merged take wait of at least
+    /// `threshold_ns` is recorded as a [`GilEpisode`] (0: none).
+    pub fn attach_with_episodes(pid: u32, site: &CondWaitSite, threshold_ns: u64) -> Result<Self> {
+        Self::attach_with_capacity(pid, site, threshold_ns, None)
+    }
+
+    /// As [`CondWaitProbe::attach_with_episodes`], with the per-thread maps sized
+    /// for `threads` threads of this process (`None`: the built-in 65,536), as
+    /// [`WaitProbe::load_with_capacity`](crate::probes::wait::WaitProbe::load_with_capacity)
+    /// does: for tests that must fill them.
+    pub fn attach_with_capacity(
+        pid: u32,
+        site: &CondWaitSite,
+        threshold_ns: u64,
+        threads: Option<u32>,
+    ) -> Result<Self> {
+        let gap = CONTINUATION_GAP_NS;
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("continuation_gap_ns", &gap, true)
+            .override_global("episode_threshold_ns", &threshold_ns, true);
+        if let Some(threads) = threads.map(|n| n.max(1)) {
+            loader
+                .map_max_entries("cond_waits", threads)
+                .map_max_entries("cond_inflight", threads)
+                .map_max_entries(
+                    "cond_blocked_by",
+                    threads.max(crate::probes::wait::BUILT_IN_THREADS),
+                );
+        }
+        let mut ebpf = loader
+            .load(CONDWAIT_OBJECT)
+            .map_err(|e| bpf_error("loading gil_condwait.bpf.o", &e))?;
+        let pid = NonZeroU32::new(pid).ok_or(Error::NoSuchProcess { pid })?;
+        for program in ["cond_enter", "cond_return"] {
+            let probe: &mut UProbe = ebpf
+                .program_mut(program)
+                .ok_or_else(|| {
+                    Error::Internal(format!("{program} missing from gil_condwait.bpf.o"))
+                })?
+                .try_into()
+                .map_err(|e| bpf_error(program, &e))?;
+            probe.load().map_err(|e| bpf_error(program, &e))?;
+            probe
+                .attach(
+                    UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+                    &site.host_path,
+                    UProbeScope::OneProcess(pid),
+                )
+                .map_err(|e| {
+                    let what = format!(
+                        "attaching {program} to {} in {}",
+                        site.symbol,
+                        site.host_path.display()
+                    );
+                    uprobe_error(&what, &e)
+                })?;
+        }
+        let episodes = match threshold_ns {
+            0 => None,
+            _ => {
+                let map = ebpf.take_map("cond_episodes").ok_or_else(|| {
+                    Error::Internal("map cond_episodes missing from gil_condwait.bpf.o".into())
+                })?;
+                Some(RingBuf::try_from(map).map_err(|e| map_error("cond_episodes", &e))?)
+            }
+        };
+        crate::probes::release_freed_heap();
+        Ok(Self {
+            ebpf,
+            episodes,
+            site: site.clone(),
+        })
+    }
+
+    /// Moves every episode recorded since the last call into `out`.
+    pub fn drain_episodes(&mut self, out: &mut Vec<GilEpisode>) {
+        if let Some(ring) = self.episodes.as_mut() {
+            crate::probes::wait::drain_ring(ring, out);
+        }
+    }
+
+    /// Episodes lost to a full ring buffer (cumulative).
+    pub fn episodes_lost(&self) -> u64 {
+        crate::probes::wait::lost_count(&self.ebpf, "cond_episodes_lost")
+    }
+
+    /// Inserts lost to a full map (cumulative), per map in the slot order of
+    /// [`map_full_slot`](crate::probes::layout::map_full_slot): the musl counterparts of
+    /// [`WaitProbe::entries_dropped`](crate::probes::wait::WaitProbe::entries_dropped).
+    /// A take wait that finds `cond_waits` full counts once per slice.
+    pub fn entries_dropped(
+        &self,
+    ) -> [(&'static str, u64); crate::probes::layout::map_full_slot::SLOTS] {
+        crate::probes::wait::full_counts(&self.ebpf, "cond_map_full", FULL_MAPS)
+    }
+
+    /// The number of entries the kernel gave map `name` (e.g. `cond_waits`).
+    pub fn capacity(&self, name: &str) -> Option<u32> {
+        crate::probes::wait::hash_capacity(&self.ebpf, name)
+    }
+
+    fn map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<BpfHashMap<&MapData, K, V>> {
+        let map = self.ebpf.map(name).ok_or_else(|| {
+            Error::Internal(format!("map {name} missing from gil_condwait.bpf.o"))
+        })?;
+        BpfHashMap::try_from(map).map_err(|e| map_error(name, &e))
+    }
+
+    /// Starts (or updates) counting condvar waits of `tgid` on any of its GILs
+    /// (at most [`MAX_GILS`](crate::probes::layout::MAX_GILS)).
+    pub fn watch(&mut self, tgid: u32, gils: &[u64], layout: &GilLayout) -> Result<()> {
+        let narrow = |v: u64| {
+            u32::try_from(v).map_err(|_| Error::Internal(format!("GIL offset {v} too large")))
+        };
+        let mut target = CondwaitTarget {
+            cond_off: narrow(layout.cond)?,
+            switch_cond_off: narrow(layout.switch_cond)?,
+            last_holder_off: narrow(layout.last_holder)?,
+            ..CondwaitTarget::default()
+        };
+        for (slot, addr) in target.gil_addrs.iter_mut().zip(gils) {
+            *slot = *addr;
+        }
+        let map = self
+            .ebpf
+            .map_mut("cond_targets")
+            .ok_or_else(|| Error::Internal("map cond_targets missing".into()))?;
+        let mut targets: BpfHashMap<&mut MapData, u32, CondwaitTarget> =
+            BpfHashMap::try_from(map).map_err(|e| map_error("cond_targets", &e))?;
+        targets
+            .insert(tgid, target, 0)
+            .map_err(|e| map_error("cond_targets", &e))
+    }
+
+    /// The cumulative counters of `tgid`, shaped like the futex probe's.
+    pub fn read(&self, tgid: u32) -> Result<WaitCounters> {
+        let threads: std::collections::HashMap<u32, ThreadWaits> = self
+            .map::<u32, CondwaitWaits>("cond_waits")?
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, w)| w.tgid == tgid)
+            .map(|(tid, w)| (tid, as_thread_waits(&w)))
+            .collect();
+        Ok(counters_of(
+            tgid,
+            threads,
+            &self.map("cond_blocked_by")?,
+            &self.map("cond_gil_waits")?,
+        ))
+    }
+
+    /// Deletes the entries of threads that exited and returns what they held,
+    /// shaped like the futex probe's (see [`WaitProbe::take_threads`](crate::probes::wait::WaitProbe::take_threads)).
+    pub fn take_threads(&mut self, tids: &[u32]) -> Result<WaitCounters> {
+        let (threads, blocked_by) = take_thread_entries::<CondwaitWaits, CondwaitInflight>(
+            &mut self.ebpf,
+            ["cond_waits", "cond_blocked_by", "cond_inflight"],
+            tids,
+        )?;
+        Ok(WaitCounters {
+            threads: threads
+                .iter()
+                .map(|(tid, w)| (*tid, as_thread_waits(w)))
+                .collect(),
+            blocked_by,
+            gils: std::collections::HashMap::new(),
+        })
+    }
+}
+
+/// A thread's condvar-wait counters in the futex probe's shape.
+fn as_thread_waits(w: &CondwaitWaits) -> ThreadWaits {
+    ThreadWaits {
+        tgid: w.tgid,
+        take_wait_ns: w.take_wait_ns,
+        take_waits: w.take_waits,
+        take_futex_calls: w.take_slices,
+        drop_wait_ns: w.drop_wait_ns,
+        drop_waits: w.drop_waits,
+        take_hist: w.take_hist,
+        ..ThreadWaits::default()
+    }
+}
+
+/// Folds the condvar probe's GIL waits into the futex probe's counters of the
+/// same process. On musl the futex probe saw the same sleeps as "other futex"
+/// waits (their futex word is on the waiter's stack), so that time and those
+/// calls are taken off `other_wait_ns`/`other_waits` rather than counted twice.
+pub fn merge_into(futex: &mut WaitCounters, cond: &WaitCounters) {
+    for (tid, c) in &cond.threads {
+        let w = futex.threads.entry(*tid).or_insert_with(|| ThreadWaits {
+            tgid: c.tgid,
+            ..ThreadWaits::default()
+        });
+        let gil_ns = c.take_wait_ns + c.drop_wait_ns;
+        let gil_calls = c.take_futex_calls + c.drop_waits;
+        w.other_wait_ns = w.other_wait_ns.saturating_sub(gil_ns);
+        w.other_waits = w.other_waits.saturating_sub(gil_calls);
+        w.take_wait_ns += c.take_wait_ns;
+        w.take_waits += c.take_waits;
+        w.take_futex_calls += c.take_futex_calls;
+        w.drop_wait_ns += c.drop_wait_ns;
+        w.drop_waits += c.drop_waits;
+        for (slot, n) in w.take_hist.iter_mut().zip(c.take_hist) {
+            *slot += n;
+        }
+    }
+    for (key, v) in &cond.blocked_by {
+        let b = futex.blocked_by.entry(*key).or_default();
+        b.wait_ns += v.wait_ns;
+        b.segments += v.segments;
+    }
+    for (gil, v) in &cond.gils {
+        let g = futex.gils.entry(*gil).or_default();
+        g.take_wait_ns += v.take_wait_ns;
+        g.take_waits += v.take_waits;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condvar_waits_replace_the_same_sleeps_counted_as_other_futex_waits() {
+        let mut futex = WaitCounters::default();
+        futex.threads.insert(
+            7,
+            ThreadWaits {
+                tgid: 1,
+                other_wait_ns: 1_000,
+                other_waits: 5,
+                ..ThreadWaits::default()
+            },
+        );
+        let mut cond = WaitCounters::default();
+        let mut hist = [0u64; super::super::layout::HIST_SLOTS];
+        hist[9] = 2;
+        cond.threads.insert(
+            7,
+            ThreadWaits {
+                tgid: 1,
+                take_wait_ns: 700,
+                take_waits: 2,
+                take_futex_calls: 3,
+                drop_wait_ns: 100,
+                drop_waits: 1,
+                take_hist: hist,
+                ..ThreadWaits::default()
+            },
+        );
+        cond.threads.insert(
+            8,
+            ThreadWaits {
+                tgid: 1,
+                take_wait_ns: 50,
+                take_waits: 1,
+                ..ThreadWaits::default()
+            },
+        );
+        merge_into(&mut futex, &cond);
+        let w = futex.threads[&7];
+        assert_eq!(
+            (w.take_wait_ns, w.take_waits, w.drop_wait_ns),
+            (700, 2, 100)
+        );
+        assert_eq!((w.other_wait_ns, w.other_waits), (200, 1));
+        assert_eq!(w.take_hist[9], 2);
+        assert_eq!(
+            futex.threads[&8].take_wait_ns, 50,
+            "threads only the condvar probe saw"
+        );
+    }
+}

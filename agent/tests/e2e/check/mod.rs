@@ -1,0 +1,9 @@
+//! `gilscope check`: errors, measured truths, diagnoses, pools and quotas, thread names, capabilities.
+
+mod capabilities;
+mod cpu_and_pools;
+mod diagnoses;
+mod diagnosis_matrix;
+mod errors;
+mod measures_truth;
+mod thread_names;

@@ -1,0 +1,4 @@
+//! The Kubernetes manifests, the Helm chart, the dashboards and alert rules.
+
+mod dashboards;
+mod deploy_manifests;

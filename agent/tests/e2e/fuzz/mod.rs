@@ -1,0 +1,3 @@
+//! The fuzz targets' bodies over the committed seeds and past crashes.
+
+mod fuzz_corpus;

@@ -1,0 +1,84 @@
+//! The kernel side keeps per-thread state only while a process is watched:
+//! unwatching leaves no entry behind in any BPF map.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+use gilscope::cpython::find::locate::{read_gil_state, require_interpreter};
+use gilscope::cpython::remote::memory::RemoteMemory;
+use gilscope::probes::wait::WaitProbe;
+
+#[test]
+fn unwatching_a_process_removes_all_its_kernel_state() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = debian_python311() else {
+        return;
+    };
+    let _machine = serial();
+    let mut probe = WaitProbe::load().expect("load the wait probe");
+    let mut target = Command::new(&python)
+        .args([&workload("cpu_threads.py"), "3", "1.5"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python");
+    let pid = target.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let interp = require_interpreter(pid).expect("CPython");
+    let mem = RemoteMemory::new(pid);
+    let gil = interp.resolve_gil(&mem).expect("GIL address");
+    read_gil_state(pid, &mem, &gil).expect("valid GIL");
+    probe.watch(pid, &[gil.addr], &gil.layout).expect("watch");
+    let _ = target.wait();
+
+    let counters = probe.read(pid).expect("read");
+    assert!(
+        counters.threads.len() >= 3,
+        "three workers waited: {:?}",
+        counters.threads.keys()
+    );
+    assert!(!counters.blocked_by.is_empty());
+    probe.unwatch(pid).expect("unwatch");
+    for (map, entries) in probe.entry_counts().expect("counts") {
+        assert_eq!(entries, 0, "map {map} still holds {entries} entries");
+    }
+}
+
+#[test]
+fn threads_that_exit_or_sleep_through_the_unwatch_leave_nothing_behind() {
+    if !can_use_bpf() {
+        return;
+    }
+    let Some(python) = debian_python311() else {
+        return;
+    };
+    let _machine = serial();
+    let mut probe = WaitProbe::load().expect("load the wait probe");
+    // 300 short threads that exit (their last switch is not a sleep), then a thread
+    // asleep in time.sleep while the process is unwatched.
+    let script = "import threading, time\n\
+                  time.sleep(0.3)\n\
+                  for _ in range(300):\n    t = threading.Thread(target=sum, args=(range(100),)); t.start(); t.join()\n\
+                  threading.Thread(target=time.sleep, args=(2,)).start()\n\
+                  time.sleep(3)\n";
+    let mut target = Command::new(&python)
+        .args(["-c", script])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python");
+    let pid = target.id();
+    std::thread::sleep(Duration::from_millis(150));
+    let interp = require_interpreter(pid).expect("CPython");
+    let mem = RemoteMemory::new(pid);
+    let gil = interp.resolve_gil(&mem).expect("GIL address");
+    read_gil_state(pid, &mem, &gil).expect("valid GIL");
+    probe.watch(pid, &[gil.addr], &gil.layout).expect("watch");
+    std::thread::sleep(Duration::from_millis(1500));
+    probe.unwatch(pid).expect("unwatch while threads sleep");
+    let _ = target.wait();
+    for (map, entries) in probe.entry_counts().expect("counts") {
+        assert_eq!(entries, 0, "map {map} still holds {entries} entries");
+    }
+}

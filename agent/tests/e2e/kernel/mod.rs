@@ -1,0 +1,6 @@
+//! The kernel side: its state after a measurement, full maps, thread churn, intervals of a watched process.
+
+mod kernel_state;
+mod map_full;
+mod thread_churn;
+mod watch_intervals;

@@ -1,0 +1,3 @@
+//! `gilscope top` in a real terminal.
+
+mod top_under_tmux;

@@ -4,9 +4,9 @@
 //!
 //! `cargo run --release --example render_cost`
 
-use gilscope::cli::settings::Temporality;
 use gilscope::otel::metrics::*;
 use gilscope::otel::prometheus::Exposition;
+use gilscope::otel::Temporality;
 use std::time::Instant;
 fn main() {
     let now = Instant::now();

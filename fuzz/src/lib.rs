@@ -131,8 +131,8 @@ pub fn proc_parsers(data: &[u8]) {
         }
         9 => {
             // OTEL_RESOURCE_ATTRIBUTES / OTEL_EXPORTER_OTLP_HEADERS values.
-            let _ = config::parse_key_values(&text);
-            let _ = config::percent_decode(&text);
+            let _ = resource::parse_key_values(&text);
+            let _ = resource::percent_decode(&text);
         }
         10 => {
             // /proc/PID/cmdline: NUL-separated arguments.
@@ -165,7 +165,7 @@ pub fn config(data: &[u8]) {
     for (_, value) in &env {
         let _ = config::parse_duration(value);
         let _ = config::parse_bytes(value);
-        let _ = config::parse_key_values(value);
+        let _ = resource::parse_key_values(value);
     }
     let path = PathBuf::from("/fuzz/gilscope.yaml");
     let Ok(file) = config::parse_file(&path, yaml) else {

@@ -14,7 +14,10 @@ use serde::Deserialize;
 use crate::error::RunError;
 use crate::otel::export::spool::{SpoolSettings, DEFAULT_MAX_BYTES};
 use crate::otel::export::tls::{load_certificates, load_private_key, TlsSettings};
-use crate::otel::resource::TenantRule;
+use crate::otel::export::{Compression, ExportSettings, Protocol};
+use crate::otel::resource::{parse_key_values, TenantRule};
+use crate::otel::spans::SpanSettings;
+use crate::otel::Temporality;
 use crate::watch::discover::{RulePatterns, Rules};
 
 /// Default export interval (`OTEL_METRIC_EXPORT_INTERVAL` has the same default in spirit: 10 s here, not 60 s,
@@ -158,59 +161,6 @@ pub struct PerThreadFile {
 pub struct TenantFile {
     pub value: Option<String>,
     pub resource_attribute: Option<String>,
-}
-
-/// OTLP transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc,
-    HttpProtobuf,
-}
-
-/// Request body compression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-/// Counter temporality.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Temporality {
-    /// Totals since the process was first watched (the OTLP default).
-    Cumulative,
-    /// What happened in the interval only; unchanged series are not re-sent.
-    Delta,
-}
-
-/// Where and how to export.
-#[derive(Debug, Clone)]
-pub struct ExportSettings {
-    /// gRPC: the server URL; HTTP: the full URL of the metrics path.
-    pub endpoint: String,
-    /// gRPC: the server URL; HTTP: the full URL of the traces path (spans).
-    pub traces_endpoint: String,
-    pub protocol: Protocol,
-    pub headers: Vec<(String, String)>,
-    pub timeout: Duration,
-    pub compression: Compression,
-    pub temporality: Temporality,
-    pub batch_points: usize,
-    pub queue_requests: usize,
-    /// `Some`: requests that cannot be sent in time wait on disk instead of being dropped.
-    pub spool: Option<SpoolSettings>,
-    /// `Some` for `https://` endpoints.
-    pub tls: Option<TlsSettings>,
-}
-
-/// GIL contention spans: which waits become spans and how many a process may send.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SpanSettings {
-    /// A merged GIL wait at least this long is an episode.
-    pub threshold: Duration,
-    /// Spans per second per process (token bucket refill; the burst is the same number).
-    pub rate_per_second: f64,
 }
 
 /// Everything `gilscope run` needs, resolved and checked.
@@ -379,38 +329,6 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, RunError> {
         path: path.to_path_buf(),
         why: e.to_string(),
     })
-}
-
-/// Splits `k=v,k2=v2` (the `OTEL_*_HEADERS` / `OTEL_RESOURCE_ATTRIBUTES` format),
-/// percent-decoding keys and values; entries without `=` are skipped.
-pub fn parse_key_values(text: &str) -> Vec<(String, String)> {
-    text.split(',')
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            let k = percent_decode(k.trim());
-            (!k.is_empty()).then(|| (k, percent_decode(v.trim())))
-        })
-        .collect()
-}
-
-/// `%XX` decoding; malformed escapes are kept as they are.
-pub fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn protocol(source: &str, text: &str) -> Result<Protocol, RunError> {
@@ -1481,17 +1399,5 @@ mod tests {
         assert!(parse_bytes("5 parsecs").is_err());
         assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
         assert!(parse_bytes("0").is_err());
-    }
-
-    #[test]
-    fn key_value_lists_are_percent_decoded() {
-        assert_eq!(
-            parse_key_values("service.name=shop%20api, tenant.id=t1,broken"),
-            vec![
-                ("service.name".to_string(), "shop api".to_string()),
-                ("tenant.id".to_string(), "t1".to_string())
-            ]
-        );
-        assert_eq!(percent_decode("100%"), "100%");
     }
 }

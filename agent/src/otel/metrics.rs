@@ -15,7 +15,7 @@ use crate::core::report::{ProcessReport, ThreadReport};
 use crate::probes::layout::HIST_SLOTS;
 use crate::watch::session::{ProcessWatch, Snapshot};
 
-use crate::cli::settings::Temporality;
+use crate::otel::Temporality;
 
 /// What kind of instrument a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

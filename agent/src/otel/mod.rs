@@ -10,3 +10,12 @@ pub mod otlp;
 pub mod prometheus;
 pub mod resource;
 pub mod spans;
+
+/// Counter temporality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Temporality {
+    /// Totals since the process was first watched (the OTLP default).
+    Cumulative,
+    /// What happened in the interval only; unchanged series are not re-sent.
+    Delta,
+}

@@ -26,9 +26,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
 
-use crate::cli::settings::Temporality;
 use crate::otel::metrics::{wait_bounds_s, Kind, Point, ProcessSeries, Value};
 use crate::otel::spans::Episode;
+use crate::otel::Temporality;
 
 /// How requests are shaped. Every series and every sample is sent either way;
 /// lean only leaves out what a receiver does not need again and makes the rest

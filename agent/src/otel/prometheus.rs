@@ -18,8 +18,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::cli::settings::Temporality;
 use crate::otel::metrics::{self, wait_bounds_s, Kind, MetricDef, Point, Value};
+use crate::otel::Temporality;
 
 /// OTLP units and the word Prometheus names carry for them (the OpenTelemetry
 /// collector's table, which VictoriaMetrics copies).

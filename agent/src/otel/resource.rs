@@ -12,8 +12,39 @@
 
 use std::io::Read;
 
-use crate::cli::settings::parse_key_values;
 use crate::otel::kube::PodMetadata;
+
+/// Splits `k=v,k2=v2` (the `OTEL_*_HEADERS` / `OTEL_RESOURCE_ATTRIBUTES` format),
+/// percent-decoding keys and values; entries without `=` are skipped.
+pub fn parse_key_values(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let k = percent_decode(k.trim());
+            (!k.is_empty()).then(|| (k, percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+/// `%XX` decoding; malformed escapes are kept as they are.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// Bytes of `/proc/PID/environ` scanned at most. The environment is streamed
 /// (never held whole), so this bounds the time spent on a huge one, not memory.
@@ -583,5 +614,17 @@ mod tests {
             Some("acme"),
             "never the target's own tenant.id"
         );
+    }
+
+    #[test]
+    fn key_value_lists_are_percent_decoded() {
+        assert_eq!(
+            parse_key_values("service.name=shop%20api, tenant.id=t1,broken"),
+            vec![
+                ("service.name".to_string(), "shop api".to_string()),
+                ("tenant.id".to_string(), "t1".to_string())
+            ]
+        );
+        assert_eq!(percent_decode("100%"), "100%");
     }
 }

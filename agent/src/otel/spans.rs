@@ -13,12 +13,21 @@
 //! become the `cpython.gil.episodes` counter next to the process's metrics.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::probes::layout::GilEpisode;
 
-use crate::cli::settings::{SpanSettings, Temporality};
 use crate::otel::metrics::{Point, Value, GIL_EPISODES};
+use crate::otel::Temporality;
+
+/// GIL contention spans: which waits become spans and how many a process may send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpanSettings {
+    /// A merged GIL wait at least this long is an episode.
+    pub threshold: Duration,
+    /// Spans per second per process (token bucket refill; the burst is the same number).
+    pub rate_per_second: f64,
+}
 
 /// Two long waits of one thread with less than this between them are one
 /// episode: the thread got the GIL but ran under 1 ms (the kernel's own

@@ -6,6 +6,8 @@
 
 mod common;
 
+mod architecture;
+
 mod check;
 mod deploy;
 mod fuzz;

@@ -26,12 +26,13 @@ use crate::probes::layout::GilEpisode;
 use crate::probes::wait::WaitProbe;
 use crate::watch::session::{ProcessWatch, Snapshot};
 
-use crate::cli::settings::{Settings, Temporality};
+use crate::cli::settings::Settings;
 use crate::error::RunError;
 use crate::otel::export::{self, budget, hold, ExportStats, Exporter};
 use crate::otel::metrics::{self, IntervalInput, Point, ProcessSeries, Value};
 use crate::otel::otlp::{self, Clock};
 use crate::otel::resource::{self, Host, ProcessFacts};
+use crate::otel::Temporality;
 use crate::otel::{http, kube, spans};
 use crate::watch::discover::{self, Discovery, Identity, Verdict};
 

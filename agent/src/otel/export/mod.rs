@@ -36,9 +36,45 @@ use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::Channel;
 
-use crate::cli::settings::{Compression, ExportSettings, Protocol};
 use crate::error::RunError;
-use crate::otel::export::spool::{Kind, Spool, SpoolError};
+use crate::otel::Temporality;
+use spool::{Kind, Spool, SpoolError, SpoolSettings};
+use tls::TlsSettings;
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// Request body compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// Where and how to export.
+#[derive(Debug, Clone)]
+pub struct ExportSettings {
+    /// gRPC: the server URL; HTTP: the full URL of the metrics path.
+    pub endpoint: String,
+    /// gRPC: the server URL; HTTP: the full URL of the traces path (spans).
+    pub traces_endpoint: String,
+    pub protocol: Protocol,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub compression: Compression,
+    pub temporality: Temporality,
+    pub batch_points: usize,
+    pub queue_requests: usize,
+    /// `Some`: requests that cannot be sent in time wait on disk instead of being dropped.
+    pub spool: Option<SpoolSettings>,
+    /// `Some` for `https://` endpoints.
+    pub tls: Option<TlsSettings>,
+}
 
 /// What the exporter did, for self-telemetry (all cumulative).
 #[derive(Debug, Default)]
@@ -1074,7 +1110,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::settings::Temporality;
+    use crate::otel::Temporality;
 
     fn settings(protocol: Protocol, endpoint: &str) -> ExportSettings {
         ExportSettings {

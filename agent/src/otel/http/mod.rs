@@ -21,10 +21,10 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
 
-use crate::cli::settings::Temporality;
 use crate::error::RunError;
 use crate::otel::metrics::{Point, ProcessSeries};
 use crate::otel::prometheus::{Batch, Exposition};
+use crate::otel::Temporality;
 
 /// What the loop tells the probes: when it last went round, how far it got.
 #[derive(Debug)]

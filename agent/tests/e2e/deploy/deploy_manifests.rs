@@ -254,7 +254,8 @@ fn daemonset_env(daemonset: &Value) -> BTreeMap<String, String> {
 
 #[test]
 fn the_configmap_and_env_are_a_config_gilscope_run_accepts() {
-    use gilscope::cli::settings::{resolve, Flags, Protocol};
+    use gilscope::cli::settings::{resolve, Flags};
+    use gilscope::otel::export::Protocol;
     let plain = plain_objects();
     let daemonset = &plain["DaemonSet/gilscope"];
     let args = &daemonset["spec"]["template"]["spec"]["containers"][0]["args"];

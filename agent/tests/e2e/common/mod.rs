@@ -17,9 +17,31 @@ use serde_json::Value;
 /// Measurements of CPU and GIL wait are only true when one workload runs at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The machine held by one measuring test: this process's lock, and a file
+/// lock that other test processes (other checkouts on the same machine) honour.
+pub struct Machine {
+    _in_process: MutexGuard<'static, ()>,
+    _across_processes: Option<std::fs::File>,
+}
+
 /// Holds the machine for one measuring test.
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+pub fn serial() -> Machine {
+    let in_process = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("gilscope-e2e-machine.lock"))
+        .ok();
+    if let Some(f) = &file {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor we own; released when it is closed.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    }
+    Machine {
+        _in_process: in_process,
+        _across_processes: file,
+    }
 }
 
 fn in_ci() -> bool {

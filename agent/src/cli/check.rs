@@ -14,20 +14,22 @@ use std::time::{Duration, Instant};
 use crate::core::analyse::{
     analyse, estimate, lock_contention, CpuEnvironment, Measurement, PreciseCounters,
 };
+use crate::core::cpu::{ThreadSample, Throttling};
 use crate::core::diagnose::{diagnose, Facts};
 use crate::core::report::{Ending, Mode, PreciseProbes, ProbeSite, Report, SCHEMA};
 use crate::core::retire::{self, Retirement};
+use crate::core::samples::GilSamples;
 use crate::cpython::find::elf::ElfImage;
 use crate::cpython::find::functions::{self, FoundBy, FoundFunction};
 use crate::cpython::find::libc as c_library;
 use crate::cpython::find::locate::{self, GilSite, Interpreter};
-use crate::cpython::gil_sampler::{GilSampler, GilSamples, TstateResolver};
+use crate::cpython::gil_sampler::{GilSampler, TstateResolver};
 use crate::cpython::layout::versions::ThreadIdField;
 use crate::cpython::remote::memory::RemoteMemory;
 use crate::cpython::thread_names::ThreadNameReader;
 use crate::error::{Error, Result};
-use crate::os::cgroup::{affinity_cpus, throttled_between, CpuCgroup, Throttling};
-use crate::os::threads::{sample_threads, ThreadSample};
+use crate::os::cgroup::{affinity_cpus, throttled_between, CpuCgroup};
+use crate::os::threads::sample_threads;
 use crate::probes::condwait::{self, CondWaitProbe};
 use crate::probes::layout::MAX_GILS;
 use crate::probes::lock::LockProbe;

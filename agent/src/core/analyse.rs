@@ -6,14 +6,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::core::counters::HIST_SLOTS;
+use crate::core::cpu::ThreadSample;
+use crate::core::cpu::Throttling;
 use crate::core::report::{
     BlockedBy, Estimate, GilReport, HotLock, InterpreterInfo, LockContention, Mode, ProcessReport,
     ThreadReport,
 };
-use crate::cpython::gil_sampler::GilSamples;
-use crate::os::cgroup::Throttling;
-use crate::os::threads::ThreadSample;
-use crate::probes::layout::{LockVal, PreciseGil, ThreadWaits, HIST_SLOTS};
+use crate::core::samples::GilSamples;
+use crate::probes::layout::{LockVal, PreciseGil, ThreadWaits};
 use crate::probes::lock::LockCounters;
 use crate::probes::wait::WaitCounters;
 

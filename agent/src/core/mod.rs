@@ -3,6 +3,9 @@
 //! what it means.
 
 pub mod analyse;
+pub mod counters;
+pub mod cpu;
 pub mod diagnose;
 pub mod report;
 pub mod retire;
+pub mod samples;

@@ -17,8 +17,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::cpython::gil_sampler::{GilSamples, HoldStretches, SampledProcess};
-use crate::os::threads::ThreadSample;
+use crate::core::cpu::ThreadSample;
+use crate::core::samples::{GilSamples, HoldStretches};
+use crate::cpython::gil_sampler::SampledProcess;
 use crate::probes::condwait::{self, CondWaitProbe};
 use crate::probes::layout::{BlockedKey, BlockedVal, ThreadWaits};
 use crate::probes::wait::{WaitCounters, WaitProbe};

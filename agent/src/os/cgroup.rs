@@ -12,6 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::core::cpu::Throttling;
+
 /// Where a process's CPU controller lives, and how to read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuCgroup {
@@ -20,14 +22,6 @@ pub struct CpuCgroup {
     /// Directories from the leaf up to the controller's mount point.
     pub ancestry: Vec<PathBuf>,
     pub v2: bool,
-}
-
-/// Cumulative throttling counters of one cgroup level.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Throttling {
-    pub periods: u64,
-    pub throttled_periods: u64,
-    pub throttled_ns: u64,
 }
 
 /// Parses `cpu.stat`: v2 has `throttled_usec`, v1 `throttled_time` (ns).

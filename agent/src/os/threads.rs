@@ -7,17 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::core::cpu::ThreadSample;
 use crate::error::{Error, Result};
-
-/// One thread at one instant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ThreadSample {
-    pub tid: u32,
-    /// OS thread name (`comm`), at most 15 bytes.
-    pub os_name: String,
-    pub on_cpu_ns: u64,
-    pub runqueue_ns: u64,
-}
 
 /// Reads every live thread of `pid`; `NoSuchProcess` once the process is gone.
 pub fn sample_threads(pid: u32) -> Result<BTreeMap<u32, ThreadSample>> {

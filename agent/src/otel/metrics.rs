@@ -10,9 +10,9 @@
 use std::time::Instant;
 
 use crate::core::analyse::{analyse, estimate};
+use crate::core::counters::HIST_SLOTS;
 use crate::core::diagnose::{diagnose, Facts};
 use crate::core::report::{ProcessReport, ThreadReport};
-use crate::probes::layout::HIST_SLOTS;
 use crate::watch::session::{ProcessWatch, Snapshot};
 
 use crate::otel::Temporality;

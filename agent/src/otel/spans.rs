@@ -1,6 +1,6 @@
 //! GIL contention episodes, from kernel records to the spans of one interval.
 //!
-//! The wait probe sends one [`GilEpisode`] per merged GIL wait over the span
+//! The wait probe sends one [`WaitEpisode`] per merged GIL wait over the span
 //! threshold. Every poll the daemon drains them and [`Episodes::record`] resolves
 //! the holder thread states to tids at once (a thread state is freed, and its
 //! memory reused, when its thread exits). At the end of an interval
@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::probes::layout::GilEpisode;
+use crate::core::counters::WaitEpisode;
 
 use crate::otel::metrics::{Point, Value, GIL_EPISODES};
 use crate::otel::Temporality;
@@ -76,7 +76,7 @@ impl ThreadLookup for crate::watch::session::ProcessWatch {
 }
 
 /// Whether every holder the record names is the waiter itself.
-fn own_tstate_only(record: &GilEpisode, threads: &dyn ThreadLookup) -> bool {
+fn own_tstate_only(record: &WaitEpisode, threads: &dyn ThreadLookup) -> bool {
     let mut named = record.holders.iter().filter(|t| **t != 0).peekable();
     named.peek().is_some() && named.all(|t| threads.tid_of_tstate(*t) == Some(record.tid))
 }
@@ -184,7 +184,7 @@ impl Episodes {
     }
 
     /// Resolves one kernel record of process `record.tgid` and keeps it for the interval.
-    pub fn record(&mut self, record: &GilEpisode, threads: &dyn ThreadLookup) {
+    pub fn record(&mut self, record: &WaitEpisode, threads: &dyn ThreadLookup) {
         let mut holders: Vec<(u32, String)> = Vec::new();
         for tstate in record.holders.iter().copied().filter(|t| *t != 0) {
             if let Some(tid) = threads.tid_of_tstate(tstate) {
@@ -209,7 +209,7 @@ impl Episodes {
             wait_ns: record.end_ns.saturating_sub(record.start_ns),
             holders,
             slices: record.slices,
-            retake: record.retake != 0,
+            retake: record.retake,
             records: 1,
         };
         let burst = self.settings.rate_per_second.max(1.0);
@@ -386,7 +386,7 @@ mod tests {
         });
         // 20 episodes of process 7 over 2.5 s (every 125 ms), 1 of process 8.
         for i in 0..20u64 {
-            let record = GilEpisode {
+            let record = WaitEpisode {
                 tgid: 7,
                 tid: 10 + (i % 4) as u32,
                 start_ns: i * 125 * MS,
@@ -395,29 +395,29 @@ mod tests {
                 // The waiter itself and an unresolvable tstate are left out.
                 holders: [0x100 * (10 + ((i + 1) % 4)), 0x100 * (10 + (i % 4)), 0x7, 0],
                 slices: 3,
-                retake: 0,
+                retake: false,
             };
             eps.record(&record, &Names);
         }
         eps.record(
-            &GilEpisode {
+            &WaitEpisode {
                 tgid: 8,
                 tid: 1,
                 start_ns: 0,
                 end_ns: 80 * MS,
-                ..GilEpisode::default()
+                ..WaitEpisode::default()
             },
             &Names,
         );
         // A signal-side block of the dropping thread itself: not an episode.
         eps.record(
-            &GilEpisode {
+            &WaitEpisode {
                 tgid: 7,
                 tid: 12,
                 start_ns: 0,
                 end_ns: 300 * MS,
                 holders: [0x100 * 12, 0, 0, 0],
-                ..GilEpisode::default()
+                ..WaitEpisode::default()
             },
             &Names,
         );

@@ -14,12 +14,11 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 
+use crate::core::counters::WaitEpisode;
 use crate::cpython::find::libc::CondWaitSite;
 use crate::cpython::layout::versions::GilLayout;
 use crate::error::{Error, Result};
-use crate::probes::layout::{
-    CondwaitInflight, CondwaitTarget, CondwaitWaits, GilEpisode, ThreadWaits,
-};
+use crate::probes::layout::{CondwaitInflight, CondwaitTarget, CondwaitWaits, ThreadWaits};
 use crate::probes::wait::{counters_of, take_thread_entries, WaitCounters};
 use crate::probes::{bpf_error, map_error, uprobe_error};
 
@@ -131,7 +130,7 @@ impl CondWaitProbe {
     }
 
     /// Moves every episode recorded since the last call into `out`.
-    pub fn drain_episodes(&mut self, out: &mut Vec<GilEpisode>) {
+    pub fn drain_episodes(&mut self, out: &mut Vec<WaitEpisode>) {
         if let Some(ring) = self.episodes.as_mut() {
             crate::probes::wait::drain_ring(ring, out);
         }
@@ -292,7 +291,7 @@ mod tests {
             },
         );
         let mut cond = WaitCounters::default();
-        let mut hist = [0u64; super::super::layout::HIST_SLOTS];
+        let mut hist = [0u64; crate::core::counters::HIST_SLOTS];
         hist[9] = 2;
         cond.threads.insert(
             7,

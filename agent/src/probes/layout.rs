@@ -5,8 +5,7 @@
 //! bottom reads the BTF that clang emitted for the compiled objects and compares
 //! each struct's size and member offsets with these definitions.
 
-/// log2(ns) histogram slots: slot i counts waits in [2^i, 2^(i+1)) ns.
-pub const HIST_SLOTS: usize = 64;
+use crate::core::counters::{EPISODE_HOLDERS, HIST_SLOTS};
 
 /// Classes of `enum wait_kind`: futex waits (on the GIL or not), then sleeps in
 /// other syscalls by family, so a thread's blocked time can be told apart.
@@ -149,9 +148,6 @@ pub struct FutexInflight {
     pub holders: [u64; EPISODE_HOLDERS],
 }
 
-/// Distinct holders one episode record names (`GILSCOPE_EPISODE_HOLDERS`).
-pub const EPISODE_HOLDERS: usize = 4;
-
 /// One GIL contention episode (ring buffer `episodes`): a merged take wait of
 /// at least the configured threshold, so long waits can leave the node as spans
 /// with their waiter and holders instead of only as histogram counts.
@@ -171,6 +167,21 @@ pub struct GilEpisode {
     pub slices: u32,
     /// 1: began right after a wake from a non-GIL sleep.
     pub retake: u32,
+}
+
+impl From<GilEpisode> for crate::core::counters::WaitEpisode {
+    fn from(e: GilEpisode) -> Self {
+        Self {
+            tgid: e.tgid,
+            tid: e.tid,
+            start_ns: e.start_ns,
+            end_ns: e.end_ns,
+            gil_addr: e.gil_addr,
+            holders: e.holders,
+            slices: e.slices,
+            retake: e.retake != 0,
+        }
+    }
 }
 
 /// (process, GIL) of map `gil_waits`.

@@ -14,6 +14,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
+use crate::core::counters::WaitEpisode;
 use crate::cpython::layout::versions::GilLayout;
 use crate::error::{Error, Result};
 use crate::probes::layout::{
@@ -84,13 +85,14 @@ pub struct WaitProbe {
 }
 
 /// Moves every [`GilEpisode`] in an episode ring buffer into `out`.
-pub(crate) fn drain_ring(ring: &mut RingBuf<MapData>, out: &mut Vec<GilEpisode>) {
+pub(crate) fn drain_ring(ring: &mut RingBuf<MapData>, out: &mut Vec<WaitEpisode>) {
     while let Some(item) = ring.next() {
         if item.len() >= std::mem::size_of::<GilEpisode>() {
             // SAFETY: GilEpisode is repr(C) Pod (any bit pattern is valid) and the
             // item holds at least size_of::<GilEpisode>() bytes; read_unaligned
             // makes no assumption about the item's alignment.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<GilEpisode>()) });
+            let record = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<GilEpisode>()) };
+            out.push(record.into());
         }
     }
 }
@@ -216,7 +218,7 @@ impl WaitProbe {
 
     /// Moves every episode the kernel recorded since the last call into `out`
     /// (of all watched processes; nothing when loaded without a threshold).
-    pub fn drain_episodes(&mut self, out: &mut Vec<GilEpisode>) {
+    pub fn drain_episodes(&mut self, out: &mut Vec<WaitEpisode>) {
         if let Some(ring) = self.episodes.as_mut() {
             drain_ring(ring, out);
         }

@@ -13,16 +13,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::core::analyse::{CpuEnvironment, Measurement};
+use crate::core::cpu::{ThreadSample, Throttling};
 use crate::core::report::{InterpreterInfo, Mode};
 use crate::core::retire::{self, Retirement};
+use crate::core::samples::GilSamples;
 use crate::cpython::find::locate::{self, GilSite, Interpreter};
-use crate::cpython::gil_sampler::{GilSamples, SampledProcess, SamplerPool, TstateResolver};
+use crate::cpython::gil_sampler::{SampledProcess, SamplerPool, TstateResolver};
 use crate::cpython::layout::versions::ThreadIdField;
 use crate::cpython::remote::memory::RemoteMemory;
 use crate::cpython::thread_names::ThreadNameReader;
 use crate::error::Result;
-use crate::os::cgroup::{affinity_cpus, throttled_between, CpuCgroup, Throttling};
-use crate::os::threads::{sample_threads, sample_threads_named, ThreadSample};
+use crate::os::cgroup::{affinity_cpus, throttled_between, CpuCgroup};
+use crate::os::threads::{sample_threads, sample_threads_named};
 use crate::probes::condwait::{self, CondWaitProbe};
 use crate::probes::layout::MAX_GILS;
 use crate::probes::wait::{WaitCounters, WaitProbe};
@@ -383,7 +385,7 @@ impl ProcessWatch {
 
     /// musl: moves the condvar probe's episode records into `out` (the futex
     /// probe's come from [`WaitProbe::drain_episodes`] for all processes at once).
-    pub fn drain_episodes(&mut self, out: &mut Vec<crate::probes::layout::GilEpisode>) {
+    pub fn drain_episodes(&mut self, out: &mut Vec<crate::core::counters::WaitEpisode>) {
         if let Some(c) = self.condwait.as_mut() {
             c.drain_episodes(out);
         }

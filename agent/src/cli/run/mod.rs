@@ -21,8 +21,8 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::core::counters::WaitEpisode;
 use crate::cpython::gil_sampler::SamplerPool;
-use crate::probes::layout::GilEpisode;
 use crate::probes::wait::WaitProbe;
 use crate::watch::session::{ProcessWatch, Snapshot};
 
@@ -115,7 +115,7 @@ struct Daemon {
     /// Contention episodes waiting for the interval (`None`: spans off).
     episodes: Option<spans::Episodes>,
     /// Reused buffer for draining the kernel's episode records.
-    episode_buf: Vec<GilEpisode>,
+    episode_buf: Vec<WaitEpisode>,
     /// Episodes lost by the per-process (musl) probes of released processes,
     /// so the lost counter never goes down when one is released.
     released_episodes_lost: u64,

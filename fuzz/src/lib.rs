@@ -16,7 +16,6 @@ use gilscope::cpython::layout::versions::PyVersion;
 use gilscope::os::{cgroup, pidns, threads};
 use gilscope::otel::export::spool;
 use gilscope::otel::{kube, resource};
-use gilscope::watch::discover;
 
 /// What the agent does with an interpreter file found mapped in a process:
 /// symbols and version (`inspect_parsed`), the `_PyRuntime` debug-offsets
@@ -106,7 +105,7 @@ pub fn proc_parsers(data: &[u8]) {
             let _ = cgroup::CpuCgroup::from_texts(cgroup_text, mountinfo);
         }
         3 => {
-            let _ = discover::parse_start_ticks(&text);
+            let _ = gilscope::os::process::parse_start_ticks(&text);
         }
         4 => {
             let _ = resource::parse_target_env(rest);

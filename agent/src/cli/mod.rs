@@ -2,6 +2,7 @@
 //! `run` (the node daemon), with their settings and the report's text form.
 
 pub mod check;
+pub mod measured_by;
 pub mod render;
 pub mod run;
 pub mod settings;

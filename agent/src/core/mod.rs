@@ -3,6 +3,7 @@
 //! what it means.
 
 pub mod analyse;
+pub mod assess;
 pub mod counters;
 pub mod cpu;
 pub mod diagnose;

@@ -321,39 +321,6 @@ impl Drop for SampledProcess {
     }
 }
 
-/// A sampler of one process on a thread of its own, for `check` (one process,
-/// possibly a high rate); the daemon shares one [`SamplerPool`] among all.
-pub struct GilSampler {
-    process: SampledProcess,
-    _pool: SamplerPool,
-}
-
-impl GilSampler {
-    /// Starts sampling the GIL at `gil_addr` of `pid` at `hz` samples per second.
-    pub fn start(pid: u32, gil: GilSite, resolver: Arc<TstateResolver>, hz: u32) -> Self {
-        let pool = SamplerPool::start(hz);
-        Self {
-            process: pool.add(pid, gil, resolver),
-            _pool: pool,
-        }
-    }
-
-    /// The tally so far, without stopping.
-    pub fn snapshot(&self) -> GilSamples {
-        self.process.snapshot()
-    }
-
-    /// The sampled process, for taking retired threads out of its tally.
-    pub fn sampled(&self) -> &SampledProcess {
-        &self.process
-    }
-
-    /// Stops sampling and returns the tally.
-    pub fn stop(self) -> GilSamples {
-        self.process.stop()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

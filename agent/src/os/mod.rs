@@ -3,4 +3,6 @@
 
 pub mod cgroup;
 pub mod pidns;
+pub mod process;
+pub mod signals;
 pub mod threads;

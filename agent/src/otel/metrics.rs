@@ -13,7 +13,7 @@ use crate::core::analyse::{analyse, estimate};
 use crate::core::counters::HIST_SLOTS;
 use crate::core::diagnose::{diagnose, Facts};
 use crate::core::report::{ProcessReport, ThreadReport};
-use crate::watch::session::{ProcessWatch, Snapshot};
+use crate::watch::session::{Session, Snapshot};
 
 use crate::otel::Temporality;
 
@@ -337,7 +337,7 @@ pub struct ProcessSeries {
 
 /// What one interval of one process needs.
 pub struct IntervalInput<'a> {
-    pub watch: &'a ProcessWatch,
+    pub watch: &'a Session,
     pub first: &'a Snapshot,
     pub prev: &'a Snapshot,
     pub cur: &'a Snapshot,

@@ -66,12 +66,12 @@ pub trait ThreadLookup {
     fn thread_name(&self, tid: u32) -> String;
 }
 
-impl ThreadLookup for crate::watch::session::ProcessWatch {
+impl ThreadLookup for crate::watch::session::Session {
     fn tid_of_tstate(&self, tstate: u64) -> Option<u32> {
-        crate::watch::session::ProcessWatch::tid_of_tstate(self, tstate)
+        crate::watch::session::Session::tid_of_tstate(self, tstate)
     }
     fn thread_name(&self, tid: u32) -> String {
-        crate::watch::session::ProcessWatch::thread_name(self, tid)
+        crate::watch::session::Session::thread_name(self, tid)
     }
 }
 

@@ -17,9 +17,12 @@
 //! ago, since exec wrappers exec right after they start). A CPython
 //! process whose GIL does not exist yet (still starting) is retried.
 
+use crate::os::process::{
+    full_command_line, list_pids, process_count, same_executable, start_ticks, ticks_per_s,
+    uptime_s,
+};
 use std::collections::{HashMap, HashSet};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -202,90 +205,6 @@ const REFUSED_RECHECK: u64 = 4;
 /// container entry point), so one that did not for long is looked at rarely,
 /// and a node's hundreds of other processes cost almost nothing per poll.
 const REFUSED_RECHECK_MAX: u64 = 120;
-
-/// Bytes of `/proc/PID/cmdline` the rules are matched against at most.
-const CMDLINE_LIMIT: u64 = 128 * 1024;
-
-/// The command line the rules see: every argument (NULs to spaces), up to
-/// [`CMDLINE_LIMIT`]. Not the shortened one shown to people, so a pattern that
-/// matches a late argument (an include, or an exclude) still applies.
-fn full_command_line(pid: u32) -> String {
-    use std::io::Read;
-    let mut raw = Vec::new();
-    if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/cmdline")) {
-        let _ = f.take(CMDLINE_LIMIT).read_to_end(&mut raw);
-    }
-    let text = String::from_utf8_lossy(&raw);
-    text.split('\0')
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Whether two readings of `/proc/PID/exe` name the same executable. A file
-/// replaced on disk while it runs (a package upgrade renames a new one over it)
-/// reads as `PATH (deleted)`: still the same program, not an exec.
-pub fn same_executable(before: &Path, now: &Path) -> bool {
-    let strip = |p: &Path| -> PathBuf {
-        let bytes = p.as_os_str().as_bytes();
-        PathBuf::from(std::ffi::OsStr::from_bytes(
-            bytes.strip_suffix(b" (deleted)").unwrap_or(bytes),
-        ))
-    };
-    before == now || strip(before) == strip(now)
-}
-
-/// The pids in /proc (processes, not threads).
-pub fn list_pids() -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .collect()
-}
-
-/// The number of processes of the node, in one `stat`: procfs gives /proc a link
-/// count of its own few links plus one per process (thread group, not thread).
-/// Listing /proc walks every *thread* of the node in the kernel, which at a
-/// thousand threads costs more than everything else the poll does.
-fn process_count() -> Option<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc").ok().map(|m| m.nlink())
-}
-
-/// Start time in ticks after boot, from `/proc/PID/stat` (after the `comm` field,
-/// which may hold spaces and parentheses).
-pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_ticks(&stat)
-}
-
-/// Field 22 of a `/proc/PID/stat` line.
-pub fn parse_start_ticks(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    // After ')' come field 3 (state) onwards: starttime is field 22, the 20th here.
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Seconds since boot.
-pub fn uptime_s() -> f64 {
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
-pub fn ticks_per_s() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
 
 /// How long a process whose interpreter is not mapped yet stays pending (ld.so
 /// maps libpython within milliseconds of exec).
@@ -478,44 +397,6 @@ impl Discovery {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_replaced_executable_is_the_same_program() {
-        let p = |s: &str| PathBuf::from(s);
-        assert!(same_executable(
-            &p("/usr/bin/python3.11"),
-            &p("/usr/bin/python3.11 (deleted)")
-        ));
-        assert!(same_executable(&p("/x (deleted)"), &p("/x")));
-        assert!(!same_executable(&p("/usr/bin/python3.11"), &p("/bin/sh")));
-        assert!(!same_executable(
-            &p("/usr/bin/python3.11"),
-            &p("/usr/bin/python3.1")
-        ));
-    }
-
-    #[test]
-    fn rules_see_arguments_past_the_shortened_command_line() {
-        let long = "x".repeat(300);
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 5", &long, "late-marker"])
-            .spawn()
-            .expect("spawn sh");
-        // Until the child has exec'd (before, it shows the test's own command line).
-        let mut full = String::new();
-        for _ in 0..200 {
-            full = full_command_line(child.id());
-            if full.starts_with("sh ") {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let shown = crate::watch::session::command_line(child.id());
-        let _ = child.kill();
-        let _ = child.wait();
-        assert!(full.ends_with(&format!("{long} late-marker")), "{full}");
-        assert!(!shown.contains("late-marker"), "{shown}");
-    }
-
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
     }
@@ -584,14 +465,6 @@ mod tests {
         };
         let err = Rules::new(&p, Duration::ZERO).expect_err("glob");
         assert!(err.to_string().contains("glob '['"), "{err}");
-    }
-
-    #[test]
-    fn start_time_is_read_past_a_command_name_with_spaces() {
-        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000 200";
-        assert_eq!(parse_start_ticks(stat), Some(987_654));
-        let own = start_ticks(std::process::id());
-        assert!(own.is_some_and(|t| t > 0));
     }
 
     #[test]

@@ -1,208 +1,255 @@
-//! Every CPython process on the host (or a chosen few), measured interval by interval.
-//!
-//! [`LiveSet::refresh`] finds CPython processes in procfs (once per process:
-//! a process that is not CPython, or not a supported one, is remembered and not
-//! looked at again), watches the new ones, forgets the ones that exited (their
-//! kernel state is released), and reports what each did since the previous
-//! refresh. `gilscope top` draws these reports; nothing here prints.
+//! A set of watched CPython processes: every one on the host the rules admit
+//! (`top`, `run`), a few chosen pids (`top --pid`), or the children of a
+//! measured process (`check`'s pool workers). One [`Session`] per member, one
+//! GIL sampler thread for all, one retry policy ([`Discovery`]): a process
+//! that is not CPython is refused once and looked at again only after an
+//! `exec`; one whose GIL is not ready yet is retried until it is (or refused
+//! after a while); one that exits or execs into another program leaves.
+//! Nothing here prints or exports: the front ends read the members.
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::core::analyse::{analyse, estimate};
-use crate::core::diagnose::{diagnose, Facts};
-use crate::core::report::{Diagnosis, Estimate, ProcessReport, ThreadReport};
 use crate::cpython::gil_sampler::SamplerPool;
-use crate::error::{Error, Result};
-use crate::probes::wait::WaitProbe;
-use crate::watch::session::{ProcessWatch, Snapshot};
+use crate::os::process::{descendants, same_executable, start_ticks};
+use crate::probes::wait::{WaitCounters, WaitProbe};
+use crate::watch::discover::{Discovery, Identity, Listing, Rules, Verdict};
+use crate::watch::session::{Session, SessionOptions, Snapshot};
 
-/// Attempts on a process whose interpreter is still starting (GIL not there yet).
-const MAX_ATTEMPTS: u32 = 10;
-
-/// What one process did over the last interval.
+/// Which processes a fleet watches.
 #[derive(Debug, Clone)]
-pub struct ProcessView {
-    pub pid: u32,
-    pub command: String,
-    pub version: String,
-    pub process: ProcessReport,
-    pub threads: Vec<ThreadReport>,
-    pub diagnosis: Vec<Diagnosis>,
-    pub estimate: Estimate,
+pub enum Scope {
+    /// Every CPython process of the host that the rules admit.
+    Host(Rules),
+    /// Just these pids.
+    Pids(Vec<u32>),
+    /// The descendants of `root` (pool workers), at most `max` of them; those
+    /// that start after the first look are counted from their birth.
+    Descendants { root: u32, max: usize },
 }
 
-struct Live {
-    watch: ProcessWatch,
-    last: Snapshot,
+/// One watched process, its snapshots, and what the front end keeps with it.
+pub struct Member<T> {
+    pub session: Session,
+    pub identity: Identity,
+    /// When watching began (kernel counters at zero).
+    pub first: Snapshot,
+    /// The end of the last interval.
+    pub prev: Snapshot,
+    pub extra: T,
 }
 
-/// Why a pid is not watched, remembered per process start time (pids are reused).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Skipped {
-    start_time: u64,
-    attempts: u32,
-    final_: bool,
-}
-
-/// The watched processes and the one wait probe they share.
-pub struct LiveSet {
-    probe: WaitProbe,
-    only: Option<Vec<u32>>,
-    /// One sampler thread for every watched process (not one thread each).
-    sampler: SamplerPool,
-    live: BTreeMap<u32, Live>,
-    skipped: HashMap<u32, Skipped>,
+/// The watched processes of one scope.
+pub struct Fleet<T = ()> {
+    scope: Scope,
+    discovery: Discovery,
+    /// One sampler thread for every member (none: not sampled).
+    sampler: Option<SamplerPool>,
+    members: BTreeMap<u32, Member<T>>,
     own_pid: u32,
+    /// Descendants found at the first look existed before measuring began.
+    looked: bool,
 }
 
-fn start_time(pid: u32) -> Option<u64> {
-    procfs::process::Process::new(pid as i32)
-        .ok()?
-        .stat()
-        .ok()
-        .map(|s| s.starttime)
+/// The same process still runs under this pid (not exited, not exec'd into something else).
+fn still_same(identity: &Identity) -> bool {
+    std::fs::read_link(format!("/proc/{}/exe", identity.pid))
+        .is_ok_and(|exe| same_executable(&identity.exe, &exe))
+        && start_ticks(identity.pid) == Some(identity.start_ticks)
 }
 
-/// Cheap first look: does anything mapped look like a CPython interpreter?
-fn looks_like_python(pid: u32) -> bool {
-    crate::cpython::find::locate::candidate_files(pid).is_ok_and(|files| {
-        files.iter().any(|f| {
-            f.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("python") || n.starts_with("libpython"))
-        })
-    })
-}
-
-impl LiveSet {
-    /// Loads the wait probe. `only`: watch just these pids (`--pid`), else every
-    /// CPython process on the host.
-    pub fn new(only: Option<Vec<u32>>, sample_hz: u32) -> Result<Self> {
-        Ok(Self {
-            probe: WaitProbe::load()?,
-            only,
-            sampler: SamplerPool::start(sample_hz),
-            live: BTreeMap::new(),
-            skipped: HashMap::new(),
+impl<T> Fleet<T> {
+    /// An empty fleet; members are sampled `sample_hz` times a second when given.
+    pub fn new(scope: Scope, sample_hz: Option<u32>) -> Self {
+        Self {
+            scope,
+            discovery: Discovery::default(),
+            sampler: sample_hz.map(SamplerPool::start),
+            members: BTreeMap::new(),
             own_pid: std::process::id(),
-        })
-    }
-
-    fn candidates(&self) -> Vec<u32> {
-        match &self.only {
-            Some(pids) => pids.clone(),
-            None => procfs::process::all_processes()
-                .map(|all| {
-                    all.filter_map(|p| p.ok())
-                        .map(|p| p.pid() as u32)
-                        .filter(|&pid| pid != self.own_pid)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            looked: false,
         }
     }
 
-    fn try_watch(&mut self, pid: u32) {
-        let Some(start) = start_time(pid) else {
-            return;
+    /// The pids to judge in this look.
+    fn listing(&mut self) -> Listing {
+        match &self.scope {
+            Scope::Host(_) => self.discovery.list(),
+            Scope::Pids(pids) => Listing {
+                pids: pids.clone(),
+                complete: true,
+            },
+            Scope::Descendants { root, .. } => Listing {
+                pids: descendants(*root),
+                complete: true,
+            },
+        }
+    }
+
+    /// Looks for new processes and attaches to those the discovery admits;
+    /// `join` makes each new member's extra data. Returns the pids that joined.
+    pub fn discover(
+        &mut self,
+        probe: &mut WaitProbe,
+        mut join: impl FnMut(&Session, &Identity) -> T,
+    ) -> Vec<u32> {
+        let listing = self.listing();
+        let all = Rules::all();
+        let (rules, max) = match &self.scope {
+            Scope::Host(rules) => (rules, usize::MAX),
+            Scope::Pids(_) => (&all, usize::MAX),
+            Scope::Descendants { max, .. } => (&all, *max),
         };
-        let entry = self.skipped.entry(pid).or_insert(Skipped {
-            start_time: start,
-            attempts: 0,
-            final_: false,
-        });
-        if entry.start_time != start {
-            *entry = Skipped {
-                start_time: start,
-                attempts: 0,
-                final_: false,
-            };
-        }
-        if entry.final_ || entry.attempts >= MAX_ATTEMPTS {
-            return;
-        }
-        entry.attempts += 1;
-        if self.only.is_none() && !looks_like_python(pid) {
-            entry.final_ = true;
-            return;
-        }
-        match ProcessWatch::attach_with(pid, &mut self.probe, Some(&self.sampler)) {
-            Ok(watch) => {
-                self.skipped.remove(&pid);
-                let last = watch.first_snapshot();
-                self.live.insert(pid, Live { watch, last });
+        let mut joined = Vec::new();
+        for &pid in &listing.pids {
+            if self.members.len() >= max {
+                break;
             }
-            Err(e @ (Error::NotPython { .. } | Error::UnsupportedVersion { .. })) => {
-                tracing::debug!("not watching {pid}: {e}");
-                entry.final_ = true;
-            }
-            Err(e) => tracing::debug!("process {pid} not watchable yet: {e}"),
-        }
-    }
-
-    /// Watches new processes, drops exited ones, and reports the interval since
-    /// the previous refresh for every watched process, busiest GIL first.
-    pub fn refresh(&mut self) -> Vec<ProcessView> {
-        for pid in self.candidates() {
-            if !self.live.contains_key(&pid) {
-                self.try_watch(pid);
-            }
-        }
-        for live in self.live.values_mut() {
-            live.watch.refresh(&mut self.probe);
-        }
-        // One pass over the kernel maps for every process, not one per process.
-        let mut counters = self.probe.read_all().unwrap_or_default();
-        let mut views = Vec::with_capacity(self.live.len());
-        let mut gone = Vec::new();
-        for (pid, live) in self.live.iter_mut() {
-            if !live.watch.alive {
-                gone.push(*pid);
+            if self.members.contains_key(&pid) {
                 continue;
             }
-            let now = live
-                .watch
-                .snapshot_with(counters.remove(pid).unwrap_or_default());
-            let m = live.watch.measurement(&live.last, &now);
-            live.last = now;
-            let (process, threads) = analyse(&m);
-            let diagnosis = diagnose(&Facts {
-                process: &process,
-                threads: &threads,
-                locks: None,
-                children: &[],
-            });
-            views.push(ProcessView {
-                pid: *pid,
-                command: live.watch.command.clone(),
-                version: m.interpreter.version.clone(),
-                estimate: estimate(&process, &threads),
-                process,
-                threads,
-                diagnosis,
-            });
-        }
-        for pid in gone {
-            if let Some(live) = self.live.remove(&pid) {
-                live.watch.detach(&mut self.probe);
+            let Verdict::Attach(identity) = self.discovery.judge(pid, rules, self.own_pid) else {
+                continue;
+            };
+            let opts = SessionOptions::watcher(self.sampler.as_ref());
+            match Session::attach(pid, probe, &opts) {
+                Ok(mut session) => {
+                    if self.looked && matches!(self.scope, Scope::Descendants { .. }) {
+                        session.count_from_birth();
+                    }
+                    let extra = join(&session, &identity);
+                    let first = session.first_snapshot();
+                    self.members.insert(
+                        pid,
+                        Member {
+                            session,
+                            identity,
+                            prev: first.clone(),
+                            first,
+                            extra,
+                        },
+                    );
+                    joined.push(pid);
+                }
+                Err(e) => self.discovery.retry_later(identity, &e),
             }
         }
-        self.skipped
-            .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
-        views.sort_by(|a, b| {
-            b.process
-                .gil_queue_length
-                .total_cmp(&a.process.gil_queue_length)
-                .then(a.pid.cmp(&b.pid))
-        });
-        views
+        self.discovery.end_poll(&listing);
+        self.looked = true;
+        joined
     }
 
-    /// Stops watching everything and releases the kernel state.
-    pub fn close(mut self) {
-        let live = std::mem::take(&mut self.live);
-        for (_, l) in live {
-            l.watch.detach(&mut self.probe);
+    /// Refreshes every member from procfs (per-thread CPU, GIL list, names);
+    /// with `full` false only the members that used CPU. A member that exec'd
+    /// into another program stops being counted.
+    pub fn refresh(&mut self, probe: &mut WaitProbe, full: bool) {
+        for m in self.members.values_mut() {
+            if m.session.alive && !still_same(&m.identity) {
+                m.session.stop_counting(probe);
+            }
+            if full {
+                m.session.refresh(probe);
+            } else {
+                m.session.refresh_if_busy(probe);
+            }
         }
+    }
+
+    /// A full refresh of every member with its holders resolved while their
+    /// threads live (a measurement that reports blocked-by pairs).
+    pub fn tick(&mut self, probe: &mut WaitProbe) {
+        for m in self.members.values_mut() {
+            if m.session.alive && !still_same(&m.identity) {
+                m.session.stop_counting(probe);
+            }
+            m.session.tick(probe);
+        }
+    }
+
+    /// The kernel counters of every member, read in one pass over the maps
+    /// (not one per process); holders seen are resolved on the way.
+    pub fn read_counters(&mut self, probe: &WaitProbe) -> HashMap<u32, WaitCounters> {
+        let mut all = match probe.read_all() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::debug!("cannot read the kernel counters: {e}");
+                HashMap::new()
+            }
+        };
+        all.retain(|pid, _| self.members.contains_key(pid));
+        for (pid, m) in self.members.iter_mut() {
+            if let Some(counters) = all.get(pid) {
+                m.session.learn_holders(counters);
+            }
+        }
+        all
+    }
+
+    /// Ends an interval for every member: its snapshot now (from `counters`,
+    /// as read by [`Fleet::read_counters`]) is handed to `each` with the
+    /// member, then becomes the member's `prev`.
+    pub fn end_interval(
+        &mut self,
+        mut counters: HashMap<u32, WaitCounters>,
+        mut each: impl FnMut(&mut Member<T>, &Snapshot),
+    ) {
+        for (pid, m) in self.members.iter_mut() {
+            let cur = m
+                .session
+                .snapshot_with(counters.remove(pid).unwrap_or_default());
+            each(m, &cur);
+            m.prev = cur;
+        }
+    }
+
+    /// The members, by pid.
+    pub fn members(&self) -> &BTreeMap<u32, Member<T>> {
+        &self.members
+    }
+
+    /// The members, by pid, to change their extra data.
+    pub fn members_mut(&mut self) -> &mut BTreeMap<u32, Member<T>> {
+        &mut self.members
+    }
+
+    /// Takes the members that exited (or exec'd) out of the fleet: `last_word`
+    /// sees each before its kernel state is released.
+    pub fn release_gone(
+        &mut self,
+        probe: &mut WaitProbe,
+        mut last_word: impl FnMut(&Member<T>),
+    ) -> Vec<Member<T>> {
+        let gone: Vec<u32> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.session.alive)
+            .map(|(pid, _)| *pid)
+            .collect();
+        let mut out = Vec::with_capacity(gone.len());
+        for pid in gone {
+            if let Some(mut m) = self.members.remove(&pid) {
+                last_word(&m);
+                m.session.release(probe);
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// Stops watching every member and releases the kernel state; returns them
+    /// (their figures stay readable).
+    pub fn finish(mut self, probe: &mut WaitProbe) -> Vec<Member<T>> {
+        let members = std::mem::take(&mut self.members);
+        members
+            .into_values()
+            .map(|mut m| {
+                m.session.release(probe);
+                m
+            })
+            .collect()
+    }
+
+    /// Processes remembered as refused (not CPython, or excluded by the rules).
+    pub fn refused(&self) -> usize {
+        self.discovery.refused_count()
     }
 }

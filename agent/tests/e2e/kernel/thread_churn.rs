@@ -17,7 +17,7 @@ use crate::common::*;
 use gilscope::core::analyse::analyse;
 use gilscope::core::retire::{EXITED_TID, GONE_KEPT, RETIRE_AFTER};
 use gilscope::probes::wait::WaitProbe;
-use gilscope::watch::session::{ProcessWatch, Snapshot};
+use gilscope::watch::session::{Sampling, Session, SessionOptions, Snapshot};
 
 /// Short threads started per second by the workload (it reaches ~175 here).
 const PER_S: u32 = 200;
@@ -46,7 +46,7 @@ fn threads_started(stdout: Option<std::process::ChildStdout>) -> usize {
 }
 
 /// (process GIL wait s, GIL waits, CPU s) over an interval, the exited row included.
-fn totals(watch: &ProcessWatch, from: &Snapshot, to: &Snapshot) -> (f64, u64, f64) {
+fn totals(watch: &Session, from: &Snapshot, to: &Snapshot) -> (f64, u64, f64) {
     let (p, _) = analyse(&watch.measurement(from, to));
     (p.gil_wait_s, p.gil_waits, p.cpu_s)
 }
@@ -70,7 +70,7 @@ fn exited_threads_of_a_running_process_are_released_and_still_counted() {
     let mut watch = None;
     for _ in 0..100 {
         std::thread::sleep(Duration::from_millis(50));
-        if let Ok(w) = ProcessWatch::attach_sampled(pid, &mut probe, Some(100)) {
+        if let Ok(w) = Session::attach(pid, &mut probe, &sampled_at(100)) {
             watch = Some(w);
             break;
         }
@@ -194,7 +194,7 @@ fn exited_threads_of_a_running_process_are_released_and_still_counted() {
         "{} rows in the report",
         threads.len()
     );
-    watch.detach(&mut probe);
+    let _ = watch.release(&mut probe);
 }
 
 /// Entries of BPF hash map `name` held by process `pid` (through its map fds
@@ -302,4 +302,12 @@ fn a_long_check_of_a_thread_per_request_process_releases_exited_threads() {
         by_thread, by_gil,
         "per-thread waits against the GIL's total"
     );
+}
+
+/// A watcher's options, sampling the GIL on a thread of its own at `hz`.
+fn sampled_at(hz: u32) -> SessionOptions<'static> {
+    SessionOptions {
+        sampling: Sampling::Own(hz),
+        ..SessionOptions::watcher(None)
+    }
 }

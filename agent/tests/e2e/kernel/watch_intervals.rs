@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::*;
 use gilscope::core::analyse::analyse;
 use gilscope::probes::wait::WaitProbe;
-use gilscope::watch::session::ProcessWatch;
+use gilscope::watch::session::{Sampling, Session, SessionOptions};
 
 #[test]
 fn an_interval_of_four_cpu_threads_shows_that_interval_serialized() {
@@ -29,7 +29,7 @@ fn an_interval_of_four_cpu_threads_shows_that_interval_serialized() {
     let mut watch = None;
     for _ in 0..100 {
         std::thread::sleep(Duration::from_millis(50));
-        if let Ok(w) = ProcessWatch::attach_sampled(pid, &mut probe, Some(250)) {
+        if let Ok(w) = Session::attach(pid, &mut probe, &sampled_at(250)) {
             watch = Some(w);
             break;
         }
@@ -43,7 +43,7 @@ fn an_interval_of_four_cpu_threads_shows_that_interval_serialized() {
     let second = watch.snapshot(&probe);
     let total = watch.measurement(&watch.first_snapshot(), &second);
     let interval = watch.measurement(&first, &second);
-    watch.detach(&mut probe);
+    let _ = watch.release(&mut probe);
     let _ = child.kill();
     let _ = child.wait();
 
@@ -65,4 +65,12 @@ fn an_interval_of_four_cpu_threads_shows_that_interval_serialized() {
     let (total_process, _) = analyse(&total);
     assert!(total_process.gil_wait_s > process.gil_wait_s * 1.2);
     assert!(interval.gil.samples > 300 && interval.gil.samples < total.gil.samples);
+}
+
+/// A watcher's options, sampling the GIL on a thread of its own at `hz`.
+fn sampled_at(hz: u32) -> SessionOptions<'static> {
+    SessionOptions {
+        sampling: Sampling::Own(hz),
+        ..SessionOptions::watcher(None)
+    }
 }

@@ -19,7 +19,9 @@ use ratatui::Frame;
 
 use crate::core::report::{Severity, ThreadReport};
 use crate::error::Result;
-use crate::watch::fleet::{LiveSet, ProcessView};
+pub mod live;
+
+use live::{LiveSet, ProcessView};
 
 /// What the process list is ordered by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

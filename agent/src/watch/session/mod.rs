@@ -1,20 +1,27 @@
-//! One CPython process under watch, for as long as it lives.
+//! One CPython process under watch, for as long as it lives: the one way every
+//! front end measures a process (`check`, `top`, `run`, and the pool workers
+//! of a checked process).
 //!
-//! A [`ProcessWatch`] finds the interpreter and GIL of a running process,
-//! registers it with the shared [`WaitProbe`] (the kernel filter), and on every
-//! [`ProcessWatch::tick`] keeps the GIL list current (subinterpreters come and
-//! go), the last-seen CPU of every thread (so threads that exit keep their
-//! figures) and the holder thread states resolved to tids while they are still
-//! alive. `check` uses it for the child processes of the measured one (worker
-//! pools); the live views use it for every process they show.
+//! A [`Session`] finds the interpreter and GIL of a process (running, or a
+//! command it starts: [`attach`]), registers it with the shared [`WaitProbe`]
+//! (the kernel filter), and on every refresh keeps the GIL list current
+//! (subinterpreters come and go), the last-seen CPU of every thread (so threads
+//! that exit keep their figures), the thread names, and the holder thread
+//! states resolved to tids while they are still alive. Threads that exited
+//! long ago are folded into one row and their kernel entries released
+//! ([`crate::core::retire`]). Two [`Snapshot`]s make a [`Measurement`].
+
+pub mod attach;
+pub mod names;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::core::analyse::{CpuEnvironment, Measurement};
+use crate::core::analyse::{CpuEnvironment, Measurement, PreciseCounters};
+use crate::core::counters::WaitEpisode;
 use crate::core::cpu::{ThreadSample, Throttling};
-use crate::core::report::{InterpreterInfo, Mode};
+use crate::core::report::{Ending, InterpreterInfo, Mode};
 use crate::core::retire::{self, Retirement};
 use crate::core::samples::GilSamples;
 use crate::cpython::find::locate::{self, GilSite, Interpreter};
@@ -24,19 +31,19 @@ use crate::cpython::remote::memory::RemoteMemory;
 use crate::cpython::thread_names::ThreadNameReader;
 use crate::error::Result;
 use crate::os::cgroup::{affinity_cpus, throttled_between, CpuCgroup};
-use crate::os::threads::{sample_threads, sample_threads_named};
+use crate::os::process::{command_line, process_cpu_ticks};
+use crate::os::threads::sample_threads_named;
 use crate::probes::condwait::{self, CondWaitProbe};
 use crate::probes::layout::MAX_GILS;
 use crate::probes::wait::{WaitCounters, WaitProbe};
 
+pub use attach::{OwnProbes, PreciseAttachment, Sampling, SessionOptions};
+pub use names::NameRefresh;
+
 /// Process CPU (clock ticks, all threads, exited ones included) below which a
-/// [`ProcessWatch::refresh_if_busy`] skips the per-thread read: a thread that
+/// [`Session::refresh_if_busy`] skips the per-thread read: a thread that
 /// exits unseen can only take less than this with it (50 ms at 100 Hz).
 const UNSEEN_CPU_TICKS: u64 = 5;
-
-/// How often thread names (OS and Python) are read again although no thread
-/// came or went: catches a thread renamed after it started, within this long.
-const NAMES_EVERY: Duration = Duration::from_secs(30);
 
 /// Cumulative counters of one process at one instant; two of them give an interval.
 #[derive(Debug, Clone)]
@@ -71,14 +78,14 @@ pub fn interpreter_info(
 }
 
 /// A watched process and what has been seen of it so far.
-pub struct ProcessWatch {
+pub struct Session {
     pub interp: Interpreter,
     pub gil: GilSite,
     /// When watching began.
     pub since: Instant,
     /// The command line, for people (`python3 worker.py`).
     pub command: String,
-    /// procfs counters when watching began.
+    /// procfs counters when watching began (empty: counted from the process's birth).
     pub cpu_start: BTreeMap<u32, ThreadSample>,
     /// The last procfs counters of every thread seen, including exited ones.
     pub cpu_last: BTreeMap<u32, ThreadSample>,
@@ -86,110 +93,79 @@ pub struct ProcessWatch {
     pub last_seen: Instant,
     pub alive: bool,
     resolver: Arc<TstateResolver>,
-    /// This process on a sampler thread (the caller's shared pool, or `own_pool`).
+    /// This process on a sampler thread (a shared pool's, or `own_pool`'s).
     sampler: Option<SampledProcess>,
-    /// The sampler thread of this process alone ([`ProcessWatch::attach_sampled`]).
     own_pool: Option<SamplerPool>,
-    name_reader: ThreadNameReader,
-    /// Python `threading` names by tid, the last seen of each thread.
-    python_names: HashMap<u32, String>,
+    /// The sampler's last tally once sampling stopped ([`Session::final_snapshot`]).
+    final_samples: Option<GilSamples>,
+    names: names::ThreadNames,
     /// The live threads at the last refresh (a change means names to read).
     live_tids: Vec<u32>,
-    /// Read every name at the next refresh: threads came or went at the last one
-    /// (a new thread may name itself just after it appears).
-    names_pending: bool,
-    /// When every name was last read.
-    names_read_at: Instant,
     /// The process's CPU (clock ticks) at the last per-thread read.
     cpu_ticks_read: u64,
     cgroup: Option<CpuCgroup>,
     throttling_start: Vec<Throttling>,
+    affinity: usize,
     holder_tids: HashMap<u64, u32>,
+    /// The GILs the kernel filter holds now.
     watched_gils: Vec<u64>,
+    /// Every GIL seen, the main interpreter's first (a report lists them all).
+    gils_seen: Vec<u64>,
     mem: RemoteMemory,
-    /// musl only: GIL waits come from the libc condvar wait, not from futex addresses.
-    condwait: Option<CondWaitProbe>,
+    own: OwnProbes,
     /// Exited threads: which are gone, and the row the retired ones were folded into.
     exits: Retirement,
+    /// Whether exited threads are retired (not when per-thread uprobe counters
+    /// of `--precise` or the lock probe must stay by tid).
+    retiring: bool,
 }
 
-/// A process's command line as one short line (NULs to spaces, at most 200 chars).
-pub fn command_line(pid: u32) -> String {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let mut text: String = String::from_utf8_lossy(&raw)
-        .split('\0')
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-    if text.chars().count() > 200 {
-        text = text.chars().take(199).collect::<String>() + "…";
-    }
-    text
-}
-
-impl ProcessWatch {
-    /// Starts watching a running CPython process whose GIL already exists.
-    pub fn attach(pid: u32, probe: &mut WaitProbe) -> Result<Self> {
-        Self::attach_with(pid, probe, None)
-    }
-
-    /// As [`ProcessWatch::attach`], and samples the GIL state at `sample_hz`
-    /// (hold shares, utilization, switches) when given, on a thread of its own.
-    pub fn attach_sampled(pid: u32, probe: &mut WaitProbe, sample_hz: Option<u32>) -> Result<Self> {
-        let own_pool = sample_hz.map(SamplerPool::start);
-        let mut watch = Self::attach_with(pid, probe, own_pool.as_ref())?;
-        watch.own_pool = own_pool;
-        Ok(watch)
-    }
-
-    /// As [`ProcessWatch::attach`], and samples the GIL state on `pool`'s thread
-    /// when given: a watcher of many processes samples them all from one thread.
-    pub fn attach_with(
-        pid: u32,
-        probe: &mut WaitProbe,
-        pool: Option<&SamplerPool>,
-    ) -> Result<Self> {
-        let interp = locate::require_interpreter(pid)?;
+impl Session {
+    /// A session on a process whose GIL the kernel already watches (`gils`).
+    fn new(
+        interp: Interpreter,
+        gil: GilSite,
+        own: OwnProbes,
+        cpu_start: BTreeMap<u32, ThreadSample>,
+        gils: Vec<u64>,
+        opts: &SessionOptions,
+    ) -> Self {
+        let pid = interp.pid;
         let mem = RemoteMemory::new(pid);
-        let gil = interp.resolve_gil(&mem)?;
-        locate::read_gil_state(pid, &mem, &gil)?;
-        let cpu_start = sample_threads(pid)?;
-        let gils = locate::all_gils(&mem, &gil, MAX_GILS);
-        probe.watch(pid, &gils, &gil.layout)?;
-        let condwait = match crate::cpython::find::libc::require_measurable(&interp)?.cond_wait {
-            Some(site) => {
-                let mut c =
-                    CondWaitProbe::attach_with_episodes(pid, &site, probe.episode_threshold_ns())?;
-                c.watch(pid, &gils, &gil.layout)?;
-                Some(c)
-            }
-            None => None,
-        };
         let pthread_tid_off = match gil.thread_id {
             ThreadIdField::PthreadOnly(_) => locate::glibc_pthread_tid_offset(pid),
             ThreadIdField::NativeThreadId(_) => None,
         };
-        let now = Instant::now();
         let resolver = Arc::new(TstateResolver::new(mem, gil.thread_id, pthread_tid_off));
+        let own_pool = match opts.sampling {
+            Sampling::Own(hz) => Some(SamplerPool::start(hz)),
+            _ => None,
+        };
+        let pool = match opts.sampling {
+            Sampling::Shared(pool) => Some(pool),
+            _ => own_pool.as_ref(),
+        };
         let sampler = pool.map(|p| p.add(pid, gil, Arc::clone(&resolver)));
         let cgroup = CpuCgroup::of(pid);
         let throttling_start = cgroup
             .as_ref()
             .map(CpuCgroup::throttling)
             .unwrap_or_default();
-        Ok(Self {
-            name_reader: ThreadNameReader::new(&interp, &gil, mem),
-            python_names: HashMap::new(),
+        let now = Instant::now();
+        Self {
+            names: names::ThreadNames::new(ThreadNameReader::new(&interp, &gil, mem), opts.names),
             live_tids: cpu_start.keys().copied().collect(),
-            names_pending: true,
-            names_read_at: Instant::now(),
             cpu_ticks_read: process_cpu_ticks(pid).unwrap_or(0),
             resolver,
             sampler,
-            own_pool: None,
+            own_pool,
+            final_samples: None,
             cgroup,
             throttling_start,
+            affinity: affinity_cpus(pid),
             command: command_line(pid),
+            retiring: own.precise.is_none() && own.locks.is_none(),
+            own,
             interp,
             gil,
             since: now,
@@ -198,11 +174,11 @@ impl ProcessWatch {
             last_seen: now,
             alive: true,
             holder_tids: HashMap::new(),
+            gils_seen: gils.clone(),
             watched_gils: gils,
             mem,
-            condwait,
             exits: Retirement::default(),
-        })
+        }
     }
 
     /// The process id.
@@ -210,8 +186,25 @@ impl ProcessWatch {
         self.interp.pid
     }
 
-    /// Refreshes GILs, per-thread CPU and holder names; marks the process gone
-    /// when procfs no longer has it.
+    /// The probes attached to this process alone (musl condvar, `--precise`, locks).
+    pub fn own_probes(&self) -> &OwnProbes {
+        &self.own
+    }
+
+    /// The process's CPU cgroup, if found.
+    pub fn cgroup(&self) -> Option<&CpuCgroup> {
+        self.cgroup.as_ref()
+    }
+
+    /// Counts from the process's birth: what it did before watching began is
+    /// measured too (a pool worker that started after its parent was checked).
+    pub fn count_from_birth(&mut self) {
+        self.cpu_start.clear();
+    }
+
+    /// A full refresh, then the kernel counters read to resolve new holders
+    /// while their threads live: one step of a measurement that reports
+    /// blocked-by pairs (`check` and its pool workers).
     pub fn tick(&mut self, probe: &mut WaitProbe) {
         self.refresh(probe);
         if !self.alive {
@@ -219,22 +212,46 @@ impl ProcessWatch {
         }
         if let Ok(counters) = self.read_waits(probe) {
             self.learn_holders(&counters);
+            if self.retiring {
+                // Threads that lived and died between two procfs reads are known
+                // only to the kernel: they must be retired too.
+                self.exits.note(
+                    counters.threads.keys().copied(),
+                    &self.live_tids,
+                    Instant::now(),
+                );
+            }
         }
     }
 
-    /// [`ProcessWatch::refresh`] when the process used CPU since the last
+    /// Refreshes every `tick` until `step` gives a reason to stop (it is asked
+    /// after each refresh). `step` also marks the end of a process that is gone.
+    pub fn follow(
+        &mut self,
+        probe: &mut WaitProbe,
+        tick: Duration,
+        mut step: impl FnMut(&mut Self, &mut WaitProbe) -> Option<Ending>,
+    ) -> Ending {
+        loop {
+            self.tick(probe);
+            if let Some(ending) = step(self, probe) {
+                return ending;
+            }
+            std::thread::sleep(tick);
+        }
+    }
+
+    /// [`Session::refresh`] when the process used CPU since the last
     /// per-thread read (at least [`UNSEEN_CPU_TICKS`]), else only its GIL list and
     /// one file for the whole process. A periodic refresh exists so that exiting
     /// threads keep their CPU; an idle process has none to lose, and reading a
     /// file per thread of a thousand idle threads every tick was the daemon's
-    /// largest cost. The caller still calls [`ProcessWatch::refresh`] before a
-    /// snapshot.
+    /// largest cost. The caller still calls [`Session::refresh`] before a snapshot.
     pub fn refresh_if_busy(&mut self, probe: &mut WaitProbe) {
         if !self.alive {
             return;
         }
-        let pid = self.pid();
-        match process_cpu_ticks(pid) {
+        match process_cpu_ticks(self.pid()) {
             Some(ticks) if ticks.saturating_sub(self.cpu_ticks_read) < UNSEEN_CPU_TICKS => {
                 self.last_seen = Instant::now();
                 self.update_gils(probe);
@@ -244,20 +261,23 @@ impl ProcessWatch {
         }
     }
 
-    /// [`ProcessWatch::tick`] without reading the kernel counters: a caller that
-    /// watches many processes reads them once for all ([`WaitProbe::read_all`])
-    /// and hands each its own through [`ProcessWatch::learn_holders`].
+    /// Reads per-thread CPU (and names when due), keeps the GIL list current,
+    /// retires threads that exited long ago; marks the process gone when procfs
+    /// no longer has it. The kernel counters are not read here: a watcher of
+    /// many processes reads them once for all ([`WaitProbe::read_all`]).
     pub fn refresh(&mut self, probe: &mut WaitProbe) {
         if !self.alive {
             return;
         }
         let pid = self.pid();
         let cpu_ticks = process_cpu_ticks(pid);
-        // Names are read only when threads come or go (and now and then): with a
-        // thousand threads, reading every name every refresh was most of the cost.
-        let all_names = self.names_pending || self.names_read_at.elapsed() >= NAMES_EVERY;
+        // With a thousand threads, reading every name every refresh was most of the cost.
         let no_names = BTreeMap::new();
-        let known = if all_names { &no_names } else { &self.cpu_last };
+        let known = if self.names.all_due() {
+            &no_names
+        } else {
+            &self.cpu_last
+        };
         let changed = match sample_threads_named(pid, known) {
             Ok(threads) => {
                 let changed = !threads.keys().eq(self.live_tids.iter());
@@ -277,18 +297,15 @@ impl ProcessWatch {
                 return;
             }
         };
+        self.affinity = affinity_cpus(pid);
         let now = Instant::now();
-        self.exits
-            .note(self.cpu_last.keys().copied(), &self.live_tids, now);
-        self.retire(probe, now);
+        if self.retiring {
+            self.exits
+                .note(self.cpu_last.keys().copied(), &self.live_tids, now);
+            self.retire(probe, now);
+        }
         self.update_gils(probe);
-        if all_names || changed {
-            self.python_names.extend(self.name_reader.read());
-        }
-        if all_names {
-            self.names_read_at = Instant::now();
-        }
-        self.names_pending = changed;
+        self.names.refresh(changed);
     }
 
     /// Folds threads that exited a while ago into the exited-threads row and
@@ -302,10 +319,10 @@ impl ProcessWatch {
             now,
             retire::Sources {
                 probe,
-                condwait: self.condwait.as_mut(),
+                condwait: self.own.condwait.as_mut(),
                 sampler: self.sampler.as_ref(),
                 cpu: &mut self.cpu_last,
-                names: &mut self.python_names,
+                names: self.names.names_mut(),
                 holders: &mut self.holder_tids,
             },
         );
@@ -322,7 +339,7 @@ impl ProcessWatch {
         let gils = locate::all_gils(&self.mem, &self.gil, MAX_GILS);
         if gils != self.watched_gils && !gils.is_empty() {
             let updated = probe.watch(pid, &gils, &self.gil.layout).and_then(|()| {
-                match self.condwait.as_mut() {
+                match self.own.condwait.as_mut() {
                     Some(c) => c.watch(pid, &gils, &self.gil.layout),
                     None => Ok(()),
                 }
@@ -332,11 +349,16 @@ impl ProcessWatch {
                 Err(e) => tracing::debug!("cannot update the GILs of process {pid}: {e}"),
             }
         }
+        for gil in &self.watched_gils {
+            if !self.gils_seen.contains(gil) {
+                self.gils_seen.push(*gil);
+            }
+        }
     }
 
     /// Folds the condvar probe's GIL waits into the futex probe's (musl only).
     fn fold_condwait(&self, waits: &mut WaitCounters) {
-        if let Some(c) = &self.condwait {
+        if let Some(c) = &self.own.condwait {
             match c.read(self.pid()) {
                 Ok(cond) => condwait::merge_into(waits, &cond),
                 Err(e) => tracing::debug!("condvar probe of {}: {e}", self.pid()),
@@ -372,7 +394,7 @@ impl ProcessWatch {
 
     /// A thread's name for people: its Python `threading` name, else its OS name.
     pub fn thread_name(&self, tid: u32) -> String {
-        if let Some(name) = self.python_names.get(&tid) {
+        if let Some(name) = self.names.get(tid) {
             return name.clone();
         }
         if let Some(sample) = self.cpu_last.get(&tid) {
@@ -385,15 +407,16 @@ impl ProcessWatch {
 
     /// musl: moves the condvar probe's episode records into `out` (the futex
     /// probe's come from [`WaitProbe::drain_episodes`] for all processes at once).
-    pub fn drain_episodes(&mut self, out: &mut Vec<crate::core::counters::WaitEpisode>) {
-        if let Some(c) = self.condwait.as_mut() {
+    pub fn drain_episodes(&mut self, out: &mut Vec<WaitEpisode>) {
+        if let Some(c) = self.own.condwait.as_mut() {
             c.drain_episodes(out);
         }
     }
 
     /// musl: episodes the condvar probe could not record (its ring buffer was full).
     pub fn episodes_lost(&self) -> u64 {
-        self.condwait
+        self.own
+            .condwait
             .as_ref()
             .map_or(0, CondWaitProbe::episodes_lost)
     }
@@ -403,7 +426,10 @@ impl ProcessWatch {
     pub fn entries_dropped(
         &self,
     ) -> Option<[(&'static str, u64); crate::probes::layout::map_full_slot::SLOTS]> {
-        self.condwait.as_ref().map(CondWaitProbe::entries_dropped)
+        self.own
+            .condwait
+            .as_ref()
+            .map(CondWaitProbe::entries_dropped)
     }
 
     /// Holder thread state -> tid, as far as known.
@@ -427,27 +453,39 @@ impl ProcessWatch {
         }
     }
 
-    /// The cumulative counters now (call [`ProcessWatch::tick`] first for fresh CPU).
+    /// The cumulative counters now (refresh first for fresh CPU).
     pub fn snapshot(&mut self, probe: &WaitProbe) -> Snapshot {
         let waits = probe.read(self.pid()).unwrap_or_default();
         self.snapshot_with(waits)
     }
 
-    /// [`ProcessWatch::snapshot`] from kernel counters the caller already read
+    /// The last snapshot of a measurement: sampling stops first, so the hold
+    /// stretch in progress counts as ended and every sample is in the tally.
+    pub fn final_snapshot(&mut self, probe: &WaitProbe) -> Result<Snapshot> {
+        if let Some(sampler) = self.sampler.take() {
+            self.final_samples = Some(sampler.stop());
+        }
+        let waits = probe.read(self.pid())?;
+        Ok(self.snapshot_with(waits))
+    }
+
+    /// [`Session::snapshot`] from kernel counters the caller already read
     /// (the condvar probe's, on musl, are folded in here).
     pub fn snapshot_with(&mut self, mut waits: WaitCounters) -> Snapshot {
         self.fold_condwait(&mut waits);
         self.learn_holders(&waits);
         let now = Instant::now();
-        // Threads that lived and died between two procfs reads are known only here.
-        self.exits
-            .note(waits.threads.keys().copied(), &self.live_tids, now);
+        if self.retiring {
+            // Threads that lived and died between two procfs reads are known only here.
+            self.exits
+                .note(waits.threads.keys().copied(), &self.live_tids, now);
+        }
         let mut threads = self.cpu_last.clone();
-        let mut gil = self
-            .sampler
-            .as_ref()
-            .map(SampledProcess::snapshot)
-            .unwrap_or_default();
+        let mut gil = match (&self.sampler, &self.final_samples) {
+            (Some(sampler), _) => sampler.snapshot(),
+            (None, Some(last)) => last.clone(),
+            (None, None) => GilSamples::default(),
+        };
         self.exits
             .apply(&mut threads, &mut waits, &mut gil, &self.live_tids);
         Snapshot {
@@ -487,101 +525,49 @@ impl ProcessWatch {
             gil,
             holder_tids: self.holder_tids.clone(),
             locks: None,
-            gil_addrs: self.watched_gils.clone(),
-            python_names: self.python_names.clone(),
+            gil_addrs: self.gils_seen.clone(),
+            python_names: self.names.all().clone(),
             cpu_env: CpuEnvironment {
-                affinity_cpus: affinity_cpus(self.pid()),
+                affinity_cpus: self.affinity,
                 cpu_limit_cores: self.cgroup.as_ref().and_then(CpuCgroup::quota_cores),
                 throttling: throttled_between(&prev.throttling, &cur.throttling),
             },
         }
     }
 
-    /// Stops watching and clears the kernel state of the process.
-    pub fn detach(self, probe: &mut WaitProbe) {
-        let pid = self.pid();
-        if let Some(sampler) = self.sampler {
-            sampler.stop();
+    /// The `--precise` counters since the session began (`None` without `--precise`).
+    pub fn precise_counters(&self) -> Result<Option<PreciseCounters>> {
+        match &self.own.precise {
+            Some(p) => Ok(Some(PreciseCounters {
+                threads: p.probe.read(self.pid())?,
+                holds_exact: !p.sites.drop_gil.is_empty(),
+            })),
+            None => Ok(None),
         }
+    }
+
+    /// Marks the process gone (it exec'd into another program): nothing more
+    /// is counted under it, and the next interval is its last.
+    pub fn stop_counting(&mut self, probe: &mut WaitProbe) {
+        self.alive = false;
+        if let Err(e) = probe.stop_counting(self.pid()) {
+            tracing::debug!("cannot stop counting process {}: {e}", self.pid());
+        }
+    }
+
+    /// Stops watching: sampling ends and the kernel state of the process is
+    /// cleared. Returns the probes it owned (their counters can still be read);
+    /// the session's figures stay readable.
+    pub fn release(&mut self, probe: &mut WaitProbe) -> OwnProbes {
+        let pid = self.pid();
+        if let Some(sampler) = self.sampler.take() {
+            self.final_samples = Some(sampler.stop());
+        }
+        // The session's own sampler thread, if any, ends here.
+        drop(self.own_pool.take());
         if let Err(e) = probe.unwatch(pid) {
             tracing::debug!("could not clear the kernel state of process {pid}: {e}");
         }
-    }
-}
-
-/// CPU of the whole process (utime + stime of every thread, exited ones
-/// included) in clock ticks, from `/proc/PID/stat`; `None` when unreadable.
-fn process_cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_cpu_ticks(&stat)
-}
-
-/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, past the
-/// `comm` field (which may hold spaces and parentheses).
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let mut after = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    // After ')' comes field 3 (state): utime is the 12th from there.
-    let utime: u64 = after.nth(11)?.parse().ok()?;
-    let stime: u64 = after.next()?.parse().ok()?;
-    Some(utime.saturating_add(stime))
-}
-
-/// Every live descendant of `root` (children, grandchildren, ...), from procfs.
-///
-/// The kernel here has no `/proc/PID/task/TID/children`, so this reads the
-/// parent pid of every process; a process that vanishes meanwhile is skipped.
-pub fn descendants(root: u32) -> Vec<u32> {
-    let Ok(all) = procfs::process::all_processes() else {
-        return Vec::new();
-    };
-    let parents: Vec<(u32, u32)> = all
-        .filter_map(|p| p.ok())
-        .filter_map(|p| p.stat().ok())
-        .filter(|s| !matches!(s.state, 'Z' | 'X' | 'x'))
-        .filter_map(|s| Some((u32::try_from(s.pid).ok()?, u32::try_from(s.ppid).ok()?)))
-        .collect();
-    let mut out = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for &(pid, ppid) in &parents {
-            if ppid == parent && pid != root && !out.contains(&pid) {
-                out.push(pid);
-                frontier.push(pid);
-            }
-        }
-    }
-    out.sort_unstable();
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_child_process_is_a_descendant() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .expect("spawn sleep");
-        let found = descendants(std::process::id());
-        let _ = child.kill();
-        let _ = child.wait();
-        assert!(found.contains(&child.id()), "{found:?}");
-    }
-
-    #[test]
-    fn process_cpu_is_utime_plus_stime_past_an_odd_command_name() {
-        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000 200";
-        assert_eq!(parse_cpu_ticks(stat), Some(8));
-        assert_eq!(parse_cpu_ticks("4242 (x) S 1"), None);
-        assert!(process_cpu_ticks(std::process::id()).is_some());
-    }
-
-    #[test]
-    fn command_lines_are_joined_with_spaces() {
-        let own = command_line(std::process::id());
-        assert!(!own.contains('\0'));
-        assert!(!own.is_empty());
+        std::mem::take(&mut self.own)
     }
 }

@@ -1,0 +1,42 @@
+//! One measurement, judged: the analysis, the estimate and the diagnosis
+//! together, computed the same way for a `check` report, a `top` row and a
+//! daemon interval.
+
+use crate::core::analyse::{analyse, estimate, lock_contention, Measurement};
+use crate::core::diagnose::{diagnose, Facts};
+use crate::core::report::{
+    ChildReport, Diagnosis, Estimate, LockContention, ProcessReport, ThreadReport,
+};
+
+/// What a measurement says.
+#[derive(Debug, Clone)]
+pub struct Assessment {
+    pub process: ProcessReport,
+    pub threads: Vec<ThreadReport>,
+    pub estimate: Estimate,
+    /// PyMutex parking, where it was probed.
+    pub lock_contention: Option<LockContention>,
+    /// Most severe first.
+    pub diagnosis: Vec<Diagnosis>,
+}
+
+/// Analyses `m`, estimates the speedup without the GIL and diagnoses it; the
+/// children (pool workers) measured alongside take part in the diagnosis.
+pub fn assess(m: &Measurement, children: &[ChildReport]) -> Assessment {
+    let (process, threads) = analyse(m);
+    let estimate = estimate(&process, &threads);
+    let lock_contention = m.locks.as_ref().map(lock_contention);
+    let diagnosis = diagnose(&Facts {
+        process: &process,
+        threads: &threads,
+        locks: lock_contention.as_ref(),
+        children,
+    });
+    Assessment {
+        process,
+        threads,
+        estimate,
+        lock_contention,
+        diagnosis,
+    }
+}

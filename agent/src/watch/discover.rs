@@ -212,66 +212,85 @@ const YOUNG_S: f64 = 2.0;
 /// How long a CPython process may take to create its GIL before it is refused.
 const GIL_INIT_S: f64 = 30.0;
 
+/// Whether the rules admit `pid` (its command line and cgroup are read only
+/// when a rule needs them).
+fn admitted(pid: u32, rules: &Rules, exe: &str) -> bool {
+    let cmdline = if rules.uses_cmdline() {
+        full_command_line(pid)
+    } else {
+        String::new()
+    };
+    let cgroup = if rules.uses_cgroup() {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    rules.admits(exe, &cmdline, &cgroup)
+}
+
 impl Discovery {
-    /// Decides about one pid not watched yet. `exclude` is the daemon's own pid.
+    /// Decides about one pid not watched yet. `own_pid` is the watcher's own pid.
     pub fn judge(&mut self, pid: u32, rules: &Rules, own_pid: u32) -> Verdict {
         if pid == own_pid {
             return Verdict::Refused;
         }
-        // Refused processes cost nothing most polls: an exec (the only way a refused
-        // pid becomes Python) is looked for after REFUSED_RECHECK polls, then ever
-        // less often (up to REFUSED_RECHECK_MAX) while the executable stays the same.
+        let Some(identity) = self.identity_unless_refused(pid) else {
+            return Verdict::Refused;
+        };
+        let exe_text = identity.exe.to_string_lossy().into_owned();
+        if !admitted(pid, rules, &exe_text) {
+            tracing::debug!("process {pid} ({exe_text}) excluded by the rules");
+            return self.refuse(identity);
+        }
+        let age_s = uptime_s() - identity.start_ticks as f64 / ticks_per_s();
+        if age_s < rules.min_age.as_secs_f64() {
+            return Verdict::Later;
+        }
+        self.interpreter_verdict(identity, &exe_text, age_s)
+    }
+
+    /// Who `pid` is, unless it is a refused process that did not exec since
+    /// (refused processes cost nothing most polls: an exec, the only way a
+    /// refused pid becomes Python, is looked for after [`REFUSED_RECHECK`]
+    /// polls, then ever less often, up to [`REFUSED_RECHECK_MAX`], while the
+    /// executable stays the same). A kernel thread (or a zombie) has no
+    /// executable: it is remembered as refused with an empty one.
+    fn identity_unless_refused(&mut self, pid: u32) -> Option<Identity> {
         if self
             .refused
             .get(&pid)
             .is_some_and(|r| self.polls < r.next_check)
         {
-            return Verdict::Refused;
+            return None;
         }
-        // A kernel thread (or a zombie) has no executable: remembered as refused
-        // with an empty one, so it is not looked at again every poll.
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
         if let Some(known) = self.refused.get_mut(&pid) {
             if same_executable(&known.identity.exe, &exe) {
                 known.gap = (known.gap * 2).min(REFUSED_RECHECK_MAX);
                 known.next_check = self.polls + known.gap;
-                return Verdict::Refused;
+                return None;
             }
         }
         if exe.as_os_str().is_empty() {
-            return self.remember_refused(Identity {
+            self.remember_refused(Identity {
                 pid,
                 start_ticks: 0,
                 exe,
             });
+            return None;
         }
-        let Some(start) = start_ticks(pid) else {
-            return Verdict::Refused;
-        };
-        let identity = Identity {
+        let start_ticks = start_ticks(pid)?;
+        Some(Identity {
             pid,
-            start_ticks: start,
-            exe: exe.clone(),
-        };
-        let exe_text = exe.to_string_lossy();
-        let cmdline = if rules.uses_cmdline() {
-            full_command_line(pid)
-        } else {
-            String::new()
-        };
-        let cgroup = if rules.uses_cgroup() {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        if !rules.admits(&exe_text, &cmdline, &cgroup) {
-            tracing::debug!("process {pid} ({exe_text}) excluded by the rules");
-            return self.refuse(identity);
-        }
-        let age_s = uptime_s() - start as f64 / ticks_per_s();
-        if age_s < rules.min_age.as_secs_f64() {
-            return Verdict::Later;
-        }
+            start_ticks,
+            exe,
+        })
+    }
+
+    /// Attach, wait or refuse, by what is mapped: CPython (whose GIL may still
+    /// be starting), nothing yet (a young process), or not CPython.
+    fn interpreter_verdict(&mut self, identity: Identity, exe_text: &str, age_s: f64) -> Verdict {
+        let pid = identity.pid;
         let files = match crate::cpython::find::locate::candidate_files(pid) {
             Ok(f) => f,
             Err(_) => return Verdict::Refused,

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
-use ratatui::layout::{Constraint, Layout};
+use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Table, TableState, Wrap};
@@ -286,9 +286,6 @@ pub fn draw(frame: &mut Frame, app: &App, state: &mut TableState) {
         Constraint::Length(1),
     ])
     .areas(frame.area());
-    let detail = app
-        .detail
-        .and_then(|pid| app.views.iter().find(|v| v.pid == pid));
     frame.render_widget(
         Line::from(format!(
             "gilscope top — {} CPython processes, sorted by {}, refresh #{}",
@@ -299,98 +296,108 @@ pub fn draw(frame: &mut Frame, app: &App, state: &mut TableState) {
         .style(Style::new().add_modifier(Modifier::BOLD)),
         title,
     );
+    let detail = app
+        .detail
+        .and_then(|pid| app.views.iter().find(|v| v.pid == pid));
     match detail {
         None => {
-            let rows = app.views.iter().map(|v| {
-                let style = v
-                    .diagnosis
-                    .first()
-                    .map_or(Style::new(), |d| severity_style(d.severity));
-                Row::new(list_cells(v)).style(style)
-            });
-            let widths = [
-                Constraint::Length(8),
-                Constraint::Min(16),
-                Constraint::Length(7),
-                Constraint::Length(5),
-                Constraint::Length(6),
-                Constraint::Length(5),
-                Constraint::Length(5),
-                Constraint::Length(6),
-                Constraint::Length(22),
-                Constraint::Length(24),
-            ];
-            let table = Table::new(rows, widths)
-                .header(Row::new(LIST_HEADER).style(Style::new().add_modifier(Modifier::BOLD)))
-                .row_highlight_style(Style::new().add_modifier(Modifier::UNDERLINED))
-                .block(Block::bordered().title("processes (last interval)"));
-            state.select(app.selected_index());
-            frame.render_stateful_widget(table, body, state);
+            draw_list(frame, app, state, body);
             frame.render_widget(
                 Line::from("↑↓ select  Enter threads  s sort  g/w/p/c/n sort by util/queue/par/cpu/pid  q quit"),
                 help,
             );
         }
         Some(v) => {
-            let p = &v.process;
-            let mut lines = vec![Line::from(format!(
-                "pid {}  {}  CPython {}  GIL {}  queue {:.2}  parallelism {:.2}  switches {:.0}/s  \
-                 speedup without GIL ≈ {:.2}x",
-                v.pid,
-                v.command,
-                v.version,
-                pct(p.gil_utilization),
-                p.gil_queue_length,
-                p.effective_parallelism,
-                p.gil_switches_per_s,
-                v.estimate.speedup_without_gil
-            ))];
-            for d in &v.diagnosis {
-                lines.push(
-                    Line::from(format!("{}: {}", d.kind, d.summary))
-                        .style(severity_style(d.severity)),
-                );
-                lines.push(Line::from(format!("  {}", d.advice)));
-            }
-            // Rows the wrapped paragraph needs, plus the border.
-            let inner = usize::from(body.width.saturating_sub(2).max(1));
-            let wrapped: usize = lines.iter().map(|l| l.width().div_ceil(inner).max(1)).sum();
-            let height = (u16::try_from(wrapped).unwrap_or(u16::MAX).saturating_add(2))
-                .min(body.height.saturating_sub(4))
-                .max(3);
-            let [head, threads] =
-                Layout::vertical([Constraint::Length(height), Constraint::Min(3)]).areas(body);
-            frame.render_widget(
-                Paragraph::new(lines)
-                    .wrap(Wrap { trim: true })
-                    .block(Block::bordered().title("process")),
-                head,
-            );
-            let rows = v
-                .threads
-                .iter()
-                .map(|t| Row::new(thread_cells(t, p.wall_s)));
-            let widths = [
-                Constraint::Length(8),
-                Constraint::Min(16),
-                Constraint::Length(5),
-                Constraint::Length(8),
-                Constraint::Length(5),
-                Constraint::Length(6),
-                Constraint::Length(8),
-                Constraint::Min(20),
-            ];
-            frame.render_widget(
-                Table::new(rows, widths)
-                    .header(
-                        Row::new(THREAD_HEADER).style(Style::new().add_modifier(Modifier::BOLD)),
-                    )
-                    .block(Block::bordered().title("threads (last interval)")),
-                threads,
-            );
+            draw_detail(frame, v, body);
             frame.render_widget(Line::from("Esc back  q quit"), help);
         }
     }
+}
+
+/// The process list.
+fn draw_list(frame: &mut Frame, app: &App, state: &mut TableState, area: Rect) {
+    let rows = app.views.iter().map(|v| {
+        let style = v
+            .diagnosis
+            .first()
+            .map_or(Style::new(), |d| severity_style(d.severity));
+        Row::new(list_cells(v)).style(style)
+    });
+    let widths = [
+        Constraint::Length(8),
+        Constraint::Min(16),
+        Constraint::Length(7),
+        Constraint::Length(5),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(6),
+        Constraint::Length(22),
+        Constraint::Length(24),
+    ];
+    let table = Table::new(rows, widths)
+        .header(Row::new(LIST_HEADER).style(Style::new().add_modifier(Modifier::BOLD)))
+        .row_highlight_style(Style::new().add_modifier(Modifier::UNDERLINED))
+        .block(Block::bordered().title("processes (last interval)"));
+    state.select(app.selected_index());
+    frame.render_stateful_widget(table, area, state);
+}
+
+/// One process: its figures and diagnoses above, its threads below.
+fn draw_detail(frame: &mut Frame, v: &ProcessView, area: Rect) {
+    let p = &v.process;
+    let mut lines = vec![Line::from(format!(
+        "pid {}  {}  CPython {}  GIL {}  queue {:.2}  parallelism {:.2}  switches {:.0}/s  \
+         speedup without GIL ≈ {:.2}x",
+        v.pid,
+        v.command,
+        v.version,
+        pct(p.gil_utilization),
+        p.gil_queue_length,
+        p.effective_parallelism,
+        p.gil_switches_per_s,
+        v.estimate.speedup_without_gil
+    ))];
+    for d in &v.diagnosis {
+        lines.push(
+            Line::from(format!("{}: {}", d.kind, d.summary)).style(severity_style(d.severity)),
+        );
+        lines.push(Line::from(format!("  {}", d.advice)));
+    }
+    // Rows the wrapped paragraph needs, plus the border.
+    let inner = usize::from(area.width.saturating_sub(2).max(1));
+    let wrapped: usize = lines.iter().map(|l| l.width().div_ceil(inner).max(1)).sum();
+    let height = (u16::try_from(wrapped).unwrap_or(u16::MAX).saturating_add(2))
+        .min(area.height.saturating_sub(4))
+        .max(3);
+    let [head, threads] =
+        Layout::vertical([Constraint::Length(height), Constraint::Min(3)]).areas(area);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
+            .block(Block::bordered().title("process")),
+        head,
+    );
+    let rows = v
+        .threads
+        .iter()
+        .map(|t| Row::new(thread_cells(t, p.wall_s)));
+    let widths = [
+        Constraint::Length(8),
+        Constraint::Min(16),
+        Constraint::Length(5),
+        Constraint::Length(8),
+        Constraint::Length(5),
+        Constraint::Length(6),
+        Constraint::Length(8),
+        Constraint::Min(20),
+    ];
+    frame.render_widget(
+        Table::new(rows, widths)
+            .header(Row::new(THREAD_HEADER).style(Style::new().add_modifier(Modifier::BOLD)))
+            .block(Block::bordered().title("threads (last interval)")),
+        threads,
+    );
 }
 
 /// One plain-text frame (`--batch`): the list, like `top -b`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use gilscope::cli::check::{self, CheckOptions, Target};
 use gilscope::cli::render;
-use gilscope::cli::settings::parse_duration;
+use gilscope::cli::settings::{parse_duration, resolve, Flags};
 use gilscope::watch::launch::ChildStdout;
 
 /// Shows whether Python services really run in parallel or are serialized by the GIL.
@@ -29,7 +29,8 @@ enum Command {
     /// Live view of every CPython process on the host (or --pid), refreshed each interval.
     Top(TopArgs),
     /// Watch every CPython process on this node and export OpenTelemetry metrics.
-    Run(Box<RunArgs>),
+    #[command(after_help = RUN_AFTER_HELP)]
+    Run(Flags),
 }
 
 #[derive(Args, Debug)]
@@ -53,123 +54,16 @@ struct TopArgs {
     batch: Option<u64>,
 }
 
-#[derive(Args, Debug)]
-#[command(
-    after_help = "Examples:\n  gilscope run                                   # summary on stdout every 10 s\n  \
-gilscope run --endpoint http://localhost:4317    # OTLP/gRPC, gzip\n  \
-OTEL_EXPORTER_OTLP_ENDPOINT=http://vm:8428/opentelemetry OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf gilscope run\n  \
-gilscope run --config /etc/gilscope.yaml\n\n\
-Flags beat OTEL_* variables, which beat the config file. Exit codes: 0 stopped by a signal or --duration, \
-2 bad configuration or missing privilege, 1 internal failure."
-)]
-struct RunArgs {
-    /// YAML config file (see README: `gilscope run` configuration).
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Export interval (default 10s; env OTEL_METRIC_EXPORT_INTERVAL in ms).
-    #[arg(long, value_parser = parse_duration)]
-    interval: Option<Duration>,
-    /// How often /proc is listed for new processes (default 250ms).
-    #[arg(long, value_parser = parse_duration)]
-    poll: Option<Duration>,
-    /// GIL state samples per second per process (default 10).
-    #[arg(long)]
-    sample_hz: Option<u32>,
-    /// OTLP endpoint (gRPC: http://host:4317; HTTP: base URL, /v1/metrics is appended).
-    #[arg(long)]
-    endpoint: Option<String>,
-    /// grpc or http/protobuf.
-    #[arg(long)]
-    protocol: Option<String>,
-    /// Extra request header KEY=VALUE (repeatable).
-    #[arg(long = "header")]
-    headers: Vec<String>,
-    /// gzip (default), zstd or none.
-    #[arg(long)]
-    compression: Option<String>,
-    /// cumulative (default) or delta.
-    #[arg(long)]
-    temporality: Option<String>,
-    /// Only watch executables matching this glob (repeatable).
-    #[arg(long = "include-exe")]
-    include_exe: Vec<String>,
-    /// Never watch executables matching this glob (repeatable).
-    #[arg(long = "exclude-exe")]
-    exclude_exe: Vec<String>,
-    /// Only watch command lines matching this regex (repeatable).
-    #[arg(long = "include-cmdline")]
-    include_cmdline: Vec<String>,
-    /// Never watch command lines matching this regex (repeatable).
-    #[arg(long = "exclude-cmdline")]
-    exclude_cmdline: Vec<String>,
-    /// Only watch processes whose /proc/PID/cgroup matches this regex (repeatable).
-    #[arg(long = "include-cgroup")]
-    include_cgroup: Vec<String>,
-    /// Never watch processes whose /proc/PID/cgroup matches this regex (repeatable).
-    #[arg(long = "exclude-cgroup")]
-    exclude_cgroup: Vec<String>,
-    /// Ignore processes younger than this.
-    #[arg(long, value_parser = parse_duration)]
-    min_age: Option<Duration>,
-    /// Also export per-thread series (thread.id, thread.name).
-    #[arg(long)]
-    per_thread: bool,
-    /// Per-thread series kept per process (default 20).
-    #[arg(long)]
-    max_threads: Option<usize>,
-    /// Threads of all watched processes the kernel keeps wait counters for
-    /// (default 65536); beyond it waits are counted in gilscope.bpf.entries.dropped.
-    #[arg(long)]
-    thread_capacity: Option<u32>,
-    /// tenant.id for every process.
-    #[arg(long, conflicts_with = "tenant_from")]
-    tenant: Option<String>,
-    /// tenant.id from this key of each target's OTEL_RESOURCE_ATTRIBUTES.
-    #[arg(long)]
-    tenant_from: Option<String>,
-    /// Print the per-interval summary even when exporting.
-    #[arg(long)]
-    summary: bool,
-    /// Add pod metadata (k8s.*) from the Kubernetes API even outside a pod (kubeconfig);
-    /// in a pod it is on by default. Needs NODE_NAME or kubernetes.node_name.
-    #[arg(long)]
-    kubernetes: bool,
-    /// Stop after this long (default: run until SIGTERM).
-    #[arg(long, value_parser = parse_duration)]
-    duration: Option<Duration>,
-    /// Serve /metrics (Prometheus), /healthz and /readyz on HOST:PORT, e.g.
-    /// 0.0.0.0:9464 (env GILSCOPE_LISTEN; default: off).
-    #[arg(long, value_name = "HOST:PORT")]
-    listen: Option<String>,
-    /// Do not export GIL contention spans (on by default when exporting).
-    #[arg(long)]
-    no_spans: bool,
-    /// A GIL wait at least this long is a contention span (default 50ms).
-    #[arg(long, value_parser = parse_duration)]
-    span_threshold: Option<Duration>,
-    /// Contention spans per second per process, also the burst (default 10).
-    #[arg(long)]
-    span_rate: Option<f64>,
-    /// Keep requests the collector cannot take in time in this directory and send
-    /// them, oldest first, when it is back (env GILSCOPE_SPOOL_DIR; default: off).
-    #[arg(long)]
-    spool_dir: Option<PathBuf>,
-    /// Disk the spool may use: 268435456, 256MiB, 1GiB (default 256MiB); the oldest go first.
-    #[arg(long, value_parser = gilscope::cli::settings::parse_bytes)]
-    spool_max_bytes: Option<u64>,
-    /// Export bytes allowed per minute (65536, 64KiB, 1MB; env GILSCOPE_BYTE_BUDGET):
-    /// over it, per-thread series go first, then the interval doubles (up to 8x).
-    #[arg(long)]
-    byte_budget: Option<String>,
-    /// Request shape: lean (default: one timestamp per interval, descriptions now and
-    /// then, counters to ~1 µs, gauges to 12 bits) or standard (what an SDK sends).
-    #[arg(long)]
-    encoding: Option<String>,
-    /// Hold finished intervals up to this long (e.g. 1m) unless a batch fills first:
-    /// fewer, better-compressed requests for thin links (default 0: every interval).
-    #[arg(long, value_parser = parse_duration)]
-    max_delay: Option<Duration>,
-}
+/// Examples and exit codes under `gilscope run --help`.
+const RUN_AFTER_HELP: &str = "Examples:
+  gilscope run                                     # summary on stdout every 10 s
+  gilscope run --endpoint http://localhost:4317    # OTLP/gRPC, gzip
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://vm:8428/opentelemetry OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf gilscope run
+  gilscope run --config /etc/gilscope.yaml
+
+Flags beat environment variables, which beat the config file, which beats the defaults. \
+Exit codes: 0 stopped by a signal or --duration, 2 bad configuration or missing privilege, \
+1 internal failure.";
 
 #[derive(Args, Debug)]
 #[command(
@@ -292,44 +186,8 @@ fn run_top(args: TopArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
-    use gilscope::cli::settings::{resolve, Flags};
-    let flags = Flags {
-        config: args.config,
-        interval: args.interval,
-        poll: args.poll,
-        sample_hz: args.sample_hz,
-        endpoint: args.endpoint,
-        protocol: args.protocol,
-        headers: args.headers,
-        compression: args.compression,
-        temporality: args.temporality,
-        include_exe: args.include_exe,
-        exclude_exe: args.exclude_exe,
-        include_cmdline: args.include_cmdline,
-        exclude_cmdline: args.exclude_cmdline,
-        include_cgroup: args.include_cgroup,
-        exclude_cgroup: args.exclude_cgroup,
-        min_age: args.min_age,
-        per_thread: args.per_thread,
-        max_threads: args.max_threads,
-        thread_capacity: args.thread_capacity,
-        tenant: args.tenant,
-        tenant_from: args.tenant_from,
-        summary: args.summary,
-        run_for: args.duration,
-        listen: args.listen,
-        no_spans: args.no_spans,
-        span_threshold: args.span_threshold,
-        span_rate: args.span_rate,
-        spool_dir: args.spool_dir,
-        spool_max_bytes: args.spool_max_bytes,
-        byte_budget: args.byte_budget,
-        encoding: args.encoding,
-        max_delay: args.max_delay,
-        kubernetes: args.kubernetes,
-    };
-    let settings = match resolve(&flags, &|k| std::env::var(k).ok()) {
+fn run_daemon(flags: &Flags) -> anyhow::Result<ExitCode> {
+    let settings = match resolve(flags, &|k| std::env::var(k).ok()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("gilscope run: {e}");
@@ -351,7 +209,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => run_check(args),
         Command::Top(args) => run_top(args),
-        Command::Run(args) => run_daemon(*args),
+        Command::Run(flags) => run_daemon(&flags),
     };
     result.unwrap_or_else(|e| {
         eprintln!("gilscope: {e:#}");

@@ -3,11 +3,12 @@
 //! the one before.
 //!
 //! Every setting is defined once ([`defs`]: flag, variables, file key, default,
-//! help, parser); the command line ([`flags`]), the file reader ([`file`]) and
-//! the resolution ([`layers`]) are made from those definitions. Everything here
-//! is parsing and checking; nothing is started. A bad value is reported once,
-//! naming where it came from (`--interval`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
-//! `gilscope.yaml: export.compression`), so the daemon never starts half-configured.
+//! help, parser); the command line ([`flags`]), the file reader ([`file`]), the
+//! resolution ([`layers`]) and the README table ([`table`]) are made from those
+//! definitions. Everything here is parsing and checking; nothing is started. A bad
+//! value is reported once, naming where it came from (`--interval`,
+//! `OTEL_EXPORTER_OTLP_PROTOCOL`, `gilscope.yaml: export.compression`), so the
+//! daemon never starts half-configured.
 
 mod build;
 mod daemon;
@@ -17,6 +18,7 @@ mod file;
 mod flags;
 mod layers;
 mod parse;
+pub mod table;
 
 pub use daemon::{Listen, Settings, DEFAULT_BATCH_POINTS};
 pub use file::{parse_file, read_file, FileValues};

@@ -1,4 +1,4 @@
-//! `gilscope run`: its flags are the settings' ([`crate::cli::settings::defs`]);
+//! `gilscope run`: its flags are the settings' (`cli::settings::defs`);
 //! this resolves them with the file and the environment and starts the daemon.
 
 use std::process::ExitCode;

@@ -1,5 +1,5 @@
 //! What `gilscope run` gets: its settings resolved, checked and typed. Plain
-//! data; how each one is given lives in [`super::defs`].
+//! data; how each one is given lives in `cli::settings::defs`.
 
 use std::time::Duration;
 

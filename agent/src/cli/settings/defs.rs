@@ -1,7 +1,7 @@
 //! Every setting of `gilscope run`, each defined once: flag, environment
 //! variables (the `OTEL_*` ones as the OpenTelemetry specification names them),
 //! key in the YAML file, default, help text and parser. [`ALL`] is the order of
-//! `--help` and of the README table.
+//! `--help` and of the README table. Each setting's `help` is its documentation.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -2,9 +2,9 @@
 //! (the standard `OTEL_*` ones and `GILSCOPE_*`) and flags, each stronger than
 //! the one before.
 //!
-//! Every setting is defined once ([`defs`]: flag, variables, file key, default,
-//! help, parser); the command line ([`flags`]), the file reader ([`file`]), the
-//! resolution ([`layers`]) and the README table ([`table`]) are made from those
+//! Every setting is defined once (`defs`: flag, variables, file key, default,
+//! help, parser); the command line (`flags`), the file reader (`file`), the
+//! resolution (`layers`) and the README table ([`table`]) are made from those
 //! definitions. Everything here is parsing and checking; nothing is started. A bad
 //! value is reported once, naming where it came from (`--interval`,
 //! `OTEL_EXPORTER_OTLP_PROTOCOL`, `gilscope.yaml: export.compression`), so the
@@ -12,8 +12,8 @@
 
 mod build;
 mod daemon;
-pub mod def;
-pub mod defs;
+mod def;
+mod defs;
 mod file;
 mod flags;
 mod layers;

@@ -90,6 +90,7 @@ pub fn millis(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("'{text}' milliseconds is too long"))
 }
 
+/// The OTLP transport: `grpc` or `http/protobuf` (`http`).
 pub fn protocol(text: &str) -> Result<Protocol, String> {
     match text.trim() {
         "grpc" => Ok(Protocol::Grpc),
@@ -100,6 +101,7 @@ pub fn protocol(text: &str) -> Result<Protocol, String> {
     }
 }
 
+/// Request compression: `gzip`, `zstd` or `none` (also empty, as the spec allows).
 pub fn compression(text: &str) -> Result<Compression, String> {
     match text.trim() {
         "gzip" => Ok(Compression::Gzip),
@@ -111,6 +113,7 @@ pub fn compression(text: &str) -> Result<Compression, String> {
     }
 }
 
+/// `cumulative` or `delta` (`lowmemory` too, as the spec names it), any case.
 pub fn temporality(text: &str) -> Result<Temporality, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "cumulative" => Ok(Temporality::Cumulative),
@@ -133,6 +136,7 @@ pub fn lean(text: &str) -> Result<bool, String> {
     }
 }
 
+/// `true` or `false` (a switch, a YAML bool).
 pub fn boolean(text: &str) -> Result<bool, String> {
     match text.trim() {
         "true" => Ok(true),

@@ -170,16 +170,12 @@ pub fn config(data: &[u8]) {
     let Ok(file) = config::parse_file(&path, yaml) else {
         return;
     };
-    let flags = config::Flags {
-        config: Some(path),
-        ..config::Flags::default()
-    };
     let lookup = |key: &str| {
         env.iter()
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v.to_string())
     };
-    let _ = config::resolve_parsed(&flags, file, &lookup);
+    let _ = config::resolve_parsed(&config::Flags::default(), file, &lookup);
 }
 
 /// A spool file read back after a restart: header, length and CRC checks.

@@ -1,6 +1,7 @@
 //! The commands: `check` (one process, one report), `top` (live view) and
 //! `run` (the node daemon), with their settings and the report's text form.
 
+pub mod args;
 pub mod check;
 pub mod measured_by;
 pub mod render;

@@ -271,10 +271,8 @@ fn the_configmap_and_env_are_a_config_gilscope_run_accepts() {
     .expect("write config");
 
     let env = daemonset_env(daemonset);
-    let flags = Flags {
-        config: Some(file),
-        ..Flags::default()
-    };
+    let flags = Flags::parse([std::ffi::OsString::from("--config"), file.into_os_string()])
+        .expect("gilscope run --config FILE");
     let settings = resolve(&flags, &|k: &str| env.get(k).cloned())
         .unwrap_or_else(|e| panic!("gilscope run refuses the deployed config: {e}"));
     let export = settings

@@ -1,6 +1,9 @@
 //! Reads another process's memory without stopping it (`process_vm_readv`), the way
 //! py-spy's non-blocking mode does. Values may be torn or stale by the time they
 //! are used; callers treat them as samples, never as a consistent snapshot.
+//!
+//! [`Memory`] is what the object readers ([`super::str`], [`super::dict`], …)
+//! read through: the process itself, or a test's made-up address space.
 
 use std::io::IoSliceMut;
 
@@ -59,6 +62,50 @@ impl RemoteMemory {
         self.read(addr, &mut buf)?;
         Ok(u64::from_le_bytes(buf))
     }
+}
+
+/// Lowest address taken for a pointer (null and the zero page are garbage).
+pub const MIN_POINTER: u64 = 0x1000;
+
+/// Somewhere bytes of the target can be read from: the process, or a test's buffers.
+pub trait Memory {
+    /// Fills `buf` from `addr`; false when any byte is unreadable.
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool;
+
+    /// A little-endian u64, `None` when unreadable.
+    fn u64_at(&self, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read_bytes(addr, &mut b).then(|| u64::from_le_bytes(b))
+    }
+
+    /// A pointer: a readable word that is not null or in the zero page.
+    fn ptr_at(&self, addr: u64) -> Option<u64> {
+        self.u64_at(addr).filter(|p| *p >= MIN_POINTER)
+    }
+}
+
+impl Memory for RemoteMemory {
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.read(addr, buf).is_ok()
+    }
+}
+
+/// The little-endian u64 at byte `at` of bytes already read, `None` past the end.
+pub fn le_u64(b: &[u8], at: u64) -> Option<u64> {
+    let at = usize::try_from(at).ok()?;
+    b.get(at..at.checked_add(8)?)?
+        .try_into()
+        .ok()
+        .map(u64::from_le_bytes)
+}
+
+/// The little-endian u32 at byte `at` of bytes already read, `None` past the end.
+pub fn le_u32(b: &[u8], at: u64) -> Option<u32> {
+    let at = usize::try_from(at).ok()?;
+    b.get(at..at.checked_add(4)?)?
+        .try_into()
+        .ok()
+        .map(u32::from_le_bytes)
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@ use crate::core::retire::{self, Retirement};
 use crate::core::samples::GilSamples;
 use crate::cpython::find::elf::ElfImage;
 use crate::cpython::find::functions::{self, FoundBy, FoundFunction};
-use crate::cpython::find::libc as c_library;
 use crate::cpython::find::locate::{self, GilSite, Interpreter};
 use crate::cpython::gil_sampler::{GilSampler, TstateResolver};
 use crate::cpython::layout::versions::ThreadIdField;
@@ -140,7 +139,7 @@ fn attach_locks(interp: &Interpreter) -> Result<Option<LockProbe>> {
 /// musl: GIL waits are measured at libc's condvar wait (the futex words are on
 /// the waiters' stacks); refuses a musl build where that function cannot be found.
 fn attach_condwait(interp: &Interpreter) -> Result<Option<CondWaitProbe>> {
-    match c_library::require_measurable(interp)?.cond_wait {
+    match locate::require_measurable_libc(interp)?.cond_wait {
         Some(site) => CondWaitProbe::attach(interp.pid, &site).map(Some),
         None => Ok(None),
     }

@@ -156,7 +156,7 @@ impl ProcessWatch {
         let cpu_start = sample_threads(pid)?;
         let gils = locate::all_gils(&mem, &gil, MAX_GILS);
         probe.watch(pid, &gils, &gil.layout)?;
-        let condwait = match crate::cpython::find::libc::require_measurable(&interp)?.cond_wait {
+        let condwait = match locate::require_measurable_libc(&interp)?.cond_wait {
             Some(site) => {
                 let mut c =
                     CondWaitProbe::attach_with_episodes(pid, &site, probe.episode_threshold_ns())?;

@@ -115,9 +115,8 @@ pub fn read_keys(
     let mut header = [0u8; KEYS_HEADER_LEN];
     mem.read_bytes(keys, &mut header).then_some(())?;
     let shape = parse_keys_header(&header, l)?;
-    let mut bytes = vec![0u8; usize::try_from(shape.nentries * shape.entry_size).ok()?];
-    mem.read_bytes(keys.checked_add(shape.entries_at)?, &mut bytes)
-        .then_some(())?;
+    let len = shape.nentries * shape.entry_size;
+    let bytes = mem.bytes_at(keys.checked_add(shape.entries_at)?, len)?;
     let entries = parse_entries(&bytes, &shape);
     Some((shape, entries))
 }
@@ -149,8 +148,7 @@ pub fn dict_items(mem: &impl Memory, dict: u64, l: &ObjectLayout) -> Option<Vec<
     if values >= MIN_POINTER {
         // Split dict: the keys are shared, the values are the instance's own.
         let array = values.checked_add(l.values_array)?;
-        let mut raw = vec![0u8; items.len() * 8];
-        mem.read_bytes(array, &mut raw).then_some(())?;
+        let raw = mem.bytes_at(array, items.len() as u64 * 8)?;
         for ((item, v), i) in items.iter_mut().zip(raw.chunks_exact(8)).zip(0u64..) {
             item.value = le_u64(v, 0).unwrap_or(0);
             item.slot = array + 8 * i;

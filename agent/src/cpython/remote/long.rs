@@ -11,7 +11,7 @@ const MAX_DIGITS: u64 = 3;
 
 /// Bytes of an `int` object read: its header and [`MAX_DIGITS`] digits.
 fn long_len(l: &ObjectLayout) -> u64 {
-    l.long_digits + 4 * MAX_DIGITS
+    l.long_digits.saturating_add(4 * MAX_DIGITS)
 }
 
 /// Parses a non-negative `int` that fits in 64 bits; `None` for a negative,
@@ -44,8 +44,7 @@ pub fn parse_long(bytes: &[u8], l: &ObjectLayout) -> Option<u64> {
 
 /// Reads the `int` at `addr` (one read of a fixed size).
 pub fn read_long(mem: &impl Memory, addr: u64, l: &ObjectLayout) -> Option<u64> {
-    let mut bytes = vec![0u8; usize::try_from(long_len(l)).ok()?];
-    mem.read_bytes(addr, &mut bytes).then_some(())?;
+    let bytes = mem.bytes_at(addr, long_len(l))?;
     parse_long(&bytes, l)
 }
 
@@ -74,6 +73,17 @@ mod tests {
                 },
             );
             assert_eq!(parse_long(&neg, &l), None);
+        }
+    }
+
+    #[test]
+    fn absurd_offsets_from_a_target_read_nothing_and_do_not_panic() {
+        let l = layout(13, false);
+        let mut mem = Fake::default();
+        let at = mem.long(&l, 5);
+        for long_digits in [u64::MAX - 2, 1 << 40] {
+            let absurd = ObjectLayout { long_digits, ..l };
+            assert_eq!(read_long(&mem, at, &absurd), None);
         }
     }
 }

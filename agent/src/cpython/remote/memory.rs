@@ -67,6 +67,11 @@ impl RemoteMemory {
 /// Lowest address taken for a pointer (null and the zero page are garbage).
 pub const MIN_POINTER: u64 = 0x1000;
 
+/// Most bytes one read of an object may take (a dict's entries at their cap
+/// are 1.5 MiB). Lengths are computed from what the target says — on 3.13+
+/// even the object offsets are — so none sizes an allocation unchecked.
+pub const MAX_READ: u64 = 1 << 21;
+
 /// Somewhere bytes of the target can be read from: the process, or a test's buffers.
 pub trait Memory {
     /// Fills `buf` from `addr`; false when any byte is unreadable.
@@ -81,6 +86,15 @@ pub trait Memory {
     /// A pointer: a readable word that is not null or in the zero page.
     fn ptr_at(&self, addr: u64) -> Option<u64> {
         self.u64_at(addr).filter(|p| *p >= MIN_POINTER)
+    }
+
+    /// `len` bytes from `addr`; `None` when unreadable or longer than [`MAX_READ`].
+    fn bytes_at(&self, addr: u64, len: u64) -> Option<Vec<u8>> {
+        if len > MAX_READ {
+            return None;
+        }
+        let mut buf = vec![0u8; usize::try_from(len).ok()?];
+        self.read_bytes(addr, &mut buf).then_some(buf)
     }
 }
 
@@ -120,6 +134,16 @@ mod tests {
             .read_u64(&value as *const u64 as u64)
             .expect("own memory is readable");
         assert_eq!(read, value);
+    }
+
+    #[test]
+    fn a_read_longer_than_the_cap_is_refused_before_any_allocation() {
+        let mem = RemoteMemory::new(std::process::id());
+        let value = [7u8; 16];
+        let at = value.as_ptr() as u64;
+        assert_eq!(mem.bytes_at(at, 16).as_deref(), Some(&value[..]));
+        assert_eq!(mem.bytes_at(at, u64::MAX), None);
+        assert_eq!(mem.bytes_at(at, MAX_READ + 1), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! far (a torn or cyclic list ends), and every pointer is checked.
 
 use crate::cpython::remote::dict::{dict_get_str, DictItem};
-use crate::cpython::remote::memory::{le_u64, Memory, MIN_POINTER};
+use crate::cpython::remote::memory::{le_u64, Memory, MAX_READ, MIN_POINTER};
 use crate::cpython::remote::objects::ObjectLayout;
 
 /// Interpreters walked at most.
@@ -45,9 +45,12 @@ pub fn thread_states(mem: &impl Memory, interp: u64, l: &ObjectLayout) -> Vec<Th
         .tstate_next
         .max(l.tstate_thread_id)
         .max(native.unwrap_or(0))
-        + 8;
-    let mut buf = vec![0u8; usize::try_from(span).unwrap_or(0)];
+        .saturating_add(8);
     let mut out = Vec::new();
+    if span > MAX_READ {
+        return out;
+    }
+    let mut buf = vec![0u8; usize::try_from(span).unwrap_or(0)];
     let mut next = interp
         .checked_add(l.interp_threads_head)
         .and_then(|a| mem.ptr_at(a));

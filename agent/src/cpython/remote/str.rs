@@ -24,7 +24,9 @@ pub struct StrShape {
 
 /// Bytes of a `str` header to read: enough for the state word and the length.
 pub fn str_header_len(l: &ObjectLayout) -> u64 {
-    (l.unicode_state + 4).max(l.unicode_length + 8)
+    l.unicode_state
+        .saturating_add(4)
+        .max(l.unicode_length.saturating_add(8))
 }
 
 /// Parses a `str` header (`PyASCIIObject`); `None` for a legacy string or garbage.
@@ -71,17 +73,14 @@ pub fn decode_units(data: &[u8], unit: u64, ascii: bool) -> Option<String> {
 
 /// The shape of the `str` at `addr` (one read of its header).
 fn read_str_shape(mem: &impl Memory, addr: u64, l: &ObjectLayout) -> Option<StrShape> {
-    let mut header = vec![0u8; usize::try_from(str_header_len(l)).ok()?];
-    mem.read_bytes(addr, &mut header).then_some(())?;
+    let header = mem.bytes_at(addr, str_header_len(l))?;
     parse_str_header(&header, l)
 }
 
 /// The first `max_chars` characters of a `str` of known shape (one read).
 fn read_str_data(mem: &impl Memory, addr: u64, shape: &StrShape, max_chars: u64) -> Option<String> {
     let chars = shape.length.min(max_chars);
-    let mut data = vec![0u8; usize::try_from(chars * shape.unit).ok()?];
-    mem.read_bytes(addr.checked_add(shape.data_at)?, &mut data)
-        .then_some(())?;
+    let data = mem.bytes_at(addr.checked_add(shape.data_at)?, chars * shape.unit)?;
     decode_units(&data, shape.unit, shape.ascii)
 }
 
@@ -151,5 +150,11 @@ mod tests {
         assert!(str_equals(&mem, at, &l, "pool_0"));
         assert!(!str_equals(&mem, at, &l, "pool"));
         assert!(!str_equals(&mem, 0x10, &l, "pool_0"), "unreadable");
+        // 3.13+ offsets come from the target: absurd ones read nothing.
+        let absurd = ObjectLayout {
+            unicode_length: u64::MAX - 4,
+            ..l
+        };
+        assert_eq!(read_str(&mem, at, &absurd, 100), None);
     }
 }

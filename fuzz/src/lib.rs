@@ -43,8 +43,8 @@ pub fn elf_inspect(data: &[u8]) {
         let _ = elf::bytes_at(&file, found.address, 16);
     }
     let _ = functions::plt_stub(&file, "pthread_cond_wait");
-    let _ = libc::program_interpreter(&file);
-    let _ = libc::has_static_musl_symbols(&file);
+    let _ = elf::program_interpreter(&file);
+    let _ = elf::has_static_musl_symbols(&file);
     let _ = libc::cond_wait_symbol(&file);
 }
 

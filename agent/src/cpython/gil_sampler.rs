@@ -12,7 +12,6 @@
 //! One [`SamplerPool`] thread samples any number of processes in one pass per
 //! period (the daemon watches many); each process keeps its own tally.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,94 +19,8 @@ use std::time::{Duration, Instant};
 
 use crate::core::samples::{GilSamples, HoldStretches, StretchTracker};
 use crate::cpython::find::locate::{read_gil_state, GilSite};
-use crate::cpython::layout::versions::ThreadIdField;
 use crate::cpython::remote::memory::RemoteMemory;
-use crate::os::pidns::TidMap;
-
-/// Maps `PyThreadState *` to kernel tids by reading `native_thread_id` (3.11+), or
-/// the `pthread_t` and then glibc's `struct pthread` (3.8-3.10), from the target.
-#[derive(Debug)]
-pub struct TstateResolver {
-    mem: RemoteMemory,
-    field: ThreadIdField,
-    /// Offset of the tid inside glibc's `struct pthread`, for [`ThreadIdField::PthreadOnly`].
-    pthread_tid_off: Option<u64>,
-    cache: Mutex<HashMap<u64, (Option<u32>, Instant)>>,
-    /// The target's own tids (its PID namespace) to the host's, which BPF and /proc use.
-    tids: Mutex<TidMap>,
-}
-
-/// How long a tstate -> tid mapping is trusted (thread states are freed and reused).
-const RESOLVE_TTL: Duration = Duration::from_secs(1);
-
-/// Thread states remembered before old ones are dropped ([`RESOLVE_KEEP`]).
-const RESOLVE_CACHE_MAX: usize = 4096;
-
-/// A mapping not used for this long is dropped once the cache is full.
-const RESOLVE_KEEP: Duration = Duration::from_secs(60);
-
-impl TstateResolver {
-    /// A resolver for one process.
-    pub fn new(mem: RemoteMemory, field: ThreadIdField, pthread_tid_off: Option<u64>) -> Self {
-        Self {
-            mem,
-            field,
-            pthread_tid_off,
-            cache: Mutex::new(HashMap::new()),
-            tids: Mutex::new(TidMap::of(mem.pid())),
-        }
-    }
-
-    /// The tid behind a thread state, `None` if unknown (null, freed, or no native id in this version).
-    pub fn tid_of(&self, tstate: u64) -> Option<u32> {
-        if tstate == 0 {
-            return None;
-        }
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((tid, at)) = cache.get(&tstate) {
-            if at.elapsed() < RESOLVE_TTL || !self.can_read() {
-                return *tid;
-            }
-        }
-        let tid = self.read_tid(tstate);
-        if tid.is_some() || !cache.contains_key(&tstate) {
-            if cache.len() >= RESOLVE_CACHE_MAX {
-                // Thread states of exited threads: a long-lived process whose threads
-                // come and go would otherwise grow this forever.
-                cache.retain(|_, (_, at)| at.elapsed() < RESOLVE_KEEP);
-            }
-            cache.insert(tstate, (tid, Instant::now()));
-        }
-        tid.or_else(|| cache.get(&tstate).and_then(|(t, _)| *t))
-    }
-
-    fn can_read(&self) -> bool {
-        match self.field {
-            ThreadIdField::NativeThreadId(_) => true,
-            ThreadIdField::PthreadOnly(_) => self.pthread_tid_off.is_some(),
-        }
-    }
-
-    fn read_tid(&self, tstate: u64) -> Option<u32> {
-        let raw = match self.field {
-            ThreadIdField::NativeThreadId(off) => {
-                self.mem.read_u64(tstate.checked_add(off)?).ok()?
-            }
-            ThreadIdField::PthreadOnly(off) => {
-                let pthread = self.mem.read_u64(tstate.checked_add(off)?).ok()?;
-                let tid_at = pthread.checked_add(self.pthread_tid_off?)?;
-                let mut buf = [0u8; 4];
-                self.mem.read(tid_at, &mut buf).ok()?;
-                u64::from(u32::from_le_bytes(buf))
-            }
-        };
-        let own = u32::try_from(raw).ok().filter(|tid| *tid != 0)?;
-        self.tids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .host_tid(own)
-    }
-}
+use crate::cpython::tstate::TstateResolver;
 
 /// One sampled process: what is read, and the tally it feeds.
 struct Member {

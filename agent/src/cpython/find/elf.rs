@@ -2,7 +2,9 @@
 //!
 //! Works on stripped files: `_PyRuntime` and `Py_Version` are exported dynamic
 //! symbols in every build; `take_gil`/`drop_gil` come from
-//! `.symtab` when it survived. Nothing here touches a process.
+//! `.symtab` when it survived. Nothing here touches a process, and nothing here
+//! knows about the other finders: they build on these facts of one file
+//! (symbols, version, `PT_INTERP`, whether musl is linked in statically).
 
 use std::path::{Path, PathBuf};
 
@@ -54,7 +56,7 @@ pub struct InterpreterFile {
     pub event_wait: Option<Function>,
     /// `PT_INTERP` (e.g. `/lib/ld-musl-x86_64.so.1`): names the libc of a dynamic executable.
     pub program_interpreter: Option<String>,
-    /// A static executable carrying musl's own symbols (see [`crate::cpython::find::libc`]).
+    /// A static executable carrying musl's own symbols ([`has_static_musl_symbols`]).
     pub static_musl: bool,
 }
 
@@ -131,6 +133,32 @@ fn find_object(file: &object::File<'_>, name: &str) -> Option<u64> {
         .chain(file.symbols())
         .find(|s| s.name() == Ok(name) && s.address() != 0)
         .map(|s| s.address())
+}
+
+/// The `PT_INTERP` of an ELF file (its `.interp` section), if it has one.
+pub fn program_interpreter(file: &object::File<'_>) -> Option<String> {
+    let data = file.section_by_name(".interp")?.data().ok()?;
+    let text = data.split(|b| *b == 0).next()?;
+    std::str::from_utf8(text).ok().map(str::to_string)
+}
+
+/// A defined function named one of `names` (first name first), with its address.
+pub fn defined_function(file: &object::File<'_>, names: &[&str]) -> Option<(String, u64)> {
+    names.iter().find_map(|name| {
+        file.dynamic_symbols()
+            .chain(file.symbols())
+            .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0 && !s.is_undefined())
+            .find(|s| s.name() == Ok(*name))
+            .map(|s| (name.to_string(), s.address()))
+    })
+}
+
+/// musl's signature in a statically linked file: its start-up function
+/// `__init_libc` next to its condvar wait `__pthread_cond_timedwait` (glibc has
+/// neither name).
+pub fn has_static_musl_symbols(file: &object::File<'_>) -> bool {
+    defined_function(file, &["__init_libc"]).is_some()
+        && defined_function(file, &["__pthread_cond_timedwait"]).is_some()
 }
 
 /// Decodes `PY_VERSION_HEX` (the value of the exported `Py_Version`, 3.11+).
@@ -218,7 +246,7 @@ pub fn inspect_parsed(path: &Path, file: &object::File<'_>) -> Result<Option<Int
         .find(|s| s.file_range().0 == 0)
         .map(|s| s.address())
         .unwrap_or(0);
-    let program_interpreter = crate::cpython::find::libc::program_interpreter(file);
+    let program_interpreter = program_interpreter(file);
     Ok(Some(InterpreterFile {
         path: path.to_path_buf(),
         py_runtime,
@@ -229,8 +257,7 @@ pub fn inspect_parsed(path: &Path, file: &object::File<'_>) -> Result<Option<Int
         drop_gil: find_function(file, "drop_gil"),
         park: find_function(file, "_PyParkingLot_Park"),
         event_wait: find_function(file, "PyEvent_WaitTimed"),
-        static_musl: program_interpreter.is_none()
-            && crate::cpython::find::libc::has_static_musl_symbols(file),
+        static_musl: program_interpreter.is_none() && has_static_musl_symbols(file),
         program_interpreter,
     }))
 }

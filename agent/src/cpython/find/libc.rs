@@ -7,14 +7,16 @@
 //! `__pthread_cond_timedwait` instead (`ebpf/gil_condwait.bpf.c`). This module
 //! tells the two apart and finds that function: in musl's `libc.so` /
 //! `ld-musl-*.so.1` (exported as `pthread_cond_timedwait`), or in a statically
-//! linked interpreter's `.symtab`.
+//! linked interpreter's `.symtab`. Which files of a process to look in is
+//! [`super::locate`]'s part; this module only reads names and files.
 
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+use object::Object;
 
-use crate::cpython::find::elf::{file_offset_of, ElfImage, InterpreterFile};
-use crate::cpython::find::locate::{host_path, mapped_paths, Interpreter};
+use crate::cpython::find::elf::{
+    defined_function, file_offset_of, program_interpreter, ElfImage, InterpreterFile,
+};
 use crate::error::{Error, Result};
 
 /// The C library family of a process, as reported (`interpreter.libc`).
@@ -52,7 +54,7 @@ pub struct CondWaitSite {
     pub symbol: String,
 }
 
-/// What [`detect`] found out about the libc of a process.
+/// What was found out about the libc of a process (`locate::detect_libc`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Libc {
     /// Which family, as classified when the interpreter was found.
@@ -108,32 +110,6 @@ pub fn classify(
     }
 }
 
-/// The `PT_INTERP` of an ELF file (its `.interp` section), if it has one.
-pub fn program_interpreter(file: &object::File<'_>) -> Option<String> {
-    let data = file.section_by_name(".interp")?.data().ok()?;
-    let text = data.split(|b| *b == 0).next()?;
-    std::str::from_utf8(text).ok().map(str::to_string)
-}
-
-/// A defined function named one of `names` (first name first), with its address.
-fn defined_function(file: &object::File<'_>, names: &[&str]) -> Option<(String, u64)> {
-    names.iter().find_map(|name| {
-        file.dynamic_symbols()
-            .chain(file.symbols())
-            .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0 && !s.is_undefined())
-            .find(|s| s.name() == Ok(*name))
-            .map(|s| (name.to_string(), s.address()))
-    })
-}
-
-/// musl's signature in a statically linked file: its start-up function
-/// `__init_libc` next to its condvar wait `__pthread_cond_timedwait` (glibc has
-/// neither name).
-pub fn has_static_musl_symbols(file: &object::File<'_>) -> bool {
-    defined_function(file, &["__init_libc"]).is_some()
-        && defined_function(file, &["__pthread_cond_timedwait"]).is_some()
-}
-
 /// A statically linked executable with no symbol table of either kind left
 /// (`strip`ped): nothing in it can be found by name.
 pub fn is_stripped_static(path: &Path) -> bool {
@@ -149,13 +125,14 @@ pub fn is_stripped_static(path: &Path) -> bool {
 }
 
 /// The condvar wait a libc file defines (symbol name, link-time address): the
-/// parsing half of [`detect`], public so the fuzz harness can feed it bytes.
+/// parsing half of [`cond_wait_in`], public so the fuzz harness can feed it bytes.
 pub fn cond_wait_symbol(file: &object::File<'_>) -> Option<(String, u64)> {
     defined_function(file, &COND_WAIT_SYMBOLS)
 }
 
-/// The condvar wait in `path` (seen from the host), if the file defines it.
-fn cond_wait_in(host: &Path, in_process: &Path) -> Result<Option<CondWaitSite>> {
+/// The condvar wait in the file at `host` (seen from the host; `in_process`
+/// is its name in the process), if the file defines it.
+pub fn cond_wait_in(host: &Path, in_process: &Path) -> Result<Option<CondWaitSite>> {
     let image = ElfImage::read(host)?;
     let file = image.parse(host)?;
     let Some((symbol, address)) = cond_wait_symbol(&file) else {
@@ -184,28 +161,21 @@ pub fn kind_of(mapped: &[PathBuf], file: &InterpreterFile) -> LibcKind {
     classify(&refs, file.program_interpreter.as_deref(), file.static_musl)
 }
 
-/// The libc of the process of `interp` (already classified when it was found);
-/// on musl, also where to probe its condvar wait.
-pub fn detect(interp: &Interpreter) -> Result<Libc> {
-    let pid = interp.pid;
-    let kind = interp.libc;
-    if kind != LibcKind::Musl {
-        return Ok(Libc {
-            kind,
-            cond_wait: None,
-        });
-    }
-    let exe = crate::cpython::find::locate::exe_in_process(pid);
-    let mapped = mapped_paths(pid)?;
-    // The file that defines the condvar wait: musl-named files first, then the
-    // interpreter and executable (static builds), then any other mapped file
-    // (Debian maps musl as /usr/lib/x86_64-linux-musl/libc.so).
+/// The order to search a musl process's mapped files for its condvar wait:
+/// musl-named files first, then the interpreter file and the executable (static
+/// builds), then other libc files, then any other mapped file (Debian maps musl
+/// as /usr/lib/x86_64-linux-musl/libc.so).
+pub fn cond_wait_search_order<'a>(
+    mapped: &'a [PathBuf],
+    exe: Option<&Path>,
+    interpreter: &Path,
+) -> Vec<&'a PathBuf> {
     let mut order: Vec<&PathBuf> = mapped.iter().collect();
     order.sort_by_key(|p| {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if is_musl_name(name) {
             0
-        } else if Some(p.as_path()) == exe.as_deref() || p.as_path() == interp.path_in_process {
+        } else if Some(p.as_path()) == exe || p.as_path() == interpreter {
             1
         } else if name.starts_with("libc") {
             2
@@ -213,42 +183,13 @@ pub fn detect(interp: &Interpreter) -> Result<Libc> {
             3
         }
     });
-    for path in order {
-        let host = host_path(pid, path);
-        match cond_wait_in(&host, path) {
-            Ok(Some(site)) => {
-                return Ok(Libc {
-                    kind,
-                    cond_wait: Some(site),
-                })
-            }
-            Ok(None) => {}
-            Err(e @ Error::NoSuchProcess { .. }) => return Err(e),
-            Err(e) => tracing::debug!("musl: skipping {}: {e}", host.display()),
-        }
-    }
-    Ok(Libc {
-        kind,
-        cond_wait: None,
-    })
-}
-
-/// [`detect`], refusing a musl process whose condvar wait cannot be found:
-/// its GIL waits would silently read as zero.
-pub fn require_measurable(interp: &Interpreter) -> Result<Libc> {
-    let libc = detect(interp)?;
-    if libc.kind == LibcKind::Musl && libc.cond_wait.is_none() {
-        return Err(Error::MuslUnmeasurable {
-            pid: interp.pid,
-            file: interp.path_in_process.display().to_string(),
-        });
-    }
-    Ok(libc)
+    order
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpython::find::elf::has_static_musl_symbols;
 
     #[test]
     fn musl_is_recognised_by_its_loader_or_alpine_libc_name() {
@@ -320,6 +261,33 @@ mod tests {
         let file = image.parse(&exe).expect("parse own executable");
         assert!(!has_static_musl_symbols(&file));
         assert!(program_interpreter(&file).is_some_and(|p| p.contains("ld-linux")));
+    }
+
+    #[test]
+    fn musl_files_are_searched_first_then_the_interpreter_then_libc() {
+        let mapped: Vec<PathBuf> = [
+            "/usr/lib/libz.so.1",
+            "/usr/lib/x86_64-linux-musl/libc.so",
+            "/usr/bin/python3.13",
+            "/lib/ld-musl-x86_64.so.1",
+        ]
+        .map(PathBuf::from)
+        .to_vec();
+        let order = cond_wait_search_order(
+            &mapped,
+            Some(Path::new("/usr/bin/python3.13")),
+            Path::new("/usr/lib/libpython3.13.so"),
+        );
+        let names: Vec<&str> = order.iter().filter_map(|p| p.to_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "/lib/ld-musl-x86_64.so.1",
+                "/usr/bin/python3.13",
+                "/usr/lib/x86_64-linux-musl/libc.so",
+                "/usr/lib/libz.so.1"
+            ]
+        );
     }
 
     #[test]

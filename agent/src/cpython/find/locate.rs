@@ -9,12 +9,16 @@
 //! namespace shows host paths (`/srv/rootfs/usr/lib/...`); [`path_in_process`]
 //! turns both into the process's own view before `/proc/PID/root` is prefixed. The GIL address is only trusted after
 //! [`read_gil_state`] confirms that memory there looks like a GIL.
+//!
+//! The C library's parts a process needs are found here too, among its mapped
+//! files: glibc's tid offset in `struct pthread` and, on musl, the condvar wait
+//! ([`detect_libc`]); what makes a file one or the other is [`super::libc`]'s.
 
 use std::path::{Path, PathBuf};
 
 use crate::cpython::find::elf::{self, InterpreterFile};
-use crate::cpython::find::libc::{self, LibcKind};
-use crate::cpython::layout::debug_offsets;
+use crate::cpython::find::libc::{self, Libc, LibcKind};
+use crate::cpython::layout::debug_offsets::{self, DebugOffsets};
 use crate::cpython::layout::versions::{self, GilLayout, GilLocation, Layout, ThreadIdField};
 use crate::cpython::remote::memory::RemoteMemory;
 use crate::error::{Error, Result};
@@ -111,11 +115,6 @@ impl Interpreter {
 
     /// Finds the GIL, reading pointers (3.12) or the debug offsets (3.13+) from the process.
     pub fn resolve_gil(&self, mem: &RemoteMemory) -> Result<GilSite> {
-        let not_ready = |why: &str| Error::GilNotValid {
-            pid: self.pid,
-            addr: 0,
-            why: why.to_string(),
-        };
         match self.layout.gil {
             GilLocation::Embedded(_) => self
                 .static_gil()
@@ -126,80 +125,105 @@ impl Interpreter {
                 interpreters_head,
                 interp_next,
             } => {
-                let addr = mem.read_u64(self.py_runtime() + interp + gil_ptr)?;
-                if addr == 0 {
-                    return Err(not_ready(
-                        "the interpreter has no GIL yet (still starting?)",
-                    ));
-                }
-                Ok(GilSite {
-                    addr,
-                    layout: self.layout.gil_layout,
-                    thread_id: self.layout.thread_id,
-                    free_threaded: false,
-                    enabled_off: None,
-                    interpreters: Some(InterpreterList {
-                        head_at: self.py_runtime() + interpreters_head,
-                        next_off: interp_next,
-                        gil_ptr_off: gil_ptr,
-                    }),
-                })
-            }
-            GilLocation::DebugOffsets => {
-                let mut block = [0u8; debug_offsets::BLOCK_LEN];
-                mem.read(self.py_runtime(), &mut block)?;
-                let offsets =
-                    debug_offsets::parse(&block, self.file.version.line).map_err(|why| {
-                        Error::GilNotValid {
-                            pid: self.pid,
-                            addr: self.py_runtime(),
-                            why,
-                        }
-                    })?;
-                let head = mem.read_u64(self.py_runtime() + offsets.interpreters_head)?;
-                if head == 0 {
-                    return Err(not_ready("no interpreter yet (still starting?)"));
-                }
-                let addr = mem.read_u64(head + offsets.ceval_gil)?;
-                if addr == 0 {
-                    return Err(not_ready(
-                        "the interpreter has no GIL yet (still starting?)",
-                    ));
-                }
-                let layout = if offsets.free_threaded {
-                    self.layout.gil_layout.free_threaded()
-                } else {
-                    self.layout.gil_layout
+                let list = InterpreterList {
+                    head_at: self.py_runtime() + interpreters_head,
+                    next_off: interp_next,
+                    gil_ptr_off: gil_ptr,
                 };
-                if offsets.locked_in_gil() != Some(layout.locked)
-                    || offsets.holder_in_gil() != Some(layout.last_holder)
-                {
-                    return Err(Error::GilNotValid {
-                        pid: self.pid,
-                        addr,
-                        why: format!(
-                            "debug offsets put locked/last_holder at {:?}/{:?}, gilscope expects {}/{}",
-                            offsets.locked_in_gil(),
-                            offsets.holder_in_gil(),
-                            layout.locked,
-                            layout.last_holder
-                        ),
-                    });
-                }
-                Ok(GilSite {
-                    addr,
-                    layout,
-                    thread_id: ThreadIdField::NativeThreadId(offsets.native_thread_id),
-                    free_threaded: offsets.free_threaded,
-                    enabled_off: offsets.enabled_in_gil(),
-                    interpreters: Some(InterpreterList {
-                        head_at: self.py_runtime() + offsets.interpreters_head,
-                        next_off: offsets.interp_next,
-                        gil_ptr_off: offsets.ceval_gil,
-                    }),
-                })
+                self.gil_behind_pointer(mem, interp + gil_ptr, list)
             }
+            GilLocation::DebugOffsets => self.gil_from_debug_offsets(mem),
         }
+    }
+
+    /// A GIL not there yet: the interpreter is still starting.
+    fn not_ready(&self, why: &str) -> Error {
+        Error::GilNotValid {
+            pid: self.pid,
+            addr: 0,
+            why: why.to_string(),
+        }
+    }
+
+    /// 3.12: the GIL the main interpreter's `ceval.gil` points to, that pointer
+    /// being at `pointer_off` from `_PyRuntime`.
+    fn gil_behind_pointer(
+        &self,
+        mem: &RemoteMemory,
+        pointer_off: u64,
+        interpreters: InterpreterList,
+    ) -> Result<GilSite> {
+        let addr = mem.read_u64(self.py_runtime() + pointer_off)?;
+        if addr == 0 {
+            return Err(self.not_ready("the interpreter has no GIL yet (still starting?)"));
+        }
+        Ok(GilSite {
+            addr,
+            layout: self.layout.gil_layout,
+            thread_id: self.layout.thread_id,
+            free_threaded: false,
+            enabled_off: None,
+            interpreters: Some(interpreters),
+        })
+    }
+
+    /// 3.13+: the first interpreter's GIL, where `_PyRuntime.debug_offsets` says.
+    fn gil_from_debug_offsets(&self, mem: &RemoteMemory) -> Result<GilSite> {
+        let mut block = [0u8; debug_offsets::BLOCK_LEN];
+        mem.read(self.py_runtime(), &mut block)?;
+        let offsets = debug_offsets::parse(&block, self.file.version.line).map_err(|why| {
+            Error::GilNotValid {
+                pid: self.pid,
+                addr: self.py_runtime(),
+                why,
+            }
+        })?;
+        let head = mem.read_u64(self.py_runtime() + offsets.interpreters_head)?;
+        if head == 0 {
+            return Err(self.not_ready("no interpreter yet (still starting?)"));
+        }
+        let addr = mem.read_u64(head + offsets.ceval_gil)?;
+        if addr == 0 {
+            return Err(self.not_ready("the interpreter has no GIL yet (still starting?)"));
+        }
+        Ok(GilSite {
+            addr,
+            layout: self.checked_gil_layout(&offsets, addr)?,
+            thread_id: ThreadIdField::NativeThreadId(offsets.native_thread_id),
+            free_threaded: offsets.free_threaded,
+            enabled_off: offsets.enabled_in_gil(),
+            interpreters: Some(InterpreterList {
+                head_at: self.py_runtime() + offsets.interpreters_head,
+                next_off: offsets.interp_next,
+                gil_ptr_off: offsets.ceval_gil,
+            }),
+        })
+    }
+
+    /// The GIL layout gilscope expects for this build, refused (for the GIL at
+    /// `addr`) when the process's debug offsets put its fields elsewhere.
+    fn checked_gil_layout(&self, offsets: &DebugOffsets, addr: u64) -> Result<GilLayout> {
+        let layout = if offsets.free_threaded {
+            self.layout.gil_layout.free_threaded()
+        } else {
+            self.layout.gil_layout
+        };
+        if offsets.locked_in_gil() != Some(layout.locked)
+            || offsets.holder_in_gil() != Some(layout.last_holder)
+        {
+            return Err(Error::GilNotValid {
+                pid: self.pid,
+                addr,
+                why: format!(
+                    "debug offsets put locked/last_holder at {:?}/{:?}, gilscope expects {}/{}",
+                    offsets.locked_in_gil(),
+                    offsets.holder_in_gil(),
+                    layout.locked,
+                    layout.last_holder
+                ),
+            });
+        }
+        Ok(layout)
     }
 }
 
@@ -343,9 +367,9 @@ fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
     Ok(files)
 }
 
-/// Every file mapped by process `pid` (as the process names it), for callers that
-/// look for something other than the interpreter (e.g. which libc it runs on).
-pub(crate) fn mapped_paths(pid: u32) -> Result<Vec<PathBuf>> {
+/// Every file mapped by process `pid` (as the process names it), for finding
+/// something other than the interpreter (e.g. its libc's condvar wait).
+fn mapped_paths(pid: u32) -> Result<Vec<PathBuf>> {
     Ok(mapped_files(pid)?.into_iter().map(|f| f.path).collect())
 }
 
@@ -478,6 +502,53 @@ pub fn glibc_pthread_tid_offset(pid: u32) -> Option<u64> {
             .map(u32::from_le_bytes)
     };
     (word(0)? == 32 && word(1)? == 1).then(|| u64::from(word(2).unwrap_or(0)))
+}
+
+/// The libc of the process of `interp` (already classified when it was found);
+/// on musl, also where to probe its condvar wait.
+pub fn detect_libc(interp: &Interpreter) -> Result<Libc> {
+    let pid = interp.pid;
+    let kind = interp.libc;
+    if kind != LibcKind::Musl {
+        return Ok(Libc {
+            kind,
+            cond_wait: None,
+        });
+    }
+    let exe = exe_in_process(pid);
+    let mapped = mapped_paths(pid)?;
+    let order = libc::cond_wait_search_order(&mapped, exe.as_deref(), &interp.path_in_process);
+    for path in order {
+        let host = host_path(pid, path);
+        match libc::cond_wait_in(&host, path) {
+            Ok(Some(site)) => {
+                return Ok(Libc {
+                    kind,
+                    cond_wait: Some(site),
+                })
+            }
+            Ok(None) => {}
+            Err(e @ Error::NoSuchProcess { .. }) => return Err(e),
+            Err(e) => tracing::debug!("musl: skipping {}: {e}", host.display()),
+        }
+    }
+    Ok(Libc {
+        kind,
+        cond_wait: None,
+    })
+}
+
+/// [`detect_libc`], refusing a musl process whose condvar wait cannot be found:
+/// its GIL waits would silently read as zero.
+pub fn require_measurable_libc(interp: &Interpreter) -> Result<Libc> {
+    let libc = detect_libc(interp)?;
+    if libc.kind == LibcKind::Musl && libc.cond_wait.is_none() {
+        return Err(Error::MuslUnmeasurable {
+            pid: interp.pid,
+            file: interp.path_in_process.display().to_string(),
+        });
+    }
+    Ok(libc)
 }
 
 /// [`find_interpreter`] that turns "nothing found" into [`Error::NotPython`].

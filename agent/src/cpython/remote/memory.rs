@@ -1,6 +1,9 @@
 //! Reads another process's memory without stopping it (`process_vm_readv`), the way
 //! py-spy's non-blocking mode does. Values may be torn or stale by the time they
 //! are used; callers treat them as samples, never as a consistent snapshot.
+//!
+//! [`Memory`] is what the object readers ([`super::str`], [`super::dict`], …)
+//! read through: the process itself, or a test's made-up address space.
 
 use std::io::IoSliceMut;
 
@@ -61,6 +64,64 @@ impl RemoteMemory {
     }
 }
 
+/// Lowest address taken for a pointer (null and the zero page are garbage).
+pub const MIN_POINTER: u64 = 0x1000;
+
+/// Most bytes one read of an object may take (a dict's entries at their cap
+/// are 1.5 MiB). Lengths are computed from what the target says — on 3.13+
+/// even the object offsets are — so none sizes an allocation unchecked.
+pub const MAX_READ: u64 = 1 << 21;
+
+/// Somewhere bytes of the target can be read from: the process, or a test's buffers.
+pub trait Memory {
+    /// Fills `buf` from `addr`; false when any byte is unreadable.
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool;
+
+    /// A little-endian u64, `None` when unreadable.
+    fn u64_at(&self, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read_bytes(addr, &mut b).then(|| u64::from_le_bytes(b))
+    }
+
+    /// A pointer: a readable word that is not null or in the zero page.
+    fn ptr_at(&self, addr: u64) -> Option<u64> {
+        self.u64_at(addr).filter(|p| *p >= MIN_POINTER)
+    }
+
+    /// `len` bytes from `addr`; `None` when unreadable or longer than [`MAX_READ`].
+    fn bytes_at(&self, addr: u64, len: u64) -> Option<Vec<u8>> {
+        if len > MAX_READ {
+            return None;
+        }
+        let mut buf = vec![0u8; usize::try_from(len).ok()?];
+        self.read_bytes(addr, &mut buf).then_some(buf)
+    }
+}
+
+impl Memory for RemoteMemory {
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.read(addr, buf).is_ok()
+    }
+}
+
+/// The little-endian u64 at byte `at` of bytes already read, `None` past the end.
+pub fn le_u64(b: &[u8], at: u64) -> Option<u64> {
+    let at = usize::try_from(at).ok()?;
+    b.get(at..at.checked_add(8)?)?
+        .try_into()
+        .ok()
+        .map(u64::from_le_bytes)
+}
+
+/// The little-endian u32 at byte `at` of bytes already read, `None` past the end.
+pub fn le_u32(b: &[u8], at: u64) -> Option<u32> {
+    let at = usize::try_from(at).ok()?;
+    b.get(at..at.checked_add(4)?)?
+        .try_into()
+        .ok()
+        .map(u32::from_le_bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +134,16 @@ mod tests {
             .read_u64(&value as *const u64 as u64)
             .expect("own memory is readable");
         assert_eq!(read, value);
+    }
+
+    #[test]
+    fn a_read_longer_than_the_cap_is_refused_before_any_allocation() {
+        let mem = RemoteMemory::new(std::process::id());
+        let value = [7u8; 16];
+        let at = value.as_ptr() as u64;
+        assert_eq!(mem.bytes_at(at, 16).as_deref(), Some(&value[..]));
+        assert_eq!(mem.bytes_at(at, u64::MAX), None);
+        assert_eq!(mem.bytes_at(at, MAX_READ + 1), None);
     }
 
     #[test]

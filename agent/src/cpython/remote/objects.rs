@@ -1,11 +1,11 @@
-//! The one table of CPython *object* layouts gilscope reads to name threads.
+//! The one table of CPython *object* layouts the readers of this module use.
 //!
 //! Naming a thread means walking from the interpreter state to `sys.modules`,
 //! the `threading` module's `_active` dict, each `Thread` object's `_name` and
 //! the `str` behind it, so this table holds the offsets of those structs per
 //! release line. Like [`crate::cpython::layout::versions`], every figure was read from the DWARF
 //! of a local build (`gdb -batch -ex 'ptype /o PyDictObject' libpython3.X.so`)
-//! and `agent/tests/offsets_match_dwarf.rs` compares them with each build's debug
+//! and `agent/tests/e2e/interpreters/offsets_match_dwarf.rs` compares them with each build's debug
 //! info, so stripped interpreters need no debug info at run time. On 3.13+ the
 //! fields `_PyRuntime.debug_offsets` describes override the table
 //! ([`ObjectLayout::with_debug_offsets`]).
@@ -42,7 +42,7 @@ pub enum InstanceDict {
     Managed313 { managed_dict: i64 },
 }
 
-/// Offsets (bytes) of everything the thread-name reader touches, for one build.
+/// Offsets (bytes) of everything the object readers touch, for one build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ObjectLayout {
     pub version: PyVersion,

@@ -11,7 +11,6 @@ use super::{NameRefresh, Session};
 use crate::core::report::{PreciseProbes, ProbeSite};
 use crate::cpython::find::elf::ElfImage;
 use crate::cpython::find::functions::{self, FoundBy, FoundFunction};
-use crate::cpython::find::libc as c_library;
 use crate::cpython::find::locate::{self, GilSite, Interpreter};
 use crate::cpython::gil_sampler::SamplerPool;
 use crate::cpython::remote::memory::RemoteMemory;
@@ -124,7 +123,7 @@ fn attach_condwait(
     interp: &Interpreter,
     episode_threshold_ns: u64,
 ) -> Result<Option<CondWaitProbe>> {
-    match c_library::require_measurable(interp)?.cond_wait {
+    match locate::require_measurable_libc(interp)?.cond_wait {
         Some(site) => {
             CondWaitProbe::attach_with_episodes(interp.pid, &site, episode_threshold_ns).map(Some)
         }

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::receivers::{free_port, Running};
 use crate::common::*;
-use gilscope::cpython::find::libc::require_measurable;
-use gilscope::cpython::find::locate::{read_gil_state, require_interpreter};
+use gilscope::cpython::find::locate::{
+    read_gil_state, require_interpreter, require_measurable_libc,
+};
 use gilscope::cpython::remote::memory::RemoteMemory;
 use gilscope::probes::condwait::CondWaitProbe;
 use gilscope::probes::wait::WaitProbe;
@@ -215,7 +216,7 @@ fn a_full_condvar_map_on_musl_counts_what_it_could_not_hold() {
     let mem = RemoteMemory::new(pid);
     let gil = interp.resolve_gil(&mem).expect("GIL address");
     read_gil_state(pid, &mem, &gil).expect("valid GIL");
-    let site = require_measurable(&interp)
+    let site = require_measurable_libc(&interp)
         .expect("measurable musl build")
         .cond_wait
         .expect("musl: a condvar wait to probe");

@@ -12,7 +12,7 @@
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
-#include "gilscope.h"
+#include "lock_park.h"
 #include "bits.bpf.h"
 
 struct {

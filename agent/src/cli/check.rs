@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::core::analyse::{
     analyse, estimate, lock_contention, CpuEnvironment, Measurement, PreciseCounters,
 };
+use crate::core::counters::WaitCounters;
 use crate::core::cpu::{ThreadSample, Throttling};
 use crate::core::diagnose::{diagnose, Facts};
 use crate::core::report::{Ending, Mode, PreciseProbes, ProbeSite, Report, SCHEMA};
@@ -31,10 +32,10 @@ use crate::error::{Error, Result};
 use crate::os::cgroup::{affinity_cpus, throttled_between, CpuCgroup};
 use crate::os::threads::sample_threads;
 use crate::probes::condwait::{self, CondWaitProbe};
-use crate::probes::layout::MAX_GILS;
 use crate::probes::lock::LockProbe;
 use crate::probes::precise::{PreciseProbe, PreciseTargets};
-use crate::probes::wait::{WaitCounters, WaitProbe};
+use crate::probes::wait::WaitProbe;
+use crate::probes::MAX_GILS;
 use crate::watch::children::Children;
 use crate::watch::launch::{self, ChildStdout};
 use crate::watch::session::interpreter_info;

@@ -6,7 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::core::counters::HIST_SLOTS;
+use crate::core::counters::{
+    Counter, Hist, LockCounters, LockParks, PreciseGil, ThreadWaits, WaitCounters, HIST_SLOTS,
+};
 use crate::core::cpu::ThreadSample;
 use crate::core::cpu::Throttling;
 use crate::core::report::{
@@ -14,9 +16,6 @@ use crate::core::report::{
     ThreadReport,
 };
 use crate::core::samples::GilSamples;
-use crate::probes::layout::{LockVal, PreciseGil, ThreadWaits};
-use crate::probes::lock::LockCounters;
-use crate::probes::wait::WaitCounters;
 
 const NS: f64 = 1e9;
 
@@ -166,12 +165,6 @@ pub fn percentile_with_zeros_us(hist: &[u64; HIST_SLOTS], zeros: u64, q: f64) ->
     percentile_us(hist, (rank - zeros as f64) / waited as f64)
 }
 
-fn add_hist(into: &mut [u64; HIST_SLOTS], from: &[u64; HIST_SLOTS]) {
-    for (a, b) in into.iter_mut().zip(from.iter()) {
-        *a += b;
-    }
-}
-
 fn ratio(num: f64, den: f64) -> f64 {
     if den > 0.0 {
         num / den
@@ -185,11 +178,11 @@ const TOP_LOCKS: usize = 10;
 
 /// Totals, percentiles and the hottest locks of PyMutex parking.
 pub fn lock_contention(locks: &LockCounters) -> LockContention {
-    let mut hist = [0u64; HIST_SLOTS];
+    let mut hist = Hist::ZERO;
     for w in locks.threads.values() {
-        add_hist(&mut hist, &w.park_hist);
+        hist.add(&w.park_hist);
     }
-    let mut top: Vec<(u64, LockVal)> = locks.locks.iter().map(|(a, v)| (*a, *v)).collect();
+    let mut top: Vec<(u64, LockParks)> = locks.locks.iter().map(|(a, v)| (*a, *v)).collect();
     top.sort_by(|a, b| b.1.park_ns.cmp(&a.1.park_ns).then(a.0.cmp(&b.0)));
     LockContention {
         wait_s: locks.threads.values().map(|w| w.park_ns).sum::<u64>() as f64 / NS,
@@ -222,7 +215,7 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
     tids.sort_by_key(|&tid| (tid != m.pid, tid));
 
     let zero_waits = ThreadWaits::default();
-    let mut process_hist = [0u64; HIST_SLOTS];
+    let mut process_hist = Hist::ZERO;
     let mut threads = Vec::with_capacity(tids.len());
     for tid in tids {
         let end = m.cpu_end.get(&tid);
@@ -233,7 +226,7 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
             e.saturating_sub(s) as f64 / NS
         };
         let w = m.waits.threads.get(&tid).unwrap_or(&zero_waits);
-        add_hist(&mut process_hist, &w.take_hist);
+        process_hist.add(&w.take_hist);
         let precise = m.precise.as_ref().and_then(|p| p.threads.get(&tid));
         let lock = m.locks.as_ref().and_then(|l| l.threads.get(&tid));
         let futex_gil_wait_ns = w.take_wait_ns + w.mutex_wait_ns;
@@ -366,7 +359,7 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probes::layout::{BlockedKey, BlockedVal};
+    use crate::core::counters::{BlockedKey, BlockedWait};
 
     fn hist_with(slot: usize, count: u64) -> [u64; HIST_SLOTS] {
         let mut h = [0; HIST_SLOTS];
@@ -403,7 +396,6 @@ mod tests {
             waits.threads.insert(
                 tid,
                 ThreadWaits {
-                    tgid: pid,
                     take_wait_ns: 3_000_000_000,
                     take_waits: 600,
                     take_hist: hist_with(22, 600),
@@ -413,10 +405,9 @@ mod tests {
             waits.blocked_by.insert(
                 BlockedKey {
                     waiter_tid: tid,
-                    _pad: 0,
                     holder_tstate: 0xdead,
                 },
-                BlockedVal {
+                BlockedWait {
                     wait_ns: 3_000_000_000,
                     segments: 600,
                 },
@@ -564,12 +555,11 @@ mod tests {
 
     #[test]
     fn hot_locks_are_ranked_by_park_time() {
-        use crate::probes::layout::LockWaits;
+        use crate::core::counters::LockWaits;
         let mut locks = LockCounters::default();
         locks.threads.insert(
             7,
             LockWaits {
-                tgid: 1,
                 park_ns: 3_000_000,
                 parks: 3,
                 park_hist: hist_with(20, 3),
@@ -578,14 +568,14 @@ mod tests {
         );
         locks.locks.insert(
             0x10,
-            LockVal {
+            LockParks {
                 park_ns: 1_000_000,
                 parks: 1,
             },
         );
         locks.locks.insert(
             0x20,
-            LockVal {
+            LockParks {
                 park_ns: 2_000_000,
                 parks: 2,
             },

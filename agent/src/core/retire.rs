@@ -17,12 +17,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use crate::core::counters::{BlockedKey, BlockedWait, ThreadWaits, WaitCounters};
 use crate::core::cpu::ThreadSample;
 use crate::core::samples::{GilSamples, HoldStretches};
 use crate::cpython::gil_sampler::SampledProcess;
 use crate::probes::condwait::{self, CondWaitProbe};
-use crate::probes::layout::{BlockedKey, BlockedVal, ThreadWaits};
-use crate::probes::wait::{WaitCounters, WaitProbe};
+use crate::probes::wait::WaitProbe;
 
 /// The tid of the row that stands for every retired thread. No kernel tid is
 /// this large (`pid_max` is at most 2^22), and 0 already means "unknown holder".
@@ -65,7 +65,7 @@ pub struct Retirement {
     runqueue_ns: u64,
     waits: ThreadWaits,
     /// Holder thread state -> the retired threads' waits behind it.
-    blocked: HashMap<u64, BlockedVal>,
+    blocked: HashMap<u64, BlockedWait>,
     held_by: u64,
     stretches: HoldStretches,
     /// Threads retired so far.
@@ -128,13 +128,13 @@ impl Retirement {
                 self.runqueue_ns += sample.runqueue_ns;
             }
             if let Some(w) = taken.threads.get(tid) {
-                add_waits(&mut self.waits, w);
+                self.waits.add(w);
             }
             self.gone.remove(tid);
             self.recent.insert(*tid, now);
         }
         for (key, val) in &taken.blocked_by {
-            add_blocked(self.blocked.entry(key.holder_tstate).or_default(), val);
+            self.blocked.entry(key.holder_tstate).or_default().add(val);
         }
         self.retired += tids.len() as u64;
         self.recent
@@ -252,7 +252,6 @@ pub fn retire_due(exits: &mut Retirement, pid: u32, now: Instant, src: Sources) 
 fn exited_key(holder: u64) -> BlockedKey {
     BlockedKey {
         waiter_tid: EXITED_TID,
-        _pad: 0,
         holder_tstate: holder,
     }
 }
@@ -299,19 +298,10 @@ pub fn rebase(
         .collect();
     for tid in &left {
         if let Some(w) = waits.threads.remove(tid) {
-            add_waits(
-                waits
-                    .threads
-                    .entry(EXITED_TID)
-                    .or_insert_with(|| ThreadWaits {
-                        tgid: w.tgid,
-                        ..ThreadWaits::default()
-                    }),
-                &w,
-            );
+            waits.threads.entry(EXITED_TID).or_default().add(&w);
         }
     }
-    let moved: Vec<(BlockedKey, BlockedVal)> = waits
+    let moved: Vec<(BlockedKey, BlockedWait)> = waits
         .blocked_by
         .iter()
         .filter(|(k, _)| left.contains(&k.waiter_tid))
@@ -319,13 +309,11 @@ pub fn rebase(
         .collect();
     for (key, val) in moved {
         waits.blocked_by.remove(&key);
-        add_blocked(
-            waits
-                .blocked_by
-                .entry(exited_key(key.holder_tstate))
-                .or_default(),
-            &val,
-        );
+        waits
+            .blocked_by
+            .entry(exited_key(key.holder_tstate))
+            .or_default()
+            .add(&val);
     }
 
     let left: Vec<u32> = gil
@@ -353,21 +341,6 @@ pub fn rebase(
     (threads, waits, gil)
 }
 
-/// Adds every counter of `w` to `into` (all lanes but the tgid and the
-/// kernel's retake state, which is not a counter).
-fn add_waits(into: &mut ThreadWaits, w: &ThreadWaits) {
-    let armed = into.retake_armed_ns;
-    // SAFETY: ThreadWaits is repr(C): a u32 pair, then u64 lanes only (the layout test
-    // checks it); lane 0 holds the pair and is skipped.
-    unsafe { crate::probes::layout::lanes_add(into, w, 1) };
-    into.retake_armed_ns = armed;
-}
-
-fn add_blocked(into: &mut BlockedVal, v: &BlockedVal) {
-    into.wait_ns += v.wait_ns;
-    into.segments += v.segments;
-}
-
 fn add_stretches(into: &mut HoldStretches, s: &HoldStretches) {
     for (a, b) in into.hist.iter_mut().zip(s.hist.iter()) {
         *a += b;
@@ -390,7 +363,6 @@ mod tests {
 
     fn waits(take_ns: u64) -> ThreadWaits {
         ThreadWaits {
-            tgid: 7,
             take_wait_ns: take_ns,
             take_waits: take_ns / 1000,
             ..ThreadWaits::default()
@@ -400,7 +372,6 @@ mod tests {
     fn blocked(tid: u32, holder: u64) -> BlockedKey {
         BlockedKey {
             waiter_tid: tid,
-            _pad: 0,
             holder_tstate: holder,
         }
     }
@@ -427,7 +398,7 @@ mod tests {
         kernel.threads.insert(11, waits(7_000));
         kernel.blocked_by.insert(
             blocked(11, 0xa),
-            BlockedVal {
+            BlockedWait {
                 wait_ns: 7_000,
                 segments: 3,
             },
@@ -441,7 +412,7 @@ mod tests {
         kernel.threads.insert(11, waits(9_000));
         kernel.blocked_by.insert(
             blocked(11, 0xa),
-            BlockedVal {
+            BlockedWait {
                 wait_ns: 9_000,
                 segments: 4,
             },

@@ -4,7 +4,6 @@
 //! Only threads that must sleep on a lock reach `_PyParkingLot_Park`, so the
 //! probes never run on an uncontended lock.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 
@@ -13,20 +12,13 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 
+use crate::core::counters::LockCounters;
 use crate::error::{Error, Result};
-use crate::probes::layout::{LockKey, LockVal, LockWaits};
+use crate::probes::layout as k;
 use crate::probes::{bpf_error, map_error, uprobe_error};
 
 static LOCK_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lock_park.bpf.o"));
-
-/// Lock contention of one process, cumulative since the probes were attached.
-#[derive(Debug, Clone, Default)]
-pub struct LockCounters {
-    pub threads: HashMap<u32, LockWaits>,
-    /// Lock address -> park time and count.
-    pub locks: HashMap<u64, LockVal>,
-}
 
 /// The attached parking-lot probes; detached when dropped.
 pub struct LockProbe {
@@ -83,9 +75,9 @@ impl LockProbe {
                 .map(name)
                 .ok_or_else(|| Error::Internal(format!("map {name} missing from lock_park.bpf.o")))
         };
-        let waits: BpfHashMap<_, u32, LockWaits> =
+        let waits: BpfHashMap<_, u32, k::LockWaits> =
             BpfHashMap::try_from(map("lock_waits")?).map_err(|e| map_error("lock_waits", &e))?;
-        let by_address: BpfHashMap<_, LockKey, LockVal> =
+        let by_address: BpfHashMap<_, k::LockKey, k::LockVal> =
             BpfHashMap::try_from(map("lock_by_address")?)
                 .map_err(|e| map_error("lock_by_address", &e))?;
         Ok(LockCounters {
@@ -93,12 +85,13 @@ impl LockProbe {
                 .iter()
                 .filter_map(|e| e.ok())
                 .filter(|(_, w)| w.tgid == tgid)
+                .map(|(tid, w)| (tid, w.into()))
                 .collect(),
             locks: by_address
                 .iter()
                 .filter_map(|e| e.ok())
                 .filter(|(k, _)| k.tgid == tgid)
-                .map(|(k, v)| (k.address, v))
+                .map(|(k, v)| (k.address, v.into()))
                 .collect(),
         })
     }

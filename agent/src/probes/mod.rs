@@ -9,6 +9,10 @@ pub mod wait;
 
 use crate::error::Error;
 
+/// GILs the probes watch per process at most (the main interpreter's first,
+/// then subinterpreters with their own GIL).
+pub use layout::MAX_GILS;
+
 /// The whole error chain on one line (aya's top-level messages alone say little).
 fn chain(err: &(dyn std::error::Error + 'static)) -> (String, Option<i32>) {
     let mut text = err.to_string();

@@ -13,8 +13,9 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
 use aya::Ebpf;
 
+use crate::core::counters::PreciseGil;
 use crate::error::{Error, Result};
-use crate::probes::layout::PreciseGil;
+use crate::probes::layout as k;
 use crate::probes::{bpf_error, map_error, uprobe_error};
 
 static PRECISE_OBJECT: &[u8] =
@@ -74,12 +75,13 @@ impl PreciseProbe {
             .ebpf
             .map("precise_gil")
             .ok_or_else(|| Error::Internal("map precise_gil missing".into()))?;
-        let map: BpfHashMap<_, u32, PreciseGil> =
+        let map: BpfHashMap<_, u32, k::PreciseGil> =
             BpfHashMap::try_from(map).map_err(|e| map_error("precise_gil", &e))?;
         Ok(map
             .iter()
             .filter_map(|e| e.ok())
             .filter(|(_, p)| p.tgid == tgid)
+            .map(|(tid, p)| (tid, p.into()))
             .collect())
     }
 }

@@ -4,7 +4,7 @@
 //! process (its GIL address) to the in-kernel filter, [`WaitProbe::unwatch`]
 //! removes it together with every per-thread entry it left behind. With an
 //! episode threshold ([`WaitProbe::load_with_episodes`]) the kernel also sends
-//! one [`GilEpisode`] per long GIL wait, drained by [`WaitProbe::drain_episodes`].
+//! one [`WaitEpisode`] per long GIL wait, drained by [`WaitProbe::drain_episodes`].
 //! A wait the kernel could not count because a map was full is counted instead
 //! ([`WaitProbe::entries_dropped`]), so the loss can be reported.
 
@@ -14,13 +14,12 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
-use crate::core::counters::WaitEpisode;
+use crate::core::counters::{
+    BlockedKey, BlockedWait, EntriesDropped, KernelMap, ThreadWaits, WaitCounters, WaitEpisode,
+};
 use crate::cpython::layout::versions::GilLayout;
 use crate::error::{Error, Result};
-use crate::probes::layout::{
-    map_full_slot, BlockedKey, BlockedVal, FutexInflight, GilEpisode, GilKey, GilTarget, GilVal,
-    ThreadWaits, MAX_GILS,
-};
+use crate::probes::layout::{self as k, map_full_slot, MAX_GILS};
 use crate::probes::{bpf_error, map_error};
 
 static WAIT_OBJECT: &[u8] =
@@ -43,39 +42,6 @@ const CONTINUATION_GAP_NS: u64 = 1_000_000;
 /// before being asked to drop it), so that return had no residual latency.
 const RETAKE_WINDOW_NS: u64 = 1_000_000;
 
-/// Counters of one process, as the kernel has them now (cumulative since `watch`).
-#[derive(Debug, Default, Clone)]
-pub struct WaitCounters {
-    pub threads: HashMap<u32, ThreadWaits>,
-    /// (waiter tid, holder thread state) -> wait behind that holder.
-    pub blocked_by: HashMap<BlockedKey, BlockedVal>,
-    /// GIL address -> take-side wait on that GIL.
-    pub gils: HashMap<u64, GilVal>,
-}
-
-impl WaitCounters {
-    /// What accumulated since `prev` (a thread or key absent from `prev` is new).
-    pub fn since(&self, prev: &Self) -> Self {
-        Self {
-            threads: self
-                .threads
-                .iter()
-                .map(|(tid, w)| (*tid, prev.threads.get(tid).map_or(*w, |p| w.since(p))))
-                .collect(),
-            blocked_by: self
-                .blocked_by
-                .iter()
-                .map(|(k, v)| (*k, prev.blocked_by.get(k).map_or(*v, |p| v.since(p))))
-                .collect(),
-            gils: self
-                .gils
-                .iter()
-                .map(|(k, v)| (*k, prev.gils.get(k).map_or(*v, |p| v.since(p))))
-                .collect(),
-        }
-    }
-}
-
 /// The loaded and attached wait probe (GIL waits and every other sleep).
 pub struct WaitProbe {
     ebpf: Ebpf,
@@ -84,14 +50,14 @@ pub struct WaitProbe {
     episode_threshold_ns: u64,
 }
 
-/// Moves every [`GilEpisode`] in an episode ring buffer into `out`.
+/// Moves every episode record in an episode ring buffer into `out`.
 pub(crate) fn drain_ring(ring: &mut RingBuf<MapData>, out: &mut Vec<WaitEpisode>) {
     while let Some(item) = ring.next() {
-        if item.len() >= std::mem::size_of::<GilEpisode>() {
+        if item.len() >= std::mem::size_of::<k::GilEpisode>() {
             // SAFETY: GilEpisode is repr(C) Pod (any bit pattern is valid) and the
             // item holds at least size_of::<GilEpisode>() bytes; read_unaligned
             // makes no assumption about the item's alignment.
-            let record = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<GilEpisode>()) };
+            let record = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<k::GilEpisode>()) };
             out.push(record.into());
         }
     }
@@ -105,24 +71,28 @@ pub(crate) fn lost_count(ebpf: &Ebpf, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The per-thread maps of the futex probe, in the slot order of its `map_full` array.
-pub const FULL_MAPS: [&str; map_full_slot::SLOTS] =
-    ["thread_waits", "blocked_by", "inflight", "gil_waits"];
+/// The futex probe's maps by their slot of its `map_full` array.
+const FULL_SLOTS: [(u32, KernelMap); map_full_slot::SLOTS] = [
+    (map_full_slot::THREAD_WAITS, KernelMap::ThreadWaits),
+    (map_full_slot::BLOCKED_BY, KernelMap::BlockedBy),
+    (map_full_slot::INFLIGHT, KernelMap::Inflight),
+    (map_full_slot::GIL_WAITS, KernelMap::GilWaits),
+];
 
-/// Failed inserts per map, from a map-full array (`names` in slot order; see
-/// [`map_full_slot`]); 0 where the array cannot be read.
+/// Failed inserts per map, from a map-full array (`slots`: which map each
+/// slot counts); 0 where the array cannot be read.
 pub(crate) fn full_counts(
     ebpf: &Ebpf,
     array: &str,
-    names: [&'static str; map_full_slot::SLOTS],
-) -> [(&'static str, u64); map_full_slot::SLOTS] {
+    slots: &[(u32, KernelMap); map_full_slot::SLOTS],
+) -> EntriesDropped {
     let counts = ebpf
         .map(array)
         .and_then(|m| Array::<&MapData, u64>::try_from(m).ok());
-    let mut out = names.map(|name| (name, 0));
+    let mut out = EntriesDropped::default();
     if let Some(counts) = counts {
-        for (slot, entry) in (0u32..).zip(out.iter_mut()) {
-            entry.1 = counts.get(&slot, 0).unwrap_or(0);
+        for (slot, map) in slots {
+            out.set(*map, counts.get(slot, 0).unwrap_or(0));
         }
     }
     out
@@ -130,10 +100,11 @@ pub(crate) fn full_counts(
 
 /// Logs one warning per map that had failed inserts: for the one-shot commands
 /// (`check`), whose report would otherwise look complete while waits are missing.
-pub fn warn_dropped(counts: &[(&'static str, u64)]) {
+pub fn warn_dropped(counts: &EntriesDropped) {
     for (map, n) in counts.iter().filter(|(_, n)| *n > 0) {
         tracing::warn!(
-            "kernel map {map} was full: {n} inserts failed, so some waits are missing from this report"
+            "kernel map {} was full: {n} inserts failed, so some waits are missing from this report",
+            map.name()
         );
     }
 }
@@ -153,7 +124,7 @@ impl WaitProbe {
     }
 
     /// As [`WaitProbe::load`], and the kernel records every merged take wait of at
-    /// least `threshold_ns` as a [`GilEpisode`] (0: none, the ring buffer stays empty).
+    /// least `threshold_ns` as a [`WaitEpisode`] (0: none, the ring buffer stays empty).
     pub fn load_with_episodes(threshold_ns: u64) -> Result<Self> {
         Self::load_with_capacity(threshold_ns, None)
     }
@@ -231,18 +202,18 @@ impl WaitProbe {
     }
 
     /// Inserts the kernel could not make because the map was full (cumulative
-    /// since load), per map of [`FULL_MAPS`] order: `thread_waits` counts waits
-    /// of threads that found no slot (each one uncounted), `blocked_by` waits
-    /// not attributed to their holder, `inflight` waits not tracked at all,
-    /// `gil_waits` take waits missing from the per-GIL figures.
-    pub fn entries_dropped(&self) -> [(&'static str, u64); map_full_slot::SLOTS] {
-        full_counts(&self.ebpf, "map_full", FULL_MAPS)
+    /// since load), per map: `thread_waits` counts waits of threads that found
+    /// no slot (each one uncounted), `blocked_by` waits not attributed to their
+    /// holder, `inflight` waits not tracked at all, `gil_waits` take waits
+    /// missing from the per-GIL figures.
+    pub fn entries_dropped(&self) -> EntriesDropped {
+        full_counts(&self.ebpf, "map_full", &FULL_SLOTS)
     }
 
-    /// The number of entries the kernel gave map `name` (e.g. `thread_waits`), for
-    /// saying how full "full" is; `None` for an unknown map.
-    pub fn capacity(&self, name: &str) -> Option<u32> {
-        hash_capacity(&self.ebpf, name)
+    /// The number of entries the kernel gave `map`, for saying how full "full"
+    /// is; `None` for a map not of this probe.
+    pub fn capacity(&self, map: KernelMap) -> Option<u32> {
+        hash_capacity(&self.ebpf, map.name())
     }
 
     /// The span threshold this probe was loaded with (0: no episodes), for the
@@ -280,7 +251,7 @@ impl WaitProbe {
         let narrow = |v: u64| {
             u32::try_from(v).map_err(|_| Error::Internal(format!("GIL offset {v} too large")))
         };
-        let target = GilTarget {
+        let target = k::GilTarget {
             gil_addrs,
             gil_size: narrow(layout.size)?,
             cond_off: narrow(layout.cond)?,
@@ -289,7 +260,7 @@ impl WaitProbe {
             last_holder_off: narrow(layout.last_holder)?,
             locked_off: narrow(layout.locked)?,
         };
-        let mut targets = self.map_mut::<u32, GilTarget>("targets")?;
+        let mut targets = self.map_mut::<u32, k::GilTarget>("targets")?;
         targets
             .insert(tgid, target, 0)
             .map_err(|e| map_error("targets", &e))
@@ -299,7 +270,7 @@ impl WaitProbe {
     /// last report: a process that exec'd into another program must not have that
     /// program's sleeps counted under it. [`WaitProbe::unwatch`] clears the rest.
     pub fn stop_counting(&mut self, tgid: u32) -> Result<()> {
-        let mut targets = self.map_mut::<u32, GilTarget>("targets")?;
+        let mut targets = self.map_mut::<u32, k::GilTarget>("targets")?;
         match targets.remove(&tgid) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             // Already stopped (the kernel says ENOENT).
@@ -329,26 +300,21 @@ impl WaitProbe {
     /// they held (their counters and blocked-by pairs): a long-lived process
     /// whose threads come and go keeps their sum, not their slots.
     pub fn take_threads(&mut self, tids: &[u32]) -> Result<WaitCounters> {
-        let (threads, blocked_by) = take_thread_entries::<ThreadWaits, FutexInflight>(
+        take_thread_entries::<k::ThreadWaits, k::FutexInflight>(
             &mut self.ebpf,
             ["thread_waits", "blocked_by", "inflight"],
             tids,
-        )?;
-        Ok(WaitCounters {
-            threads,
-            blocked_by,
-            gils: HashMap::new(),
-        })
+        )
     }
 
     fn forget_gils(&mut self, tgid: u32) -> Result<()> {
-        let keys: Vec<GilKey> = self
-            .map::<GilKey, GilVal>("gil_waits")?
+        let keys: Vec<k::GilKey> = self
+            .map::<k::GilKey, k::GilVal>("gil_waits")?
             .keys()
             .filter_map(|k| k.ok())
             .filter(|k| k.tgid == tgid)
             .collect();
-        let mut map = self.map_mut::<GilKey, GilVal>("gil_waits")?;
+        let mut map = self.map_mut::<k::GilKey, k::GilVal>("gil_waits")?;
         for key in &keys {
             let _ = map.remove(key);
         }
@@ -357,11 +323,12 @@ impl WaitProbe {
 
     /// The current cumulative counters of every thread of `tgid`.
     pub fn read(&self, tgid: u32) -> Result<WaitCounters> {
-        let waits = self.map::<u32, ThreadWaits>("thread_waits")?;
+        let waits = self.map::<u32, k::ThreadWaits>("thread_waits")?;
         let threads: HashMap<u32, ThreadWaits> = waits
             .iter()
             .filter_map(|entry| entry.ok())
             .filter(|(_, w)| w.tgid == tgid)
+            .map(|(tid, w)| (tid, w.into()))
             .collect();
         Ok(counters_of(
             tgid,
@@ -377,28 +344,34 @@ impl WaitProbe {
         let mut out: HashMap<u32, WaitCounters> = HashMap::new();
         let mut tgid_of: HashMap<u32, u32> = HashMap::new();
         for (tid, w) in self
-            .map::<u32, ThreadWaits>("thread_waits")?
+            .map::<u32, k::ThreadWaits>("thread_waits")?
             .iter()
             .filter_map(|entry| entry.ok())
         {
             tgid_of.insert(tid, w.tgid);
-            out.entry(w.tgid).or_default().threads.insert(tid, w);
+            out.entry(w.tgid).or_default().threads.insert(tid, w.into());
         }
         for (k, v) in self
-            .map::<BlockedKey, BlockedVal>("blocked_by")?
+            .map::<k::BlockedKey, k::BlockedVal>("blocked_by")?
             .iter()
             .filter_map(|entry| entry.ok())
         {
             if let Some(tgid) = tgid_of.get(&k.waiter_tid) {
-                out.entry(*tgid).or_default().blocked_by.insert(k, v);
+                out.entry(*tgid)
+                    .or_default()
+                    .blocked_by
+                    .insert(k.into(), v.into());
             }
         }
         for (k, v) in self
-            .map::<GilKey, GilVal>("gil_waits")?
+            .map::<k::GilKey, k::GilVal>("gil_waits")?
             .iter()
             .filter_map(|entry| entry.ok())
         {
-            out.entry(k.tgid).or_default().gils.insert(k.gil_addr, v);
+            out.entry(k.tgid)
+                .or_default()
+                .gils
+                .insert(k.gil_addr, v.into());
         }
         Ok(out)
     }
@@ -408,25 +381,31 @@ impl WaitProbe {
         Ok([
             (
                 "targets",
-                self.map::<u32, GilTarget>("targets")?.keys().count(),
+                self.map::<u32, k::GilTarget>("targets")?.keys().count(),
             ),
             (
                 "thread_waits",
-                self.map::<u32, ThreadWaits>("thread_waits")?.keys().count(),
+                self.map::<u32, k::ThreadWaits>("thread_waits")?
+                    .keys()
+                    .count(),
             ),
             (
                 "blocked_by",
-                self.map::<BlockedKey, BlockedVal>("blocked_by")?
+                self.map::<k::BlockedKey, k::BlockedVal>("blocked_by")?
                     .keys()
                     .count(),
             ),
             (
                 "inflight",
-                self.map::<u32, FutexInflight>("inflight")?.keys().count(),
+                self.map::<u32, k::FutexInflight>("inflight")?
+                    .keys()
+                    .count(),
             ),
             (
                 "gil_waits",
-                self.map::<GilKey, GilVal>("gil_waits")?.keys().count(),
+                self.map::<k::GilKey, k::GilVal>("gil_waits")?
+                    .keys()
+                    .count(),
             ),
         ])
     }
@@ -437,19 +416,20 @@ impl WaitProbe {
 pub(crate) fn counters_of(
     tgid: u32,
     threads: HashMap<u32, ThreadWaits>,
-    blocked: &BpfHashMap<&MapData, BlockedKey, BlockedVal>,
-    gils: &BpfHashMap<&MapData, GilKey, GilVal>,
+    blocked: &BpfHashMap<&MapData, k::BlockedKey, k::BlockedVal>,
+    gils: &BpfHashMap<&MapData, k::GilKey, k::GilVal>,
 ) -> WaitCounters {
     let blocked_by = blocked
         .iter()
         .filter_map(|entry| entry.ok())
         .filter(|(k, _)| threads.contains_key(&k.waiter_tid))
+        .map(|(k, v)| (k.into(), v.into()))
         .collect();
     let gils = gils
         .iter()
         .filter_map(|entry| entry.ok())
         .filter(|(k, _)| k.tgid == tgid)
-        .map(|(k, v)| (k.gil_addr, v))
+        .map(|(k, v)| (k.gil_addr, v.into()))
         .collect();
     WaitCounters {
         threads,
@@ -459,43 +439,44 @@ pub(crate) fn counters_of(
 }
 
 /// Reads and deletes the entries of `tids` from a probe's three per-thread maps
-/// (`names`: counters, blocked-by pairs, in-flight waits). Entries that are
-/// already gone are skipped; a map missing from the object fails the call.
-pub(crate) fn take_thread_entries<W: aya::Pod, I: aya::Pod>(
+/// (`names`: counters, blocked-by pairs, in-flight waits) and returns what they
+/// held. Entries that are already gone are skipped; a map missing from the
+/// object fails the call.
+pub(crate) fn take_thread_entries<W: aya::Pod + Into<ThreadWaits>, I: aya::Pod>(
     ebpf: &mut Ebpf,
     names: [&str; 3],
     tids: &[u32],
-) -> Result<(HashMap<u32, W>, HashMap<BlockedKey, BlockedVal>)> {
+) -> Result<WaitCounters> {
     let [waits_name, blocked_name, inflight_name] = names;
-    let mut threads = HashMap::new();
-    let mut blocked = HashMap::new();
+    let mut out = WaitCounters::default();
     if tids.is_empty() {
-        return Ok((threads, blocked));
+        return Ok(out);
     }
     let mut waits: BpfHashMap<&mut MapData, u32, W> = typed_map(ebpf, waits_name)?;
     for tid in tids {
         if let Ok(w) = waits.get(tid, 0) {
-            threads.insert(*tid, w);
+            out.threads.insert(*tid, w.into());
         }
         let _ = waits.remove(tid);
     }
     let wanted: std::collections::HashSet<u32> = tids.iter().copied().collect();
-    let mut pairs: BpfHashMap<&mut MapData, BlockedKey, BlockedVal> =
+    let mut pairs: BpfHashMap<&mut MapData, k::BlockedKey, k::BlockedVal> =
         typed_map(ebpf, blocked_name)?;
-    let found: Vec<(BlockedKey, BlockedVal)> = pairs
+    let found: Vec<(k::BlockedKey, k::BlockedVal)> = pairs
         .iter()
         .filter_map(|entry| entry.ok())
         .filter(|(k, _)| wanted.contains(&k.waiter_tid))
         .collect();
     for (key, val) in found {
         let _ = pairs.remove(&key);
-        blocked.insert(key, val);
+        out.blocked_by
+            .insert(BlockedKey::from(key), BlockedWait::from(val));
     }
     let mut inflight: BpfHashMap<&mut MapData, u32, I> = typed_map(ebpf, inflight_name)?;
     for tid in tids {
         let _ = inflight.remove(tid);
     }
-    Ok((threads, blocked))
+    Ok(out)
 }
 
 /// A writable typed view of hash map `name` of `ebpf`.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::core::analyse::{CpuEnvironment, Measurement};
+use crate::core::counters::{EntriesDropped, WaitCounters};
 use crate::core::cpu::{ThreadSample, Throttling};
 use crate::core::report::{InterpreterInfo, Mode};
 use crate::core::retire::{self, Retirement};
@@ -26,8 +27,8 @@ use crate::error::Result;
 use crate::os::cgroup::{affinity_cpus, throttled_between, CpuCgroup};
 use crate::os::threads::{sample_threads, sample_threads_named};
 use crate::probes::condwait::{self, CondWaitProbe};
-use crate::probes::layout::MAX_GILS;
-use crate::probes::wait::{WaitCounters, WaitProbe};
+use crate::probes::wait::WaitProbe;
+use crate::probes::MAX_GILS;
 
 /// Process CPU (clock ticks, all threads, exited ones included) below which a
 /// [`ProcessWatch::refresh_if_busy`] skips the per-thread read: a thread that
@@ -400,9 +401,7 @@ impl ProcessWatch {
 
     /// musl: inserts the condvar probe could not make because a map was full
     /// (`None`: no condvar probe, not musl).
-    pub fn entries_dropped(
-        &self,
-    ) -> Option<[(&'static str, u64); crate::probes::layout::map_full_slot::SLOTS]> {
+    pub fn entries_dropped(&self) -> Option<EntriesDropped> {
         self.condwait.as_ref().map(CondWaitProbe::entries_dropped)
     }
 

@@ -21,7 +21,7 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::core::counters::WaitEpisode;
+use crate::core::counters::{EntriesDropped, KernelMap, WaitEpisode};
 use crate::cpython::gil_sampler::SamplerPool;
 use crate::probes::wait::WaitProbe;
 use crate::watch::session::{ProcessWatch, Snapshot};
@@ -279,7 +279,7 @@ impl Daemon {
     /// not export blocked-by pairs, so holders need not be resolved every tick.
     fn read_counters(
         &mut self,
-    ) -> std::collections::HashMap<u32, crate::probes::wait::WaitCounters> {
+    ) -> std::collections::HashMap<u32, crate::core::counters::WaitCounters> {
         let mut all = match self.probe.read_all() {
             Ok(all) => all,
             Err(e) => {
@@ -559,8 +559,8 @@ impl Daemon {
 
     /// Failed inserts per kernel map since the start: the futex probe's, then the
     /// musl probes' (live and released).
-    fn entries_dropped(&mut self) -> [(&'static str, u64); full::MAPS] {
-        let musl: Vec<full::Counts> = self
+    fn entries_dropped(&mut self) -> EntriesDropped {
+        let musl: Vec<EntriesDropped> = self
             .watched
             .values()
             .filter_map(|w| w.watch.entries_dropped())
@@ -596,7 +596,7 @@ impl Daemon {
         ];
         let mut values = [0; SELF_STATS];
         values[..FIRST_FULL].copy_from_slice(&exported);
-        for (value, (_, n)) in values[FIRST_FULL..].iter_mut().zip(dropped) {
+        for (value, (_, n)) in values[FIRST_FULL..].iter_mut().zip(dropped.iter()) {
             *value = n;
         }
         values
@@ -678,17 +678,14 @@ impl Daemon {
             },
         ];
         // The musl maps only once a musl process was watched: elsewhere they do not exist.
-        let maps = crate::probes::wait::FULL_MAPS
-            .iter()
-            .chain(crate::probes::condwait::FULL_MAPS.iter())
-            .take(match self.full.musl_seen() {
-                true => full::MAPS,
-                false => full::MAPS / 2,
-            });
+        let maps = KernelMap::ALL.iter().take(match self.full.musl_seen() {
+            true => full::MAPS,
+            false => full::MAPS / 2,
+        });
         for (map, n) in maps.zip(&shown[FIRST_FULL..]) {
             points.push(Point {
                 metric: &metrics::BPF_ENTRIES_DROPPED,
-                attributes: vec![("gilscope.bpf.map", map.to_string())],
+                attributes: vec![("gilscope.bpf.map", map.name().to_string())],
                 value: Value::Int(*n as i64),
                 start,
             });

@@ -1,7 +1,7 @@
 //! Rust mirrors of `ebpf/gil_condwait.h`: musl's condvar probe's own structs
 //! (the shared ones are in [`super::gil_shared`]).
 
-use crate::core::counters::{EPISODE_HOLDERS, HIST_SLOTS};
+use crate::core::counters::{ThreadWaits, EPISODE_HOLDERS, HIST_SLOTS};
 use crate::probes::layout::MAX_GILS;
 
 /// Where one process's GILs are, for the condvar-wait probe (map
@@ -45,6 +45,22 @@ impl Default for CondwaitWaits {
             drop_wait_ns: 0,
             drop_waits: 0,
             take_hist: [0; HIST_SLOTS],
+        }
+    }
+}
+
+impl From<CondwaitWaits> for ThreadWaits {
+    /// A thread's condvar-wait counters in the futex probe's shape: condvar
+    /// wait calls are its take futex calls; the rest it does not see.
+    fn from(w: CondwaitWaits) -> Self {
+        Self {
+            take_wait_ns: w.take_wait_ns,
+            take_waits: w.take_waits,
+            take_futex_calls: w.take_slices,
+            drop_wait_ns: w.drop_wait_ns,
+            drop_waits: w.drop_waits,
+            take_hist: w.take_hist,
+            ..Self::default()
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Rust mirror of `ebpf/gil_precise.h` (`--precise`).
 
-use crate::core::counters::HIST_SLOTS;
+use crate::core::counters::{self, HIST_SLOTS};
 
 /// Exact take_gil/drop_gil timing of one thread (map `precise_gil`, key: tid).
 #[repr(C)]
@@ -25,6 +25,18 @@ impl Default for PreciseGil {
             hold_ns: 0,
             holds: 0,
             take_hist: [0; HIST_SLOTS],
+        }
+    }
+}
+
+impl From<PreciseGil> for counters::PreciseGil {
+    fn from(p: PreciseGil) -> Self {
+        Self {
+            take_calls: p.take_calls,
+            take_ns: p.take_ns,
+            hold_ns: p.hold_ns,
+            holds: p.holds,
+            take_hist: p.take_hist,
         }
     }
 }

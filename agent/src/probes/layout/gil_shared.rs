@@ -1,7 +1,7 @@
 //! Rust mirrors of `ebpf/gil_shared.h`: what both GIL wait probes (the futex
 //! probe and musl's condvar probe) hand to the agent in the same shape.
 
-use crate::core::counters::{WaitEpisode, EPISODE_HOLDERS};
+use crate::core::counters::{self, BlockedWait, GilWait, WaitEpisode, EPISODE_HOLDERS};
 
 /// Slots of the map-full counters (`enum map_full_slot`; u64 array maps
 /// `map_full` and, on musl, `cond_map_full`): inserts that failed because a
@@ -88,6 +88,33 @@ pub struct GilKey {
 pub struct GilVal {
     pub take_wait_ns: u64,
     pub take_waits: u64,
+}
+
+impl From<BlockedKey> for counters::BlockedKey {
+    fn from(k: BlockedKey) -> Self {
+        Self {
+            waiter_tid: k.waiter_tid,
+            holder_tstate: k.holder_tstate,
+        }
+    }
+}
+
+impl From<BlockedVal> for BlockedWait {
+    fn from(v: BlockedVal) -> Self {
+        Self {
+            wait_ns: v.wait_ns,
+            segments: v.segments,
+        }
+    }
+}
+
+impl From<GilVal> for GilWait {
+    fn from(v: GilVal) -> Self {
+        Self {
+            take_wait_ns: v.take_wait_ns,
+            take_waits: v.take_waits,
+        }
+    }
 }
 
 // SAFETY: repr(C), Copy, integers only: every bit pattern is valid, no pointers.

@@ -1,7 +1,7 @@
 //! Rust mirrors of `ebpf/gil_wait.h`: the futex probe's own structs (the
 //! shared ones are in [`super::gil_shared`]).
 
-use crate::core::counters::{EPISODE_HOLDERS, HIST_SLOTS};
+use crate::core::counters::{self, EPISODE_HOLDERS, HIST_SLOTS};
 use crate::probes::layout::MAX_GILS;
 
 /// Where one process's GILs live (map `targets`, key: tgid).
@@ -81,6 +81,37 @@ impl Default for ThreadWaits {
             retake_waits: 0,
             retake_wait_ns: 0,
             retake_hist: [0; HIST_SLOTS],
+        }
+    }
+}
+
+impl From<ThreadWaits> for counters::ThreadWaits {
+    /// The counters alone: not the key-like `tgid`, the padding, or the
+    /// kernel's retake state (`retake_armed_ns`).
+    fn from(w: ThreadWaits) -> Self {
+        Self {
+            take_wait_ns: w.take_wait_ns,
+            take_waits: w.take_waits,
+            take_futex_calls: w.take_futex_calls,
+            mutex_wait_ns: w.mutex_wait_ns,
+            mutex_waits: w.mutex_waits,
+            drop_wait_ns: w.drop_wait_ns,
+            drop_waits: w.drop_waits,
+            other_wait_ns: w.other_wait_ns,
+            other_waits: w.other_waits,
+            take_hist: w.take_hist,
+            poll_wait_ns: w.poll_wait_ns,
+            poll_waits: w.poll_waits,
+            read_wait_ns: w.read_wait_ns,
+            read_waits: w.read_waits,
+            sleep_wait_ns: w.sleep_wait_ns,
+            sleep_waits: w.sleep_waits,
+            block_other_ns: w.block_other_ns,
+            block_others: w.block_others,
+            block_returns: w.block_returns,
+            retake_waits: w.retake_waits,
+            retake_wait_ns: w.retake_wait_ns,
+            retake_hist: w.retake_hist,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Rust mirrors of `ebpf/lock_park.h` (free-threaded builds: PyMutex parking).
 
-use crate::core::counters::HIST_SLOTS;
+use crate::core::counters::{self, LockParks, HIST_SLOTS};
 
 /// PyMutex parking of one thread (map `lock_waits`, key: tid).
 #[repr(C)]
@@ -53,6 +53,27 @@ pub struct ParkInflight {
     pub start_ns: u64,
     pub address: u64,
     pub caller: u64,
+}
+
+impl From<LockWaits> for counters::LockWaits {
+    fn from(w: LockWaits) -> Self {
+        Self {
+            park_ns: w.park_ns,
+            parks: w.parks,
+            event_ns: w.event_ns,
+            events: w.events,
+            park_hist: w.park_hist,
+        }
+    }
+}
+
+impl From<LockVal> for LockParks {
+    fn from(v: LockVal) -> Self {
+        Self {
+            park_ns: v.park_ns,
+            parks: v.parks,
+        }
+    }
 }
 
 // SAFETY: repr(C), Copy, integers only: every bit pattern is valid, no pointers.

@@ -38,6 +38,7 @@ use crate::probes::wait::WaitProbe;
 use crate::probes::MAX_GILS;
 use crate::watch::children::Children;
 use crate::watch::launch::{self, ChildStdout};
+use crate::watch::retire::{retire_due, Sources};
 use crate::watch::session::interpreter_info;
 
 /// What to measure.
@@ -431,11 +432,11 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         let now = Instant::now();
         if retiring {
             exits.note(cpu_end.keys().copied(), &live, now);
-            retire::retire_due(
+            retire_due(
                 &mut exits,
                 pid,
                 now,
-                retire::Sources {
+                Sources {
                     probe: &mut probe,
                     condwait: attached.condwait.as_mut(),
                     sampler: Some(sampler.sampled()),

@@ -29,6 +29,7 @@ use crate::os::threads::{sample_threads, sample_threads_named};
 use crate::probes::condwait::{self, CondWaitProbe};
 use crate::probes::wait::WaitProbe;
 use crate::probes::MAX_GILS;
+use crate::watch::retire::{retire_due, Sources};
 
 /// Process CPU (clock ticks, all threads, exited ones included) below which a
 /// [`ProcessWatch::refresh_if_busy`] skips the per-thread read: a thread that
@@ -293,15 +294,15 @@ impl ProcessWatch {
     }
 
     /// Folds threads that exited a while ago into the exited-threads row and
-    /// deletes their kernel entries ([`crate::core::retire`]): a process that starts a
+    /// deletes their kernel entries ([`crate::watch::retire`]): a process that starts a
     /// thread per request must not fill the kernel maps every process shares.
     fn retire(&mut self, probe: &mut WaitProbe, now: Instant) {
         let pid = self.pid();
-        retire::retire_due(
+        retire_due(
             &mut self.exits,
             pid,
             now,
-            retire::Sources {
+            Sources {
                 probe,
                 condwait: self.condwait.as_mut(),
                 sampler: self.sampler.as_ref(),

@@ -15,6 +15,14 @@
 #include "lock_park.h"
 #include "bits.bpf.h"
 
+/* A park in progress (map `parking`, key: tid): the probe's own state, never
+ * read by the agent. */
+struct park_inflight {
+	__u64 start_ns;
+	__u64 address;
+	__u64 caller;         /* return address of the _PyParkingLot_Park call */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);

@@ -31,11 +31,4 @@ struct lock_val {
 	__u64 parks;
 };
 
-/* A park in progress (key: tid). */
-struct park_inflight {
-	__u64 start_ns;
-	__u64 address;
-	__u64 caller;         /* return address of the _PyParkingLot_Park call */
-};
-
 #endif

@@ -46,15 +46,6 @@ pub struct LockVal {
     pub parks: u64,
 }
 
-/// A park in progress (map `parking`, key: tid).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ParkInflight {
-    pub start_ns: u64,
-    pub address: u64,
-    pub caller: u64,
-}
-
 impl From<LockWaits> for counters::LockWaits {
     fn from(w: LockWaits) -> Self {
         Self {
@@ -80,7 +71,6 @@ impl From<LockVal> for LockParks {
 unsafe impl aya::Pod for LockWaits {}
 unsafe impl aya::Pod for LockKey {}
 unsafe impl aya::Pod for LockVal {}
-unsafe impl aya::Pod for ParkInflight {}
 
 #[cfg(test)]
 mod tests {
@@ -98,11 +88,5 @@ mod tests {
         );
         assert_layout!(s, "lock_key", LockKey, [tgid, _pad, address]);
         assert_layout!(s, "lock_val", LockVal, [park_ns, parks]);
-        assert_layout!(
-            s,
-            "park_inflight",
-            ParkInflight,
-            [start_ns, address, caller]
-        );
     }
 }

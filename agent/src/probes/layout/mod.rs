@@ -20,7 +20,7 @@ pub use gil_condwait::{CondwaitInflight, CondwaitTarget, CondwaitWaits};
 pub use gil_precise::PreciseGil;
 pub use gil_shared::{map_full_slot, BlockedKey, BlockedVal, GilEpisode, GilKey, GilVal};
 pub use gil_wait::{FutexInflight, GilTarget, ThreadWaits};
-pub use lock_park::{LockKey, LockVal, LockWaits, ParkInflight};
+pub use lock_park::{LockKey, LockVal, LockWaits};
 
 /// GILs watched per process (the main interpreter's and subinterpreters' own;
 /// `GILSCOPE_MAX_GILS` of `ebpf/gilscope.h`).

@@ -9,40 +9,43 @@
 
 use std::num::NonZeroU32;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 
-use crate::core::counters::{EntriesDropped, KernelMap, ThreadWaits, WaitCounters, WaitEpisode};
+use crate::core::counters::{EntriesDropped, KernelMap, WaitCounters, WaitEpisode};
 use crate::cpython::find::libc::CondWaitSite;
 use crate::cpython::layout::versions::GilLayout;
 use crate::error::{Error, Result};
-use crate::probes::layout::{self as k, map_full_slot};
-use crate::probes::wait::{counters_of, take_thread_entries};
-use crate::probes::{bpf_error, map_error, uprobe_error};
+use crate::probes::layout as k;
+use crate::probes::maps::{MapNames, WaitMaps};
+use crate::probes::{bpf_error, uprobe_error};
 
 static CONDWAIT_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gil_condwait.bpf.o"));
+
+/// The condvar probe's maps (the counterparts of the futex probe's).
+static MAPS: MapNames = MapNames {
+    object: "gil_condwait.bpf.o",
+    targets: "cond_targets",
+    waits: KernelMap::CondWaits,
+    blocked_by: KernelMap::CondBlockedBy,
+    inflight: KernelMap::CondInflight,
+    gil_waits: KernelMap::CondGilWaits,
+    full: "cond_map_full",
+    episodes: "cond_episodes",
+    episodes_lost: "cond_episodes_lost",
+};
 
 /// A take slice that starts within this long of its timed-out predecessor is the same wait
 /// (the same figure as the futex probe's).
 const CONTINUATION_GAP_NS: u64 = 1_000_000;
 
-/// The condvar probe's maps by their slot of its `cond_map_full` array (the
-/// same slots as their futex-probe counterparts).
-const FULL_SLOTS: [(u32, KernelMap); map_full_slot::SLOTS] = [
-    (map_full_slot::THREAD_WAITS, KernelMap::CondWaits),
-    (map_full_slot::BLOCKED_BY, KernelMap::CondBlockedBy),
-    (map_full_slot::INFLIGHT, KernelMap::CondInflight),
-    (map_full_slot::GIL_WAITS, KernelMap::CondGilWaits),
-];
-
 /// The attached condvar-wait probes of one process; detached when dropped.
 pub struct CondWaitProbe {
-    ebpf: Ebpf,
-    /// The `cond_episodes` ring buffer (`None`: loaded without a threshold).
-    episodes: Option<RingBuf<MapData>>,
+    /// Keeps the programs loaded and attached (their maps are in `maps`).
+    _ebpf: Ebpf,
+    maps: WaitMaps<k::CondwaitTarget, k::CondwaitWaits, k::CondwaitInflight>,
     /// Where the probe went, for `measured_by`.
     pub site: CondWaitSite,
 }
@@ -87,82 +90,41 @@ impl CondWaitProbe {
         let mut ebpf = loader
             .load(CONDWAIT_OBJECT)
             .map_err(|e| bpf_error("loading gil_condwait.bpf.o", &e))?;
-        let pid = NonZeroU32::new(pid).ok_or(Error::NoSuchProcess { pid })?;
-        for program in ["cond_enter", "cond_return"] {
-            let probe: &mut UProbe = ebpf
-                .program_mut(program)
-                .ok_or_else(|| {
-                    Error::Internal(format!("{program} missing from gil_condwait.bpf.o"))
-                })?
-                .try_into()
-                .map_err(|e| bpf_error(program, &e))?;
-            probe.load().map_err(|e| bpf_error(program, &e))?;
-            probe
-                .attach(
-                    UProbeAttachLocation::AbsoluteOffset(site.file_offset),
-                    &site.host_path,
-                    UProbeScope::OneProcess(pid),
-                )
-                .map_err(|e| {
-                    let what = format!(
-                        "attaching {program} to {} in {}",
-                        site.symbol,
-                        site.host_path.display()
-                    );
-                    uprobe_error(&what, &e)
-                })?;
-        }
-        let episodes = match threshold_ns {
-            0 => None,
-            _ => {
-                let map = ebpf.take_map("cond_episodes").ok_or_else(|| {
-                    Error::Internal("map cond_episodes missing from gil_condwait.bpf.o".into())
-                })?;
-                Some(RingBuf::try_from(map).map_err(|e| map_error("cond_episodes", &e))?)
-            }
-        };
+        attach_uprobes(&mut ebpf, pid, site)?;
+        let maps = WaitMaps::take(&mut ebpf, &MAPS, threshold_ns > 0)?;
         crate::probes::release_freed_heap();
         Ok(Self {
-            ebpf,
-            episodes,
+            _ebpf: ebpf,
+            maps,
             site: site.clone(),
         })
     }
 
     /// Moves every episode recorded since the last call into `out`.
     pub fn drain_episodes(&mut self, out: &mut Vec<WaitEpisode>) {
-        if let Some(ring) = self.episodes.as_mut() {
-            crate::probes::wait::drain_ring(ring, out);
-        }
+        self.maps.drain_episodes(out);
     }
 
     /// Episodes lost to a full ring buffer (cumulative).
     pub fn episodes_lost(&self) -> u64 {
-        crate::probes::wait::lost_count(&self.ebpf, "cond_episodes_lost")
+        self.maps.episodes_lost()
     }
 
     /// Inserts lost to a full map (cumulative), per map: the musl counterparts of
     /// [`WaitProbe::entries_dropped`](crate::probes::wait::WaitProbe::entries_dropped).
     /// A take wait that finds `cond_waits` full counts once per slice.
     pub fn entries_dropped(&self) -> EntriesDropped {
-        crate::probes::wait::full_counts(&self.ebpf, "cond_map_full", &FULL_SLOTS)
+        self.maps.entries_dropped()
     }
 
     /// The number of entries the kernel gave `map` (e.g. `cond_waits`); `None`
     /// for a map not of this probe.
     pub fn capacity(&self, map: KernelMap) -> Option<u32> {
-        crate::probes::wait::hash_capacity(&self.ebpf, map.name())
-    }
-
-    fn map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<BpfHashMap<&MapData, K, V>> {
-        let map = self.ebpf.map(name).ok_or_else(|| {
-            Error::Internal(format!("map {name} missing from gil_condwait.bpf.o"))
-        })?;
-        BpfHashMap::try_from(map).map_err(|e| map_error(name, &e))
+        self.maps.capacity(map)
     }
 
     /// Starts (or updates) counting condvar waits of `tgid` on any of its GILs
-    /// (at most [`MAX_GILS`](crate::probes::layout::MAX_GILS)).
+    /// (at most [`MAX_GILS`](crate::probes::MAX_GILS)).
     pub fn watch(&mut self, tgid: u32, gils: &[u64], layout: &GilLayout) -> Result<()> {
         let narrow = |v: u64| {
             u32::try_from(v).map_err(|_| Error::Internal(format!("GIL offset {v} too large")))
@@ -176,43 +138,48 @@ impl CondWaitProbe {
         for (slot, addr) in target.gil_addrs.iter_mut().zip(gils) {
             *slot = *addr;
         }
-        let map = self
-            .ebpf
-            .map_mut("cond_targets")
-            .ok_or_else(|| Error::Internal("map cond_targets missing".into()))?;
-        let mut targets: BpfHashMap<&mut MapData, u32, k::CondwaitTarget> =
-            BpfHashMap::try_from(map).map_err(|e| map_error("cond_targets", &e))?;
-        targets
-            .insert(tgid, target, 0)
-            .map_err(|e| map_error("cond_targets", &e))
+        self.maps.set_target(tgid, target)
     }
 
     /// The cumulative counters of `tgid`, shaped like the futex probe's.
     pub fn read(&self, tgid: u32) -> Result<WaitCounters> {
-        let threads: std::collections::HashMap<u32, ThreadWaits> = self
-            .map::<u32, k::CondwaitWaits>("cond_waits")?
-            .iter()
-            .filter_map(|e| e.ok())
-            .filter(|(_, w)| w.tgid == tgid)
-            .map(|(tid, w)| (tid, w.into()))
-            .collect();
-        Ok(counters_of(
-            tgid,
-            threads,
-            &self.map("cond_blocked_by")?,
-            &self.map("cond_gil_waits")?,
-        ))
+        Ok(self.maps.read(tgid))
     }
 
     /// Deletes the entries of threads that exited and returns what they held,
     /// shaped like the futex probe's (see [`WaitProbe::take_threads`](crate::probes::wait::WaitProbe::take_threads)).
     pub fn take_threads(&mut self, tids: &[u32]) -> Result<WaitCounters> {
-        take_thread_entries::<k::CondwaitWaits, k::CondwaitInflight>(
-            &mut self.ebpf,
-            ["cond_waits", "cond_blocked_by", "cond_inflight"],
-            tids,
-        )
+        Ok(self.maps.take_threads(tids))
     }
+}
+
+/// Attaches the entry and return probes of `ebpf` to the condvar wait at `site`,
+/// for process `pid` only.
+fn attach_uprobes(ebpf: &mut Ebpf, pid: u32, site: &CondWaitSite) -> Result<()> {
+    let pid = NonZeroU32::new(pid).ok_or(Error::NoSuchProcess { pid })?;
+    for program in ["cond_enter", "cond_return"] {
+        let probe: &mut UProbe = ebpf
+            .program_mut(program)
+            .ok_or_else(|| Error::Internal(format!("{program} missing from gil_condwait.bpf.o")))?
+            .try_into()
+            .map_err(|e| bpf_error(program, &e))?;
+        probe.load().map_err(|e| bpf_error(program, &e))?;
+        probe
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+                &site.host_path,
+                UProbeScope::OneProcess(pid),
+            )
+            .map_err(|e| {
+                let what = format!(
+                    "attaching {program} to {} in {}",
+                    site.symbol,
+                    site.host_path.display()
+                );
+                uprobe_error(&what, &e)
+            })?;
+    }
+    Ok(())
 }
 
 /// Folds the condvar probe's GIL waits into the futex probe's counters of the
@@ -240,6 +207,7 @@ pub fn merge_into(futex: &mut WaitCounters, cond: &WaitCounters) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::counters::ThreadWaits;
 
     #[test]
     fn condvar_waits_replace_the_same_sleeps_counted_as_other_futex_waits() {

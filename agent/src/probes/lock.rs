@@ -7,7 +7,7 @@
 use std::num::NonZeroU32;
 use std::path::Path;
 
-use aya::maps::HashMap as BpfHashMap;
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
@@ -15,14 +15,20 @@ use aya::{Ebpf, EbpfLoader};
 use crate::core::counters::LockCounters;
 use crate::error::{Error, Result};
 use crate::probes::layout as k;
-use crate::probes::{bpf_error, map_error, uprobe_error};
+use crate::probes::maps::take_map;
+use crate::probes::{bpf_error, uprobe_error};
 
 static LOCK_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lock_park.bpf.o"));
 
 /// The attached parking-lot probes; detached when dropped.
 pub struct LockProbe {
-    ebpf: Ebpf,
+    /// Keeps the programs loaded and attached.
+    _ebpf: Ebpf,
+    /// Per-thread parking (key: tid).
+    lock_waits: BpfHashMap<MapData, u32, k::LockWaits>,
+    /// Parking per (process, lock address).
+    lock_by_address: BpfHashMap<MapData, k::LockKey, k::LockVal>,
 }
 
 impl LockProbe {
@@ -65,29 +71,25 @@ impl LockProbe {
                     })?;
             }
         }
-        Ok(Self { ebpf })
+        Ok(Self {
+            lock_waits: take_map(&mut ebpf, "lock_park.bpf.o", "lock_waits")?,
+            lock_by_address: take_map(&mut ebpf, "lock_park.bpf.o", "lock_by_address")?,
+            _ebpf: ebpf,
+        })
     }
 
     /// Per-thread and per-lock counters of `tgid`.
     pub fn read(&self, tgid: u32) -> Result<LockCounters> {
-        let map = |name: &str| {
-            self.ebpf
-                .map(name)
-                .ok_or_else(|| Error::Internal(format!("map {name} missing from lock_park.bpf.o")))
-        };
-        let waits: BpfHashMap<_, u32, k::LockWaits> =
-            BpfHashMap::try_from(map("lock_waits")?).map_err(|e| map_error("lock_waits", &e))?;
-        let by_address: BpfHashMap<_, k::LockKey, k::LockVal> =
-            BpfHashMap::try_from(map("lock_by_address")?)
-                .map_err(|e| map_error("lock_by_address", &e))?;
         Ok(LockCounters {
-            threads: waits
+            threads: self
+                .lock_waits
                 .iter()
                 .filter_map(|e| e.ok())
                 .filter(|(_, w)| w.tgid == tgid)
                 .map(|(tid, w)| (tid, w.into()))
                 .collect(),
-            locks: by_address
+            locks: self
+                .lock_by_address
                 .iter()
                 .filter_map(|e| e.ok())
                 .filter(|(k, _)| k.tgid == tgid)

@@ -1,9 +1,13 @@
 //! The kernel side, seen from the agent: loading the BPF objects built from
-//! `ebpf/`, attaching them, and reading their maps into plain structs.
+//! `ebpf/`, attaching them, and reading their maps. The only layer that names
+//! aya or the kernel's structs (`layout`, private to it): each probe takes
+//! its maps once at load as typed handles and hands out the plain counters of
+//! [`crate::core::counters`].
 
 pub mod condwait;
-pub mod layout;
+mod layout;
 pub mod lock;
+mod maps;
 pub mod precise;
 pub mod wait;
 

@@ -24,8 +24,8 @@
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
-#include "gilscope.h"
-#include "bits.bpf.h"
+#include "gil_condwait.h"
+#include "gil_shared.bpf.h"
 
 #define ETIMEDOUT 110
 

@@ -8,7 +8,7 @@
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
-#include "gilscope.h"
+#include "gil_precise.h"
 #include "bits.bpf.h"
 
 struct {

@@ -11,7 +11,7 @@
  * struct that is a take-side wait (cond), a GIL mutex wait, or a drop-side
  * forced-switch wait (switch_cond/switch_mutex); anything else is a non-GIL
  * futex wait. Other syscalls are classed by number (poll family, read family,
- * sleep, other: block_kind in bits.bpf.h). The wait ends when the thread is
+ * sleep, other: block_kind below). The wait ends when the thread is
  * switched back in. take_gil waits in timed slices (the switch interval); a
  * slice that ran into its deadline is merged with the retry that follows. The
  * holder (gil->last_holder) is read at the start of every take slice, so wait
@@ -26,8 +26,8 @@
 #include <linux/futex.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
-#include "gilscope.h"
-#include "bits.bpf.h"
+#include "gil_wait.h"
+#include "gil_shared.bpf.h"
 
 /* Only the members used here; CO-RE relocates them against the kernel's BTF. */
 struct task_struct {
@@ -130,6 +130,41 @@ const enum map_full_slot *map_full_slot_btf __attribute__((unused));
 
 /* Too large for the BPF stack: the zero value new entries start from. */
 static struct thread_waits zero_waits;
+
+/* x86-64 syscall numbers of the sleeps told apart (arch/x86/entry/syscalls/syscall_64.tbl). */
+#define NR_READ 0
+#define NR_POLL 7
+#define NR_PREAD64 17
+#define NR_READV 19
+#define NR_SELECT 23
+#define NR_NANOSLEEP 35
+#define NR_ACCEPT 43
+#define NR_RECVFROM 45
+#define NR_RECVMSG 47
+#define NR_FUTEX 202
+#define NR_CLOCK_NANOSLEEP 230
+#define NR_EPOLL_WAIT 232
+#define NR_PSELECT6 270
+#define NR_PPOLL 271
+#define NR_EPOLL_PWAIT 281
+#define NR_ACCEPT4 288
+#define NR_EPOLL_PWAIT2 441
+
+/* enum wait_kind of a sleep in syscall nr (not futex: that one is classified by address). */
+static __always_inline __u32 block_kind(long nr)
+{
+	switch (nr) {
+	case NR_EPOLL_WAIT: case NR_EPOLL_PWAIT: case NR_EPOLL_PWAIT2:
+	case NR_POLL: case NR_PPOLL: case NR_SELECT: case NR_PSELECT6:
+		return BLOCK_POLL;
+	case NR_READ: case NR_READV: case NR_PREAD64:
+	case NR_RECVFROM: case NR_RECVMSG: case NR_ACCEPT: case NR_ACCEPT4:
+		return BLOCK_READ;
+	case NR_NANOSLEEP: case NR_CLOCK_NANOSLEEP:
+		return BLOCK_SLEEP;
+	}
+	return BLOCK_OTHER;
+}
 
 static __always_inline int is_wait_op(__u32 op)
 {

@@ -12,8 +12,16 @@
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
-#include "gilscope.h"
+#include "lock_park.h"
 #include "bits.bpf.h"
+
+/* A park in progress (map `parking`, key: tid): the probe's own state, never
+ * read by the agent. */
+struct park_inflight {
+	__u64 start_ns;
+	__u64 address;
+	__u64 caller;         /* return address of the _PyParkingLot_Park call */
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

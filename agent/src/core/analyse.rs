@@ -6,7 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::core::counters::HIST_SLOTS;
+use crate::core::counters::{
+    Counter, Hist, LockCounters, LockParks, PreciseGil, ThreadWaits, WaitCounters, HIST_SLOTS,
+};
 use crate::core::cpu::ThreadSample;
 use crate::core::cpu::Throttling;
 use crate::core::report::{
@@ -14,9 +16,6 @@ use crate::core::report::{
     ThreadReport,
 };
 use crate::core::samples::GilSamples;
-use crate::probes::layout::{LockVal, PreciseGil, ThreadWaits};
-use crate::probes::lock::LockCounters;
-use crate::probes::wait::WaitCounters;
 
 const NS: f64 = 1e9;
 
@@ -166,12 +165,6 @@ pub fn percentile_with_zeros_us(hist: &[u64; HIST_SLOTS], zeros: u64, q: f64) ->
     percentile_us(hist, (rank - zeros as f64) / waited as f64)
 }
 
-fn add_hist(into: &mut [u64; HIST_SLOTS], from: &[u64; HIST_SLOTS]) {
-    for (a, b) in into.iter_mut().zip(from.iter()) {
-        *a += b;
-    }
-}
-
 fn ratio(num: f64, den: f64) -> f64 {
     if den > 0.0 {
         num / den
@@ -185,11 +178,11 @@ const TOP_LOCKS: usize = 10;
 
 /// Totals, percentiles and the hottest locks of PyMutex parking.
 pub fn lock_contention(locks: &LockCounters) -> LockContention {
-    let mut hist = [0u64; HIST_SLOTS];
+    let mut hist = Hist::ZERO;
     for w in locks.threads.values() {
-        add_hist(&mut hist, &w.park_hist);
+        hist.add(&w.park_hist);
     }
-    let mut top: Vec<(u64, LockVal)> = locks.locks.iter().map(|(a, v)| (*a, *v)).collect();
+    let mut top: Vec<(u64, LockParks)> = locks.locks.iter().map(|(a, v)| (*a, *v)).collect();
     top.sort_by(|a, b| b.1.park_ns.cmp(&a.1.park_ns).then(a.0.cmp(&b.0)));
     LockContention {
         wait_s: locks.threads.values().map(|w| w.park_ns).sum::<u64>() as f64 / NS,
@@ -210,6 +203,16 @@ pub fn lock_contention(locks: &LockCounters) -> LockContention {
 
 /// Per-thread rows and process totals of one measurement.
 pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
+    let threads: Vec<ThreadReport> = thread_order(m)
+        .into_iter()
+        .map(|tid| thread_report(m, tid))
+        .collect();
+    (process_report(m, &threads), threads)
+}
+
+/// Every thread seen (by procfs or the kernel), the main thread first, then
+/// in creation order.
+fn thread_order(m: &Measurement) -> Vec<u32> {
     let mut tids: Vec<u32> = m
         .cpu_end
         .keys()
@@ -218,111 +221,118 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
         .collect();
     tids.sort_unstable();
     tids.dedup();
-    // The main thread first, then in creation order.
     tids.sort_by_key(|&tid| (tid != m.pid, tid));
+    tids
+}
 
-    let zero_waits = ThreadWaits::default();
-    let mut process_hist = [0u64; HIST_SLOTS];
-    let mut threads = Vec::with_capacity(tids.len());
-    for tid in tids {
-        let end = m.cpu_end.get(&tid);
-        let start = m.cpu_start.get(&tid);
-        let delta = |f: fn(&ThreadSample) -> u64| -> f64 {
-            let e = end.map(f).unwrap_or(0);
-            let s = start.map(f).unwrap_or(0);
-            e.saturating_sub(s) as f64 / NS
-        };
-        let w = m.waits.threads.get(&tid).unwrap_or(&zero_waits);
-        add_hist(&mut process_hist, &w.take_hist);
-        let precise = m.precise.as_ref().and_then(|p| p.threads.get(&tid));
-        let lock = m.locks.as_ref().and_then(|l| l.threads.get(&tid));
-        let futex_gil_wait_ns = w.take_wait_ns + w.mutex_wait_ns;
-        let gil_wait_s = match precise {
-            Some(p) => p.take_ns as f64 / NS,
-            None => futex_gil_wait_ns as f64 / NS,
-        };
-        let holds_exact = m.precise.as_ref().is_some_and(|p| p.holds_exact);
-        let gil_hold_s = if holds_exact {
-            Some(precise.map(|p| p.hold_ns as f64 / NS).unwrap_or(0.0))
-        } else {
-            None
-        };
-        let gil_hold_share = match gil_hold_s {
-            Some(hold) => ratio(hold, m.wall_s),
-            None => m.gil.hold_share(tid),
-        };
-        let mut blocked: HashMap<u32, u64> = HashMap::new();
-        for (key, val) in m
-            .waits
-            .blocked_by
-            .iter()
-            .filter(|(k, _)| k.waiter_tid == tid)
-        {
-            let holder = m.holder_tids.get(&key.holder_tstate).copied().unwrap_or(0);
-            *blocked.entry(holder).or_default() += val.wait_ns;
-        }
-        let mut blocked_by: Vec<BlockedBy> = blocked
-            .into_iter()
-            .map(|(tid, ns)| BlockedBy {
-                tid,
-                gil_wait_s: ns as f64 / NS,
-            })
-            .collect();
-        let stretches = m.gil.stretches.get(&tid);
-        blocked_by.sort_by(|a, b| {
-            b.gil_wait_s
-                .total_cmp(&a.gil_wait_s)
-                .then(a.tid.cmp(&b.tid))
-        });
-        let os_name = end.map(|s| s.os_name.clone()).unwrap_or_default();
-        let python_name = m.python_names.get(&tid).cloned();
-        threads.push(ThreadReport {
-            tid,
-            name: python_name.clone().unwrap_or_else(|| os_name.clone()),
-            python_name,
-            os_name,
-            cpu_s: delta(|s| s.on_cpu_ns),
-            runqueue_wait_s: delta(|s| s.runqueue_ns),
-            gil_wait_s,
-            gil_waits: w.take_waits,
-            gil_wait_p50_us: percentile_us(&w.take_hist, 0.5),
-            gil_wait_p99_us: percentile_us(&w.take_hist, 0.99),
-            gil_hold_s,
-            gil_hold_share,
-            drop_wait_s: w.drop_wait_ns as f64 / NS,
-            futex_wait_s: w.other_wait_ns as f64 / NS,
-            lock_wait_s: lock.map_or(0.0, |l| l.park_ns as f64 / NS),
-            lock_waits: lock.map_or(0, |l| l.parks),
-            blocked_by,
-            poll_wait_s: w.poll_wait_ns as f64 / NS,
-            poll_waits: w.poll_waits,
-            io_wait_s: w.read_wait_ns as f64 / NS,
-            io_waits: w.read_waits,
-            sleep_wait_s: w.sleep_wait_ns as f64 / NS,
-            sleep_waits: w.sleep_waits,
-            other_block_s: w.block_other_ns as f64 / NS,
-            other_blocks: w.block_others,
-            block_returns: w.block_returns,
-            retake_waits: w.retake_waits,
-            retake_wait_s: w.retake_wait_ns as f64 / NS,
-            retake_p50_us: percentile_with_zeros_us(
-                &w.retake_hist,
-                w.block_returns.saturating_sub(w.retake_waits),
-                0.5,
-            ),
-            retake_p99_us: percentile_with_zeros_us(
-                &w.retake_hist,
-                w.block_returns.saturating_sub(w.retake_waits),
-                0.99,
-            ),
-            // Interpolating inside a log2 bucket can overshoot the longest stretch seen.
-            hold_stretch_p99_ms: stretches.map_or(0.0, |s| {
-                (percentile_us(&s.hist, 0.99) / 1e3).min(s.max_ns as f64 / 1e6)
-            }),
-            hold_stretch_max_ms: stretches.map_or(0.0, |s| s.max_ns as f64 / 1e6),
-        });
+/// GIL wait, hold time and hold share of one thread: exact where `--precise`
+/// measured them, else the wait from the kernel's counters and the share from
+/// the GIL sampler (hold time unknown).
+fn gil_times(m: &Measurement, tid: u32, w: &ThreadWaits) -> (f64, Option<f64>, f64) {
+    let precise = m.precise.as_ref().and_then(|p| p.threads.get(&tid));
+    let gil_wait_s = match precise {
+        Some(p) => p.take_ns as f64 / NS,
+        None => (w.take_wait_ns + w.mutex_wait_ns) as f64 / NS,
+    };
+    let holds_exact = m.precise.as_ref().is_some_and(|p| p.holds_exact);
+    let gil_hold_s = holds_exact.then(|| precise.map_or(0.0, |p| p.hold_ns as f64 / NS));
+    let gil_hold_share = match gil_hold_s {
+        Some(hold) => ratio(hold, m.wall_s),
+        None => m.gil.hold_share(tid),
+    };
+    (gil_wait_s, gil_hold_s, gil_hold_share)
+}
+
+/// Whom `tid` waited behind for the GIL, longest first (holders resolved to
+/// tids where known, 0 otherwise).
+fn blocked_by(m: &Measurement, tid: u32) -> Vec<BlockedBy> {
+    let mut blocked: HashMap<u32, u64> = HashMap::new();
+    for (key, val) in m
+        .waits
+        .blocked_by
+        .iter()
+        .filter(|(k, _)| k.waiter_tid == tid)
+    {
+        let holder = m.holder_tids.get(&key.holder_tstate).copied().unwrap_or(0);
+        *blocked.entry(holder).or_default() += val.wait_ns;
     }
+    let mut out: Vec<BlockedBy> = blocked
+        .into_iter()
+        .map(|(tid, ns)| BlockedBy {
+            tid,
+            gil_wait_s: ns as f64 / NS,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.gil_wait_s
+            .total_cmp(&a.gil_wait_s)
+            .then(a.tid.cmp(&b.tid))
+    });
+    out
+}
 
+/// The row of one thread.
+fn thread_report(m: &Measurement, tid: u32) -> ThreadReport {
+    let end = m.cpu_end.get(&tid);
+    let start = m.cpu_start.get(&tid);
+    let delta = |f: fn(&ThreadSample) -> u64| -> f64 {
+        let e = end.map(f).unwrap_or(0);
+        let s = start.map(f).unwrap_or(0);
+        e.saturating_sub(s) as f64 / NS
+    };
+    let w = m.waits.threads.get(&tid).copied().unwrap_or_default();
+    let lock = m.locks.as_ref().and_then(|l| l.threads.get(&tid));
+    let (gil_wait_s, gil_hold_s, gil_hold_share) = gil_times(m, tid, &w);
+    let stretches = m.gil.stretches.get(&tid);
+    let os_name = end.map(|s| s.os_name.clone()).unwrap_or_default();
+    let python_name = m.python_names.get(&tid).cloned();
+    // Returns from blocking calls whose retake found the GIL free.
+    let free_retakes = w.block_returns.saturating_sub(w.retake_waits);
+    ThreadReport {
+        tid,
+        name: python_name.clone().unwrap_or_else(|| os_name.clone()),
+        python_name,
+        os_name,
+        cpu_s: delta(|s| s.on_cpu_ns),
+        runqueue_wait_s: delta(|s| s.runqueue_ns),
+        gil_wait_s,
+        gil_waits: w.take_waits,
+        gil_wait_p50_us: percentile_us(&w.take_hist, 0.5),
+        gil_wait_p99_us: percentile_us(&w.take_hist, 0.99),
+        gil_hold_s,
+        gil_hold_share,
+        drop_wait_s: w.drop_wait_ns as f64 / NS,
+        futex_wait_s: w.other_wait_ns as f64 / NS,
+        lock_wait_s: lock.map_or(0.0, |l| l.park_ns as f64 / NS),
+        lock_waits: lock.map_or(0, |l| l.parks),
+        blocked_by: blocked_by(m, tid),
+        poll_wait_s: w.poll_wait_ns as f64 / NS,
+        poll_waits: w.poll_waits,
+        io_wait_s: w.read_wait_ns as f64 / NS,
+        io_waits: w.read_waits,
+        sleep_wait_s: w.sleep_wait_ns as f64 / NS,
+        sleep_waits: w.sleep_waits,
+        other_block_s: w.block_other_ns as f64 / NS,
+        other_blocks: w.block_others,
+        block_returns: w.block_returns,
+        retake_waits: w.retake_waits,
+        retake_wait_s: w.retake_wait_ns as f64 / NS,
+        retake_p50_us: percentile_with_zeros_us(&w.retake_hist, free_retakes, 0.5),
+        retake_p99_us: percentile_with_zeros_us(&w.retake_hist, free_retakes, 0.99),
+        // Interpolating inside a log2 bucket can overshoot the longest stretch seen.
+        hold_stretch_p99_ms: stretches.map_or(0.0, |s| {
+            (percentile_us(&s.hist, 0.99) / 1e3).min(s.max_ns as f64 / 1e6)
+        }),
+        hold_stretch_max_ms: stretches.map_or(0.0, |s| s.max_ns as f64 / 1e6),
+    }
+}
+
+/// The process totals over its thread rows.
+fn process_report(m: &Measurement, threads: &[ThreadReport]) -> ProcessReport {
+    let mut hist = Hist::ZERO;
+    for w in m.waits.threads.values() {
+        hist.add(&w.take_hist);
+    }
     let sum = |f: fn(&ThreadReport) -> f64| threads.iter().map(f).sum::<f64>();
     let cpu_s = sum(|t| t.cpu_s);
     let gil_wait_s = sum(|t| t.gil_wait_s);
@@ -331,14 +341,15 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
         .as_ref()
         .filter(|p| p.holds_exact)
         .map(|_| sum(|t| t.gil_hold_s.unwrap_or(0.0)));
-    let process = ProcessReport {
+    let throttling = &m.cpu_env.throttling;
+    ProcessReport {
         wall_s: m.wall_s,
         cpu_s,
         runqueue_wait_s: sum(|t| t.runqueue_wait_s),
         gil_wait_s,
         gil_waits: threads.iter().map(|t| t.gil_waits).sum(),
-        gil_wait_p50_us: percentile_us(&process_hist, 0.5),
-        gil_wait_p99_us: percentile_us(&process_hist, 0.99),
+        gil_wait_p50_us: percentile_us(&hist, 0.5),
+        gil_wait_p99_us: percentile_us(&hist, 0.99),
         gil_hold_s,
         gil_utilization: match gil_hold_s {
             Some(hold) => ratio(hold, m.wall_s).min(1.0),
@@ -352,21 +363,20 @@ pub fn analyse(m: &Measurement) -> (ProcessReport, Vec<ThreadReport>) {
         io_wait_s: sum(|t| t.io_wait_s),
         sleep_wait_s: sum(|t| t.sleep_wait_s),
         other_block_s: sum(|t| t.other_block_s),
-        throttled_s: m.cpu_env.throttling.throttled_ns as f64 / NS,
+        throttled_s: throttling.throttled_ns as f64 / NS,
         throttled_period_share: ratio(
-            m.cpu_env.throttling.throttled_periods as f64,
-            m.cpu_env.throttling.periods as f64,
+            throttling.throttled_periods as f64,
+            throttling.periods as f64,
         ),
         cpu_limit_cores: m.cpu_env.cpu_limit_cores,
         cores_available: m.cpu_env.cores_available(),
-    };
-    (process, threads)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probes::layout::{BlockedKey, BlockedVal};
+    use crate::core::counters::{BlockedKey, BlockedWait};
 
     fn hist_with(slot: usize, count: u64) -> [u64; HIST_SLOTS] {
         let mut h = [0; HIST_SLOTS];
@@ -403,7 +413,6 @@ mod tests {
             waits.threads.insert(
                 tid,
                 ThreadWaits {
-                    tgid: pid,
                     take_wait_ns: 3_000_000_000,
                     take_waits: 600,
                     take_hist: hist_with(22, 600),
@@ -413,10 +422,9 @@ mod tests {
             waits.blocked_by.insert(
                 BlockedKey {
                     waiter_tid: tid,
-                    _pad: 0,
                     holder_tstate: 0xdead,
                 },
-                BlockedVal {
+                BlockedWait {
                     wait_ns: 3_000_000_000,
                     segments: 600,
                 },
@@ -564,12 +572,11 @@ mod tests {
 
     #[test]
     fn hot_locks_are_ranked_by_park_time() {
-        use crate::probes::layout::LockWaits;
+        use crate::core::counters::LockWaits;
         let mut locks = LockCounters::default();
         locks.threads.insert(
             7,
             LockWaits {
-                tgid: 1,
                 park_ns: 3_000_000,
                 parks: 3,
                 park_hist: hist_with(20, 3),
@@ -578,14 +585,14 @@ mod tests {
         );
         locks.locks.insert(
             0x10,
-            LockVal {
+            LockParks {
                 park_ns: 1_000_000,
                 parks: 1,
             },
         );
         locks.locks.insert(
             0x20,
-            LockVal {
+            LockParks {
                 park_ns: 2_000_000,
                 parks: 2,
             },

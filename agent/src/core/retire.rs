@@ -1,4 +1,7 @@
-//! Exited threads of a long-lived process, folded into one row.
+//! Exited threads of a long-lived process, folded into one row: the pure
+//! bookkeeping (which threads are due, the row's sums, the rebase of an earlier
+//! snapshot). Taking their entries out of the kernel maps and the sampler is
+//! `watch::retire`'s.
 //!
 //! The kernel keeps each thread's cumulative counters under its tid until user
 //! space deletes them, and a watcher keeps each thread's last CPU figures so an
@@ -17,12 +20,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use crate::core::counters::{BlockedKey, BlockedWait, ThreadWaits, WaitCounters};
 use crate::core::cpu::ThreadSample;
 use crate::core::samples::{GilSamples, HoldStretches};
-use crate::cpython::gil_sampler::SampledProcess;
-use crate::probes::condwait::{self, CondWaitProbe};
-use crate::probes::layout::{BlockedKey, BlockedVal, ThreadWaits};
-use crate::probes::wait::{WaitCounters, WaitProbe};
 
 /// The tid of the row that stands for every retired thread. No kernel tid is
 /// this large (`pid_max` is at most 2^22), and 0 already means "unknown holder".
@@ -65,12 +65,12 @@ pub struct Retirement {
     runqueue_ns: u64,
     waits: ThreadWaits,
     /// Holder thread state -> the retired threads' waits behind it.
-    blocked: HashMap<u64, BlockedVal>,
+    blocked: HashMap<u64, BlockedWait>,
     held_by: u64,
     stretches: HoldStretches,
     /// Threads retired so far.
     retired: u64,
-    /// When [`retire_due`] last looked for due threads.
+    /// When [`Retirement::look`] last looked for due threads.
     looked: Option<Instant>,
 }
 
@@ -113,6 +113,20 @@ impl Retirement {
             .collect()
     }
 
+    /// The threads to retire now ([`Retirement::due`]), looking at most every
+    /// [`RETIRE_EVERY`] (between looks: none): a look that finds some makes the
+    /// caller read a kernel map in full.
+    pub fn look(&mut self, now: Instant) -> Vec<u32> {
+        if self
+            .looked
+            .is_some_and(|at| now.saturating_duration_since(at) < RETIRE_EVERY)
+        {
+            return Vec::new();
+        }
+        self.looked = Some(now);
+        self.due(now)
+    }
+
     /// Adds the last figures of retired threads to the row: their CPU, the
     /// kernel entries just taken for them, and what the GIL sampler saw of them.
     pub fn fold(
@@ -128,13 +142,13 @@ impl Retirement {
                 self.runqueue_ns += sample.runqueue_ns;
             }
             if let Some(w) = taken.threads.get(tid) {
-                add_waits(&mut self.waits, w);
+                self.waits.add(w);
             }
             self.gone.remove(tid);
             self.recent.insert(*tid, now);
         }
         for (key, val) in &taken.blocked_by {
-            add_blocked(self.blocked.entry(key.holder_tstate).or_default(), val);
+            self.blocked.entry(key.holder_tstate).or_default().add(val);
         }
         self.retired += tids.len() as u64;
         self.recent
@@ -168,10 +182,9 @@ impl Retirement {
         threads.insert(
             EXITED_TID,
             ThreadSample {
-                tid: EXITED_TID,
-                os_name: EXITED_NAME.to_string(),
                 on_cpu_ns: self.cpu_ns,
                 runqueue_ns: self.runqueue_ns,
+                ..exited_sample()
             },
         );
         waits.threads.insert(EXITED_TID, self.waits);
@@ -187,72 +200,10 @@ impl Retirement {
     }
 }
 
-/// Where the figures of one process's threads are kept: what a retirement
-/// takes exited threads out of.
-pub struct Sources<'a> {
-    pub probe: &'a mut WaitProbe,
-    /// musl: the condvar probe of the process.
-    pub condwait: Option<&'a mut CondWaitProbe>,
-    /// The process's GIL sampler, if it is sampled.
-    pub sampler: Option<&'a SampledProcess>,
-    /// Last procfs figures by tid (retired threads are removed).
-    pub cpu: &'a mut BTreeMap<u32, ThreadSample>,
-    /// Python thread names by tid (retired threads are removed).
-    pub names: &'a mut HashMap<u32, String>,
-    /// Holder thread state -> tid (retired threads' are removed: a freed thread
-    /// state is reused by a later thread and must be resolved afresh).
-    pub holders: &'a mut HashMap<u64, u32>,
-}
-
-/// Retires the threads of process `pid` that are due now, looking at most every
-/// [`RETIRE_EVERY`]: deletes their kernel entries (the futex probe's and, on
-/// musl, the condvar probe's), folds what those held, their last CPU and the
-/// sampler's tallies into the row, and forgets their names and holder mappings.
-pub fn retire_due(exits: &mut Retirement, pid: u32, now: Instant, src: Sources) {
-    if exits
-        .looked
-        .is_some_and(|at| now.saturating_duration_since(at) < RETIRE_EVERY)
-    {
-        return;
-    }
-    exits.looked = Some(now);
-    let due = exits.due(now);
-    if due.is_empty() {
-        return;
-    }
-    let mut taken = match src.probe.take_threads(&due) {
-        Ok(taken) => taken,
-        Err(e) => {
-            tracing::debug!("cannot release the exited threads of process {pid}: {e}");
-            return;
-        }
-    };
-    if let Some(c) = src.condwait {
-        match c.take_threads(&due) {
-            Ok(cond) => condwait::merge_into(&mut taken, &cond),
-            Err(e) => tracing::debug!("condvar probe of {pid}: {e}"),
-        }
-    }
-    exits.fold(&due, src.cpu, &taken, now);
-    if let Some(sampler) = src.sampler {
-        let (held, stretches) = sampler.take_threads(&due);
-        exits.fold_samples(held, &stretches);
-    }
-    let gone: HashSet<u32> = due.iter().copied().collect();
-    src.names.retain(|tid, _| !gone.contains(tid));
-    src.holders.retain(|_, tid| !gone.contains(tid));
-    tracing::debug!(
-        "process {pid}: {} exited threads folded into one row ({} so far)",
-        due.len(),
-        exits.retired()
-    );
-}
-
 /// The blocked-by key of the exited-threads row behind `holder`.
 fn exited_key(holder: u64) -> BlockedKey {
     BlockedKey {
         waiter_tid: EXITED_TID,
-        _pad: 0,
         holder_tstate: holder,
     }
 }
@@ -270,102 +221,82 @@ pub fn rebase(
     cur_gil: &GilSamples,
 ) -> (BTreeMap<u32, ThreadSample>, WaitCounters, GilSamples) {
     let mut threads = prev_threads.clone();
+    rebase_cpu(&mut threads, cur_threads);
     let mut waits = prev_waits.clone();
+    rebase_waits(&mut waits, cur_waits);
     let mut gil = prev_gil.clone();
+    rebase_samples(&mut gil, cur_gil);
+    (threads, waits, gil)
+}
 
-    let left: Vec<u32> = threads
-        .keys()
-        .filter(|t| **t != EXITED_TID && !cur_threads.contains_key(t))
+/// The tids among `prev` that the later snapshot no longer lists (`listed`
+/// says whether it does), the exited-threads row aside.
+fn left<'a>(prev: impl Iterator<Item = &'a u32>, listed: impl Fn(&u32) -> bool) -> Vec<u32> {
+    prev.filter(|t| **t != EXITED_TID && !listed(t))
         .copied()
-        .collect();
-    for tid in left {
+        .collect()
+}
+
+/// The exited-threads row of the procfs figures, empty.
+fn exited_sample() -> ThreadSample {
+    ThreadSample {
+        tid: EXITED_TID,
+        os_name: EXITED_NAME.to_string(),
+        on_cpu_ns: 0,
+        runqueue_ns: 0,
+    }
+}
+
+/// [`rebase`] of the procfs figures.
+fn rebase_cpu(threads: &mut BTreeMap<u32, ThreadSample>, cur: &BTreeMap<u32, ThreadSample>) {
+    for tid in left(threads.keys(), |t| cur.contains_key(t)) {
         if let Some(s) = threads.remove(&tid) {
-            let row = threads.entry(EXITED_TID).or_insert_with(|| ThreadSample {
-                tid: EXITED_TID,
-                os_name: EXITED_NAME.to_string(),
-                on_cpu_ns: 0,
-                runqueue_ns: 0,
-            });
+            let row = threads.entry(EXITED_TID).or_insert_with(exited_sample);
             row.on_cpu_ns += s.on_cpu_ns;
             row.runqueue_ns += s.runqueue_ns;
         }
     }
+}
 
-    let left: HashSet<u32> = waits
-        .threads
-        .keys()
-        .filter(|t| **t != EXITED_TID && !cur_waits.threads.contains_key(t))
-        .copied()
+/// [`rebase`] of the kernel's wait counters: the threads' own, and the
+/// blocked-by pairs they were the waiter of (kept per holder in the row).
+fn rebase_waits(waits: &mut WaitCounters, cur: &WaitCounters) {
+    let gone: HashSet<u32> = left(waits.threads.keys(), |t| cur.threads.contains_key(t))
+        .into_iter()
         .collect();
-    for tid in &left {
+    for tid in &gone {
         if let Some(w) = waits.threads.remove(tid) {
-            add_waits(
-                waits
-                    .threads
-                    .entry(EXITED_TID)
-                    .or_insert_with(|| ThreadWaits {
-                        tgid: w.tgid,
-                        ..ThreadWaits::default()
-                    }),
-                &w,
-            );
+            waits.threads.entry(EXITED_TID).or_default().add(&w);
         }
     }
-    let moved: Vec<(BlockedKey, BlockedVal)> = waits
+    let moved: Vec<(BlockedKey, BlockedWait)> = waits
         .blocked_by
         .iter()
-        .filter(|(k, _)| left.contains(&k.waiter_tid))
+        .filter(|(k, _)| gone.contains(&k.waiter_tid))
         .map(|(k, v)| (*k, *v))
         .collect();
     for (key, val) in moved {
         waits.blocked_by.remove(&key);
-        add_blocked(
-            waits
-                .blocked_by
-                .entry(exited_key(key.holder_tstate))
-                .or_default(),
-            &val,
-        );
+        waits
+            .blocked_by
+            .entry(exited_key(key.holder_tstate))
+            .or_default()
+            .add(&val);
     }
+}
 
-    let left: Vec<u32> = gil
-        .held_by
-        .keys()
-        .filter(|t| **t != EXITED_TID && !cur_gil.held_by.contains_key(t))
-        .copied()
-        .collect();
-    for tid in left {
+/// [`rebase`] of the GIL sampler's tallies.
+fn rebase_samples(gil: &mut GilSamples, cur: &GilSamples) {
+    for tid in left(gil.held_by.keys(), |t| cur.held_by.contains_key(t)) {
         if let Some(n) = gil.held_by.remove(&tid) {
             *gil.held_by.entry(EXITED_TID).or_default() += n;
         }
     }
-    let left: Vec<u32> = gil
-        .stretches
-        .keys()
-        .filter(|t| **t != EXITED_TID && !cur_gil.stretches.contains_key(t))
-        .copied()
-        .collect();
-    for tid in left {
+    for tid in left(gil.stretches.keys(), |t| cur.stretches.contains_key(t)) {
         if let Some(s) = gil.stretches.remove(&tid) {
             add_stretches(gil.stretches.entry(EXITED_TID).or_default(), &s);
         }
     }
-    (threads, waits, gil)
-}
-
-/// Adds every counter of `w` to `into` (all lanes but the tgid and the
-/// kernel's retake state, which is not a counter).
-fn add_waits(into: &mut ThreadWaits, w: &ThreadWaits) {
-    let armed = into.retake_armed_ns;
-    // SAFETY: ThreadWaits is repr(C): a u32 pair, then u64 lanes only (the layout test
-    // checks it); lane 0 holds the pair and is skipped.
-    unsafe { crate::probes::layout::lanes_add(into, w, 1) };
-    into.retake_armed_ns = armed;
-}
-
-fn add_blocked(into: &mut BlockedVal, v: &BlockedVal) {
-    into.wait_ns += v.wait_ns;
-    into.segments += v.segments;
 }
 
 fn add_stretches(into: &mut HoldStretches, s: &HoldStretches) {
@@ -390,7 +321,6 @@ mod tests {
 
     fn waits(take_ns: u64) -> ThreadWaits {
         ThreadWaits {
-            tgid: 7,
             take_wait_ns: take_ns,
             take_waits: take_ns / 1000,
             ..ThreadWaits::default()
@@ -400,7 +330,6 @@ mod tests {
     fn blocked(tid: u32, holder: u64) -> BlockedKey {
         BlockedKey {
             waiter_tid: tid,
-            _pad: 0,
             holder_tstate: holder,
         }
     }
@@ -427,7 +356,7 @@ mod tests {
         kernel.threads.insert(11, waits(7_000));
         kernel.blocked_by.insert(
             blocked(11, 0xa),
-            BlockedVal {
+            BlockedWait {
                 wait_ns: 7_000,
                 segments: 3,
             },
@@ -441,7 +370,7 @@ mod tests {
         kernel.threads.insert(11, waits(9_000));
         kernel.blocked_by.insert(
             blocked(11, 0xa),
-            BlockedVal {
+            BlockedWait {
                 wait_ns: 9_000,
                 segments: 4,
             },
@@ -528,6 +457,17 @@ mod tests {
         // A tid alive again is not gone.
         r.note(std::iter::empty(), &[1000], t0);
         assert!(!r.due(t0 + RETIRE_AFTER * 2).contains(&1000));
+    }
+
+    #[test]
+    fn a_look_for_due_threads_is_taken_at_most_every_few_seconds() {
+        let t0 = Instant::now();
+        let mut r = Retirement::default();
+        r.note([11].into_iter(), &[], t0);
+        let late = t0 + RETIRE_AFTER;
+        assert_eq!(r.look(late), vec![11]);
+        assert!(r.look(late + Duration::from_secs(1)).is_empty(), "too soon");
+        assert_eq!(r.look(late + RETIRE_EVERY), vec![11], "still due");
     }
 
     #[test]

@@ -5,44 +5,47 @@
 //! The counters come back as a [`WaitCounters`] of the same shape the futex
 //! probe produces, and [`merge_into`] folds them into the futex probe's, so a
 //! musl report has the same fields, filled the same way, as a glibc one. Long
-//! waits come out as [`GilEpisode`] records too, as from the futex probe.
+//! waits come out as [`WaitEpisode`] records too, as from the futex probe.
 
 use std::num::NonZeroU32;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 
-use crate::core::counters::WaitEpisode;
+use crate::core::counters::{EntriesDropped, KernelMap, WaitCounters, WaitEpisode};
 use crate::cpython::find::libc::CondWaitSite;
 use crate::cpython::layout::versions::GilLayout;
 use crate::error::{Error, Result};
-use crate::probes::layout::{CondwaitInflight, CondwaitTarget, CondwaitWaits, ThreadWaits};
-use crate::probes::wait::{counters_of, take_thread_entries, WaitCounters};
-use crate::probes::{bpf_error, map_error, uprobe_error};
+use crate::probes::layout as k;
+use crate::probes::maps::{MapNames, WaitMaps};
+use crate::probes::{bpf_error, uprobe_error};
 
 static CONDWAIT_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gil_condwait.bpf.o"));
+
+/// The condvar probe's maps (the counterparts of the futex probe's).
+static MAPS: MapNames = MapNames {
+    object: "gil_condwait.bpf.o",
+    targets: "cond_targets",
+    waits: KernelMap::CondWaits,
+    blocked_by: KernelMap::CondBlockedBy,
+    inflight: KernelMap::CondInflight,
+    gil_waits: KernelMap::CondGilWaits,
+    full: "cond_map_full",
+    episodes: "cond_episodes",
+    episodes_lost: "cond_episodes_lost",
+};
 
 /// A take slice that starts within this long of its timed-out predecessor is the same wait
 /// (the same figure as the futex probe's).
 const CONTINUATION_GAP_NS: u64 = 1_000_000;
 
-/// The per-thread maps of the condvar probe, in the slot order of its
-/// `cond_map_full` array (the counterparts of the futex probe's).
-pub const FULL_MAPS: [&str; crate::probes::layout::map_full_slot::SLOTS] = [
-    "cond_waits",
-    "cond_blocked_by",
-    "cond_inflight",
-    "cond_gil_waits",
-];
-
 /// The attached condvar-wait probes of one process; detached when dropped.
 pub struct CondWaitProbe {
-    ebpf: Ebpf,
-    /// The `cond_episodes` ring buffer (`None`: loaded without a threshold).
-    episodes: Option<RingBuf<MapData>>,
+    /// Keeps the programs loaded and attached (their maps are in `maps`).
+    _ebpf: Ebpf,
+    maps: WaitMaps<k::CondwaitTarget, k::CondwaitWaits, k::CondwaitInflight>,
     /// Where the probe went, for `measured_by`.
     pub site: CondWaitSite,
 }
@@ -55,7 +58,7 @@ impl CondWaitProbe {
     }
 
     /// As [`CondWaitProbe::attach`], and every merged take wait of at least
-    /// `threshold_ns` is recorded as a [`GilEpisode`] (0: none).
+    /// `threshold_ns` is recorded as a [`WaitEpisode`] (0: none).
     pub fn attach_with_episodes(pid: u32, site: &CondWaitSite, threshold_ns: u64) -> Result<Self> {
         Self::attach_with_capacity(pid, site, threshold_ns, None)
     }
@@ -87,156 +90,96 @@ impl CondWaitProbe {
         let mut ebpf = loader
             .load(CONDWAIT_OBJECT)
             .map_err(|e| bpf_error("loading gil_condwait.bpf.o", &e))?;
-        let pid = NonZeroU32::new(pid).ok_or(Error::NoSuchProcess { pid })?;
-        for program in ["cond_enter", "cond_return"] {
-            let probe: &mut UProbe = ebpf
-                .program_mut(program)
-                .ok_or_else(|| {
-                    Error::Internal(format!("{program} missing from gil_condwait.bpf.o"))
-                })?
-                .try_into()
-                .map_err(|e| bpf_error(program, &e))?;
-            probe.load().map_err(|e| bpf_error(program, &e))?;
-            probe
-                .attach(
-                    UProbeAttachLocation::AbsoluteOffset(site.file_offset),
-                    &site.host_path,
-                    UProbeScope::OneProcess(pid),
-                )
-                .map_err(|e| {
-                    let what = format!(
-                        "attaching {program} to {} in {}",
-                        site.symbol,
-                        site.host_path.display()
-                    );
-                    uprobe_error(&what, &e)
-                })?;
-        }
-        let episodes = match threshold_ns {
-            0 => None,
-            _ => {
-                let map = ebpf.take_map("cond_episodes").ok_or_else(|| {
-                    Error::Internal("map cond_episodes missing from gil_condwait.bpf.o".into())
-                })?;
-                Some(RingBuf::try_from(map).map_err(|e| map_error("cond_episodes", &e))?)
-            }
-        };
+        attach_uprobes(&mut ebpf, pid, site)?;
+        let maps = WaitMaps::take(&mut ebpf, &MAPS, threshold_ns > 0)?;
         crate::probes::release_freed_heap();
         Ok(Self {
-            ebpf,
-            episodes,
+            _ebpf: ebpf,
+            maps,
             site: site.clone(),
         })
     }
 
     /// Moves every episode recorded since the last call into `out`.
     pub fn drain_episodes(&mut self, out: &mut Vec<WaitEpisode>) {
-        if let Some(ring) = self.episodes.as_mut() {
-            crate::probes::wait::drain_ring(ring, out);
-        }
+        self.maps.drain_episodes(out);
     }
 
     /// Episodes lost to a full ring buffer (cumulative).
     pub fn episodes_lost(&self) -> u64 {
-        crate::probes::wait::lost_count(&self.ebpf, "cond_episodes_lost")
+        self.maps.episodes_lost()
     }
 
-    /// Inserts lost to a full map (cumulative), per map in the slot order of
-    /// [`map_full_slot`](crate::probes::layout::map_full_slot): the musl counterparts of
+    /// Inserts lost to a full map (cumulative), per map: the musl counterparts of
     /// [`WaitProbe::entries_dropped`](crate::probes::wait::WaitProbe::entries_dropped).
     /// A take wait that finds `cond_waits` full counts once per slice.
-    pub fn entries_dropped(
-        &self,
-    ) -> [(&'static str, u64); crate::probes::layout::map_full_slot::SLOTS] {
-        crate::probes::wait::full_counts(&self.ebpf, "cond_map_full", FULL_MAPS)
+    pub fn entries_dropped(&self) -> EntriesDropped {
+        self.maps.entries_dropped()
     }
 
-    /// The number of entries the kernel gave map `name` (e.g. `cond_waits`).
-    pub fn capacity(&self, name: &str) -> Option<u32> {
-        crate::probes::wait::hash_capacity(&self.ebpf, name)
-    }
-
-    fn map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<BpfHashMap<&MapData, K, V>> {
-        let map = self.ebpf.map(name).ok_or_else(|| {
-            Error::Internal(format!("map {name} missing from gil_condwait.bpf.o"))
-        })?;
-        BpfHashMap::try_from(map).map_err(|e| map_error(name, &e))
+    /// The number of entries the kernel gave `map` (e.g. `cond_waits`); `None`
+    /// for a map not of this probe.
+    pub fn capacity(&self, map: KernelMap) -> Option<u32> {
+        self.maps.capacity(map)
     }
 
     /// Starts (or updates) counting condvar waits of `tgid` on any of its GILs
-    /// (at most [`MAX_GILS`](crate::probes::layout::MAX_GILS)).
+    /// (at most [`MAX_GILS`](crate::probes::MAX_GILS)).
     pub fn watch(&mut self, tgid: u32, gils: &[u64], layout: &GilLayout) -> Result<()> {
         let narrow = |v: u64| {
             u32::try_from(v).map_err(|_| Error::Internal(format!("GIL offset {v} too large")))
         };
-        let mut target = CondwaitTarget {
+        let mut target = k::CondwaitTarget {
             cond_off: narrow(layout.cond)?,
             switch_cond_off: narrow(layout.switch_cond)?,
             last_holder_off: narrow(layout.last_holder)?,
-            ..CondwaitTarget::default()
+            ..k::CondwaitTarget::default()
         };
         for (slot, addr) in target.gil_addrs.iter_mut().zip(gils) {
             *slot = *addr;
         }
-        let map = self
-            .ebpf
-            .map_mut("cond_targets")
-            .ok_or_else(|| Error::Internal("map cond_targets missing".into()))?;
-        let mut targets: BpfHashMap<&mut MapData, u32, CondwaitTarget> =
-            BpfHashMap::try_from(map).map_err(|e| map_error("cond_targets", &e))?;
-        targets
-            .insert(tgid, target, 0)
-            .map_err(|e| map_error("cond_targets", &e))
+        self.maps.set_target(tgid, target)
     }
 
     /// The cumulative counters of `tgid`, shaped like the futex probe's.
     pub fn read(&self, tgid: u32) -> Result<WaitCounters> {
-        let threads: std::collections::HashMap<u32, ThreadWaits> = self
-            .map::<u32, CondwaitWaits>("cond_waits")?
-            .iter()
-            .filter_map(|e| e.ok())
-            .filter(|(_, w)| w.tgid == tgid)
-            .map(|(tid, w)| (tid, as_thread_waits(&w)))
-            .collect();
-        Ok(counters_of(
-            tgid,
-            threads,
-            &self.map("cond_blocked_by")?,
-            &self.map("cond_gil_waits")?,
-        ))
+        Ok(self.maps.read(tgid))
     }
 
     /// Deletes the entries of threads that exited and returns what they held,
     /// shaped like the futex probe's (see [`WaitProbe::take_threads`](crate::probes::wait::WaitProbe::take_threads)).
     pub fn take_threads(&mut self, tids: &[u32]) -> Result<WaitCounters> {
-        let (threads, blocked_by) = take_thread_entries::<CondwaitWaits, CondwaitInflight>(
-            &mut self.ebpf,
-            ["cond_waits", "cond_blocked_by", "cond_inflight"],
-            tids,
-        )?;
-        Ok(WaitCounters {
-            threads: threads
-                .iter()
-                .map(|(tid, w)| (*tid, as_thread_waits(w)))
-                .collect(),
-            blocked_by,
-            gils: std::collections::HashMap::new(),
-        })
+        Ok(self.maps.take_threads(tids))
     }
 }
 
-/// A thread's condvar-wait counters in the futex probe's shape.
-fn as_thread_waits(w: &CondwaitWaits) -> ThreadWaits {
-    ThreadWaits {
-        tgid: w.tgid,
-        take_wait_ns: w.take_wait_ns,
-        take_waits: w.take_waits,
-        take_futex_calls: w.take_slices,
-        drop_wait_ns: w.drop_wait_ns,
-        drop_waits: w.drop_waits,
-        take_hist: w.take_hist,
-        ..ThreadWaits::default()
+/// Attaches the entry and return probes of `ebpf` to the condvar wait at `site`,
+/// for process `pid` only.
+fn attach_uprobes(ebpf: &mut Ebpf, pid: u32, site: &CondWaitSite) -> Result<()> {
+    let pid = NonZeroU32::new(pid).ok_or(Error::NoSuchProcess { pid })?;
+    for program in ["cond_enter", "cond_return"] {
+        let probe: &mut UProbe = ebpf
+            .program_mut(program)
+            .ok_or_else(|| Error::Internal(format!("{program} missing from gil_condwait.bpf.o")))?
+            .try_into()
+            .map_err(|e| bpf_error(program, &e))?;
+        probe.load().map_err(|e| bpf_error(program, &e))?;
+        probe
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+                &site.host_path,
+                UProbeScope::OneProcess(pid),
+            )
+            .map_err(|e| {
+                let what = format!(
+                    "attaching {program} to {} in {}",
+                    site.symbol,
+                    site.host_path.display()
+                );
+                uprobe_error(&what, &e)
+            })?;
     }
+    Ok(())
 }
 
 /// Folds the condvar probe's GIL waits into the futex probe's counters of the
@@ -245,38 +188,26 @@ fn as_thread_waits(w: &CondwaitWaits) -> ThreadWaits {
 /// calls are taken off `other_wait_ns`/`other_waits` rather than counted twice.
 pub fn merge_into(futex: &mut WaitCounters, cond: &WaitCounters) {
     for (tid, c) in &cond.threads {
-        let w = futex.threads.entry(*tid).or_insert_with(|| ThreadWaits {
-            tgid: c.tgid,
-            ..ThreadWaits::default()
-        });
+        let w = futex.threads.entry(*tid).or_default();
         let gil_ns = c.take_wait_ns + c.drop_wait_ns;
         let gil_calls = c.take_futex_calls + c.drop_waits;
         w.other_wait_ns = w.other_wait_ns.saturating_sub(gil_ns);
         w.other_waits = w.other_waits.saturating_sub(gil_calls);
-        w.take_wait_ns += c.take_wait_ns;
-        w.take_waits += c.take_waits;
-        w.take_futex_calls += c.take_futex_calls;
-        w.drop_wait_ns += c.drop_wait_ns;
-        w.drop_waits += c.drop_waits;
-        for (slot, n) in w.take_hist.iter_mut().zip(c.take_hist) {
-            *slot += n;
-        }
+        // The condvar probe counts only GIL waits: every other figure is 0.
+        w.add(c);
     }
     for (key, v) in &cond.blocked_by {
-        let b = futex.blocked_by.entry(*key).or_default();
-        b.wait_ns += v.wait_ns;
-        b.segments += v.segments;
+        futex.blocked_by.entry(*key).or_default().add(v);
     }
     for (gil, v) in &cond.gils {
-        let g = futex.gils.entry(*gil).or_default();
-        g.take_wait_ns += v.take_wait_ns;
-        g.take_waits += v.take_waits;
+        futex.gils.entry(*gil).or_default().add(v);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::counters::ThreadWaits;
 
     #[test]
     fn condvar_waits_replace_the_same_sleeps_counted_as_other_futex_waits() {
@@ -284,7 +215,6 @@ mod tests {
         futex.threads.insert(
             7,
             ThreadWaits {
-                tgid: 1,
                 other_wait_ns: 1_000,
                 other_waits: 5,
                 ..ThreadWaits::default()
@@ -296,7 +226,6 @@ mod tests {
         cond.threads.insert(
             7,
             ThreadWaits {
-                tgid: 1,
                 take_wait_ns: 700,
                 take_waits: 2,
                 take_futex_calls: 3,
@@ -309,7 +238,6 @@ mod tests {
         cond.threads.insert(
             8,
             ThreadWaits {
-                tgid: 1,
                 take_wait_ns: 50,
                 take_waits: 1,
                 ..ThreadWaits::default()

@@ -4,33 +4,31 @@
 //! Only threads that must sleep on a lock reach `_PyParkingLot_Park`, so the
 //! probes never run on an uncontended lock.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 
-use aya::maps::HashMap as BpfHashMap;
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 
+use crate::core::counters::LockCounters;
 use crate::error::{Error, Result};
-use crate::probes::layout::{LockKey, LockVal, LockWaits};
-use crate::probes::{bpf_error, map_error, uprobe_error};
+use crate::probes::layout as k;
+use crate::probes::maps::take_map;
+use crate::probes::{bpf_error, uprobe_error};
 
 static LOCK_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lock_park.bpf.o"));
 
-/// Lock contention of one process, cumulative since the probes were attached.
-#[derive(Debug, Clone, Default)]
-pub struct LockCounters {
-    pub threads: HashMap<u32, LockWaits>,
-    /// Lock address -> park time and count.
-    pub locks: HashMap<u64, LockVal>,
-}
-
 /// The attached parking-lot probes; detached when dropped.
 pub struct LockProbe {
-    ebpf: Ebpf,
+    /// Keeps the programs loaded and attached.
+    _ebpf: Ebpf,
+    /// Per-thread parking (key: tid).
+    lock_waits: BpfHashMap<MapData, u32, k::LockWaits>,
+    /// Parking per (process, lock address).
+    lock_by_address: BpfHashMap<MapData, k::LockKey, k::LockVal>,
 }
 
 impl LockProbe {
@@ -73,32 +71,29 @@ impl LockProbe {
                     })?;
             }
         }
-        Ok(Self { ebpf })
+        Ok(Self {
+            lock_waits: take_map(&mut ebpf, "lock_park.bpf.o", "lock_waits")?,
+            lock_by_address: take_map(&mut ebpf, "lock_park.bpf.o", "lock_by_address")?,
+            _ebpf: ebpf,
+        })
     }
 
     /// Per-thread and per-lock counters of `tgid`.
     pub fn read(&self, tgid: u32) -> Result<LockCounters> {
-        let map = |name: &str| {
-            self.ebpf
-                .map(name)
-                .ok_or_else(|| Error::Internal(format!("map {name} missing from lock_park.bpf.o")))
-        };
-        let waits: BpfHashMap<_, u32, LockWaits> =
-            BpfHashMap::try_from(map("lock_waits")?).map_err(|e| map_error("lock_waits", &e))?;
-        let by_address: BpfHashMap<_, LockKey, LockVal> =
-            BpfHashMap::try_from(map("lock_by_address")?)
-                .map_err(|e| map_error("lock_by_address", &e))?;
         Ok(LockCounters {
-            threads: waits
+            threads: self
+                .lock_waits
                 .iter()
                 .filter_map(|e| e.ok())
                 .filter(|(_, w)| w.tgid == tgid)
+                .map(|(tid, w)| (tid, w.into()))
                 .collect(),
-            locks: by_address
+            locks: self
+                .lock_by_address
                 .iter()
                 .filter_map(|e| e.ok())
                 .filter(|(k, _)| k.tgid == tgid)
-                .map(|(k, v)| (k.address, v))
+                .map(|(k, v)| (k.address, v.into()))
                 .collect(),
         })
     }

@@ -1,13 +1,21 @@
 //! The kernel side, seen from the agent: loading the BPF objects built from
-//! `ebpf/`, attaching them, and reading their maps into plain structs.
+//! `ebpf/`, attaching them, and reading their maps. The only layer that names
+//! aya or the kernel's structs (`layout`, private to it): each probe takes
+//! its maps once at load as typed handles and hands out the plain counters of
+//! [`crate::core::counters`].
 
 pub mod condwait;
-pub mod layout;
+mod layout;
 pub mod lock;
+mod maps;
 pub mod precise;
 pub mod wait;
 
 use crate::error::Error;
+
+/// GILs the probes watch per process at most (the main interpreter's first,
+/// then subinterpreters with their own GIL).
+pub use layout::MAX_GILS;
 
 /// The whole error chain on one line (aya's top-level messages alone say little).
 fn chain(err: &(dyn std::error::Error + 'static)) -> (String, Option<i32>) {

@@ -8,14 +8,16 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 
-use aya::maps::HashMap as BpfHashMap;
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
 use aya::Ebpf;
 
+use crate::core::counters::PreciseGil;
 use crate::error::{Error, Result};
-use crate::probes::layout::PreciseGil;
-use crate::probes::{bpf_error, map_error, uprobe_error};
+use crate::probes::layout as k;
+use crate::probes::maps::take_map;
+use crate::probes::{bpf_error, uprobe_error};
 
 static PRECISE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gil_precise.bpf.o"));
@@ -30,7 +32,10 @@ pub struct PreciseTargets {
 
 /// The attached uprobes; detached when dropped.
 pub struct PreciseProbe {
-    ebpf: Ebpf,
+    /// Keeps the programs loaded and attached.
+    _ebpf: Ebpf,
+    /// Per-thread timing (key: tid).
+    precise_gil: BpfHashMap<MapData, u32, k::PreciseGil>,
 }
 
 impl PreciseProbe {
@@ -65,21 +70,21 @@ impl PreciseProbe {
         if !targets.drop_gil.is_empty() {
             attach("drop_gil_enter", &targets.drop_gil)?;
         }
-        Ok(Self { ebpf })
+        let precise_gil = take_map(&mut ebpf, "gil_precise.bpf.o", "precise_gil")?;
+        Ok(Self {
+            _ebpf: ebpf,
+            precise_gil,
+        })
     }
 
     /// Cumulative exact counters of every thread of `tgid`.
     pub fn read(&self, tgid: u32) -> Result<HashMap<u32, PreciseGil>> {
-        let map = self
-            .ebpf
-            .map("precise_gil")
-            .ok_or_else(|| Error::Internal("map precise_gil missing".into()))?;
-        let map: BpfHashMap<_, u32, PreciseGil> =
-            BpfHashMap::try_from(map).map_err(|e| map_error("precise_gil", &e))?;
-        Ok(map
+        Ok(self
+            .precise_gil
             .iter()
             .filter_map(|e| e.ok())
             .filter(|(_, p)| p.tgid == tgid)
+            .map(|(tid, p)| (tid, p.into()))
             .collect())
     }
 }

@@ -4,27 +4,37 @@
 //! process (its GIL address) to the in-kernel filter, [`WaitProbe::unwatch`]
 //! removes it together with every per-thread entry it left behind. With an
 //! episode threshold ([`WaitProbe::load_with_episodes`]) the kernel also sends
-//! one [`GilEpisode`] per long GIL wait, drained by [`WaitProbe::drain_episodes`].
+//! one [`WaitEpisode`] per long GIL wait, drained by [`WaitProbe::drain_episodes`].
 //! A wait the kernel could not count because a map was full is counted instead
 //! ([`WaitProbe::entries_dropped`]), so the loss can be reported.
 
 use std::collections::HashMap;
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
-use crate::core::counters::WaitEpisode;
+use crate::core::counters::{EntriesDropped, KernelMap, WaitCounters, WaitEpisode};
 use crate::cpython::layout::versions::GilLayout;
 use crate::error::{Error, Result};
-use crate::probes::layout::{
-    map_full_slot, BlockedKey, BlockedVal, FutexInflight, GilEpisode, GilKey, GilTarget, GilVal,
-    ThreadWaits, MAX_GILS,
-};
-use crate::probes::{bpf_error, map_error};
+use crate::probes::bpf_error;
+use crate::probes::layout::{self as k, MAX_GILS};
+use crate::probes::maps::{MapNames, WaitMaps};
 
 static WAIT_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gil_wait.bpf.o"));
+
+/// The futex probe's maps.
+static MAPS: MapNames = MapNames {
+    object: "gil_wait.bpf.o",
+    targets: "targets",
+    waits: KernelMap::ThreadWaits,
+    blocked_by: KernelMap::BlockedBy,
+    inflight: KernelMap::Inflight,
+    gil_waits: KernelMap::GilWaits,
+    full: "map_full",
+    episodes: "episodes",
+    episodes_lost: "episodes_lost",
+};
 
 /// Entries of the per-thread maps as built (`max_entries` in gil_wait.bpf.c and
 /// gil_condwait.bpf.c).
@@ -43,106 +53,22 @@ const CONTINUATION_GAP_NS: u64 = 1_000_000;
 /// before being asked to drop it), so that return had no residual latency.
 const RETAKE_WINDOW_NS: u64 = 1_000_000;
 
-/// Counters of one process, as the kernel has them now (cumulative since `watch`).
-#[derive(Debug, Default, Clone)]
-pub struct WaitCounters {
-    pub threads: HashMap<u32, ThreadWaits>,
-    /// (waiter tid, holder thread state) -> wait behind that holder.
-    pub blocked_by: HashMap<BlockedKey, BlockedVal>,
-    /// GIL address -> take-side wait on that GIL.
-    pub gils: HashMap<u64, GilVal>,
-}
-
-impl WaitCounters {
-    /// What accumulated since `prev` (a thread or key absent from `prev` is new).
-    pub fn since(&self, prev: &Self) -> Self {
-        Self {
-            threads: self
-                .threads
-                .iter()
-                .map(|(tid, w)| (*tid, prev.threads.get(tid).map_or(*w, |p| w.since(p))))
-                .collect(),
-            blocked_by: self
-                .blocked_by
-                .iter()
-                .map(|(k, v)| (*k, prev.blocked_by.get(k).map_or(*v, |p| v.since(p))))
-                .collect(),
-            gils: self
-                .gils
-                .iter()
-                .map(|(k, v)| (*k, prev.gils.get(k).map_or(*v, |p| v.since(p))))
-                .collect(),
-        }
-    }
-}
-
 /// The loaded and attached wait probe (GIL waits and every other sleep).
 pub struct WaitProbe {
-    ebpf: Ebpf,
-    /// The `episodes` ring buffer, taken out of `ebpf` so it can be drained.
-    episodes: Option<RingBuf<MapData>>,
+    /// Keeps the program loaded and attached (its maps are in `maps`).
+    _ebpf: Ebpf,
+    maps: WaitMaps<k::GilTarget, k::ThreadWaits, k::FutexInflight>,
     episode_threshold_ns: u64,
-}
-
-/// Moves every [`GilEpisode`] in an episode ring buffer into `out`.
-pub(crate) fn drain_ring(ring: &mut RingBuf<MapData>, out: &mut Vec<WaitEpisode>) {
-    while let Some(item) = ring.next() {
-        if item.len() >= std::mem::size_of::<GilEpisode>() {
-            // SAFETY: GilEpisode is repr(C) Pod (any bit pattern is valid) and the
-            // item holds at least size_of::<GilEpisode>() bytes; read_unaligned
-            // makes no assumption about the item's alignment.
-            let record = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<GilEpisode>()) };
-            out.push(record.into());
-        }
-    }
-}
-
-/// The value of a one-slot u64 array map (an episodes-lost counter); 0 if unreadable.
-pub(crate) fn lost_count(ebpf: &Ebpf, name: &str) -> u64 {
-    ebpf.map(name)
-        .and_then(|m| Array::<&MapData, u64>::try_from(m).ok())
-        .and_then(|a| a.get(&0, 0).ok())
-        .unwrap_or(0)
-}
-
-/// The per-thread maps of the futex probe, in the slot order of its `map_full` array.
-pub const FULL_MAPS: [&str; map_full_slot::SLOTS] =
-    ["thread_waits", "blocked_by", "inflight", "gil_waits"];
-
-/// Failed inserts per map, from a map-full array (`names` in slot order; see
-/// [`map_full_slot`]); 0 where the array cannot be read.
-pub(crate) fn full_counts(
-    ebpf: &Ebpf,
-    array: &str,
-    names: [&'static str; map_full_slot::SLOTS],
-) -> [(&'static str, u64); map_full_slot::SLOTS] {
-    let counts = ebpf
-        .map(array)
-        .and_then(|m| Array::<&MapData, u64>::try_from(m).ok());
-    let mut out = names.map(|name| (name, 0));
-    if let Some(counts) = counts {
-        for (slot, entry) in (0u32..).zip(out.iter_mut()) {
-            entry.1 = counts.get(&slot, 0).unwrap_or(0);
-        }
-    }
-    out
 }
 
 /// Logs one warning per map that had failed inserts: for the one-shot commands
 /// (`check`), whose report would otherwise look complete while waits are missing.
-pub fn warn_dropped(counts: &[(&'static str, u64)]) {
+pub fn warn_dropped(counts: &EntriesDropped) {
     for (map, n) in counts.iter().filter(|(_, n)| *n > 0) {
         tracing::warn!(
-            "kernel map {map} was full: {n} inserts failed, so some waits are missing from this report"
+            "kernel map {} was full: {n} inserts failed, so some waits are missing from this report",
+            map.name()
         );
-    }
-}
-
-/// The capacity (max_entries) the kernel gave hash map `name`, if it is one.
-pub(crate) fn hash_capacity(ebpf: &Ebpf, name: &str) -> Option<u32> {
-    match ebpf.map(name)? {
-        aya::maps::Map::HashMap(data) => data.info().ok().map(|i| i.max_entries()),
-        _ => None,
     }
 }
 
@@ -153,7 +79,7 @@ impl WaitProbe {
     }
 
     /// As [`WaitProbe::load`], and the kernel records every merged take wait of at
-    /// least `threshold_ns` as a [`GilEpisode`] (0: none, the ring buffer stays empty).
+    /// least `threshold_ns` as a [`WaitEpisode`] (0: none, the ring buffer stays empty).
     pub fn load_with_episodes(threshold_ns: u64) -> Result<Self> {
         Self::load_with_capacity(threshold_ns, None)
     }
@@ -198,20 +124,12 @@ impl WaitProbe {
         program
             .attach()
             .map_err(|e| bpf_error("attaching the sched_switch probe", &e))?;
-        let episodes = match threshold_ns {
-            0 => None,
-            _ => {
-                let map = ebpf.take_map("episodes").ok_or_else(|| {
-                    Error::Internal("map episodes missing from gil_wait.bpf.o".into())
-                })?;
-                Some(RingBuf::try_from(map).map_err(|e| map_error("episodes", &e))?)
-            }
-        };
+        let maps = WaitMaps::take(&mut ebpf, &MAPS, threshold_ns > 0)?;
         drop(btf);
         crate::probes::release_freed_heap();
         Ok(Self {
-            ebpf,
-            episodes,
+            _ebpf: ebpf,
+            maps,
             episode_threshold_ns: threshold_ns,
         })
     }
@@ -219,55 +137,34 @@ impl WaitProbe {
     /// Moves every episode the kernel recorded since the last call into `out`
     /// (of all watched processes; nothing when loaded without a threshold).
     pub fn drain_episodes(&mut self, out: &mut Vec<WaitEpisode>) {
-        if let Some(ring) = self.episodes.as_mut() {
-            drain_ring(ring, out);
-        }
+        self.maps.drain_episodes(out);
     }
 
     /// Episodes the kernel could not record because the ring buffer was full
     /// (cumulative since load): the agent fell behind.
     pub fn episodes_lost(&self) -> u64 {
-        lost_count(&self.ebpf, "episodes_lost")
+        self.maps.episodes_lost()
     }
 
     /// Inserts the kernel could not make because the map was full (cumulative
-    /// since load), per map of [`FULL_MAPS`] order: `thread_waits` counts waits
-    /// of threads that found no slot (each one uncounted), `blocked_by` waits
-    /// not attributed to their holder, `inflight` waits not tracked at all,
-    /// `gil_waits` take waits missing from the per-GIL figures.
-    pub fn entries_dropped(&self) -> [(&'static str, u64); map_full_slot::SLOTS] {
-        full_counts(&self.ebpf, "map_full", FULL_MAPS)
+    /// since load), per map: `thread_waits` counts waits of threads that found
+    /// no slot (each one uncounted), `blocked_by` waits not attributed to their
+    /// holder, `inflight` waits not tracked at all, `gil_waits` take waits
+    /// missing from the per-GIL figures.
+    pub fn entries_dropped(&self) -> EntriesDropped {
+        self.maps.entries_dropped()
     }
 
-    /// The number of entries the kernel gave map `name` (e.g. `thread_waits`), for
-    /// saying how full "full" is; `None` for an unknown map.
-    pub fn capacity(&self, name: &str) -> Option<u32> {
-        hash_capacity(&self.ebpf, name)
+    /// The number of entries the kernel gave `map`, for saying how full "full"
+    /// is; `None` for a map not of this probe.
+    pub fn capacity(&self, map: KernelMap) -> Option<u32> {
+        self.maps.capacity(map)
     }
 
     /// The span threshold this probe was loaded with (0: no episodes), for the
     /// per-process probes (musl) that must record the same episodes.
     pub fn episode_threshold_ns(&self) -> u64 {
         self.episode_threshold_ns
-    }
-
-    fn map_mut<K: aya::Pod, V: aya::Pod>(
-        &mut self,
-        name: &str,
-    ) -> Result<BpfHashMap<&mut MapData, K, V>> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or_else(|| Error::Internal(format!("map {name} missing from gil_wait.bpf.o")))?;
-        BpfHashMap::try_from(map).map_err(|e| map_error(name, &e))
-    }
-
-    fn map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<BpfHashMap<&MapData, K, V>> {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or_else(|| Error::Internal(format!("map {name} missing from gil_wait.bpf.o")))?;
-        BpfHashMap::try_from(map).map_err(|e| map_error(name, &e))
     }
 
     /// Starts (or updates) counting the sleeps of process `tgid`, classifying futex waits
@@ -280,7 +177,7 @@ impl WaitProbe {
         let narrow = |v: u64| {
             u32::try_from(v).map_err(|_| Error::Internal(format!("GIL offset {v} too large")))
         };
-        let target = GilTarget {
+        let target = k::GilTarget {
             gil_addrs,
             gil_size: narrow(layout.size)?,
             cond_off: narrow(layout.cond)?,
@@ -289,34 +186,21 @@ impl WaitProbe {
             last_holder_off: narrow(layout.last_holder)?,
             locked_off: narrow(layout.locked)?,
         };
-        let mut targets = self.map_mut::<u32, GilTarget>("targets")?;
-        targets
-            .insert(tgid, target, 0)
-            .map_err(|e| map_error("targets", &e))
+        self.maps.set_target(tgid, target)
     }
 
     /// Stops counting the sleeps of `tgid` at once but keeps what was counted, for a
     /// last report: a process that exec'd into another program must not have that
     /// program's sleeps counted under it. [`WaitProbe::unwatch`] clears the rest.
     pub fn stop_counting(&mut self, tgid: u32) -> Result<()> {
-        let mut targets = self.map_mut::<u32, GilTarget>("targets")?;
-        match targets.remove(&tgid) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            // Already stopped (the kernel says ENOENT).
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(map_error("targets", &e)),
-        }
+        self.maps.remove_target(tgid)
     }
 
     /// Stops watching `tgid` and deletes every kernel entry it left (threads, holders, in-flight waits).
     pub fn unwatch(&mut self, tgid: u32) -> Result<()> {
-        let tids: Vec<u32> = self.read(tgid)?.threads.into_keys().collect();
-        self.forget_threads(&tids)?;
-        self.forget_gils(tgid)?;
+        let tids: Vec<u32> = self.maps.read(tgid).threads.into_keys().collect();
+        self.maps.take_threads(&tids);
+        self.maps.forget_gils(tgid);
         self.stop_counting(tgid)
     }
 
@@ -329,182 +213,22 @@ impl WaitProbe {
     /// they held (their counters and blocked-by pairs): a long-lived process
     /// whose threads come and go keeps their sum, not their slots.
     pub fn take_threads(&mut self, tids: &[u32]) -> Result<WaitCounters> {
-        let (threads, blocked_by) = take_thread_entries::<ThreadWaits, FutexInflight>(
-            &mut self.ebpf,
-            ["thread_waits", "blocked_by", "inflight"],
-            tids,
-        )?;
-        Ok(WaitCounters {
-            threads,
-            blocked_by,
-            gils: HashMap::new(),
-        })
-    }
-
-    fn forget_gils(&mut self, tgid: u32) -> Result<()> {
-        let keys: Vec<GilKey> = self
-            .map::<GilKey, GilVal>("gil_waits")?
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.tgid == tgid)
-            .collect();
-        let mut map = self.map_mut::<GilKey, GilVal>("gil_waits")?;
-        for key in &keys {
-            let _ = map.remove(key);
-        }
-        Ok(())
+        Ok(self.maps.take_threads(tids))
     }
 
     /// The current cumulative counters of every thread of `tgid`.
     pub fn read(&self, tgid: u32) -> Result<WaitCounters> {
-        let waits = self.map::<u32, ThreadWaits>("thread_waits")?;
-        let threads: HashMap<u32, ThreadWaits> = waits
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter(|(_, w)| w.tgid == tgid)
-            .collect();
-        Ok(counters_of(
-            tgid,
-            threads,
-            &self.map("blocked_by")?,
-            &self.map("gil_waits")?,
-        ))
+        Ok(self.maps.read(tgid))
     }
 
     /// The counters of every watched process, in one pass over each map: what a
     /// daemon watching many processes reads per tick, instead of one full scan per process.
     pub fn read_all(&self) -> Result<HashMap<u32, WaitCounters>> {
-        let mut out: HashMap<u32, WaitCounters> = HashMap::new();
-        let mut tgid_of: HashMap<u32, u32> = HashMap::new();
-        for (tid, w) in self
-            .map::<u32, ThreadWaits>("thread_waits")?
-            .iter()
-            .filter_map(|entry| entry.ok())
-        {
-            tgid_of.insert(tid, w.tgid);
-            out.entry(w.tgid).or_default().threads.insert(tid, w);
-        }
-        for (k, v) in self
-            .map::<BlockedKey, BlockedVal>("blocked_by")?
-            .iter()
-            .filter_map(|entry| entry.ok())
-        {
-            if let Some(tgid) = tgid_of.get(&k.waiter_tid) {
-                out.entry(*tgid).or_default().blocked_by.insert(k, v);
-            }
-        }
-        for (k, v) in self
-            .map::<GilKey, GilVal>("gil_waits")?
-            .iter()
-            .filter_map(|entry| entry.ok())
-        {
-            out.entry(k.tgid).or_default().gils.insert(k.gil_addr, v);
-        }
-        Ok(out)
+        Ok(self.maps.read_all())
     }
 
     /// Number of entries in each map, to show that nothing leaks.
     pub fn entry_counts(&self) -> Result<[(&'static str, usize); 5]> {
-        Ok([
-            (
-                "targets",
-                self.map::<u32, GilTarget>("targets")?.keys().count(),
-            ),
-            (
-                "thread_waits",
-                self.map::<u32, ThreadWaits>("thread_waits")?.keys().count(),
-            ),
-            (
-                "blocked_by",
-                self.map::<BlockedKey, BlockedVal>("blocked_by")?
-                    .keys()
-                    .count(),
-            ),
-            (
-                "inflight",
-                self.map::<u32, FutexInflight>("inflight")?.keys().count(),
-            ),
-            (
-                "gil_waits",
-                self.map::<GilKey, GilVal>("gil_waits")?.keys().count(),
-            ),
-        ])
+        Ok(self.maps.entry_counts())
     }
-}
-
-/// One process's thread counters joined with those threads' blocked-by pairs and the
-/// process's per-GIL waits: the same shape from the futex and the condvar probe.
-pub(crate) fn counters_of(
-    tgid: u32,
-    threads: HashMap<u32, ThreadWaits>,
-    blocked: &BpfHashMap<&MapData, BlockedKey, BlockedVal>,
-    gils: &BpfHashMap<&MapData, GilKey, GilVal>,
-) -> WaitCounters {
-    let blocked_by = blocked
-        .iter()
-        .filter_map(|entry| entry.ok())
-        .filter(|(k, _)| threads.contains_key(&k.waiter_tid))
-        .collect();
-    let gils = gils
-        .iter()
-        .filter_map(|entry| entry.ok())
-        .filter(|(k, _)| k.tgid == tgid)
-        .map(|(k, v)| (k.gil_addr, v))
-        .collect();
-    WaitCounters {
-        threads,
-        blocked_by,
-        gils,
-    }
-}
-
-/// Reads and deletes the entries of `tids` from a probe's three per-thread maps
-/// (`names`: counters, blocked-by pairs, in-flight waits). Entries that are
-/// already gone are skipped; a map missing from the object fails the call.
-pub(crate) fn take_thread_entries<W: aya::Pod, I: aya::Pod>(
-    ebpf: &mut Ebpf,
-    names: [&str; 3],
-    tids: &[u32],
-) -> Result<(HashMap<u32, W>, HashMap<BlockedKey, BlockedVal>)> {
-    let [waits_name, blocked_name, inflight_name] = names;
-    let mut threads = HashMap::new();
-    let mut blocked = HashMap::new();
-    if tids.is_empty() {
-        return Ok((threads, blocked));
-    }
-    let mut waits: BpfHashMap<&mut MapData, u32, W> = typed_map(ebpf, waits_name)?;
-    for tid in tids {
-        if let Ok(w) = waits.get(tid, 0) {
-            threads.insert(*tid, w);
-        }
-        let _ = waits.remove(tid);
-    }
-    let wanted: std::collections::HashSet<u32> = tids.iter().copied().collect();
-    let mut pairs: BpfHashMap<&mut MapData, BlockedKey, BlockedVal> =
-        typed_map(ebpf, blocked_name)?;
-    let found: Vec<(BlockedKey, BlockedVal)> = pairs
-        .iter()
-        .filter_map(|entry| entry.ok())
-        .filter(|(k, _)| wanted.contains(&k.waiter_tid))
-        .collect();
-    for (key, val) in found {
-        let _ = pairs.remove(&key);
-        blocked.insert(key, val);
-    }
-    let mut inflight: BpfHashMap<&mut MapData, u32, I> = typed_map(ebpf, inflight_name)?;
-    for tid in tids {
-        let _ = inflight.remove(tid);
-    }
-    Ok((threads, blocked))
-}
-
-/// A writable typed view of hash map `name` of `ebpf`.
-fn typed_map<'a, K: aya::Pod, V: aya::Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &str,
-) -> Result<BpfHashMap<&'a mut MapData, K, V>> {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or_else(|| Error::Internal(format!("map {name} missing from its BPF object")))?;
-    BpfHashMap::try_from(map).map_err(|e| map_error(name, &e))
 }

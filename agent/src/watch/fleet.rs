@@ -9,9 +9,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::core::counters::WaitCounters;
 use crate::cpython::gil_sampler::SamplerPool;
 use crate::os::process::{descendants, same_executable, start_ticks};
-use crate::probes::wait::{WaitCounters, WaitProbe};
+use crate::probes::wait::WaitProbe;
 use crate::watch::discover::{Discovery, Identity, Listing, Rules, Verdict};
 use crate::watch::session::{Session, SessionOptions, Snapshot};
 

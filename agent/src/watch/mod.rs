@@ -6,4 +6,5 @@ pub mod children;
 pub mod discover;
 pub mod fleet;
 pub mod launch;
+pub mod retire;
 pub mod session;

@@ -6,37 +6,34 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::probes::condwait;
-use crate::probes::layout::map_full_slot::{self, SLOTS};
+use crate::core::counters::{EntriesDropped, KernelMap};
 
 /// Every map counted, futex probe first, then the musl condvar probe's: the
-/// order of [`FullMaps::totals`].
-pub const MAPS: usize = 2 * SLOTS;
+/// order of [`EntriesDropped::iter`].
+pub const MAPS: usize = KernelMap::ALL.len();
 
-/// Failed inserts of one probe, per map in slot order.
-pub type Counts = [(&'static str, u64); SLOTS];
-
-/// What a map's failed inserts mean, by slot (the same for both probes).
-fn consequence(slot: usize) -> &'static str {
-    match slot as u32 {
-        map_full_slot::THREAD_WAITS => {
+/// What a map's failed inserts mean (the same for both probes' counterparts).
+fn consequence(map: KernelMap) -> &'static str {
+    match map {
+        KernelMap::ThreadWaits | KernelMap::CondWaits => {
             "sleeps of threads without an entry were not counted; too many live threads are watched on this node"
         }
-        map_full_slot::BLOCKED_BY => {
+        KernelMap::BlockedBy | KernelMap::CondBlockedBy => {
             "GIL waits were not attributed to their holder; too many (waiter, holder) pairs on this node"
         }
-        map_full_slot::INFLIGHT => {
+        KernelMap::Inflight | KernelMap::CondInflight => {
             "waits were not tracked at all; too many threads of watched processes blocked at once"
         }
-        _ => "GIL waits are missing from the per-GIL figures; too many (process, GIL) pairs on this node",
+        KernelMap::GilWaits | KernelMap::CondGilWaits => {
+            "GIL waits are missing from the per-GIL figures; too many (process, GIL) pairs on this node"
+        }
     }
 }
 
 /// A map whose count rose since the last look.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rise {
-    pub map: &'static str,
-    pub slot: usize,
+    pub map: KernelMap,
     /// Failed inserts since the last look.
     pub added: u64,
     /// The whole count so far.
@@ -49,11 +46,11 @@ pub struct Rise {
 #[derive(Debug, Default)]
 pub struct FullMaps {
     /// Counts of musl probes already released, so a total never goes down.
-    released: [u64; SLOTS],
+    released: EntriesDropped,
     /// A musl process was watched: its maps' series are exported from then on.
     musl_seen: bool,
-    last: HashMap<&'static str, u64>,
-    warned: HashSet<&'static str>,
+    last: HashMap<KernelMap, u64>,
+    warned: HashSet<KernelMap>,
 }
 
 impl FullMaps {
@@ -61,28 +58,21 @@ impl FullMaps {
     /// live musl probes (plus the released ones).
     pub fn totals<'a>(
         &mut self,
-        futex: Counts,
-        musl: impl Iterator<Item = &'a Counts>,
-    ) -> [(&'static str, u64); MAPS] {
-        let mut out = [("", 0); MAPS];
-        out[..SLOTS].copy_from_slice(&futex);
-        for (slot, name) in condwait::FULL_MAPS.iter().enumerate() {
-            out[SLOTS + slot] = (name, self.released[slot]);
-        }
+        futex: EntriesDropped,
+        musl: impl Iterator<Item = &'a EntriesDropped>,
+    ) -> EntriesDropped {
+        let mut out = futex;
+        out.add(&self.released);
         for counts in musl {
             self.musl_seen = true;
-            for (slot, (_, n)) in counts.iter().enumerate() {
-                out[SLOTS + slot].1 += n;
-            }
+            out.add(counts);
         }
         out
     }
 
     /// Keeps the counts of a musl probe that goes away.
-    pub fn release(&mut self, counts: &Counts) {
-        for (kept, (_, n)) in self.released.iter_mut().zip(counts) {
-            *kept += n;
-        }
+    pub fn release(&mut self, counts: &EntriesDropped) {
+        self.released.add(counts);
     }
 
     /// Whether the musl maps' series are exported (a musl process was watched).
@@ -91,16 +81,15 @@ impl FullMaps {
     }
 
     /// The maps whose count rose since the last call.
-    pub fn rises(&mut self, totals: &[(&'static str, u64); MAPS]) -> Vec<Rise> {
+    pub fn rises(&mut self, totals: &EntriesDropped) -> Vec<Rise> {
         let mut out = Vec::new();
-        for (i, (map, total)) in totals.iter().enumerate() {
-            let last = self.last.insert(map, *total).unwrap_or(0);
-            if *total > last {
+        for (map, total) in totals.iter() {
+            let last = self.last.insert(map, total).unwrap_or(0);
+            if total > last {
                 out.push(Rise {
                     map,
-                    slot: i % SLOTS,
                     added: total - last,
-                    total: *total,
+                    total,
                     first: self.warned.insert(map),
                 });
             }
@@ -110,19 +99,15 @@ impl FullMaps {
 
     /// Logs the rises since the last call: a warning the first time a map is
     /// full, a debug line after that. `capacity` gives a map's size if known.
-    pub fn report(
-        &mut self,
-        totals: &[(&'static str, u64); MAPS],
-        capacity: impl Fn(&str) -> Option<u32>,
-    ) {
+    pub fn report(&mut self, totals: &EntriesDropped, capacity: impl Fn(KernelMap) -> Option<u32>) {
         for rise in self.rises(totals) {
             let size = capacity(rise.map)
                 .map(|n| format!(" ({n} entries)"))
                 .unwrap_or_default();
-            let what = consequence(rise.slot);
+            let what = consequence(rise.map);
             // The futex probe's per-thread maps grow with --thread-capacity.
             let remedy = match rise.map {
-                "thread_waits" | "inflight" | "blocked_by" => {
+                KernelMap::ThreadWaits | KernelMap::Inflight | KernelMap::BlockedBy => {
                     "; raise --thread-capacity (thread_capacity)"
                 }
                 _ => "",
@@ -131,13 +116,13 @@ impl FullMaps {
                 tracing::warn!(
                     "kernel map {}{size} is full: {} {what}{remedy} (counted in \
                      gilscope.bpf.entries.dropped; this warning is given once)",
-                    rise.map,
+                    rise.map.name(),
                     rise.added
                 );
             } else {
                 tracing::debug!(
                     "kernel map {} still full: {} more ({} in all)",
-                    rise.map,
+                    rise.map.name(),
                     rise.added,
                     rise.total
                 );
@@ -150,22 +135,16 @@ impl FullMaps {
 mod tests {
     use super::*;
 
-    fn futex(thread_waits: u64) -> Counts {
-        [
-            ("thread_waits", thread_waits),
-            ("blocked_by", 0),
-            ("inflight", 0),
-            ("gil_waits", 0),
-        ]
+    fn futex(thread_waits: u64) -> EntriesDropped {
+        let mut counts = EntriesDropped::default();
+        counts.set(KernelMap::ThreadWaits, thread_waits);
+        counts
     }
 
-    fn musl(cond_waits: u64) -> Counts {
-        [
-            ("cond_waits", cond_waits),
-            ("cond_blocked_by", 0),
-            ("cond_inflight", 0),
-            ("cond_gil_waits", 0),
-        ]
+    fn musl(cond_waits: u64) -> EntriesDropped {
+        let mut counts = EntriesDropped::default();
+        counts.set(KernelMap::CondWaits, cond_waits);
+        counts
     }
 
     #[test]
@@ -177,8 +156,7 @@ mod tests {
         assert_eq!(
             full.rises(&t),
             [Rise {
-                map: "thread_waits",
-                slot: 0,
+                map: KernelMap::ThreadWaits,
                 added: 5,
                 total: 5,
                 first: true
@@ -196,16 +174,20 @@ mod tests {
         let mut full = FullMaps::default();
         let t = full.totals(futex(0), std::iter::empty());
         assert!(!full.musl_seen());
-        assert_eq!(t[SLOTS], ("cond_waits", 0));
+        assert_eq!(t.get(KernelMap::CondWaits), 0);
         let live = musl(3);
         let t = full.totals(futex(0), [&live].into_iter());
         assert!(full.musl_seen());
-        assert_eq!(t[SLOTS], ("cond_waits", 3));
+        assert_eq!(t.get(KernelMap::CondWaits), 3);
         assert!(full.rises(&t)[0].first);
         full.release(&live);
         let other = musl(2);
         let t = full.totals(futex(0), [&other].into_iter());
-        assert_eq!(t[SLOTS], ("cond_waits", 5), "the released 3 stay counted");
+        assert_eq!(
+            t.get(KernelMap::CondWaits),
+            5,
+            "the released 3 stay counted"
+        );
         assert!(!full.rises(&t)[0].first);
     }
 }

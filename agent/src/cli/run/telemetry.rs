@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use super::{full, Daemon};
+use crate::core::counters::{EntriesDropped, KernelMap};
 use crate::otel::export::{ExportStats, Exporter};
 use crate::otel::metrics::{self, Point, Value};
 use crate::otel::otlp;
@@ -20,8 +21,8 @@ const FIRST_FULL: usize = 11;
 impl Daemon {
     /// Failed inserts per kernel map since the start: the futex probe's, then the
     /// musl probes' (live and released).
-    pub(super) fn entries_dropped(&mut self) -> [(&'static str, u64); full::MAPS] {
-        let musl: Vec<full::Counts> = self
+    pub(super) fn entries_dropped(&mut self) -> EntriesDropped {
+        let musl: Vec<EntriesDropped> = self
             .fleet
             .members()
             .values()
@@ -59,7 +60,7 @@ impl Daemon {
         ];
         let mut values = [0; SELF_STATS];
         values[..FIRST_FULL].copy_from_slice(&exported);
-        for (value, (_, n)) in values[FIRST_FULL..].iter_mut().zip(dropped) {
+        for (value, (_, n)) in values[FIRST_FULL..].iter_mut().zip(dropped.iter()) {
             *value = n;
         }
         values
@@ -146,17 +147,14 @@ impl Daemon {
             },
         ];
         // The musl maps only once a musl process was watched: elsewhere they do not exist.
-        let maps = crate::probes::wait::FULL_MAPS
-            .iter()
-            .chain(crate::probes::condwait::FULL_MAPS.iter())
-            .take(match self.full.musl_seen() {
-                true => full::MAPS,
-                false => full::MAPS / 2,
-            });
+        let maps = KernelMap::ALL.iter().take(match self.full.musl_seen() {
+            true => full::MAPS,
+            false => full::MAPS / 2,
+        });
         for (map, n) in maps.zip(&shown[FIRST_FULL..]) {
             points.push(Point {
                 metric: &metrics::BPF_ENTRIES_DROPPED,
-                attributes: vec![("gilscope.bpf.map", map.to_string())],
+                attributes: vec![("gilscope.bpf.map", map.name().to_string())],
                 value: Value::Int(*n as i64),
                 start,
             });

@@ -17,10 +17,10 @@ use crate::cpython::remote::memory::RemoteMemory;
 use crate::error::{Error, Result};
 use crate::os::threads::sample_threads;
 use crate::probes::condwait::CondWaitProbe;
-use crate::probes::layout::MAX_GILS;
 use crate::probes::lock::LockProbe;
 use crate::probes::precise::{PreciseProbe, PreciseTargets};
 use crate::probes::wait::WaitProbe;
+use crate::probes::MAX_GILS;
 use crate::watch::launch::{self, ChildStdout};
 
 /// How long a launched interpreter may take to create its GIL.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::analyse::{CpuEnvironment, Measurement, PreciseCounters};
 use crate::core::counters::WaitEpisode;
+use crate::core::counters::{EntriesDropped, WaitCounters};
 use crate::core::cpu::{ThreadSample, Throttling};
 use crate::core::report::{Ending, InterpreterInfo, Mode};
 use crate::core::retire::{self, Retirement};
@@ -35,8 +36,9 @@ use crate::os::cgroup::{affinity_cpus, throttled_between, CpuCgroup};
 use crate::os::process::{command_line, process_cpu_ticks};
 use crate::os::threads::sample_threads_named;
 use crate::probes::condwait::{self, CondWaitProbe};
-use crate::probes::layout::MAX_GILS;
-use crate::probes::wait::{WaitCounters, WaitProbe};
+use crate::probes::wait::WaitProbe;
+use crate::probes::MAX_GILS;
+use crate::watch::retire::{retire_due, Sources};
 
 pub use attach::{OwnProbes, PreciseAttachment, Sampling, SessionOptions};
 pub use names::NameRefresh;
@@ -310,15 +312,15 @@ impl Session {
     }
 
     /// Folds threads that exited a while ago into the exited-threads row and
-    /// deletes their kernel entries ([`crate::core::retire`]): a process that starts a
+    /// deletes their kernel entries ([`crate::watch::retire`]): a process that starts a
     /// thread per request must not fill the kernel maps every process shares.
     fn retire(&mut self, probe: &mut WaitProbe, now: Instant) {
         let pid = self.pid();
-        retire::retire_due(
+        retire_due(
             &mut self.exits,
             pid,
             now,
-            retire::Sources {
+            Sources {
                 probe,
                 condwait: self.own.condwait.as_mut(),
                 sampler: self.sampler.as_ref(),
@@ -424,9 +426,7 @@ impl Session {
 
     /// musl: inserts the condvar probe could not make because a map was full
     /// (`None`: no condvar probe, not musl).
-    pub fn entries_dropped(
-        &self,
-    ) -> Option<[(&'static str, u64); crate::probes::layout::map_full_slot::SLOTS]> {
+    pub fn entries_dropped(&self) -> Option<EntriesDropped> {
         self.own
             .condwait
             .as_ref()

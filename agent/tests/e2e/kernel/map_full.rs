@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::receivers::{free_port, Running};
 use crate::common::*;
+use gilscope::core::counters::KernelMap;
 use gilscope::cpython::find::locate::{
     read_gil_state, require_interpreter, require_measurable_libc,
 };
@@ -33,12 +34,8 @@ fn watch_eight_cpu_threads(python: &std::path::Path, probe: &mut WaitProbe) {
     let _ = target.wait();
 }
 
-fn dropped(probe: &WaitProbe, map: &str) -> u64 {
-    probe
-        .entries_dropped()
-        .iter()
-        .find(|(name, _)| *name == map)
-        .map_or_else(|| panic!("no counter for map {map}"), |(_, n)| *n)
+fn dropped(probe: &WaitProbe, map: KernelMap) -> u64 {
+    probe.entries_dropped().get(map)
 }
 
 fn entries(probe: &WaitProbe, map: &str) -> usize {
@@ -60,12 +57,12 @@ fn a_full_thread_map_counts_the_waits_it_could_not_hold() {
     };
     let _machine = serial();
     let mut probe = WaitProbe::load_with_capacity(0, Some(4)).expect("load the wait probe");
-    assert_eq!(probe.capacity("thread_waits"), Some(4));
+    assert_eq!(probe.capacity(KernelMap::ThreadWaits), Some(4));
     watch_eight_cpu_threads(&python, &mut probe);
 
     // Eight workers wait for the GIL every 5 ms slice; four found a slot.
     assert_eq!(entries(&probe, "thread_waits"), 4, "the map is full");
-    let lost = dropped(&probe, "thread_waits");
+    let lost = dropped(&probe, KernelMap::ThreadWaits);
     assert!(
         lost >= 20,
         "four threads without a slot waited for 1.5 s; only {lost} waits counted as dropped"
@@ -81,13 +78,13 @@ fn a_full_thread_map_counts_the_waits_it_could_not_hold() {
     assert!(waits > 0, "the slotted threads' waits are counted: {waits}");
     // inflight is sized for 4 threads too (it may have run full: 7 wait at once);
     // blocked_by keeps its built-in size and gil_waits is per process and GIL.
-    assert_eq!(probe.capacity("inflight"), Some(4));
+    assert_eq!(probe.capacity(KernelMap::Inflight), Some(4));
     assert!(entries(&probe, "inflight") <= 4);
-    assert_eq!(probe.capacity("blocked_by"), Some(65536));
-    for map in ["blocked_by", "gil_waits"] {
-        assert_eq!(dropped(&probe, map), 0, "map {map} had failed inserts");
+    assert_eq!(probe.capacity(KernelMap::BlockedBy), Some(65536));
+    for map in [KernelMap::BlockedBy, KernelMap::GilWaits] {
+        assert_eq!(dropped(&probe, map), 0, "map {map:?} had failed inserts");
     }
-    eprintln!("inflight dropped: {}", dropped(&probe, "inflight"));
+    eprintln!("inflight dropped: {}", dropped(&probe, KernelMap::Inflight));
 }
 
 #[test]
@@ -100,14 +97,14 @@ fn with_the_normal_size_nothing_is_dropped() {
     };
     let _machine = serial();
     let mut probe = WaitProbe::load().expect("load the wait probe");
-    assert_eq!(probe.capacity("thread_waits"), Some(65536));
+    assert_eq!(probe.capacity(KernelMap::ThreadWaits), Some(65536));
     watch_eight_cpu_threads(&python, &mut probe);
     assert!(
         entries(&probe, "thread_waits") >= 8,
         "every worker has its slot"
     );
-    for (map, n) in probe.entries_dropped() {
-        assert_eq!(n, 0, "map {map} had {n} failed inserts");
+    for (map, n) in probe.entries_dropped().iter() {
+        assert_eq!(n, 0, "map {} had {n} failed inserts", map.name());
     }
 }
 
@@ -222,7 +219,7 @@ fn a_full_condvar_map_on_musl_counts_what_it_could_not_hold() {
         .expect("musl: a condvar wait to probe");
     let mut probe =
         CondWaitProbe::attach_with_capacity(pid, &site, 0, Some(4)).expect("attach the probe");
-    assert_eq!(probe.capacity("cond_waits"), Some(4));
+    assert_eq!(probe.capacity(KernelMap::CondWaits), Some(4));
     probe.watch(pid, &[gil.addr], &gil.layout).expect("watch");
     let _ = target.0.wait();
 
@@ -230,10 +227,14 @@ fn a_full_condvar_map_on_musl_counts_what_it_could_not_hold() {
     assert_eq!(threads, 4, "cond_waits holds its 4 entries");
     let dropped = probe.entries_dropped();
     eprintln!("musl: {dropped:?}");
-    assert_eq!(dropped[0].0, "cond_waits");
     assert!(
-        dropped[0].1 >= 20,
+        dropped.get(KernelMap::CondWaits) >= 20,
         "four threads without a slot: {dropped:?}"
     );
-    assert_eq!(dropped[3], ("cond_gil_waits", 0));
+    assert_eq!(dropped.get(KernelMap::CondGilWaits), 0);
+    assert_eq!(
+        dropped.get(KernelMap::ThreadWaits),
+        0,
+        "the condvar probe counts only its own maps"
+    );
 }

@@ -1,0 +1,286 @@
+//! The maps a GIL wait probe shares with the agent, taken out of the loaded
+//! object once, at load, as typed handles. The futex probe (`gil_wait.bpf.c`)
+//! and musl's condvar probe (`gil_condwait.bpf.c`) keep the same set under
+//! different names and value types, so one [`WaitMaps`] serves both: reading a
+//! process's counters, taking exited threads' entries out, and the map-full
+//! and episode counters.
+
+use std::collections::{HashMap, HashSet};
+
+use aya::maps::{Array, HashMap as BpfHashMap, IterableMap, Map, MapData, MapError, RingBuf};
+use aya::Ebpf;
+
+use crate::core::counters::{
+    BlockedKey, BlockedWait, EntriesDropped, KernelMap, ThreadWaits, WaitCounters, WaitEpisode,
+};
+use crate::error::{Error, Result};
+use crate::probes::layout::{self as k, map_full_slot};
+use crate::probes::map_error;
+
+/// The names of one wait probe's maps in its object.
+pub(crate) struct MapNames {
+    /// The object, for errors.
+    pub object: &'static str,
+    /// Where each watched process's GILs are (key: tgid).
+    pub targets: &'static str,
+    /// Per-thread counters, blocked-by pairs, waits in progress, per-GIL waits.
+    pub waits: KernelMap,
+    pub blocked_by: KernelMap,
+    pub inflight: KernelMap,
+    pub gil_waits: KernelMap,
+    /// The u64 array of failed inserts (slots: `enum map_full_slot`).
+    pub full: &'static str,
+    /// The episode ring buffer and its lost-records counter.
+    pub episodes: &'static str,
+    pub episodes_lost: &'static str,
+}
+
+/// A per-thread counters struct of a wait probe (`thread_waits`, `cond_waits`
+/// values): which process the thread is of, and its counters in domain shape.
+pub(crate) trait ThreadEntry: aya::Pod + Into<ThreadWaits> {
+    /// The thread's process.
+    fn tgid(&self) -> u32;
+}
+
+impl ThreadEntry for k::ThreadWaits {
+    fn tgid(&self) -> u32 {
+        self.tgid
+    }
+}
+
+impl ThreadEntry for k::CondwaitWaits {
+    fn tgid(&self) -> u32 {
+        self.tgid
+    }
+}
+
+/// Takes map `name` out of a loaded object as a typed handle: a map missing or
+/// of the wrong type is a build bug, reported as an internal error.
+pub(crate) fn take_map<M>(ebpf: &mut Ebpf, object: &str, name: &str) -> Result<M>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| Error::Internal(format!("map {name} missing from {object}")))?;
+    M::try_from(map).map_err(|e| map_error(name, &e))
+}
+
+/// The typed maps of one loaded wait probe. `T`: the target struct, `W`: the
+/// per-thread counters, `I`: the in-flight wait.
+pub(crate) struct WaitMaps<T, W, I> {
+    names: &'static MapNames,
+    targets: BpfHashMap<MapData, u32, T>,
+    waits: BpfHashMap<MapData, u32, W>,
+    blocked_by: BpfHashMap<MapData, k::BlockedKey, k::BlockedVal>,
+    inflight: BpfHashMap<MapData, u32, I>,
+    gil_waits: BpfHashMap<MapData, k::GilKey, k::GilVal>,
+    full: Array<MapData, u64>,
+    /// `None`: loaded without an episode threshold, nothing to drain.
+    episodes: Option<RingBuf<MapData>>,
+    episodes_lost: Array<MapData, u64>,
+}
+
+impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
+    /// Takes every map out of `ebpf` (the episode ring buffer only `with_episodes`).
+    pub fn take(ebpf: &mut Ebpf, names: &'static MapNames, with_episodes: bool) -> Result<Self> {
+        let object = names.object;
+        Ok(Self {
+            names,
+            targets: take_map(ebpf, object, names.targets)?,
+            waits: take_map(ebpf, object, names.waits.name())?,
+            blocked_by: take_map(ebpf, object, names.blocked_by.name())?,
+            inflight: take_map(ebpf, object, names.inflight.name())?,
+            gil_waits: take_map(ebpf, object, names.gil_waits.name())?,
+            full: take_map(ebpf, object, names.full)?,
+            episodes: match with_episodes {
+                true => Some(take_map(ebpf, object, names.episodes)?),
+                false => None,
+            },
+            episodes_lost: take_map(ebpf, object, names.episodes_lost)?,
+        })
+    }
+
+    /// Starts (or updates) the kernel filter's entry of process `tgid`.
+    pub fn set_target(&mut self, tgid: u32, target: T) -> Result<()> {
+        self.targets
+            .insert(tgid, target, 0)
+            .map_err(|e| map_error(self.names.targets, &e))
+    }
+
+    /// Removes the filter entry of `tgid`; one already gone is no error.
+    pub fn remove_target(&mut self, tgid: u32) -> Result<()> {
+        match self.targets.remove(&tgid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            // Already stopped (the kernel says ENOENT).
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_error(self.names.targets, &e)),
+        }
+    }
+
+    /// The cumulative counters of every thread of `tgid`, with those threads'
+    /// blocked-by pairs and the process's per-GIL waits.
+    pub fn read(&self, tgid: u32) -> WaitCounters {
+        let threads: HashMap<u32, ThreadWaits> = self
+            .waits
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, w)| w.tgid() == tgid)
+            .map(|(tid, w)| (tid, w.into()))
+            .collect();
+        let blocked_by = self
+            .blocked_by
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(k, _)| threads.contains_key(&k.waiter_tid))
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        let gils = self
+            .gil_waits
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(k, _)| k.tgid == tgid)
+            .map(|(k, v)| (k.gil_addr, v.into()))
+            .collect();
+        WaitCounters {
+            threads,
+            blocked_by,
+            gils,
+        }
+    }
+
+    /// The counters of every process in the maps, in one pass over each.
+    pub fn read_all(&self) -> HashMap<u32, WaitCounters> {
+        let mut out: HashMap<u32, WaitCounters> = HashMap::new();
+        let mut tgid_of: HashMap<u32, u32> = HashMap::new();
+        for (tid, w) in self.waits.iter().filter_map(|entry| entry.ok()) {
+            tgid_of.insert(tid, w.tgid());
+            out.entry(w.tgid())
+                .or_default()
+                .threads
+                .insert(tid, w.into());
+        }
+        for (k, v) in self.blocked_by.iter().filter_map(|entry| entry.ok()) {
+            if let Some(tgid) = tgid_of.get(&k.waiter_tid) {
+                let counters = out.entry(*tgid).or_default();
+                counters.blocked_by.insert(k.into(), v.into());
+            }
+        }
+        for (k, v) in self.gil_waits.iter().filter_map(|entry| entry.ok()) {
+            let counters = out.entry(k.tgid).or_default();
+            counters.gils.insert(k.gil_addr, v.into());
+        }
+        out
+    }
+
+    /// Reads and deletes the entries of `tids` (counters, blocked-by pairs,
+    /// in-flight waits) and returns what they held. Entries already gone are
+    /// skipped.
+    pub fn take_threads(&mut self, tids: &[u32]) -> WaitCounters {
+        let mut out = WaitCounters::default();
+        if tids.is_empty() {
+            return out;
+        }
+        for tid in tids {
+            if let Ok(w) = self.waits.get(tid, 0) {
+                out.threads.insert(*tid, w.into());
+            }
+            let _ = self.waits.remove(tid);
+        }
+        let wanted: HashSet<u32> = tids.iter().copied().collect();
+        let found: Vec<(k::BlockedKey, k::BlockedVal)> = self
+            .blocked_by
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(k, _)| wanted.contains(&k.waiter_tid))
+            .collect();
+        for (key, val) in found {
+            let _ = self.blocked_by.remove(&key);
+            out.blocked_by
+                .insert(BlockedKey::from(key), BlockedWait::from(val));
+        }
+        for tid in tids {
+            let _ = self.inflight.remove(tid);
+        }
+        out
+    }
+
+    /// Deletes the per-GIL entries of `tgid`.
+    pub fn forget_gils(&mut self, tgid: u32) {
+        let keys: Vec<k::GilKey> = self
+            .gil_waits
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for key in &keys {
+            let _ = self.gil_waits.remove(key);
+        }
+    }
+
+    /// Failed inserts per map (cumulative since load); 0 where unreadable.
+    pub fn entries_dropped(&self) -> EntriesDropped {
+        let n = self.names;
+        let slots: [(u32, KernelMap); map_full_slot::SLOTS] = [
+            (map_full_slot::THREAD_WAITS, n.waits),
+            (map_full_slot::BLOCKED_BY, n.blocked_by),
+            (map_full_slot::INFLIGHT, n.inflight),
+            (map_full_slot::GIL_WAITS, n.gil_waits),
+        ];
+        let mut out = EntriesDropped::default();
+        for (slot, map) in slots {
+            out.set(map, self.full.get(&slot, 0).unwrap_or(0));
+        }
+        out
+    }
+
+    /// The entries the kernel gave `map`; `None` for a map not of this probe.
+    pub fn capacity(&self, map: KernelMap) -> Option<u32> {
+        let n = self.names;
+        let data = match map {
+            m if m == n.waits => self.waits.map(),
+            m if m == n.blocked_by => self.blocked_by.map(),
+            m if m == n.inflight => self.inflight.map(),
+            m if m == n.gil_waits => self.gil_waits.map(),
+            _ => return None,
+        };
+        data.info().ok().map(|i| i.max_entries())
+    }
+
+    /// Entries in each map (the filter's, then the four per-thread ones), to
+    /// show that nothing leaks.
+    pub fn entry_counts(&self) -> [(&'static str, usize); 5] {
+        let n = self.names;
+        [
+            (n.targets, self.targets.keys().count()),
+            (n.waits.name(), self.waits.keys().count()),
+            (n.blocked_by.name(), self.blocked_by.keys().count()),
+            (n.inflight.name(), self.inflight.keys().count()),
+            (n.gil_waits.name(), self.gil_waits.keys().count()),
+        ]
+    }
+
+    /// Moves every episode record the kernel sent since the last call into `out`.
+    pub fn drain_episodes(&mut self, out: &mut Vec<WaitEpisode>) {
+        let Some(ring) = self.episodes.as_mut() else {
+            return;
+        };
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<k::GilEpisode>() {
+                // SAFETY: GilEpisode is repr(C) Pod (any bit pattern is valid) and the
+                // item holds at least size_of::<GilEpisode>() bytes; read_unaligned
+                // makes no assumption about the item's alignment.
+                let record =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<k::GilEpisode>()) };
+                out.push(record.into());
+            }
+        }
+    }
+
+    /// Episodes lost to a full ring buffer (cumulative since load); 0 if unreadable.
+    pub fn episodes_lost(&self) -> u64 {
+        self.episodes_lost.get(&0, 0).unwrap_or(0)
+    }
+}

@@ -1,0 +1,81 @@
+/* Helpers the two GIL wait probes share (gil_wait.bpf.c, gil_condwait.bpf.c):
+ * map-full counting, episode holders and episode records. */
+#ifndef GILSCOPE_GIL_SHARED_BPF_H
+#define GILSCOPE_GIL_SHARED_BPF_H
+
+#include "bits.bpf.h"
+#include "gil_shared.h"
+
+/* Counts one failed insert in slot `slot` (enum map_full_slot) of the u64
+ * array `full`. Called on failure branches only: the hot path pays nothing. */
+static __always_inline void count_full(void *full, __u32 slot)
+{
+	__u64 *n = bpf_map_lookup_elem(full, &slot);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/* lookup_or_init that counts in slot `slot` of `full` when the insert failed
+ * (the map is full): the found-entry path is the same single lookup. */
+static __always_inline void *lookup_or_count(void *map, const void *key, const void *zero,
+					     void *full, __u32 slot)
+{
+	void *val = lookup_or_init(map, key, zero);
+	if (!val)
+		count_full(full, slot);
+	return val;
+}
+
+/* Remembers a GIL holder of a take wait once, in the first free slot of
+ * `holders` (GILSCOPE_EPISODE_HOLDERS long; 0 = free). */
+static __always_inline void note_holder(__u64 *holders, __u64 holder)
+{
+	if (!holder)
+		return;
+#pragma unroll
+	for (int i = 0; i < GILSCOPE_EPISODE_HOLDERS; i++) {
+		if (holders[i] == holder)
+			return;
+		if (!holders[i]) {
+			holders[i] = holder;
+			return;
+		}
+	}
+}
+
+/* The part of a merged take wait an episode record carries. */
+struct episode_wait {
+	__u64 start_ns;
+	__u64 gil_addr;
+	const __u64 *holders;  /* GILSCOPE_EPISODE_HOLDERS long */
+	__u32 slices;
+	__u32 retake;
+};
+
+/* A long take wait ended at `end`: one record for user space in `ringbuf`; a full
+ * buffer is counted in slot 0 of the `lost` array instead. */
+static __always_inline void emit_episode_to(void *ringbuf, void *lost, __u32 tgid, __u32 tid,
+					    const struct episode_wait *w, __u64 end)
+{
+	struct gil_episode *e = bpf_ringbuf_reserve(ringbuf, sizeof(*e), 0);
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(lost, &zero);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		return;
+	}
+	e->tgid = tgid;
+	e->tid = tid;
+	e->start_ns = w->start_ns;
+	e->end_ns = end;
+	e->gil_addr = w->gil_addr;
+#pragma unroll
+	for (int i = 0; i < GILSCOPE_EPISODE_HOLDERS; i++)
+		e->holders[i] = w->holders[i];
+	e->slices = w->slices;
+	e->retake = w->retake;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+#endif

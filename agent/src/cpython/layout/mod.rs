@@ -2,4 +2,5 @@
 //! 3.8-3.12 and `_Py_DebugOffsets` for 3.13+.
 
 pub mod debug_offsets;
+pub mod frames;
 pub mod versions;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::core::analyse::{analyse, estimate};
 use crate::core::counters::HIST_SLOTS;
 use crate::core::diagnose::{diagnose, Facts};
-use crate::core::report::{ProcessReport, ThreadReport};
+use crate::core::report::{DiagnosisKind, ProcessReport, Severity, ThreadReport};
 use crate::watch::session::{ProcessWatch, Snapshot};
 
 use crate::otel::Temporality;
@@ -273,16 +273,6 @@ pub const ALL: &[&MetricDef] = &[
     &PROCESSES_WATCHED,
 ];
 
-/// Every diagnosis kind, so the state gauge reports 0 for those that do not hold.
-pub const DIAGNOSIS_KINDS: &[&str] = &[
-    "gil_serialized_threads",
-    "lock_contention",
-    "cpu_throttled",
-    "cpu_starved",
-    "process_pool_overhead",
-    "no_contention",
-];
-
 /// Histogram buckets: log2 slot `HIST_FIRST` and below form the first bucket,
 /// slots above `HIST_LAST` the last, so bounds run 2 µs .. 17 s.
 const HIST_FIRST: usize = 10;
@@ -331,7 +321,7 @@ pub struct ProcessSeries {
     pub points: Vec<Point>,
     /// The interval's figures, for the stdout summary.
     pub process: ProcessReport,
-    pub diagnosis: Vec<(String, String)>,
+    pub diagnosis: Vec<(DiagnosisKind, Severity)>,
     pub speedup: f64,
 }
 
@@ -452,11 +442,12 @@ pub fn process_series(input: &IntervalInput) -> ProcessSeries {
         Value::Double(est.speedup_without_gil),
         now,
     ));
-    for kind in DIAGNOSIS_KINDS {
-        let holds = diagnoses.iter().any(|d| d.kind == *kind);
+    // Every kind, so the state gauge reports 0 for those that do not hold.
+    for &kind in DiagnosisKind::ALL {
+        let holds = diagnoses.iter().any(|d| d.kind == kind);
         let mut p = point(&DIAGNOSIS, Value::Int(i64::from(holds)), now);
         p.attributes
-            .push(("cpython.diagnosis.kind", (*kind).to_string()));
+            .push(("cpython.diagnosis.kind", kind.name().to_string()));
         points.push(p);
     }
 
@@ -475,10 +466,7 @@ pub fn process_series(input: &IntervalInput) -> ProcessSeries {
         resource: input.resource.to_vec(),
         at: now,
         points,
-        diagnosis: diagnoses
-            .iter()
-            .map(|d| (d.kind.clone(), format!("{:?}", d.severity).to_lowercase()))
-            .collect(),
+        diagnosis: diagnoses.iter().map(|d| (d.kind, d.severity)).collect(),
         speedup: est.speedup_without_gil,
         process,
     }

@@ -1,8 +1,8 @@
 //! Kubernetes metadata for the processes `gilscope run` watches: which pod,
 //! container, namespace, workload and node a container id belongs to.
 //!
-//! A watched process's container id comes from its cgroup
-//! ([`crate::otel::resource::container_id_from_cgroup`]); here the pods of this node
+//! A watched process's container id comes from its cgroup (the resource
+//! module reads it, and asks [`KubeMetadata::lookup`]); here the pods of this node
 //! (`spec.nodeName=<node>` field selector, so a node agent never lists the whole
 //! cluster) are watched through the Kubernetes API with `kube`'s watcher, and each
 //! `status.containerStatuses[].containerID` (`containerd://…`, `cri-o://…`,

@@ -26,7 +26,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
 
-use crate::otel::metrics::{wait_bounds_s, Kind, Point, ProcessSeries, Value};
+use crate::otel::catalog::{wait_bounds_s, Kind};
+use crate::otel::series::{Point, ProcessSeries, Value};
 use crate::otel::spans::Episode;
 use crate::otel::Temporality;
 
@@ -460,7 +461,7 @@ pub fn batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otel::metrics::{DIAGNOSIS, GIL_WAIT_DURATION, GIL_WAIT_TIME};
+    use crate::otel::catalog::{DIAGNOSIS, GIL_WAIT_DURATION, GIL_WAIT_TIME};
 
     fn points(now: Instant) -> Vec<Point> {
         let mut diag = Point {
@@ -601,7 +602,7 @@ mod tests {
         let now = Instant::now();
         let mut pts = points(now);
         pts.push(Point {
-            metric: &crate::otel::metrics::GIL_UTILIZATION,
+            metric: &crate::otel::catalog::GIL_UTILIZATION,
             attributes: vec![],
             value: Value::Double(0.123456789),
             start: now,

@@ -5,7 +5,7 @@
 //! every poll it lists /proc and attaches to new CPython processes
 //! ([`discover`]); every second it refreshes per-thread CPU of the watched ones;
 //! every interval it turns each process's snapshots into data points
-//! ([`metrics`]) with its resource ([`resource`]), encodes them ([`otlp`]) and
+//! ([`series`]) with its resource ([`resource`]), encodes them ([`otlp`]) and
 //! queues them for the exporter ([`export`]), or prints the [`summary`] when no
 //! endpoint is configured. Exited processes are reported once more, then their
 //! kernel state is released. When exporting, long GIL waits also leave as spans
@@ -14,6 +14,7 @@
 //! node's pods, running on a thread of its own.
 
 pub mod full;
+mod lookup;
 pub mod summary;
 
 use std::collections::HashMap;
@@ -28,10 +29,11 @@ use crate::watch::session::{ProcessWatch, Snapshot};
 
 use crate::cli::settings::Settings;
 use crate::error::RunError;
+use crate::otel::catalog;
 use crate::otel::export::{self, budget, hold, ExportStats, Exporter};
-use crate::otel::metrics::{self, IntervalInput, Point, ProcessSeries, Value};
 use crate::otel::otlp::{self, Clock};
 use crate::otel::resource::{self, Host, ProcessFacts};
+use crate::otel::series::{self, IntervalInput, Point, ProcessSeries, Value};
 use crate::otel::Temporality;
 use crate::otel::{http, kube, spans};
 use crate::watch::discover::{self, Discovery, Identity, Verdict};
@@ -336,7 +338,7 @@ impl Daemon {
             match ProcessWatch::attach_with(pid, &mut self.probe, Some(&self.sampler)) {
                 Ok(watch) => {
                     let version = watch.interp.file.version.to_string();
-                    let facts = ProcessFacts::read(pid, identity.start_ticks, version.clone());
+                    let facts = lookup::process_facts(pid, identity.start_ticks, version.clone());
                     let (resource, pod_pending) = self.resource_of(&facts);
                     tracing::info!(
                         "watching process {pid} (CPython {version}, {}) as {}",
@@ -420,11 +422,12 @@ impl Daemon {
             let cur = w
                 .watch
                 .snapshot_with(counters.remove(pid).unwrap_or_default());
-            let mut series = metrics::process_series(&IntervalInput {
-                watch: &w.watch,
-                first: &w.first,
-                prev: &w.prev,
-                cur: &cur,
+            let window = temporality.window(&w.first, &w.prev);
+            let mut series = series::process_series(&IntervalInput {
+                interval: &w.watch.measurement(&w.prev, &cur),
+                counted: &w.watch.measurement(window, &cur),
+                counted_from: window.at,
+                at: cur.at,
                 thread_count: thread_count(w.watch.pid()),
                 temporality,
                 per_thread: self.settings.per_thread.filter(|_| {
@@ -440,13 +443,9 @@ impl Daemon {
                 if !kept.is_empty() {
                     span_resources.push(otlp::resource_spans(&w.resource, &kept, &self.clock));
                 }
-                let start = match temporality {
-                    Temporality::Cumulative => w.first.at,
-                    Temporality::Delta => w.prev.at,
-                };
                 series
                     .points
-                    .extend(episodes.points(*pid, temporality, start));
+                    .extend(episodes.points(*pid, temporality, window.at));
             }
             w.prev = cur;
             all.push(series);
@@ -642,36 +641,36 @@ impl Daemon {
             stats.as_ref().map_or(0, |s| ExportStats::get(f(s)))
         };
         let mut points = vec![
-            counter(&metrics::EXPORT_POINTS, Some("sent"), shown[0]),
-            counter(&metrics::EXPORT_POINTS, Some("dropped"), shown[1]),
-            counter(&metrics::EXPORT_REQUESTS, Some("sent"), shown[2]),
-            counter(&metrics::EXPORT_REQUESTS, Some("failed"), shown[3]),
-            counter(&metrics::EXPORT_REQUESTS, Some("dropped"), shown[4]),
-            counter(&metrics::EXPORT_BYTES, None, shown[5]),
-            counter(&metrics::EXPORT_RETRIES, None, shown[6]),
-            counter(&metrics::EXPORT_SPANS, Some("sent"), shown[7]),
-            counter(&metrics::EXPORT_SPANS, Some("dropped"), shown[8]),
-            counter(&metrics::EPISODES_LOST, None, shown[9]),
+            counter(&catalog::EXPORT_POINTS, Some("sent"), shown[0]),
+            counter(&catalog::EXPORT_POINTS, Some("dropped"), shown[1]),
+            counter(&catalog::EXPORT_REQUESTS, Some("sent"), shown[2]),
+            counter(&catalog::EXPORT_REQUESTS, Some("failed"), shown[3]),
+            counter(&catalog::EXPORT_REQUESTS, Some("dropped"), shown[4]),
+            counter(&catalog::EXPORT_BYTES, None, shown[5]),
+            counter(&catalog::EXPORT_RETRIES, None, shown[6]),
+            counter(&catalog::EXPORT_SPANS, Some("sent"), shown[7]),
+            counter(&catalog::EXPORT_SPANS, Some("dropped"), shown[8]),
+            counter(&catalog::EPISODES_LOST, None, shown[9]),
             Point {
-                metric: &metrics::EXPORT_SPOOL_REQUESTS,
+                metric: &catalog::EXPORT_SPOOL_REQUESTS,
                 attributes: Vec::new(),
                 value: Value::Int(get(|s| &s.spool_requests) as i64),
                 start: now,
             },
             Point {
-                metric: &metrics::EXPORT_SPOOL_BYTES,
+                metric: &catalog::EXPORT_SPOOL_BYTES,
                 attributes: Vec::new(),
                 value: Value::Int(get(|s| &s.spool_bytes) as i64),
                 start: now,
             },
             Point {
-                metric: &metrics::EXPORT_DEGRADATION,
+                metric: &catalog::EXPORT_DEGRADATION,
                 attributes: Vec::new(),
                 value: Value::Int(self.budget.as_ref().map_or(0, |b| b.level().gauge())),
                 start: now,
             },
             Point {
-                metric: &metrics::PROCESSES_WATCHED,
+                metric: &catalog::PROCESSES_WATCHED,
                 attributes: Vec::new(),
                 value: Value::Int(self.watched.len() as i64),
                 start: now,
@@ -687,7 +686,7 @@ impl Daemon {
             });
         for (map, n) in maps.zip(&shown[FIRST_FULL..]) {
             points.push(Point {
-                metric: &metrics::BPF_ENTRIES_DROPPED,
+                metric: &catalog::BPF_ENTRIES_DROPPED,
                 attributes: vec![("gilscope.bpf.map", map.to_string())],
                 value: Value::Int(*n as i64),
                 start,

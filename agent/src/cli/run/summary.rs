@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::otel::metrics::ProcessSeries;
+use crate::otel::series::ProcessSeries;
 
 fn resource<'a>(s: &'a ProcessSeries, key: &str) -> &'a str {
     s.resource

@@ -64,6 +64,28 @@ pub fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+/// One GET on localhost: status, content type, body (any status is an answer, not an error).
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut r = agent
+        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    Ok((status, ctype, body))
+}
+
 pub fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gilscope-run-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");

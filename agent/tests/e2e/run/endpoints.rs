@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::receivers::{free_port, promql, wait_for_port, workload_process, Running};
+use crate::common::receivers::{
+    free_port, http_get, promql, wait_for_port, workload_process, Running,
+};
 use crate::common::*;
+use gilscope::core::report::DiagnosisKind;
 use serde_json::Value;
 
 /// A short tag unique to this test run (the workload's command line carries it).
@@ -28,28 +31,6 @@ fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gilscope-ep-{tag}"));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
-}
-
-/// One GET: status, content type, body (any status is an answer, not an error).
-fn get(port: u16, path: &str) -> Result<(u16, String, String), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let mut r = agent
-        .get(&format!("http://127.0.0.1:{port}{path}"))
-        .call()
-        .map_err(|e| e.to_string())?;
-    let status = r.status().as_u16();
-    let ctype = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    Ok((status, ctype, body))
 }
 
 /// `/metrics` asked for with `Accept-Encoding: gzip`, checked to be gzip, inflated.
@@ -302,7 +283,7 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     let mut answers: Vec<(u16, String)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     let ready_after = loop {
-        if let Ok((status, _, body)) = get(port, "/readyz") {
+        if let Ok((status, _, body)) = http_get(port, "/readyz") {
             if answers.last().map(|a| a.0) != Some(status) {
                 answers.push((status, body.trim().to_string()));
             }
@@ -326,11 +307,11 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     {
         failures.push(format!("/readyz answered something else: {answers:?}"));
     }
-    match get(port, "/healthz") {
+    match http_get(port, "/healthz") {
         Ok((200, _, body)) if body.starts_with("ok") => {}
         other => failures.push(format!("/healthz: {other:?}")),
     }
-    match get(port, "/nope") {
+    match http_get(port, "/nope") {
         Ok((404, ..)) => {}
         other => failures.push(format!("/nope: {other:?}")),
     }
@@ -342,7 +323,7 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     let mut last = None;
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(1200));
-        let (status, ctype, body) = match get(port, "/metrics") {
+        let (status, ctype, body) = match http_get(port, "/metrics") {
             Ok(r) => r,
             Err(e) => {
                 failures.push(format!("/metrics: {e}"));
@@ -428,6 +409,19 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
         s.labels.get("cpython_diagnosis_kind").map(String::as_str) == Some("gil_serialized_threads")
     }) {
         failures.push(format!("diagnosis gil_serialized_threads not 1: {diag:?}"));
+    }
+    // Every kind has its state series (0 or 1): an alert on any of them can fire.
+    let states = of("cpython_diagnosis_ratio");
+    for kind in DiagnosisKind::ALL {
+        let name = Some(kind.name());
+        if !states
+            .iter()
+            .any(|s| s.labels.get("cpython_diagnosis_kind").map(String::as_str) == name)
+        {
+            failures.push(format!(
+                "/metrics has no cpython_diagnosis_ratio for {kind}"
+            ));
+        }
     }
     // The agent's own series, under its own resource.
     let watched: Vec<&Sample> = samples
@@ -806,7 +800,7 @@ fn probes_under_slow_clients() -> Vec<String> {
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut failures = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !matches!(get(port, "/readyz"), Ok((200, ..))) {
+    while !matches!(http_get(port, "/readyz"), Ok((200, ..))) {
         if Instant::now() > deadline {
             return vec![format!("/readyz never 200:\n{}", stderr())];
         }
@@ -933,11 +927,11 @@ fn probes_under_slow_clients() -> Vec<String> {
 
     // The attack over, everything is normal.
     std::thread::sleep(Duration::from_millis(500));
-    match get(port, "/healthz") {
+    match http_get(port, "/healthz") {
         Ok((200, _, body)) if body.starts_with("ok") => {}
         other => failures.push(format!("/healthz after the attack: {other:?}")),
     }
-    match get(port, "/metrics") {
+    match http_get(port, "/metrics") {
         Ok((200, _, body)) => {
             if let Err(e) = parse_exposition(&body) {
                 failures.push(format!("/metrics after the attack: {e}"));

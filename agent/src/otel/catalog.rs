@@ -1,5 +1,5 @@
 //! Every metric `gilscope run` exports, named in one place: name, instrument,
-//! unit, description, and the wait histogram's buckets. Series ([`crate::otel::series`]),
+//! unit, description, and the wait histogram's buckets. The series built each interval,
 //! the OTLP encoding and the Prometheus page all read these definitions, so a
 //! metric is renamed or re-described here and nowhere else. The README's metric
 //! table lists [`ALL`]; a test keeps them equal.

@@ -223,7 +223,7 @@ impl Severity {
 /// list, so no kind can be left out of `ALL`.
 macro_rules! diagnosis_kinds {
     ($($variant:ident => $name:literal,)*) => {
-        /// What a finding is about: one kind per rule of [`crate::core::diagnose`], and
+        /// What a finding is about: one kind per rule of `diagnose`, and
         /// `no_contention` when no rule holds. Its snake_case [`name`](Self::name) is the
         /// `kind` of the JSON document and the `cpython.diagnosis.kind` attribute;
         /// [`ALL`](Self::ALL) is what the daemon's state gauge and the README's

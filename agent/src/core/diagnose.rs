@@ -507,21 +507,9 @@ mod tests {
         ThreadReport {
             tid: 1,
             name: "t".into(),
-            python_name: None,
             os_name: "t".into(),
             cpu_s,
-            runqueue_wait_s: 0.0,
             gil_wait_s,
-            gil_waits: 0,
-            gil_wait_p50_us: 0.0,
-            gil_wait_p99_us: 0.0,
-            gil_hold_s: None,
-            gil_hold_share: 0.0,
-            drop_wait_s: 0.0,
-            futex_wait_s: 0.0,
-            lock_wait_s: 0.0,
-            lock_waits: 0,
-            blocked_by: vec![],
             ..ThreadReport::default()
         }
     }

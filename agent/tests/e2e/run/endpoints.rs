@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::receivers::{
-    free_port, http_get, promql, wait_for_port, workload_process, Running,
+    free_port, http_get, listening_daemon, promql, wait_for_port, workload_process, Running,
 };
 use crate::common::*;
 use gilscope::core::report::DiagnosisKind;
@@ -55,21 +55,6 @@ fn gzipped_metrics(port: u16) -> Result<String, String> {
         .read_to_string(&mut page)
         .map_err(|e| format!("not gzip: {e}"))?;
     Ok(page)
-}
-
-/// `gilscope run --listen 127.0.0.1:PORT` watching only `marker`, with its stderr in `log`.
-fn daemon(port: u16, marker: &str, seconds: u32, log: &Path, extra: &[&str]) -> Running {
-    let child = gilscope()
-        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--interval", "1s", "--duration", &format!("{seconds}s")])
-        .args(["--include-cmdline", marker])
-        .args(extra)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log"))
-        .spawn()
-        .expect("start gilscope run");
-    Running(child)
 }
 
 /// One sample of a scrape.
@@ -275,7 +260,7 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     let port = free_port();
     let log = scratch(&marker).join("gilscope.log");
     let started = Instant::now();
-    let _daemon = daemon(port, &marker, 12, &log, &[]);
+    let _daemon = listening_daemon(port, &marker, 12, &log, &[]);
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut failures = Vec::new();
 
@@ -489,7 +474,7 @@ fn a_second_daemon_on_the_same_port_or_a_bad_address_is_one_clear_error() {
     let marker = tag("port");
     let port = free_port();
     let log = scratch(&marker).join("first.log");
-    let _first = daemon(port, &marker, 6, &log, &[]);
+    let _first = listening_daemon(port, &marker, 6, &log, &[]);
     wait_for_port(port, "the first gilscope run");
     let started = Instant::now();
     let out = gilscope()
@@ -587,7 +572,7 @@ fn scraped_equals_pushed(vm: &Path, python: &Path) -> Vec<String> {
     wait_for_port(vm_port, "victoria-metrics");
     let _work = workload_process(python, 11, &service, &marker);
     let log = dir.join("gilscope.log");
-    let mut daemon = daemon(
+    let mut daemon = listening_daemon(
         listen,
         &marker,
         8,
@@ -795,7 +780,7 @@ fn probes_under_slow_clients() -> Vec<String> {
     let marker = tag("slow");
     let port = free_port();
     let log = scratch(&marker).join("gilscope.log");
-    let daemon = daemon(port, &marker, 60, &log, &[]);
+    let daemon = listening_daemon(port, &marker, 60, &log, &[]);
     let pid = daemon.0.id();
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut failures = Vec::new();

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::receivers::{free_port, http_get, wait_for_port, Running};
+use crate::common::receivers::{free_port, http_get, listening_daemon, wait_for_port, Running};
 use crate::common::*;
 use gilscope::core::report::DiagnosisKind;
 
@@ -49,26 +49,9 @@ fn blocked_loop_under_the_daemon(python: &Path) -> Vec<String> {
     let pid = work.0.id();
     let port = free_port();
     let log = std::env::temp_dir().join(format!("gilscope-{marker}.log"));
-    let _daemon = Running(
-        gilscope()
-            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
-            .args([
-                "--interval",
-                "2s",
-                "--duration",
-                "15s",
-                "--sample-hz",
-                "100",
-            ])
-            .args(["--include-cmdline", &marker])
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start gilscope run"),
-    );
+    let _daemon = listening_daemon(port, &marker, 15, &log, &["--sample-hz", "100"]);
     wait_for_port(port, "gilscope run --listen");
-    let deadline = Instant::now() + Duration::from_secs(13);
+    let deadline = Instant::now() + Duration::from_secs(14);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_secs(1));

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::core::report::{
-    ChildReport, Diagnosis, LockContention, ProcessReport, Severity, ThreadReport,
+    ChildReport, Diagnosis, DiagnosisKind, LockContention, ProcessReport, Severity, ThreadReport,
 };
 use crate::core::retire::EXITED_TID;
 
@@ -149,7 +149,7 @@ fn lock_contention(f: &Facts) -> Option<Diagnosis> {
         })
         .unwrap_or_default();
     Some(Diagnosis {
-        kind: "lock_contention".into(),
+        kind: DiagnosisKind::LockContention,
         severity: Severity::Warning,
         summary: format!(
             "lock contention: threads parked on PyMutexes {:.2} s in {} waits \
@@ -182,7 +182,7 @@ fn serialized_threads(f: &Facts) -> Option<Diagnosis> {
         Severity::Warning
     };
     Some(Diagnosis {
-        kind: "gil_serialized_threads".into(),
+        kind: DiagnosisKind::GilSerializedThreads,
         severity,
         summary: format!(
             "{hungry} threads, effective parallelism {:.2}: the GIL serializes them \
@@ -253,7 +253,7 @@ fn event_loop_blocked(f: &Facts) -> Option<Diagnosis> {
         return None;
     }
     Some(Diagnosis {
-        kind: "event_loop_blocked".into(),
+        kind: DiagnosisKind::EventLoopBlocked,
         severity: Severity::Critical,
         summary: format!(
             "event loop thread {} is blocked by CPU work: it holds the GIL for {:.0} ms \
@@ -298,7 +298,7 @@ fn cpu_throttled(f: &Facts) -> Option<Diagnosis> {
         .map(|c| format!("CPU limit {c:.2} cores: "))
         .unwrap_or_default();
     Some(Diagnosis {
-        kind: "cpu_throttled".into(),
+        kind: DiagnosisKind::CpuThrottled,
         severity: if share >= 0.5 {
             Severity::Critical
         } else {
@@ -364,7 +364,7 @@ fn gil_residual_latency(f: &Facts) -> Option<Diagnosis> {
         ev.insert("gil_wait_behind_holder_s".into(), b.gil_wait_s);
     }
     Some(Diagnosis {
-        kind: "gil_residual_latency".into(),
+        kind: DiagnosisKind::GilResidualLatency,
         severity,
         summary: format!(
             "thread {} waits for the GIL after its blocking calls return: retake p50 {:.1} ms, \
@@ -399,7 +399,7 @@ fn cpu_starved(f: &Facts) -> Option<Diagnosis> {
         return None;
     }
     Some(Diagnosis {
-        kind: "cpu_starved".into(),
+        kind: DiagnosisKind::CpuStarved,
         severity: Severity::Warning,
         summary: format!(
             "{queue:.2} threads on average were runnable but waited for a CPU \
@@ -443,7 +443,7 @@ fn process_pool_overhead(f: &Facts) -> Option<Diagnosis> {
         .sum::<f64>()
         / workers.len() as f64;
     Some(Diagnosis {
-        kind: "process_pool_overhead".into(),
+        kind: DiagnosisKind::ProcessPoolOverhead,
         severity: Severity::Warning,
         summary: format!(
             "the parent spent {:.2} s of CPU feeding {} worker processes that ran {:.2} s in all \
@@ -478,7 +478,7 @@ fn process_pool_overhead(f: &Facts) -> Option<Diagnosis> {
 fn no_contention(f: &Facts) -> Diagnosis {
     let p = f.process;
     Diagnosis {
-        kind: "no_contention".into(),
+        kind: DiagnosisKind::NoContention,
         severity: Severity::Info,
         summary: format!(
             "no GIL contention: effective parallelism {:.2}, GIL held {:.0}% of the time, \
@@ -507,21 +507,9 @@ mod tests {
         ThreadReport {
             tid: 1,
             name: "t".into(),
-            python_name: None,
             os_name: "t".into(),
             cpu_s,
-            runqueue_wait_s: 0.0,
             gil_wait_s,
-            gil_waits: 0,
-            gil_wait_p50_us: 0.0,
-            gil_wait_p99_us: 0.0,
-            gil_hold_s: None,
-            gil_hold_share: 0.0,
-            drop_wait_s: 0.0,
-            futex_wait_s: 0.0,
-            lock_wait_s: 0.0,
-            lock_waits: 0,
-            blocked_by: vec![],
             ..ThreadReport::default()
         }
     }
@@ -583,8 +571,8 @@ mod tests {
         p.cpu_limit_cores = Some(0.2);
         let threads = vec![thread(0.8, 0.0)];
         let d = diagnose_(&p, &threads);
-        let kinds: Vec<&str> = d.iter().map(|d| d.kind.as_str()).collect();
-        assert_eq!(kinds, ["cpu_throttled"], "{d:?}");
+        let kinds: Vec<DiagnosisKind> = d.iter().map(|d| d.kind).collect();
+        assert_eq!(kinds, [DiagnosisKind::CpuThrottled], "{d:?}");
         assert_eq!(d[0].severity, Severity::Critical);
         assert!(
             d[0].summary.contains("CPU limit 0.20 cores"),
@@ -598,7 +586,7 @@ mod tests {
         let mut p = process(0.0, 1.0);
         p.runqueue_wait_s = 2.0;
         let d = diagnose_(&p, &[thread(2.0, 0.0), thread(2.0, 0.0)]);
-        assert_eq!(d[0].kind, "cpu_starved");
+        assert_eq!(d[0].kind, DiagnosisKind::CpuStarved);
         assert!((d[0].evidence["runqueue_queue_length"] - 0.5).abs() < 1e-9);
     }
 
@@ -612,7 +600,7 @@ mod tests {
             locks: None,
             children: &children,
         });
-        assert_eq!(d[0].kind, "process_pool_overhead", "{d:?}");
+        assert_eq!(d[0].kind, DiagnosisKind::ProcessPoolOverhead, "{d:?}");
         assert!((d[0].evidence["worker_busy_share"] - 0.2).abs() < 1e-9);
         // Busy workers that fill the cores are a pool doing its job.
         let children = vec![worker(2.0); 4];
@@ -622,14 +610,14 @@ mod tests {
             locks: None,
             children: &children,
         });
-        assert_eq!(d[0].kind, "no_contention", "{d:?}");
+        assert_eq!(d[0].kind, DiagnosisKind::NoContention, "{d:?}");
     }
 
     #[test]
     fn four_waiting_threads_are_serialized() {
         let threads = vec![thread(1.0, 3.0); 4];
         let d = diagnose_(&process(3.0, 1.01), &threads);
-        assert_eq!(d[0].kind, "gil_serialized_threads");
+        assert_eq!(d[0].kind, DiagnosisKind::GilSerializedThreads);
         assert_eq!(d[0].severity, Severity::Critical);
         assert!(
             d[0].summary
@@ -646,7 +634,7 @@ mod tests {
         assert_eq!(d[0].severity, Severity::Critical);
         let threads = vec![thread(3.0, 0.6); 4];
         let d = diagnose_(&process(0.6, 3.0), &threads);
-        assert_eq!(d[0].kind, "gil_serialized_threads");
+        assert_eq!(d[0].kind, DiagnosisKind::GilSerializedThreads);
         assert_eq!(d[0].severity, Severity::Warning);
     }
 
@@ -655,7 +643,7 @@ mod tests {
         let threads = vec![thread(3.8, 0.05); 2];
         let d = diagnose_(&process(0.03, 1.9), &threads);
         assert_eq!(d.len(), 1);
-        assert_eq!(d[0].kind, "no_contention");
+        assert_eq!(d[0].kind, DiagnosisKind::NoContention);
     }
 
     #[test]
@@ -674,7 +662,7 @@ mod tests {
             locks: Some(&locks),
             children: &[],
         });
-        assert_eq!(d[0].kind, "lock_contention");
+        assert_eq!(d[0].kind, DiagnosisKind::LockContention);
         assert_eq!(
             d.len(),
             1,
@@ -710,7 +698,7 @@ mod tests {
         let d = diagnose_(&process(0.6, 0.75), &threads);
         let r = d
             .iter()
-            .find(|d| d.kind == "gil_residual_latency")
+            .find(|d| d.kind == DiagnosisKind::GilResidualLatency)
             .expect("residual latency found");
         assert_eq!(r.severity, Severity::Critical);
         assert!(
@@ -721,22 +709,35 @@ mod tests {
         assert!(r.summary.contains("behind thread 11"), "{}", r.summary);
         assert_eq!(r.evidence["retake_p50_us"], 6_000.0);
         assert_eq!(r.evidence["holder_tid"], 11.0);
-        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+        assert!(
+            d.iter().all(|d| d.kind != DiagnosisKind::EventLoopBlocked),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn residual_latency_needs_enough_returns_and_a_long_tail_alone_is_a_warning() {
         let few = sleeper_next_to_spinner(6_000.0, 8_300.0, RETAKE_MIN_RETURNS - 1);
         let d = diagnose_(&process(0.6, 0.75), &few);
-        assert!(d.iter().all(|d| d.kind != "gil_residual_latency"), "{d:?}");
+        assert!(
+            d.iter()
+                .all(|d| d.kind != DiagnosisKind::GilResidualLatency),
+            "{d:?}"
+        );
         let tail = sleeper_next_to_spinner(40.0, 12_000.0, 300);
         let d = diagnose_(&process(0.6, 0.75), &tail);
-        let r = d.iter().find(|d| d.kind == "gil_residual_latency");
+        let r = d
+            .iter()
+            .find(|d| d.kind == DiagnosisKind::GilResidualLatency);
         assert_eq!(r.map(|r| r.severity), Some(Severity::Warning), "{d:?}");
         // I/O threads retaking behind short holders: tens of µs.
         let io = sleeper_next_to_spinner(0.0, 70.0, 300);
         let d = diagnose_(&process(0.01, 0.03), &io);
-        assert!(d.iter().all(|d| d.kind != "gil_residual_latency"), "{d:?}");
+        assert!(
+            d.iter()
+                .all(|d| d.kind != DiagnosisKind::GilResidualLatency),
+            "{d:?}"
+        );
     }
 
     /// blocked_loop.py: the main thread polls, runs 100 ms bursts, executors wait behind it.
@@ -763,7 +764,7 @@ mod tests {
     fn a_loop_thread_holding_the_gil_for_100_ms_stretches_is_a_blocked_event_loop() {
         let threads = blocked_loop(137.0, 3.5);
         let d = diagnose_(&process(0.13, 0.92), &threads);
-        assert_eq!(d[0].kind, "event_loop_blocked", "{d:?}");
+        assert_eq!(d[0].kind, DiagnosisKind::EventLoopBlocked, "{d:?}");
         assert!(
             d[0].summary
                 .starts_with("event loop thread 100 (python3.11)"),
@@ -779,10 +780,16 @@ mod tests {
     fn a_loop_that_hands_over_the_gil_or_idles_is_not_blocked() {
         // Stretches of a switch interval: the loop yields the GIL.
         let d = diagnose_(&process(0.13, 0.92), &blocked_loop(8.0, 3.5));
-        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+        assert!(
+            d.iter().all(|d| d.kind != DiagnosisKind::EventLoopBlocked),
+            "{d:?}"
+        );
         // Mostly idle loop (one long startup stretch, little CPU).
         let d = diagnose_(&process(0.13, 0.3), &blocked_loop(137.0, 0.4));
-        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+        assert!(
+            d.iter().all(|d| d.kind != DiagnosisKind::EventLoopBlocked),
+            "{d:?}"
+        );
         // No thread polls: no loop at all (four CPU-bound threads).
         let threads: Vec<ThreadReport> = (1..=4)
             .map(|tid| {
@@ -792,7 +799,10 @@ mod tests {
             })
             .collect();
         let d = diagnose_(&process(3.0, 1.0), &threads);
-        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+        assert!(
+            d.iter().all(|d| d.kind != DiagnosisKind::EventLoopBlocked),
+            "{d:?}"
+        );
         assert!(loop_thread(&threads).is_none());
     }
 
@@ -800,7 +810,7 @@ mod tests {
     fn one_busy_thread_alone_is_not_serialization() {
         let threads = vec![thread(4.0, 0.0), thread(0.0, 1.2)];
         let d = diagnose_(&process(0.3, 1.0), &threads);
-        assert_eq!(d[0].kind, "no_contention");
+        assert_eq!(d[0].kind, DiagnosisKind::NoContention);
     }
 
     #[test]
@@ -812,8 +822,41 @@ mod tests {
         let threads = vec![thread(3.9, 0.0), sleeper];
         let d = diagnose_(&process(0.85, 1.0), &threads);
         assert!(
-            d.iter().all(|d| d.kind != "gil_serialized_threads"),
+            d.iter()
+                .all(|d| d.kind != DiagnosisKind::GilSerializedThreads),
             "{d:?}"
+        );
+    }
+
+    /// The kinds in the first column of the README's Diagnoses table.
+    fn readme_kinds(readme: &str) -> Vec<String> {
+        let section = readme
+            .split("\n## ")
+            .find(|s| s.starts_with("Diagnoses\n"))
+            .unwrap_or_default();
+        section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`'))
+            .map(|(kind, _)| kind.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_diagnoses_table_lists_every_kind_once() {
+        let listed = readme_kinds(include_str!("../../../README.md"));
+        let mut sorted = listed.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), listed.len(), "a kind twice: {listed:?}");
+        let mut want: Vec<String> = DiagnosisKind::ALL
+            .iter()
+            .map(|k| k.name().to_string())
+            .collect();
+        want.sort();
+        assert_eq!(
+            sorted, want,
+            "README's Diagnoses table against DiagnosisKind::ALL"
         );
     }
 }

@@ -189,7 +189,7 @@ fn thread_label(t: &ThreadReport) -> String {
 fn verdict(v: &ProcessView) -> String {
     v.diagnosis
         .first()
-        .map(|d| d.kind.clone())
+        .map(|d| d.kind.to_string())
         .unwrap_or_default()
 }
 

@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::receivers::{free_port, promql, wait_for_port, workload_process, Running};
+use crate::common::receivers::{
+    free_port, http_get, listening_daemon, promql, wait_for_port, workload_process, Running,
+};
 use crate::common::*;
+use gilscope::core::report::DiagnosisKind;
 use serde_json::Value;
 
 /// A short tag unique to this test run (the workload's command line carries it).
@@ -28,28 +31,6 @@ fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gilscope-ep-{tag}"));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
-}
-
-/// One GET: status, content type, body (any status is an answer, not an error).
-fn get(port: u16, path: &str) -> Result<(u16, String, String), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let mut r = agent
-        .get(&format!("http://127.0.0.1:{port}{path}"))
-        .call()
-        .map_err(|e| e.to_string())?;
-    let status = r.status().as_u16();
-    let ctype = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    Ok((status, ctype, body))
 }
 
 /// `/metrics` asked for with `Accept-Encoding: gzip`, checked to be gzip, inflated.
@@ -74,21 +55,6 @@ fn gzipped_metrics(port: u16) -> Result<String, String> {
         .read_to_string(&mut page)
         .map_err(|e| format!("not gzip: {e}"))?;
     Ok(page)
-}
-
-/// `gilscope run --listen 127.0.0.1:PORT` watching only `marker`, with its stderr in `log`.
-fn daemon(port: u16, marker: &str, seconds: u32, log: &Path, extra: &[&str]) -> Running {
-    let child = gilscope()
-        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--interval", "1s", "--duration", &format!("{seconds}s")])
-        .args(["--include-cmdline", marker])
-        .args(extra)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log"))
-        .spawn()
-        .expect("start gilscope run");
-    Running(child)
 }
 
 /// One sample of a scrape.
@@ -294,7 +260,7 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     let port = free_port();
     let log = scratch(&marker).join("gilscope.log");
     let started = Instant::now();
-    let _daemon = daemon(port, &marker, 12, &log, &[]);
+    let _daemon = listening_daemon(port, &marker, 12, &log, &[]);
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut failures = Vec::new();
 
@@ -302,7 +268,7 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     let mut answers: Vec<(u16, String)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     let ready_after = loop {
-        if let Ok((status, _, body)) = get(port, "/readyz") {
+        if let Ok((status, _, body)) = http_get(port, "/readyz") {
             if answers.last().map(|a| a.0) != Some(status) {
                 answers.push((status, body.trim().to_string()));
             }
@@ -326,11 +292,11 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     {
         failures.push(format!("/readyz answered something else: {answers:?}"));
     }
-    match get(port, "/healthz") {
+    match http_get(port, "/healthz") {
         Ok((200, _, body)) if body.starts_with("ok") => {}
         other => failures.push(format!("/healthz: {other:?}")),
     }
-    match get(port, "/nope") {
+    match http_get(port, "/nope") {
         Ok((404, ..)) => {}
         other => failures.push(format!("/nope: {other:?}")),
     }
@@ -342,7 +308,7 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     let mut last = None;
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(1200));
-        let (status, ctype, body) = match get(port, "/metrics") {
+        let (status, ctype, body) = match http_get(port, "/metrics") {
             Ok(r) => r,
             Err(e) => {
                 failures.push(format!("/metrics: {e}"));
@@ -429,6 +395,19 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     }) {
         failures.push(format!("diagnosis gil_serialized_threads not 1: {diag:?}"));
     }
+    // Every kind has its state series (0 or 1): an alert on any of them can fire.
+    let states = of("cpython_diagnosis_ratio");
+    for kind in DiagnosisKind::ALL {
+        let name = Some(kind.name());
+        if !states
+            .iter()
+            .any(|s| s.labels.get("cpython_diagnosis_kind").map(String::as_str) == name)
+        {
+            failures.push(format!(
+                "/metrics has no cpython_diagnosis_ratio for {kind}"
+            ));
+        }
+    }
     // The agent's own series, under its own resource.
     let watched: Vec<&Sample> = samples
         .iter()
@@ -495,7 +474,7 @@ fn a_second_daemon_on_the_same_port_or_a_bad_address_is_one_clear_error() {
     let marker = tag("port");
     let port = free_port();
     let log = scratch(&marker).join("first.log");
-    let _first = daemon(port, &marker, 6, &log, &[]);
+    let _first = listening_daemon(port, &marker, 6, &log, &[]);
     wait_for_port(port, "the first gilscope run");
     let started = Instant::now();
     let out = gilscope()
@@ -593,7 +572,7 @@ fn scraped_equals_pushed(vm: &Path, python: &Path) -> Vec<String> {
     wait_for_port(vm_port, "victoria-metrics");
     let _work = workload_process(python, 11, &service, &marker);
     let log = dir.join("gilscope.log");
-    let mut daemon = daemon(
+    let mut daemon = listening_daemon(
         listen,
         &marker,
         8,
@@ -801,12 +780,12 @@ fn probes_under_slow_clients() -> Vec<String> {
     let marker = tag("slow");
     let port = free_port();
     let log = scratch(&marker).join("gilscope.log");
-    let daemon = daemon(port, &marker, 60, &log, &[]);
+    let daemon = listening_daemon(port, &marker, 60, &log, &[]);
     let pid = daemon.0.id();
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut failures = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !matches!(get(port, "/readyz"), Ok((200, ..))) {
+    while !matches!(http_get(port, "/readyz"), Ok((200, ..))) {
         if Instant::now() > deadline {
             return vec![format!("/readyz never 200:\n{}", stderr())];
         }
@@ -933,11 +912,11 @@ fn probes_under_slow_clients() -> Vec<String> {
 
     // The attack over, everything is normal.
     std::thread::sleep(Duration::from_millis(500));
-    match get(port, "/healthz") {
+    match http_get(port, "/healthz") {
         Ok((200, _, body)) if body.starts_with("ok") => {}
         other => failures.push(format!("/healthz after the attack: {other:?}")),
     }
-    match get(port, "/metrics") {
+    match http_get(port, "/metrics") {
         Ok((200, _, body)) => {
             if let Err(e) = parse_exposition(&body) {
                 failures.push(format!("/metrics after the attack: {e}"));

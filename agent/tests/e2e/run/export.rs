@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::receivers::*;
 use crate::common::*;
+use gilscope::core::report::DiagnosisKind;
 use serde_json::Value;
 
 /// Checks what VictoriaMetrics holds for `service` against the workload's truths.
@@ -57,6 +58,23 @@ fn check_exported(vm_port: u16, service: &str, tenant: &str) -> Vec<String> {
     );
     if scalar(&diag) != Some(1.0) {
         failures.push(format!("diagnosis gil_serialized_threads not 1: {diag:?}"));
+    }
+    // Every kind has its state series (0 or 1): an alert on any of them can fire.
+    let states = promql(
+        vm_port,
+        &format!(
+            "last_over_time({{__name__=\"cpython.diagnosis\",service.name=\"{service}\"}}[5m])"
+        ),
+    );
+    for kind in DiagnosisKind::ALL {
+        if !states
+            .iter()
+            .any(|s| s["metric"]["cpython.diagnosis.kind"].as_str() == Some(kind.name()))
+        {
+            failures.push(format!(
+                "OTLP brought no cpython.diagnosis for {kind}: {states:?}"
+            ));
+        }
     }
     let labels = util
         .first()

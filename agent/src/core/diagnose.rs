@@ -22,6 +22,11 @@ pub const LOCK_QUEUE_LENGTH: f64 = 0.25;
 /// Returns from blocking calls a thread needs before its retake latency is judged:
 /// fewer are too few for a median.
 pub const RETAKE_MIN_RETURNS: u64 = 20;
+/// Share of the wall time a thread's retake waits must add up to before its
+/// residual latency is worth a finding: a thread that only joins (the demo's
+/// `MainThread`: 5 of 106 retakes waited, p99 16 ms) has a long tail and
+/// nothing to gain; below 1 % a fix would save the program under 1 %.
+pub const RETAKE_MIN_WALL_SHARE: f64 = 0.01;
 /// Median retake latency (µs) from which every blocking call of a thread pays for
 /// the GIL. A free GIL is retaken without blocking (0); a holder that runs Python
 /// keeps it until asked to drop it, one switch interval (5 ms) later. Retakes behind
@@ -331,6 +336,7 @@ fn gil_residual_latency(f: &Facts) -> Option<Diagnosis> {
         .threads
         .iter()
         .filter(|t| t.block_returns >= RETAKE_MIN_RETURNS)
+        .filter(|t| t.retake_wait_s >= RETAKE_MIN_WALL_SHARE * f.process.wall_s)
         .filter(|t| t.retake_p50_us >= RETAKE_P50_US || t.retake_p99_us >= RETAKE_P99_US)
         .max_by(|a, b| {
             a.retake_p50_us
@@ -685,6 +691,8 @@ mod tests {
         sleeper.retake_waits = returns;
         sleeper.retake_p50_us = p50_us;
         sleeper.retake_p99_us = p99_us;
+        // Every return at the median, the slowest 1 % at the p99.
+        sleeper.retake_wait_s = (returns as f64 * p50_us + returns as f64 / 100.0 * p99_us) / 1e6;
         sleeper.blocked_by = vec![BlockedBy {
             tid: 11,
             gil_wait_s: 2.4,
@@ -730,6 +738,15 @@ mod tests {
             .iter()
             .find(|d| d.kind == DiagnosisKind::GilResidualLatency);
         assert_eq!(r.map(|r| r.severity), Some(Severity::Warning), "{d:?}");
+        // A thread that only joins: a long tail, but under 1 % of the wall in all.
+        let mut joiner = sleeper_next_to_spinner(40.0, 16_000.0, 106);
+        joiner[1].retake_wait_s = 0.03;
+        let d = diagnose_(&process(0.6, 0.75), &joiner);
+        assert!(
+            d.iter()
+                .all(|d| d.kind != DiagnosisKind::GilResidualLatency),
+            "{d:?}"
+        );
         // I/O threads retaking behind short holders: tens of µs.
         let io = sleeper_next_to_spinner(0.0, 70.0, 300);
         let d = diagnose_(&process(0.01, 0.03), &io);

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod kube_api;
 pub mod quota;
 pub mod receivers;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod kernel;
 pub mod kube_api;
 pub mod quota;
 pub mod receivers;

@@ -530,23 +530,15 @@ mod tests {
     }
 
     fn process(queue: f64, parallelism: f64) -> ProcessReport {
+        // Unthrottled, without a CPU limit, nothing but GIL waits.
         ProcessReport {
             wall_s: 4.0,
             cpu_s: parallelism * 4.0,
-            runqueue_wait_s: 0.0,
             gil_wait_s: queue * 4.0,
-            gil_waits: 0,
-            gil_wait_p50_us: 0.0,
-            gil_wait_p99_us: 0.0,
-            gil_hold_s: None,
             gil_utilization: 0.99,
             gil_queue_length: queue,
             effective_parallelism: parallelism,
             gil_switches_per_s: 200.0,
-            futex_wait_s: 0.0,
-            throttled_s: 0.0,
-            throttled_period_share: 0.0,
-            cpu_limit_cores: None,
             cores_available: 2.0,
             ..ProcessReport::default()
         }

@@ -11,21 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::daemon::unique_tag;
 use crate::common::receivers::{
     free_port, http_get, listening_daemon, promql, wait_for_port, workload_process, Running,
 };
 use crate::common::*;
 use gilscope::core::report::DiagnosisKind;
 use serde_json::Value;
-
-/// A short tag unique to this test run (the workload's command line carries it).
-fn tag(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}{}x{nanos:x}", std::process::id())
-}
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gilscope-ep-{tag}"));
@@ -253,7 +245,7 @@ fn the_exposition_reader_rejects_what_prometheus_would() {
 
 /// One run of the daemon next to the workload: the probes, then /metrics.
 fn probe_and_scrape(python: &Path) -> Vec<String> {
-    let marker = tag("ep");
+    let marker = unique_tag("ep");
     let service = format!("gil-ep-{marker}");
     let work = workload_process(python, 14, &service, &marker);
     let pid = work.0.id();
@@ -471,7 +463,7 @@ fn a_second_daemon_on_the_same_port_or_a_bad_address_is_one_clear_error() {
     if !can_use_bpf() {
         return;
     }
-    let marker = tag("port");
+    let marker = unique_tag("port");
     let port = free_port();
     let log = scratch(&marker).join("first.log");
     let _first = listening_daemon(port, &marker, 6, &log, &[]);
@@ -545,7 +537,7 @@ fn label_sets(result: &[Value], drop: &[&str]) -> BTreeSet<Vec<String>> {
 /// The daemon pushes OTLP/HTTP into VictoriaMetrics (`-opentelemetry.usePrometheusNaming`)
 /// and VictoriaMetrics scrapes its /metrics: the same names, labels and values come out.
 fn scraped_equals_pushed(vm: &Path, python: &Path) -> Vec<String> {
-    let marker = tag("vmscrape");
+    let marker = unique_tag("vmscrape");
     let service = format!("gil-ep-{marker}");
     let dir = scratch(&marker);
     let (vm_port, listen) = (free_port(), free_port());
@@ -777,7 +769,7 @@ fn closed_by_server(mut stream: &std::net::TcpStream, within: Duration) -> bool 
 fn probes_under_slow_clients() -> Vec<String> {
     use std::io::Write as _;
     use std::net::TcpStream;
-    let marker = tag("slow");
+    let marker = unique_tag("slow");
     let port = free_port();
     let log = scratch(&marker).join("gilscope.log");
     let daemon = listening_daemon(port, &marker, 60, &log, &[]);

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::daemon::unique_tag;
 use crate::common::receivers::{free_port, http_get, listening_daemon, wait_for_port, Running};
 use crate::common::*;
 use gilscope::core::report::DiagnosisKind;
@@ -32,11 +33,7 @@ fn states(page: &str, pid: u32) -> Vec<(String, f64)> {
 /// One run: the workload, the daemon next to it, /metrics read every second
 /// until the loop is reported blocked.
 fn blocked_loop_under_the_daemon(python: &Path) -> Vec<String> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let marker = format!("loop{}x{nanos:x}", std::process::id());
+    let marker = unique_tag("loop");
     // blocked_loop.py reads its duration only; the marker names its command line.
     let work = Running(
         Command::new(python)

@@ -39,10 +39,12 @@ pub fn stack_layout(interp: &Interpreter, mem: &RemoteMemory) -> Result<StackLay
                     interp.file.version
                 ))
             })?;
-            debug.stack_layout().map_err(|why| Error::GilNotValid {
-                pid: interp.pid,
-                addr: interp.py_runtime(),
-                why,
+            debug.stack_layout().map_err(|why| {
+                Error::Internal(format!(
+                    "process {}: its _PyRuntime.debug_offsets describe frames gilscope \
+                     cannot trust ({why}); its Python stacks are not read",
+                    interp.pid
+                ))
             })
         }
     }
@@ -143,19 +145,38 @@ impl<M: Memory> StackReader<M> {
     pub fn thread_stacks(&mut self) -> HashMap<u32, Stack> {
         self.symbols.begin_pass();
         let mut stacks = HashMap::new();
-        let l = self.objects;
-        for interp in runtime::interpreters(&self.mem, self.runtime, &l) {
-            for ts in runtime::thread_states(&self.mem, interp, &l) {
-                let own = ts.own_tid(&self.mem, self.pthread_tid_off);
-                let Some(tid) = own.and_then(|t| self.tids.host_tid(t)) else {
-                    continue;
-                };
-                if let Ok(stack) = self.thread_stack(ts.addr) {
-                    stacks.insert(tid, stack);
-                }
+        for (tid, tstate) in self.thread_states() {
+            if let Ok(stack) = self.thread_stack(tstate) {
+                stacks.insert(tid, stack);
             }
         }
         stacks
+    }
+
+    /// The stack of one thread (host tid) now; `None` when the process has no
+    /// thread state for it (not a Python thread, or exited).
+    pub fn stack_of_tid(&mut self, tid: u32) -> Option<std::result::Result<Stack, BrokenStack>> {
+        self.symbols.begin_pass();
+        let tstate = self
+            .thread_states()
+            .into_iter()
+            .find_map(|(t, tstate)| (t == tid).then_some(tstate))?;
+        Some(self.thread_stack(tstate))
+    }
+
+    /// (host tid, thread state address) of every thread of every interpreter.
+    fn thread_states(&mut self) -> Vec<(u32, u64)> {
+        let l = self.objects;
+        let mut out = Vec::new();
+        for interp in runtime::interpreters(&self.mem, self.runtime, &l) {
+            for ts in runtime::thread_states(&self.mem, interp, &l) {
+                let own = ts.own_tid(&self.mem, self.pthread_tid_off);
+                if let Some(tid) = own.and_then(|t| self.tids.host_tid(t)) {
+                    out.push((tid, ts.addr));
+                }
+            }
+        }
+        out
     }
 
     /// The stack of the thread whose `PyThreadState` is at `tstate`.
@@ -312,6 +333,16 @@ mod tests {
             // Read again: the same, from the cache (checked once in the new pass).
             assert_eq!(r.thread_stacks(), stacks, "{label}");
         }
+    }
+
+    #[test]
+    fn one_threads_stack_is_read_by_its_tid() {
+        let p = FakeProcess::new(10, false, &[(4242, SPIN), (4243, SLEEP)]);
+        let mut r = reader(p);
+        let sleeper = r.stack_of_tid(4243).expect("a thread").expect("readable");
+        assert_eq!(sleeper.frames, expected(&[SPIN, SLEEP], SLEEP));
+        assert_eq!(r.stack_of_tid(99), None, "no such thread");
+        assert_eq!(r.counts().read, 1);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct FrameWalk {
     pub instr: InstrKind,
     /// `owner` (a byte): frames owned by the C stack (3.12+ entry shims) are
     /// skipped; `None` where frames have no owner field worth reading.
+    /// Skipped means `owner >= OWNER_NOT_PYTHON` (which also covers 3.14's
+    /// interpreter-owned frames); above `OWNER_MAX` the frame is garbage.
     pub frame_owner: Option<u64>,
 }
 

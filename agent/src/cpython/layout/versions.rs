@@ -316,6 +316,28 @@ mod tests {
     }
 
     #[test]
+    fn frames_of_3_8_to_3_12_come_from_the_table_and_of_3_13_on_from_the_process() {
+        for minor in 8..=14 {
+            let stack = layout_for(v(3, minor)).expect("known").stack;
+            match (minor, stack) {
+                (8..=12, StackSource::Table(s)) => {
+                    // Lasti counts bytes, then code units, then pointers.
+                    let want = match minor {
+                        8 | 9 => InstrKind::LastiBytes,
+                        10 => InstrKind::LastiUnits,
+                        _ => InstrKind::Pointer,
+                    };
+                    assert_eq!(s.walk.instr, want, "3.{minor}");
+                    assert_eq!(s.code.code_start.is_some(), minor >= 11, "3.{minor}");
+                    assert_eq!(s.walk.frame_owner.is_some(), minor >= 12, "3.{minor}");
+                }
+                (13.., StackSource::DebugOffsets) => {}
+                other => panic!("3.{minor}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn unknown_versions_have_no_layout() {
         assert!(layout_for(v(2, 7)).is_none());
         assert!(layout_for(v(3, 7)).is_none());

@@ -121,3 +121,73 @@ impl CodeReader {
         Some((data, read == size))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpython::remote::fake::{layout, stack_layout, CodeSpec, Fake, CODE_TYPE};
+
+    fn reader(minor: u8) -> CodeReader {
+        CodeReader {
+            code: stack_layout(minor, false).code,
+            objects: layout(minor, false),
+            code_type: Some(CODE_TYPE),
+        }
+    }
+
+    #[test]
+    fn a_line_table_longer_than_the_cap_is_cut_and_gives_no_line_past_the_cut() {
+        let r = reader(12);
+        // One location entry (2 bytes, 1 code unit, +1 line) per unit: 50 000 units.
+        let table: Vec<u8> = (0..50_000).flat_map(|_| [0x80 | (13 << 3), 0x02]).collect();
+        let mut mem = Fake::default();
+        let spec = CodeSpec {
+            name: "Big.f",
+            file: "/srv/big.py",
+            first_line: 1,
+            table: &table,
+        };
+        let at = mem.code(&r.objects, &r.code, &spec);
+        let code = r.read(&mem, at).expect("a code object");
+        assert!(!code.table_complete);
+        assert_eq!(code.table.len() as u64, MAX_LINE_TABLE);
+        assert_eq!(code.line_at(0), Some(2));
+        let last_read = (MAX_LINE_TABLE / 2 - 1) as i64 * 2;
+        assert_eq!(
+            code.line_at(last_read),
+            Some(2 + (MAX_LINE_TABLE / 2 - 1) as u32)
+        );
+        assert_eq!(code.line_at(last_read + 2), None, "past the cut");
+        assert_eq!(
+            (code.function.as_str(), code.file.as_str()),
+            ("Big.f", "/srv/big.py")
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_code_object_is_refused() {
+        let r = reader(11);
+        let mut mem = Fake::default();
+        let spec = CodeSpec {
+            name: "f",
+            file: "f.py",
+            first_line: 3,
+            table: &[],
+        };
+        let at = mem.code(&r.objects, &r.code, &spec);
+        assert!(r.ident(&mem, at).is_some());
+        let mut other = Fake::default();
+        let wrong_type = other.code(&r.objects, &r.code, &spec);
+        other.poke(wrong_type + r.objects.ob_type, 0x9999_0000);
+        assert_eq!(r.read(&other, wrong_type), None, "another type");
+        let first_line_at = at + r.code.firstlineno;
+        let word = mem.u64_at(first_line_at).expect("readable");
+        mem.poke(first_line_at, (word & !0xffff_ffff) | 0xffff_fff0);
+        assert_eq!(r.read(&mem, at), None, "a negative first line");
+        let huge = mem.code(&r.objects, &r.code, &spec);
+        let table = mem.u64_at(huge + r.code.linetable).expect("table");
+        mem.poke(table + r.code.bytes_size, u64::MAX);
+        assert_eq!(r.read(&mem, huge), None, "a line table of absurd size");
+        assert_eq!(r.read(&mem, 0x10), None, "unreadable");
+    }
+}

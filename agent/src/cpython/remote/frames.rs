@@ -159,3 +159,46 @@ pub fn walk_thread(
         Err(BrokenStack::Changed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpython::remote::fake::{stack_layout, Fake};
+
+    #[test]
+    fn a_chain_of_nothing_but_entry_frames_ends_at_the_step_bound() {
+        let l = stack_layout(12, false);
+        let mut mem = Fake::default();
+        let mut previous = 0;
+        for _ in 0..1000 {
+            previous = mem.frame(&l.walk, &l.code, previous, 0x2_0000, 0, OWNER_NOT_PYTHON);
+        }
+        let walked = walk_from_frame(&mem, previous, &l.walk).expect("no error");
+        assert!(walked.frames.is_empty());
+        assert!(walked.truncated, "cut at {MAX_STEPS} frames");
+    }
+
+    #[test]
+    fn a_null_frame_is_an_empty_stack_and_a_zero_page_one_garbage() {
+        let l = stack_layout(8, false);
+        let mem = Fake::default();
+        assert_eq!(walk_from_frame(&mem, 0, &l.walk), Ok(RawStack::default()));
+        assert_eq!(
+            walk_from_frame(&mem, 0x18, &l.walk),
+            Err(BrokenStack::Garbage)
+        );
+        assert_eq!(
+            walk_thread(&mem, 0x10_0000, &l.walk),
+            Err(BrokenStack::Garbage)
+        );
+    }
+
+    #[test]
+    fn a_frame_that_is_its_own_caller_is_a_loop() {
+        let l = stack_layout(11, false);
+        let mut mem = Fake::default();
+        let f = mem.frame(&l.walk, &l.code, 0, 0x3_0000, 1, 0);
+        mem.poke(f + l.walk.frame_previous, f);
+        assert_eq!(walk_from_frame(&mem, f, &l.walk), Err(BrokenStack::Loop));
+    }
+}

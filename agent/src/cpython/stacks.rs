@@ -134,7 +134,7 @@ impl<M: Memory> StackReader<M> {
     /// What was read and what was given up on since the reader was made.
     pub fn counts(&self) -> StackCounts {
         StackCounts {
-            code_reused: self.symbols.reused,
+            code_reused: self.symbols.reused(),
             ..self.counts
         }
     }

@@ -40,8 +40,7 @@ pub struct Symbolizer {
     cache: HashMap<u64, Entry>,
     bytes: usize,
     pass: u64,
-    /// Cached code objects found replaced at their address.
-    pub reused: u64,
+    reused: u64,
 }
 
 impl Symbolizer {
@@ -129,5 +128,10 @@ impl Symbolizer {
     /// Code objects cached now.
     pub fn cached(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Cached code objects found replaced at their address (and read again).
+    pub fn reused(&self) -> u64 {
+        self.reused
     }
 }

@@ -192,8 +192,11 @@ fn check_case(case: &Case, script: &str, marks: &HashMap<String, u32>) -> Vec<St
     let qualified = minor >= 11;
     let mut failures = Vec::new();
     let mut last = HashMap::new();
+    let mut reading = Duration::ZERO;
     for _ in 0..SAMPLES {
+        let t0 = Instant::now();
         let stacks = reader.thread_stacks();
+        reading += t0.elapsed();
         if stacks.len() != 3 {
             failures.push(format!("{} threads read: {stacks:?}", stacks.len()));
         }
@@ -216,7 +219,12 @@ fn check_case(case: &Case, script: &str, marks: &HashMap<String, u32>) -> Vec<St
             .iter()
             .map(|f| format!("{}:{}", f.function, f.line.unwrap_or(0)))
             .collect();
-        eprintln!("{}: spinner {}", case.label, shown.join(" > "));
+        eprintln!(
+            "{}: spinner {} ({:.0} µs a round of 3 threads)",
+            case.label,
+            shown.join(" > "),
+            reading.as_secs_f64() * 1e6 / SAMPLES as f64
+        );
     }
     failures.dedup();
     failures

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use crate::core::stacks::{BrokenStack, Frame, RawFrame, Stack, StackCounts};
 use crate::cpython::find::locate::{self, Interpreter};
+use crate::cpython::layout::debug_offsets::DebugOffsets;
 use crate::cpython::layout::frames::{FrameWalk, StackLayout};
 use crate::cpython::layout::versions::StackSource;
 use crate::cpython::remote::code::CodeReader;
@@ -30,23 +31,24 @@ pub const UNKNOWN_FUNCTION: &str = "<unknown>";
 
 /// How frames and code objects are laid out in the process of `interp`.
 pub fn stack_layout(interp: &Interpreter, mem: &RemoteMemory) -> Result<StackLayout> {
-    match interp.layout.stack {
-        StackSource::Table(layout) => Ok(layout),
-        StackSource::DebugOffsets => {
-            let debug = interp.debug_offsets(mem)?.ok_or_else(|| {
-                Error::Internal(format!(
-                    "CPython {} keeps its frame layout in debug offsets, but none were read",
-                    interp.file.version
-                ))
-            })?;
-            debug.stack_layout().map_err(|why| {
-                Error::Internal(format!(
-                    "process {}: its _PyRuntime.debug_offsets describe frames gilscope \
-                     cannot trust ({why}); its Python stacks are not read",
-                    interp.pid
-                ))
-            })
-        }
+    layout_with(interp, interp.debug_offsets(mem)?.as_ref())
+}
+
+/// [`stack_layout`] from debug offsets already read (`None` before 3.13).
+fn layout_with(interp: &Interpreter, debug: Option<&DebugOffsets>) -> Result<StackLayout> {
+    match (interp.layout.stack, debug) {
+        (StackSource::Table(layout), _) => Ok(layout),
+        (StackSource::DebugOffsets, Some(debug)) => debug.stack_layout().map_err(|why| {
+            Error::Internal(format!(
+                "process {}: its _PyRuntime.debug_offsets describe frames gilscope \
+                 cannot trust ({why}); its Python stacks are not read",
+                interp.pid
+            ))
+        }),
+        (StackSource::DebugOffsets, None) => Err(Error::Internal(format!(
+            "CPython {} keeps its frame layout in debug offsets, but none were read",
+            interp.file.version
+        ))),
     }
 }
 
@@ -76,8 +78,8 @@ impl StackReader<RemoteMemory> {
     /// A reader for the process of `interp`: reads its debug offsets (3.13+)
     /// and, where thread states keep no tid (3.8-3.10), glibc's tid offset.
     pub fn new(interp: &Interpreter, mem: RemoteMemory) -> Result<Self> {
-        let layout = stack_layout(interp, &mem)?;
         let debug = interp.debug_offsets(&mem)?;
+        let layout = layout_with(interp, debug.as_ref())?;
         let line = interp.file.version.line;
         let objects = ObjectLayout::of_process(line, debug.as_ref())
             .ok_or_else(|| Error::Internal(format!("no object layout for CPython {line}")))?;

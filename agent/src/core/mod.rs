@@ -10,3 +10,4 @@ pub mod diagnose;
 pub mod report;
 pub mod retire;
 pub mod samples;
+pub mod stacks;

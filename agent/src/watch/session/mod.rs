@@ -156,7 +156,7 @@ impl Session {
             .unwrap_or_default();
         let now = Instant::now();
         Self {
-            names: names::ThreadNames::new(ThreadNameReader::new(&interp, &gil, mem), opts.names),
+            names: names::ThreadNames::new(ThreadNameReader::new(&interp, mem), opts.names),
             live_tids: cpu_start.keys().copied().collect(),
             cpu_ticks_read: process_cpu_ticks(pid).unwrap_or(0),
             resolver,

@@ -35,6 +35,13 @@ pub struct FrameWalk {
     pub frame_owner: Option<u64>,
 }
 
+/// The first `owner` value of a frame that is not a Python function's, so
+/// frames at or above it are skipped: 3 is `FRAME_OWNED_BY_CSTACK` in 3.12 and
+/// 3.13 (the entry shim of each C-to-Python call), `FRAME_OWNED_BY_INTERPRETER`
+/// in 3.14 (the same shim), which puts `FRAME_OWNED_BY_CSTACK` at 4; 0-2
+/// (thread, generator, frame object) are Python frames in every version.
+pub const FIRST_NON_PYTHON_OWNER: u8 = 3;
+
 /// What the frame's position field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstrKind {

@@ -5,6 +5,7 @@
 //! [`crate::core::counters`].
 
 pub mod condwait;
+mod holders;
 mod layout;
 pub mod lock;
 mod maps;

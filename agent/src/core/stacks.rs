@@ -28,9 +28,11 @@ pub struct Stack {
 }
 
 /// A frame as captured without naming it: the code object's address and the
-/// frame's position field, as the stack reader (or a BPF program) found them. `instr` is a pointer into the code (3.11+)
-/// or, on 3.8-3.10, `f_lasti` in its low 32 bits (a signed `int`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// frame's position field, as the stack reader (or a BPF program) found them,
+/// symbolized in user space where the code object can be read and cached.
+/// `instr` is a pointer into the code (3.11+) or, on 3.8-3.10, `f_lasti` in
+/// its low 32 bits (a signed `int`; the kernel capture sign-extends it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RawFrame {
     pub code: u64,
     pub instr: u64,

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::core::counters::HolderWait;
-use crate::core::stacks::RawFrame;
+use crate::core::stacks::{RawFrame, Stack};
 
 /// A captured stack's id within its process: a hash of its frames, so the
 /// same stack captured twice (by either probe) has the same id.
@@ -86,6 +86,24 @@ impl HolderStacks {
             .values()
             .fold(0u64, |sum, w| sum.saturating_add(w.wait_ns))
     }
+}
+
+/// The wait behind one holder stack, named: what a contention profile is
+/// made of. `stack` is `None` for waits behind a holder whose stack was not
+/// captured ([`UNKNOWN_STACK`], or a stack the kernel could not store).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedHolderWait {
+    pub stack: Option<Stack>,
+    pub wait: HolderWait,
+}
+
+/// The named holder waits of one measurement, and how many captured frames
+/// could not be named (their code object was gone or unreadable when user
+/// space read it): a profile says what it could not see.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HolderWaits {
+    pub stacks: Vec<NamedHolderWait>,
+    pub frames_unnamed: u64,
 }
 
 #[cfg(test)]

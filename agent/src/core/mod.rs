@@ -8,6 +8,7 @@ pub mod counters;
 pub mod cpu;
 pub mod diagnose;
 pub mod holders;
+pub mod profile;
 pub mod report;
 pub mod retire;
 pub mod samples;

@@ -7,6 +7,11 @@
 
 use serde::Serialize;
 
+/// The function of a frame whose code could not be named (its code object
+/// was freed or unreadable), and of waits behind a holder whose stack was not
+/// captured: one name, so a profile adds them up in one row.
+pub const UNKNOWN_FUNCTION: &str = "<unknown>";
+
 /// One Python frame: what a user acts on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Frame {
@@ -16,6 +21,17 @@ pub struct Frame {
     pub file: String,
     /// The line being run; `None` where the line table has none (or was cut).
     pub line: Option<u32>,
+}
+
+impl Frame {
+    /// A frame standing for code that could not be named.
+    pub fn unknown() -> Self {
+        Self {
+            function: UNKNOWN_FUNCTION.to_string(),
+            file: String::new(),
+            line: None,
+        }
+    }
 }
 
 /// A thread's Python stack at one instant.

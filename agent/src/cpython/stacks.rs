@@ -26,9 +26,6 @@ use crate::cpython::remote::symbols::Symbolizer;
 use crate::error::{Error, Result};
 use crate::os::pidns::TidMap;
 
-/// The function a frame gets when its code object could not be read.
-pub const UNKNOWN_FUNCTION: &str = "<unknown>";
-
 /// How frames and code objects are laid out in the process of `interp`.
 pub fn stack_layout(interp: &Interpreter, mem: &RemoteMemory) -> Result<StackLayout> {
     layout_with(interp, interp.debug_offsets(mem)?.as_ref())
@@ -224,7 +221,8 @@ impl<M: Memory> StackReader<M> {
 
     /// Names frames captured elsewhere (the kernel), given innermost first as
     /// captured; the stack comes back root first. A code object that cannot be
-    /// read (freed since) gives a frame named [`UNKNOWN_FUNCTION`], counted.
+    /// read (freed since) gives a frame named
+    /// [`UNKNOWN_FUNCTION`](crate::core::stacks::UNKNOWN_FUNCTION), counted.
     /// Call [`StackReader::begin_pass`] before each batch.
     pub fn symbolize(&mut self, raw: &[RawFrame]) -> Stack {
         let frames = raw
@@ -233,11 +231,7 @@ impl<M: Memory> StackReader<M> {
             .map(|f| {
                 self.symbols.frame(&self.mem, *f).unwrap_or_else(|| {
                     self.counts.unknown_code += 1;
-                    Frame {
-                        function: UNKNOWN_FUNCTION.to_string(),
-                        file: String::new(),
-                        line: None,
-                    }
+                    Frame::unknown()
                 })
             })
             .collect();
@@ -257,6 +251,7 @@ impl<M: Memory> StackReader<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::stacks::UNKNOWN_FUNCTION;
     use crate::cpython::remote::fake::{
         first_line_of, Fake, FakeProcess, CODE_TYPE, PTHREAD_TID_OFF,
     };

@@ -15,7 +15,8 @@
  * take_gil waits in slices of the switch interval: a slice that returns
  * ETIMEDOUT is merged with the retry that follows, as gil_wait.bpf.c does, so
  * one wait is one acquisition. gil->last_holder is read at the start of every
- * take slice: that is "blocked by". The counters have the shape the agent
+ * take slice: that is "blocked by", and with a frame walk the holder's Python
+ * stack is captured there too (holder_stack.bpf.h). The counters have the shape the agent
  * merges into the futex probe's per-thread figures. A merged take wait of at
  * least episode_threshold_ns also leaves one struct gil_episode in the
  * `cond_episodes` ring buffer, as in gil_wait.bpf.c (retake is always 0 here:
@@ -26,6 +27,7 @@
 #include <bpf/bpf_helpers.h>
 #include "gil_condwait.h"
 #include "gil_shared.bpf.h"
+#include "holder_stack.bpf.h"
 
 #define ETIMEDOUT 110
 
@@ -48,8 +50,9 @@ struct {
 	__type(value, __u64);
 } cond_episodes_lost SEC(".maps");
 
-/* Failed inserts into cond_waits, cond_blocked_by, cond_inflight and
- * cond_gil_waits, one slot each (enum map_full_slot, same slots as map_full). */
+/* Failed inserts into cond_waits, cond_blocked_by, cond_inflight,
+ * cond_gil_waits, cond_holder_stacks and cond_holder_waits, one slot each
+ * (enum map_full_slot, same slots as map_full). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, FULL_SLOTS);
@@ -95,6 +98,30 @@ struct {
 	__type(key, struct gil_key);
 	__type(value, struct gil_val);
 } cond_gil_waits SEC(".maps");
+
+/* The holder-stack maps of gil_wait.bpf.c, for this process (holder_stack.bpf.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct frame_walk);
+} cond_holder_walks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct holder_key);
+	__type(value, struct holder_stack);
+} cond_holder_stacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct holder_key);
+	__type(value, struct holder_wait);
+} cond_holder_waits SEC(".maps");
 
 static struct condwait_waits zero_waits;
 
@@ -164,15 +191,19 @@ int cond_enter(struct pt_regs *ctx)
 	if (kind == WAIT_OTHER)
 		return 0;
 
-	__u64 now = bpf_ktime_get_ns(), holder = 0;
-	if (kind == WAIT_TAKE)
+	__u64 now = bpf_ktime_get_ns(), holder = 0, stack = STACK_NONE;
+	if (kind == WAIT_TAKE) {
 		bpf_probe_read_user(&holder, sizeof(holder), (const void *)(gil + t->last_holder_off));
+		stack = capture_holder(&cond_holder_walks, &cond_holder_stacks, &cond_map_full, tgid,
+				       holder);
+	}
 
 	struct condwait_inflight *cur = bpf_map_lookup_elem(&cond_inflight, &tid);
 	if (cur && cur->continuing && kind == WAIT_TAKE && cur->gil_addr == gil &&
 	    now - cur->last_exit_ns < continuation_gap_ns) {
 		cur->slice_start_ns = now;
 		cur->holder_tstate = holder;
+		cur->holder_stack = stack;
 		cur->continuing = 0;
 		cur->slices++;
 		note_holder(cur->holders, holder);
@@ -189,6 +220,7 @@ int cond_enter(struct pt_regs *ctx)
 		.kind = kind,
 		.slices = 1,
 		.holders = { holder },
+		.holder_stack = stack,
 	};
 	if (bpf_map_update_elem(&cond_inflight, &tid, &fresh, BPF_ANY))
 		count_full(&cond_map_full, FULL_INFLIGHT);
@@ -225,6 +257,7 @@ int cond_return(struct pt_regs *ctx)
 		b->wait_ns += slice;
 		b->segments++;
 	}
+	count_holder_wait(&cond_holder_waits, &cond_map_full, tgid, cur->holder_stack, slice);
 	struct condwait_waits *w = lookup_or_count(&cond_waits, &tid, &zero_waits, &cond_map_full,
 							     FULL_THREAD_WAITS);
 	if (w) {

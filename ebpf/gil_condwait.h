@@ -43,6 +43,7 @@ struct condwait_inflight {
 	__u32 slices;            /* take slices merged into this wait so far */
 	__u32 _pad;
 	__u64 holders[GILSCOPE_EPISODE_HOLDERS]; /* distinct holders seen, 0 = unused */
+	__u64 holder_stack;      /* id of the holder's stack when this slice began (STACK_NONE: not captured) */
 };
 
 #endif

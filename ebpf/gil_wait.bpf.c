@@ -15,7 +15,8 @@
  * switched back in. take_gil waits in timed slices (the switch interval); a
  * slice that ran into its deadline is merged with the retry that follows. The
  * holder (gil->last_holder) is read at the start of every take slice, so wait
- * time is attributed to the thread that blocked it. A take wait that starts
+ * time is attributed to the thread that blocked it, and, for a process with a
+ * frame walk, to the Python stack it was running (holder_stack.bpf.h). A take wait that starts
  * right after a wake from a non-GIL sleep is also counted as a retake wait
  * (the GIL residual latency of a blocking call). Counters leave the kernel,
  * plus one small record per contention episode: a merged take wait of at least
@@ -28,6 +29,7 @@
 #include <bpf/bpf_core_read.h>
 #include "gil_wait.h"
 #include "gil_shared.bpf.h"
+#include "holder_stack.bpf.h"
 
 /* Only the members used here; CO-RE relocates them against the kernel's BTF. */
 struct task_struct {
@@ -116,14 +118,42 @@ struct {
 	__type(value, __u64);
 } episodes_lost SEC(".maps");
 
-/* Failed inserts into thread_waits, blocked_by, inflight and gil_waits, one
- * slot each (enum map_full_slot): waits lost because a map was full. */
+/* Failed inserts into thread_waits, blocked_by, inflight, gil_waits,
+ * holder_stacks and holder_waits, one slot each (enum map_full_slot): waits
+ * lost, or not attributed, because a map was full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, FULL_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } map_full SEC(".maps");
+
+/* How to walk the Python frames of each process whose GIL holders' stacks are
+ * captured (key: tgid; holder_stack.bpf.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct frame_walk);
+} holder_walks SEC(".maps");
+
+/* Distinct holder stacks per process, stored once by hash (key: tgid, id). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct holder_key);
+	__type(value, struct holder_stack);
+} holder_stacks SEC(".maps");
+
+/* GIL wait behind each holder stack (key: tgid, id). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct holder_key);
+	__type(value, struct holder_wait);
+} holder_waits SEC(".maps");
 
 /* Puts enum map_full_slot into the object's BTF, for the layout test. */
 const enum map_full_slot *map_full_slot_btf __attribute__((unused));
@@ -295,11 +325,12 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(prev);
 	if (!regs)
 		return;
-	__u64 gil = 0, holder = 0, deadline = 0;
+	__u64 gil = 0, holder = 0, deadline = 0, stack = STACK_NONE;
 	__u32 kind = sleep_kind(t, regs, &gil);
 	if (kind == WAIT_TAKE) {
 		holder = read_user_u64(gil + t->last_holder_off);
 		deadline = futex_deadline((__u32)BPF_CORE_READ(regs, si), BPF_CORE_READ(regs, r10), now);
+		stack = capture_holder(&holder_walks, &holder_stacks, &map_full, tgid, holder);
 	}
 	__u32 retake = is_retake(tid, kind, now);
 
@@ -308,6 +339,7 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 	    now - cur->last_exit_ns < continuation_gap_ns) {
 		cur->segment_start_ns = now;
 		cur->holder_tstate = holder;
+		cur->holder_stack = stack;
 		cur->deadline_ns = deadline;
 		cur->continuing = 0;
 		cur->slices++;
@@ -331,6 +363,7 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 		.retake = retake,
 		.slices = 1,
 		.holders = { holder },
+		.holder_stack = stack,
 	};
 	if (bpf_map_update_elem(&inflight, &tid, &fresh, BPF_ANY))
 		count_full(&map_full, FULL_INFLIGHT);
@@ -397,6 +430,7 @@ static __always_inline void on_run(struct task_struct *next, __u64 now)
 			b->wait_ns += segment;
 			b->segments++;
 		}
+		count_holder_wait(&holder_waits, &map_full, tgid, cur->holder_stack, segment);
 		w->take_futex_calls++;
 		if (cur->deadline_ns && now >= cur->deadline_ns) {
 			/* Timed out: take_gil asks the holder to drop and waits again. */

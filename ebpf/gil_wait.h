@@ -68,6 +68,7 @@ struct futex_inflight {
 	/* Distinct holders (gil->last_holder) seen at the start of the wait's slices,
 	 * in order of appearance, for the episode record; 0 = unused slot. */
 	__u64 holders[GILSCOPE_EPISODE_HOLDERS];
+	__u64 holder_stack;      /* id of the holder's stack when this segment began (STACK_NONE: not captured) */
 };
 
 #endif

@@ -23,4 +23,8 @@
  * many slices behind many threads names the first four. */
 #define GILSCOPE_EPISODE_HOLDERS 4
 
+/* Python frames captured of a GIL holder's stack, innermost first: a deeper
+ * stack keeps its innermost frames and is marked truncated. */
+#define GILSCOPE_STACK_DEPTH 64
+
 #endif

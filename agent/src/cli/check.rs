@@ -117,6 +117,7 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         precise: opts.precise,
         locks: true,
         names: NameRefresh::EveryRefresh,
+        holders: true,
     };
     let (mut session, mut child) = match &opts.target {
         Target::Pid(pid) => (Session::attach(*pid, &mut probe, &session_opts)?, None),
@@ -205,5 +206,6 @@ fn report(
         estimate: judged.estimate,
         children,
         precise_probes,
+        contention_profile: judged.profile,
     }
 }

@@ -3,7 +3,9 @@
 
 pub mod args;
 pub mod check;
+pub mod flamegraph;
 pub mod measured_by;
+pub mod pprof;
 pub mod render;
 pub mod run;
 pub mod settings;

@@ -42,6 +42,7 @@ pub fn text(report: &Report) -> String {
     process(&mut out, report);
     out.push('\n');
     threads(&mut out, report);
+    holders(&mut out, report);
     children(&mut out, report);
     out.push('\n');
     let _ = writeln!(out, "estimate: {}", report.estimate.model);
@@ -201,6 +202,63 @@ fn threads(out: &mut String, report: &Report) {
     }
 }
 
+/// Holder functions shown in the text report.
+const HOLDER_ROWS: usize = 5;
+
+/// The code that held the GIL while others waited: the top holder functions
+/// by the wait behind them (nothing where the holders' code was not captured).
+fn holders(out: &mut String, report: &Report) {
+    let Some(profile) = &report.contention_profile else {
+        return;
+    };
+    out.push('\n');
+    if profile.functions.is_empty() {
+        let _ = writeln!(
+            out,
+            "GIL held while others waited: no wait behind any holder"
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "GIL held while others waited ({:.2}s of GIL wait, by the function the holder ran):",
+        profile.wait_s
+    );
+    let _ = writeln!(
+        out,
+        "  {:<32} {:<40} {:>8} {:>6}",
+        "function", "file:line", "wait", "share"
+    );
+    for f in profile.functions.iter().take(HOLDER_ROWS) {
+        let place = match f.line {
+            Some(line) => format!("{}:{line}", f.file),
+            None => f.file.clone(),
+        };
+        // The end of a long path says more than its start.
+        let place: String = if place.chars().count() > 40 {
+            let tail: String = place.chars().rev().take(39).collect();
+            format!("…{}", tail.chars().rev().collect::<String>())
+        } else {
+            place
+        };
+        let _ = writeln!(
+            out,
+            "  {:<32} {:<40} {:>7.2}s {:>6}",
+            column(&f.function, 32),
+            place,
+            f.wait_s,
+            pct(f.share)
+        );
+    }
+    if profile.frames_unnamed > 0 {
+        let _ = writeln!(
+            out,
+            "  ({} captured frames could not be named: their code was gone)",
+            profile.frames_unnamed
+        );
+    }
+}
+
 /// One row per CPython child process, if any.
 fn children(out: &mut String, report: &Report) {
     if report.children.is_empty() {
@@ -316,6 +374,18 @@ mod tests {
                 futex_wait_s: 2.0,
             }],
             precise_probes: None,
+            contention_profile: Some(crate::core::profile::ContentionProfile {
+                wait_s: 0.5,
+                functions: vec![crate::core::profile::FunctionWait {
+                    function: "Worker.crunch".into(),
+                    file: "/srv/app/work.py".into(),
+                    line: Some(12),
+                    wait_s: 0.5,
+                    share: 1.0,
+                }],
+                stacks: vec![],
+                frames_unnamed: 0,
+            }),
         }
     }
 
@@ -331,6 +401,9 @@ mod tests {
             "MainThread",
             "worker 0.50s",
             "a-worker-with-a-very-lo…",
+            "\n\nGIL held while others waited (0.50s of GIL wait",
+            "\n  Worker.crunch                    /srv/app/work.py:12",
+            "0.50s   100%",
             "\n\n   child  command",
             "\n      50  python3 -c worker",
             "(exited)\n\nestimate: the model\nmeasured: GIL waits: futex\n",

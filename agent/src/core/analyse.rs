@@ -11,6 +11,7 @@ use crate::core::counters::{
 };
 use crate::core::cpu::ThreadSample;
 use crate::core::cpu::Throttling;
+use crate::core::holders::HolderWaits;
 use crate::core::report::{
     BlockedBy, Estimate, GilReport, HotLock, InterpreterInfo, LockContention, Mode, ProcessReport,
     ThreadReport,
@@ -43,6 +44,8 @@ pub struct Measurement {
     pub cpu_env: CpuEnvironment,
     /// Python `threading` names by tid, the last one seen of each thread.
     pub python_names: HashMap<u32, String>,
+    /// The GIL wait behind each named holder stack (`None`: not captured).
+    pub holders: Option<HolderWaits>,
 }
 
 /// How much CPU the process could have had: affinity, cgroup quota, throttling.
@@ -467,6 +470,7 @@ mod tests {
                 throttling: Throttling::default(),
             },
             python_names: HashMap::new(),
+            holders: None,
         };
         let (process, threads) = analyse(&m);
         assert_eq!(threads.len(), 4);
@@ -557,6 +561,7 @@ mod tests {
             gil_addrs: vec![0x1000],
             python_names: HashMap::from([(101, "cpu-0".to_string())]),
             cpu_env: CpuEnvironment::default(),
+            holders: None,
         };
         let (_, threads) = analyse(&m);
         assert_eq!(threads[0].name, "cpu-0");

@@ -4,6 +4,7 @@
 
 use crate::core::analyse::{analyse, estimate, lock_contention, Measurement};
 use crate::core::diagnose::{diagnose, Facts};
+use crate::core::profile::ContentionProfile;
 use crate::core::report::{
     ChildReport, Diagnosis, Estimate, LockContention, ProcessReport, ThreadReport,
 };
@@ -18,6 +19,8 @@ pub struct Assessment {
     pub lock_contention: Option<LockContention>,
     /// Most severe first.
     pub diagnosis: Vec<Diagnosis>,
+    /// The code the GIL was held by while others waited (`None`: not captured).
+    pub profile: Option<ContentionProfile>,
 }
 
 /// Analyses `m`, estimates the speedup without the GIL and diagnoses it; the
@@ -26,11 +29,13 @@ pub fn assess(m: &Measurement, children: &[ChildReport]) -> Assessment {
     let (process, threads) = analyse(m);
     let estimate = estimate(&process, &threads);
     let lock_contention = m.locks.as_ref().map(lock_contention);
+    let profile = m.holders.as_ref().map(ContentionProfile::of);
     let diagnosis = diagnose(&Facts {
         process: &process,
         threads: &threads,
         locks: lock_contention.as_ref(),
         children,
+        profile: profile.as_ref(),
     });
     Assessment {
         process,
@@ -38,5 +43,6 @@ pub fn assess(m: &Measurement, children: &[ChildReport]) -> Assessment {
         estimate,
         lock_contention,
         diagnosis,
+        profile,
     }
 }

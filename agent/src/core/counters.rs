@@ -160,6 +160,16 @@ counters! {
 }
 
 counters! {
+    /// GIL wait all waiters of a process spent behind holders running one
+    /// Python stack (kept per stack id in the holders module).
+    pub struct HolderWait {
+        pub wait_ns: u64,
+        /// Wait segments (take slices) that began behind that stack.
+        pub segments: u64,
+    }
+}
+
+counters! {
     /// Take-side wait on one GIL (a subinterpreter's own, or the main one).
     pub struct GilWait {
         pub take_wait_ns: u64,
@@ -245,10 +255,11 @@ counters! {
     }
 }
 
-/// The kernel maps that can run full: the futex probe's per-thread and per-GIL
-/// maps, then their counterparts of musl's condvar probe. An insert that finds
-/// one full loses a wait, and the probes count every such insert, so a report
-/// or the daemon can say which map and how often.
+/// The kernel maps that can run full: the futex probe's per-thread, per-GIL
+/// and holder-stack maps, then their counterparts of musl's condvar probe (the
+/// same number, in the same order). An insert that finds one full loses a wait
+/// (or its holder's stack), and the probes count every such insert, so a
+/// report or the daemon can say which map and how often.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KernelMap {
     /// Per-thread wait counters.
@@ -259,6 +270,10 @@ pub enum KernelMap {
     Inflight,
     /// Per (process, GIL) take waits.
     GilWaits,
+    /// Distinct GIL holder stacks per process.
+    HolderStacks,
+    /// Per (process, holder stack) GIL waits.
+    HolderWaits,
     /// musl: per-thread condvar-wait counters.
     CondWaits,
     /// musl: (waiter, holder) pairs.
@@ -267,19 +282,27 @@ pub enum KernelMap {
     CondInflight,
     /// musl: per (process, GIL) take waits.
     CondGilWaits,
+    /// musl: distinct GIL holder stacks.
+    CondHolderStacks,
+    /// musl: per (process, holder stack) GIL waits.
+    CondHolderWaits,
 }
 
 impl KernelMap {
     /// Every map, the futex probe's first.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 12] = [
         Self::ThreadWaits,
         Self::BlockedBy,
         Self::Inflight,
         Self::GilWaits,
+        Self::HolderStacks,
+        Self::HolderWaits,
         Self::CondWaits,
         Self::CondBlockedBy,
         Self::CondInflight,
         Self::CondGilWaits,
+        Self::CondHolderStacks,
+        Self::CondHolderWaits,
     ];
 
     /// The map's name in the BPF object (and in logs and metric attributes).
@@ -289,10 +312,14 @@ impl KernelMap {
             Self::BlockedBy => "blocked_by",
             Self::Inflight => "inflight",
             Self::GilWaits => "gil_waits",
+            Self::HolderStacks => "holder_stacks",
+            Self::HolderWaits => "holder_waits",
             Self::CondWaits => "cond_waits",
             Self::CondBlockedBy => "cond_blocked_by",
             Self::CondInflight => "cond_inflight",
             Self::CondGilWaits => "cond_gil_waits",
+            Self::CondHolderStacks => "cond_holder_stacks",
+            Self::CondHolderWaits => "cond_holder_waits",
         }
     }
 
@@ -300,7 +327,12 @@ impl KernelMap {
     pub fn is_condwait(self) -> bool {
         matches!(
             self,
-            Self::CondWaits | Self::CondBlockedBy | Self::CondInflight | Self::CondGilWaits
+            Self::CondWaits
+                | Self::CondBlockedBy
+                | Self::CondInflight
+                | Self::CondGilWaits
+                | Self::CondHolderStacks
+                | Self::CondHolderWaits
         )
     }
 
@@ -474,6 +506,13 @@ mod tests {
         let names: std::collections::HashSet<&str> =
             KernelMap::ALL.iter().map(|m| m.name()).collect();
         assert_eq!(names.len(), KernelMap::ALL.len());
-        assert_eq!(KernelMap::ALL.iter().filter(|m| m.is_condwait()).count(), 4);
+        assert_eq!(
+            KernelMap::ALL.iter().filter(|m| m.is_condwait()).count(),
+            KernelMap::ALL.len() / 2
+        );
+        for (i, map) in KernelMap::ALL.iter().enumerate() {
+            assert_eq!(map.index(), i, "ALL is in declaration order");
+            assert_eq!(map.is_condwait(), i >= KernelMap::ALL.len() / 2, "{map:?}");
+        }
     }
 }

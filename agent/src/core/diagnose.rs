@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::core::profile::ContentionProfile;
 use crate::core::report::{
     ChildReport, Diagnosis, DiagnosisKind, LockContention, ProcessReport, Severity, ThreadReport,
 };
@@ -55,6 +56,8 @@ pub struct Facts<'a> {
     pub locks: Option<&'a LockContention>,
     /// CPython child processes (pool workers).
     pub children: &'a [ChildReport],
+    /// The code holding the GIL while others waited, where it was captured.
+    pub profile: Option<&'a ContentionProfile>,
 }
 
 /// A rule: a finding, or `None` when its pattern is absent.
@@ -186,15 +189,23 @@ fn serialized_threads(f: &Facts) -> Option<Diagnosis> {
     } else {
         Severity::Warning
     };
+    let mut ev = evidence([
+        ("threads_wanting_cpu", hungry as f64),
+        ("gil_queue_length", p.gil_queue_length),
+        ("gil_utilization", p.gil_utilization),
+        ("effective_parallelism", p.effective_parallelism),
+    ]);
+    holder_evidence(f, &mut ev);
     Some(Diagnosis {
         kind: DiagnosisKind::GilSerializedThreads,
         severity,
         summary: format!(
             "{hungry} threads, effective parallelism {:.2}: the GIL serializes them \
-             (GIL held {:.0}% of the time, {:.2} threads waiting for it on average)",
+             (GIL held {:.0}% of the time, {:.2} threads waiting for it on average){}",
             p.effective_parallelism,
             p.gil_utilization * 100.0,
-            p.gil_queue_length
+            p.gil_queue_length,
+            holder_code(f)
         ),
         advice: "These threads want CPU at the same time but only one can run Python \
                  at once. Move the CPU-bound work to processes (multiprocessing, \
@@ -202,13 +213,51 @@ fn serialized_threads(f: &Facts) -> Option<Diagnosis> {
                  the hot loop into code that releases the GIL (NumPy, hashlib, zlib, a \
                  C/Rust extension that drops it). More threads will not help."
             .into(),
-        evidence: evidence([
-            ("threads_wanting_cpu", hungry as f64),
-            ("gil_queue_length", p.gil_queue_length),
-            ("gil_utilization", p.gil_utilization),
-            ("effective_parallelism", p.effective_parallelism),
-        ]),
+        evidence: ev,
     })
+}
+
+/// Holder functions a diagnosis names at most.
+const NAMED_HOLDERS: usize = 3;
+
+/// "; the GIL was held by f (file:line, 52% of the wait), g (…)" from the
+/// contention profile's top functions; empty without a profile.
+fn holder_code(f: &Facts) -> String {
+    let named: Vec<String> = f
+        .profile
+        .into_iter()
+        .flat_map(|p| p.top_functions(NAMED_HOLDERS))
+        .map(|h| {
+            let line = h.line.map(|l| format!(":{l}")).unwrap_or_default();
+            let file = h.file.rsplit('/').next().unwrap_or(&h.file);
+            format!(
+                "{} ({file}{line}, {:.0}% of the wait)",
+                h.function,
+                h.share * 100.0
+            )
+        })
+        .collect();
+    if named.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; while others waited the GIL was held by {}",
+            named.join(", ")
+        )
+    }
+}
+
+/// The top holder functions' shares of the GIL wait as evidence
+/// (`holder_1_share`, …: the summary names them in the same order).
+fn holder_evidence(f: &Facts, ev: &mut BTreeMap<String, f64>) {
+    for (i, h) in f
+        .profile
+        .into_iter()
+        .flat_map(|p| p.top_functions(NAMED_HOLDERS))
+        .enumerate()
+    {
+        ev.insert(format!("holder_{}_share", i + 1), h.share);
+    }
 }
 
 /// "tid (name)" as the report lists the thread.
@@ -369,17 +418,19 @@ fn gil_residual_latency(f: &Facts) -> Option<Diagnosis> {
         ev.insert("holder_tid".into(), f64::from(b.tid));
         ev.insert("gil_wait_behind_holder_s".into(), b.gil_wait_s);
     }
+    holder_evidence(f, &mut ev);
     Some(Diagnosis {
         kind: DiagnosisKind::GilResidualLatency,
         severity,
         summary: format!(
             "thread {} waits for the GIL after its blocking calls return: retake p50 {:.1} ms, \
-             p99 {:.1} ms over {} returns ({} had to wait){behind}",
+             p99 {:.1} ms over {} returns ({} had to wait){behind}{}",
             who(worst),
             worst.retake_p50_us / 1e3,
             worst.retake_p99_us / 1e3,
             worst.block_returns,
-            worst.retake_waits
+            worst.retake_waits,
+            holder_code(f)
         ),
         advice: "Each time this thread comes back from I/O, a sleep or a lock, another thread \
                  is running Python and keeps the GIL until the switch interval (5 ms, \
@@ -526,6 +577,7 @@ mod tests {
             threads,
             locks: None,
             children: &[],
+            profile: None,
         })
     }
 
@@ -597,6 +649,7 @@ mod tests {
             threads: &[thread(1.2, 0.0)],
             locks: None,
             children: &children,
+            profile: None,
         });
         assert_eq!(d[0].kind, DiagnosisKind::ProcessPoolOverhead, "{d:?}");
         assert!((d[0].evidence["worker_busy_share"] - 0.2).abs() < 1e-9);
@@ -607,8 +660,72 @@ mod tests {
             threads: &[thread(1.2, 0.0)],
             locks: None,
             children: &children,
+            profile: None,
         });
         assert_eq!(d[0].kind, DiagnosisKind::NoContention, "{d:?}");
+    }
+
+    #[test]
+    fn serialized_threads_and_residual_latency_name_the_top_holder_functions() {
+        use crate::core::counters::HolderWait;
+        use crate::core::holders::{HolderWaits, NamedHolderWait};
+        use crate::core::stacks::{Frame, Stack};
+        let spin = |function: &str, wait_ns| NamedHolderWait {
+            stack: Some(Stack {
+                frames: vec![Frame {
+                    function: function.into(),
+                    file: "/srv/app/work.py".into(),
+                    line: Some(12),
+                }],
+                truncated: false,
+            }),
+            wait: HolderWait {
+                wait_ns,
+                segments: 1,
+            },
+        };
+        let profile = ContentionProfile::of(&HolderWaits {
+            stacks: vec![spin("spin_alpha", 600), spin("spin_beta", 400)],
+            frames_unnamed: 0,
+        });
+        let named = |process: &ProcessReport, threads: &[ThreadReport], kind| {
+            let d = diagnose(&Facts {
+                process,
+                threads,
+                locks: None,
+                children: &[],
+                profile: Some(&profile),
+            });
+            d.into_iter()
+                .find(|d| d.kind == kind)
+                .unwrap_or_else(|| panic!("{kind:?}"))
+        };
+        let d = named(
+            &process(3.0, 1.01),
+            &vec![thread(1.0, 3.0); 4],
+            DiagnosisKind::GilSerializedThreads,
+        );
+        assert!(
+            d.summary.ends_with(
+                "held by spin_alpha (work.py:12, 60% of the wait), \
+                 spin_beta (work.py:12, 40% of the wait)"
+            ),
+            "{}",
+            d.summary
+        );
+        assert_eq!(d.evidence["holder_1_share"], 0.6);
+        assert_eq!(d.evidence["holder_2_share"], 0.4);
+        let d = named(
+            &process(0.6, 0.75),
+            &sleeper_next_to_spinner(6_000.0, 8_300.0, 480),
+            DiagnosisKind::GilResidualLatency,
+        );
+        assert!(
+            d.summary.contains("held by spin_alpha (work.py:12"),
+            "{}",
+            d.summary
+        );
+        assert_eq!(d.evidence["holder_1_share"], 0.6);
     }
 
     #[test]
@@ -659,6 +776,7 @@ mod tests {
             threads: &threads,
             locks: Some(&locks),
             children: &[],
+            profile: None,
         });
         assert_eq!(d[0].kind, DiagnosisKind::LockContention);
         assert_eq!(

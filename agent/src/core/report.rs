@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::core::profile::ContentionProfile;
+
 /// Schema identifier written into every JSON document.
 pub const SCHEMA: &str = "gilscope.check/v1";
 
@@ -342,6 +344,9 @@ pub struct Report {
     pub children: Vec<ChildReport>,
     /// `--precise` only: where take_gil/drop_gil were probed.
     pub precise_probes: Option<PreciseProbes>,
+    /// Which code held the GIL while others waited, by the wait behind it
+    /// (`null` where the holders' stacks could not be captured).
+    pub contention_profile: Option<ContentionProfile>,
 }
 
 #[cfg(test)]

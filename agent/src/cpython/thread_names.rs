@@ -19,14 +19,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::cpython::find::locate::{self, GilSite, Interpreter};
-use crate::cpython::layout::debug_offsets;
-use crate::cpython::layout::versions::GilLocation;
+use crate::cpython::find::locate::{self, Interpreter};
 use crate::cpython::remote::dict::{dict_get_str, dict_items};
 use crate::cpython::remote::instance::AttrSlots;
 use crate::cpython::remote::long::read_long;
 use crate::cpython::remote::memory::{Memory, RemoteMemory};
-use crate::cpython::remote::objects::{object_layout_for, ObjectLayout};
+use crate::cpython::remote::objects::ObjectLayout;
 use crate::cpython::remote::runtime::{self, MAX_THREADS};
 use crate::cpython::remote::str::read_str;
 use crate::os::pidns::TidMap;
@@ -74,34 +72,21 @@ struct Known {
 
 /// The names of every thread of the process now, by tid; an empty map when
 /// nothing could be read. One-shot form of [`ThreadNameReader`].
-pub fn thread_names(
-    interp: &Interpreter,
-    gil: &GilSite,
-    mem: RemoteMemory,
-) -> HashMap<u32, String> {
-    ThreadNameReader::new(interp, gil, mem).read()
+pub fn thread_names(interp: &Interpreter, mem: RemoteMemory) -> HashMap<u32, String> {
+    ThreadNameReader::new(interp, mem).read()
 }
 
 /// The object layout of this process: the table's, refined by the debug offsets on 3.13+.
-fn process_layout(interp: &Interpreter, gil: &GilSite, mem: &impl Memory) -> Option<ObjectLayout> {
-    let table = object_layout_for(interp.file.version.line, gil.free_threaded)?;
-    let layout = if interp.layout.gil == GilLocation::DebugOffsets {
-        let mut block = vec![0u8; debug_offsets::BLOCK_LEN];
-        mem.read_bytes(interp.py_runtime(), &mut block)
-            .then_some(())?;
-        let offsets = debug_offsets::parse(&block, interp.file.version.line).ok()?;
-        table.with_debug_offsets(&offsets)
-    } else {
-        table
-    };
-    layout.complete().then_some(layout)
+fn process_layout(interp: &Interpreter, mem: &RemoteMemory) -> Option<ObjectLayout> {
+    let debug = interp.debug_offsets(mem).ok()?;
+    ObjectLayout::of_process(interp.file.version.line, debug.as_ref())
 }
 
 impl ThreadNameReader<RemoteMemory> {
     /// A reader for the process of `interp`; reads the debug offsets (3.13+) and,
     /// where thread states have no native id (3.8-3.10), glibc's tid offset.
-    pub fn new(interp: &Interpreter, gil: &GilSite, mem: RemoteMemory) -> Self {
-        let layout = process_layout(interp, gil, &mem);
+    pub fn new(interp: &Interpreter, mem: RemoteMemory) -> Self {
+        let layout = process_layout(interp, &mem);
         if layout.is_none() {
             tracing::debug!(
                 "no object layout for CPython {}: threads keep their OS names",
@@ -224,12 +209,9 @@ impl<M: Memory> ThreadNameReader<M> {
             .collect()
     }
 
-    /// The tid glibc keeps in the `struct pthread` a `pthread_t` points to (0 once the thread exited).
+    /// The tid glibc keeps in the `struct pthread` a `pthread_t` points to.
     fn glibc_tid(&self, pthread: u64) -> Option<u32> {
-        let mut b = [0u8; 4];
-        let at = pthread.checked_add(self.pthread_tid_off?)?;
-        self.mem.read_bytes(at, &mut b).then_some(())?;
-        Some(u32::from_le_bytes(b)).filter(|t| *t != 0 && *t < 1 << 30)
+        runtime::glibc_tid(&self.mem, pthread, self.pthread_tid_off?)
     }
 
     /// The ident and `thread._name` of one `_active` entry. A thread seen before

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::cpython::layout::versions::ThreadIdField;
 use crate::cpython::remote::memory::RemoteMemory;
+use crate::cpython::remote::runtime;
 use crate::os::pidns::TidMap;
 
 /// Maps `PyThreadState *` to kernel tids by reading `native_thread_id` (3.11+), or
@@ -86,10 +87,11 @@ impl TstateResolver {
             }
             ThreadIdField::PthreadOnly(off) => {
                 let pthread = self.mem.read_u64(tstate.checked_add(off)?).ok()?;
-                let tid_at = pthread.checked_add(self.pthread_tid_off?)?;
-                let mut buf = [0u8; 4];
-                self.mem.read(tid_at, &mut buf).ok()?;
-                u64::from(u32::from_le_bytes(buf))
+                u64::from(runtime::glibc_tid(
+                    &self.mem,
+                    pthread,
+                    self.pthread_tid_off?,
+                )?)
             }
         };
         let own = u32::try_from(raw).ok().filter(|tid| *tid != 0)?;

@@ -94,6 +94,7 @@ pub fn process_series(input: &IntervalInput) -> ProcessSeries {
         threads: &threads,
         locks: None,
         children: &[],
+        profile: None,
     });
     let (total, total_threads) = analyse(input.counted);
     let delta = input.temporality == Temporality::Delta;

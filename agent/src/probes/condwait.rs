@@ -14,9 +14,12 @@ use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 
 use crate::core::counters::{EntriesDropped, KernelMap, WaitCounters, WaitEpisode};
+use crate::core::holders::HolderStacks;
 use crate::cpython::find::libc::CondWaitSite;
+use crate::cpython::layout::frames::FrameWalk;
 use crate::cpython::layout::versions::GilLayout;
 use crate::error::{Error, Result};
+use crate::probes::holders::HolderMapNames;
 use crate::probes::layout as k;
 use crate::probes::maps::{MapNames, WaitMaps};
 use crate::probes::{bpf_error, uprobe_error};
@@ -35,6 +38,11 @@ static MAPS: MapNames = MapNames {
     full: "cond_map_full",
     episodes: "cond_episodes",
     episodes_lost: "cond_episodes_lost",
+    holders: HolderMapNames {
+        walks: "cond_holder_walks",
+        stacks: KernelMap::CondHolderStacks,
+        waits: KernelMap::CondHolderWaits,
+    },
 };
 
 /// A take slice that starts within this long of its timed-out predecessor is the same wait
@@ -144,6 +152,20 @@ impl CondWaitProbe {
     /// The cumulative counters of `tgid`, shaped like the futex probe's.
     pub fn read(&self, tgid: u32) -> Result<WaitCounters> {
         Ok(self.maps.read(tgid))
+    }
+
+    /// Starts capturing the GIL holder's Python stack at each take slice of
+    /// `tgid`, as [`WaitProbe::capture_holders`](crate::probes::wait::WaitProbe::capture_holders)
+    /// does for the futex probe.
+    pub fn capture_holders(&mut self, tgid: u32, walk: &FrameWalk) -> Result<()> {
+        self.maps.holders.set_walk(tgid, walk)
+    }
+
+    /// The GIL wait behind each holder stack of `tgid` and those stacks, shaped
+    /// like the futex probe's (add them with [`HolderStacks::add`]: equal ids
+    /// are equal stacks). Released with the probe (it serves this process alone).
+    pub fn read_holders(&self, tgid: u32) -> Result<HolderStacks> {
+        Ok(self.maps.holders.read(tgid))
     }
 
     /// Deletes the entries of threads that exited and returns what they held,

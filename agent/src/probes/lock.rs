@@ -15,7 +15,7 @@ use aya::{Ebpf, EbpfLoader};
 use crate::core::counters::LockCounters;
 use crate::error::{Error, Result};
 use crate::probes::layout as k;
-use crate::probes::maps::take_map;
+use crate::probes::take_map;
 use crate::probes::{bpf_error, uprobe_error};
 
 static LOCK_OBJECT: &[u8] =

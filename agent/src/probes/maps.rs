@@ -3,19 +3,20 @@
 //! and musl's condvar probe (`gil_condwait.bpf.c`) keep the same set under
 //! different names and value types, so one [`WaitMaps`] serves both: reading a
 //! process's counters, taking exited threads' entries out, and the map-full
-//! and episode counters.
+//! and episode counters, and the holder-stack maps ([`HolderMaps`]).
 
 use std::collections::{HashMap, HashSet};
 
-use aya::maps::{Array, HashMap as BpfHashMap, IterableMap, Map, MapData, MapError, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, IterableMap, MapData, MapError, RingBuf};
 use aya::Ebpf;
 
 use crate::core::counters::{
     BlockedKey, BlockedWait, EntriesDropped, KernelMap, ThreadWaits, WaitCounters, WaitEpisode,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::probes::holders::{HolderMapNames, HolderMaps};
 use crate::probes::layout::{self as k, map_full_slot};
-use crate::probes::map_error;
+use crate::probes::{map_error, take_map};
 
 /// The names of one wait probe's maps in its object.
 pub(crate) struct MapNames {
@@ -33,6 +34,8 @@ pub(crate) struct MapNames {
     /// The episode ring buffer and its lost-records counter.
     pub episodes: &'static str,
     pub episodes_lost: &'static str,
+    /// The GIL holders' stacks.
+    pub holders: HolderMapNames,
 }
 
 /// A per-thread counters struct of a wait probe (`thread_waits`, `cond_waits`
@@ -54,18 +57,6 @@ impl ThreadEntry for k::CondwaitWaits {
     }
 }
 
-/// Takes map `name` out of a loaded object as a typed handle: a map missing or
-/// of the wrong type is a build bug, reported as an internal error.
-pub(crate) fn take_map<M>(ebpf: &mut Ebpf, object: &str, name: &str) -> Result<M>
-where
-    M: TryFrom<Map, Error = MapError>,
-{
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| Error::Internal(format!("map {name} missing from {object}")))?;
-    M::try_from(map).map_err(|e| map_error(name, &e))
-}
-
 /// The typed maps of one loaded wait probe. `T`: the target struct, `W`: the
 /// per-thread counters, `I`: the in-flight wait.
 pub(crate) struct WaitMaps<T, W, I> {
@@ -79,6 +70,8 @@ pub(crate) struct WaitMaps<T, W, I> {
     /// `None`: loaded without an episode threshold, nothing to drain.
     episodes: Option<RingBuf<MapData>>,
     episodes_lost: Array<MapData, u64>,
+    /// The GIL holders' stacks and the waits behind them.
+    pub holders: HolderMaps,
 }
 
 impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
@@ -98,6 +91,7 @@ impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
                 false => None,
             },
             episodes_lost: take_map(ebpf, object, names.episodes_lost)?,
+            holders: HolderMaps::take(ebpf, object, &names.holders)?,
         })
     }
 
@@ -228,6 +222,8 @@ impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
             (map_full_slot::BLOCKED_BY, n.blocked_by),
             (map_full_slot::INFLIGHT, n.inflight),
             (map_full_slot::GIL_WAITS, n.gil_waits),
+            (map_full_slot::HOLDER_STACKS, n.holders.stacks),
+            (map_full_slot::HOLDER_WAITS, n.holders.waits),
         ];
         let mut out = EntriesDropped::default();
         for (slot, map) in slots {
@@ -244,21 +240,25 @@ impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
             m if m == n.blocked_by => self.blocked_by.map(),
             m if m == n.inflight => self.inflight.map(),
             m if m == n.gil_waits => self.gil_waits.map(),
-            _ => return None,
+            m => return self.holders.capacity(m),
         };
         data.info().ok().map(|i| i.max_entries())
     }
 
-    /// Entries in each map (the filter's, then the four per-thread ones), to
-    /// show that nothing leaks.
-    pub fn entry_counts(&self) -> [(&'static str, usize); 5] {
+    /// Entries in each map (the filter's, the four per-thread ones, then the
+    /// holder-stack ones), to show that nothing leaks.
+    pub fn entry_counts(&self) -> [(&'static str, usize); 8] {
         let n = self.names;
+        let [walks, stacks, holder_waits] = self.holders.entry_counts();
         [
             (n.targets, self.targets.keys().count()),
             (n.waits.name(), self.waits.keys().count()),
             (n.blocked_by.name(), self.blocked_by.keys().count()),
             (n.inflight.name(), self.inflight.keys().count()),
             (n.gil_waits.name(), self.gil_waits.keys().count()),
+            walks,
+            stacks,
+            holder_waits,
         ]
     }
 

@@ -5,13 +5,17 @@
 //! [`crate::core::counters`].
 
 pub mod condwait;
+mod holders;
 mod layout;
 pub mod lock;
 mod maps;
 pub mod precise;
 pub mod wait;
 
-use crate::error::Error;
+use aya::maps::{Map, MapError};
+use aya::Ebpf;
+
+use crate::error::{Error, Result};
 
 /// GILs the probes watch per process at most (the main interpreter's first,
 /// then subinterpreters with their own GIL).
@@ -61,6 +65,18 @@ pub(crate) fn uprobe_error(what: &str, err: &(dyn std::error::Error + 'static)) 
 pub(crate) fn map_error(name: &str, err: &(dyn std::error::Error + 'static)) -> Error {
     let (text, _) = chain(err);
     Error::Internal(format!("BPF map {name}: {text}"))
+}
+
+/// Takes map `name` out of a loaded object as a typed handle: a map missing or
+/// of the wrong type is a build bug, reported as an internal error.
+pub(crate) fn take_map<M>(ebpf: &mut Ebpf, object: &str, name: &str) -> Result<M>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| Error::Internal(format!("map {name} missing from {object}")))?;
+    M::try_from(map).map_err(|e| map_error(name, &e))
 }
 
 /// Gives the heap that loading a BPF object freed back to the system. Loading

@@ -16,7 +16,7 @@ use aya::Ebpf;
 use crate::core::counters::PreciseGil;
 use crate::error::{Error, Result};
 use crate::probes::layout as k;
-use crate::probes::maps::take_map;
+use crate::probes::take_map;
 use crate::probes::{bpf_error, uprobe_error};
 
 static PRECISE_OBJECT: &[u8] =

@@ -14,9 +14,12 @@ use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::core::counters::{EntriesDropped, KernelMap, WaitCounters, WaitEpisode};
+use crate::core::holders::HolderStacks;
+use crate::cpython::layout::frames::FrameWalk;
 use crate::cpython::layout::versions::GilLayout;
 use crate::error::{Error, Result};
 use crate::probes::bpf_error;
+use crate::probes::holders::HolderMapNames;
 use crate::probes::layout::{self as k, MAX_GILS};
 use crate::probes::maps::{MapNames, WaitMaps};
 
@@ -34,6 +37,11 @@ static MAPS: MapNames = MapNames {
     full: "map_full",
     episodes: "episodes",
     episodes_lost: "episodes_lost",
+    holders: HolderMapNames {
+        walks: "holder_walks",
+        stacks: KernelMap::HolderStacks,
+        waits: KernelMap::HolderWaits,
+    },
 };
 
 /// Entries of the per-thread maps as built (`max_entries` in gil_wait.bpf.c and
@@ -150,7 +158,9 @@ impl WaitProbe {
     /// since load), per map: `thread_waits` counts waits of threads that found
     /// no slot (each one uncounted), `blocked_by` waits not attributed to their
     /// holder, `inflight` waits not tracked at all, `gil_waits` take waits
-    /// missing from the per-GIL figures.
+    /// missing from the per-GIL figures, `holder_stacks` wait segments whose
+    /// holder's stack went to the unknown stack, `holder_waits` segments
+    /// missing from the holder-stack figures.
     pub fn entries_dropped(&self) -> EntriesDropped {
         self.maps.entries_dropped()
     }
@@ -196,11 +206,29 @@ impl WaitProbe {
         self.maps.remove_target(tgid)
     }
 
-    /// Stops watching `tgid` and deletes every kernel entry it left (threads, holders, in-flight waits).
+    /// Starts (or updates) capturing, for process `tgid`, the Python stack of
+    /// the GIL holder each time a take wait (slice) begins, walked with `walk`
+    /// (its CPython build's), so [`WaitProbe::read_holders`] can say which
+    /// code the waits were spent behind. Costs nothing on the GIL's fast path:
+    /// the walk runs only in a waiter about to sleep.
+    pub fn capture_holders(&mut self, tgid: u32, walk: &FrameWalk) -> Result<()> {
+        self.maps.holders.set_walk(tgid, walk)
+    }
+
+    /// The GIL wait of `tgid` behind each holder stack captured so far
+    /// (cumulative since [`WaitProbe::capture_holders`]), and those stacks.
+    /// Stacks are per process, not per thread: retiring threads leaves them.
+    pub fn read_holders(&self, tgid: u32) -> Result<HolderStacks> {
+        Ok(self.maps.holders.read(tgid))
+    }
+
+    /// Stops watching `tgid` and deletes every kernel entry it left (threads,
+    /// holders, in-flight waits, holder stacks and the waits behind them).
     pub fn unwatch(&mut self, tgid: u32) -> Result<()> {
         let tids: Vec<u32> = self.maps.read(tgid).threads.into_keys().collect();
         self.maps.take_threads(&tids);
         self.maps.forget_gils(tgid);
+        self.maps.holders.forget(tgid);
         self.stop_counting(tgid)
     }
 
@@ -228,7 +256,7 @@ impl WaitProbe {
     }
 
     /// Number of entries in each map, to show that nothing leaks.
-    pub fn entry_counts(&self) -> Result<[(&'static str, usize); 5]> {
+    pub fn entry_counts(&self) -> Result<[(&'static str, usize); 8]> {
         Ok(self.maps.entry_counts())
     }
 }

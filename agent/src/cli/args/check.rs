@@ -4,14 +4,14 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 
 use crate::cli::check::{self, CheckOptions, Target};
-use crate::cli::render;
 use crate::cli::settings::parse_duration;
-use crate::core::report::Ending;
+use crate::cli::{flamegraph, pprof, render};
+use crate::core::report::{Ending, Report};
 use crate::watch::launch::ChildStdout;
 
 /// `gilscope check`'s arguments.
@@ -33,6 +33,14 @@ pub struct CheckArgs {
     /// Write the report to this file instead of stdout.
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Also write the GIL contention profile as an SVG flame graph: the
+    /// holders' stacks weighted by the wait spent behind them.
+    #[arg(long, value_name = "FILE.svg")]
+    flamegraph: Option<PathBuf>,
+    /// Also write the GIL contention profile as gzipped pprof (go tool pprof,
+    /// speedscope, Pyroscope): sample type gil_wait, in nanoseconds.
+    #[arg(long, value_name = "FILE.pb.gz")]
+    pprof: Option<PathBuf>,
     /// Also probe take_gil/drop_gil with uprobes: exact, but slows GIL-churning programs.
     #[arg(long)]
     precise: bool,
@@ -105,5 +113,48 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             stdout.flush()?;
         }
     }
+    write_pictures(args, &report)
+}
+
+/// Writes `--flamegraph` and `--pprof`, if asked; a profile that was not
+/// captured (the interpreter's frame layout untrusted) fails with a reason.
+fn write_pictures(args: &CheckArgs, report: &Report) -> anyhow::Result<ExitCode> {
+    if args.flamegraph.is_none() && args.pprof.is_none() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(profile) = &report.contention_profile else {
+        eprintln!(
+            "gilscope: no contention profile to draw: the GIL holders' code of process {} \
+             could not be captured (see the log with -v)",
+            report.pid
+        );
+        return Ok(ExitCode::from(1));
+    };
+    let started = Instant::now();
+    let write = |path: &PathBuf, bytes: std::io::Result<Vec<u8>>| {
+        bytes
+            .and_then(|b| std::fs::write(path, b))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    };
+    if let Some(path) = &args.flamegraph {
+        let subtitle = format!(
+            "pid {}, CPython {}, {:.1} s, {:.2} s of GIL wait",
+            report.pid, report.interpreter.version, report.duration_s, profile.wait_s
+        );
+        write(path, flamegraph::svg(profile, &subtitle))?;
+    }
+    if let Some(path) = &args.pprof {
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        write(
+            path,
+            pprof::gzipped(&pprof::profile(profile, report.duration_s, now_ns)),
+        )?;
+    }
+    tracing::info!(
+        "contention profile pictures written in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -27,6 +27,12 @@ fn consequence(map: KernelMap) -> &'static str {
         KernelMap::GilWaits | KernelMap::CondGilWaits => {
             "GIL waits are missing from the per-GIL figures; too many (process, GIL) pairs on this node"
         }
+        KernelMap::HolderStacks | KernelMap::CondHolderStacks => {
+            "GIL waits were not attributed to the holder's code; too many distinct holder stacks on this node"
+        }
+        KernelMap::HolderWaits | KernelMap::CondHolderWaits => {
+            "GIL waits behind some holder stacks were not counted; too many (process, stack) pairs on this node"
+        }
     }
 }
 

@@ -43,6 +43,9 @@ pub struct InterpreterFile {
     pub path: PathBuf,
     /// Link-time address of `_PyRuntime`.
     pub py_runtime: u64,
+    /// Link-time address of `PyCode_Type` (exported by every build): the type
+    /// a code object read from the target must have.
+    pub code_type: Option<u64>,
     pub version: FullVersion,
     /// No `.symtab`: `take_gil`/`drop_gil` must be found by disassembly.
     pub stripped: bool,
@@ -250,6 +253,7 @@ pub fn inspect_parsed(path: &Path, file: &object::File<'_>) -> Result<Option<Int
     Ok(Some(InterpreterFile {
         path: path.to_path_buf(),
         py_runtime,
+        code_type: find_object(file, "PyCode_Type"),
         version,
         stripped: file.section_by_name(".symtab").is_none(),
         first_load_vaddr,

@@ -97,6 +97,11 @@ impl Interpreter {
         self.file.py_runtime.wrapping_add(self.load_bias)
     }
 
+    /// Runtime address of `PyCode_Type`, when the file exports it.
+    pub fn code_type(&self) -> Option<u64> {
+        self.file.code_type.map(|t| t.wrapping_add(self.load_bias))
+    }
+
     /// The GIL without reading memory, where the layout makes it static (3.8-3.11):
     /// usable before the interpreter has initialized anything.
     pub fn static_gil(&self) -> Option<GilSite> {
@@ -167,17 +172,29 @@ impl Interpreter {
         })
     }
 
-    /// 3.13+: the first interpreter's GIL, where `_PyRuntime.debug_offsets` says.
-    fn gil_from_debug_offsets(&self, mem: &RemoteMemory) -> Result<GilSite> {
+    /// What `_PyRuntime.debug_offsets` says (3.13+), `None` for a release line
+    /// whose layout comes from the table; an error when the block is unreadable
+    /// or not what this release line writes.
+    pub fn debug_offsets(&self, mem: &RemoteMemory) -> Result<Option<DebugOffsets>> {
+        if self.layout.gil != GilLocation::DebugOffsets {
+            return Ok(None);
+        }
         let mut block = [0u8; debug_offsets::BLOCK_LEN];
         mem.read(self.py_runtime(), &mut block)?;
-        let offsets = debug_offsets::parse(&block, self.file.version.line).map_err(|why| {
-            Error::GilNotValid {
+        debug_offsets::parse(&block, self.file.version.line)
+            .map(Some)
+            .map_err(|why| Error::GilNotValid {
                 pid: self.pid,
                 addr: self.py_runtime(),
                 why,
-            }
-        })?;
+            })
+    }
+
+    /// 3.13+: the first interpreter's GIL, where `_PyRuntime.debug_offsets` says.
+    fn gil_from_debug_offsets(&self, mem: &RemoteMemory) -> Result<GilSite> {
+        let offsets = self
+            .debug_offsets(mem)?
+            .ok_or_else(|| Error::Internal("no debug offsets in this release line".into()))?;
         let head = mem.read_u64(self.py_runtime() + offsets.interpreters_head)?;
         if head == 0 {
             return Err(self.not_ready("no interpreter yet (still starting?)"));

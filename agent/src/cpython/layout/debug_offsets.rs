@@ -7,6 +7,9 @@
 //! per release line, where in the block each value sits; the values themselves
 //! come from the process.
 
+use crate::cpython::layout::frames::{
+    CodeLayout, FrameWalk, InstrKind, LineFormat, StackLayout, TstateToFrame,
+};
 use crate::cpython::layout::versions::PyVersion;
 
 /// Bytes of `_PyRuntime` to read: enough for every field used here in every release.
@@ -42,6 +45,30 @@ pub struct BlockLayout {
     pub unicode_state: usize,
     pub unicode_length: usize,
     pub ascii_size: usize,
+    /// Positions of what the stack reader uses: `sizeof` each struct (for the
+    /// plausibility checks), the thread's current frame, the frame's fields,
+    /// the code object's, and `PyBytesObject`'s (line tables are `bytes`).
+    pub stack: StackPositions,
+}
+
+/// Positions in the block of the offsets a stack walk reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackPositions {
+    pub tstate_size: usize,
+    pub current_frame: usize,
+    pub frame_size: usize,
+    pub frame_previous: usize,
+    pub frame_executable: usize,
+    pub frame_instr_ptr: usize,
+    pub frame_owner: usize,
+    pub code_size: usize,
+    pub code_filename: usize,
+    pub code_qualname: usize,
+    pub code_linetable: usize,
+    pub code_firstlineno: usize,
+    pub code_adaptive: usize,
+    pub bytes_size: usize,
+    pub bytes_data: usize,
 }
 
 /// Read from DWARF (`ptype /o struct _Py_DebugOffsets`) of each release's build.
@@ -79,6 +106,23 @@ const BLOCK_LAYOUTS: &[BlockLayout] = &[
         unicode_state: 544,
         unicode_length: 552,
         ascii_size: 560,
+        stack: StackPositions {
+            tstate_size: 152,
+            current_frame: 184,
+            frame_size: 224,
+            frame_previous: 232,
+            frame_executable: 240,
+            frame_instr_ptr: 248,
+            frame_owner: 264,
+            code_size: 272,
+            code_filename: 280,
+            code_qualname: 296,
+            code_linetable: 304,
+            code_firstlineno: 312,
+            code_adaptive: 344,
+            bytes_size: 520,
+            bytes_data: 528,
+        },
     },
     BlockLayout {
         version: PyVersion {
@@ -106,6 +150,23 @@ const BLOCK_LAYOUTS: &[BlockLayout] = &[
         unicode_state: 624,
         unicode_length: 632,
         ascii_size: 640,
+        stack: StackPositions {
+            tstate_size: 176,
+            current_frame: 208,
+            frame_size: 248,
+            frame_previous: 256,
+            frame_executable: 264,
+            frame_instr_ptr: 272,
+            frame_owner: 288,
+            code_size: 312,
+            code_filename: 320,
+            code_qualname: 336,
+            code_linetable: 344,
+            code_firstlineno: 352,
+            code_adaptive: 384,
+            bytes_size: 600,
+            bytes_data: 608,
+        },
     },
 ];
 
@@ -149,6 +210,29 @@ pub struct DebugOffsets {
     pub unicode_state: u64,
     pub unicode_length: u64,
     pub ascii_size: u64,
+    /// The values at [`StackPositions`]: `offsetof` in this build (checked
+    /// before use by [`DebugOffsets::stack_layout`]).
+    pub stack: StackOffsets,
+}
+
+/// What the process says about the structs a stack walk reads (`size` is `sizeof`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackOffsets {
+    pub tstate_size: u64,
+    pub current_frame: u64,
+    pub frame_size: u64,
+    pub frame_previous: u64,
+    pub frame_executable: u64,
+    pub frame_instr_ptr: u64,
+    pub frame_owner: u64,
+    pub code_size: u64,
+    pub code_filename: u64,
+    pub code_qualname: u64,
+    pub code_linetable: u64,
+    pub code_firstlineno: u64,
+    pub code_adaptive: u64,
+    pub bytes_size: u64,
+    pub bytes_data: u64,
 }
 
 impl DebugOffsets {
@@ -167,6 +251,118 @@ impl DebugOffsets {
     /// struct, not to the interpreter (`offsetof(struct _gil_runtime_state, enabled)`).
     pub fn enabled_in_gil(&self) -> Option<u64> {
         self.free_threaded.then_some(self.gil_enabled)
+    }
+}
+
+/// A field of `width` bytes at `at` inside a struct of `size` bytes, aligned to
+/// `width`: anything else is not what CPython writes, and is refused.
+fn field(name: &str, at: u64, width: u64, size: u64) -> Result<u64, String> {
+    let fits = at.checked_add(width).is_some_and(|end| end <= size);
+    if fits && at.is_multiple_of(width) {
+        Ok(at)
+    } else {
+        Err(format!(
+            "implausible debug offset {name} = {at} (a {width}-byte field in a {size}-byte struct)"
+        ))
+    }
+}
+
+/// A struct size between `min` and `max` bytes.
+fn size(name: &str, v: u64, min: u64, max: u64) -> Result<u64, String> {
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("implausible debug offset: sizeof({name}) = {v}"))
+    }
+}
+
+/// Fields that must not overlap: (name, start, width).
+fn disjoint(fields: &[(&str, u64, u64)]) -> Result<(), String> {
+    for (i, (a, at, aw)) in fields.iter().enumerate() {
+        for (b, bt, bw) in &fields[i + 1..] {
+            if at < &(bt + bw) && bt < &(at + aw) {
+                return Err(format!("debug offsets put {a} ({at}) over {b} ({bt})"));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl DebugOffsets {
+    /// The frame walk and code object layout this process describes, every
+    /// value checked: each field inside its struct (whose size is itself
+    /// bounded), aligned, not overlapping the others, the instructions after
+    /// every named field of the code object. A block that fails is refused whole
+    /// (the target may be hostile: issue 14).
+    pub fn stack_layout(&self) -> Result<StackLayout, String> {
+        let s = &self.stack;
+        let tstate = size("PyThreadState", s.tstate_size, 64, 1 << 16)?;
+        let frame = size("_PyInterpreterFrame", s.frame_size, 32, 1024)?;
+        let code = size("PyCodeObject", s.code_size, 64, 4096)?;
+        let current = field("thread_state.current_frame", s.current_frame, 8, tstate)?;
+        let previous = field("interpreter_frame.previous", s.frame_previous, 8, frame)?;
+        let executable = field("interpreter_frame.executable", s.frame_executable, 8, frame)?;
+        let instr = field("interpreter_frame.instr_ptr", s.frame_instr_ptr, 8, frame)?;
+        let owner = field("interpreter_frame.owner", s.frame_owner, 1, frame)?;
+        disjoint(&[
+            ("previous", previous, 8),
+            ("executable", executable, 8),
+            ("instr_ptr", instr, 8),
+            ("owner", owner, 1),
+        ])?;
+        let filename = field("code_object.filename", s.code_filename, 8, code)?;
+        let qualname = field("code_object.qualname", s.code_qualname, 8, code)?;
+        let linetable = field("code_object.linetable", s.code_linetable, 8, code)?;
+        let firstlineno = field("code_object.firstlineno", s.code_firstlineno, 4, code)?;
+        let adaptive = field("code_object.co_code_adaptive", s.code_adaptive, 2, code)?;
+        disjoint(&[
+            ("filename", filename, 8),
+            ("qualname", qualname, 8),
+            ("linetable", linetable, 8),
+            ("firstlineno", firstlineno, 4),
+        ])?;
+        let fields_end = [filename + 8, qualname + 8, linetable + 8, firstlineno + 4]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        if adaptive < fields_end {
+            return Err(format!(
+                "debug offsets put co_code_adaptive ({adaptive}) before the code object's fields"
+            ));
+        }
+        let bytes_size = field("bytes_object.ob_size", s.bytes_size, 8, 64)?;
+        let bytes_data = field("bytes_object.ob_sval", s.bytes_data, 1, 128)?;
+        if bytes_data < bytes_size + 8 {
+            return Err(format!(
+                "debug offsets put ob_sval ({bytes_data}) inside ob_size ({bytes_size})"
+            ));
+        }
+        // 3.14 tags `f_executable` (a `_PyStackRef`): its low bit (`Py_TAG_BITS`).
+        let minor = (self.version_hex >> 16) & 0xff;
+        Ok(StackLayout {
+            walk: FrameWalk {
+                tstate_to_frame: TstateToFrame {
+                    first: current,
+                    second: None,
+                },
+                frame_previous: previous,
+                frame_code: executable,
+                code_tag_mask: if minor >= 14 { 1 } else { 0 },
+                frame_instr: instr,
+                instr: InstrKind::Pointer,
+                frame_owner: Some(owner),
+            },
+            code: CodeLayout {
+                name: qualname,
+                filename,
+                firstlineno,
+                linetable,
+                lines: LineFormat::Locations,
+                code_start: Some(adaptive),
+                bytes_size,
+                bytes_data,
+            },
+        })
     }
 }
 
@@ -227,6 +423,7 @@ pub fn parse(block: &[u8], line: PyVersion) -> Result<DebugOffsets, String> {
         unicode_state: get(layout.unicode_state)?,
         unicode_length: get(layout.unicode_length)?,
         ascii_size: get(layout.ascii_size)?,
+        stack: read_stack_offsets(&layout.stack, &get)?,
     };
     // Sanity: offsets into structs of a few KiB to a few hundred KiB, never 0 where a field must be.
     let plausible = |v: u64| v > 0 && v < 1 << 24;
@@ -243,6 +440,29 @@ pub fn parse(block: &[u8], line: PyVersion) -> Result<DebugOffsets, String> {
         return Err(format!("implausible debug offsets: {offsets:?}"));
     }
     Ok(offsets)
+}
+
+fn read_stack_offsets(
+    p: &StackPositions,
+    get: &impl Fn(usize) -> Result<u64, String>,
+) -> Result<StackOffsets, String> {
+    Ok(StackOffsets {
+        tstate_size: get(p.tstate_size)?,
+        current_frame: get(p.current_frame)?,
+        frame_size: get(p.frame_size)?,
+        frame_previous: get(p.frame_previous)?,
+        frame_executable: get(p.frame_executable)?,
+        frame_instr_ptr: get(p.frame_instr_ptr)?,
+        frame_owner: get(p.frame_owner)?,
+        code_size: get(p.code_size)?,
+        code_filename: get(p.code_filename)?,
+        code_qualname: get(p.code_qualname)?,
+        code_linetable: get(p.code_linetable)?,
+        code_firstlineno: get(p.code_firstlineno)?,
+        code_adaptive: get(p.code_adaptive)?,
+        bytes_size: get(p.bytes_size)?,
+        bytes_data: get(p.bytes_data)?,
+    })
 }
 
 #[cfg(test)]
@@ -396,5 +616,100 @@ mod tests {
             }
         )
         .is_err());
+    }
+
+    use crate::cpython::layout::frames::{InstrKind, LineFormat};
+    use crate::cpython::remote::fake::debug_block;
+
+    #[test]
+    fn the_stack_layout_of_313_313t_and_314_is_what_their_dwarf_says() {
+        let walk_of = |minor, ft| {
+            let line = PyVersion { major: 3, minor };
+            parse(&debug_block(minor, ft), line)
+                .expect("valid")
+                .stack_layout()
+                .expect("plausible")
+        };
+        let l = walk_of(13, false);
+        assert_eq!(
+            l.walk.tstate_to_frame.first, 72,
+            "PyThreadState.current_frame"
+        );
+        assert_eq!(l.walk.tstate_to_frame.second, None);
+        assert_eq!(
+            (l.walk.frame_previous, l.walk.frame_code, l.walk.frame_instr),
+            (8, 0, 56)
+        );
+        assert_eq!(l.walk.frame_owner, Some(70));
+        assert_eq!(l.walk.code_tag_mask, 0);
+        assert_eq!(l.walk.instr, InstrKind::Pointer);
+        assert_eq!(
+            (
+                l.code.name,
+                l.code.filename,
+                l.code.linetable,
+                l.code.firstlineno
+            ),
+            (128, 112, 136, 68)
+        );
+        assert_eq!(l.code.code_start, Some(200));
+        assert_eq!(l.code.lines, LineFormat::Locations);
+        let t = walk_of(13, true);
+        assert_eq!(t.walk, l.walk, "3.13t frames are laid out as 3.13's");
+        assert_eq!((t.code.name, t.code.code_start), (144, Some(216)));
+        assert_eq!((t.code.bytes_size, t.code.bytes_data), (32, 48));
+        let n = walk_of(14, false);
+        assert_eq!(n.walk.frame_owner, Some(74), "3.14 added stackpointer");
+        assert_eq!(
+            n.walk.code_tag_mask, 1,
+            "f_executable is a tagged _PyStackRef"
+        );
+        assert_eq!(n.code.code_start, Some(208));
+    }
+
+    /// Issue 14 feeds garbage: every stack value out of its struct, misaligned,
+    /// overlapping another, or a struct of absurd size is refused.
+    #[test]
+    fn implausible_stack_offsets_are_refused_one_by_one() {
+        for minor in [13u8, 14] {
+            let line = PyVersion { major: 3, minor };
+            let p = block_layout(line).expect("known").stack;
+            let good = debug_block(minor, false);
+            assert!(parse(&good, line).expect("valid").stack_layout().is_ok());
+            let frame = u64_at(&good, p.frame_size).expect("size");
+            let code = u64_at(&good, p.code_size).expect("size");
+            let bad: &[(usize, u64, &str)] = &[
+                (p.tstate_size, 8, "tiny thread state"),
+                (p.tstate_size, 1 << 40, "huge thread state"),
+                (p.current_frame, 1 << 20, "outside the thread state"),
+                (p.current_frame, 73, "misaligned"),
+                (p.frame_size, 4096, "huge frame"),
+                (p.frame_previous, frame, "past the frame"),
+                (p.frame_previous, 0, "over executable"),
+                (p.frame_executable, 60, "misaligned"),
+                (p.frame_instr_ptr, u64::MAX - 3, "wraps"),
+                (p.frame_owner, frame, "past the frame"),
+                (p.frame_owner, 9, "inside previous"),
+                (p.code_size, 1 << 30, "huge code"),
+                (p.code_filename, code, "past the code"),
+                (p.code_qualname, 112, "over filename"),
+                (p.code_linetable, 130, "misaligned"),
+                (p.code_firstlineno, 66, "misaligned int"),
+                (p.code_adaptive, 100, "before the fields"),
+                (p.code_adaptive, code, "past the code"),
+                (p.bytes_size, 4, "misaligned"),
+                (p.bytes_data, 8, "inside ob_size"),
+                (p.bytes_data, 1 << 16, "huge header"),
+            ];
+            for (at, value, why) in bad {
+                let mut b = good.clone();
+                b[*at..*at + 8].copy_from_slice(&value.to_le_bytes());
+                let refused = parse(&b, line).map(|d| d.stack_layout());
+                assert!(
+                    matches!(refused, Ok(Err(_)) | Err(_)),
+                    "3.{minor}: {why} ({value} at {at}) accepted: {refused:?}"
+                );
+            }
+        }
     }
 }

@@ -32,6 +32,8 @@ pub struct FrameWalk {
     pub instr: InstrKind,
     /// `owner` (a byte): frames owned by the C stack (3.12+ entry shims) are
     /// skipped; `None` where frames have no owner field worth reading.
+    /// Skipped means `owner >= OWNER_NOT_PYTHON` (which also covers 3.14's
+    /// interpreter-owned frames); above `OWNER_MAX` the frame is garbage.
     pub frame_owner: Option<u64>,
 }
 
@@ -45,4 +47,78 @@ pub enum InstrKind {
     /// A pointer to the current (3.13+) or previous (3.11, 3.12) code unit
     /// inside the code object's `co_code_adaptive`.
     Pointer,
+}
+
+/// Frames whose `owner` byte is at least this are not Python code: 3.12 and
+/// 3.13's `FRAME_OWNED_BY_CSTACK` (3, the entry shim `_PyEval_EvalFrameDefault`
+/// pushes on the C stack), 3.14's `FRAME_OWNED_BY_INTERPRETER` (3) and
+/// `FRAME_OWNED_BY_CSTACK` (4). Below it: thread (0), generator (1), frame
+/// object (2). A walk skips them, as CPython's own remote unwinder does.
+pub const OWNER_NOT_PYTHON: u8 = 3;
+/// The largest `owner` any supported release writes; a larger one is garbage.
+pub const OWNER_MAX: u8 = 4;
+
+/// How a code object's line table is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineFormat {
+    /// `co_lnotab` (3.8, 3.9): (byte increment, signed line increment) pairs.
+    Lnotab,
+    /// `co_linetable` of 3.10: (byte delta, signed line delta) pairs, -128 = no line.
+    LineTable310,
+    /// The location table of 3.11+ (`Objects/locations.md`): entries of
+    /// code-unit ranges with line deltas and columns.
+    Locations,
+}
+
+/// Where a code object keeps what names it; offsets from its start, plus the
+/// two `PyBytesObject` offsets its line table is read with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeLayout {
+    /// `co_qualname` (3.11+), else `co_name`: a `str`.
+    pub name: u64,
+    /// `co_filename`: a `str`.
+    pub filename: u64,
+    /// `co_firstlineno`: an `int`.
+    pub firstlineno: u64,
+    /// `co_lnotab` (3.8, 3.9) or `co_linetable`: a `bytes`.
+    pub linetable: u64,
+    pub lines: LineFormat,
+    /// `co_code_adaptive` (3.11+): the instructions a frame's pointer points
+    /// into start here; `None` where frames count `f_lasti` instead.
+    pub code_start: Option<u64>,
+    /// `offsetof(PyBytesObject, ob_size)` and `ob_sval`.
+    pub bytes_size: u64,
+    pub bytes_data: u64,
+}
+
+impl CodeLayout {
+    /// Bytes of a code object to read to see every field named here.
+    pub fn header_len(&self) -> u64 {
+        [self.name, self.filename, self.linetable]
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            .max(self.firstlineno)
+            .saturating_add(8)
+    }
+}
+
+/// Everything the stack reader needs of one build: the walk and the code objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackLayout {
+    pub walk: FrameWalk,
+    pub code: CodeLayout,
+}
+
+impl FrameWalk {
+    /// Bytes of a frame to read to see every field the walk uses.
+    pub fn frame_len(&self) -> u64 {
+        let owner = self.frame_owner.map_or(0, |o| o.saturating_add(1));
+        [self.frame_previous, self.frame_code, self.frame_instr]
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            .saturating_add(8)
+            .max(owner)
+    }
 }

@@ -7,6 +7,10 @@
 
 use std::fmt;
 
+use crate::cpython::layout::frames::{
+    CodeLayout, FrameWalk, InstrKind, LineFormat, StackLayout, TstateToFrame,
+};
+
 /// A CPython `major.minor` release line: layouts only change between these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PyVersion {
@@ -96,6 +100,15 @@ pub enum ThreadIdField {
     PthreadOnly(u64),
 }
 
+/// Where the frame walk and code object offsets of a release line come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackSource {
+    /// This table (3.8-3.12, from DWARF).
+    Table(StackLayout),
+    /// The process's `_PyRuntime.debug_offsets` (3.13+).
+    DebugOffsets,
+}
+
 /// Everything gilscope needs to know about one CPython release line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -103,11 +116,100 @@ pub struct Layout {
     pub gil: GilLocation,
     pub gil_layout: GilLayout,
     pub thread_id: ThreadIdField,
+    pub stack: StackSource,
 }
 
 const fn v(major: u8, minor: u8) -> PyVersion {
     PyVersion { major, minor }
 }
+
+/// 3.8: `tstate->frame` (a `PyFrameObject`), `f_back`, `f_code`, `f_lasti` in bytes;
+/// `co_name` (no qualified name yet) and `co_lnotab`.
+const STACK_38: StackLayout = StackLayout {
+    walk: FrameWalk {
+        tstate_to_frame: TstateToFrame {
+            first: 24,
+            second: None,
+        },
+        frame_previous: 24,
+        frame_code: 32,
+        code_tag_mask: 0,
+        frame_instr: 104,
+        instr: InstrKind::LastiBytes,
+        frame_owner: None,
+    },
+    code: CodeLayout {
+        name: 112,
+        filename: 104,
+        firstlineno: 40,
+        linetable: 120,
+        lines: LineFormat::Lnotab,
+        code_start: None,
+        bytes_size: 16,
+        bytes_data: 32,
+    },
+};
+
+/// 3.10: `f_lasti` moved up (and counts code units); `co_linetable` replaces `co_lnotab`.
+const STACK_310: StackLayout = StackLayout {
+    walk: FrameWalk {
+        frame_instr: 96,
+        instr: InstrKind::LastiUnits,
+        ..STACK_38.walk
+    },
+    code: CodeLayout {
+        lines: LineFormat::LineTable310,
+        ..STACK_38.code
+    },
+};
+
+/// 3.11: `tstate->cframe->current_frame`, a `_PyInterpreterFrame` on the data
+/// stack; `prev_instr` points into `co_code_adaptive`; `co_qualname` and the
+/// location table. Its `owner` never marks a C-stack frame (3.12 added those).
+const STACK_311: StackLayout = StackLayout {
+    walk: FrameWalk {
+        tstate_to_frame: TstateToFrame {
+            first: 56,
+            second: Some(8),
+        },
+        frame_previous: 48,
+        frame_code: 32,
+        code_tag_mask: 0,
+        frame_instr: 56,
+        instr: InstrKind::Pointer,
+        frame_owner: None,
+    },
+    code: CodeLayout {
+        name: 128,
+        filename: 112,
+        firstlineno: 72,
+        linetable: 136,
+        lines: LineFormat::Locations,
+        code_start: Some(184),
+        bytes_size: 16,
+        bytes_data: 32,
+    },
+};
+
+/// 3.12: `f_code` first, `current_frame` first in `_PyCFrame`, and C-stack
+/// entry frames marked by `owner` (`FRAME_OWNED_BY_CSTACK` = 3).
+const STACK_312: StackLayout = StackLayout {
+    walk: FrameWalk {
+        tstate_to_frame: TstateToFrame {
+            first: 56,
+            second: Some(0),
+        },
+        frame_previous: 8,
+        frame_code: 0,
+        frame_owner: Some(70),
+        ..STACK_311.walk
+    },
+    code: CodeLayout {
+        firstlineno: 68,
+        code_start: Some(192),
+        ..STACK_311.code
+    },
+};
 
 /// Layouts of the default (GIL-enabled, glibc, x86_64) builds, measured from DWARF.
 const LAYOUTS: &[Layout] = &[
@@ -116,24 +218,28 @@ const LAYOUTS: &[Layout] = &[
         gil: GilLocation::Embedded(0x480),
         gil_layout: GIL_LAYOUT_DEFAULT,
         thread_id: ThreadIdField::PthreadOnly(0xb0),
+        stack: StackSource::Table(STACK_38),
     },
     Layout {
         version: v(3, 9),
         gil: GilLocation::Embedded(0x160),
         gil_layout: GIL_LAYOUT_DEFAULT,
         thread_id: ThreadIdField::PthreadOnly(0xb0),
+        stack: StackSource::Table(STACK_38),
     },
     Layout {
         version: v(3, 10),
         gil: GilLocation::Embedded(0x160),
         gil_layout: GIL_LAYOUT_DEFAULT,
         thread_id: ThreadIdField::PthreadOnly(0xb0),
+        stack: StackSource::Table(STACK_310),
     },
     Layout {
         version: v(3, 11),
         gil: GilLocation::Embedded(0x168),
         gil_layout: GIL_LAYOUT_DEFAULT,
         thread_id: ThreadIdField::NativeThreadId(0xa0),
+        stack: StackSource::Table(STACK_311),
     },
     Layout {
         version: v(3, 12),
@@ -145,12 +251,14 @@ const LAYOUTS: &[Layout] = &[
         },
         gil_layout: GIL_LAYOUT_DEFAULT,
         thread_id: ThreadIdField::NativeThreadId(0x90),
+        stack: StackSource::Table(STACK_312),
     },
     Layout {
         version: v(3, 13),
         gil: GilLocation::DebugOffsets,
         gil_layout: GIL_LAYOUT_DEFAULT,
         thread_id: ThreadIdField::NativeThreadId(0xa0),
+        stack: StackSource::DebugOffsets,
     },
     // Debian sid's 3.14.10 (static, stripped), read from the DWARF its
     // python3.14-dbg package ships for that build id: `_gil_runtime_state` is
@@ -160,6 +268,7 @@ const LAYOUTS: &[Layout] = &[
         gil: GilLocation::DebugOffsets,
         gil_layout: GIL_LAYOUT_DEFAULT,
         thread_id: ThreadIdField::NativeThreadId(0xa0),
+        stack: StackSource::DebugOffsets,
     },
 ];
 
@@ -204,6 +313,28 @@ mod tests {
         assert_eq!(GIL_LAYOUT_DEFAULT.size, 208);
         assert_eq!(GIL_LAYOUT_DEFAULT.switch_cond, 120);
         assert_eq!(GIL_LAYOUT_DEFAULT.cond, 32);
+    }
+
+    #[test]
+    fn frames_of_3_8_to_3_12_come_from_the_table_and_of_3_13_on_from_the_process() {
+        for minor in 8..=14 {
+            let stack = layout_for(v(3, minor)).expect("known").stack;
+            match (minor, stack) {
+                (8..=12, StackSource::Table(s)) => {
+                    // Lasti counts bytes, then code units, then pointers.
+                    let want = match minor {
+                        8 | 9 => InstrKind::LastiBytes,
+                        10 => InstrKind::LastiUnits,
+                        _ => InstrKind::Pointer,
+                    };
+                    assert_eq!(s.walk.instr, want, "3.{minor}");
+                    assert_eq!(s.code.code_start.is_some(), minor >= 11, "3.{minor}");
+                    assert_eq!(s.walk.frame_owner.is_some(), minor >= 12, "3.{minor}");
+                }
+                (13.., StackSource::DebugOffsets) => {}
+                other => panic!("3.{minor}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -234,6 +234,19 @@ pub fn object_layout_for(version: PyVersion, free_threaded: bool) -> Option<Obje
 }
 
 impl ObjectLayout {
+    /// The object layout of a process of release line `line`: the table's for
+    /// its build kind, refined by its debug offsets where it has them (3.13+);
+    /// `None` when unknown or incomplete.
+    pub fn of_process(line: PyVersion, debug: Option<&DebugOffsets>) -> Option<ObjectLayout> {
+        let free_threaded = debug.is_some_and(|d| d.free_threaded);
+        let table = object_layout_for(line, free_threaded)?;
+        let layout = match debug {
+            Some(d) => table.with_debug_offsets(d),
+            None => table,
+        };
+        layout.complete().then_some(layout)
+    }
+
     /// The table's layout with every field the process describes itself (3.13+)
     /// taken from its `_PyRuntime.debug_offsets` instead.
     pub fn with_debug_offsets(self, d: &DebugOffsets) -> ObjectLayout {

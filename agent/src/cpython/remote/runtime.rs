@@ -37,6 +37,33 @@ pub struct ThreadState {
     pub native_thread_id: Option<u64>,
 }
 
+impl ThreadState {
+    /// The kernel tid of this thread in the target's PID namespace:
+    /// `native_thread_id` (3.11+), or the tid glibc keeps behind the
+    /// `pthread_t` (3.8-3.10, `pthread_tid_off` from
+    /// `locate::glibc_pthread_tid_offset`).
+    pub fn own_tid(&self, mem: &impl Memory, pthread_tid_off: Option<u64>) -> Option<u32> {
+        match self.native_thread_id {
+            Some(native) => u32::try_from(native).ok().filter(|t| plausible_tid(*t)),
+            None => glibc_tid(mem, self.thread_id, pthread_tid_off?),
+        }
+    }
+}
+
+/// Linux tids are below 2^30 (`PID_MAX_LIMIT` is 2^22); 0 is no thread.
+fn plausible_tid(tid: u32) -> bool {
+    tid != 0 && tid < 1 << 30
+}
+
+/// The tid glibc keeps in the `struct pthread` a `pthread_t` points to, at
+/// `tid_off`; `None` when unreadable, or 0 (the thread exited).
+pub fn glibc_tid(mem: &impl Memory, pthread: u64, tid_off: u64) -> Option<u32> {
+    let mut b = [0u8; 4];
+    mem.read_bytes(pthread.checked_add(tid_off)?, &mut b)
+        .then_some(())?;
+    Some(u32::from_le_bytes(b)).filter(|t| plausible_tid(*t))
+}
+
 /// The thread states of one interpreter, in list order, one read each; at most
 /// [`MAX_THREADS`] (a cyclic list repeats until then).
 pub fn thread_states(mem: &impl Memory, interp: u64, l: &ObjectLayout) -> Vec<ThreadState> {

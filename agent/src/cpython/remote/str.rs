@@ -91,6 +91,19 @@ pub fn read_str(mem: &impl Memory, addr: u64, l: &ObjectLayout, max_chars: u64) 
     read_str_data(mem, addr, &shape, max_chars)
 }
 
+/// Reads the compact `str` at `addr`, cut to what fits in `max_bytes` of
+/// code units (1, 2 or 4 bytes a character): a bound on bytes read, whatever
+/// the string's width.
+pub fn read_str_bytes(
+    mem: &impl Memory,
+    addr: u64,
+    l: &ObjectLayout,
+    max_bytes: u64,
+) -> Option<String> {
+    let shape = read_str_shape(mem, addr, l)?;
+    read_str_data(mem, addr, &shape, max_bytes / shape.unit)
+}
+
 /// Whether the `str` at `addr` is exactly `want` (lengths compared before any
 /// data is read, so no more than `want` is ever read).
 pub fn str_equals(mem: &impl Memory, addr: u64, l: &ObjectLayout, want: &str) -> bool {
@@ -147,6 +160,9 @@ mod tests {
         let at = mem.str(&l, "pool_0");
         assert_eq!(read_str(&mem, at, &l, 4).as_deref(), Some("pool"));
         assert_eq!(read_str(&mem, at, &l, 100).as_deref(), Some("pool_0"));
+        let wide = mem.str(&l, "поток");
+        assert_eq!(read_str_bytes(&mem, wide, &l, 6).as_deref(), Some("пот"));
+        assert_eq!(read_str_bytes(&mem, at, &l, 3).as_deref(), Some("poo"));
         assert!(str_equals(&mem, at, &l, "pool_0"));
         assert!(!str_equals(&mem, at, &l, "pool"));
         assert!(!str_equals(&mem, 0x10, &l, "pool_0"), "unreadable");

@@ -81,6 +81,8 @@ pub struct CondwaitInflight {
     pub _pad: u32,
     /// Distinct holders seen at the start of its slices (0: unused slot).
     pub holders: [u64; EPISODE_HOLDERS],
+    /// Id of the holder's stack when this slice began (0: not captured).
+    pub holder_stack: u64,
 }
 
 // SAFETY: repr(C), Copy, integers only: every bit pattern is valid, no pointers.
@@ -131,7 +133,8 @@ mod tests {
                 continuing,
                 slices,
                 _pad,
-                holders
+                holders,
+                holder_stack
             ]
         );
     }

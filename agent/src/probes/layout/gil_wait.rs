@@ -135,6 +135,8 @@ pub struct FutexInflight {
     pub slices: u32,
     /// Distinct holders seen at the start of its slices (0: unused slot).
     pub holders: [u64; EPISODE_HOLDERS],
+    /// Id of the holder's stack when this segment began (0: not captured).
+    pub holder_stack: u64,
 }
 
 // SAFETY: repr(C), Copy, integers only: every bit pattern is valid, no pointers.
@@ -211,7 +213,8 @@ mod tests {
                 continuing,
                 retake,
                 slices,
-                holders
+                holders,
+                holder_stack
             ]
         );
     }

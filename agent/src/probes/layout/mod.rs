@@ -18,7 +18,10 @@ pub mod lock_park;
 
 pub use gil_condwait::{CondwaitInflight, CondwaitTarget, CondwaitWaits};
 pub use gil_precise::PreciseGil;
-pub use gil_shared::{map_full_slot, BlockedKey, BlockedVal, GilEpisode, GilKey, GilVal};
+pub use gil_shared::{
+    map_full_slot, BlockedKey, BlockedVal, FrameWalk, GilEpisode, GilKey, GilVal, HolderKey,
+    HolderStack, HolderWaitVal, STACK_UNKNOWN,
+};
 pub use gil_wait::{FutexInflight, GilTarget, ThreadWaits};
 pub use lock_park::{LockKey, LockVal, LockWaits};
 

@@ -44,6 +44,10 @@ pub struct SessionOptions<'a> {
     /// PyMutex parking (3.13+ builds with a parking lot), a slow-path uprobe.
     pub locks: bool,
     pub names: NameRefresh,
+    /// Capture the GIL holder's Python stack when each wait begins (the
+    /// contention profile). Read by [`Session::snapshot`] and
+    /// [`Session::final_snapshot`] only: a fleet's sessions leave it off.
+    pub holders: bool,
 }
 
 impl SessionOptions<'_> {
@@ -54,6 +58,7 @@ impl SessionOptions<'_> {
             precise: false,
             locks: false,
             names: NameRefresh::OnChangeOrEvery(Duration::from_secs(30)),
+            holders: false,
         }
     }
 }
@@ -213,7 +218,11 @@ impl Session {
         if let Some(c) = own.condwait.as_mut() {
             c.watch(pid, &gils, &gil.layout)?;
         }
-        Ok(Session::new(interp, gil, own, cpu_start, gils, opts))
+        let mut session = Session::new(interp, gil, own, cpu_start, gils, opts);
+        if opts.holders {
+            session.capture_holders(probe);
+        }
+        Ok(session)
     }
 
     /// Starts `argv` suspended, attaches before it runs any Python, releases it,
@@ -253,7 +262,10 @@ impl Session {
         if let Some(c) = own.condwait.as_mut() {
             c.watch(interp.pid, &[gil.addr], &gil.layout)?;
         }
-        let session = Session::new(interp, gil, own, Default::default(), vec![gil.addr], opts);
+        let mut session = Session::new(interp, gil, own, Default::default(), vec![gil.addr], opts);
+        if opts.holders {
+            session.capture_holders(probe);
+        }
         Ok((session, child))
     }
 }

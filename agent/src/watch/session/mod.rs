@@ -12,6 +12,7 @@
 //! ([`crate::core::retire`]). Two [`Snapshot`]s make a [`Measurement`].
 
 pub mod attach;
+mod holders;
 pub mod names;
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +23,7 @@ use crate::core::analyse::{CpuEnvironment, Measurement, PreciseCounters};
 use crate::core::counters::WaitEpisode;
 use crate::core::counters::{EntriesDropped, WaitCounters};
 use crate::core::cpu::{ThreadSample, Throttling};
+use crate::core::holders::HolderStacks;
 use crate::core::report::{Ending, InterpreterInfo, Mode};
 use crate::core::retire::{self, Retirement};
 use crate::core::samples::GilSamples;
@@ -58,6 +60,9 @@ pub struct Snapshot {
     pub gil: GilSamples,
     /// Throttling of each cgroup level, leaf first (empty: no cgroup found).
     pub throttling: Vec<Throttling>,
+    /// The GIL wait behind each holder stack since watching began (empty
+    /// where not captured).
+    pub holders: HolderStacks,
 }
 
 /// What a report says about the interpreter, from what was found and sampled.
@@ -121,6 +126,8 @@ pub struct Session {
     /// Whether exited threads are retired (not when per-thread uprobe counters
     /// of `--precise` or the lock probe must stay by tid).
     retiring: bool,
+    /// The kernel's capture of the GIL holders' code, where asked and possible.
+    holders: Option<holders::HolderCapture>,
 }
 
 impl Session {
@@ -156,7 +163,7 @@ impl Session {
             .unwrap_or_default();
         let now = Instant::now();
         Self {
-            names: names::ThreadNames::new(ThreadNameReader::new(&interp, &gil, mem), opts.names),
+            names: names::ThreadNames::new(ThreadNameReader::new(&interp, mem), opts.names),
             live_tids: cpu_start.keys().copied().collect(),
             cpu_ticks_read: process_cpu_ticks(pid).unwrap_or(0),
             resolver,
@@ -181,6 +188,7 @@ impl Session {
             watched_gils: gils,
             mem,
             exits: Retirement::default(),
+            holders: None,
         }
     }
 
@@ -451,13 +459,15 @@ impl Session {
             waits: WaitCounters::default(),
             gil: GilSamples::default(),
             throttling: self.throttling_start.clone(),
+            holders: HolderStacks::default(),
         }
     }
 
     /// The cumulative counters now (refresh first for fresh CPU).
     pub fn snapshot(&mut self, probe: &WaitProbe) -> Snapshot {
         let waits = probe.read(self.pid()).unwrap_or_default();
-        self.snapshot_with(waits)
+        let holders = self.read_holders(probe);
+        self.snapshot_of(waits, holders)
     }
 
     /// The last snapshot of a measurement: sampling stops first, so the hold
@@ -467,12 +477,18 @@ impl Session {
             self.final_samples = Some(sampler.stop());
         }
         let waits = probe.read(self.pid())?;
-        Ok(self.snapshot_with(waits))
+        let holders = self.read_holders(probe);
+        Ok(self.snapshot_of(waits, holders))
     }
 
     /// [`Session::snapshot`] from kernel counters the caller already read
-    /// (the condvar probe's, on musl, are folded in here).
-    pub fn snapshot_with(&mut self, mut waits: WaitCounters) -> Snapshot {
+    /// (the condvar probe's, on musl, are folded in here). Holder stacks are
+    /// not read: a fleet's sessions do not capture them.
+    pub fn snapshot_with(&mut self, waits: WaitCounters) -> Snapshot {
+        self.snapshot_of(waits, HolderStacks::default())
+    }
+
+    fn snapshot_of(&mut self, mut waits: WaitCounters, holders: HolderStacks) -> Snapshot {
         self.fold_condwait(&mut waits);
         self.learn_holders(&waits);
         let now = Instant::now();
@@ -499,6 +515,7 @@ impl Session {
                 .as_ref()
                 .map(CpuCgroup::throttling)
                 .unwrap_or_default(),
+            holders,
         }
     }
 
@@ -528,6 +545,10 @@ impl Session {
             locks: None,
             gil_addrs: self.gils_seen.clone(),
             python_names: self.names.all().clone(),
+            holders: self
+                .holders
+                .as_ref()
+                .map(|h| h.named(&cur.holders.since(&prev.holders))),
             cpu_env: CpuEnvironment {
                 affinity_cpus: self.affinity,
                 cpu_limit_cores: self.cgroup.as_ref().and_then(CpuCgroup::quota_cores),

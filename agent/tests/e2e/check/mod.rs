@@ -1,6 +1,8 @@
-//! `gilscope check`: errors, measured truths, diagnoses, pools and quotas, thread names, capabilities.
+//! `gilscope check`: errors, measured truths, diagnoses, pools and quotas, thread names,
+//! capabilities, the GIL contention profile.
 
 mod capabilities;
+mod contention_profile;
 mod cpu_and_pools;
 mod diagnoses;
 mod diagnosis_matrix;

@@ -43,7 +43,7 @@ const SKIPPED_STDLIB: &[&str] = &[
 ];
 
 /// A root filesystem in a temporary directory, removed on drop.
-struct Rootfs {
+pub(super) struct Rootfs {
     dir: PathBuf,
 }
 
@@ -88,7 +88,7 @@ fn shared_libraries(python: &Path) -> Vec<PathBuf> {
 
 /// Copies pyenv's 3.11 (`python` is its `bin/python3.11`) into a fresh rootfs.
 /// `tag` keeps the rootfs of tests running at once apart.
-fn build_rootfs(python: &Path, tag: &str) -> Rootfs {
+pub(super) fn build_rootfs(python: &Path, tag: &str) -> Rootfs {
     let install = python
         .parent()
         .and_then(Path::parent)
@@ -115,8 +115,8 @@ fn build_rootfs(python: &Path, tag: &str) -> Rootfs {
     for lib in shared_libraries(python) {
         copy(&lib, &root.join(lib.strip_prefix("/").unwrap_or(&lib)));
     }
-    // The workload and the module it reports its rate with.
-    for script in ["cpu_threads.py", "rate.py"] {
+    // The workloads and the module they report their rate with.
+    for script in ["cpu_threads.py", "rate.py", "known_stacks.py"] {
         copy(Path::new(&workload(script)), &root.join("app").join(script));
     }
     for d in ["proc", "oldroot", "tmp"] {
@@ -131,18 +131,18 @@ fn build_rootfs(python: &Path, tag: &str) -> Rootfs {
 
 /// How the container gets its root.
 #[derive(Debug, Clone, Copy)]
-enum Isolation {
+pub(super) enum Isolation {
     /// A mount namespace whose root is the rootfs (`pivot_root`), as container runtimes do.
     PivotRoot,
     /// `chroot` into the rootfs inside our own mount namespace.
     Chroot,
 }
 
-/// A container running `cpu_threads.py`, killed on drop.
-struct Container {
+/// A container running a workload of /app, killed on drop.
+pub(super) struct Container {
     unshare: Child,
     /// The Python process, as the host numbers it.
-    pid: u32,
+    pub(super) pid: u32,
     cgroup: Option<PathBuf>,
 }
 
@@ -179,6 +179,12 @@ fn child_of(parent: u32) -> Option<u32> {
 }
 
 fn start(rootfs: &Rootfs, isolation: Isolation, seconds: u32) -> Container {
+    let seconds = seconds.to_string();
+    start_app(rootfs, isolation, &["/app/cpu_threads.py", "4", &seconds])
+}
+
+/// Runs the container's python with `args` (a script under /app first).
+pub(super) fn start_app(rootfs: &Rootfs, isolation: Isolation, args: &[&str]) -> Container {
     let root = rootfs.dir.display().to_string();
     let python = format!("{PREFIX}/bin/python3");
     let mut cmd = Command::new("unshare");
@@ -191,7 +197,7 @@ fn start(rootfs: &Rootfs, isolation: Isolation, seconds: u32) -> Container {
     match isolation {
         Isolation::Chroot => {
             cmd.args(["--mount-proc", &format!("--root={root}"), &python])
-                .args(["/app/cpu_threads.py", "4", &seconds.to_string()]);
+                .args(args);
         }
         Isolation::PivotRoot => {
             // The host's sh, mount and pivot_root run before the switch; after it
@@ -199,7 +205,8 @@ fn start(rootfs: &Rootfs, isolation: Isolation, seconds: u32) -> Container {
             let script = format!(
                 "set -e; mount --make-rprivate /; mount --bind {root} {root}; \
                  mount -t proc proc {root}/proc; cd {root}; pivot_root . oldroot; \
-                 exec {python} /app/cpu_threads.py 4 {seconds}"
+                 exec {python} {}",
+                args.join(" ")
             );
             cmd.args(["sh", "-c", &script]);
         }

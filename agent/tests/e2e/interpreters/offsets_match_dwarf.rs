@@ -1,14 +1,17 @@
 //! The offset table (agent/src/cpython/layout/versions.rs) and the debug-offsets block
 //! positions (agent/src/cpython/layout/debug_offsets.rs) agree with the DWARF of every
-//! pyenv build on the machine and of Debian sid's 3.14, read with gdb.
+//! pyenv build on the machine and of Debian sid's 3.14, read with gdb: the GIL,
+//! the objects thread names are read through, and the frames and code objects
+//! stacks are read through.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::pyenv_matrix;
 use gilscope::cpython::layout::debug_offsets::block_layout;
+use gilscope::cpython::layout::frames::{InstrKind, LineFormat, OWNER_MAX, OWNER_NOT_PYTHON};
 use gilscope::cpython::layout::versions::{
-    layout_for, GilLayout, GilLocation, PyVersion, ThreadIdField,
+    layout_for, GilLayout, GilLocation, PyVersion, StackSource, ThreadIdField,
 };
 use gilscope::cpython::remote::objects::{object_layout_for, KeysLayout, ObjectLayout};
 
@@ -310,5 +313,127 @@ fn the_object_layouts_for_thread_names_match_the_debug_info_of_every_build() {
         };
         let l = object_layout_for(version, true).expect("3.13t has an object layout");
         assert_dwarf_agrees("3.13t", &lib, &object_checks(&l));
+    }
+}
+
+/// `(gdb expression, what gilscope uses)` for the frame walk and code object
+/// layout of `version`: the table's figures (3.8-3.12) or, for 3.13+, where
+/// the debug-offsets block keeps them; and the frame owners a walk skips.
+fn stack_checks(version: PyVersion) -> Vec<(String, u64)> {
+    let layout = layout_for(version).unwrap_or_else(|| panic!("{version} in the table"));
+    let mut c = Vec::new();
+    match layout.stack {
+        StackSource::Table(s) => {
+            let (w, code) = (s.walk, s.code);
+            let frame = if version.minor <= 10 {
+                "struct _frame"
+            } else {
+                "struct _PyInterpreterFrame"
+            };
+            match w.tstate_to_frame.second {
+                None => c.push((off("struct _ts", "frame"), w.tstate_to_frame.first)),
+                Some(second) => {
+                    c.push((off("struct _ts", "cframe"), w.tstate_to_frame.first));
+                    c.push((off("struct _PyCFrame", "current_frame"), second));
+                }
+            }
+            let (previous, instr) = match w.instr {
+                InstrKind::LastiBytes | InstrKind::LastiUnits => ("f_back", "f_lasti"),
+                InstrKind::Pointer => ("previous", "prev_instr"),
+            };
+            c.push((off(frame, previous), w.frame_previous));
+            c.push((off(frame, "f_code"), w.frame_code));
+            c.push((off(frame, instr), w.frame_instr));
+            if matches!(w.instr, InstrKind::LastiBytes | InstrKind::LastiUnits) {
+                c.push((format!("sizeof((({frame}*)0)->f_lasti)"), 4));
+            }
+            if let Some(owner) = w.frame_owner {
+                c.push((off(frame, "owner"), owner));
+                c.push((
+                    "(long)FRAME_OWNED_BY_CSTACK".into(),
+                    OWNER_NOT_PYTHON.into(),
+                ));
+            }
+            let name = if version.minor >= 11 {
+                "co_qualname"
+            } else {
+                "co_name"
+            };
+            let table = match code.lines {
+                LineFormat::Lnotab => "co_lnotab",
+                _ => "co_linetable",
+            };
+            c.extend([
+                (off("PyCodeObject", name), code.name),
+                (off("PyCodeObject", "co_filename"), code.filename),
+                (off("PyCodeObject", "co_firstlineno"), code.firstlineno),
+                ("sizeof(((PyCodeObject*)0)->co_firstlineno)".into(), 4),
+                (off("PyCodeObject", table), code.linetable),
+                (off("PyBytesObject", "ob_base.ob_size"), code.bytes_size),
+                (off("PyBytesObject", "ob_sval"), code.bytes_data),
+            ]);
+            if let Some(start) = code.code_start {
+                c.push((off("PyCodeObject", "co_code_adaptive"), start));
+            }
+        }
+        StackSource::DebugOffsets => {
+            let p = block_layout(version).expect("a block layout").stack;
+            c.extend(debug_offsets_checks(&[
+                ("thread_state.size", p.tstate_size),
+                ("thread_state.current_frame", p.current_frame),
+                ("interpreter_frame.size", p.frame_size),
+                ("interpreter_frame.previous", p.frame_previous),
+                ("interpreter_frame.executable", p.frame_executable),
+                ("interpreter_frame.instr_ptr", p.frame_instr_ptr),
+                ("interpreter_frame.owner", p.frame_owner),
+                ("code_object.size", p.code_size),
+                ("code_object.filename", p.code_filename),
+                ("code_object.qualname", p.code_qualname),
+                ("code_object.linetable", p.code_linetable),
+                ("code_object.firstlineno", p.code_firstlineno),
+                ("code_object.co_code_adaptive", p.code_adaptive),
+                ("bytes_object.ob_size", p.bytes_size),
+                ("bytes_object.ob_sval", p.bytes_data),
+            ]));
+            // Skipped: the C stack's and (3.14) the interpreter's frames; kept:
+            // thread, generator and frame-object frames.
+            c.push(("(long)FRAME_OWNED_BY_FRAME_OBJECT".into(), 2));
+            if version.minor >= 14 {
+                c.push((
+                    "(long)FRAME_OWNED_BY_INTERPRETER".into(),
+                    OWNER_NOT_PYTHON.into(),
+                ));
+                c.push(("(long)FRAME_OWNED_BY_CSTACK".into(), OWNER_MAX.into()));
+                c.push(("sizeof(_PyStackRef)".into(), 8));
+            } else {
+                c.push((
+                    "(long)FRAME_OWNED_BY_CSTACK".into(),
+                    OWNER_NOT_PYTHON.into(),
+                ));
+            }
+            c.push(("sizeof(((PyCodeObject*)0)->co_firstlineno)".into(), 4));
+        }
+    }
+    c
+}
+
+#[test]
+fn the_stack_layouts_match_the_debug_info_of_every_build() {
+    for (version, lib) in pyenv_libraries() {
+        assert_dwarf_agrees(&version.to_string(), &lib, &stack_checks(version));
+    }
+    let v313 = PyVersion {
+        major: 3,
+        minor: 13,
+    };
+    if let Some(lib) = free_threaded_library() {
+        assert_dwarf_agrees("3.13t", &lib, &stack_checks(v313));
+    }
+    if let Some(debug) = crate::common::debian_python314_debug_file() {
+        let v314 = PyVersion {
+            major: 3,
+            minor: 14,
+        };
+        assert_dwarf_agrees("sid 3.14", &debug, &stack_checks(v314));
     }
 }

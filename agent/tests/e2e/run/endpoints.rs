@@ -419,7 +419,14 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
         .iter()
         .filter_map(|s| s.labels.get("gilscope_bpf_map").map(String::as_str))
         .collect();
-    let want = BTreeSet::from(["blocked_by", "gil_waits", "inflight", "thread_waits"]);
+    let want = BTreeSet::from([
+        "blocked_by",
+        "gil_waits",
+        "holder_stacks",
+        "holder_waits",
+        "inflight",
+        "thread_waits",
+    ]);
     if maps != want || full.iter().any(|s| s.value != 0.0) {
         failures.push(format!("gilscope_bpf_entries_dropped_total: {full:?}"));
     }

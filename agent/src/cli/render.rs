@@ -34,6 +34,38 @@ fn duration_us(us: f64) -> String {
     }
 }
 
+/// The event loops found, one row each: how long their iterations kept every
+/// other callback of the loop waiting. Nothing when there is none.
+fn event_loops(out: &mut String, report: &Report) {
+    if report.event_loops.is_empty() {
+        return;
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<24} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "loop", "thread", "iterations", "lag p50", "p99", "max", "blocked"
+    );
+    for l in &report.event_loops {
+        let name = report
+            .threads
+            .iter()
+            .find(|t| t.tid == l.tid)
+            .map_or("", |t| t.name.as_str());
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<24} {:>10} {:>8} {:>8} {:>8} {:>7.2}s",
+            l.tid,
+            column(name, 24),
+            l.iterations,
+            duration_us(l.lag_p50_ms * 1e3),
+            duration_us(l.lag_p99_ms * 1e3),
+            duration_us(l.lag_max_ms * 1e3),
+            l.blocked_s
+        );
+    }
+}
+
 /// The report as a terminal table: verdict first, then the process, then each thread.
 pub fn text(report: &Report) -> String {
     let mut out = String::new();
@@ -177,6 +209,7 @@ pub fn text(report: &Report) -> String {
             blocked.join(", ")
         );
     }
+    event_loops(&mut out, report);
     if !report.children.is_empty() {
         out.push('\n');
         let _ = writeln!(

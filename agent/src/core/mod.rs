@@ -7,6 +7,7 @@ pub mod assess;
 pub mod counters;
 pub mod cpu;
 pub mod diagnose;
+pub mod event_loop;
 pub mod report;
 pub mod retire;
 pub mod samples;

@@ -145,6 +145,24 @@ pub struct ThreadReport {
     pub hold_stretch_max_ms: f64,
 }
 
+/// One event loop of the process: a thread that asks for ready I/O in epoll
+/// once per iteration (asyncio, uvloop), with the lag of its iterations.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct EventLoopReport {
+    /// The loop thread.
+    pub tid: u32,
+    /// Iterations finished while measuring (poll-family return to the next call).
+    pub iterations: u64,
+    /// Iteration length, the time no other callback of the loop could run:
+    /// percentiles from a log2 histogram (exact to its bucket) and the longest.
+    pub lag_p50_ms: f64,
+    pub lag_p99_ms: f64,
+    pub lag_max_ms: f64,
+    /// Time spent in iterations at least `LONG_ITERATION_NS` long (see the README's
+    /// Diagnoses table): the loop was blocked.
+    pub blocked_s: f64,
+}
+
 /// One GIL of the process: the main interpreter's, or a subinterpreter's own (3.12+).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct GilReport {
@@ -277,6 +295,8 @@ pub struct Report {
     pub estimate: Estimate,
     /// CPython child processes (pool workers) seen while measuring.
     pub children: Vec<ChildReport>,
+    /// The event loops found (threads iterating on epoll), most blocked first.
+    pub event_loops: Vec<EventLoopReport>,
     /// `--precise` only: where take_gil/drop_gil were probed.
     pub precise_probes: Option<PreciseProbes>,
 }

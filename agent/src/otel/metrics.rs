@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::core::analyse::{analyse, estimate};
 use crate::core::counters::HIST_SLOTS;
 use crate::core::diagnose::{diagnose, Facts};
+use crate::core::event_loop::event_loops;
 use crate::core::report::{ProcessReport, ThreadReport};
 use crate::watch::session::{Session, Snapshot};
 
@@ -372,11 +373,13 @@ pub fn process_series(input: &IntervalInput) -> ProcessSeries {
     let interval = w.measurement(input.prev, input.cur);
     let (process, threads) = analyse(&interval);
     let est = estimate(&process, &threads);
+    let loops = interval.loops.as_ref().map(event_loops).unwrap_or_default();
     let diagnoses = diagnose(&Facts {
         process: &process,
         threads: &threads,
         locks: None,
         children: &[],
+        loops: &loops,
     });
 
     let window = match input.temporality {

@@ -5,6 +5,7 @@
 //! [`crate::core::counters`].
 
 pub mod condwait;
+pub mod event_loop;
 mod layout;
 pub mod lock;
 mod maps;

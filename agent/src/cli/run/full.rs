@@ -27,6 +27,9 @@ fn consequence(map: KernelMap) -> &'static str {
         KernelMap::GilWaits | KernelMap::CondGilWaits => {
             "GIL waits are missing from the per-GIL figures; too many (process, GIL) pairs on this node"
         }
+        KernelMap::LoopThreads => {
+            "event-loop iterations of threads without an entry were not counted; too many polling threads are watched on this node"
+        }
     }
 }
 

@@ -439,7 +439,8 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
             && s.labels.get("service_name").map(String::as_str) == Some("gilscope") => {}
         other => failures.push(format!("gilscope_processes_watched: {other:?}")),
     }
-    // Four threads fill no kernel map: the map-full counters are there, at 0.
+    // Four threads fill no kernel map: the map-full counters are there, at 0
+    // (the futex probe's and the event-loop probe's).
     let full: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.name == "gilscope_bpf_entries_dropped_total")
@@ -448,7 +449,13 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
         .iter()
         .filter_map(|s| s.labels.get("gilscope_bpf_map").map(String::as_str))
         .collect();
-    let want = BTreeSet::from(["blocked_by", "gil_waits", "inflight", "thread_waits"]);
+    let want = BTreeSet::from([
+        "blocked_by",
+        "gil_waits",
+        "inflight",
+        "loop_threads",
+        "thread_waits",
+    ]);
     if maps != want || full.iter().any(|s| s.value != 0.0) {
         failures.push(format!("gilscope_bpf_entries_dropped_total: {full:?}"));
     }

@@ -4,8 +4,9 @@
 //!
 //! `cargo run --release --example render_cost`
 
-use gilscope::otel::metrics::*;
+use gilscope::otel::catalog::*;
 use gilscope::otel::prometheus::Exposition;
+use gilscope::otel::series::*;
 use gilscope::otel::Temporality;
 use std::time::Instant;
 fn main() {

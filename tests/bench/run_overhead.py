@@ -33,6 +33,7 @@ class CountingProxy:
     """Forwards 127.0.0.1:listen -> 127.0.0.1:target and counts bytes each way."""
 
     def __init__(self, listen, target):
+        self.port = listen
         self.up = 0
         self.down = 0
         self.lock = threading.Lock()
@@ -67,6 +68,20 @@ class CountingProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+def counted_blackhole():
+    """rotel taking OTLP and discarding it, behind a CountingProxy: the far end of
+    the link whose bytes a benchmark counts. Returns (rotel, proxy); the agent
+    exports OTLP/gRPC to 127.0.0.1:proxy.port."""
+    grpc, http = free_port(), free_port()
+    rotel = subprocess.Popen([os.path.join(RECEIVERS, "bin/rotel"), "start",
+                              "--otlp-grpc-endpoint", f"127.0.0.1:{grpc}",
+                              "--otlp-http-endpoint", f"127.0.0.1:{http}",
+                              "--exporter", "blackhole"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)
+    return rotel, CountingProxy(free_port(), grpc)
 
 
 def cpu_s(pid):
@@ -128,16 +143,9 @@ def main():
                          env=dict(os.environ, OTEL_SERVICE_NAME=f"bench-{i}"))
         for i in range(args.processes)
     ]
-    grpc, http, proxy_port = free_port(), free_port(), free_port()
-    rotel = subprocess.Popen([os.path.join(RECEIVERS, "bin/rotel"), "start",
-                              "--otlp-grpc-endpoint", f"127.0.0.1:{grpc}",
-                              "--otlp-http-endpoint", f"127.0.0.1:{http}",
-                              "--exporter", "blackhole"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.5)
-    proxy = CountingProxy(proxy_port, grpc)
+    rotel, proxy = counted_blackhole()
     agent = subprocess.Popen([args.gilscope, "run", "--interval", f"{args.interval}s",
-                              "--endpoint", f"http://127.0.0.1:{proxy_port}",
+                              "--endpoint", f"http://127.0.0.1:{proxy.port}",
                               "--include-cmdline", tag] + args.extra.split(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -29,10 +29,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_overhead import CountingProxy, free_port  # noqa: E402  (same folder)
+from run_overhead import counted_blackhole  # noqa: E402  (same folder)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RECEIVERS = os.environ.get("GILSCOPE_RECEIVERS", "/var/cache/gilscope/receivers")
 WORKLOADS = os.path.join(ROOT, "tests/workloads")
 BASELINE_CONFIG = (
     "export:\n  compression: gzip\n  temporality: cumulative\n  batch_size: 8192\n"
@@ -54,12 +53,12 @@ def start_workloads(python, seconds, tag):
     ]
 
 
-def one_side(args, port, proxy, tag, flags):
+def one_side(args, proxy, tag, flags):
     """Runs one agent; returns (bytes counted over the window, window seconds,
     export failures the agent logged: bytes of rejected requests count too)."""
     log = tempfile.TemporaryFile()
     agent = subprocess.Popen([args.gilscope, "run", "--interval", f"{args.interval}s",
-                              "--endpoint", f"http://127.0.0.1:{port}",
+                              "--endpoint", f"http://127.0.0.1:{proxy.port}",
                               "--include-cmdline", tag] + flags,
                              stdout=subprocess.DEVNULL, stderr=log)
     try:
@@ -97,12 +96,7 @@ def main():
     tag = f"wire{os.getpid()}"
     per_side = args.warmup + args.seconds + 5
     workloads = start_workloads(args.python, 2 * args.rounds * per_side + 30, tag)
-    grpc, http, proxy_port = free_port(), free_port(), free_port()
-    rotel = subprocess.Popen([os.path.join(RECEIVERS, "bin/rotel"), "start",
-                              "--otlp-grpc-endpoint", f"127.0.0.1:{grpc}",
-                              "--otlp-http-endpoint", f"127.0.0.1:{http}",
-                              "--exporter", "blackhole"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rotel, proxy = counted_blackhole()
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(BASELINE_CONFIG)
         baseline_config = f.name
@@ -112,12 +106,10 @@ def main():
     }
     totals = {k: [0, 0.0] for k in sides}
     try:
-        time.sleep(1.5)
-        proxy = CountingProxy(proxy_port, grpc)
         for r in range(args.rounds):
             order = ["default", "baseline"] if r % 2 == 0 else ["baseline", "default"]
             for side in order:
-                b, t, failures = one_side(args, proxy_port, proxy, tag, sides[side])
+                b, t, failures = one_side(args, proxy, tag, sides[side])
                 if failures:
                     raise SystemExit(f"{side}: the receiver rejected requests "
                                      f"({failures} warnings): bytes would not be comparable")

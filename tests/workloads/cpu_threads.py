@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 
+from rate import Rate
+
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
 deadline = time.monotonic() + seconds
@@ -24,13 +26,10 @@ def spin(index):
     loops[index] = n
 
 
-start = time.perf_counter()
-cpu_start = time.process_time()
+rate = Rate()
 workers = [threading.Thread(target=spin, args=(i,), name=f"cpu-{i}") for i in range(threads)]
 for w in workers:
     w.start()
 for w in workers:
     w.join()
-elapsed = time.perf_counter() - start
-cpu = time.process_time() - cpu_start
-print(f"{sum(loops) / elapsed:.0f} loops/s ({sum(loops) / cpu:.0f} per CPU-s)")
+rate.report(sum(loops), "loops")

@@ -8,12 +8,13 @@ import os
 import sys
 import time
 
+from rate import Rate
+
 seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
 r, w = os.pipe()
 n = 0
-cpu_start = time.process_time()
-start = time.perf_counter()
-deadline = start + seconds
+rate = Rate()
+deadline = rate.start + seconds
 while True:
     for _ in range(1000):
         os.write(w, b"x")
@@ -21,6 +22,4 @@ while True:
     n += 1000
     if time.perf_counter() >= deadline:
         break
-elapsed = time.perf_counter() - start
-cpu = time.process_time() - cpu_start
-print(f"{n / elapsed:.0f} round trips/s ({n / cpu:.0f} per CPU-s)")
+rate.report(n, "round trips")

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 
+from rate import Rate
+
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
 deadline = time.monotonic() + seconds
@@ -28,8 +30,7 @@ def append(index):
     appends[index] = n
 
 
-start = time.perf_counter()
-cpu_start = time.process_time()
+rate = Rate()
 workers = [
     threading.Thread(target=append, args=(i,), name=f"append-{i}") for i in range(threads)
 ]
@@ -37,6 +38,4 @@ for w in workers:
     w.start()
 for w in workers:
     w.join()
-elapsed = time.perf_counter() - start
-cpu = time.process_time() - cpu_start
-print(f"{sum(appends) / elapsed:.0f} appends/s ({sum(appends) / cpu:.0f} per CPU-s)")
+rate.report(sum(appends), "appends")

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use crate::core::event_loop::LONG_ITERATION_NS;
 use crate::core::report::{Report, Severity};
 
 /// The report as one pretty-printed JSON document.
@@ -43,6 +44,13 @@ fn event_loops(out: &mut String, report: &Report) {
     out.push('\n');
     let _ = writeln!(
         out,
+        "event loops: lag is one iteration (poll return to the next poll call): p50/p99 \
+         from log2 buckets (within a factor of 2), max exact; blocked: time in iterations \
+         of {} ms or more",
+        LONG_ITERATION_NS / 1_000_000
+    );
+    let _ = writeln!(
+        out,
         "{:>8}  {:<24} {:>10} {:>8} {:>8} {:>8} {:>8}",
         "loop", "thread", "iterations", "lag p50", "p99", "max", "blocked"
     );
@@ -69,7 +77,23 @@ fn event_loops(out: &mut String, report: &Report) {
 /// The report as a terminal table: verdict first, then the process, then each thread.
 pub fn text(report: &Report) -> String {
     let mut out = String::new();
-    let p = &report.process;
+    verdict(&mut out, report);
+    out.push('\n');
+    process(&mut out, report);
+    out.push('\n');
+    threads(&mut out, report);
+    event_loops(&mut out, report);
+    children(&mut out, report);
+    out.push('\n');
+    let _ = writeln!(out, "estimate: {}", report.estimate.model);
+    for line in &report.measured_by {
+        let _ = writeln!(out, "measured: {line}");
+    }
+    out
+}
+
+/// What was measured, and what it means: the diagnoses with their advice.
+fn verdict(out: &mut String, report: &Report) {
     let i = &report.interpreter;
     let _ = writeln!(
         out,
@@ -95,7 +119,11 @@ pub fn text(report: &Report) -> String {
         let _ = writeln!(out, "{tag}: {}", d.summary);
         let _ = writeln!(out, "  {}", d.advice);
     }
-    out.push('\n');
+}
+
+/// The process's totals and ratios, PyMutex parking and the GIL's state.
+fn process(out: &mut String, report: &Report) {
+    let p = &report.process;
     let _ = writeln!(
         out,
         "process: GIL utilization {}  queue length {:.2}  effective parallelism {:.2}  \
@@ -166,7 +194,10 @@ pub fn text(report: &Report) -> String {
             }
         );
     }
-    out.push('\n');
+}
+
+/// One row per thread, with the threads it waited behind.
+fn threads(out: &mut String, report: &Report) {
     let _ = writeln!(
         out,
         "{:>8}  {:<24} {:>7} {:>7} {:>8} {:>6} {:>8} {:>8} {:>6} {:>7} {:>8}  blocked by",
@@ -209,34 +240,160 @@ pub fn text(report: &Report) -> String {
             blocked.join(", ")
         );
     }
-    event_loops(&mut out, report);
-    if !report.children.is_empty() {
-        out.push('\n');
-        let _ = writeln!(
-            out,
-            "{:>8}  {:<40} {:>7} {:>6} {:>8} {:>8}  threads",
-            "child", "command", "cpu", "busy", "gil wait", "futex"
-        );
-        for c in &report.children {
-            let command: String = c.command.chars().take(40).collect();
-            let _ = writeln!(
-                out,
-                "{:>8}  {:<40} {:>6.2}s {:>6} {:>7.2}s {:>7.2}s  {}{}",
-                c.pid,
-                command,
-                c.cpu_s,
-                pct(c.busy_share),
-                c.gil_wait_s,
-                c.futex_wait_s,
-                c.threads,
-                if c.exited { " (exited)" } else { "" }
-            );
-        }
+}
+
+/// One row per CPython child process, if any.
+fn children(out: &mut String, report: &Report) {
+    if report.children.is_empty() {
+        return;
     }
     out.push('\n');
-    let _ = writeln!(out, "estimate: {}", report.estimate.model);
-    for line in &report.measured_by {
-        let _ = writeln!(out, "measured: {line}");
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<40} {:>7} {:>6} {:>8} {:>8}  threads",
+        "child", "command", "cpu", "busy", "gil wait", "futex"
+    );
+    for c in &report.children {
+        let command: String = c.command.chars().take(40).collect();
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<40} {:>6.2}s {:>6} {:>7.2}s {:>7.2}s  {}{}",
+            c.pid,
+            command,
+            c.cpu_s,
+            pct(c.busy_share),
+            c.gil_wait_s,
+            c.futex_wait_s,
+            c.threads,
+            if c.exited { " (exited)" } else { "" }
+        );
     }
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::report::*;
+
+    fn report() -> Report {
+        Report {
+            schema: SCHEMA,
+            pid: 42,
+            duration_s: 4.0,
+            mode: Mode::Default,
+            interpreter: InterpreterInfo {
+                executable: "/usr/bin/python3.13t".into(),
+                library: None,
+                version: "3.13.0".into(),
+                stripped: true,
+                gil_enabled: false,
+                gil_enabled_changed: true,
+                free_threaded: true,
+                libc: "glibc",
+            },
+            process: ProcessReport {
+                wall_s: 4.0,
+                cpu_s: 3.5,
+                gil_utilization: 0.5,
+                cpu_limit_cores: Some(2.0),
+                ..ProcessReport::default()
+            },
+            threads: vec![
+                ThreadReport {
+                    tid: 42,
+                    name: "MainThread".into(),
+                    python_name: Some("MainThread".into()),
+                    blocked_by: vec![BlockedBy {
+                        tid: 43,
+                        gil_wait_s: 0.5,
+                    }],
+                    ..ThreadReport::default()
+                },
+                ThreadReport {
+                    tid: 43,
+                    name: "a-worker-with-a-very-long-thread-name".into(),
+                    python_name: Some("worker".into()),
+                    ..ThreadReport::default()
+                },
+            ],
+            diagnosis: vec![Diagnosis {
+                kind: DiagnosisKind::LockContention,
+                severity: Severity::Warning,
+                summary: "lock contention: …".into(),
+                advice: "Give each thread its own data.".into(),
+                evidence: Default::default(),
+            }],
+            ended: Ending::Duration,
+            command_exit_code: None,
+            measured_by: vec!["GIL waits: futex".into()],
+            gils: vec![],
+            lock_contention: Some(LockContention {
+                wait_s: 1.0,
+                waits: 10,
+                wait_p50_us: 50.0,
+                wait_p99_us: 2000.0,
+                top_locks: vec![HotLock {
+                    address: "0x10".into(),
+                    wait_s: 1.0,
+                    waits: 10,
+                }],
+            }),
+            estimate: Estimate {
+                speedup_without_gil: 1.5,
+                cpu_demand_cores: 1.0,
+                model: "the model".into(),
+            },
+            children: vec![ChildReport {
+                pid: 50,
+                command: "python3 -c worker".into(),
+                version: "3.13.0".into(),
+                started_after_s: 0.1,
+                watched_s: 3.0,
+                exited: true,
+                threads: 1,
+                cpu_s: 1.0,
+                busy_share: 0.3,
+                gil_wait_s: 0.0,
+                futex_wait_s: 2.0,
+            }],
+            event_loops: vec![EventLoopReport {
+                tid: 42,
+                iterations: 1200,
+                lag_p50_ms: 1.0,
+                lag_p99_ms: 33.0,
+                lag_max_ms: 35.0,
+                blocked_s: 3.6,
+                functions: vec![],
+            }],
+            precise_probes: None,
+        }
+    }
+
+    #[test]
+    fn the_text_report_reads_verdict_process_threads_loops_children_then_how() {
+        let text = text(&report());
+        let order = [
+            "gilscope check: pid 42, CPython 3.13.0 (/usr/bin/python3.13t, stripped), 4.0 s, default mode\n\nWARNING: lock contention",
+            "\n  Give each thread its own data.\n\nprocess: GIL utilization 50%",
+            "cores available 0.00 (CPU limit 2.00)",
+            "lock contention (PyMutex parking): 1.00s in 10 waits (p50 50µs, p99 2.0ms)  top locks: 0x10 1.00s/10",
+            "free-threaded build: GIL off (switched while measuring)\n\n",
+            "MainThread",
+            "worker 0.50s",
+            "a-worker-with-a-very-lo…",
+            "\n\nevent loops: lag is one iteration",
+            "blocked: time in iterations of 20 ms or more\n",
+            "\n      42  MainThread                     1200    1.0ms   33.0ms   35.0ms    3.60s",
+            "\n\n   child  command",
+            "\n      50  python3 -c worker",
+            "(exited)\n\nestimate: the model\nmeasured: GIL waits: futex\n",
+        ];
+        let mut at = 0;
+        for part in order {
+            let found = text[at..].find(part);
+            assert!(found.is_some(), "{part:?} not after byte {at} in:\n{text}");
+            at += found.unwrap_or(0) + part.len();
+        }
+        assert!(text.ends_with(order[order.len() - 1]), "{text}");
+    }
 }

@@ -397,6 +397,20 @@ mod tests {
         assert_eq!(percentile_us(&[0; HIST_SLOTS], 0.5), 0.0);
     }
 
+    /// A GIL build of CPython `version` on glibc, as the report describes it.
+    fn glibc_gil_build(version: &str, stripped: bool) -> InterpreterInfo {
+        InterpreterInfo {
+            executable: "python3".into(),
+            library: None,
+            version: version.into(),
+            stripped,
+            gil_enabled: true,
+            gil_enabled_changed: false,
+            free_threaded: false,
+            libc: "glibc",
+        }
+    }
+
     fn sample(tid: u32, cpu_ms: u64) -> ThreadSample {
         ThreadSample {
             tid,
@@ -437,16 +451,7 @@ mod tests {
             pid,
             wall_s: 4.0,
             mode: Mode::Default,
-            interpreter: InterpreterInfo {
-                executable: "python3".into(),
-                library: None,
-                version: "3.11.7".into(),
-                stripped: false,
-                gil_enabled: true,
-                gil_enabled_changed: false,
-                free_threaded: false,
-                libc: "glibc",
-            },
+            interpreter: glibc_gil_build("3.11.7", false),
             cpu_start: BTreeMap::new(),
             cpu_end,
             waits,
@@ -545,16 +550,7 @@ mod tests {
             pid,
             wall_s: 1.0,
             mode: Mode::Default,
-            interpreter: InterpreterInfo {
-                executable: "python3".into(),
-                library: None,
-                version: "3.12.1".into(),
-                stripped: true,
-                gil_enabled: true,
-                gil_enabled_changed: false,
-                free_threaded: false,
-                libc: "glibc",
-            },
+            interpreter: glibc_gil_build("3.12.1", true),
             cpu_start: BTreeMap::new(),
             cpu_end,
             waits: WaitCounters::default(),

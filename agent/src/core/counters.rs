@@ -254,7 +254,7 @@ counters! {
         pub iterations: u64,
         pub busy_ns: u64,
         /// Iterations at least as long as the probe's threshold
-        /// ([`crate::core::event_loop::LONG_ITERATION_NS`]), and their total length.
+        /// (`LONG_ITERATION_NS` of the event-loop analysis), and their total length.
         pub long_iterations: u64,
         pub long_ns: u64,
         /// Poll-family calls returned, and how many of them were epoll calls

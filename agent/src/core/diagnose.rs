@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use crate::core::event_loop::LONG_ITERATION_NS;
 use crate::core::report::{
-    ChildReport, Diagnosis, EventLoopReport, LockContention, ProcessReport, Severity, ThreadReport,
+    ChildReport, Diagnosis, DiagnosisKind, EventLoopReport, LockContention, ProcessReport,
+    Severity, ThreadReport,
 };
 use crate::core::retire::EXITED_TID;
 
@@ -23,6 +24,11 @@ pub const LOCK_QUEUE_LENGTH: f64 = 0.25;
 /// Returns from blocking calls a thread needs before its retake latency is judged:
 /// fewer are too few for a median.
 pub const RETAKE_MIN_RETURNS: u64 = 20;
+/// Share of the wall time a thread's retake waits must add up to before its
+/// residual latency is worth a finding: a thread that only joins (the demo's
+/// `MainThread`: 5 of 106 retakes waited, p99 16 ms) has a long tail and
+/// nothing to gain; below 1 % a fix would save the program under 1 %.
+pub const RETAKE_MIN_WALL_SHARE: f64 = 0.01;
 /// Median retake latency (µs) from which every blocking call of a thread pays for
 /// the GIL. A free GIL is retaken without blocking (0); a holder that runs Python
 /// keeps it until asked to drop it, one switch interval (5 ms) later. Retakes behind
@@ -152,7 +158,7 @@ fn lock_contention(f: &Facts) -> Option<Diagnosis> {
         })
         .unwrap_or_default();
     Some(Diagnosis {
-        kind: "lock_contention".into(),
+        kind: DiagnosisKind::LockContention,
         severity: Severity::Warning,
         summary: format!(
             "lock contention: threads parked on PyMutexes {:.2} s in {} waits \
@@ -185,7 +191,7 @@ fn serialized_threads(f: &Facts) -> Option<Diagnosis> {
         Severity::Warning
     };
     Some(Diagnosis {
-        kind: "gil_serialized_threads".into(),
+        kind: DiagnosisKind::GilSerializedThreads,
         severity,
         summary: format!(
             "{hungry} threads, effective parallelism {:.2}: the GIL serializes them \
@@ -256,7 +262,7 @@ fn event_loop_blocked(f: &Facts) -> Option<Diagnosis> {
         n => format!("; {n} other threads waited {behind_s:.2} s for the GIL behind it"),
     };
     Some(Diagnosis {
-        kind: "event_loop_blocked".into(),
+        kind: DiagnosisKind::EventLoopBlocked,
         severity: if share >= LOOP_BLOCKED_CRITICAL {
             Severity::Critical
         } else {
@@ -309,7 +315,7 @@ fn cpu_throttled(f: &Facts) -> Option<Diagnosis> {
         .map(|c| format!("CPU limit {c:.2} cores: "))
         .unwrap_or_default();
     Some(Diagnosis {
-        kind: "cpu_throttled".into(),
+        kind: DiagnosisKind::CpuThrottled,
         severity: if share >= 0.5 {
             Severity::Critical
         } else {
@@ -342,6 +348,7 @@ fn gil_residual_latency(f: &Facts) -> Option<Diagnosis> {
         .threads
         .iter()
         .filter(|t| t.block_returns >= RETAKE_MIN_RETURNS)
+        .filter(|t| t.retake_wait_s >= RETAKE_MIN_WALL_SHARE * f.process.wall_s)
         .filter(|t| t.retake_p50_us >= RETAKE_P50_US || t.retake_p99_us >= RETAKE_P99_US)
         .max_by(|a, b| {
             a.retake_p50_us
@@ -375,7 +382,7 @@ fn gil_residual_latency(f: &Facts) -> Option<Diagnosis> {
         ev.insert("gil_wait_behind_holder_s".into(), b.gil_wait_s);
     }
     Some(Diagnosis {
-        kind: "gil_residual_latency".into(),
+        kind: DiagnosisKind::GilResidualLatency,
         severity,
         summary: format!(
             "thread {} waits for the GIL after its blocking calls return: retake p50 {:.1} ms, \
@@ -410,7 +417,7 @@ fn cpu_starved(f: &Facts) -> Option<Diagnosis> {
         return None;
     }
     Some(Diagnosis {
-        kind: "cpu_starved".into(),
+        kind: DiagnosisKind::CpuStarved,
         severity: Severity::Warning,
         summary: format!(
             "{queue:.2} threads on average were runnable but waited for a CPU \
@@ -454,7 +461,7 @@ fn process_pool_overhead(f: &Facts) -> Option<Diagnosis> {
         .sum::<f64>()
         / workers.len() as f64;
     Some(Diagnosis {
-        kind: "process_pool_overhead".into(),
+        kind: DiagnosisKind::ProcessPoolOverhead,
         severity: Severity::Warning,
         summary: format!(
             "the parent spent {:.2} s of CPU feeding {} worker processes that ran {:.2} s in all \
@@ -489,7 +496,7 @@ fn process_pool_overhead(f: &Facts) -> Option<Diagnosis> {
 fn no_contention(f: &Facts) -> Diagnosis {
     let p = f.process;
     Diagnosis {
-        kind: "no_contention".into(),
+        kind: DiagnosisKind::NoContention,
         severity: Severity::Info,
         summary: format!(
             "no GIL contention: effective parallelism {:.2}, GIL held {:.0}% of the time, \
@@ -518,21 +525,9 @@ mod tests {
         ThreadReport {
             tid: 1,
             name: "t".into(),
-            python_name: None,
             os_name: "t".into(),
             cpu_s,
-            runqueue_wait_s: 0.0,
             gil_wait_s,
-            gil_waits: 0,
-            gil_wait_p50_us: 0.0,
-            gil_wait_p99_us: 0.0,
-            gil_hold_s: None,
-            gil_hold_share: 0.0,
-            drop_wait_s: 0.0,
-            futex_wait_s: 0.0,
-            lock_wait_s: 0.0,
-            lock_waits: 0,
-            blocked_by: vec![],
             ..ThreadReport::default()
         }
     }
@@ -548,23 +543,15 @@ mod tests {
     }
 
     fn process(queue: f64, parallelism: f64) -> ProcessReport {
+        // Unthrottled, without a CPU limit, nothing but GIL waits.
         ProcessReport {
             wall_s: 4.0,
             cpu_s: parallelism * 4.0,
-            runqueue_wait_s: 0.0,
             gil_wait_s: queue * 4.0,
-            gil_waits: 0,
-            gil_wait_p50_us: 0.0,
-            gil_wait_p99_us: 0.0,
-            gil_hold_s: None,
             gil_utilization: 0.99,
             gil_queue_length: queue,
             effective_parallelism: parallelism,
             gil_switches_per_s: 200.0,
-            futex_wait_s: 0.0,
-            throttled_s: 0.0,
-            throttled_period_share: 0.0,
-            cpu_limit_cores: None,
             cores_available: 2.0,
             ..ProcessReport::default()
         }
@@ -595,8 +582,8 @@ mod tests {
         p.cpu_limit_cores = Some(0.2);
         let threads = vec![thread(0.8, 0.0)];
         let d = diagnose_(&p, &threads);
-        let kinds: Vec<&str> = d.iter().map(|d| d.kind.as_str()).collect();
-        assert_eq!(kinds, ["cpu_throttled"], "{d:?}");
+        let kinds: Vec<DiagnosisKind> = d.iter().map(|d| d.kind).collect();
+        assert_eq!(kinds, [DiagnosisKind::CpuThrottled], "{d:?}");
         assert_eq!(d[0].severity, Severity::Critical);
         assert!(
             d[0].summary.contains("CPU limit 0.20 cores"),
@@ -610,7 +597,7 @@ mod tests {
         let mut p = process(0.0, 1.0);
         p.runqueue_wait_s = 2.0;
         let d = diagnose_(&p, &[thread(2.0, 0.0), thread(2.0, 0.0)]);
-        assert_eq!(d[0].kind, "cpu_starved");
+        assert_eq!(d[0].kind, DiagnosisKind::CpuStarved);
         assert!((d[0].evidence["runqueue_queue_length"] - 0.5).abs() < 1e-9);
     }
 
@@ -625,7 +612,7 @@ mod tests {
             children: &children,
             loops: &[],
         });
-        assert_eq!(d[0].kind, "process_pool_overhead", "{d:?}");
+        assert_eq!(d[0].kind, DiagnosisKind::ProcessPoolOverhead, "{d:?}");
         assert!((d[0].evidence["worker_busy_share"] - 0.2).abs() < 1e-9);
         // Busy workers that fill the cores are a pool doing its job.
         let children = vec![worker(2.0); 4];
@@ -636,14 +623,14 @@ mod tests {
             children: &children,
             loops: &[],
         });
-        assert_eq!(d[0].kind, "no_contention", "{d:?}");
+        assert_eq!(d[0].kind, DiagnosisKind::NoContention, "{d:?}");
     }
 
     #[test]
     fn four_waiting_threads_are_serialized() {
         let threads = vec![thread(1.0, 3.0); 4];
         let d = diagnose_(&process(3.0, 1.01), &threads);
-        assert_eq!(d[0].kind, "gil_serialized_threads");
+        assert_eq!(d[0].kind, DiagnosisKind::GilSerializedThreads);
         assert_eq!(d[0].severity, Severity::Critical);
         assert!(
             d[0].summary
@@ -660,7 +647,7 @@ mod tests {
         assert_eq!(d[0].severity, Severity::Critical);
         let threads = vec![thread(3.0, 0.6); 4];
         let d = diagnose_(&process(0.6, 3.0), &threads);
-        assert_eq!(d[0].kind, "gil_serialized_threads");
+        assert_eq!(d[0].kind, DiagnosisKind::GilSerializedThreads);
         assert_eq!(d[0].severity, Severity::Warning);
     }
 
@@ -669,7 +656,7 @@ mod tests {
         let threads = vec![thread(3.8, 0.05); 2];
         let d = diagnose_(&process(0.03, 1.9), &threads);
         assert_eq!(d.len(), 1);
-        assert_eq!(d[0].kind, "no_contention");
+        assert_eq!(d[0].kind, DiagnosisKind::NoContention);
     }
 
     #[test]
@@ -689,7 +676,7 @@ mod tests {
             children: &[],
             loops: &[],
         });
-        assert_eq!(d[0].kind, "lock_contention");
+        assert_eq!(d[0].kind, DiagnosisKind::LockContention);
         assert_eq!(
             d.len(),
             1,
@@ -712,6 +699,8 @@ mod tests {
         sleeper.retake_waits = returns;
         sleeper.retake_p50_us = p50_us;
         sleeper.retake_p99_us = p99_us;
+        // Every return at the median, the slowest 1 % at the p99.
+        sleeper.retake_wait_s = (returns as f64 * p50_us + returns as f64 / 100.0 * p99_us) / 1e6;
         sleeper.blocked_by = vec![BlockedBy {
             tid: 11,
             gil_wait_s: 2.4,
@@ -725,7 +714,7 @@ mod tests {
         let d = diagnose_(&process(0.6, 0.75), &threads);
         let r = d
             .iter()
-            .find(|d| d.kind == "gil_residual_latency")
+            .find(|d| d.kind == DiagnosisKind::GilResidualLatency)
             .expect("residual latency found");
         assert_eq!(r.severity, Severity::Critical);
         assert!(
@@ -736,22 +725,44 @@ mod tests {
         assert!(r.summary.contains("behind thread 11"), "{}", r.summary);
         assert_eq!(r.evidence["retake_p50_us"], 6_000.0);
         assert_eq!(r.evidence["holder_tid"], 11.0);
-        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+        assert!(
+            d.iter().all(|d| d.kind != DiagnosisKind::EventLoopBlocked),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn residual_latency_needs_enough_returns_and_a_long_tail_alone_is_a_warning() {
         let few = sleeper_next_to_spinner(6_000.0, 8_300.0, RETAKE_MIN_RETURNS - 1);
         let d = diagnose_(&process(0.6, 0.75), &few);
-        assert!(d.iter().all(|d| d.kind != "gil_residual_latency"), "{d:?}");
+        assert!(
+            d.iter()
+                .all(|d| d.kind != DiagnosisKind::GilResidualLatency),
+            "{d:?}"
+        );
         let tail = sleeper_next_to_spinner(40.0, 12_000.0, 300);
         let d = diagnose_(&process(0.6, 0.75), &tail);
-        let r = d.iter().find(|d| d.kind == "gil_residual_latency");
+        let r = d
+            .iter()
+            .find(|d| d.kind == DiagnosisKind::GilResidualLatency);
         assert_eq!(r.map(|r| r.severity), Some(Severity::Warning), "{d:?}");
+        // A thread that only joins: a long tail, but under 1 % of the wall in all.
+        let mut joiner = sleeper_next_to_spinner(40.0, 16_000.0, 106);
+        joiner[1].retake_wait_s = 0.03;
+        let d = diagnose_(&process(0.6, 0.75), &joiner);
+        assert!(
+            d.iter()
+                .all(|d| d.kind != DiagnosisKind::GilResidualLatency),
+            "{d:?}"
+        );
         // I/O threads retaking behind short holders: tens of µs.
         let io = sleeper_next_to_spinner(0.0, 70.0, 300);
         let d = diagnose_(&process(0.01, 0.03), &io);
-        assert!(d.iter().all(|d| d.kind != "gil_residual_latency"), "{d:?}");
+        assert!(
+            d.iter()
+                .all(|d| d.kind != DiagnosisKind::GilResidualLatency),
+            "{d:?}"
+        );
     }
 
     fn diagnose_loops(
@@ -777,6 +788,7 @@ mod tests {
             lag_p99_ms: p99_ms,
             lag_max_ms: p99_ms * 1.2,
             blocked_s,
+            ..EventLoopReport::default()
         }
     }
 
@@ -792,7 +804,7 @@ mod tests {
         let threads = vec![lone_loop_thread()];
         let loops = [lagging_loop(100, 33.0, 3.6)];
         let d = diagnose_loops(&process(0.0, 0.98), &threads, &loops);
-        assert_eq!(d[0].kind, "event_loop_blocked", "{d:?}");
+        assert_eq!(d[0].kind, DiagnosisKind::EventLoopBlocked, "{d:?}");
         assert_eq!(d[0].severity, Severity::Critical);
         assert!(
             d[0].summary
@@ -820,7 +832,7 @@ mod tests {
         // Blocked a quarter of the time: a warning.
         let loops = [lagging_loop(100, 120.0, 1.0)];
         let d = diagnose_loops(&process(0.13, 0.92), &threads, &loops);
-        let e = d.iter().find(|d| d.kind == "event_loop_blocked");
+        let e = d.iter().find(|d| d.kind == DiagnosisKind::EventLoopBlocked);
         let e = e.expect("event_loop_blocked");
         assert_eq!(e.severity, Severity::Warning);
         assert_eq!(e.evidence["threads_waiting_behind_loop"], 3.0);
@@ -838,15 +850,24 @@ mod tests {
         // A busy healthy loop: many short iterations, a few GC pauses.
         let busy = [lagging_loop(100, 1.5, 0.05)];
         let d = diagnose_loops(&process(0.0, 0.9), &threads, &busy);
-        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+        assert!(
+            d.iter().all(|d| d.kind != DiagnosisKind::EventLoopBlocked),
+            "{d:?}"
+        );
         // One long start-up callback: a long tail, but little time blocked.
         let once = [lagging_loop(100, 25.0, 0.3)];
         let d = diagnose_loops(&process(0.0, 0.9), &threads, &once);
-        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+        assert!(
+            d.iter().all(|d| d.kind != DiagnosisKind::EventLoopBlocked),
+            "{d:?}"
+        );
         // The exited threads' row is no loop of its own.
         let exited = [lagging_loop(EXITED_TID, 33.0, 3.6)];
         let d = diagnose_loops(&process(0.0, 0.9), &threads, &exited);
-        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+        assert!(
+            d.iter().all(|d| d.kind != DiagnosisKind::EventLoopBlocked),
+            "{d:?}"
+        );
         // No loop at all (four CPU-bound threads holding the GIL long).
         let threads: Vec<ThreadReport> = (1..=4)
             .map(|tid| {
@@ -856,14 +877,17 @@ mod tests {
             })
             .collect();
         let d = diagnose_(&process(3.0, 1.0), &threads);
-        assert!(d.iter().all(|d| d.kind != "event_loop_blocked"), "{d:?}");
+        assert!(
+            d.iter().all(|d| d.kind != DiagnosisKind::EventLoopBlocked),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn one_busy_thread_alone_is_not_serialization() {
         let threads = vec![thread(4.0, 0.0), thread(0.0, 1.2)];
         let d = diagnose_(&process(0.3, 1.0), &threads);
-        assert_eq!(d[0].kind, "no_contention");
+        assert_eq!(d[0].kind, DiagnosisKind::NoContention);
     }
 
     #[test]
@@ -875,8 +899,41 @@ mod tests {
         let threads = vec![thread(3.9, 0.0), sleeper];
         let d = diagnose_(&process(0.85, 1.0), &threads);
         assert!(
-            d.iter().all(|d| d.kind != "gil_serialized_threads"),
+            d.iter()
+                .all(|d| d.kind != DiagnosisKind::GilSerializedThreads),
             "{d:?}"
+        );
+    }
+
+    /// The kinds in the first column of the README's Diagnoses table.
+    fn readme_kinds(readme: &str) -> Vec<String> {
+        let section = readme
+            .split("\n## ")
+            .find(|s| s.starts_with("Diagnoses\n"))
+            .unwrap_or_default();
+        section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`'))
+            .map(|(kind, _)| kind.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_diagnoses_table_lists_every_kind_once() {
+        let listed = readme_kinds(include_str!("../../../README.md"));
+        let mut sorted = listed.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), listed.len(), "a kind twice: {listed:?}");
+        let mut want: Vec<String> = DiagnosisKind::ALL
+            .iter()
+            .map(|k| k.name().to_string())
+            .collect();
+        want.sort();
+        assert_eq!(
+            sorted, want,
+            "README's Diagnoses table against DiagnosisKind::ALL"
         );
     }
 }

@@ -48,6 +48,7 @@ pub fn loop_report(tid: u32, t: &LoopThread) -> EventLoopReport {
         lag_p99_ms: lag(0.99),
         lag_max_ms: max_ms,
         blocked_s: c.long_ns as f64 / NS_PER_S,
+        functions: Vec::new(),
     }
 }
 

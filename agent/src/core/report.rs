@@ -161,6 +161,23 @@ pub struct EventLoopReport {
     /// Time spent in iterations at least `LONG_ITERATION_NS` long (see the README's
     /// Diagnoses table): the loop was blocked.
     pub blocked_s: f64,
+    /// The code that ran during the long iterations, most lag first. Empty
+    /// until the loop thread's stack is sampled during long iterations
+    /// (issue 13, naming the code); the field is in the JSON schema already
+    /// so readers need not change when it fills.
+    pub functions: Vec<LoopFunction>,
+}
+
+/// A function that ran on a loop thread during its long iterations, and its
+/// share of the loop's blocked time: what to move off the loop.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LoopFunction {
+    /// Qualified name (`module.Class.method`).
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    /// Share of the loop's blocked time spent in it, 0..1.
+    pub share: f64,
 }
 
 /// One GIL of the process: the main interpreter's, or a subinterpreter's own (3.12+).
@@ -226,11 +243,74 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// The JSON spelling (`info`, `warning`, `critical`), for text that quotes it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Declares [`DiagnosisKind`] with its names and [`DiagnosisKind::ALL`] from one
+/// list, so no kind can be left out of `ALL`.
+macro_rules! diagnosis_kinds {
+    ($($variant:ident => $name:literal,)*) => {
+        /// What a finding is about: one kind per rule of `diagnose`, and
+        /// `no_contention` when no rule holds. Its snake_case [`name`](Self::name) is the
+        /// `kind` of the JSON document and the `cpython.diagnosis.kind` attribute;
+        /// [`ALL`](Self::ALL) is what the daemon's state gauge and the README's
+        /// Diagnoses table are made from, so a kind added here cannot be missing from either.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum DiagnosisKind {
+            $($variant,)*
+        }
+
+        impl DiagnosisKind {
+            /// Every kind, in the order the daemon exports its state gauge.
+            pub const ALL: &'static [DiagnosisKind] = &[$(DiagnosisKind::$variant,)*];
+
+            /// The kind's name in JSON, metrics and the README (`gil_serialized_threads`).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DiagnosisKind::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+diagnosis_kinds! {
+    GilSerializedThreads => "gil_serialized_threads",
+    LockContention => "lock_contention",
+    EventLoopBlocked => "event_loop_blocked",
+    GilResidualLatency => "gil_residual_latency",
+    CpuThrottled => "cpu_throttled",
+    CpuStarved => "cpu_starved",
+    ProcessPoolOverhead => "process_pool_overhead",
+    NoContention => "no_contention",
+}
+
+impl std::fmt::Display for DiagnosisKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Written as its [`name`](DiagnosisKind::name): the JSON schema keeps its strings.
+impl Serialize for DiagnosisKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 /// One finding with its advice, and the measured numbers it rests on so a user
 /// (or an alert) can check the claim instead of trusting it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Diagnosis {
-    pub kind: String,
+    pub kind: DiagnosisKind,
     pub severity: Severity,
     pub summary: String,
     pub advice: String,
@@ -299,4 +379,34 @@ pub struct Report {
     pub event_loops: Vec<EventLoopReport>,
     /// `--precise` only: where take_gil/drop_gil were probed.
     pub precise_probes: Option<PreciseProbes>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diagnosis_kinds_are_written_as_their_snake_case_names() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in DiagnosisKind::ALL {
+            let name = kind.name();
+            assert!(seen.insert(name), "{name} twice");
+            // The variant's name in snake_case: GilSerializedThreads -> gil_serialized_threads.
+            let snake: String = format!("{kind:?}")
+                .chars()
+                .enumerate()
+                .flat_map(|(i, c)| {
+                    let sep = (i > 0 && c.is_ascii_uppercase()).then_some('_');
+                    sep.into_iter()
+                        .chain(std::iter::once(c.to_ascii_lowercase()))
+                })
+                .collect();
+            assert_eq!(name, snake);
+            assert_eq!(kind.to_string(), name);
+            assert_eq!(
+                serde_json::to_value(kind).ok(),
+                Some(serde_json::Value::String(name.to_string()))
+            );
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! Kubernetes metadata for the processes `gilscope run` watches: which pod,
 //! container, namespace, workload and node a container id belongs to.
 //!
-//! A watched process's container id comes from its cgroup
-//! ([`crate::otel::resource::container_id_from_cgroup`]); here the pods of this node
+//! A watched process's container id comes from its cgroup (the resource
+//! module reads it, and asks [`KubeMetadata::lookup`]); here the pods of this node
 //! (`spec.nodeName=<node>` field selector, so a node agent never lists the whole
 //! cluster) are watched through the Kubernetes API with `kube`'s watcher, and each
 //! `status.containerStatuses[].containerID` (`containerd://…`, `cri-o://…`,
@@ -16,6 +16,7 @@
 //! watcher keeps retrying with backoff.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -360,77 +361,53 @@ async fn watch_pods(
     let pods: Api<Pod> = Api::all(client.clone());
     let config =
         watcher::Config::default().fields(&format!("spec.nodeName={}", settings.node_name));
-    let mut resolver = Resolver {
-        client,
-        tenant_label: settings.tenant_label.clone(),
-        deployments: HashMap::new(),
-        namespaces: HashMap::new(),
-        warned: HashSet::new(),
+    let mut index = PodIndex {
+        resolver: Resolver {
+            client,
+            tenant_label: settings.tenant_label.clone(),
+            deployments: HashMap::new(),
+            namespaces: HashMap::new(),
+            warned: HashSet::new(),
+        },
+        map,
+        by_pod: HashMap::new(),
+        stale: HashSet::new(),
+        incomplete: HashMap::new(),
     };
-    // Pod uid -> its container ids in the map; uids not seen again during a re-list.
-    let mut by_pod: HashMap<String, Vec<String>> = HashMap::new();
-    let mut stale: HashSet<String> = HashSet::new();
     let mut failing = false;
     let mut stream = watcher::watcher(pods, config).default_backoff().boxed();
-    // Pods whose owner or namespace lookup failed, tried again every RETRY.
-    let mut incomplete: HashMap<String, Pod> = HashMap::new();
     loop {
         let event = match tokio::time::timeout(RETRY, stream.next()).await {
             Ok(Some(event)) => event,
             Ok(None) => break,
             Err(_) => {
-                for pod in std::mem::take(&mut incomplete).into_values() {
-                    apply(&mut resolver, &map, &mut by_pod, &mut incomplete, pod).await;
-                }
-                continue;
-            }
-        };
-        let event = match event {
-            Ok(e) => {
-                if failing {
-                    tracing::info!("Kubernetes metadata: the API answers again");
-                    failing = false;
-                }
-                e
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(
-                        "Kubernetes metadata: watching pods of node {} failed ({e}); \
-                         retrying with backoff, processes are exported without k8s.* meanwhile",
-                        settings.node_name
-                    );
-                    failing = true;
-                } else {
-                    tracing::debug!("Kubernetes metadata: still failing: {e}");
-                }
+                index.retry_incomplete().await;
                 continue;
             }
         };
         match event {
-            Event::Init => stale = by_pod.keys().cloned().collect(),
-            Event::InitApply(pod) | Event::Apply(pod) => {
-                stale.remove(&uid_of(&pod));
-                apply(&mut resolver, &map, &mut by_pod, &mut incomplete, pod).await;
-            }
-            Event::Delete(pod) => {
-                let uid = uid_of(&pod);
-                incomplete.remove(&uid);
-                forget(&map, &mut by_pod, &uid);
-            }
-            Event::InitDone => {
-                for uid in std::mem::take(&mut stale) {
-                    incomplete.remove(&uid);
-                    forget(&map, &mut by_pod, &uid);
+            Ok(event) => {
+                if failing {
+                    tracing::info!("Kubernetes metadata: the API answers again");
+                    failing = false;
                 }
-                if !synced.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                if index.handle(event).await && !synced.swap(true, Ordering::Relaxed) {
                     tracing::info!(
                         "Kubernetes metadata: {} pods on node {}",
-                        by_pod.len(),
+                        index.by_pod.len(),
                         settings.node_name
                     );
                 }
             }
+            Err(e) if !failing => {
+                tracing::warn!(
+                    "Kubernetes metadata: watching pods of node {} failed ({e}); \
+                     retrying with backoff, processes are exported without k8s.* meanwhile",
+                    settings.node_name
+                );
+                failing = true;
+            }
+            Err(e) => tracing::debug!("Kubernetes metadata: still failing: {e}"),
         }
     }
 }
@@ -439,40 +416,76 @@ fn uid_of(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
 }
 
-/// Drops a pod's containers from the map.
-fn forget(map: &SharedMap, by_pod: &mut HashMap<String, Vec<String>>, uid: &str) {
-    let mut shared = map.write().unwrap_or_else(|p| p.into_inner());
-    for old in by_pod.remove(uid).unwrap_or_default() {
-        shared.remove(&old);
-    }
+/// The map's side of the watch: which containers each pod put in the map, and
+/// the pods to look at again.
+struct PodIndex {
+    resolver: Resolver,
+    map: SharedMap,
+    /// Pod uid -> its container ids in the map.
+    by_pod: HashMap<String, Vec<String>>,
+    /// Uids not seen again during a re-list (dropped when it is done).
+    stale: HashSet<String>,
+    /// Pods whose owner or namespace lookup failed, tried again every [`RETRY`].
+    incomplete: HashMap<String, Pod>,
 }
 
-/// Puts a pod's containers in the map (replacing what it had), remembering it
-/// for a retry when a lookup failed.
-async fn apply(
-    resolver: &mut Resolver,
-    map: &SharedMap,
-    by_pod: &mut HashMap<String, Vec<String>>,
-    incomplete: &mut HashMap<String, Pod>,
-    pod: Pod,
-) {
-    let uid = uid_of(&pod);
-    let (entries, complete) = resolver.resolve(&pod).await;
-    // One write: a lookup never sees the pod half replaced.
-    let mut shared = map.write().unwrap_or_else(|p| p.into_inner());
-    for old in by_pod.remove(&uid).unwrap_or_default() {
-        shared.remove(&old);
+impl PodIndex {
+    /// Applies one watch event; true when it ends a (re-)list.
+    async fn handle(&mut self, event: Event<Pod>) -> bool {
+        match event {
+            Event::Init => self.stale = self.by_pod.keys().cloned().collect(),
+            Event::InitApply(pod) | Event::Apply(pod) => {
+                self.stale.remove(&uid_of(&pod));
+                self.apply(pod).await;
+            }
+            Event::Delete(pod) => self.forget(&uid_of(&pod)),
+            Event::InitDone => {
+                for uid in std::mem::take(&mut self.stale) {
+                    self.forget(&uid);
+                }
+                return true;
+            }
+        }
+        false
     }
-    by_pod.insert(
-        uid.clone(),
-        entries.iter().map(|(id, _)| id.clone()).collect(),
-    );
-    shared.extend(entries);
-    drop(shared);
-    if complete {
-        incomplete.remove(&uid);
-    } else {
-        incomplete.insert(uid, pod);
+
+    /// Looks up the pods whose metadata was incomplete again.
+    async fn retry_incomplete(&mut self) {
+        for pod in std::mem::take(&mut self.incomplete).into_values() {
+            self.apply(pod).await;
+        }
+    }
+
+    /// Drops a pod's containers from the map.
+    fn forget(&mut self, uid: &str) {
+        self.incomplete.remove(uid);
+        let mut shared = self.map.write().unwrap_or_else(|p| p.into_inner());
+        for old in self.by_pod.remove(uid).unwrap_or_default() {
+            shared.remove(&old);
+        }
+    }
+
+    /// Puts a pod's containers in the map (replacing what it had), remembering it
+    /// for a retry when a lookup failed.
+    async fn apply(&mut self, pod: Pod) {
+        let uid = uid_of(&pod);
+        let (entries, complete) = self.resolver.resolve(&pod).await;
+        // One write: a lookup never sees the pod half replaced.
+        let mut shared = self.map.write().unwrap_or_else(|p| p.into_inner());
+        for old in self.by_pod.remove(&uid).unwrap_or_default() {
+            shared.remove(&old);
+        }
+        self.by_pod.insert(
+            uid.clone(),
+            entries.iter().map(|(id, _)| id.clone()).collect(),
+        );
+        shared.extend(entries);
+        drop(shared);
+        if complete {
+            self.incomplete.remove(&uid);
+        } else {
+            self.incomplete.insert(uid, pod);
+        }
     }
 }
 

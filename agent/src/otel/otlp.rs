@@ -26,7 +26,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
 
-use crate::otel::metrics::{wait_bounds_s, Kind, Point, ProcessSeries, Value};
+use crate::otel::catalog::{wait_bounds_s, Kind, MetricDef};
+use crate::otel::series::{Point, ProcessSeries, Value};
 use crate::otel::spans::Episode;
 use crate::otel::Temporality;
 
@@ -200,7 +201,6 @@ pub fn resource_metrics_of(
     let time = clock.unix_ns(at);
     let mut metrics: Vec<Metric> = Vec::new();
     for p in points {
-        let attributes: Vec<KeyValue> = p.attributes.iter().map(|(k, v)| kv(k, v)).collect();
         let mut start = clock.unix_ns(p.start);
         if encoding.lean && temporality == Temporality::Cumulative {
             // Earlier, never later: the counted window still holds every event.
@@ -210,69 +210,11 @@ pub fn resource_metrics_of(
         let index = match metrics.iter().position(|m| m.name == p.metric.name) {
             Some(i) => i,
             None => {
-                let data = match p.metric.kind {
-                    Kind::Counter => Data::Sum(Sum {
-                        data_points: Vec::new(),
-                        aggregation_temporality: temporality_code(temporality),
-                        is_monotonic: true,
-                    }),
-                    Kind::Gauge => Data::Gauge(Gauge {
-                        data_points: Vec::new(),
-                    }),
-                    Kind::Histogram => Data::Histogram(Histogram {
-                        data_points: Vec::new(),
-                        aggregation_temporality: temporality_code(temporality),
-                    }),
-                };
-                metrics.push(Metric {
-                    name: p.metric.name.to_string(),
-                    description: if encoding.describe {
-                        p.metric.description.to_string()
-                    } else {
-                        String::new()
-                    },
-                    unit: p.metric.unit.to_string(),
-                    data: Some(data),
-                    ..Metric::default()
-                });
+                metrics.push(empty_metric(p.metric, temporality, encoding.describe));
                 metrics.len() - 1
             }
         };
-        let number = |value: number_data_point::Value, start_time_unix_nano: u64| NumberDataPoint {
-            attributes: attributes.clone(),
-            start_time_unix_nano,
-            time_unix_nano: time,
-            value: Some(value),
-            ..NumberDataPoint::default()
-        };
-        let nv = match &p.value {
-            Value::Double(v) if encoding.lean && p.metric.kind == Kind::Gauge => Some(
-                number_data_point::Value::AsDouble(cut_mantissa(*v, GAUGE_BITS)),
-            ),
-            Value::Double(v) if encoding.lean && p.metric.kind == Kind::Counter => Some(
-                number_data_point::Value::AsDouble(floor_to(*v, COUNTER_STEP_S)),
-            ),
-            Value::Double(v) => Some(number_data_point::Value::AsDouble(*v)),
-            Value::Int(v) => Some(number_data_point::Value::AsInt(*v)),
-            Value::Histogram { .. } => None,
-        };
-        match (&mut metrics[index].data, &p.value, nv) {
-            (Some(Data::Sum(s)), _, Some(v)) => s.data_points.push(number(v, start)),
-            (Some(Data::Gauge(g)), _, Some(v)) => g.data_points.push(number(v, 0)),
-            (Some(Data::Histogram(h)), Value::Histogram { counts, sum_s }, _) => {
-                h.data_points.push(HistogramDataPoint {
-                    attributes: attributes.clone(),
-                    start_time_unix_nano: start,
-                    time_unix_nano: time,
-                    count: counts.iter().sum(),
-                    sum: Some(*sum_s),
-                    bucket_counts: counts.clone(),
-                    explicit_bounds: wait_bounds_s(),
-                    ..HistogramDataPoint::default()
-                })
-            }
-            _ => {}
-        }
+        add_point(&mut metrics[index], p, start, time, encoding.lean);
     }
     ResourceMetrics {
         resource: Some(Resource {
@@ -285,6 +227,82 @@ pub fn resource_metrics_of(
             ..ScopeMetrics::default()
         }],
         ..ResourceMetrics::default()
+    }
+}
+
+/// A metric of `def`'s kind without points; its description only when `describe`.
+fn empty_metric(def: &MetricDef, temporality: Temporality, describe: bool) -> Metric {
+    let data = match def.kind {
+        Kind::Counter => Data::Sum(Sum {
+            data_points: Vec::new(),
+            aggregation_temporality: temporality_code(temporality),
+            is_monotonic: true,
+        }),
+        Kind::Gauge => Data::Gauge(Gauge {
+            data_points: Vec::new(),
+        }),
+        Kind::Histogram => Data::Histogram(Histogram {
+            data_points: Vec::new(),
+            aggregation_temporality: temporality_code(temporality),
+        }),
+    };
+    Metric {
+        name: def.name.to_string(),
+        description: if describe {
+            def.description.to_string()
+        } else {
+            String::new()
+        },
+        unit: def.unit.to_string(),
+        data: Some(data),
+        ..Metric::default()
+    }
+}
+
+/// A number as sent: under the lean encoding gauges keep [`GAUGE_BITS`] of
+/// mantissa and counters of seconds go down to [`COUNTER_STEP_S`].
+fn number_value(p: &Point, lean: bool) -> Option<number_data_point::Value> {
+    use number_data_point::Value as N;
+    match &p.value {
+        Value::Double(v) if lean && p.metric.kind == Kind::Gauge => {
+            Some(N::AsDouble(cut_mantissa(*v, GAUGE_BITS)))
+        }
+        Value::Double(v) if lean && p.metric.kind == Kind::Counter => {
+            Some(N::AsDouble(floor_to(*v, COUNTER_STEP_S)))
+        }
+        Value::Double(v) => Some(N::AsDouble(*v)),
+        Value::Int(v) => Some(N::AsInt(*v)),
+        Value::Histogram { .. } => None,
+    }
+}
+
+/// Adds one point to its metric: counted from `start` (sums, histograms; gauges
+/// have no start), stamped `time`.
+fn add_point(metric: &mut Metric, p: &Point, start: u64, time: u64, lean: bool) {
+    let attributes: Vec<KeyValue> = p.attributes.iter().map(|(k, v)| kv(k, v)).collect();
+    let number = |value, start_time_unix_nano| NumberDataPoint {
+        attributes: attributes.clone(),
+        start_time_unix_nano,
+        time_unix_nano: time,
+        value: Some(value),
+        ..NumberDataPoint::default()
+    };
+    match (&mut metric.data, &p.value, number_value(p, lean)) {
+        (Some(Data::Sum(s)), _, Some(v)) => s.data_points.push(number(v, start)),
+        (Some(Data::Gauge(g)), _, Some(v)) => g.data_points.push(number(v, 0)),
+        (Some(Data::Histogram(h)), Value::Histogram { counts, sum_s }, _) => {
+            h.data_points.push(HistogramDataPoint {
+                attributes: attributes.clone(),
+                start_time_unix_nano: start,
+                time_unix_nano: time,
+                count: counts.iter().sum(),
+                sum: Some(*sum_s),
+                bucket_counts: counts.clone(),
+                explicit_bounds: wait_bounds_s(),
+                ..HistogramDataPoint::default()
+            })
+        }
+        _ => {}
     }
 }
 
@@ -373,40 +391,21 @@ pub fn resource_spans(
 }
 
 /// Packs processes' spans into requests of at most `batch` spans each (a process
-/// is never split; one bigger than the batch goes alone).
+/// is never split; one bigger than the batch goes alone; one without spans is left out).
 pub fn batch_spans(
     resources: Vec<ResourceSpans>,
     batch: usize,
 ) -> Vec<(ExportTraceServiceRequest, usize)> {
-    let mut out = Vec::new();
-    let mut cur: Vec<ResourceSpans> = Vec::new();
-    let mut spans = 0;
-    for rs in resources {
-        let n: usize = rs.scope_spans.iter().map(|s| s.spans.len()).sum();
-        if n == 0 {
-            continue;
-        }
-        if !cur.is_empty() && spans + n > batch {
-            out.push((
-                ExportTraceServiceRequest {
-                    resource_spans: std::mem::take(&mut cur),
-                },
-                spans,
-            ));
-            spans = 0;
-        }
-        spans += n;
-        cur.push(rs);
-    }
-    if !cur.is_empty() {
-        out.push((
-            ExportTraceServiceRequest {
-                resource_spans: cur,
-            },
-            spans,
-        ));
-    }
-    out
+    let with_spans = resources.into_iter().filter(|rs| span_count(rs) > 0);
+    pack(with_spans, batch, span_count)
+        .into_iter()
+        .map(|(resource_spans, n)| (ExportTraceServiceRequest { resource_spans }, n))
+        .collect()
+}
+
+/// Spans in a `ResourceSpans`.
+fn span_count(rs: &ResourceSpans) -> usize {
+    rs.scope_spans.iter().map(|s| s.spans.len()).sum()
 }
 
 /// Data points in a `ResourceMetrics`.
@@ -429,30 +428,33 @@ pub fn batch(
     resources: Vec<ResourceMetrics>,
     batch_points: usize,
 ) -> Vec<(ExportMetricsServiceRequest, usize)> {
+    pack(resources, batch_points, point_count)
+        .into_iter()
+        .map(|(resource_metrics, n)| (ExportMetricsServiceRequest { resource_metrics }, n))
+        .collect()
+}
+
+/// Groups items in order, at most `limit` of their `size` a group (an item is
+/// never split; one bigger than the limit goes alone), each with its total size.
+fn pack<T>(
+    items: impl IntoIterator<Item = T>,
+    limit: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<(Vec<T>, usize)> {
     let mut out = Vec::new();
-    let mut cur: Vec<ResourceMetrics> = Vec::new();
-    let mut points = 0;
-    for rm in resources {
-        let n = point_count(&rm);
-        if !cur.is_empty() && points + n > batch_points {
-            out.push((
-                ExportMetricsServiceRequest {
-                    resource_metrics: std::mem::take(&mut cur),
-                },
-                points,
-            ));
-            points = 0;
+    let mut cur: Vec<T> = Vec::new();
+    let mut total = 0;
+    for item in items {
+        let n = size(&item);
+        if !cur.is_empty() && total + n > limit {
+            out.push((std::mem::take(&mut cur), total));
+            total = 0;
         }
-        points += n;
-        cur.push(rm);
+        total += n;
+        cur.push(item);
     }
     if !cur.is_empty() {
-        out.push((
-            ExportMetricsServiceRequest {
-                resource_metrics: cur,
-            },
-            points,
-        ));
+        out.push((cur, total));
     }
     out
 }
@@ -460,7 +462,7 @@ pub fn batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otel::metrics::{DIAGNOSIS, GIL_WAIT_DURATION, GIL_WAIT_TIME};
+    use crate::otel::catalog::{DIAGNOSIS, GIL_WAIT_DURATION, GIL_WAIT_TIME};
 
     fn points(now: Instant) -> Vec<Point> {
         let mut diag = Point {
@@ -601,7 +603,7 @@ mod tests {
         let now = Instant::now();
         let mut pts = points(now);
         pts.push(Point {
-            metric: &crate::otel::metrics::GIL_UTILIZATION,
+            metric: &crate::otel::catalog::GIL_UTILIZATION,
             attributes: vec![],
             value: Value::Double(0.123456789),
             start: now,

@@ -18,7 +18,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::otel::metrics::{self, wait_bounds_s, Kind, MetricDef, Point, Value};
+use crate::otel::catalog::{self, wait_bounds_s, Kind, MetricDef};
+use crate::otel::series::{Point, Value};
 use crate::otel::Temporality;
 
 /// OTLP units and the word Prometheus names carry for them (the OpenTelemetry
@@ -239,7 +240,7 @@ impl Exposition {
         let bounds: Vec<String> = wait_bounds_s().iter().map(|b| format!("{b}")).collect();
         // A resource's labels are the same on each of its series: written once.
         let prefixes: Vec<String> = self.resources.keys().map(label_text).collect();
-        for def in metrics::ALL {
+        for def in catalog::ALL {
             let series: Vec<(&Labels, &str, &Labels, &Value)> = self
                 .resources
                 .iter()
@@ -359,7 +360,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::otel::metrics::*;
+    use crate::otel::catalog::*;
+    use crate::otel::series::*;
 
     #[test]
     fn names_are_those_victoria_metrics_gives_otlp_metrics() {

@@ -263,8 +263,10 @@ pub struct ProcessFacts {
 }
 
 impl ProcessFacts {
-    /// Reads what is needed from /proc (missing files give empty values).
-    pub fn read(pid: u32, start_ticks: u64, runtime_version: String) -> Self {
+    /// Reads the rest from /proc (missing files give empty values). `exe` is the
+    /// executable's path as the process sees it: finding it inside the process's
+    /// mount namespace is the watcher's business, not the resource's.
+    pub fn read(pid: u32, start_ticks: u64, exe: String, runtime_version: String) -> Self {
         let args = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|raw| {
                 raw.split(|b| *b == 0)
@@ -276,9 +278,7 @@ impl ProcessFacts {
         Self {
             pid,
             start_ticks,
-            exe: crate::cpython::find::locate::exe_in_process(pid)
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
+            exe,
             args,
             runtime_version,
             env: read_target_env(pid),

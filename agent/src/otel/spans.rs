@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use crate::core::counters::WaitEpisode;
 
-use crate::otel::metrics::{Point, Value, GIL_EPISODES};
+use crate::otel::catalog::GIL_EPISODES;
+use crate::otel::series::{Point, Value};
 use crate::otel::Temporality;
 
 /// GIL contention spans: which waits become spans and how many a process may send.
@@ -64,15 +65,6 @@ pub trait ThreadLookup {
     fn tid_of_tstate(&self, tstate: u64) -> Option<u32>;
     /// A thread's name for people.
     fn thread_name(&self, tid: u32) -> String;
-}
-
-impl ThreadLookup for crate::watch::session::Session {
-    fn tid_of_tstate(&self, tstate: u64) -> Option<u32> {
-        crate::watch::session::Session::tid_of_tstate(self, tstate)
-    }
-    fn thread_name(&self, tid: u32) -> String {
-        crate::watch::session::Session::thread_name(self, tid)
-    }
 }
 
 /// Whether every holder the record names is the waiter itself.

@@ -113,7 +113,6 @@ fn layer(module: &str) -> &str {
 }
 
 #[test]
-#[ignore = "reshape in progress (issue 12): run with --ignored"]
 fn layers_import_only_the_layers_below_them() {
     let mods = modules();
     let known: BTreeSet<String> = mods
@@ -144,7 +143,6 @@ fn layers_import_only_the_layers_below_them() {
 }
 
 #[test]
-#[ignore = "reshape in progress (issue 12): run with --ignored"]
 fn no_module_imports_one_that_imports_it_back() {
     let mods = modules();
     let known: BTreeSet<String> = mods.keys().cloned().collect();
@@ -185,7 +183,6 @@ fn no_module_imports_one_that_imports_it_back() {
 }
 
 #[test]
-#[ignore = "reshape in progress (issue 12): run with --ignored"]
 fn kernel_structs_do_not_leave_the_probes_layer() {
     let mut leaks = Vec::new();
     for (module, text) in modules() {
@@ -203,7 +200,6 @@ fn kernel_structs_do_not_leave_the_probes_layer() {
 }
 
 #[test]
-#[ignore = "reshape in progress (issue 12): run with --ignored"]
 fn no_source_file_holds_more_than_600_lines_before_its_tests() {
     let mut long = Vec::new();
     for (module, text) in modules() {
@@ -273,7 +269,6 @@ fn functions(text: &str) -> Vec<(String, usize, usize, bool)> {
 }
 
 #[test]
-#[ignore = "reshape in progress (issue 12): run with --ignored"]
 fn no_function_runs_over_80_lines_without_a_reason() {
     let mut long = Vec::new();
     for (module, text) in modules() {

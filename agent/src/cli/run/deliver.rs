@@ -8,8 +8,8 @@ use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
 use super::{summary, Daemon};
 use crate::otel::export::{self, ExportStats};
-use crate::otel::metrics::ProcessSeries;
 use crate::otel::otlp;
+use crate::otel::series::ProcessSeries;
 use crate::otel::Temporality;
 
 /// Under the lean encoding, metric descriptions go out every this many intervals

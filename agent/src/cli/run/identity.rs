@@ -40,7 +40,7 @@ impl ResourceSources<'_> {
     pub fn joined(&self, session: &Session, identity: &Identity) -> Watched {
         let pid = session.pid();
         let version = session.interp.file.version.to_string();
-        let facts = ProcessFacts::read(pid, identity.start_ticks, version.clone());
+        let facts = super::lookup::process_facts(pid, identity.start_ticks, version.clone());
         let (resource, pod_pending) = self.resource_of(&facts);
         tracing::info!(
             "watching process {pid} (CPython {version}, {}) as {}",

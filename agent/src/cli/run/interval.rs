@@ -7,8 +7,8 @@ use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
 use super::Daemon;
 use crate::os::process::{start_ticks, thread_count};
-use crate::otel::metrics::{self, IntervalInput, ProcessSeries};
 use crate::otel::otlp;
+use crate::otel::series::{self, IntervalInput, ProcessSeries};
 use crate::otel::Temporality;
 
 impl Daemon {
@@ -44,11 +44,12 @@ impl Daemon {
         let clock = &self.clock;
         self.fleet.end_interval(counters, |m, cur| {
             let pid = m.session.pid();
-            let mut series = metrics::process_series(&IntervalInput {
-                watch: &m.session,
-                first: &m.first,
-                prev: &m.prev,
-                cur,
+            let window = temporality.window(&m.first, &m.prev);
+            let mut series = series::process_series(&IntervalInput {
+                interval: &m.session.measurement(&m.prev, cur),
+                counted: &m.session.measurement(window, cur),
+                counted_from: window.at,
+                at: cur.at,
                 thread_count: thread_count(pid),
                 temporality,
                 per_thread,
@@ -59,13 +60,9 @@ impl Daemon {
                 if !kept.is_empty() {
                     spans.push(otlp::resource_spans(&m.extra.resource, &kept, clock));
                 }
-                let start = match temporality {
-                    Temporality::Cumulative => m.first.at,
-                    Temporality::Delta => m.prev.at,
-                };
                 series
                     .points
-                    .extend(episodes.points(pid, temporality, start));
+                    .extend(episodes.points(pid, temporality, window.at));
             }
             all.push(series);
         });

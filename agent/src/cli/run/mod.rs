@@ -18,6 +18,7 @@ pub mod deliver;
 pub mod full;
 pub mod identity;
 pub mod interval;
+mod lookup;
 pub mod summary;
 pub mod telemetry;
 

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::otel::metrics::ProcessSeries;
+use crate::otel::series::ProcessSeries;
 
 fn resource<'a>(s: &'a ProcessSeries, key: &str) -> &'a str {
     s.resource
@@ -28,7 +28,7 @@ pub fn render(series: &[ProcessSeries], interval_s: f64) -> String {
         let diag = s
             .diagnosis
             .first()
-            .map(|(kind, severity)| format!("{} {kind}", severity.to_uppercase()))
+            .map(|(kind, severity)| format!("{} {kind}", severity.name().to_uppercase()))
             .unwrap_or_default();
         let _ = writeln!(
             out,

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use super::{full, Daemon};
 use crate::core::counters::{EntriesDropped, KernelMap};
+use crate::otel::catalog;
 use crate::otel::export::{ExportStats, Exporter};
-use crate::otel::metrics::{self, Point, Value};
 use crate::otel::otlp;
+use crate::otel::series::{Point, Value};
 use crate::otel::Temporality;
 
 /// Values of the agent's own counters kept for delta temporality: the exporter's,
@@ -115,36 +116,36 @@ impl Daemon {
             stats.as_ref().map_or(0, |s| ExportStats::get(f(s)))
         };
         let mut points = vec![
-            counter(&metrics::EXPORT_POINTS, Some("sent"), shown[0]),
-            counter(&metrics::EXPORT_POINTS, Some("dropped"), shown[1]),
-            counter(&metrics::EXPORT_REQUESTS, Some("sent"), shown[2]),
-            counter(&metrics::EXPORT_REQUESTS, Some("failed"), shown[3]),
-            counter(&metrics::EXPORT_REQUESTS, Some("dropped"), shown[4]),
-            counter(&metrics::EXPORT_BYTES, None, shown[5]),
-            counter(&metrics::EXPORT_RETRIES, None, shown[6]),
-            counter(&metrics::EXPORT_SPANS, Some("sent"), shown[7]),
-            counter(&metrics::EXPORT_SPANS, Some("dropped"), shown[8]),
-            counter(&metrics::EPISODES_LOST, None, shown[9]),
+            counter(&catalog::EXPORT_POINTS, Some("sent"), shown[0]),
+            counter(&catalog::EXPORT_POINTS, Some("dropped"), shown[1]),
+            counter(&catalog::EXPORT_REQUESTS, Some("sent"), shown[2]),
+            counter(&catalog::EXPORT_REQUESTS, Some("failed"), shown[3]),
+            counter(&catalog::EXPORT_REQUESTS, Some("dropped"), shown[4]),
+            counter(&catalog::EXPORT_BYTES, None, shown[5]),
+            counter(&catalog::EXPORT_RETRIES, None, shown[6]),
+            counter(&catalog::EXPORT_SPANS, Some("sent"), shown[7]),
+            counter(&catalog::EXPORT_SPANS, Some("dropped"), shown[8]),
+            counter(&catalog::EPISODES_LOST, None, shown[9]),
             Point {
-                metric: &metrics::EXPORT_SPOOL_REQUESTS,
+                metric: &catalog::EXPORT_SPOOL_REQUESTS,
                 attributes: Vec::new(),
                 value: Value::Int(get(|s| &s.spool_requests) as i64),
                 start: now,
             },
             Point {
-                metric: &metrics::EXPORT_SPOOL_BYTES,
+                metric: &catalog::EXPORT_SPOOL_BYTES,
                 attributes: Vec::new(),
                 value: Value::Int(get(|s| &s.spool_bytes) as i64),
                 start: now,
             },
             Point {
-                metric: &metrics::EXPORT_DEGRADATION,
+                metric: &catalog::EXPORT_DEGRADATION,
                 attributes: Vec::new(),
                 value: Value::Int(self.budget.as_ref().map_or(0, |b| b.level().gauge())),
                 start: now,
             },
             Point {
-                metric: &metrics::PROCESSES_WATCHED,
+                metric: &catalog::PROCESSES_WATCHED,
                 attributes: Vec::new(),
                 value: Value::Int(self.fleet.members().len() as i64),
                 start: now,
@@ -160,7 +161,7 @@ impl Daemon {
         let maps = KernelMap::ALL.iter().zip(&shown[FIRST_FULL..]);
         for (map, n) in maps.filter(|(map, _)| exists(map)) {
             points.push(Point {
-                metric: &metrics::BPF_ENTRIES_DROPPED,
+                metric: &catalog::BPF_ENTRIES_DROPPED,
                 attributes: vec![("gilscope.bpf.map", map.name().to_string())],
                 value: Value::Int(*n as i64),
                 start,

@@ -370,14 +370,15 @@ mod tests {
                 rate_per_second: 2.0
             })
         );
-        let flags = args(&[
+        let span_flags = [
             "--endpoint",
             "http://x:4317",
             "--span-threshold",
             "100ms",
             "--span-rate",
             "0.5",
-        ]);
+        ];
+        let flags = args(&span_flags);
         let s = resolve(&flags, &no_env).expect("flags");
         assert_eq!(
             s.spans,
@@ -388,15 +389,8 @@ mod tests {
         );
         let off = |k: &str| (k == "OTEL_TRACES_EXPORTER").then(|| "none".to_string());
         assert_eq!(resolve(&flags, &off).expect("env").spans, None);
-        let no = args(&[
-            "--endpoint",
-            "http://x:4317",
-            "--span-threshold",
-            "100ms",
-            "--span-rate",
-            "0.5",
-            "--no-spans",
-        ]);
+        // The same flags, and --no-spans over them.
+        let no = args(&[&span_flags[..], &["--no-spans"]].concat());
         assert_eq!(resolve(&no, &no_env).expect("flag").spans, None);
         let s = with_file("export:\n  endpoint: http://x:4317\nspans:\n  enabled: false\n")
             .expect("file");

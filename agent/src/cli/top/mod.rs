@@ -189,7 +189,7 @@ fn thread_label(t: &ThreadReport) -> String {
 fn verdict(v: &ProcessView) -> String {
     v.diagnosis
         .first()
-        .map(|d| d.kind.clone())
+        .map(|d| d.kind.to_string())
         .unwrap_or_default()
 }
 
@@ -511,20 +511,12 @@ mod tests {
             process: ProcessReport {
                 wall_s: 1.0,
                 cpu_s: 1.0,
-                runqueue_wait_s: 0.0,
                 gil_wait_s: queue,
                 gil_waits: 10,
-                gil_wait_p50_us: 0.0,
-                gil_wait_p99_us: 0.0,
-                gil_hold_s: None,
                 gil_utilization: util,
                 gil_queue_length: queue,
                 effective_parallelism: 1.0,
                 gil_switches_per_s: 200.0,
-                futex_wait_s: 0.0,
-                throttled_s: 0.0,
-                throttled_period_share: 0.0,
-                cpu_limit_cores: None,
                 cores_available: 2.0,
                 ..ProcessReport::default()
             },

@@ -22,8 +22,8 @@ use hyper::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE
 use hyper::{Method, Request, StatusCode};
 
 use crate::error::RunError;
-use crate::otel::metrics::{Point, ProcessSeries};
 use crate::otel::prometheus::{Batch, Exposition};
+use crate::otel::series::{Point, ProcessSeries};
 use crate::otel::Temporality;
 
 /// What the loop tells the probes: when it last went round, how far it got.

@@ -487,12 +487,9 @@ impl Session {
         let now = Instant::now();
         if self.retiring {
             // Threads that lived and died between two procfs reads are known only here.
-            self.exits
-                .note(waits.threads.keys().copied(), &self.live_tids, now);
-            if let Some(l) = &loops {
-                self.exits
-                    .note(l.threads.keys().copied(), &self.live_tids, now);
-            }
+            let looping = loops.iter().flat_map(|l| l.threads.keys().copied());
+            let tids = waits.threads.keys().copied().chain(looping);
+            self.exits.note(tids, &self.live_tids, now);
         }
         if let Some(l) = loops.as_mut() {
             self.exits.apply_loops(l, &self.live_tids);

@@ -31,44 +31,39 @@ fn a_thread_sleeping_1ms_next_to_a_spinner_retakes_the_gil_a_switch_interval_lat
     if !can_use_bpf() {
         return;
     }
-    for python in interpreters311() {
-        let _machine = serial();
-        let label = python.display().to_string();
-        let failures = twice_on_noise(&label, || {
-            let doc = measure(&python, &["residual.py", "3"]);
-            let mut bad = Vec::new();
-            // The sleeper is the thread that sleeps in clock_nanosleep.
-            let Some(sleeper) = doc["threads"]
-                .as_array()
-                .and_then(|ts| ts.iter().max_by_key(|t| t["sleep_waits"].as_u64()))
-            else {
-                return vec![format!("{label}: no threads in {doc}")];
-            };
-            let returns = sleeper["block_returns"].as_u64().unwrap_or(0);
-            let p50 = f(sleeper, "retake_p50_us");
-            if returns < 100 {
-                bad.push(format!(
-                    "{label}: sleeper returned {returns} times: {sleeper}"
-                ));
-            }
-            // Truth: about the switch interval (5 ms); at least 1 ms.
-            if !(1_000.0..=20_000.0).contains(&p50) {
-                bad.push(format!(
-                    "{label}: sleeper retake p50 {p50:.0} µs: {sleeper}"
-                ));
-            }
-            match finding(&doc, "gil_residual_latency") {
-                Some(d) if d["evidence"]["tid"].as_f64() == sleeper["tid"].as_f64() => {}
-                Some(d) => bad.push(format!("{label}: names the wrong thread: {d}")),
-                None => bad.push(format!("{label}: no gil_residual_latency: {doc}")),
-            }
-            if finding(&doc, "event_loop_blocked").is_some() {
-                bad.push(format!("{label}: no event loop here: {doc}"));
-            }
-            bad
-        });
-        assert!(failures.is_empty(), "{}", failures.join("\n"));
-    }
+    assert_on_each_311(|python, label| {
+        let doc = measure(python, &["residual.py", "3"]);
+        let mut bad = Vec::new();
+        // The sleeper is the thread that sleeps in clock_nanosleep.
+        let Some(sleeper) = doc["threads"]
+            .as_array()
+            .and_then(|ts| ts.iter().max_by_key(|t| t["sleep_waits"].as_u64()))
+        else {
+            return vec![format!("{label}: no threads in {doc}")];
+        };
+        let returns = sleeper["block_returns"].as_u64().unwrap_or(0);
+        let p50 = f(sleeper, "retake_p50_us");
+        if returns < 100 {
+            bad.push(format!(
+                "{label}: sleeper returned {returns} times: {sleeper}"
+            ));
+        }
+        // Truth: about the switch interval (5 ms); at least 1 ms.
+        if !(1_000.0..=20_000.0).contains(&p50) {
+            bad.push(format!(
+                "{label}: sleeper retake p50 {p50:.0} µs: {sleeper}"
+            ));
+        }
+        match finding(&doc, "gil_residual_latency") {
+            Some(d) if d["evidence"]["tid"].as_f64() == sleeper["tid"].as_f64() => {}
+            Some(d) => bad.push(format!("{label}: names the wrong thread: {d}")),
+            None => bad.push(format!("{label}: no gil_residual_latency: {doc}")),
+        }
+        if finding(&doc, "event_loop_blocked").is_some() {
+            bad.push(format!("{label}: no event loop here: {doc}"));
+        }
+        bad
+    });
 }
 
 #[test]
@@ -76,39 +71,34 @@ fn an_asyncio_loop_running_cpu_work_inline_is_a_blocked_event_loop() {
     if !can_use_bpf() {
         return;
     }
-    for python in interpreters311() {
-        let _machine = serial();
-        let label = python.display().to_string();
-        let failures = twice_on_noise(&label, || {
-            let doc = measure(&python, &["blocked_loop.py", "4"]);
-            let pid = doc["pid"].as_u64().unwrap_or(0);
-            let mut bad = Vec::new();
-            let Some(main) = thread(&doc, pid) else {
-                return vec![format!("{label}: no main thread in {doc}")];
-            };
-            // Truth: 100 ms bursts on the loop thread.
-            if f(main, "hold_stretch_max_ms") < 80.0 {
-                bad.push(format!("{label}: loop hold stretches too short: {main}"));
-            }
-            if main["poll_waits"].as_u64().unwrap_or(0) < 20 {
-                bad.push(format!("{label}: the loop thread barely polls: {main}"));
-            }
-            match finding(&doc, "event_loop_blocked") {
-                Some(d) => {
-                    if d["evidence"]["loop_tid"].as_f64() != Some(pid as f64) {
-                        bad.push(format!("{label}: names the wrong loop thread: {d}"));
-                    }
-                    let prefix = format!("event loop thread {pid} (");
-                    if !d["summary"].as_str().unwrap_or("").starts_with(&prefix) {
-                        bad.push(format!("{label}: summary does not name {pid}: {d}"));
-                    }
+    assert_on_each_311(|python, label| {
+        let doc = measure(python, &["blocked_loop.py", "4"]);
+        let pid = doc["pid"].as_u64().unwrap_or(0);
+        let mut bad = Vec::new();
+        let Some(main) = thread(&doc, pid) else {
+            return vec![format!("{label}: no main thread in {doc}")];
+        };
+        // Truth: 100 ms bursts on the loop thread.
+        if f(main, "hold_stretch_max_ms") < 80.0 {
+            bad.push(format!("{label}: loop hold stretches too short: {main}"));
+        }
+        if main["poll_waits"].as_u64().unwrap_or(0) < 20 {
+            bad.push(format!("{label}: the loop thread barely polls: {main}"));
+        }
+        match finding(&doc, "event_loop_blocked") {
+            Some(d) => {
+                if d["evidence"]["loop_tid"].as_f64() != Some(pid as f64) {
+                    bad.push(format!("{label}: names the wrong loop thread: {d}"));
                 }
-                None => bad.push(format!("{label}: no event_loop_blocked: {doc}")),
+                let prefix = format!("event loop thread {pid} (");
+                if !d["summary"].as_str().unwrap_or("").starts_with(&prefix) {
+                    bad.push(format!("{label}: summary does not name {pid}: {d}"));
+                }
             }
-            bad
-        });
-        assert!(failures.is_empty(), "{}", failures.join("\n"));
-    }
+            None => bad.push(format!("{label}: no event_loop_blocked: {doc}")),
+        }
+        bad
+    });
 }
 
 #[test]

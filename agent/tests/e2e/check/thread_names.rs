@@ -12,6 +12,17 @@ use std::path::Path;
 use crate::common::*;
 use serde_json::Value;
 
+/// The names tests/workloads/named_threads.py gives its threads, in the order it
+/// starts them.
+const NAMED_THREADS: [&str; 6] = [
+    "MainThread",
+    "cpu-0",
+    "cpu-1",
+    "Dummy-1",
+    "pool_0",
+    "pool_1",
+];
+
 fn matrix() -> Vec<Case> {
     let mut cases = interpreter_matrix("names");
     if let Some(python) = python313t() {
@@ -65,17 +76,9 @@ fn check_names(case: &Case) -> Vec<String> {
     let names = python_names(&doc);
     // Each name must sit on the right tid: threads start in this order, so their
     // tids (the report's order after the main thread) ascend the same way.
-    let created = [
-        "MainThread",
-        "cpu-0",
-        "cpu-1",
-        "Dummy-1",
-        "pool_0",
-        "pool_1",
-    ];
-    if names != created {
+    if names != NAMED_THREADS {
         fail(format!(
-            "names in tid order {names:?}, started as {created:?}"
+            "names in tid order {names:?}, started as {NAMED_THREADS:?}"
         ));
     }
     // And the sleeping dummy thread used less CPU than any spinning one.
@@ -141,18 +144,7 @@ fn every_thread_is_named_as_the_program_named_it_on_every_interpreter() {
     if !can_use_bpf() {
         return;
     }
-    let cases = matrix();
-    let mut failures = Vec::new();
-    for case in &cases {
-        let _machine = serial();
-        failures.extend(check_names(case));
-    }
-    assert!(
-        failures.is_empty(),
-        "{} interpreters, failures:\n{}",
-        cases.len(),
-        failures.join("\n")
-    );
+    assert_on_every_case(&matrix(), check_names);
 }
 
 #[test]
@@ -164,22 +156,8 @@ fn the_text_report_shows_the_python_names_of_threads_and_of_gil_holders() {
         return;
     };
     let _machine = serial();
-    let out = gilscope()
-        .args(["check", "--"])
-        .arg(&python)
-        .args([&workload("named_threads.py"), "2", "1"])
-        .output()
-        .expect("run gilscope");
-    assert_success(&out);
-    let text = String::from_utf8_lossy(&out.stdout);
-    for name in [
-        "MainThread",
-        "cpu-0",
-        "cpu-1",
-        "pool_0",
-        "pool_1",
-        "Dummy-1",
-    ] {
+    let text = check_text(&python, "named_threads.py", &["2", "1"]);
+    for name in NAMED_THREADS {
         assert!(
             text.lines()
                 .any(|l| l.split_whitespace().nth(1) == Some(name)),
@@ -219,14 +197,7 @@ fn a_running_process_attached_by_pid_has_its_threads_named_too() {
     let _ = child.kill();
     let _ = child.wait();
     let names = python_names(&doc);
-    for want in [
-        "MainThread",
-        "cpu-0",
-        "cpu-1",
-        "Dummy-1",
-        "pool_0",
-        "pool_1",
-    ] {
+    for want in NAMED_THREADS {
         assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
     }
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod kernel;
 pub mod kube_api;
 pub mod quota;
 pub mod receivers;
@@ -201,14 +203,32 @@ pub fn check_json(args: &[&str]) -> Value {
     check_json_with(gilscope().arg("check").arg("--json").args(args))
 }
 
-/// `gilscope check --json -- PYTHON tests/workloads/SCRIPT ARGS...`, asserts exit 0.
-pub fn check_workload(python: &Path, script: &str, args: &[&str]) -> Value {
+/// `gilscope check FLAGS -- PYTHON tests/workloads/SCRIPT ARGS...`, to run as it is
+/// or with more settings (environment, pipes).
+pub fn check_command(flags: &[&str], python: &Path, script: &str, args: &[&str]) -> Command {
     let mut cmd = gilscope();
-    cmd.args(["check", "--json", "--"])
+    cmd.arg("check")
+        .args(flags)
+        .arg("--")
         .arg(python)
         .arg(workload(script))
         .args(args);
-    check_json_with(&mut cmd)
+    cmd
+}
+
+/// `gilscope check --json -- PYTHON tests/workloads/SCRIPT ARGS...`, asserts exit 0.
+pub fn check_workload(python: &Path, script: &str, args: &[&str]) -> Value {
+    check_json_with(&mut check_command(&["--json"], python, script, args))
+}
+
+/// The text report of `gilscope check -- PYTHON tests/workloads/SCRIPT ARGS...`,
+/// asserting exit 0.
+pub fn check_text(python: &Path, script: &str, args: &[&str]) -> String {
+    let out = check_command(&[], python, script, args)
+        .output()
+        .expect("run gilscope");
+    assert_success(&out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// As [`check_json`] with a prepared command (extra env, etc.).
@@ -334,6 +354,19 @@ pub fn twice_on_noise(label: &str, measure: impl Fn() -> Vec<String>) -> Vec<Str
         .collect()
 }
 
+/// Checks one measured claim on each 3.11 interpreter of the acceptance matrix
+/// (pyenv's and Debian's), holding the machine, and measures once more when it
+/// fails ([`twice_on_noise`]); `check` gets the python and a label for its
+/// messages and says what did not hold.
+pub fn assert_on_each_311(check: impl Fn(&Path, &str) -> Vec<String>) {
+    for python in interpreters311() {
+        let _machine = serial();
+        let label = python.display().to_string();
+        let failures = twice_on_noise(&label, || check(&python, &label));
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}
+
 /// The free-threaded CPython 3.13t built by tests/interpreters/build-cpython.sh.
 pub fn python313t() -> Option<PathBuf> {
     built_cpython("3.13t")
@@ -363,6 +396,23 @@ impl Case {
         }
         check_json_with(&mut cmd)
     }
+}
+
+/// Checks one claim on every interpreter of `cases`, each holding the machine;
+/// `check` says what did not hold for one. Fails with the failures of all of
+/// them at once, so one run shows the whole matrix.
+pub fn assert_on_every_case(cases: &[Case], check: impl Fn(&Case) -> Vec<String>) {
+    let mut failures = Vec::new();
+    for case in cases {
+        let _machine = serial();
+        failures.extend(check(case));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} interpreters, failures:\n{}",
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 /// Every GIL interpreter here: pyenv 3.8-3.13, an `objcopy --strip-all` copy of

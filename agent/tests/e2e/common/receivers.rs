@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::missing;
+use super::{gilscope, missing};
 
 /// A child process killed when the test ends, however it ends.
 pub struct Running(pub Child);
@@ -62,6 +62,49 @@ pub fn wait_for_port(port: u16, what: &str) {
         assert!(Instant::now() < deadline, "{what} did not listen on {port}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// One GET on localhost: status, content type, body (any status is an answer, not an error).
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut r = agent
+        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    Ok((status, ctype, body))
+}
+
+/// `gilscope run --listen 127.0.0.1:PORT` watching only `marker`, with its stderr in `log`.
+pub fn listening_daemon(
+    port: u16,
+    marker: &str,
+    seconds: u32,
+    log: &Path,
+    extra: &[&str],
+) -> Running {
+    let child = gilscope()
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--interval", "1s", "--duration", &format!("{seconds}s")])
+        .args(["--include-cmdline", marker])
+        .args(extra)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("start gilscope run");
+    Running(child)
 }
 
 pub fn scratch(tag: &str) -> PathBuf {

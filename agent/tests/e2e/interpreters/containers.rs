@@ -115,10 +115,10 @@ fn build_rootfs(python: &Path, tag: &str) -> Rootfs {
     for lib in shared_libraries(python) {
         copy(&lib, &root.join(lib.strip_prefix("/").unwrap_or(&lib)));
     }
-    copy(
-        Path::new(&workload("cpu_threads.py")),
-        &root.join("app/cpu_threads.py"),
-    );
+    // The workload and the module it reports its rate with.
+    for script in ["cpu_threads.py", "rate.py"] {
+        copy(Path::new(&workload(script)), &root.join("app").join(script));
+    }
     for d in ["proc", "oldroot", "tmp"] {
         std::fs::create_dir_all(root.join(d)).expect("rootfs directory");
     }

@@ -66,11 +66,7 @@ fn with_python_gil_1_the_gil_is_back_and_measured() {
     let Some(python) = python313t() else { return };
     let _machine = serial();
     let doc = check_json_with(
-        gilscope()
-            .args(["check", "--json", "--"])
-            .arg(&python)
-            .args([&workload("cpu_threads.py"), "4", "5"])
-            .env("PYTHON_GIL", "1"),
+        check_command(&["--json"], &python, "cpu_threads.py", &["4", "5"]).env("PYTHON_GIL", "1"),
     );
     assert_eq!(
         doc["interpreter"]["gil_enabled"], true,

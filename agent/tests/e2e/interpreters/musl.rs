@@ -5,7 +5,7 @@
 //! serialize, and a single-thread ping-pong neither waits nor even reaches the
 //! probe.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -15,12 +15,12 @@ fn python313_musl() -> Option<PathBuf> {
     built_cpython("3.13-musl")
 }
 
-fn check_musl(python: &std::path::Path, workload_args: &[&str]) -> serde_json::Value {
-    let mut cmd = gilscope();
-    cmd.args(["check", "--json", "--"])
-        .arg(python)
-        .args(workload_args);
-    check_json_with(&mut cmd)
+/// The static build next to the shared-libc `python`, made by the same recipe:
+/// musl linked in, `__pthread_cond_timedwait` only in `.symtab`.
+fn static_build_beside(python: &Path) -> PathBuf {
+    let mut name = python.file_name().unwrap_or_default().to_os_string();
+    name.push("-static");
+    python.with_file_name(name)
 }
 
 #[test]
@@ -34,7 +34,7 @@ fn four_cpu_bound_threads_on_musl_serialize_on_the_gil() {
     let _machine = serial();
     let failures = twice_on_noise("musl cpu_threads", || {
         let mut failures = Vec::new();
-        let doc = check_musl(&python, &[&workload("cpu_threads.py"), "4", "5"]);
+        let doc = check_workload(&python, "cpu_threads.py", &["4", "5"]);
         if doc["interpreter"]["libc"] != "musl" {
             failures.push(format!("libc not detected as musl: {}", doc["interpreter"]));
         }
@@ -91,11 +91,7 @@ fn a_static_musl_build_is_measured_through_its_symbol_table() {
     let Some(python) = python313_musl() else {
         return;
     };
-    // Built next to the shared-libc one by the same recipe: musl linked in,
-    // __pthread_cond_timedwait only in .symtab.
-    let mut name = python.file_name().unwrap_or_default().to_os_string();
-    name.push("-static");
-    let python = python.with_file_name(name);
+    let python = static_build_beside(&python);
     if !python.exists() {
         missing(&format!("{} is not built", python.display()));
         return;
@@ -103,7 +99,7 @@ fn a_static_musl_build_is_measured_through_its_symbol_table() {
     let _machine = serial();
     let failures = twice_on_noise("static musl cpu_threads", || {
         let mut failures = Vec::new();
-        let doc = check_musl(&python, &[&workload("cpu_threads.py"), "4", "4"]);
+        let doc = check_workload(&python, "cpu_threads.py", &["4", "4"]);
         let by = doc["measured_by"][0].as_str().unwrap_or_default();
         if doc["interpreter"]["libc"] != "musl" || !by.contains("__pthread_cond_timedwait") {
             failures.push(format!(
@@ -135,14 +131,12 @@ fn a_stripped_static_musl_build_is_refused_saying_why_and_what_works() {
     let Some(python) = python313_musl() else {
         return;
     };
-    let mut name = python.file_name().unwrap_or_default().to_os_string();
-    name.push("-static");
     let prefix = python
         .parent()
         .and_then(|bin| bin.parent())
         .expect("prefix/bin/python")
         .to_path_buf();
-    let stripped = stripped_copy(&python.with_file_name(name), "musl-static");
+    let stripped = stripped_copy(&static_build_beside(&python), "musl-static");
     let _machine = serial();
     let mut target = Command::new(&stripped)
         .args([&workload("cpu_threads.py"), "2", "3"])
@@ -200,10 +194,7 @@ fn a_single_thread_ping_pong_on_musl_never_reaches_the_probe() {
     let stats = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(stats).unwrap_or_default();
     let _ = std::fs::write(stats, "1");
-    let child = gilscope()
-        .args(["check", "--json", "--"])
-        .arg(&python)
-        .args([&workload("pingpong.py"), "3"])
+    let child = check_command(&["--json"], &python, "pingpong.py", &["3"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

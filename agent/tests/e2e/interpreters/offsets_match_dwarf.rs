@@ -7,7 +7,9 @@ use std::process::Command;
 
 use crate::common::pyenv_matrix;
 use gilscope::cpython::layout::debug_offsets::block_layout;
-use gilscope::cpython::layout::versions::{layout_for, GilLocation, PyVersion, ThreadIdField};
+use gilscope::cpython::layout::versions::{
+    layout_for, GilLayout, GilLocation, PyVersion, ThreadIdField,
+};
 use gilscope::cpython::remote::objects::{object_layout_for, KeysLayout, ObjectLayout};
 
 /// pyenv's libpython of each release line 3.8-3.13, with debug info.
@@ -76,110 +78,70 @@ fn the_offset_table_matches_the_debug_info_of_debian_sids_3_14() {
     );
 }
 
+/// `(gdb expression, what the table says)` for each field of the GIL's state
+/// (`struct _gil_runtime_state`) that `g` places, and its size.
+fn gil_state_checks(g: &GilLayout) -> Vec<(String, u64)> {
+    let gil = "struct _gil_runtime_state";
+    vec![
+        (off(gil, "interval"), g.interval),
+        (off(gil, "last_holder"), g.last_holder),
+        (off(gil, "locked"), g.locked),
+        (off(gil, "switch_number"), g.switch_number),
+        (off(gil, "cond"), g.cond),
+        (off(gil, "mutex"), g.mutex),
+        (off(gil, "switch_cond"), g.switch_cond),
+        (format!("sizeof({gil})"), g.size),
+    ]
+}
+
+/// `(gdb expression, what the block layout says)` for each `(field of
+/// struct _Py_DebugOffsets, where the block layout puts it)`.
+fn debug_offsets_checks(fields: &[(&str, usize)]) -> Vec<(String, u64)> {
+    fields
+        .iter()
+        .map(|(field, at)| (off("struct _Py_DebugOffsets", field), *at as u64))
+        .collect()
+}
+
 /// Every figure the table holds for `version`, against the DWARF in `lib`.
 fn table_matches_dwarf(version: PyVersion, lib: &Path) {
     let layout = layout_for(version).unwrap_or_else(|| panic!("{version} in the table"));
-    let gil = "struct _gil_runtime_state";
-    let mut exprs = vec![
-        off(gil, "interval"),
-        off(gil, "last_holder"),
-        off(gil, "locked"),
-        off(gil, "switch_number"),
-        off(gil, "cond"),
-        off(gil, "mutex"),
-        off(gil, "switch_cond"),
-        format!("sizeof({gil})"),
-    ];
-    let tid_field = match layout.thread_id {
-        ThreadIdField::NativeThreadId(_) => "native_thread_id",
-        ThreadIdField::PthreadOnly(_) => "thread_id",
-    };
-    exprs.push(off("struct _ts", tid_field));
+    let mut checks = gil_state_checks(&layout.gil_layout);
+    checks.push(match layout.thread_id {
+        ThreadIdField::NativeThreadId(o) => (off("struct _ts", "native_thread_id"), o),
+        ThreadIdField::PthreadOnly(o) => (off("struct _ts", "thread_id"), o),
+    });
     match layout.gil {
-        GilLocation::Embedded(_) => exprs.push(off("struct pyruntimestate", "ceval.gil")),
-        GilLocation::InterpreterPointer { .. } => {
-            exprs.push(off("struct pyruntimestate", "_main_interpreter"));
-            exprs.push(off("struct _is", "ceval.gil"));
-            exprs.push(off("struct pyruntimestate", "interpreters.head"));
-            exprs.push(off("struct _is", "next"));
-        }
-        GilLocation::DebugOffsets => {
-            let d = "struct _Py_DebugOffsets";
-            for field in [
-                "runtime_state.interpreters_head",
-                "interpreter_state.next",
-                "interpreter_state.ceval_gil",
-                "interpreter_state.gil_runtime_state",
-                "interpreter_state.gil_runtime_state_enabled",
-                "interpreter_state.gil_runtime_state_locked",
-                "interpreter_state.gil_runtime_state_holder",
-                "thread_state.native_thread_id",
-            ] {
-                exprs.push(off(d, field));
-            }
-        }
-    }
-    let v = gdb_values(lib, &exprs);
-    let g = layout.gil_layout;
-    let expected_gil = [
-        g.interval,
-        g.last_holder,
-        g.locked,
-        g.switch_number,
-        g.cond,
-        g.mutex,
-        g.switch_cond,
-        g.size,
-    ];
-    for (i, want) in expected_gil.iter().enumerate() {
-        assert_eq!(v[i] as u64, *want, "{version}: {}", exprs[i]);
-    }
-    let tid_off = match layout.thread_id {
-        ThreadIdField::NativeThreadId(o) | ThreadIdField::PthreadOnly(o) => o,
-    };
-    assert_eq!(v[8] as u64, tid_off, "{version}: {}", exprs[8]);
-    match layout.gil {
-        GilLocation::Embedded(o) => assert_eq!(v[9] as u64, o, "{version}: GIL in _PyRuntime"),
+        GilLocation::Embedded(o) => checks.push((off("struct pyruntimestate", "ceval.gil"), o)),
         GilLocation::InterpreterPointer {
             interp,
             gil_ptr,
             interpreters_head,
             interp_next,
-        } => {
-            assert_eq!(
-                v[11] as u64, interpreters_head,
-                "{version}: interpreters.head"
-            );
-            assert_eq!(
-                v[12] as u64, interp_next,
-                "{version}: PyInterpreterState.next"
-            );
-            assert_eq!(
-                v[9] as u64, interp,
-                "{version}: main interpreter in _PyRuntime"
-            );
-            assert_eq!(
-                v[10] as u64, gil_ptr,
-                "{version}: ceval.gil in the interpreter"
-            );
-        }
+        } => checks.extend([
+            (off("struct pyruntimestate", "_main_interpreter"), interp),
+            (off("struct _is", "ceval.gil"), gil_ptr),
+            (
+                off("struct pyruntimestate", "interpreters.head"),
+                interpreters_head,
+            ),
+            (off("struct _is", "next"), interp_next),
+        ]),
         GilLocation::DebugOffsets => {
             let b = block_layout(version).unwrap_or_else(|| panic!("{version} block layout"));
-            let positions = [
-                b.interpreters_head,
-                b.interp_next,
-                b.ceval_gil,
-                b.gil_runtime_state,
-                b.gil_enabled,
-                b.gil_locked,
-                b.gil_holder,
-                b.native_thread_id,
-            ];
-            for (i, want) in positions.iter().enumerate() {
-                assert_eq!(v[9 + i] as usize, *want, "{version}: {}", exprs[9 + i]);
-            }
+            checks.extend(debug_offsets_checks(&[
+                ("runtime_state.interpreters_head", b.interpreters_head),
+                ("interpreter_state.next", b.interp_next),
+                ("interpreter_state.ceval_gil", b.ceval_gil),
+                ("interpreter_state.gil_runtime_state", b.gil_runtime_state),
+                ("interpreter_state.gil_runtime_state_enabled", b.gil_enabled),
+                ("interpreter_state.gil_runtime_state_locked", b.gil_locked),
+                ("interpreter_state.gil_runtime_state_holder", b.gil_holder),
+                ("thread_state.native_thread_id", b.native_thread_id),
+            ]));
         }
     }
+    assert_dwarf_agrees(&version.to_string(), lib, &checks);
 }
 
 /// libpython3.13t of the free-threaded build, if it was built here.
@@ -204,65 +166,27 @@ fn the_free_threaded_gil_layout_matches_the_debug_info_of_3_13t() {
     let Some(lib) = free_threaded_library() else {
         return;
     };
-    let gil = "struct _gil_runtime_state";
-    let mut exprs: Vec<String> = [
-        "enabled",
-        "interval",
-        "last_holder",
-        "locked",
-        "switch_number",
-        "cond",
-        "mutex",
-        "switch_cond",
-    ]
-    .iter()
-    .map(|f| off(gil, f))
-    .collect();
-    exprs.push(format!("sizeof({gil})"));
-    let d = "struct _Py_DebugOffsets";
-    for field in [
-        "runtime_state.interpreters_head",
-        "interpreter_state.ceval_gil",
-        "interpreter_state.gil_runtime_state_locked",
-        "interpreter_state.gil_runtime_state_holder",
-        "thread_state.native_thread_id",
-    ] {
-        exprs.push(off(d, field));
-    }
-    let v = gdb_values(&lib, &exprs);
     let version = PyVersion {
         major: 3,
         minor: 13,
     };
-    let g = layout_for(version)
-        .expect("3.13")
-        .gil_layout
-        .free_threaded();
-    let want = [
-        0,
-        g.interval,
-        g.last_holder,
-        g.locked,
-        g.switch_number,
-        g.cond,
-        g.mutex,
-        g.switch_cond,
-        g.size,
-    ];
-    for (i, w) in want.iter().enumerate() {
-        assert_eq!(v[i] as u64, *w, "3.13t: {}", exprs[i]);
-    }
+    // The free-threaded GIL state starts with its `enabled` flag.
+    let mut checks = vec![(off("struct _gil_runtime_state", "enabled"), 0)];
+    checks.extend(gil_state_checks(
+        &layout_for(version)
+            .expect("3.13")
+            .gil_layout
+            .free_threaded(),
+    ));
     let b = block_layout(version).expect("3.13 block");
-    let positions = [
-        b.interpreters_head,
-        b.ceval_gil,
-        b.gil_locked,
-        b.gil_holder,
-        b.native_thread_id,
-    ];
-    for (i, w) in positions.iter().enumerate() {
-        assert_eq!(v[9 + i] as usize, *w, "3.13t: {}", exprs[9 + i]);
-    }
+    checks.extend(debug_offsets_checks(&[
+        ("runtime_state.interpreters_head", b.interpreters_head),
+        ("interpreter_state.ceval_gil", b.ceval_gil),
+        ("interpreter_state.gil_runtime_state_locked", b.gil_locked),
+        ("interpreter_state.gil_runtime_state_holder", b.gil_holder),
+        ("thread_state.native_thread_id", b.native_thread_id),
+    ]));
+    assert_dwarf_agrees("3.13t", &lib, &checks);
 }
 
 /// `(gdb expression, what the object table says)` for every field of `l` that
@@ -362,8 +286,9 @@ fn object_checks(l: &ObjectLayout) -> Vec<(String, u64)> {
     c
 }
 
-fn assert_object_layout(label: &str, lib: &Path, l: &ObjectLayout) {
-    let checks = object_checks(l);
+/// Evaluates every `(gdb expression, expected value)` of `checks` on the DWARF
+/// of `lib` and asserts each one.
+fn assert_dwarf_agrees(label: &str, lib: &Path, checks: &[(String, u64)]) {
     let exprs: Vec<String> = checks.iter().map(|(e, _)| e.clone()).collect();
     let values = gdb_values(lib, &exprs);
     for ((expr, want), got) in checks.iter().zip(values) {
@@ -376,7 +301,7 @@ fn the_object_layouts_for_thread_names_match_the_debug_info_of_every_build() {
     for (version, lib) in pyenv_libraries() {
         let l = object_layout_for(version, false)
             .unwrap_or_else(|| panic!("{version} has an object layout"));
-        assert_object_layout(&version.to_string(), &lib, &l);
+        assert_dwarf_agrees(&version.to_string(), &lib, &object_checks(&l));
     }
     if let Some(lib) = free_threaded_library() {
         let version = PyVersion {
@@ -384,6 +309,6 @@ fn the_object_layouts_for_thread_names_match_the_debug_info_of_every_build() {
             minor: 13,
         };
         let l = object_layout_for(version, true).expect("3.13t has an object layout");
-        assert_object_layout("3.13t", &lib, &l);
+        assert_dwarf_agrees("3.13t", &lib, &object_checks(&l));
     }
 }

@@ -3,20 +3,59 @@
 //! symbol table of the original names; Debian's stripped builds are found too,
 //! and so is every copy of `_PyParkingLot_Park` (LTO clones it).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::common::*;
 use gilscope::cpython::find::elf::{inspect, ElfImage};
-use gilscope::cpython::find::functions::{find_park, find_take_gil, FoundBy};
+use gilscope::cpython::find::functions::{find_park, find_take_gil, FoundBy, FoundFunction};
+
+/// The copies of a function `find` locates in the ELF file at `path`.
+fn found_in(path: &Path, find: fn(&object::File<'_>) -> Vec<FoundFunction>) -> Vec<FoundFunction> {
+    let image = ElfImage::read(path).expect("read");
+    let file = image.parse(path).expect("parse");
+    find(&file)
+}
 
 fn take_gil_of(path: &Path) -> Vec<(u64, FoundBy)> {
     inspect(path).expect("readable").expect("is CPython");
-    let image = ElfImage::read(path).expect("read");
-    let file = image.parse(path).expect("parse");
-    find_take_gil(&file)
+    found_in(path, find_take_gil)
         .into_iter()
         .map(|f| (f.file_offset, f.how))
         .collect()
+}
+
+/// Debian sid's stripped `python3.14` itself (not its launcher) and the DWARF
+/// file of the same build, if both are fetched.
+fn debian_314_and_its_debug_file() -> Option<(PathBuf, PathBuf)> {
+    let launcher = debian_python314()?;
+    let debug = debian_python314_debug_file()?;
+    // The launcher lives in PREFIX/bin; the interpreter in PREFIX/root/usr/bin.
+    let python = launcher
+        .parent()
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("root/usr/bin/python3.14"))
+        .expect("prefix");
+    Some((python, debug))
+}
+
+/// Where the symbol table of `debug` puts `function` and its compiler clones
+/// (`take_gil.lto_priv.0`, `_PyParkingLot_Park.constprop.0`; not the `.cold`
+/// split-off parts), sorted.
+fn named_copies(debug: &Path, function: &str) -> Vec<u64> {
+    use object::{Object, ObjectSymbol};
+    let data = std::fs::read(debug).expect("read debug file");
+    let dwarf = object::File::parse(&*data).expect("parse debug file");
+    let clone = format!("{function}.");
+    let mut named: Vec<u64> = dwarf
+        .symbols()
+        .filter(|s| {
+            s.name()
+                .is_ok_and(|n| n == function || (n.starts_with(&clone) && !n.ends_with(".cold")))
+        })
+        .map(|s| s.address())
+        .collect();
+    named.sort_unstable();
+    named
 }
 
 #[test]
@@ -75,34 +114,16 @@ fn debian_stripped_python_has_take_gil_found_by_disassembly() {
 /// stripped binary must land on exactly the copies that file's symbol table lists.
 #[test]
 fn debian_314_take_gil_by_disassembly_is_where_its_debug_symbols_put_it() {
-    use object::{Object, ObjectSymbol};
-    let (Some(launcher), Some(debug)) = (debian_python314(), debian_python314_debug_file()) else {
+    let Some((python, debug)) = debian_314_and_its_debug_file() else {
         return;
     };
-    // The launcher lives in PREFIX/bin; the interpreter in PREFIX/root/usr/bin.
-    let python = launcher
-        .parent()
-        .and_then(Path::parent)
-        .map(|prefix| prefix.join("root/usr/bin/python3.14"))
-        .expect("prefix");
-    let image = ElfImage::read(&python).expect("read");
-    let file = image.parse(&python).expect("parse");
-    let found: Vec<(u64, FoundBy)> = find_take_gil(&file)
-        .into_iter()
-        .map(|f| (f.address, f.how))
-        .collect();
-    let data = std::fs::read(&debug).expect("read debug file");
-    let dwarf = object::File::parse(&*data).expect("parse debug file");
-    let mut named: Vec<(u64, FoundBy)> = dwarf
-        .symbols()
-        .filter(|s| {
-            s.name().is_ok_and(|n| {
-                n == "take_gil" || (n.starts_with("take_gil.") && !n.ends_with(".cold"))
-            })
-        })
-        .map(|s| (s.address(), FoundBy::Disassembly))
-        .collect();
-    named.sort_unstable_by_key(|(a, _)| *a);
+    let found = found_in(&python, find_take_gil);
+    assert!(
+        found.iter().all(|f| f.how == FoundBy::Disassembly),
+        "{found:?}"
+    );
+    let found: Vec<u64> = found.iter().map(|f| f.address).collect();
+    let named = named_copies(&debug, "take_gil");
     assert!(!named.is_empty(), "the debug file names take_gil");
     assert_eq!(found, named, "take_gil by disassembly vs the debug symbols");
 }
@@ -112,32 +133,15 @@ fn debian_314_take_gil_by_disassembly_is_where_its_debug_symbols_put_it() {
 /// exactly the copies the debug file's symbol table lists.
 #[test]
 fn debian_314_every_copy_of_the_parking_lot_park_is_found() {
-    use object::{Object, ObjectSymbol};
-    let (Some(launcher), Some(debug)) = (debian_python314(), debian_python314_debug_file()) else {
+    let Some((python, debug)) = debian_314_and_its_debug_file() else {
         return;
     };
-    let python = launcher
-        .parent()
-        .and_then(Path::parent)
-        .map(|prefix| prefix.join("root/usr/bin/python3.14"))
-        .expect("prefix");
-    let image = ElfImage::read(&python).expect("read");
-    let file = image.parse(&python).expect("parse");
-    let mut found: Vec<u64> = find_park(&file).iter().map(|f| f.address).collect();
-    found.sort_unstable();
-    let data = std::fs::read(&debug).expect("read debug file");
-    let dwarf = object::File::parse(&*data).expect("parse debug file");
-    let mut named: Vec<u64> = dwarf
-        .symbols()
-        .filter(|s| {
-            s.name().is_ok_and(|n| {
-                n == "_PyParkingLot_Park"
-                    || (n.starts_with("_PyParkingLot_Park.") && !n.ends_with(".cold"))
-            })
-        })
-        .map(|s| s.address())
+    let mut found: Vec<u64> = found_in(&python, find_park)
+        .iter()
+        .map(|f| f.address)
         .collect();
-    named.sort_unstable();
+    found.sort_unstable();
+    let named = named_copies(&debug, "_PyParkingLot_Park");
     assert!(named.len() >= 2, "an LTO clone exists: {named:x?}");
     assert_eq!(
         found, named,
@@ -156,9 +160,7 @@ fn pyenv_313_parks_only_through_the_export_stripped_or_not() {
     };
     let stripped = stripped_copy(&lib, "park-3.13");
     let parks = |path: &Path| {
-        let image = ElfImage::read(path).expect("read");
-        let file = image.parse(path).expect("parse");
-        find_park(&file)
+        found_in(path, find_park)
             .iter()
             .map(|f| f.file_offset)
             .collect::<Vec<_>>()
@@ -186,11 +188,13 @@ fn a_process_running_a_stripped_copy_is_measured_in_precise_mode() {
     let symtab_offset = take_gil_of(&lib)[0].0;
     let _machine = serial();
     let doc = check_json_with(
-        gilscope()
-            .args(["check", "--json", "--precise", "--"])
-            .arg(&python)
-            .args([&workload("cpu_threads.py"), "2", "2"])
-            .env("LD_LIBRARY_PATH", stripped.parent().expect("dir")),
+        check_command(
+            &["--json", "--precise"],
+            &python,
+            "cpu_threads.py",
+            &["2", "2"],
+        )
+        .env("LD_LIBRARY_PATH", stripped.parent().expect("dir")),
     );
     let interp = &doc["interpreter"];
     assert_eq!(interp["library"].as_str(), stripped.to_str(), "{interp}");

@@ -99,18 +99,9 @@ fn every_interpreter_in_the_matrix_measures_serialization_and_no_phantom_waits()
     if !can_use_bpf() {
         return;
     }
-    let cases = matrix();
-    let mut failures = Vec::new();
-    for case in &cases {
-        let _machine = serial();
-        failures.extend(twice_on_noise(&case.label, || measure_case(case)));
-    }
-    assert!(
-        failures.is_empty(),
-        "{} interpreters, failures:\n{}",
-        cases.len(),
-        failures.join("\n")
-    );
+    assert_on_every_case(&matrix(), |case| {
+        twice_on_noise(&case.label, || measure_case(case))
+    });
 }
 
 /// On 3.14 a `threading.Lock` is a PyMutex; Debian's LTO build parks it through
@@ -127,12 +118,7 @@ fn on_debian_314_threads_queued_on_a_threading_lock_show_lock_contention() {
     };
     let _machine = serial();
     let failures = twice_on_noise("Debian 3.14 lock", || {
-        let doc = check_json_with(
-            gilscope()
-                .args(["check", "--json", "--"])
-                .arg(&python)
-                .args([&workload("lock_threads.py"), "4", "3"]),
-        );
+        let doc = check_workload(&python, "lock_threads.py", &["4", "3"]);
         let mut failures = Vec::new();
         let p = &doc["process"];
         let wall = f(p, "wall_s");

@@ -1,36 +1,23 @@
 //! The kernel side keeps per-thread state only while a process is watched:
 //! unwatching leaves no entry behind in any BPF map.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::kernel::{start_watched, wait_probe_and_debian_311};
 use crate::common::*;
-use gilscope::cpython::find::locate::{read_gil_state, require_interpreter};
-use gilscope::cpython::remote::memory::RemoteMemory;
-use gilscope::probes::wait::WaitProbe;
 
 #[test]
 fn unwatching_a_process_removes_all_its_kernel_state() {
-    if !can_use_bpf() {
-        return;
-    }
-    let Some(python) = debian_python311() else {
+    let Some((_machine, python, mut probe)) = wait_probe_and_debian_311() else {
         return;
     };
-    let _machine = serial();
-    let mut probe = WaitProbe::load().expect("load the wait probe");
-    let mut target = Command::new(&python)
-        .args([&workload("cpu_threads.py"), "3", "1.5"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("python");
+    let mut target = start_watched(
+        &mut probe,
+        &python,
+        &[&workload("cpu_threads.py"), "3", "1.5"],
+        Duration::from_millis(200),
+    );
     let pid = target.id();
-    std::thread::sleep(Duration::from_millis(200));
-    let interp = require_interpreter(pid).expect("CPython");
-    let mem = RemoteMemory::new(pid);
-    let gil = interp.resolve_gil(&mem).expect("GIL address");
-    read_gil_state(pid, &mem, &gil).expect("valid GIL");
-    probe.watch(pid, &[gil.addr], &gil.layout).expect("watch");
     let _ = target.wait();
 
     let counters = probe.read(pid).expect("read");
@@ -48,14 +35,9 @@ fn unwatching_a_process_removes_all_its_kernel_state() {
 
 #[test]
 fn threads_that_exit_or_sleep_through_the_unwatch_leave_nothing_behind() {
-    if !can_use_bpf() {
-        return;
-    }
-    let Some(python) = debian_python311() else {
+    let Some((_machine, python, mut probe)) = wait_probe_and_debian_311() else {
         return;
     };
-    let _machine = serial();
-    let mut probe = WaitProbe::load().expect("load the wait probe");
     // 300 short threads that exit (their last switch is not a sleep), then a thread
     // asleep in time.sleep while the process is unwatched.
     let script = "import threading, time\n\
@@ -63,18 +45,13 @@ fn threads_that_exit_or_sleep_through_the_unwatch_leave_nothing_behind() {
                   for _ in range(300):\n    t = threading.Thread(target=sum, args=(range(100),)); t.start(); t.join()\n\
                   threading.Thread(target=time.sleep, args=(2,)).start()\n\
                   time.sleep(3)\n";
-    let mut target = Command::new(&python)
-        .args(["-c", script])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("python");
+    let mut target = start_watched(
+        &mut probe,
+        &python,
+        &["-c", script],
+        Duration::from_millis(150),
+    );
     let pid = target.id();
-    std::thread::sleep(Duration::from_millis(150));
-    let interp = require_interpreter(pid).expect("CPython");
-    let mem = RemoteMemory::new(pid);
-    let gil = interp.resolve_gil(&mem).expect("GIL address");
-    read_gil_state(pid, &mem, &gil).expect("valid GIL");
-    probe.watch(pid, &[gil.addr], &gil.layout).expect("watch");
     std::thread::sleep(Duration::from_millis(1500));
     probe.unwatch(pid).expect("unwatch while threads sleep");
     let _ = target.wait();

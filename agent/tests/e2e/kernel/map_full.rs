@@ -7,30 +7,22 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::kernel::{checked_gil, start_watched, wait_probe_and_debian_311};
 use crate::common::receivers::{free_port, Running};
 use crate::common::*;
 use gilscope::core::counters::KernelMap;
-use gilscope::cpython::find::locate::{
-    read_gil_state, require_interpreter, require_measurable_libc,
-};
-use gilscope::cpython::remote::memory::RemoteMemory;
+use gilscope::cpython::find::locate::require_measurable_libc;
 use gilscope::probes::condwait::CondWaitProbe;
 use gilscope::probes::wait::WaitProbe;
 
 /// Runs cpu_threads.py with 8 threads for 1.5 s under `probe` and waits for it to exit.
 fn watch_eight_cpu_threads(python: &std::path::Path, probe: &mut WaitProbe) {
-    let mut target = Command::new(python)
-        .args([&workload("cpu_threads.py"), "8", "1.5"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("python");
-    let pid = target.id();
-    std::thread::sleep(Duration::from_millis(200));
-    let interp = require_interpreter(pid).expect("CPython");
-    let mem = RemoteMemory::new(pid);
-    let gil = interp.resolve_gil(&mem).expect("GIL address");
-    read_gil_state(pid, &mem, &gil).expect("valid GIL");
-    probe.watch(pid, &[gil.addr], &gil.layout).expect("watch");
+    let mut target = start_watched(
+        probe,
+        python,
+        &[&workload("cpu_threads.py"), "8", "1.5"],
+        Duration::from_millis(200),
+    );
     let _ = target.wait();
 }
 
@@ -89,14 +81,9 @@ fn a_full_thread_map_counts_the_waits_it_could_not_hold() {
 
 #[test]
 fn with_the_normal_size_nothing_is_dropped() {
-    if !can_use_bpf() {
-        return;
-    }
-    let Some(python) = debian_python311() else {
+    let Some((_machine, python, mut probe)) = wait_probe_and_debian_311() else {
         return;
     };
-    let _machine = serial();
-    let mut probe = WaitProbe::load().expect("load the wait probe");
     assert_eq!(probe.capacity(KernelMap::ThreadWaits), Some(65536));
     watch_eight_cpu_threads(&python, &mut probe);
     assert!(
@@ -209,10 +196,7 @@ fn a_full_condvar_map_on_musl_counts_what_it_could_not_hold() {
     );
     let pid = target.0.id();
     std::thread::sleep(Duration::from_millis(300));
-    let interp = require_interpreter(pid).expect("CPython");
-    let mem = RemoteMemory::new(pid);
-    let gil = interp.resolve_gil(&mem).expect("GIL address");
-    read_gil_state(pid, &mem, &gil).expect("valid GIL");
+    let (interp, gil) = checked_gil(pid);
     let site = require_measurable_libc(&interp)
         .expect("measurable musl build")
         .cond_wait

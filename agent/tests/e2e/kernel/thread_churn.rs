@@ -13,10 +13,10 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::kernel::wait_probe_and_debian_311;
 use crate::common::*;
 use gilscope::core::analyse::analyse;
 use gilscope::core::retire::{EXITED_TID, GONE_KEPT, RETIRE_AFTER};
-use gilscope::probes::wait::WaitProbe;
 use gilscope::watch::session::{Sampling, Session, SessionOptions, Snapshot};
 
 /// Short threads started per second by the workload (it reaches ~175 here).
@@ -53,14 +53,9 @@ fn totals(watch: &Session, from: &Snapshot, to: &Snapshot) -> (f64, u64, f64) {
 
 #[test]
 fn exited_threads_of_a_running_process_are_released_and_still_counted() {
-    if !can_use_bpf() {
-        return;
-    }
-    let Some(python) = debian_python311() else {
+    let Some((_machine, python, mut probe)) = wait_probe_and_debian_311() else {
         return;
     };
-    let _machine = serial();
-    let mut probe = WaitProbe::load().expect("load the wait probe");
     let mut child = Command::new(&python)
         .args(churn_args())
         .stdout(Stdio::piped())

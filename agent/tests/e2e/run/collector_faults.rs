@@ -28,6 +28,7 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point, NumberDataPoint};
 use prost::Message;
 
+use crate::common::daemon::*;
 use crate::common::receivers::*;
 use crate::common::*;
 
@@ -448,43 +449,6 @@ fn collector(proto: Proto, faults: Faults) -> Collector {
     }
 }
 
-/// A number that follows `before` in a log line (`"... 12 intervals exported"`).
-fn number_before(log: &str, before: &str) -> Option<u64> {
-    let line = log.lines().rev().find(|l| l.contains(before))?;
-    let head = &line[..line.find(before)?];
-    head.split_whitespace().last()?.parse().ok()
-}
-
-/// The daemon's final "export totals" line.
-#[derive(Debug)]
-struct Totals {
-    intervals: u64,
-    points_sent: u64,
-    points_dropped: u64,
-    requests_sent: u64,
-    requests_dropped: u64,
-}
-
-fn totals(log: &str) -> Option<Totals> {
-    let line = log.lines().rev().find(|l| l.contains("export totals:"))?;
-    let after = &line[line.find("export totals:")? + "export totals:".len()..];
-    let numbers: Vec<u64> = after
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    match numbers[..] {
-        [ps, pd, rs, rd, _, _, _] => Some(Totals {
-            intervals: number_before(log, "intervals exported")?,
-            points_sent: ps,
-            points_dropped: pd,
-            requests_sent: rs,
-            requests_dropped: rd,
-        }),
-        _ => None,
-    }
-}
-
 /// Runs `gilscope run` for `seconds` at a 1 s interval against the collector;
 /// returns its log and its RSS (bytes) sampled from /proc every 200 ms.
 fn run_daemon(
@@ -508,17 +472,13 @@ fn run_daemon(
         Proto::Grpc => (format!("http://127.0.0.1:{port}"), "grpc"),
     };
     let log_path = dir.join("gilscope.log");
-    let mut cmd = gilscope();
-    cmd.arg("run")
-        .arg("--config")
+    let mut cmd = daemon();
+    cmd.arg("--config")
         .arg(&config_path)
         .args(["--endpoint", &endpoint, "--protocol", protocol])
         .args(["--include-cmdline", tag, "--no-spans", "-v"])
         .args(["--interval", "1s", "--duration", &format!("{seconds}s")])
         .env("OTEL_SERVICE_NAME", format!("gilscope-{tag}"))
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TIMEOUT")
-        .env_remove("GILSCOPE_SPOOL_DIR")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).expect("log"));
     for (k, v) in env {
@@ -548,14 +508,6 @@ fn rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn tag(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{what}{}x{nanos:x}", std::process::id())
-}
-
 fn accepted(seen: &[Seen]) -> Vec<&Seen> {
     seen.iter()
         .filter(|s| matches!(s.outcome, Outcome::Accepted { .. }))
@@ -565,7 +517,7 @@ fn accepted(seen: &[Seen]) -> Vec<&Seen> {
 /// What both sides must agree on whatever the fault: every request the daemon
 /// counted as sent was accepted exactly once by the collector, its points too,
 /// and every interval is either sent or counted as dropped.
-fn assert_exact(t: &Totals, seen: &[Seen], log: &str) {
+fn assert_exact(t: &ExportTotals, seen: &[Seen], log: &str) {
     let ok = accepted(seen);
     let mut intervals: Vec<u64> = ok.iter().map(|s| s.interval).collect();
     intervals.sort_unstable();
@@ -593,9 +545,11 @@ fn assert_exact(t: &Totals, seen: &[Seen], log: &str) {
         points - rejected,
         "points: sent per the daemon vs accepted by the collector:\n{log}"
     );
+    let exported =
+        intervals_exported(log).unwrap_or_else(|| panic!("no interval count logged:\n{log}"));
     assert_eq!(
         t.requests_sent + t.requests_dropped,
-        t.intervals,
+        exported,
         "every interval is sent or counted as dropped:\n{log}"
     );
 }
@@ -605,7 +559,7 @@ fn throttled_then_accepted(proto: Proto) {
         return;
     }
     let _machine = serial();
-    let tag = tag("throttle");
+    let tag = unique_tag("throttle");
     let c = collector(
         proto,
         Faults {
@@ -614,7 +568,7 @@ fn throttled_then_accepted(proto: Proto) {
         },
     );
     let (log, _rss) = run_daemon(proto, c.port, 12, "", &[], &tag);
-    let t = totals(&log).unwrap_or_else(|| panic!("no export totals:\n{log}"));
+    let t = export_totals(&log).unwrap_or_else(|| panic!("no export totals:\n{log}"));
     let seen = c.seen();
     // Each refusal is followed by the retry no sooner than the collector asked.
     let gaps: Vec<Duration> = seen
@@ -652,7 +606,7 @@ fn partial_success(proto: Proto) {
         return;
     }
     const K: i64 = 5;
-    let tag = tag("partial");
+    let tag = unique_tag("partial");
     let c = collector(
         proto,
         Faults {
@@ -661,7 +615,7 @@ fn partial_success(proto: Proto) {
         },
     );
     let (log, _rss) = run_daemon(proto, c.port, 5, "", &[], &tag);
-    let t = totals(&log).unwrap_or_else(|| panic!("no export totals:\n{log}"));
+    let t = export_totals(&log).unwrap_or_else(|| panic!("no export totals:\n{log}"));
     let seen = c.seen();
     eprintln!("{proto:?} partial success: {t:?}");
     assert_eq!(
@@ -698,7 +652,7 @@ fn a_collector_5s_slow_gets_every_sent_request_once() {
     }
     let Some((_, vm)) = receivers() else { return };
     let _machine = serial();
-    let tag = tag("slow");
+    let tag = unique_tag("slow");
     let (_vm, vm_port) = start_vm(&vm, &tag);
     let c = collector(
         Proto::Http,
@@ -711,7 +665,7 @@ fn a_collector_5s_slow_gets_every_sent_request_once() {
     );
     // A queue of 4: the 1 s intervals outrun one request per 5 s.
     let (log, _rss) = run_daemon(Proto::Http, c.port, 14, "  queue_size: 4\n", &[], &tag);
-    let t = totals(&log).unwrap_or_else(|| panic!("no export totals:\n{log}"));
+    let t = export_totals(&log).unwrap_or_else(|| panic!("no export totals:\n{log}"));
     let seen = c.seen();
     eprintln!("slow collector: {t:?}; {} requests seen", seen.len());
     assert!(
@@ -743,7 +697,7 @@ fn timeouts_are_retried(proto: Proto) {
         return;
     }
     let _machine = serial();
-    let tag = tag("timeout");
+    let tag = unique_tag("timeout");
     let c = collector(
         proto,
         Faults {
@@ -760,7 +714,7 @@ fn timeouts_are_retried(proto: Proto) {
         &[("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")],
         &tag,
     );
-    let t = totals(&log).unwrap_or_else(|| panic!("no export totals:\n{log}"));
+    let t = export_totals(&log).unwrap_or_else(|| panic!("no export totals:\n{log}"));
     // The collector notices an abandoned gRPC call when it would answer: wait for that.
     std::thread::sleep(Duration::from_secs(4));
     let seen = c.seen();
@@ -800,7 +754,7 @@ fn memory_stays_bounded_while_the_collector_hangs() {
         return;
     };
     let _machine = serial();
-    let tag = tag("rss");
+    let tag = unique_tag("rss");
     let _work = Running(
         Command::new(&python)
             .args([&workload("cpu_threads.py"), "4", "60", &tag])
@@ -824,7 +778,7 @@ fn memory_stays_bounded_while_the_collector_hangs() {
         &[("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")],
         &tag,
     );
-    let t = totals(&log).unwrap_or_else(|| panic!("no export totals:\n{log}"));
+    let t = export_totals(&log).unwrap_or_else(|| panic!("no export totals:\n{log}"));
     let seen = c.seen();
     // Settled after 5 s (BPF loaded, the workload found); the outage then lasts 35 s more.
     let settled = samples.iter().take(25).copied().max().unwrap_or(0);
@@ -848,7 +802,9 @@ fn memory_stays_bounded_while_the_collector_hangs() {
     );
     assert_eq!(t.requests_sent, 0, "{log}");
     assert!(accepted(&seen).is_empty());
-    assert_eq!(t.requests_dropped, t.intervals, "{log}");
+    let exported =
+        intervals_exported(&log).unwrap_or_else(|| panic!("no interval count logged:\n{log}"));
+    assert_eq!(t.requests_dropped, exported, "{log}");
     assert!(t.points_dropped > 0, "{log}");
     let warnings = log.lines().filter(|l| l.contains("failing")).count();
     assert!(

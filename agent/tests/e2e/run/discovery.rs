@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::common::daemon::unique_tag;
 use crate::common::*;
 
 #[test]
@@ -24,14 +25,7 @@ fn a_new_process_is_watched_within_a_second_and_released_when_it_exits() {
 
 /// One run: the daemon, a non-Python process and a short workload started after it.
 fn watch_a_new_process(python: &std::path::Path) -> Vec<String> {
-    let tag = format!(
-        "disc{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-    );
+    let tag = unique_tag("disc");
     let mut daemon = gilscope()
         .args(["-vv", "run", "--interval", "1s", "--duration", "9s"])
         .args(["--include-cmdline", &tag])

@@ -11,45 +11,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::receivers::{free_port, promql, wait_for_port, workload_process, Running};
+use crate::common::daemon::unique_tag;
+use crate::common::receivers::{
+    free_port, http_get, listening_daemon, promql, wait_for_port, workload_process, Running,
+};
 use crate::common::*;
+use gilscope::core::report::DiagnosisKind;
 use serde_json::Value;
-
-/// A short tag unique to this test run (the workload's command line carries it).
-fn tag(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}{}x{nanos:x}", std::process::id())
-}
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gilscope-ep-{tag}"));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
-}
-
-/// One GET: status, content type, body (any status is an answer, not an error).
-fn get(port: u16, path: &str) -> Result<(u16, String, String), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let mut r = agent
-        .get(&format!("http://127.0.0.1:{port}{path}"))
-        .call()
-        .map_err(|e| e.to_string())?;
-    let status = r.status().as_u16();
-    let ctype = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    Ok((status, ctype, body))
 }
 
 /// `/metrics` asked for with `Accept-Encoding: gzip`, checked to be gzip, inflated.
@@ -74,21 +47,6 @@ fn gzipped_metrics(port: u16) -> Result<String, String> {
         .read_to_string(&mut page)
         .map_err(|e| format!("not gzip: {e}"))?;
     Ok(page)
-}
-
-/// `gilscope run --listen 127.0.0.1:PORT` watching only `marker`, with its stderr in `log`.
-fn daemon(port: u16, marker: &str, seconds: u32, log: &Path, extra: &[&str]) -> Running {
-    let child = gilscope()
-        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--interval", "1s", "--duration", &format!("{seconds}s")])
-        .args(["--include-cmdline", marker])
-        .args(extra)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log"))
-        .spawn()
-        .expect("start gilscope run");
-    Running(child)
 }
 
 /// One sample of a scrape.
@@ -287,14 +245,14 @@ fn the_exposition_reader_rejects_what_prometheus_would() {
 
 /// One run of the daemon next to the workload: the probes, then /metrics.
 fn probe_and_scrape(python: &Path) -> Vec<String> {
-    let marker = tag("ep");
+    let marker = unique_tag("ep");
     let service = format!("gil-ep-{marker}");
     let work = workload_process(python, 14, &service, &marker);
     let pid = work.0.id();
     let port = free_port();
     let log = scratch(&marker).join("gilscope.log");
     let started = Instant::now();
-    let _daemon = daemon(port, &marker, 12, &log, &[]);
+    let _daemon = listening_daemon(port, &marker, 12, &log, &[]);
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut failures = Vec::new();
 
@@ -302,7 +260,7 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     let mut answers: Vec<(u16, String)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     let ready_after = loop {
-        if let Ok((status, _, body)) = get(port, "/readyz") {
+        if let Ok((status, _, body)) = http_get(port, "/readyz") {
             if answers.last().map(|a| a.0) != Some(status) {
                 answers.push((status, body.trim().to_string()));
             }
@@ -326,11 +284,11 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     {
         failures.push(format!("/readyz answered something else: {answers:?}"));
     }
-    match get(port, "/healthz") {
+    match http_get(port, "/healthz") {
         Ok((200, _, body)) if body.starts_with("ok") => {}
         other => failures.push(format!("/healthz: {other:?}")),
     }
-    match get(port, "/nope") {
+    match http_get(port, "/nope") {
         Ok((404, ..)) => {}
         other => failures.push(format!("/nope: {other:?}")),
     }
@@ -342,7 +300,7 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     let mut last = None;
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(1200));
-        let (status, ctype, body) = match get(port, "/metrics") {
+        let (status, ctype, body) = match http_get(port, "/metrics") {
             Ok(r) => r,
             Err(e) => {
                 failures.push(format!("/metrics: {e}"));
@@ -429,6 +387,19 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     }) {
         failures.push(format!("diagnosis gil_serialized_threads not 1: {diag:?}"));
     }
+    // Every kind has its state series (0 or 1): an alert on any of them can fire.
+    let states = of("cpython_diagnosis_ratio");
+    for kind in DiagnosisKind::ALL {
+        let name = Some(kind.name());
+        if !states
+            .iter()
+            .any(|s| s.labels.get("cpython_diagnosis_kind").map(String::as_str) == name)
+        {
+            failures.push(format!(
+                "/metrics has no cpython_diagnosis_ratio for {kind}"
+            ));
+        }
+    }
     // The agent's own series, under its own resource.
     let watched: Vec<&Sample> = samples
         .iter()
@@ -499,10 +470,10 @@ fn a_second_daemon_on_the_same_port_or_a_bad_address_is_one_clear_error() {
     if !can_use_bpf() {
         return;
     }
-    let marker = tag("port");
+    let marker = unique_tag("port");
     let port = free_port();
     let log = scratch(&marker).join("first.log");
-    let _first = daemon(port, &marker, 6, &log, &[]);
+    let _first = listening_daemon(port, &marker, 6, &log, &[]);
     wait_for_port(port, "the first gilscope run");
     let started = Instant::now();
     let out = gilscope()
@@ -573,7 +544,7 @@ fn label_sets(result: &[Value], drop: &[&str]) -> BTreeSet<Vec<String>> {
 /// The daemon pushes OTLP/HTTP into VictoriaMetrics (`-opentelemetry.usePrometheusNaming`)
 /// and VictoriaMetrics scrapes its /metrics: the same names, labels and values come out.
 fn scraped_equals_pushed(vm: &Path, python: &Path) -> Vec<String> {
-    let marker = tag("vmscrape");
+    let marker = unique_tag("vmscrape");
     let service = format!("gil-ep-{marker}");
     let dir = scratch(&marker);
     let (vm_port, listen) = (free_port(), free_port());
@@ -600,7 +571,7 @@ fn scraped_equals_pushed(vm: &Path, python: &Path) -> Vec<String> {
     wait_for_port(vm_port, "victoria-metrics");
     let _work = workload_process(python, 11, &service, &marker);
     let log = dir.join("gilscope.log");
-    let mut daemon = daemon(
+    let mut daemon = listening_daemon(
         listen,
         &marker,
         8,
@@ -805,15 +776,15 @@ fn closed_by_server(mut stream: &std::net::TcpStream, within: Duration) -> bool 
 fn probes_under_slow_clients() -> Vec<String> {
     use std::io::Write as _;
     use std::net::TcpStream;
-    let marker = tag("slow");
+    let marker = unique_tag("slow");
     let port = free_port();
     let log = scratch(&marker).join("gilscope.log");
-    let daemon = daemon(port, &marker, 60, &log, &[]);
+    let daemon = listening_daemon(port, &marker, 60, &log, &[]);
     let pid = daemon.0.id();
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut failures = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !matches!(get(port, "/readyz"), Ok((200, ..))) {
+    while !matches!(http_get(port, "/readyz"), Ok((200, ..))) {
         if Instant::now() > deadline {
             return vec![format!("/readyz never 200:\n{}", stderr())];
         }
@@ -940,11 +911,11 @@ fn probes_under_slow_clients() -> Vec<String> {
 
     // The attack over, everything is normal.
     std::thread::sleep(Duration::from_millis(500));
-    match get(port, "/healthz") {
+    match http_get(port, "/healthz") {
         Ok((200, _, body)) if body.starts_with("ok") => {}
         other => failures.push(format!("/healthz after the attack: {other:?}")),
     }
-    match get(port, "/metrics") {
+    match http_get(port, "/metrics") {
         Ok((200, _, body)) => {
             if let Err(e) = parse_exposition(&body) {
                 failures.push(format!("/metrics after the attack: {e}"));

@@ -10,8 +10,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::daemon::*;
 use crate::common::receivers::*;
 use crate::common::*;
+use gilscope::core::report::DiagnosisKind;
 use serde_json::Value;
 
 /// Checks what VictoriaMetrics holds for `service` against the workload's truths.
@@ -58,6 +60,23 @@ fn check_exported(vm_port: u16, service: &str, tenant: &str) -> Vec<String> {
     if scalar(&diag) != Some(1.0) {
         failures.push(format!("diagnosis gil_serialized_threads not 1: {diag:?}"));
     }
+    // Every kind has its state series (0 or 1): an alert on any of them can fire.
+    let states = promql(
+        vm_port,
+        &format!(
+            "last_over_time({{__name__=\"cpython.diagnosis\",service.name=\"{service}\"}}[5m])"
+        ),
+    );
+    for kind in DiagnosisKind::ALL {
+        if !states
+            .iter()
+            .any(|s| s["metric"]["cpython.diagnosis.kind"].as_str() == Some(kind.name()))
+        {
+            failures.push(format!(
+                "OTLP brought no cpython.diagnosis for {kind}: {states:?}"
+            ));
+        }
+    }
     let labels = util
         .first()
         .map(|v| v["metric"].clone())
@@ -93,28 +112,6 @@ fn check_exported(vm_port: u16, service: &str, tenant: &str) -> Vec<String> {
     failures
 }
 
-/// `gilscope run`, to which a test adds its flags.
-fn daemon() -> Command {
-    let mut cmd = gilscope();
-    cmd.arg("run");
-    cmd
-}
-
-/// Runs the daemon for `seconds` next to a workload and returns its stderr.
-fn run_daemon(cmd: &mut Command, seconds: u32) -> String {
-    let out = cmd
-        .args(["--interval", "1s", "--duration", &format!("{seconds}s")])
-        .output()
-        .expect("run gilscope");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "gilscope run failed ({}): {stderr}",
-        out.status
-    );
-    stderr
-}
-
 #[test]
 fn grpc_gzip_through_rotel_into_victoria_metrics_shows_four_serialized_threads() {
     if !can_use_bpf() {
@@ -125,26 +122,20 @@ fn grpc_gzip_through_rotel_into_victoria_metrics_shows_four_serialized_threads()
     };
     let _machine = serial();
     let failures = twice_on_noise("grpc via rotel", || {
-        let tag = format!("grpc{}", rand_tag());
+        let tag = unique_tag("grpc");
         let (_vm, vm_port) = start_vm(&vm, &tag);
         let (_rotel, grpc, rotel_log) = start_rotel(&rotel, vm_port, &tag);
         let service = format!("gil-e2e-{tag}");
-        let config = scratch(&tag).join("gilscope.yaml");
-        std::fs::write(
-            &config,
-            format!(
+        let config = config_file(
+            &tag,
+            &format!(
                 "include:\n  cmdline: ['{tag}']\ntenant:\n  resource_attribute: team\nexport:\n  batch_size: 512\n"
             ),
-        )
-        .expect("config");
+        );
         let _work = workload_process(&python, 9, &service, &tag);
-        let stderr = run_daemon(
+        let stderr = run_ok_for(
             daemon()
-                .env(
-                    "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    format!("http://127.0.0.1:{grpc}"),
-                )
-                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+                .envs(otlp_grpc_env(grpc))
                 .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
                 .arg("--config")
                 .arg(&config)
@@ -161,10 +152,7 @@ fn grpc_gzip_through_rotel_into_victoria_metrics_shows_four_serialized_threads()
                 &seen[..seen.len().min(2000)]
             ));
         }
-        if !failures.is_empty() {
-            failures.push(format!("gilscope stderr:\n{stderr}"));
-        }
-        failures
+        with_daemon_log(failures, &stderr)
     });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -179,26 +167,18 @@ fn http_protobuf_straight_into_victoria_metrics_carries_the_tenant_rule() {
     };
     let _machine = serial();
     let failures = twice_on_noise("http into vm", || {
-        let tag = format!("http{}", rand_tag());
+        let tag = unique_tag("http");
         let (_vm, vm_port) = start_vm(&vm, &tag);
         let service = format!("gil-e2e-{tag}");
         let _work = workload_process(&python, 9, &service, &tag);
-        let stderr = run_daemon(
+        let stderr = run_ok_for(
             daemon()
-                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .args([
-                    "--endpoint",
-                    &format!("http://127.0.0.1:{vm_port}/opentelemetry"),
-                ])
-                .args(["--protocol", "http/protobuf", "--tenant", "acme"])
+                .args(into_victoria_metrics(vm_port))
+                .args(["--tenant", "acme"])
                 .args(["--include-cmdline", &tag]),
             7,
         );
-        let mut failures = check_exported(vm_port, &service, "acme");
-        if !failures.is_empty() {
-            failures.push(format!("gilscope stderr:\n{stderr}"));
-        }
-        failures
+        with_daemon_log(check_exported(vm_port, &service, "acme"), &stderr)
     });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -212,17 +192,14 @@ fn a_collector_that_comes_up_late_gets_every_interval_retried_and_none_dropped()
         return;
     };
     let _machine = serial();
-    let tag = format!("late{}", rand_tag());
+    let tag = unique_tag("late");
     let service = format!("gil-e2e-{tag}");
     let _work = workload_process(&python, 12, &service, &tag);
     // Reserve the port, start the daemon against it, bring VictoriaMetrics up 4 s later.
     let port = free_port();
     let daemon = daemon()
-        .args([
-            "--endpoint",
-            &format!("http://127.0.0.1:{port}/opentelemetry"),
-        ])
-        .args(["--protocol", "http/protobuf", "--include-cmdline", &tag])
+        .args(into_victoria_metrics(port))
+        .args(["--include-cmdline", &tag])
         .args(["--interval", "1s", "--duration", "8s"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -284,11 +261,11 @@ fn an_unreachable_collector_gives_one_warning_per_interval_and_the_daemon_keeps_
     let Some(python) = pyenv_python311() else {
         return;
     };
-    let tag = format!("down{}", rand_tag());
+    let tag = unique_tag("down");
     let _work = workload_process(&python, 8, "gil-down", &tag);
     let port = free_port(); // nothing listens there
     let started = Instant::now();
-    let stderr = run_daemon(
+    let stderr = run_ok_for(
         daemon()
             .args(["--endpoint", &format!("http://127.0.0.1:{port}")])
             .args(["--include-cmdline", &tag]),
@@ -347,15 +324,6 @@ fn a_bad_config_file_is_one_clear_error() {
     assert!(stderr.contains("must start with http://"), "{stderr}");
 }
 
-/// A short tag unique to this test run.
-fn rand_tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{}x{nanos:x}", std::process::id())
-}
-
 /// (unix seconds, value) of every raw sample of `selector` in the last 5 minutes.
 fn samples(vm_port: u16, selector: &str) -> Vec<(f64, f64)> {
     let result = promql(vm_port, &format!("{selector}[5m]"));
@@ -386,7 +354,7 @@ fn a_tiny_byte_budget_drops_per_thread_series_then_stretches_the_interval_and_sa
         return;
     };
     let _machine = serial();
-    let tag = format!("budget{}", rand_tag());
+    let tag = unique_tag("budget");
     let (_vm, port) = start_vm(&vm, &tag);
     let service = format!("gil-budget-{tag}");
     let agent = format!("gilscope-{tag}");
@@ -394,19 +362,12 @@ fn a_tiny_byte_budget_drops_per_thread_series_then_stretches_the_interval_and_sa
     // One process with its 5 threads sends well over 40 kB/min at a 1 s interval,
     // with per-thread series or without; it fits only with a stretched interval.
     let budget = 40_000.0;
-    let stderr = run_daemon(
+    let stderr = run_ok_for(
         daemon()
             .env("OTEL_SERVICE_NAME", &agent)
             .env("GILSCOPE_BYTE_BUDGET", "40000")
-            .args([
-                "--endpoint",
-                &format!("http://127.0.0.1:{port}/opentelemetry"),
-                "--protocol",
-                "http/protobuf",
-                "--per-thread",
-                "--include-cmdline",
-                &tag,
-            ]),
+            .args(into_victoria_metrics(port))
+            .args(["--per-thread", "--include-cmdline", &tag]),
         60,
     );
     std::thread::sleep(Duration::from_secs(3));
@@ -489,19 +450,15 @@ fn a_max_delay_sends_every_interval_in_fewer_requests() {
         return;
     };
     let _machine = serial();
-    let tag = format!("hold{}", rand_tag());
+    let tag = unique_tag("hold");
     let (_vm, vm_port) = start_vm(&vm, &tag);
     let service = format!("gil-e2e-{tag}");
     let _work = workload_process(&python, 14, &service, &tag);
     // 1 s intervals held up to 4 s: about a quarter of the requests, every interval kept.
-    let stderr = run_daemon(
+    let stderr = run_ok_for(
         daemon()
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .args([
-                "--endpoint",
-                &format!("http://127.0.0.1:{vm_port}/opentelemetry"),
-            ])
-            .args(["--protocol", "http/protobuf", "--no-spans", "-v"])
+            .args(into_victoria_metrics(vm_port))
+            .args(["--no-spans", "-v"])
             .args(["--max-delay", "4s"])
             .args(["--include-cmdline", &tag]),
         12,

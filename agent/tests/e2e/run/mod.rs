@@ -4,6 +4,7 @@ mod churn;
 mod collector_faults;
 mod discovery;
 mod endpoints;
+mod event_loop;
 mod export;
 mod hostile;
 mod kube_metadata;

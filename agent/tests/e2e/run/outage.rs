@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::daemon::*;
 use crate::common::receivers::*;
 use crate::common::*;
 
@@ -47,32 +48,11 @@ fn stop_gracefully(mut child: Child) {
     let _ = child.wait();
 }
 
-/// A number that follows `before` in a log line (`"... 12 intervals exported"`).
-fn number_before(log: &str, before: &str) -> Option<u64> {
-    let line = log.lines().rev().find(|l| l.contains(before))?;
-    let head = &line[..line.find(before)?];
-    head.split_whitespace().last()?.parse().ok()
-}
-
-/// The export totals the daemon logs at shutdown: (points sent, points dropped,
-/// requests sent, requests dropped, requests left in the spool).
-fn totals(log: &str) -> Option<(u64, u64, u64, u64, u64)> {
-    let line = log.lines().rev().find(|l| l.contains("export totals:"))?;
-    let after = &line[line.find("export totals:")? + "export totals:".len()..];
-    let numbers: Vec<u64> = after
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    // points sent, dropped; requests sent, dropped; spans sent, dropped; spool
-    match numbers[..] {
-        [ps, pd, rs, rd, _, _, left] => Some((ps, pd, rs, rd, left)),
-        _ => None,
-    }
-}
-
 struct Outcome {
     log: String,
+    /// Intervals the daemon exported, and its export totals, as it logged them.
+    intervals: u64,
+    totals: ExportTotals,
     vm_port: u16,
     service: String,
     agent: String,
@@ -121,27 +101,20 @@ fn through_an_outage(tag: &str, spool: bool) -> Option<Outcome> {
             .spawn()
             .expect("start the workload"),
     );
-    let config = dir.join("gilscope.yaml");
     // One request per interval: a missing interval is a missing request.
-    std::fs::write(&config, "export:\n  batch_size: 100000\n").expect("config");
+    let config = config_file(tag, "export:\n  batch_size: 100000\n");
     let mut vm_child = Some(vm_on(&vm, port, &dir, "vm1.log"));
-    let mut cmd = gilscope();
-    cmd.arg("run")
-        .arg("--config")
+    let mut cmd = daemon();
+    cmd.arg("--config")
         .arg(&config)
-        .args([
-            "--endpoint",
-            &format!("http://127.0.0.1:{port}/opentelemetry"),
-        ])
-        .args(["--protocol", "http/protobuf", "--include-cmdline", tag])
+        .args(into_victoria_metrics(port))
+        .args(["--include-cmdline", tag])
         // Metrics only: one request per interval (spans would add requests of their own).
         .arg("--no-spans")
         .args(["--interval", "1s", "--duration"])
         .arg(format!("{}s", total.as_secs()))
         .arg("-v")
         .env("OTEL_SERVICE_NAME", &agent)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("GILSCOPE_SPOOL_DIR")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("gilscope.log")).expect("log"));
     if spool {
@@ -159,10 +132,15 @@ fn through_an_outage(tag: &str, spool: bool) -> Option<Outcome> {
     drop(work);
     let log = std::fs::read_to_string(dir.join("gilscope.log")).unwrap_or_default();
     assert!(status.success(), "gilscope run failed ({status}):\n{log}");
+    let intervals =
+        intervals_exported(&log).unwrap_or_else(|| panic!("no interval count logged:\n{log}"));
+    let totals = export_totals(&log).unwrap_or_else(|| panic!("no export totals logged:\n{log}"));
     // VictoriaMetrics makes fresh rows searchable within a few seconds.
     std::thread::sleep(Duration::from_secs(6));
     Some(Outcome {
         log,
+        intervals,
+        totals,
         vm_port: port,
         service,
         agent,
@@ -171,30 +149,25 @@ fn through_an_outage(tag: &str, spool: bool) -> Option<Outcome> {
     })
 }
 
-/// A short tag unique to this test run.
-fn rand_tag(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{what}{}x{nanos:x}", std::process::id())
-}
-
 #[test]
 fn with_the_spool_a_60s_outage_loses_no_interval() {
     if !can_use_bpf() {
         return;
     }
     let _machine = serial();
-    let tag = rand_tag("spool");
+    let tag = unique_tag("spool");
     let Some(out) = through_an_outage(&tag, true) else {
         return;
     };
-    let log = &out.log;
-    let intervals = number_before(log, "intervals exported")
-        .unwrap_or_else(|| panic!("no interval count logged:\n{log}"));
-    let (points_sent, points_dropped, requests_sent, requests_dropped, left) =
-        totals(log).unwrap_or_else(|| panic!("no export totals logged:\n{log}"));
+    let (log, intervals) = (&out.log, out.intervals);
+    let ExportTotals {
+        points_sent,
+        points_dropped,
+        requests_sent,
+        requests_dropped,
+        spooled: left,
+        ..
+    } = out.totals;
     let agent_points = out.count("gilscope.processes.watched", &out.agent);
     let process_points = out.count("cpython.gil.utilization", &out.service);
     eprintln!(
@@ -250,44 +223,41 @@ fn without_the_spool_what_is_missing_is_what_was_counted_as_dropped() {
         return;
     }
     let _machine = serial();
-    let tag = rand_tag("nospool");
+    let tag = unique_tag("nospool");
     let Some(out) = through_an_outage(&tag, false) else {
         return;
     };
-    let log = &out.log;
-    let intervals = number_before(log, "intervals exported")
-        .unwrap_or_else(|| panic!("no interval count logged:\n{log}"));
-    let (points_sent, points_dropped, requests_sent, requests_dropped, _) =
-        totals(log).unwrap_or_else(|| panic!("no export totals logged:\n{log}"));
+    let (log, intervals, t) = (&out.log, out.intervals, out.totals);
     let agent_points = out.count("gilscope.processes.watched", &out.agent);
     let process_points = out.count("cpython.gil.utilization", &out.service);
     eprintln!(
         "no spool: {intervals} intervals; VictoriaMetrics holds {agent_points} of the agent's, \
-         {process_points} of the process's; {points_sent} points sent, {points_dropped} dropped, \
-         {requests_sent} requests sent, {requests_dropped} dropped"
+         {process_points} of the process's; {t:?}"
     );
     assert!(
-        requests_dropped > 0,
+        t.requests_dropped > 0,
         "a 60 s outage with a 30 s retry window must drop something:\n{log}"
     );
     assert_eq!(
-        requests_sent + requests_dropped,
+        t.requests_sent + t.requests_dropped,
         intervals,
         "every request is sent or counted as dropped:\n{log}"
     );
     assert_eq!(
         intervals - agent_points,
-        requests_dropped,
+        t.requests_dropped,
         "missing intervals in VictoriaMetrics = dropped requests:\n{log}"
     );
     assert_eq!(process_points, agent_points, "{log}");
     // Points: what arrived per request times what is missing is what was counted.
-    let per_request = points_sent as f64 / requests_sent.max(1) as f64;
-    let expected = per_request * requests_dropped as f64;
+    let per_request = t.points_sent as f64 / t.requests_sent.max(1) as f64;
+    let expected = per_request * t.requests_dropped as f64;
     assert!(
-        (points_dropped as f64 - expected).abs() <= 0.05 * expected + 2.0,
-        "{points_dropped} points counted as dropped, {expected:.0} expected \
-         ({requests_dropped} requests of ~{per_request:.1} points):\n{log}"
+        (t.points_dropped as f64 - expected).abs() <= 0.05 * expected + 2.0,
+        "{} points counted as dropped, {expected:.0} expected \
+         ({} requests of ~{per_request:.1} points):\n{log}",
+        t.points_dropped,
+        t.requests_dropped
     );
     // The exported drop counter says what the log says (the last interval was sent).
     let exported = out.last(&format!(
@@ -296,7 +266,7 @@ fn without_the_spool_what_is_missing_is_what_was_counted_as_dropped() {
     ));
     assert_eq!(
         exported,
-        Some(points_dropped as f64),
+        Some(t.points_dropped as f64),
         "exported drop counter vs the log:\n{log}"
     );
     let warnings = log.lines().filter(|l| l.contains("failing")).count();
@@ -328,7 +298,7 @@ fn a_crash_keeps_the_spool_and_the_next_start_sends_it_first() {
         return;
     };
     let _machine = serial();
-    let tag = rand_tag("crash");
+    let tag = unique_tag("crash");
     let dir = scratch(&tag);
     let spool = dir.join("spool");
     let service = format!("gil-crash-{tag}");
@@ -340,18 +310,14 @@ fn a_crash_keeps_the_spool_and_the_next_start_sends_it_first() {
             .spawn()
             .expect("start the workload"),
     );
-    std::fs::write(dir.join("gilscope.yaml"), "export:\n  batch_size: 100000\n").expect("config");
+    let config = config_file(&tag, "export:\n  batch_size: 100000\n");
     let port = free_port(); // nothing listens there during the first run
-    let daemon = |seconds: u32| {
-        let mut cmd = gilscope();
-        cmd.arg("run")
-            .arg("--config")
-            .arg(dir.join("gilscope.yaml"))
-            .args([
-                "--endpoint",
-                &format!("http://127.0.0.1:{port}/opentelemetry"),
-            ])
-            .args(["--protocol", "http/protobuf", "--include-cmdline", &tag])
+    let spooling_daemon = |seconds: u32| {
+        let mut cmd = daemon();
+        cmd.arg("--config")
+            .arg(&config)
+            .args(into_victoria_metrics(port))
+            .args(["--include-cmdline", &tag])
             .arg("--no-spans")
             .args([
                 "--interval",
@@ -362,13 +328,12 @@ fn a_crash_keeps_the_spool_and_the_next_start_sends_it_first() {
             ])
             .arg("--spool-dir")
             .arg(&spool)
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         cmd
     };
     // First run: the collector is down; the daemon is killed (SIGKILL: a crash).
-    let mut first = daemon(60).spawn().expect("start gilscope run");
+    let mut first = spooling_daemon(60).spawn().expect("start gilscope run");
     std::thread::sleep(Duration::from_secs(6));
     let _ = first.kill();
     let _ = first.wait();
@@ -382,11 +347,11 @@ fn a_crash_keeps_the_spool_and_the_next_start_sends_it_first() {
     .expect("damaged file");
     // Second run: the collector is up.
     let _vm = Running(vm_on(&vm, port, &dir, "vm.log"));
-    let out = daemon(4).output().expect("gilscope run");
+    let out = spooling_daemon(4).output().expect("gilscope run");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
-    let intervals = number_before(&stderr, "intervals exported")
-        .unwrap_or_else(|| panic!("no interval count:\n{stderr}"));
+    let intervals =
+        intervals_exported(&stderr).unwrap_or_else(|| panic!("no interval count:\n{stderr}"));
     assert!(
         stderr.contains(&format!("holds {files} request(s)")),
         "the replay is announced:\n{stderr}"
@@ -423,7 +388,7 @@ fn a_full_spool_drops_the_oldest_and_says_so_once_per_interval() {
     let Some(python) = pyenv_python311() else {
         return;
     };
-    let tag = rand_tag("full");
+    let tag = unique_tag("full");
     let dir = scratch(&tag);
     let spool = dir.join("spool");
     let _work = Running(
@@ -435,31 +400,24 @@ fn a_full_spool_drops_the_oldest_and_says_so_once_per_interval() {
     );
     const CAP: u64 = 16 * 1024;
     let port = free_port(); // nothing listens there
-    let out = gilscope()
-        .arg("run")
-        .args(["--endpoint", &format!("http://127.0.0.1:{port}")])
-        .args([
-            "--no-spans",
-            "--include-cmdline",
-            &tag,
-            "--interval",
-            "1s",
-            "--duration",
-            "8s",
-            "-v",
-        ])
-        .arg("--spool-dir")
-        .arg(&spool)
-        .args(["--spool-max-bytes", &CAP.to_string()])
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .output()
-        .expect("run gilscope");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stderr}");
-    let intervals = number_before(&stderr, "intervals exported")
-        .unwrap_or_else(|| panic!("no interval count:\n{stderr}"));
-    let (_, points_dropped, requests_sent, requests_dropped, left) =
-        totals(&stderr).unwrap_or_else(|| panic!("no totals:\n{stderr}"));
+    let stderr = run_ok_for(
+        daemon()
+            .args(["--endpoint", &format!("http://127.0.0.1:{port}")])
+            .args(["--no-spans", "--include-cmdline", &tag, "-v"])
+            .arg("--spool-dir")
+            .arg(&spool)
+            .args(["--spool-max-bytes", &CAP.to_string()]),
+        8,
+    );
+    let intervals =
+        intervals_exported(&stderr).unwrap_or_else(|| panic!("no interval count:\n{stderr}"));
+    let ExportTotals {
+        points_dropped,
+        requests_sent,
+        requests_dropped,
+        spooled: left,
+        ..
+    } = export_totals(&stderr).unwrap_or_else(|| panic!("no totals:\n{stderr}"));
     let (files, bytes) = spool_files(&spool);
     eprintln!(
         "full spool: {intervals} intervals, {requests_dropped} requests ({points_dropped} points) \

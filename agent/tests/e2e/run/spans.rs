@@ -15,10 +15,10 @@
 //! same waits the episodes are made of).
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
+use crate::common::daemon::*;
 use crate::common::receivers::*;
 use crate::common::*;
 
@@ -118,35 +118,6 @@ fn tids_of(pid: u32) -> HashSet<u32> {
         .unwrap_or_default()
 }
 
-/// Runs `gilscope run` for `seconds` with 1 s intervals; its stderr.
-fn run_daemon(cmd: &mut Command, seconds: u32) -> String {
-    let out = cmd
-        .args(["--interval", "1s", "--duration", &format!("{seconds}s")])
-        .output()
-        .expect("run gilscope");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "gilscope run failed ({}): {stderr}",
-        out.status
-    );
-    stderr
-}
-
-fn config(tag: &str, text: &str) -> PathBuf {
-    let path = scratch(tag).join("gilscope.yaml");
-    std::fs::write(&path, text).expect("config");
-    path
-}
-
-fn tag(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}{}x{nanos:x}", std::process::id())
-}
-
 /// The last value of a counter series in VictoriaMetrics (cumulative temporality).
 fn last(vm_port: u16, selector: &str) -> Option<f64> {
     scalar(&promql(vm_port, &format!("max_over_time({selector}[5m])")))
@@ -228,11 +199,11 @@ fn contention_spans_reach_rotel_with_waiter_holders_and_the_process_resource() {
     };
     let _machine = serial();
     let failures = twice_on_noise("spans via rotel", || {
-        let tag = tag("spans");
+        let tag = unique_tag("spans");
         let (_vm, vm_port) = start_vm(&vm, &tag);
         let (_rotel, grpc, rotel_log) = start_rotel(&rotel, vm_port, &tag);
         let service = format!("gil-spans-{tag}");
-        let config = config(
+        let config = config_file(
             &tag,
             &format!(
                 "include:\n  cmdline: ['{tag}']\ntenant:\n  resource_attribute: team\n\
@@ -241,13 +212,9 @@ fn contention_spans_reach_rotel_with_waiter_holders_and_the_process_resource() {
         );
         let work = workload_process(&python, 12, &service, &tag);
         let pid = work.0.id();
-        let stderr = run_daemon(
+        let stderr = run_ok_for(
             daemon()
-                .env(
-                    "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    format!("http://127.0.0.1:{grpc}"),
-                )
-                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+                .envs(otlp_grpc_env(grpc))
                 .arg("--config")
                 .arg(&config),
             7,
@@ -280,11 +247,7 @@ fn contention_spans_reach_rotel_with_waiter_holders_and_the_process_resource() {
                 spans.len()
             ));
         }
-        if !failures.is_empty() {
-            failures.truncate(12);
-            failures.push(format!("gilscope stderr:\n{stderr}"));
-        }
-        failures
+        with_daemon_log(failures, &stderr)
     });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -299,13 +262,13 @@ fn musl_condvar_waits_become_spans_too() {
     };
     let _machine = serial();
     let failures = twice_on_noise("musl spans via rotel", || {
-        let tag = tag("musl");
+        let tag = unique_tag("musl");
         let (_vm, vm_port) = start_vm(&vm, &tag);
         let (_rotel, grpc, rotel_log) = start_rotel(&rotel, vm_port, &tag);
         let service = format!("gil-musl-{tag}");
         let work = workload_process(&python, 12, &service, &tag);
         let pid = work.0.id();
-        let stderr = run_daemon(
+        let stderr = run_ok_for(
             daemon()
                 .args(["--endpoint", &format!("http://127.0.0.1:{grpc}")])
                 .args(["--include-cmdline", &tag, "--tenant", "acme"])
@@ -326,11 +289,7 @@ fn musl_condvar_waits_become_spans_too() {
                 failures.push(format!("span {s:?}: {}", bad.join("; ")));
             }
         }
-        if !failures.is_empty() {
-            failures.truncate(12);
-            failures.push(format!("gilscope stderr:\n{stderr}"));
-        }
-        failures
+        with_daemon_log(failures, &stderr)
     });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -359,14 +318,14 @@ fn the_rate_limit_sends_at_most_its_rate_and_counts_the_rest() {
     };
     let _machine = serial();
     let failures = twice_on_noise("span rate limit", || {
-        let tag = tag("limit");
+        let tag = unique_tag("limit");
         let (_vm, vm_port) = start_vm(&vm, &tag);
         let (_rotel, grpc, rotel_log) = start_rotel(&rotel, vm_port, &tag);
         let service = format!("gil-limit-{tag}");
         let work = workload_process(&python, 12, &service, &tag);
         let pid = work.0.id();
         let seconds = 7;
-        let stderr = run_daemon(
+        let stderr = run_ok_for(
             daemon()
                 .args(["--endpoint", &format!("http://127.0.0.1:{grpc}")])
                 .args(["--include-cmdline", &tag, "--tenant", "acme"])
@@ -422,20 +381,9 @@ fn the_rate_limit_sends_at_most_its_rate_and_counts_the_rest() {
                  exported + rate_limited = the waits (within 10%), and many held back"
             )),
         }
-        if !failures.is_empty() {
-            failures.truncate(12);
-            failures.push(format!("gilscope stderr:\n{stderr}"));
-        }
-        failures
+        with_daemon_log(failures, &stderr)
     });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-/// `gilscope run`, to which a test adds its flags.
-fn daemon() -> Command {
-    let mut cmd = gilscope();
-    cmd.arg("run");
-    cmd
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::daemon::*;
 use crate::common::receivers::*;
 use crate::common::*;
 use serde_json::Value;
@@ -188,60 +189,9 @@ fn workload_process(python: &Path, seconds: u32, service: &str, marker: &str) ->
     )
 }
 
-/// (data points sent, data points dropped) from the totals the daemon logs at shutdown.
-fn points(stderr: &str) -> (u64, u64) {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("export totals:"))
-        .unwrap_or_else(|| panic!("no export totals logged:\n{stderr}"));
-    let after = &line[line.find("export totals:").unwrap_or(0)..];
-    let n: Vec<u64> = after
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    (n[0], n[1])
-}
-
-/// `gilscope run`, free of the caller's OTLP environment.
-fn daemon() -> Command {
-    let mut cmd = gilscope();
-    cmd.arg("run");
-    for k in [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_CERTIFICATE",
-        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-        "GILSCOPE_SPOOL_DIR",
-    ] {
-        cmd.env_remove(k);
-    }
-    cmd
-}
-
-/// `gilscope run` for `seconds` at a 1 s interval; (exit code, stderr).
-fn run_daemon(cmd: &mut Command, seconds: u32) -> (Option<i32>, String) {
-    let out = cmd
-        .args([
-            "--interval",
-            "1s",
-            "--duration",
-            &format!("{seconds}s"),
-            "-v",
-        ])
-        .output()
-        .expect("run gilscope");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn tag(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{what}{}x{nanos:x}", std::process::id())
+/// The export totals the daemon logged at shutdown (it runs with `-v` here).
+fn totals(stderr: &str) -> ExportTotals {
+    export_totals(stderr).unwrap_or_else(|| panic!("no export totals logged:\n{stderr}"))
 }
 
 #[test]
@@ -252,20 +202,21 @@ fn https_into_victoria_metrics_trusting_the_given_ca() {
     let (Some((_, vm)), Some(python)) = (receivers(), pyenv_python311()) else {
         return;
     };
-    let tag = tag("https");
+    let tag = unique_tag("https");
     let Some(pki) = Pki::new(&tag) else { return };
     let _machine = serial();
     let (_vm, port) = start_vm_tls(&vm, &pki, &tag);
     let service = format!("gil-tls-{tag}");
     let _work = workload_process(&python, 12, &service, &tag);
-    let (code, stderr) = run_daemon(
+    let (code, stderr) = run_for(
         daemon()
             .args([
                 "--endpoint",
                 &format!("https://127.0.0.1:{port}/opentelemetry"),
             ])
             .args(["--protocol", "http/protobuf", "--include-cmdline", &tag])
-            .env("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.path("ca.pem")),
+            .env("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.path("ca.pem"))
+            .arg("-v"),
         5,
     );
     assert_eq!(code, Some(0), "{stderr}");
@@ -279,7 +230,7 @@ fn https_into_victoria_metrics_trusting_the_given_ca() {
         n.unwrap_or(0.0) >= 4.0,
         "{n:?} intervals over HTTPS:\n{stderr}"
     );
-    assert_eq!(points(&stderr).1, 0, "{stderr}");
+    assert_eq!(totals(&stderr).points_dropped, 0, "{stderr}");
     assert!(!stderr.contains("failing"), "{stderr}");
 }
 
@@ -295,7 +246,7 @@ fn grpc_with_mutual_tls_through_a_tls_terminator_into_rotel() {
         missing("no socat: run tests/setup.sh");
         return;
     }
-    let tag = tag("grpctls");
+    let tag = unique_tag("grpctls");
     let Some(pki) = Pki::new(&tag) else { return };
     let _machine = serial();
     let (_vm, vm_port) = start_vm(&vm, &tag);
@@ -332,7 +283,7 @@ fn grpc_with_mutual_tls_through_a_tls_terminator_into_rotel() {
             )
             .env("OTEL_EXPORTER_OTLP_CLIENT_KEY", pki.path("client.key"));
         }
-        run_daemon(&mut cmd, 4)
+        run_for(cmd.arg("-v"), 4)
     };
     let (code, stderr) = run(true);
     assert_eq!(code, Some(0), "{stderr}");
@@ -345,7 +296,7 @@ fn grpc_with_mutual_tls_through_a_tls_terminator_into_rotel() {
         n.unwrap_or(0.0) >= 3.0,
         "{n:?} intervals over gRPC+mTLS:\n{stderr}"
     );
-    assert_eq!(points(&stderr).1, 0, "{stderr}");
+    assert_eq!(totals(&stderr).points_dropped, 0, "{stderr}");
     // Without the client certificate the terminator refuses: failing, counted.
     let (code, stderr) = run(false);
     assert_eq!(code, Some(0), "{stderr}");
@@ -355,7 +306,11 @@ fn grpc_with_mutual_tls_through_a_tls_terminator_into_rotel() {
         (1..=10).contains(&warnings),
         "{warnings} warnings:\n{stderr}"
     );
-    let (sent, dropped) = points(&stderr);
+    let ExportTotals {
+        points_sent: sent,
+        points_dropped: dropped,
+        ..
+    } = totals(&stderr);
     assert!(sent == 0 && dropped > 0, "{stderr}");
     assert!(stderr.contains("CertificateRequired"), "says why: {stderr}");
 }
@@ -368,7 +323,7 @@ fn a_wrong_ca_is_one_warning_per_interval_and_counted_drops() {
     let (Some((_, vm)), Some(python)) = (receivers(), pyenv_python311()) else {
         return;
     };
-    let tag = tag("wrongca");
+    let tag = unique_tag("wrongca");
     let Some(pki) = Pki::new(&tag) else { return };
     let _machine = serial();
     let (_vm, port) = start_vm_tls(&vm, &pki, &tag);
@@ -379,11 +334,12 @@ fn a_wrong_ca_is_one_warning_per_interval_and_counted_drops() {
         } else {
             "/opentelemetry"
         };
-        let (code, stderr) = run_daemon(
+        let (code, stderr) = run_for(
             daemon()
                 .args(["--endpoint", &format!("https://127.0.0.1:{port}{path}")])
                 .args(["--protocol", protocol, "--include-cmdline", &tag])
-                .env("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.path("other.pem")),
+                .env("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.path("other.pem"))
+                .arg("-v"),
             5,
         );
         assert_eq!(code, Some(0), "{stderr}");
@@ -399,7 +355,11 @@ fn a_wrong_ca_is_one_warning_per_interval_and_counted_drops() {
             "{protocol}: the warning says it is the certificate: {}",
             warnings[0]
         );
-        let (sent, dropped) = points(&stderr);
+        let ExportTotals {
+            points_sent: sent,
+            points_dropped: dropped,
+            ..
+        } = totals(&stderr);
         assert!(
             sent == 0 && dropped > 0,
             "{protocol}: nothing sent, all counted as dropped:\n{stderr}"
@@ -409,7 +369,7 @@ fn a_wrong_ca_is_one_warning_per_interval_and_counted_drops() {
 
 #[test]
 fn bad_tls_files_and_an_unwritable_spool_are_one_line_at_startup() {
-    let tag = tag("badtls");
+    let tag = unique_tag("badtls");
     let dir = scratch(&tag);
     let garbage = dir.join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").expect("write");
@@ -453,8 +413,7 @@ fn bad_tls_files_and_an_unwritable_spool_are_one_line_at_startup() {
     for (env, args, want) in cases {
         let mut cmd = daemon();
         cmd.args(["--endpoint", "https://127.0.0.1:9", "--duration", "1s"])
-            .args(&args)
-            .env_remove("OTEL_EXPORTER_OTLP_CERTIFICATE");
+            .args(&args);
         for (k, v) in &env {
             cmd.env(k, v);
         }

@@ -22,7 +22,8 @@ interpreters: setup
 receivers:
 	bash tests/receivers/install.sh
 
-# Python applications from PyPI the end-to-end tests run (uvloop), in a venv of
+# Python applications from PyPI the end-to-end tests run (uvloop, FastAPI and
+# uvicorn), in a venv of
 # pyenv's 3.11 cached in /var/cache/gilscope/apps.
 apps:
 	bash tests/apps/install.sh

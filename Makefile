@@ -4,7 +4,7 @@
 
 PYTHON ?= $(shell command -v python3 || echo /usr/bin/python3)
 
-.PHONY: setup interpreters receivers build demo test bench
+.PHONY: setup interpreters receivers apps build demo test bench
 setup:
 	bash tests/setup.sh
 
@@ -22,13 +22,19 @@ interpreters: setup
 receivers:
 	bash tests/receivers/install.sh
 
+# Python applications from PyPI the end-to-end tests run (uvloop, FastAPI and
+# uvicorn), in a venv of
+# pyenv's 3.11 cached in /var/cache/gilscope/apps.
+apps:
+	bash tests/apps/install.sh
+
 build: setup
 	cargo build --release
 
 demo: build
 	./target/release/gilscope check -- $(PYTHON) tests/workloads/cpu_threads.py 4 5
 
-test: setup interpreters receivers
+test: setup interpreters receivers apps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test --workspace --no-fail-fast

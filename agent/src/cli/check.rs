@@ -112,12 +112,14 @@ fn ending(
 pub fn run(opts: &CheckOptions) -> Result<Report> {
     signals::catch_stop_signals();
     let mut probe = WaitProbe::load()?;
+    let loops = crate::probes::event_loop::load_or_warn();
     let session_opts = SessionOptions {
         sampling: Sampling::Own(opts.sample_hz),
         precise: opts.precise,
         locks: true,
         names: NameRefresh::EveryRefresh,
         holders: true,
+        loops: loops.as_ref(),
     };
     let (mut session, mut child) = match &opts.target {
         Target::Pid(pid) => (Session::attach(*pid, &mut probe, &session_opts)?, None),
@@ -154,6 +156,9 @@ pub fn run(opts: &CheckOptions) -> Result<Report> {
         measurement.mode = Mode::Precise;
     }
     crate::probes::wait::warn_dropped(&probe.entries_dropped());
+    if let Some(loops) = &loops {
+        crate::probes::wait::warn_dropped(&loops.entries_dropped());
+    }
     if let Some(dropped) = session.entries_dropped() {
         crate::probes::wait::warn_dropped(&dropped);
     }
@@ -205,6 +210,7 @@ fn report(
         gils,
         estimate: judged.estimate,
         children,
+        event_loops: judged.event_loops,
         precise_probes,
         contention_profile: judged.profile,
     }

@@ -38,6 +38,14 @@ pub fn measured_by(session: &Session, m: &Measurement, sample_hz: u32) -> Vec<St
         ),
         None => "CPU throttling: the process's CPU cgroup was not found".to_string(),
     });
+    if m.loops.is_some() {
+        lines.push(
+            "event-loop lag: uprobes on the entry and return of this process's libc poll-family \
+             functions (epoll_wait, poll, select and variants); an iteration runs from one call's \
+             return to the thread's next call"
+                .to_string(),
+        );
+    }
     if own.locks.is_some() {
         lines.push(
             "lock contention: uprobes on every copy of _PyParkingLot_Park (the PyMutex slow \

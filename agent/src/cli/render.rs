@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use crate::core::event_loop::LONG_ITERATION_NS;
 use crate::core::report::{Report, Severity};
 
 /// The report as one pretty-printed JSON document.
@@ -34,6 +35,45 @@ fn duration_us(us: f64) -> String {
     }
 }
 
+/// The event loops found, one row each: how long their iterations kept every
+/// other callback of the loop waiting. Nothing when there is none.
+fn event_loops(out: &mut String, report: &Report) {
+    if report.event_loops.is_empty() {
+        return;
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "event loops: lag is one iteration (poll return to the next poll call): p50/p99 \
+         from log2 buckets (within a factor of 2), max exact; blocked: time in iterations \
+         of {} ms or more",
+        LONG_ITERATION_NS / 1_000_000
+    );
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<24} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "loop", "thread", "iterations", "lag p50", "p99", "max", "blocked"
+    );
+    for l in &report.event_loops {
+        let name = report
+            .threads
+            .iter()
+            .find(|t| t.tid == l.tid)
+            .map_or("", |t| t.name.as_str());
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<24} {:>10} {:>8} {:>8} {:>8} {:>7.2}s",
+            l.tid,
+            column(name, 24),
+            l.iterations,
+            duration_us(l.lag_p50_ms * 1e3),
+            duration_us(l.lag_p99_ms * 1e3),
+            duration_us(l.lag_max_ms * 1e3),
+            l.blocked_s
+        );
+    }
+}
+
 /// The report as a terminal table: verdict first, then the process, then each thread.
 pub fn text(report: &Report) -> String {
     let mut out = String::new();
@@ -43,6 +83,7 @@ pub fn text(report: &Report) -> String {
     out.push('\n');
     threads(&mut out, report);
     holders(&mut out, report);
+    event_loops(&mut out, report);
     children(&mut out, report);
     out.push('\n');
     let _ = writeln!(out, "estimate: {}", report.estimate.model);
@@ -373,6 +414,15 @@ mod tests {
                 gil_wait_s: 0.0,
                 futex_wait_s: 2.0,
             }],
+            event_loops: vec![EventLoopReport {
+                tid: 42,
+                iterations: 1200,
+                lag_p50_ms: 1.0,
+                lag_p99_ms: 33.0,
+                lag_max_ms: 35.0,
+                blocked_s: 3.6,
+                functions: vec![],
+            }],
             precise_probes: None,
             contention_profile: Some(crate::core::profile::ContentionProfile {
                 wait_s: 0.5,
@@ -390,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn the_text_report_reads_verdict_process_threads_children_then_how() {
+    fn the_text_report_reads_verdict_process_threads_loops_children_then_how() {
         let text = text(&report());
         let order = [
             "gilscope check: pid 42, CPython 3.13.0 (/usr/bin/python3.13t, stripped), 4.0 s, default mode\n\nWARNING: lock contention",
@@ -404,6 +454,9 @@ mod tests {
             "\n\nGIL held while others waited (0.50s of GIL wait",
             "\n  Worker.crunch                    /srv/app/work.py:12",
             "0.50s   100%",
+            "\n\nevent loops: lag is one iteration",
+            "blocked: time in iterations of 20 ms or more\n",
+            "\n      42  MainThread                     1200    1.0ms   33.0ms   35.0ms    3.60s",
             "\n\n   child  command",
             "\n      50  python3 -c worker",
             "(exited)\n\nestimate: the model\nmeasured: GIL waits: futex\n",

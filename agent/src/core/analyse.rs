@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::core::counters::{
-    Counter, Hist, LockCounters, LockParks, PreciseGil, ThreadWaits, WaitCounters, HIST_SLOTS,
+    Counter, Hist, LockCounters, LockParks, LoopCounters, PreciseGil, ThreadWaits, WaitCounters,
+    HIST_SLOTS,
 };
 use crate::core::cpu::ThreadSample;
 use crate::core::cpu::Throttling;
@@ -46,6 +47,8 @@ pub struct Measurement {
     pub python_names: HashMap<u32, String>,
     /// The GIL wait behind each named holder stack (`None`: not captured).
     pub holders: Option<HolderWaits>,
+    /// Event-loop iterations per thread; `None` where the event-loop probe is not loaded.
+    pub loops: Option<LoopCounters>,
 }
 
 /// How much CPU the process could have had: affinity, cgroup quota, throttling.
@@ -471,6 +474,7 @@ mod tests {
             },
             python_names: HashMap::new(),
             holders: None,
+            loops: None,
         };
         let (process, threads) = analyse(&m);
         assert_eq!(threads.len(), 4);
@@ -560,6 +564,7 @@ mod tests {
             locks: None,
             gil_addrs: vec![0x1000],
             python_names: HashMap::from([(101, "cpu-0".to_string())]),
+            loops: None,
             cpu_env: CpuEnvironment::default(),
             holders: None,
         };

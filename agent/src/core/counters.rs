@@ -255,10 +255,107 @@ counters! {
     }
 }
 
+counters! {
+    /// The event-loop iterations of one thread, cumulative: each runs from a
+    /// poll-family return (epoll_wait, poll, select and their variants) to
+    /// the thread's next poll-family call, the time its loop ran callbacks.
+    pub struct LoopIterations {
+        /// Finished iterations, and their total length.
+        pub iterations: u64,
+        pub busy_ns: u64,
+        /// Iterations at least as long as the probe's threshold
+        /// (`LONG_ITERATION_NS` of the event-loop analysis), and their total length.
+        pub long_iterations: u64,
+        pub long_ns: u64,
+        /// Poll-family calls returned, and how many of them were epoll calls
+        /// (an event loop's selector; a socket timeout polls one fd with poll()).
+        pub polls: u64,
+        pub epolls: u64,
+        /// Iterations by length.
+        pub hist: Hist,
+    }
+}
+
+/// One thread's event-loop iterations as the kernel keeps them: the counters,
+/// the longest iteration, and the iteration running now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoopThread {
+    pub counted: LoopIterations,
+    /// The longest finished iteration (over what `counted` covers).
+    pub max_ns: u64,
+    /// CLOCK_MONOTONIC ns at which the iteration running now began; `None`
+    /// while the thread is inside a poll-family call. A sampler reads the
+    /// loop thread's stack while this is long ago.
+    pub running_since_ns: Option<u64>,
+}
+
+impl LoopThread {
+    /// What happened since `prev` (the same thread, read earlier). The longest
+    /// iteration is exact when it is new; otherwise it happened before, and
+    /// the interval's longest is bounded by its histogram's top bucket.
+    pub fn since(&self, prev: &Self) -> Self {
+        let counted = self.counted.since(&prev.counted);
+        let max_ns = if self.max_ns > prev.max_ns {
+            self.max_ns
+        } else {
+            match counted.hist.iter().rposition(|&n| n > 0) {
+                Some(slot) => top_of_slot(slot).min(self.max_ns),
+                None => 0,
+            }
+        };
+        Self {
+            counted,
+            max_ns,
+            running_since_ns: self.running_since_ns,
+        }
+    }
+
+    /// Adds another thread's (or an earlier part's) figures: the exited
+    /// threads' row. The sum runs no iteration now.
+    pub fn add(&mut self, other: &Self) {
+        self.counted.add(&other.counted);
+        self.max_ns = self.max_ns.max(other.max_ns);
+        self.running_since_ns = None;
+    }
+}
+
+/// The largest duration of log2 slot `slot` (see [`HIST_SLOTS`]).
+fn top_of_slot(slot: usize) -> u64 {
+    match u32::try_from(slot + 1) {
+        Ok(bits) if bits < 64 => (1u64 << bits) - 1,
+        _ => u64::MAX,
+    }
+}
+
+/// The event-loop iterations of every thread of one process that ever
+/// returned from a poll-family call while watched.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoopCounters {
+    /// CLOCK_MONOTONIC ns when they were read (the kernel's clock).
+    pub at_ns: u64,
+    /// tid -> its iterations.
+    pub threads: HashMap<u32, LoopThread>,
+}
+
+impl LoopCounters {
+    /// What happened since `prev` (a thread absent from `prev` is new).
+    pub fn since(&self, prev: &Self) -> Self {
+        Self {
+            at_ns: self.at_ns,
+            threads: self
+                .threads
+                .iter()
+                .map(|(tid, t)| (*tid, prev.threads.get(tid).map_or(*t, |p| t.since(p))))
+                .collect(),
+        }
+    }
+}
+
 /// The kernel maps that can run full: the futex probe's per-thread, per-GIL
 /// and holder-stack maps, then their counterparts of musl's condvar probe (the
-/// same number, in the same order). An insert that finds one full loses a wait
-/// (or its holder's stack), and the probes count every such insert, so a
+/// same number, in the same order), then the event-loop probe's per-thread
+/// map. An insert that finds one full loses a wait (or its holder's stack, or
+/// a thread's loop iterations), and the probes count every such insert, so a
 /// report or the daemon can say which map and how often.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KernelMap {
@@ -286,11 +383,13 @@ pub enum KernelMap {
     CondHolderStacks,
     /// musl: per (process, holder stack) GIL waits.
     CondHolderWaits,
+    /// Per-thread event-loop iterations.
+    LoopThreads,
 }
 
 impl KernelMap {
     /// Every map, the futex probe's first.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::ThreadWaits,
         Self::BlockedBy,
         Self::Inflight,
@@ -303,6 +402,7 @@ impl KernelMap {
         Self::CondGilWaits,
         Self::CondHolderStacks,
         Self::CondHolderWaits,
+        Self::LoopThreads,
     ];
 
     /// The map's name in the BPF object (and in logs and metric attributes).
@@ -320,6 +420,7 @@ impl KernelMap {
             Self::CondGilWaits => "cond_gil_waits",
             Self::CondHolderStacks => "cond_holder_stacks",
             Self::CondHolderWaits => "cond_holder_waits",
+            Self::LoopThreads => "loop_threads",
         }
     }
 

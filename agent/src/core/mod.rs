@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod diagnose;
 pub mod holders;
 pub mod profile;
+pub mod event_loop;
 pub mod report;
 pub mod retire;
 pub mod samples;

@@ -147,6 +147,41 @@ pub struct ThreadReport {
     pub hold_stretch_max_ms: f64,
 }
 
+/// One event loop of the process: a thread that asks for ready I/O in epoll
+/// once per iteration (asyncio, uvloop), with the lag of its iterations.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct EventLoopReport {
+    /// The loop thread.
+    pub tid: u32,
+    /// Iterations finished while measuring (poll-family return to the next call).
+    pub iterations: u64,
+    /// Iteration length, the time no other callback of the loop could run:
+    /// percentiles from a log2 histogram (exact to its bucket) and the longest.
+    pub lag_p50_ms: f64,
+    pub lag_p99_ms: f64,
+    pub lag_max_ms: f64,
+    /// Time spent in iterations at least `LONG_ITERATION_NS` long (see the README's
+    /// Diagnoses table): the loop was blocked.
+    pub blocked_s: f64,
+    /// The code that ran during the long iterations, most lag first. Empty
+    /// until the loop thread's stack is sampled during long iterations
+    /// (issue 13, naming the code); the field is in the JSON schema already
+    /// so readers need not change when it fills.
+    pub functions: Vec<LoopFunction>,
+}
+
+/// A function that ran on a loop thread during its long iterations, and its
+/// share of the loop's blocked time: what to move off the loop.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LoopFunction {
+    /// Qualified name (`module.Class.method`).
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    /// Share of the loop's blocked time spent in it, 0..1.
+    pub share: f64,
+}
+
 /// One GIL of the process: the main interpreter's, or a subinterpreter's own (3.12+).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct GilReport {
@@ -342,6 +377,8 @@ pub struct Report {
     pub estimate: Estimate,
     /// CPython child processes (pool workers) seen while measuring.
     pub children: Vec<ChildReport>,
+    /// The event loops found (threads iterating on epoll), most blocked first.
+    pub event_loops: Vec<EventLoopReport>,
     /// `--precise` only: where take_gil/drop_gil were probed.
     pub precise_probes: Option<PreciseProbes>,
     /// Which code held the GIL while others waited, by the wait behind it

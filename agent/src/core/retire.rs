@@ -20,7 +20,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::core::counters::{BlockedKey, BlockedWait, ThreadWaits, WaitCounters};
+use crate::core::counters::{
+    BlockedKey, BlockedWait, LoopCounters, LoopThread, ThreadWaits, WaitCounters,
+};
 use crate::core::cpu::ThreadSample;
 use crate::core::samples::{GilSamples, HoldStretches};
 
@@ -68,6 +70,8 @@ pub struct Retirement {
     blocked: HashMap<u64, BlockedWait>,
     held_by: u64,
     stretches: HoldStretches,
+    /// The retired threads' event-loop iterations (`None`: no loop thread retired).
+    loops: Option<LoopThread>,
     /// Threads retired so far.
     retired: u64,
     /// When [`Retirement::look`] last looked for due threads.
@@ -164,6 +168,24 @@ impl Retirement {
         }
     }
 
+    /// Folds the event-loop iterations of retired threads (taken out of the
+    /// event-loop probe by the caller) into the row.
+    pub fn fold_loops(&mut self, taken: &HashMap<u32, LoopThread>) {
+        for t in taken.values() {
+            self.loops.get_or_insert_with(LoopThread::default).add(t);
+        }
+    }
+
+    /// Puts the row's event-loop iterations into a snapshot's, and drops
+    /// released threads that a read taken before their release still listed.
+    pub fn apply_loops(&self, loops: &mut LoopCounters, live: &[u32]) {
+        let stale = |tid: &u32| self.recent.contains_key(tid) && live.binary_search(tid).is_err();
+        loops.threads.retain(|tid, _| !stale(tid));
+        if let Some(row) = self.loops {
+            loops.threads.insert(EXITED_TID, row);
+        }
+    }
+
     /// Puts the row into a snapshot's figures, and drops released threads that
     /// a kernel read taken before their release still listed.
     pub fn apply(
@@ -227,6 +249,18 @@ pub fn rebase(
     let mut gil = prev_gil.clone();
     rebase_samples(&mut gil, cur_gil);
     (threads, waits, gil)
+}
+
+/// [`rebase`] of the event-loop iterations: `prev` as it would read had every
+/// thread that `cur` no longer lists been retired already.
+pub fn rebase_loops(prev: &LoopCounters, cur: &LoopCounters) -> LoopCounters {
+    let mut out = prev.clone();
+    for tid in left(prev.threads.keys(), |t| cur.threads.contains_key(t)) {
+        if let Some(t) = out.threads.remove(&tid) {
+            out.threads.entry(EXITED_TID).or_default().add(&t);
+        }
+    }
+    out
 }
 
 /// The tids among `prev` that the later snapshot no longer lists (`listed`
@@ -489,5 +523,63 @@ mod tests {
         let d = cur.since(&rebased);
         assert_eq!(d.held_by[&10], 4);
         assert_eq!(d.held_by[&EXITED_TID], 15);
+    }
+
+    fn loop_thread(iterations: u64, long_ns: u64, max_ns: u64) -> LoopThread {
+        let mut t = LoopThread::default();
+        t.counted.iterations = iterations;
+        t.counted.long_iterations = u64::from(long_ns > 0);
+        t.counted.long_ns = long_ns;
+        t.counted.hist[20] = iterations;
+        t.max_ns = max_ns;
+        t
+    }
+
+    #[test]
+    fn a_retired_loop_thread_keeps_its_iterations_in_the_row_and_intervals_stay_exact() {
+        let t0 = Instant::now();
+        let mut r = Retirement::default();
+        // Snapshot A: loop threads 10 and 11.
+        let a = LoopCounters {
+            at_ns: 1,
+            threads: [
+                (10, loop_thread(100, 0, 1_000)),
+                (11, loop_thread(50, 0, 2_000)),
+            ]
+            .into(),
+        };
+        // Thread 11 iterates 30 more times, one of them long, exits and is retired.
+        let taken: HashMap<u32, LoopThread> =
+            [(11, loop_thread(80, 40_000_000, 40_000_000))].into();
+        r.note([11].into_iter(), &[10], t0);
+        r.fold(
+            &[11],
+            &mut BTreeMap::new(),
+            &WaitCounters::default(),
+            t0 + RETIRE_AFTER,
+        );
+        r.fold_loops(&taken);
+        // Snapshot B: thread 10 iterated 5 more times; 11 lives on in the row only.
+        let mut b = LoopCounters {
+            at_ns: 2,
+            threads: [(10, loop_thread(105, 0, 1_000))].into(),
+        };
+        r.apply_loops(&mut b, &[10]);
+        assert_eq!(b.threads[&EXITED_TID].counted.iterations, 80);
+        let d = b.since(&rebase_loops(&a, &b));
+        assert_eq!(d.threads[&10].counted.iterations, 5);
+        let row = d.threads[&EXITED_TID];
+        assert_eq!(
+            (row.counted.iterations, row.counted.long_ns),
+            (30, 40_000_000)
+        );
+        assert_eq!(
+            row.max_ns, 40_000_000,
+            "the longest iteration is new: exact"
+        );
+        // B -> B: nothing moves.
+        let again = b.since(&rebase_loops(&b, &b));
+        assert_eq!(again.threads[&EXITED_TID].counted.iterations, 0);
+        assert_eq!(again.threads[&EXITED_TID].max_ns, 0);
     }
 }

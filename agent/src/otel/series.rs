@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::core::analyse::{analyse, estimate, Measurement};
 use crate::core::counters::HIST_SLOTS;
 use crate::core::diagnose::{diagnose, Facts};
+use crate::core::event_loop::event_loops;
 use crate::core::report::{Diagnosis, DiagnosisKind, ProcessReport, Severity, ThreadReport};
 use crate::core::samples::GilSamples;
 
@@ -89,12 +90,19 @@ fn switches(gil: &GilSamples) -> u64 {
 pub fn process_series(input: &IntervalInput) -> ProcessSeries {
     let (process, threads) = analyse(input.interval);
     let est = estimate(&process, &threads);
+    let loops = input
+        .interval
+        .loops
+        .as_ref()
+        .map(event_loops)
+        .unwrap_or_default();
     let diagnoses = diagnose(&Facts {
         process: &process,
         threads: &threads,
         locks: None,
         children: &[],
         profile: None,
+        loops: &loops,
     });
     let (total, total_threads) = analyse(input.counted);
     let delta = input.temporality == Temporality::Delta;

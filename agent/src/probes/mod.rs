@@ -6,6 +6,7 @@
 
 pub mod condwait;
 mod holders;
+pub mod event_loop;
 mod layout;
 pub mod lock;
 mod maps;

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::core::counters::WaitCounters;
 use crate::cpython::gil_sampler::SamplerPool;
 use crate::os::process::{descendants, same_executable, start_ticks};
+use crate::probes::event_loop::LoopProbe;
 use crate::probes::wait::WaitProbe;
 use crate::watch::discover::{Discovery, Identity, Listing, Rules, Verdict};
 use crate::watch::session::{Session, SessionOptions, Snapshot};
@@ -45,6 +46,8 @@ pub struct Fleet<T = ()> {
     discovery: Discovery,
     /// One sampler thread for every member (none: not sampled).
     sampler: Option<SamplerPool>,
+    /// The event-loop probe every member is watched by, where it is loaded.
+    loops: Option<LoopProbe>,
     members: BTreeMap<u32, Member<T>>,
     own_pid: u32,
     /// Descendants found at the first look existed before measuring began.
@@ -65,10 +68,21 @@ impl<T> Fleet<T> {
             scope,
             discovery: Discovery::default(),
             sampler: sample_hz.map(SamplerPool::start),
+            loops: None,
             members: BTreeMap::new(),
             own_pid: std::process::id(),
             looked: false,
         }
+    }
+
+    /// Measures the event loops of the members that join from now on.
+    pub fn watch_loops(&mut self, loops: LoopProbe) {
+        self.loops = Some(loops);
+    }
+
+    /// The event-loop probe the members are watched by, if loaded.
+    pub fn loops(&self) -> Option<&LoopProbe> {
+        self.loops.as_ref()
     }
 
     /// The pids to judge in this look.
@@ -111,7 +125,10 @@ impl<T> Fleet<T> {
             let Verdict::Attach(identity) = self.discovery.judge(pid, rules, self.own_pid) else {
                 continue;
             };
-            let opts = SessionOptions::watcher(self.sampler.as_ref());
+            let opts = SessionOptions {
+                loops: self.loops.as_ref(),
+                ..SessionOptions::watcher(self.sampler.as_ref())
+            };
             match Session::attach(pid, probe, &opts) {
                 Ok(mut session) => {
                     if self.looked && matches!(self.scope, Scope::Descendants { .. }) {

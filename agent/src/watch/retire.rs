@@ -11,6 +11,7 @@ use crate::core::cpu::ThreadSample;
 use crate::core::retire::Retirement;
 use crate::cpython::gil_sampler::SampledProcess;
 use crate::probes::condwait::{self, CondWaitProbe};
+use crate::probes::event_loop::LoopProbe;
 use crate::probes::wait::WaitProbe;
 
 /// Where the figures of one process's threads are kept: what a retirement
@@ -19,6 +20,8 @@ pub struct Sources<'a> {
     pub probe: &'a mut WaitProbe,
     /// musl: the condvar probe of the process.
     pub condwait: Option<&'a mut CondWaitProbe>,
+    /// The event-loop probe, where it is loaded.
+    pub loops: Option<&'a LoopProbe>,
     /// The process's GIL sampler, if it is sampled.
     pub sampler: Option<&'a SampledProcess>,
     /// Last procfs figures by tid (retired threads are removed).
@@ -32,9 +35,9 @@ pub struct Sources<'a> {
 
 /// Retires the threads of process `pid` that are due now, looking at most every
 /// [`RETIRE_EVERY`](crate::core::retire::RETIRE_EVERY): deletes their kernel
-/// entries (the futex probe's and, on musl, the condvar probe's), folds what
-/// those held, their last CPU and the sampler's tallies into the row, and
-/// forgets their names and holder mappings.
+/// entries (the futex probe's, the event-loop probe's and, on musl, the
+/// condvar probe's), folds what those held, their last CPU and the sampler's
+/// tallies into the row, and forgets their names and holder mappings.
 pub fn retire_due(exits: &mut Retirement, pid: u32, now: Instant, src: Sources) {
     let due = exits.look(now);
     if due.is_empty() {
@@ -54,6 +57,9 @@ pub fn retire_due(exits: &mut Retirement, pid: u32, now: Instant, src: Sources) 
         }
     }
     exits.fold(&due, src.cpu, &taken, now);
+    if let Some(loops) = src.loops {
+        exits.fold_loops(&loops.take_threads(pid, &due));
+    }
     if let Some(sampler) = src.sampler {
         let (held, stretches) = sampler.take_threads(&due);
         exits.fold_samples(held, &stretches);

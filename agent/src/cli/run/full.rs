@@ -33,6 +33,9 @@ fn consequence(map: KernelMap) -> &'static str {
         KernelMap::HolderWaits | KernelMap::CondHolderWaits => {
             "GIL waits behind some holder stacks were not counted; too many (process, stack) pairs on this node"
         }
+        KernelMap::LoopThreads => {
+            "event-loop iterations of threads without an entry were not counted; too many polling threads are watched on this node"
+        }
     }
 }
 

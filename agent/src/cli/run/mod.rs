@@ -122,11 +122,15 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         .byte_budget
         .filter(|_| exporter.is_some())
         .map(|b| budget::Budget::new(b, settings.per_thread.is_some()));
+    let mut fleet = Fleet::new(
+        Scope::Host(settings.rules.clone()),
+        Some(settings.sample_hz),
+    );
+    if let Some(loops) = crate::probes::event_loop::load_or_warn() {
+        fleet.watch_loops(loops);
+    }
     let mut daemon = Daemon {
-        fleet: Fleet::new(
-            Scope::Host(settings.rules.clone()),
-            Some(settings.sample_hz),
-        ),
+        fleet,
         probe,
         host: Host::detect(),
         clock: Clock::new(),

@@ -20,8 +20,8 @@ pub(super) const SELF_STATS: usize = FIRST_FULL + full::MAPS;
 const FIRST_FULL: usize = 11;
 
 impl Daemon {
-    /// Failed inserts per kernel map since the start: the futex probe's, then the
-    /// musl probes' (live and released).
+    /// Failed inserts per kernel map since the start: the futex probe's and the
+    /// event-loop probe's, then the musl probes' (live and released).
     pub(super) fn entries_dropped(&mut self) -> EntriesDropped {
         let musl: Vec<EntriesDropped> = self
             .fleet
@@ -29,7 +29,11 @@ impl Daemon {
             .values()
             .filter_map(|m| m.session.entries_dropped())
             .collect();
-        self.full.totals(self.probe.entries_dropped(), musl.iter())
+        let mut shared = self.probe.entries_dropped();
+        if let Some(loops) = self.fleet.loops() {
+            shared.add(&loops.entries_dropped());
+        }
+        self.full.totals(shared, musl.iter())
     }
 
     /// The exporter's counters since the start (zeros without an exporter).
@@ -147,12 +151,15 @@ impl Daemon {
                 start: now,
             },
         ];
-        // The musl maps only once a musl process was watched: elsewhere they do not exist.
-        let maps = KernelMap::ALL.iter().take(match self.full.musl_seen() {
-            true => full::MAPS,
-            false => full::MAPS / 2,
-        });
-        for (map, n) in maps.zip(&shown[FIRST_FULL..]) {
+        // The musl maps only once a musl process was watched, the event-loop
+        // map only with its probe loaded: elsewhere they do not exist.
+        let exists = |map: &KernelMap| match map {
+            m if m.is_condwait() => self.full.musl_seen(),
+            KernelMap::LoopThreads => self.fleet.loops().is_some(),
+            _ => true,
+        };
+        let maps = KernelMap::ALL.iter().zip(&shown[FIRST_FULL..]);
+        for (map, n) in maps.filter(|(map, _)| exists(map)) {
             points.push(Point {
                 metric: &catalog::BPF_ENTRIES_DROPPED,
                 attributes: vec![("gilscope.bpf.map", map.name().to_string())],

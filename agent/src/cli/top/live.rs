@@ -28,17 +28,19 @@ pub struct LiveSet {
 }
 
 impl LiveSet {
-    /// Loads the wait probe. `only`: watch just these pids (`--pid`), else every
+    /// Loads the wait probe and the event-loop probe. `only`: watch just these pids (`--pid`), else every
     /// CPython process on the host.
     pub fn new(only: Option<Vec<u32>>, sample_hz: u32) -> Result<Self> {
         let scope = match only {
             Some(pids) => Scope::Pids(pids),
             None => Scope::Host(Rules::all()),
         };
-        Ok(Self {
-            probe: WaitProbe::load()?,
-            fleet: Fleet::new(scope, Some(sample_hz)),
-        })
+        let probe = WaitProbe::load()?;
+        let mut fleet = Fleet::new(scope, Some(sample_hz));
+        if let Some(loops) = crate::probes::event_loop::load_or_warn() {
+            fleet.watch_loops(loops);
+        }
+        Ok(Self { probe, fleet })
     }
 
     /// Watches new processes, drops exited ones, and reports the interval since

@@ -386,7 +386,7 @@ fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
 
 /// Every file mapped by process `pid` (as the process names it), for finding
 /// something other than the interpreter (e.g. its libc's condvar wait).
-fn mapped_paths(pid: u32) -> Result<Vec<PathBuf>> {
+pub(crate) fn mapped_paths(pid: u32) -> Result<Vec<PathBuf>> {
     Ok(mapped_files(pid)?.into_iter().map(|f| f.path).collect())
 }
 

@@ -10,12 +10,14 @@
 
 #[cfg(test)]
 mod btf;
+pub mod event_loop;
 pub mod gil_condwait;
 pub mod gil_precise;
 pub mod gil_shared;
 pub mod gil_wait;
 pub mod lock_park;
 
+pub use event_loop::LoopThread;
 pub use gil_condwait::{CondwaitInflight, CondwaitTarget, CondwaitWaits};
 pub use gil_precise::PreciseGil;
 pub use gil_shared::{

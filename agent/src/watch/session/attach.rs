@@ -12,11 +12,13 @@ use crate::core::report::{PreciseProbes, ProbeSite};
 use crate::cpython::find::elf::ElfImage;
 use crate::cpython::find::functions::{self, FoundBy, FoundFunction};
 use crate::cpython::find::locate::{self, GilSite, Interpreter};
+use crate::cpython::find::poll;
 use crate::cpython::gil_sampler::SamplerPool;
 use crate::cpython::remote::memory::RemoteMemory;
 use crate::error::{Error, Result};
 use crate::os::threads::sample_threads;
 use crate::probes::condwait::CondWaitProbe;
+use crate::probes::event_loop::LoopProbe;
 use crate::probes::lock::LockProbe;
 use crate::probes::precise::{PreciseProbe, PreciseTargets};
 use crate::probes::wait::WaitProbe;
@@ -48,6 +50,8 @@ pub struct SessionOptions<'a> {
     /// contention profile). Read by [`Session::snapshot`] and
     /// [`Session::final_snapshot`] only: a fleet's sessions leave it off.
     pub holders: bool,
+    /// Event-loop lag, where the probe is loaded (one for every session).
+    pub loops: Option<&'a LoopProbe>,
 }
 
 impl SessionOptions<'_> {
@@ -59,6 +63,7 @@ impl SessionOptions<'_> {
             locks: false,
             names: NameRefresh::OnChangeOrEvery(Duration::from_secs(30)),
             holders: false,
+            loops: None,
         }
     }
 }
@@ -170,6 +175,29 @@ fn attach_precise(interp: &Interpreter) -> Result<PreciseAttachment> {
             drop_gil: drop.iter().map(site).collect(),
         },
     })
+}
+
+/// Watches the event loops of the process of `interp` with `loops` (once its
+/// libc is mapped: the GIL exists). A process whose poll functions cannot be
+/// found or probed is measured without them, with a warning.
+pub(super) fn watch_loops(loops: Option<&LoopProbe>, interp: &Interpreter) -> Option<LoopProbe> {
+    let loops = loops?;
+    let pid = interp.pid;
+    let watched = poll::poll_functions(interp).and_then(|functions| {
+        if functions.is_empty() {
+            return Err(Error::Internal(
+                "no mapped file defines epoll_wait (a stripped static build?)".into(),
+            ));
+        }
+        loops.watch(pid, &functions)
+    });
+    match watched {
+        Ok(()) => Some(loops.clone()),
+        Err(e) => {
+            tracing::warn!("event loops of process {pid} are not measured: {e}");
+            None
+        }
+    }
 }
 
 /// Finds the GIL and checks that memory there looks like one.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::analyse::{CpuEnvironment, Measurement, PreciseCounters};
 use crate::core::counters::WaitEpisode;
-use crate::core::counters::{EntriesDropped, WaitCounters};
+use crate::core::counters::{EntriesDropped, LoopCounters, WaitCounters};
 use crate::core::cpu::{ThreadSample, Throttling};
 use crate::core::holders::HolderStacks;
 use crate::core::report::{Ending, InterpreterInfo, Mode};
@@ -38,6 +38,7 @@ use crate::os::cgroup::{affinity_cpus, throttled_between, CpuCgroup};
 use crate::os::process::{command_line, process_cpu_ticks};
 use crate::os::threads::sample_threads_named;
 use crate::probes::condwait::{self, CondWaitProbe};
+use crate::probes::event_loop::LoopProbe;
 use crate::probes::wait::WaitProbe;
 use crate::probes::MAX_GILS;
 use crate::watch::retire::{retire_due, Sources};
@@ -63,6 +64,8 @@ pub struct Snapshot {
     /// The GIL wait behind each holder stack since watching began (empty
     /// where not captured).
     pub holders: HolderStacks,
+    /// Event-loop iterations per thread (`None`: the event-loop probe is not loaded).
+    pub loops: Option<LoopCounters>,
 }
 
 /// What a report says about the interpreter, from what was found and sampled.
@@ -121,6 +124,8 @@ pub struct Session {
     gils_seen: Vec<u64>,
     mem: RemoteMemory,
     own: OwnProbes,
+    /// The event-loop probe (shared by every session), where it is loaded.
+    loops: Option<LoopProbe>,
     /// Exited threads: which are gone, and the row the retired ones were folded into.
     exits: Retirement,
     /// Whether exited threads are retired (not when per-thread uprobe counters
@@ -176,6 +181,7 @@ impl Session {
             command: command_line(pid),
             retiring: own.precise.is_none() && own.locks.is_none(),
             own,
+            loops: attach::watch_loops(opts.loops, &interp),
             interp,
             gil,
             since: now,
@@ -331,6 +337,7 @@ impl Session {
             Sources {
                 probe,
                 condwait: self.own.condwait.as_mut(),
+                loops: self.loops.as_ref(),
                 sampler: self.sampler.as_ref(),
                 cpu: &mut self.cpu_last,
                 names: self.names.names_mut(),
@@ -460,6 +467,7 @@ impl Session {
             gil: GilSamples::default(),
             throttling: self.throttling_start.clone(),
             holders: HolderStacks::default(),
+            loops: self.loops.as_ref().map(|_| LoopCounters::default()),
         }
     }
 
@@ -491,11 +499,16 @@ impl Session {
     fn snapshot_of(&mut self, mut waits: WaitCounters, holders: HolderStacks) -> Snapshot {
         self.fold_condwait(&mut waits);
         self.learn_holders(&waits);
+        let mut loops = self.loops.as_ref().map(|l| l.read(self.interp.pid));
         let now = Instant::now();
         if self.retiring {
             // Threads that lived and died between two procfs reads are known only here.
-            self.exits
-                .note(waits.threads.keys().copied(), &self.live_tids, now);
+            let looping = loops.iter().flat_map(|l| l.threads.keys().copied());
+            let tids = waits.threads.keys().copied().chain(looping);
+            self.exits.note(tids, &self.live_tids, now);
+        }
+        if let Some(l) = loops.as_mut() {
+            self.exits.apply_loops(l, &self.live_tids);
         }
         let mut threads = self.cpu_last.clone();
         let mut gil = match (&self.sampler, &self.final_samples) {
@@ -516,6 +529,7 @@ impl Session {
                 .map(CpuCgroup::throttling)
                 .unwrap_or_default(),
             holders,
+            loops,
         }
     }
 
@@ -549,6 +563,10 @@ impl Session {
                 .holders
                 .as_ref()
                 .map(|h| h.named(&cur.holders.since(&prev.holders))),
+            loops: cur.loops.as_ref().map(|c| {
+                let prev = prev.loops.clone().unwrap_or_default();
+                c.since(&retire::rebase_loops(&prev, c))
+            }),
             cpu_env: CpuEnvironment {
                 affinity_cpus: self.affinity,
                 cpu_limit_cores: self.cgroup.as_ref().and_then(CpuCgroup::quota_cores),
@@ -575,6 +593,9 @@ impl Session {
         if let Err(e) = probe.stop_counting(self.pid()) {
             tracing::debug!("cannot stop counting process {}: {e}", self.pid());
         }
+        if let Some(loops) = &self.loops {
+            loops.stop_counting(self.pid());
+        }
     }
 
     /// Stops watching: sampling ends and the kernel state of the process is
@@ -589,6 +610,9 @@ impl Session {
         drop(self.own_pool.take());
         if let Err(e) = probe.unwatch(pid) {
             tracing::debug!("could not clear the kernel state of process {pid}: {e}");
+        }
+        if let Some(loops) = &self.loops {
+            loops.unwatch(pid);
         }
         std::mem::take(&mut self.own)
     }

@@ -1,5 +1,5 @@
-//! `gilscope check`: errors, measured truths, diagnoses, pools and quotas, thread names,
-//! capabilities, the GIL contention profile.
+//! `gilscope check`: errors, measured truths, diagnoses, event loops, pools and quotas, thread
+//! names, capabilities, the GIL contention profile.
 
 mod capabilities;
 mod contention_profile;
@@ -7,5 +7,6 @@ mod cpu_and_pools;
 mod diagnoses;
 mod diagnosis_matrix;
 mod errors;
+mod event_loops;
 mod measures_truth;
 mod thread_names;

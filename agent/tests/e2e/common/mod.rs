@@ -92,6 +92,26 @@ pub fn pyenv_python311() -> Option<PathBuf> {
     }
 }
 
+/// pyenv's CPython 3.11 in the venv of tests/apps/install.sh, where the PyPI
+/// packages the tests run (uvloop, FastAPI, uvicorn) are installed.
+pub fn apps_python311() -> Option<PathBuf> {
+    let root = std::env::var("GILSCOPE_APPS").unwrap_or_else(|_| "/var/cache/gilscope/apps".into());
+    let python = Path::new(&root).join("venv/bin/python");
+    let has_apps = Command::new(&python)
+        .args(["-c", "import uvloop, fastapi, uvicorn"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_apps {
+        Some(python)
+    } else {
+        missing(&format!(
+            "no venv with uvloop, fastapi and uvicorn at {}: run bash tests/apps/install.sh",
+            python.display()
+        ));
+        None
+    }
+}
+
 /// Debian's stripped, static, LTO-built /usr/bin/python3.11.
 pub fn debian_python311() -> Option<PathBuf> {
     let path = PathBuf::from("/usr/bin/python3.11");

@@ -4,8 +4,8 @@
 
 use crate::core::analyse::{analyse, estimate, lock_contention, Measurement};
 use crate::core::diagnose::{diagnose, Facts};
-use crate::core::profile::ContentionProfile;
 use crate::core::event_loop::event_loops;
+use crate::core::profile::ContentionProfile;
 use crate::core::report::{
     ChildReport, Diagnosis, Estimate, EventLoopReport, LockContention, ProcessReport, ThreadReport,
 };

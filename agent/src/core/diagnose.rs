@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::core::profile::ContentionProfile;
 use crate::core::event_loop::LONG_ITERATION_NS;
+use crate::core::profile::ContentionProfile;
 use crate::core::report::{
     ChildReport, Diagnosis, DiagnosisKind, EventLoopReport, LockContention, ProcessReport,
     Severity, ThreadReport,

@@ -5,8 +5,8 @@
 //! [`crate::core::counters`].
 
 pub mod condwait;
-mod holders;
 pub mod event_loop;
+mod holders;
 mod layout;
 pub mod lock;
 mod maps;

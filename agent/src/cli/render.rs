@@ -71,8 +71,22 @@ fn event_loops(out: &mut String, report: &Report) {
             duration_us(l.lag_max_ms * 1e3),
             l.blocked_s
         );
+        for f in l.functions.iter().take(LOOP_FUNCTION_ROWS) {
+            let line = f.line.map(|n| format!(":{n}")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:>10}{:>4.0}%  {}  {}{line}",
+                "",
+                f.share * 100.0,
+                f.function,
+                f.file
+            );
+        }
     }
 }
+
+/// Functions shown under each loop: what ran during its long iterations.
+const LOOP_FUNCTION_ROWS: usize = 3;
 
 /// The report as a terminal table: verdict first, then the process, then each thread.
 pub fn text(report: &Report) -> String {

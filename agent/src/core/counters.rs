@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use crate::core::stacks::FrameSamples;
+
 /// log2(ns) histogram slots: slot i counts durations in [2^i, 2^(i+1)) ns, the
 /// same boundaries as an OpenTelemetry exponential histogram at scale 0.
 pub const HIST_SLOTS: usize = 64;
@@ -335,6 +337,9 @@ pub struct LoopCounters {
     pub at_ns: u64,
     /// tid -> its iterations.
     pub threads: HashMap<u32, LoopThread>,
+    /// The frames the loop threads ran while an iteration was long, sampled
+    /// by the watcher (empty where no one samples them).
+    pub code: FrameSamples,
 }
 
 impl LoopCounters {
@@ -347,6 +352,7 @@ impl LoopCounters {
                 .iter()
                 .map(|(tid, t)| (*tid, prev.threads.get(tid).map_or(*t, |p| t.since(p))))
                 .collect(),
+            code: self.code.since(&prev.code),
         }
     }
 }

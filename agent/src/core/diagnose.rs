@@ -310,6 +310,7 @@ fn event_loop_blocked(f: &Facts) -> Option<Diagnosis> {
         0 => String::new(),
         n => format!("; {n} other threads waited {behind_s:.2} s for the GIL behind it"),
     };
+    let code = loop_code(lp);
     Some(Diagnosis {
         kind: DiagnosisKind::EventLoopBlocked,
         severity: if share >= LOOP_BLOCKED_CRITICAL {
@@ -321,7 +322,7 @@ fn event_loop_blocked(f: &Facts) -> Option<Diagnosis> {
             "event loop thread {name} is blocked {:.0}% of the time: {:.2} s in iterations of \
              {} ms or more (lag p99 {:.0} ms, longest {:.0} ms, {} iterations), during which no \
              other coroutine, timer or I/O callback of the loop ran (its thread was on a CPU \
-             {cpu_s:.2} s and waited {gil_wait_s:.2} s for the GIL){others}",
+             {cpu_s:.2} s and waited {gil_wait_s:.2} s for the GIL){others}{code}",
             share * 100.0,
             lp.blocked_s,
             LONG_ITERATION_NS / 1_000_000,
@@ -351,6 +352,30 @@ fn event_loop_blocked(f: &Facts) -> Option<Diagnosis> {
             ("threads_waiting_behind_loop", victims as f64),
         ]),
     })
+}
+
+/// "; running mostly f (file:line, 80% of the samples), g (…)": the code the
+/// loop thread ran during its long iterations, where it was sampled.
+fn loop_code(lp: &EventLoopReport) -> String {
+    let named: Vec<String> = lp
+        .functions
+        .iter()
+        .take(NAMED_HOLDERS)
+        .map(|f| {
+            let line = f.line.map(|l| format!(":{l}")).unwrap_or_default();
+            let file = f.file.rsplit('/').next().unwrap_or(&f.file);
+            format!(
+                "{} ({file}{line}, {:.0}% of the samples)",
+                f.function,
+                f.share * 100.0
+            )
+        })
+        .collect();
+    if named.is_empty() {
+        String::new()
+    } else {
+        format!("; during long iterations it ran {}", named.join(", "))
+    }
 }
 
 fn cpu_throttled(f: &Facts) -> Option<Diagnosis> {

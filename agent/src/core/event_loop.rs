@@ -13,7 +13,10 @@
 
 use crate::core::analyse::percentile_us;
 use crate::core::counters::{LoopCounters, LoopIterations, LoopThread};
-use crate::core::report::EventLoopReport;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::core::report::{EventLoopReport, LoopFunction};
+use crate::core::stacks::Frame;
 
 /// An iteration at least this long blocked its loop: its time counts in
 /// `blocked_s`. The kernel is given it at load. 20 ms is ten times the p99 of
@@ -21,6 +24,10 @@ use crate::core::report::EventLoopReport;
 /// README's Diagnoses table) and under the 30-40 ms of a handler that runs
 /// CPU work inline, the case to catch.
 pub const LONG_ITERATION_NS: u64 = 20_000_000;
+
+/// Functions named per loop at most (the rest are left out, not summed: the
+/// shares are of the samples, so what is left out is 1 − their sum).
+pub const LOOP_FUNCTIONS: usize = 10;
 
 /// Iterations a thread must finish while measured to be judged a loop: a
 /// thread that ran `asyncio.run()` once, briefly, is not.
@@ -59,7 +66,13 @@ pub fn event_loops(loops: &LoopCounters) -> Vec<EventLoopReport> {
         .threads
         .iter()
         .filter(|(_, t)| is_event_loop(&t.counted))
-        .map(|(tid, t)| loop_report(*tid, t))
+        .map(|(tid, t)| {
+            let mut report = loop_report(*tid, t);
+            if let Some(frames) = loops.code.threads.get(tid) {
+                report.functions = loop_functions(frames);
+            }
+            report
+        })
         .collect();
     out.sort_by(|a, b| {
         b.blocked_s
@@ -68,6 +81,55 @@ pub fn event_loops(loops: &LoopCounters) -> Vec<EventLoopReport> {
             .then(a.tid.cmp(&b.tid))
     });
     out
+}
+
+/// The functions a loop thread ran during its long iterations, from the
+/// running frames sampled then: per function (qualified name and file) its
+/// share of the samples, at the line sampled most; most first, at most
+/// [`LOOP_FUNCTIONS`]. The share of the samples estimates the share of the
+/// blocked time (each sample stands for the same slice of a long iteration).
+pub fn loop_functions(frames: &BTreeMap<Frame, u64>) -> Vec<LoopFunction> {
+    let total: u64 = frames.values().sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    /// One function's samples, and its busiest line with that line's samples.
+    #[derive(Default)]
+    struct Tally {
+        samples: u64,
+        busiest: (u64, Option<u32>),
+    }
+    let mut by_function: HashMap<(&str, &str), Tally> = HashMap::new();
+    for (frame, n) in frames {
+        let e = by_function
+            .entry((frame.function.as_str(), frame.file.as_str()))
+            .or_default();
+        e.samples += n;
+        if (*n, frame.line) > e.busiest {
+            e.busiest = (*n, frame.line);
+        }
+    }
+    let mut out: Vec<(u64, LoopFunction)> = by_function
+        .into_iter()
+        .map(|((function, file), t)| {
+            let f = LoopFunction {
+                function: function.to_string(),
+                file: file.to_string(),
+                line: t.busiest.1,
+                share: t.samples as f64 / total as f64,
+            };
+            (t.samples, f)
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| a.1.function.cmp(&b.1.function))
+            .then_with(|| a.1.file.cmp(&b.1.file))
+    });
+    out.into_iter()
+        .take(LOOP_FUNCTIONS)
+        .map(|(_, f)| f)
+        .collect()
 }
 
 #[cfg(test)]
@@ -100,7 +162,44 @@ mod tests {
         LoopCounters {
             at_ns: 0,
             threads: threads.iter().copied().collect(),
+            code: Default::default(),
         }
+    }
+
+    fn frame(function: &str, line: u32) -> Frame {
+        Frame {
+            function: function.into(),
+            file: "/srv/app.py".into(),
+            line: Some(line),
+        }
+    }
+
+    #[test]
+    fn loop_functions_are_the_sampled_frames_by_function_most_first() {
+        let frames = BTreeMap::from([
+            (frame("crunch", 10), 6),
+            (frame("crunch", 11), 2),
+            (frame("handler", 30), 2),
+        ]);
+        let f = loop_functions(&frames);
+        assert_eq!(f.len(), 2);
+        assert_eq!((f[0].function.as_str(), f[0].line), ("crunch", Some(10)));
+        assert!((f[0].share - 0.8).abs() < 1e-9);
+        assert_eq!(f[1].function, "handler");
+        assert!((f[1].share - 0.2).abs() < 1e-9);
+        assert!(loop_functions(&BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn a_loop_report_names_the_code_sampled_on_its_thread() {
+        let mut c = counters(&[(7, iterations(100, 30, 100, 100))]);
+        c.code.add(7, frame("crunch", 10));
+        c.code.add(8, frame("elsewhere", 1));
+        let loops = event_loops(&c);
+        assert_eq!(loops.len(), 1);
+        assert_eq!(loops[0].functions.len(), 1);
+        assert_eq!(loops[0].functions[0].function, "crunch");
+        assert!((loops[0].functions[0].share - 1.0).abs() < 1e-9);
     }
 
     #[test]

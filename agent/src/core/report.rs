@@ -163,10 +163,9 @@ pub struct EventLoopReport {
     /// Time spent in iterations at least `LONG_ITERATION_NS` long (see the README's
     /// Diagnoses table): the loop was blocked.
     pub blocked_s: f64,
-    /// The code that ran during the long iterations, most lag first. Empty
-    /// until the loop thread's stack is sampled during long iterations
-    /// (issue 13, naming the code); the field is in the JSON schema already
-    /// so readers need not change when it fills.
+    /// The code that ran during the long iterations, most first: the loop
+    /// thread's running frame sampled while an iteration was long. Empty where
+    /// the stack could not be read or no long iteration was seen.
     pub functions: Vec<LoopFunction>,
 }
 
@@ -177,8 +176,10 @@ pub struct LoopFunction {
     /// Qualified name (`module.Class.method`).
     pub function: String,
     pub file: String,
-    pub line: u32,
-    /// Share of the loop's blocked time spent in it, 0..1.
+    /// The line sampled most (`None` where the line table has none).
+    pub line: Option<u32>,
+    /// Share of the loop's blocked time spent in it, 0..1 (of the samples
+    /// taken during long iterations).
     pub share: f64,
 }
 

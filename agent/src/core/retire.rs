@@ -547,6 +547,7 @@ mod tests {
                 (11, loop_thread(50, 0, 2_000)),
             ]
             .into(),
+            code: Default::default(),
         };
         // Thread 11 iterates 30 more times, one of them long, exits and is retired.
         let taken: HashMap<u32, LoopThread> =
@@ -563,6 +564,7 @@ mod tests {
         let mut b = LoopCounters {
             at_ns: 2,
             threads: [(10, loop_thread(105, 0, 1_000))].into(),
+            code: Default::default(),
         };
         r.apply_loops(&mut b, &[10]);
         assert_eq!(b.threads[&EXITED_TID].counted.iterations, 80);

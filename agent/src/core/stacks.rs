@@ -5,6 +5,8 @@
 //! process can fail (the chain loops, points at garbage, or moves under the
 //! reader): [`StackCounts`] says how often, so a profile can state what it missed.
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde::Serialize;
 
 /// The function of a frame whose code could not be named (its code object
@@ -95,6 +97,49 @@ impl StackCounts {
     /// Stacks given up on, whatever the reason.
     pub fn failed(&self) -> u64 {
         self.loops + self.garbage + self.changed
+    }
+}
+
+/// Running frames sampled per thread, counted by frame: where a thread was
+/// each time it was looked at (a loop thread during a long iteration).
+/// Cumulative, like the kernel's counters, so an interval is `since`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrameSamples {
+    /// tid -> running frame -> samples.
+    pub threads: HashMap<u32, BTreeMap<Frame, u64>>,
+}
+
+impl FrameSamples {
+    /// One more sample of thread `tid`, running `frame`.
+    pub fn add(&mut self, tid: u32, frame: Frame) {
+        *self
+            .threads
+            .entry(tid)
+            .or_default()
+            .entry(frame)
+            .or_default() += 1;
+    }
+
+    /// The samples taken since `prev` (the same threads, counted earlier).
+    pub fn since(&self, prev: &Self) -> Self {
+        let threads = self
+            .threads
+            .iter()
+            .map(|(tid, frames)| {
+                let before = prev.threads.get(tid);
+                let frames = frames
+                    .iter()
+                    .map(|(f, n)| {
+                        let was = before.and_then(|b| b.get(f)).copied().unwrap_or(0);
+                        (f.clone(), n.saturating_sub(was))
+                    })
+                    .filter(|(_, n)| *n > 0)
+                    .collect::<BTreeMap<_, _>>();
+                (*tid, frames)
+            })
+            .filter(|(_, frames)| !frames.is_empty())
+            .collect();
+        Self { threads }
     }
 }
 

@@ -173,6 +173,7 @@ impl LoopProbe {
                 .filter(|(_, t)| t.tgid == tgid)
                 .map(|(tid, t)| (tid, t.into()))
                 .collect(),
+            code: Default::default(),
         }
     }
 

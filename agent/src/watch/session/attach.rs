@@ -8,7 +8,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::{NameRefresh, Session};
-use crate::core::report::{PreciseProbes, ProbeSite};
+use crate::core::report::{InterpreterInfo, PreciseProbes, ProbeSite};
+use crate::core::samples::GilSamples;
 use crate::cpython::find::elf::ElfImage;
 use crate::cpython::find::functions::{self, FoundBy, FoundFunction};
 use crate::cpython::find::locate::{self, GilSite, Interpreter};
@@ -249,6 +250,7 @@ impl Session {
         let mut session = Session::new(interp, gil, own, cpu_start, gils, opts);
         if opts.holders {
             session.capture_holders(probe);
+            session.name_loop_code();
         }
         Ok(session)
     }
@@ -293,7 +295,28 @@ impl Session {
         let mut session = Session::new(interp, gil, own, Default::default(), vec![gil.addr], opts);
         if opts.holders {
             session.capture_holders(probe);
+            session.name_loop_code();
         }
         Ok((session, child))
+    }
+}
+
+/// What a report says about the interpreter, from what was found and sampled.
+pub fn interpreter_info(
+    interp: &Interpreter,
+    gil: &GilSite,
+    samples: &GilSamples,
+) -> InterpreterInfo {
+    InterpreterInfo {
+        executable: interp.executable.display().to_string(),
+        library: interp
+            .is_library
+            .then(|| interp.path_in_process.display().to_string()),
+        version: interp.file.version.to_string(),
+        stripped: interp.file.stripped,
+        gil_enabled: samples.gil_enabled.unwrap_or(!gil.free_threaded),
+        gil_enabled_changed: samples.gil_enabled_changes > 0,
+        free_threaded: gil.free_threaded,
+        libc: interp.libc.name(),
     }
 }

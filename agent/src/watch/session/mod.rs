@@ -13,6 +13,7 @@
 
 pub mod attach;
 mod holders;
+mod loops;
 pub mod names;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,7 +25,7 @@ use crate::core::counters::WaitEpisode;
 use crate::core::counters::{EntriesDropped, LoopCounters, WaitCounters};
 use crate::core::cpu::{ThreadSample, Throttling};
 use crate::core::holders::HolderStacks;
-use crate::core::report::{Ending, InterpreterInfo, Mode};
+use crate::core::report::{Ending, Mode};
 use crate::core::retire::{self, Retirement};
 use crate::core::samples::GilSamples;
 use crate::cpython::find::locate::{self, GilSite, Interpreter};
@@ -43,7 +44,7 @@ use crate::probes::wait::WaitProbe;
 use crate::probes::MAX_GILS;
 use crate::watch::retire::{retire_due, Sources};
 
-pub use attach::{OwnProbes, PreciseAttachment, Sampling, SessionOptions};
+pub use attach::{interpreter_info, OwnProbes, PreciseAttachment, Sampling, SessionOptions};
 pub use names::NameRefresh;
 
 /// Process CPU (clock ticks, all threads, exited ones included) below which a
@@ -66,26 +67,6 @@ pub struct Snapshot {
     pub holders: HolderStacks,
     /// Event-loop iterations per thread (`None`: the event-loop probe is not loaded).
     pub loops: Option<LoopCounters>,
-}
-
-/// What a report says about the interpreter, from what was found and sampled.
-pub fn interpreter_info(
-    interp: &Interpreter,
-    gil: &GilSite,
-    samples: &GilSamples,
-) -> InterpreterInfo {
-    InterpreterInfo {
-        executable: interp.executable.display().to_string(),
-        library: interp
-            .is_library
-            .then(|| interp.path_in_process.display().to_string()),
-        version: interp.file.version.to_string(),
-        stripped: interp.file.stripped,
-        gil_enabled: samples.gil_enabled.unwrap_or(!gil.free_threaded),
-        gil_enabled_changed: samples.gil_enabled_changes > 0,
-        free_threaded: gil.free_threaded,
-        libc: interp.libc.name(),
-    }
 }
 
 /// A watched process and what has been seen of it so far.
@@ -133,6 +114,8 @@ pub struct Session {
     retiring: bool,
     /// The kernel's capture of the GIL holders' code, where asked and possible.
     holders: Option<holders::HolderCapture>,
+    /// The loop threads' code sampled during long iterations, where asked.
+    loop_code: Option<loops::LoopCode>,
 }
 
 impl Session {
@@ -195,6 +178,7 @@ impl Session {
             mem,
             exits: Retirement::default(),
             holders: None,
+            loop_code: None,
         }
     }
 
@@ -227,6 +211,7 @@ impl Session {
         if !self.alive {
             return;
         }
+        self.sample_long_iterations();
         if let Ok(counters) = self.read_waits(probe) {
             self.learn_holders(&counters);
             if self.retiring {
@@ -499,7 +484,7 @@ impl Session {
     fn snapshot_of(&mut self, mut waits: WaitCounters, holders: HolderStacks) -> Snapshot {
         self.fold_condwait(&mut waits);
         self.learn_holders(&waits);
-        let mut loops = self.loops.as_ref().map(|l| l.read(self.interp.pid));
+        let mut loops = self.read_loops();
         let now = Instant::now();
         if self.retiring {
             // Threads that lived and died between two procfs reads are known only here.
@@ -563,10 +548,7 @@ impl Session {
                 .holders
                 .as_ref()
                 .map(|h| h.named(&cur.holders.since(&prev.holders))),
-            loops: cur.loops.as_ref().map(|c| {
-                let prev = prev.loops.clone().unwrap_or_default();
-                c.since(&retire::rebase_loops(&prev, c))
-            }),
+            loops: Self::loops_between(prev, cur),
             cpu_env: CpuEnvironment {
                 affinity_cpus: self.affinity,
                 cpu_limit_cores: self.cgroup.as_ref().and_then(CpuCgroup::quota_cores),
@@ -593,9 +575,7 @@ impl Session {
         if let Err(e) = probe.stop_counting(self.pid()) {
             tracing::debug!("cannot stop counting process {}: {e}", self.pid());
         }
-        if let Some(loops) = &self.loops {
-            loops.stop_counting(self.pid());
-        }
+        self.stop_loops(false);
     }
 
     /// Stops watching: sampling ends and the kernel state of the process is
@@ -611,9 +591,7 @@ impl Session {
         if let Err(e) = probe.unwatch(pid) {
             tracing::debug!("could not clear the kernel state of process {pid}: {e}");
         }
-        if let Some(loops) = &self.loops {
-            loops.unwatch(pid);
-        }
+        self.stop_loops(true);
         std::mem::take(&mut self.own)
     }
 }

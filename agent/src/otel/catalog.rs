@@ -115,6 +115,20 @@ metric!(
     "s",
     "Time threads were blocked in futex waits other than the GIL (locks, queues, conditions)."
 );
+metric!(
+    EVENT_LOOP_LAG,
+    "cpython.event_loop.lag",
+    Histogram,
+    "s",
+    "Lengths of the iterations of the process's event loops (a poll-family return to the thread's next call): how long every other callback of the loop waited."
+);
+metric!(
+    EVENT_LOOP_BLOCKED_TIME,
+    "cpython.event_loop.blocked.time",
+    Counter,
+    "s",
+    "Time the process's event loops spent in iterations of 20 ms or more: the loop was blocked."
+);
 metric!(DIAGNOSIS, "cpython.diagnosis", Gauge, "1", "1 for each diagnosis that holds over the interval, 0 for the others (attribute cpython.diagnosis.kind).");
 metric!(
     SPEEDUP_ESTIMATE,
@@ -243,6 +257,8 @@ pub const ALL: &[&MetricDef] = &[
     &RUNQUEUE_WAIT_TIME,
     &CPU_THROTTLED_TIME,
     &FUTEX_WAIT_TIME,
+    &EVENT_LOOP_LAG,
+    &EVENT_LOOP_BLOCKED_TIME,
     &DIAGNOSIS,
     &SPEEDUP_ESTIMATE,
     &THREAD_GIL_WAIT_TIME,

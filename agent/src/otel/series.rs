@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::core::analyse::{analyse, estimate, Measurement};
 use crate::core::counters::HIST_SLOTS;
 use crate::core::diagnose::{diagnose, Facts};
-use crate::core::event_loop::event_loops;
+use crate::core::event_loop::{event_loops, is_event_loop};
 use crate::core::report::{Diagnosis, DiagnosisKind, ProcessReport, Severity, ThreadReport};
 use crate::core::samples::GilSamples;
 
@@ -194,7 +194,41 @@ fn counter_points(
             start,
         ));
     }
+    points.extend(loop_points(counted, start, delta));
     points
+}
+
+/// The event-loop lag histogram and blocked time over the counted window,
+/// summed over the process's loop threads; nothing for a process without a
+/// loop (most have none: no series to pay for).
+fn loop_points(counted: &Measurement, start: Instant, delta: bool) -> Vec<Point> {
+    let Some(loops) = &counted.loops else {
+        return Vec::new();
+    };
+    let mut hist = [0u64; HIST_SLOTS];
+    let (mut busy_ns, mut long_ns, mut any) = (0u64, 0u64, false);
+    for t in loops.threads.values().filter(|t| is_event_loop(&t.counted)) {
+        any = true;
+        for (a, b) in hist.iter_mut().zip(t.counted.hist.iter()) {
+            *a += b;
+        }
+        busy_ns += t.counted.busy_ns;
+        long_ns += t.counted.long_ns;
+    }
+    if !any {
+        return Vec::new();
+    }
+    let counts = fold_hist(&hist);
+    let lag = Value::Histogram {
+        counts,
+        sum_s: busy_ns as f64 / 1e9,
+    };
+    let mut out = vec![point(&EVENT_LOOP_LAG, lag, start)];
+    if !(delta && long_ns == 0) {
+        let blocked = Value::Double(long_ns as f64 / 1e9);
+        out.push(point(&EVENT_LOOP_BLOCKED_TIME, blocked, start));
+    }
+    out
 }
 
 /// The diagnosis state gauge: one point for every [`DiagnosisKind`], 1 where a

@@ -30,6 +30,34 @@ fn states(page: &str, pid: u32) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// The loop's own series beside the diagnosis: the lag histogram (its count
+/// is the iterations, at least one per 100 ms burst so far) and the blocked
+/// time (the bursts are 100 ms, each one counted whole).
+fn loop_series_present(page: &str, pid: u32) -> Vec<String> {
+    let pid_label = format!("process_pid=\"{pid}\"");
+    let value = |name: &str| -> Option<f64> {
+        page.lines()
+            .filter(|l| l.starts_with(name) && l.contains(&pid_label))
+            .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+    };
+    let mut bad = Vec::new();
+    match value("cpython_event_loop_lag_seconds_count{") {
+        Some(n) if n >= 5.0 => {}
+        other => bad.push(format!("lag histogram count {other:?}")),
+    }
+    match value("cpython_event_loop_blocked_time_seconds_total{") {
+        Some(s) if s >= 0.1 => {}
+        other => bad.push(format!("blocked time {other:?}")),
+    }
+    if bad.is_empty() {
+        return bad;
+    }
+    vec![format!(
+        "event-loop series of pid {pid}: {}\n{page}",
+        bad.join(", ")
+    )]
+}
+
 /// One run: the workload, the daemon next to it, /metrics read every second
 /// until the loop is reported blocked.
 fn blocked_loop_under_the_daemon(python: &Path) -> Vec<String> {
@@ -71,7 +99,7 @@ fn blocked_loop_under_the_daemon(python: &Path) -> Vec<String> {
             .iter()
             .any(|(k, v)| k == "event_loop_blocked" && *v == 1.0)
         {
-            return Vec::new();
+            return loop_series_present(&page, pid);
         }
         seen.push(now);
     }

@@ -63,7 +63,7 @@ impl Children {
     pub fn finish(mut self, probe: &mut WaitProbe) -> Vec<ChildReport> {
         let counters = self.fleet.read_counters(probe);
         let mut reports = Vec::with_capacity(self.count());
-        self.fleet.end_interval(counters, |m, last| {
+        self.fleet.end_interval(probe, counters, |m, last| {
             reports.push(report(m, last, self.started));
         });
         self.fleet.finish(probe);

@@ -48,6 +48,8 @@ pub struct Fleet<T = ()> {
     sampler: Option<SamplerPool>,
     /// The event-loop probe every member is watched by, where it is loaded.
     loops: Option<LoopProbe>,
+    /// Members capture the GIL holders' code (see [`Fleet::name_code`]).
+    name_code: bool,
     members: BTreeMap<u32, Member<T>>,
     own_pid: u32,
     /// Descendants found at the first look existed before measuring began.
@@ -69,6 +71,7 @@ impl<T> Fleet<T> {
             discovery: Discovery::default(),
             sampler: sample_hz.map(SamplerPool::start),
             loops: None,
+            name_code: false,
             members: BTreeMap::new(),
             own_pid: std::process::id(),
             looked: false,
@@ -78,6 +81,13 @@ impl<T> Fleet<T> {
     /// Measures the event loops of the members that join from now on.
     pub fn watch_loops(&mut self, loops: LoopProbe) {
         self.loops = Some(loops);
+    }
+
+    /// Members that join from now on capture the GIL holder's code at each
+    /// wait (the contention profile) and name it at each interval: for a
+    /// watcher of a few processes that shows code (`top`).
+    pub fn name_code(&mut self) {
+        self.name_code = true;
     }
 
     /// The event-loop probe the members are watched by, if loaded.
@@ -127,6 +137,7 @@ impl<T> Fleet<T> {
             };
             let opts = SessionOptions {
                 loops: self.loops.as_ref(),
+                holders: self.name_code,
                 ..SessionOptions::watcher(self.sampler.as_ref())
             };
             match Session::attach(pid, probe, &opts) {
@@ -207,13 +218,13 @@ impl<T> Fleet<T> {
     /// member, then becomes the member's `prev`.
     pub fn end_interval(
         &mut self,
+        probe: &WaitProbe,
         mut counters: HashMap<u32, WaitCounters>,
         mut each: impl FnMut(&mut Member<T>, &Snapshot),
     ) {
         for (pid, m) in self.members.iter_mut() {
-            let cur = m
-                .session
-                .snapshot_with(counters.remove(pid).unwrap_or_default());
+            let waits = counters.remove(pid).unwrap_or_default();
+            let cur = m.session.snapshot_with(waits, probe);
             each(m, &cur);
             m.prev = cur;
         }

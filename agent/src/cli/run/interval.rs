@@ -42,7 +42,7 @@ impl Daemon {
         let mut spans = Vec::new();
         let episodes = &mut self.episodes;
         let clock = &self.clock;
-        self.fleet.end_interval(counters, |m, cur| {
+        self.fleet.end_interval(&self.probe, counters, |m, cur| {
             let pid = m.session.pid();
             let window = temporality.window(&m.first, &m.prev);
             let mut series = series::process_series(&IntervalInput {

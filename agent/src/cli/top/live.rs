@@ -3,7 +3,8 @@
 //! wait probe they share; each refresh ends an interval for every member.
 
 use crate::core::assess::assess;
-use crate::core::report::{Diagnosis, Estimate, ProcessReport, ThreadReport};
+use crate::core::profile::ContentionProfile;
+use crate::core::report::{Diagnosis, Estimate, EventLoopReport, ProcessReport, ThreadReport};
 use crate::error::Result;
 use crate::probes::wait::WaitProbe;
 use crate::watch::discover::Rules;
@@ -19,6 +20,10 @@ pub struct ProcessView {
     pub threads: Vec<ThreadReport>,
     pub diagnosis: Vec<Diagnosis>,
     pub estimate: Estimate,
+    /// The code that held the GIL while others waited (`None`: not captured).
+    pub profile: Option<ContentionProfile>,
+    /// The process's event loops and their lag.
+    pub event_loops: Vec<EventLoopReport>,
 }
 
 /// The watched processes and the probe they share.
@@ -40,6 +45,7 @@ impl LiveSet {
         if let Some(loops) = crate::probes::event_loop::load_or_warn() {
             fleet.watch_loops(loops);
         }
+        fleet.name_code();
         Ok(Self { probe, fleet })
     }
 
@@ -50,7 +56,7 @@ impl LiveSet {
         self.fleet.refresh(&mut self.probe, true);
         let counters = self.fleet.read_counters(&self.probe);
         let mut views = Vec::with_capacity(self.fleet.members().len());
-        self.fleet.end_interval(counters, |m, cur| {
+        self.fleet.end_interval(&self.probe, counters, |m, cur| {
             if !m.session.alive {
                 return;
             }
@@ -64,6 +70,8 @@ impl LiveSet {
                 threads: judged.threads,
                 diagnosis: judged.diagnosis,
                 estimate: judged.estimate,
+                profile: judged.profile,
+                event_loops: judged.event_loops,
             });
         });
         self.fleet.release_gone(&mut self.probe, |_| {});

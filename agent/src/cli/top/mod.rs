@@ -19,6 +19,7 @@ use ratatui::Frame;
 
 use crate::core::report::{Severity, ThreadReport};
 use crate::error::Result;
+mod code;
 pub mod live;
 
 use live::{LiveSet, ProcessView};
@@ -364,6 +365,7 @@ fn draw_detail(frame: &mut Frame, v: &ProcessView, area: Rect) {
         );
         lines.push(Line::from(format!("  {}", d.advice)));
     }
+    lines.extend(code::code_lines(v).into_iter().map(Line::from));
     // Rows the wrapped paragraph needs, plus the border.
     let inner = usize::from(area.width.saturating_sub(2).max(1));
     let wrapped: usize = lines.iter().map(|l| l.width().div_ceil(inner).max(1)).sum();
@@ -527,6 +529,8 @@ mod tests {
                 cpu_demand_cores: 1.0,
                 model: SPEEDUP_MODEL.into(),
             },
+            profile: None,
+            event_loops: vec![],
         }
     }
 

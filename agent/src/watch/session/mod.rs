@@ -475,10 +475,11 @@ impl Session {
     }
 
     /// [`Session::snapshot`] from kernel counters the caller already read
-    /// (the condvar probe's, on musl, are folded in here). Holder stacks are
-    /// not read: a fleet's sessions do not capture them.
-    pub fn snapshot_with(&mut self, waits: WaitCounters) -> Snapshot {
-        self.snapshot_of(waits, HolderStacks::default())
+    /// (the condvar probe's, on musl, are folded in here); the holder stacks,
+    /// where captured, are read from `probe` per process.
+    pub fn snapshot_with(&mut self, waits: WaitCounters, probe: &WaitProbe) -> Snapshot {
+        let holders = self.read_holders(probe);
+        self.snapshot_of(waits, holders)
     }
 
     fn snapshot_of(&mut self, mut waits: WaitCounters, holders: HolderStacks) -> Snapshot {

@@ -146,6 +146,29 @@ fn top_shows_a_serialized_process_and_drills_into_its_threads() {
         if !screen.contains("More threads will not help") {
             return Err(format!("the advice is missing:\n{screen}"));
         }
+        // The code: every worker runs `spin`, so the waits are behind it
+        // (the main thread only joins; 90 % leaves room for a wait behind
+        // the thread start-up code of the first interval).
+        let screen = tmux
+            .wait_for(
+                |s| s.contains("GIL held while others waited"),
+                Duration::from_secs(5),
+            )
+            .map_err(|s| format!("no holder code in the process view:\n{s}"))?;
+        let share = screen
+            .lines()
+            .find(|l| l.contains("GIL held while others waited ("))
+            .and_then(|l| l.split_once("spin (cpu_threads.py:"))
+            .and_then(|(_, rest)| rest.split_once(") ")?.1.split_once('%'))
+            .and_then(|(pct, _)| pct.trim().parse::<f64>().ok());
+        match share {
+            Some(pct) if pct >= 90.0 => {}
+            _ => {
+                return Err(format!(
+                    "spin is not the GIL holder (share {share:?}):\n{screen}"
+                ))
+            }
+        }
         // Back, re-sort, quit.
         tmux.keys("Escape");
         tmux.wait_for(|s| s.contains("TOP WAITER"), Duration::from_secs(5))

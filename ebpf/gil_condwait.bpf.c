@@ -135,6 +135,7 @@ static __always_inline void emit_episode(__u32 tgid, __u32 tid,
 		.holders = cur->holders,
 		.slices = cur->slices,
 		.retake = 0,
+		.holder_stack = cur->holder_stack,
 	};
 	emit_episode_to(&cond_episodes, &cond_episodes_lost, tgid, tid, &w, end);
 }

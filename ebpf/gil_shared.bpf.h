@@ -50,6 +50,7 @@ struct episode_wait {
 	const __u64 *holders;  /* GILSCOPE_EPISODE_HOLDERS long */
 	__u32 slices;
 	__u32 retake;
+	__u64 holder_stack;
 };
 
 /* A long take wait ended at `end`: one record for user space in `ringbuf`; a full
@@ -75,6 +76,7 @@ static __always_inline void emit_episode_to(void *ringbuf, void *lost, __u32 tgi
 		e->holders[i] = w->holders[i];
 	e->slices = w->slices;
 	e->retake = w->retake;
+	e->holder_stack = w->holder_stack;
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 

@@ -45,6 +45,8 @@ struct gil_episode {
 	__u64 holders[GILSCOPE_EPISODE_HOLDERS]; /* PyThreadState*, 0 = unused */
 	__u32 slices;            /* take futex calls (timed-out slices + the last) */
 	__u32 retake;            /* 1: began right after a wake from a non-GIL sleep */
+	__u64 holder_stack;      /* the holder's stack id when the last slice began
+				  * (holder_stack.bpf.h; STACK_NONE: not captured) */
 };
 
 /* GIL wait of one thread while a given thread state held the GIL. */

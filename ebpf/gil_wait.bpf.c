@@ -285,6 +285,7 @@ static __always_inline void emit_episode(__u32 tgid, __u32 tid,
 		.holders = cur->holders,
 		.slices = cur->slices,
 		.retake = cur->retake,
+		.holder_stack = cur->holder_stack,
 	};
 	emit_episode_to(&episodes, &episodes_lost, tgid, tid, &w, end);
 }

@@ -494,6 +494,10 @@ pub struct WaitEpisode {
     pub slices: u32,
     /// The wait began right after a wake from a non-GIL sleep (a retake).
     pub retake: bool,
+    /// The holder's stack when the wait's last slice began (a
+    /// [`crate::core::holders::StackId`]); `None` where holders' stacks are
+    /// not captured.
+    pub holder_stack: Option<u64>,
 }
 
 #[cfg(test)]

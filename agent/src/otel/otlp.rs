@@ -336,7 +336,7 @@ pub fn episode_span(e: &Episode, clock: &Clock) -> Span {
     while span_id == [0; 8] {
         span_id = rand::random();
     }
-    let attributes = vec![
+    let mut attributes = vec![
         attr("thread.id", V::IntValue(i64::from(e.tid))),
         attr("thread.name", V::StringValue(e.thread_name.clone())),
         attr(
@@ -358,6 +358,17 @@ pub fn episode_span(e: &Episode, clock: &Clock) -> Span {
         attr("cpython.gil.wait.slices", V::IntValue(i64::from(e.slices))),
         attr("cpython.gil.retake", V::BoolValue(e.retake)),
     ];
+    // The holder's code, under the semantic conventions' code.* names.
+    if let Some(code) = &e.code {
+        attributes.push(attr(
+            "code.function.name",
+            V::StringValue(code.function.clone()),
+        ));
+        attributes.push(attr("code.file.path", V::StringValue(code.file.clone())));
+        if let Some(line) = code.line {
+            attributes.push(attr("code.line.number", V::IntValue(i64::from(line))));
+        }
+    }
     Span {
         trace_id: trace_id.to_vec(),
         span_id: span_id.to_vec(),
@@ -555,6 +566,12 @@ mod tests {
             slices: 12,
             retake: false,
             records: 1,
+            holder_stack: Some(0x42),
+            code: Some(crate::core::stacks::Frame {
+                function: "Worker.crunch".into(),
+                file: "/srv/app/work.py".into(),
+                line: Some(12),
+            }),
         };
         let res = vec![("service.name".to_string(), "shop".to_string())];
         let rs = resource_spans(&res, &[e.clone(), e], &clock);
@@ -590,6 +607,18 @@ mod tests {
             Some(any_value::Value::ArrayValue(a)) => assert_eq!(a.values.len(), 2),
             other => panic!("holder names {other:?}"),
         }
+        assert_eq!(
+            get("code.function.name"),
+            Some(any_value::Value::StringValue("Worker.crunch".into()))
+        );
+        assert_eq!(
+            get("code.file.path"),
+            Some(any_value::Value::StringValue("/srv/app/work.py".into()))
+        );
+        assert_eq!(
+            get("code.line.number"),
+            Some(any_value::Value::IntValue(12))
+        );
         let batches = batch_spans(vec![rs.clone(), rs.clone(), rs], 3);
         assert_eq!(
             batches.iter().map(|(_, n)| *n).collect::<Vec<_>>(),

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::core::counters::WaitEpisode;
+use crate::core::stacks::Frame;
 
 use crate::otel::catalog::GIL_EPISODES;
 use crate::otel::series::{Point, Value};
@@ -57,6 +58,10 @@ pub struct Episode {
     pub retake: bool,
     /// Kernel records merged into this one.
     pub records: u32,
+    /// The holder's stack id (first record's that has one), named in `code`.
+    pub holder_stack: Option<u64>,
+    /// The code the holder ran when the wait (its last slice) began.
+    pub code: Option<Frame>,
 }
 
 /// What the daemon knows about a watched process's threads, for resolving a record.
@@ -65,6 +70,8 @@ pub trait ThreadLookup {
     fn tid_of_tstate(&self, tstate: u64) -> Option<u32>;
     /// A thread's name for people.
     fn thread_name(&self, tid: u32) -> String;
+    /// The running frame of a captured holder stack, where it was named.
+    fn holder_code(&self, stack: u64) -> Option<Frame>;
 }
 
 /// Whether every holder the record names is the waiter itself.
@@ -127,6 +134,7 @@ pub fn merge(mut episodes: Vec<(u64, Episode)>) -> Vec<Episode> {
                 last.slices += e.slices;
                 last.retake |= e.retake;
                 last.records += e.records;
+                last.holder_stack = last.holder_stack.or(e.holder_stack);
                 for h in e.holders {
                     if !last.holders.iter().any(|(tid, _)| *tid == h.0) {
                         last.holders.push(h);
@@ -203,6 +211,8 @@ impl Episodes {
             slices: record.slices,
             retake: record.retake,
             records: 1,
+            holder_stack: record.holder_stack,
+            code: None,
         };
         let burst = self.settings.rate_per_second.max(1.0);
         let rate = self.settings.rate_per_second;
@@ -230,6 +240,7 @@ impl Episodes {
                 p.counts.exported += 1;
                 let mut e = e;
                 e.thread_name = threads.thread_name(e.tid);
+                e.code = e.holder_stack.and_then(|s| threads.holder_code(s));
                 for (tid, name) in e.holders.iter_mut() {
                     *name = threads.thread_name(*tid);
                 }
@@ -306,6 +317,8 @@ mod tests {
                 slices: 2,
                 retake: false,
                 records: 1,
+                holder_stack: None,
+                code: None,
             },
         )
     }
@@ -368,6 +381,13 @@ mod tests {
         fn thread_name(&self, tid: u32) -> String {
             format!("cpu-{tid}")
         }
+        fn holder_code(&self, stack: u64) -> Option<Frame> {
+            (stack >= 0x10).then(|| Frame {
+                function: format!("f{stack}"),
+                file: "/srv/app.py".into(),
+                line: Some(stack as u32),
+            })
+        }
     }
 
     #[test]
@@ -388,6 +408,7 @@ mod tests {
                 holders: [0x100 * (10 + ((i + 1) % 4)), 0x100 * (10 + (i % 4)), 0x7, 0],
                 slices: 3,
                 retake: false,
+                holder_stack: Some(0x10 + i),
             };
             eps.record(&record, &Names);
         }
@@ -429,6 +450,11 @@ mod tests {
         );
         assert_eq!(kept[0].holders, vec![(11, "cpu-11".to_string())]);
         assert_eq!(kept[0].thread_name, "cpu-10");
+        // The holder's code is named when the interval is taken (stack 0x10).
+        assert_eq!(
+            kept[0].code.as_ref().map(|f| f.function.as_str()),
+            Some("f16")
+        );
         assert_eq!(eps.take(8, &Names).len(), 1);
         let now = Instant::now();
         let points = eps.points(7, Temporality::Delta, now);

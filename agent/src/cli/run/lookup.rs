@@ -2,6 +2,7 @@
 //! watcher's side: `otel` sees neither the watcher nor the target's memory, so
 //! the daemon answers its questions ([`ThreadLookup`]) and hands it plain facts.
 
+use crate::core::stacks::Frame;
 use crate::cpython::find::locate;
 use crate::otel::resource::ProcessFacts;
 use crate::otel::spans::ThreadLookup;
@@ -14,6 +15,9 @@ impl ThreadLookup for Session {
     }
     fn thread_name(&self, tid: u32) -> String {
         Session::thread_name(self, tid)
+    }
+    fn holder_code(&self, stack: u64) -> Option<Frame> {
+        Session::holder_code(self, stack)
     }
 }
 

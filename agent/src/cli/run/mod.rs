@@ -129,6 +129,10 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
     if let Some(loops) = crate::probes::event_loop::load_or_warn() {
         fleet.watch_loops(loops);
     }
+    if settings.spans.is_some() {
+        // The spans name the holder's code (captured on the slow path only).
+        fleet.name_code();
+    }
     let mut daemon = Daemon {
         fleet,
         probe,

@@ -148,6 +148,8 @@ pub struct GilEpisode {
     pub slices: u32,
     /// 1: began right after a wake from a non-GIL sleep.
     pub retake: u32,
+    /// The holder's stack id when the last slice began (`STACK_NONE`: not captured).
+    pub holder_stack: u64,
 }
 
 impl From<GilEpisode> for WaitEpisode {
@@ -161,6 +163,7 @@ impl From<GilEpisode> for WaitEpisode {
             holders: e.holders,
             slices: e.slices,
             retake: e.retake != 0,
+            holder_stack: (e.holder_stack != 0).then_some(e.holder_stack),
         }
     }
 }
@@ -327,7 +330,17 @@ mod tests {
             s,
             "gil_episode",
             GilEpisode,
-            [tgid, tid, start_ns, end_ns, gil_addr, holders, slices, retake]
+            [
+                tgid,
+                tid,
+                start_ns,
+                end_ns,
+                gil_addr,
+                holders,
+                slices,
+                retake,
+                holder_stack
+            ]
         );
     }
 }

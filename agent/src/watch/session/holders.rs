@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use super::attach::OwnProbes;
 use super::Session;
 use crate::core::holders::{HolderStacks, HolderWaits, NamedHolderWait, StackEnd, StackId};
-use crate::core::stacks::Stack;
+use crate::core::stacks::{Frame, Stack};
 use crate::cpython::find::locate::Interpreter;
 use crate::cpython::remote::memory::RemoteMemory;
 use crate::cpython::stacks::StackReader;
@@ -115,6 +115,13 @@ impl Session {
     /// layout is trusted.
     pub(super) fn capture_holders(&mut self, probe: &mut WaitProbe) {
         self.holders = HolderCapture::start(&self.interp, self.mem, probe, &mut self.own);
+    }
+
+    /// The running frame of holder stack `stack`, where it was named (the
+    /// contention spans' code).
+    pub fn holder_code(&self, stack: StackId) -> Option<Frame> {
+        let named = self.holders.as_ref()?.names.get(&stack)?;
+        named.frames.last().cloned()
     }
 
     /// The holder stacks since the capture began (empty without one).

@@ -233,6 +233,25 @@ fn contention_spans_reach_rotel_with_waiter_holders_and_the_process_resource() {
                 failures.push(format!("span {s:?}: {}", bad.join("; ")));
             }
         }
+        // The holder's code: the workers only run `spin`, so a wait is behind
+        // it, named with its file and a line inside it. 90 %: a wait behind a
+        // worker still starting (threading's bootstrap) is behind other code.
+        let in_spin = spans
+            .iter()
+            .filter(|s| {
+                let attr = |k: &str| s.attributes.get(k).map(|v| inner(v).to_string());
+                attr("code.function.name").as_deref() == Some("spin")
+                    && attr("code.file.path").is_some_and(|f| f.ends_with("cpu_threads.py"))
+                    && attr("code.line.number").is_some_and(|l| l.parse::<u32>().is_ok())
+            })
+            .count();
+        if (in_spin as f64) < 0.9 * spans.len() as f64 {
+            failures.push(format!(
+                "{in_spin} of {} spans name spin as the holder's code: {:?}",
+                spans.len(),
+                spans.first()
+            ));
+        }
         // Every episode was sent (the rate was far above the workload's), and
         // the exported-episode counter says as many as rotel received.
         let exported = last(

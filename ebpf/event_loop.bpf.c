@@ -42,6 +42,40 @@ struct {
 	__type(value, __u64);
 } loop_map_full SEC(".maps");
 
+/* Long iterations for user space (spans), and how many found no room. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} long_iterations SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} long_iterations_lost SEC(".maps");
+
+/* Put the record's struct into the object's BTF, for the layout test. */
+const struct long_iteration *long_iteration_btf __attribute__((unused));
+
+/* An iteration of `tid` from `start` to `end` blocked its loop: one record. */
+static __always_inline void emit_long(__u32 tgid, __u32 tid, __u64 start, __u64 end)
+{
+	struct long_iteration *e = bpf_ringbuf_reserve(&long_iterations, sizeof(*e), 0);
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&long_iterations_lost, &zero);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		return;
+	}
+	e->tgid = tgid;
+	e->tid = tid;
+	e->start_ns = start;
+	e->end_ns = end;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
 /* Too large for the BPF stack: the zero value new entries start from. */
 static struct loop_thread zero_thread;
 
@@ -53,7 +87,8 @@ int poll_enter(void *ctx)
 	struct loop_thread *t = bpf_map_lookup_elem(&loop_threads, &tid);
 	if (!t || !t->iteration_start_ns)
 		return 0;
-	__u64 d = bpf_ktime_get_ns() - t->iteration_start_ns;
+	__u64 now = bpf_ktime_get_ns(), start = t->iteration_start_ns;
+	__u64 d = now - start;
 	t->iteration_start_ns = 0;
 	t->iterations++;
 	t->busy_ns += d;
@@ -63,6 +98,7 @@ int poll_enter(void *ctx)
 	if (long_iteration_ns && d >= long_iteration_ns) {
 		t->long_iterations++;
 		t->long_ns += d;
+		emit_long(t->tgid, tid, start, now);
 	}
 	return 0;
 }

@@ -28,4 +28,14 @@ struct loop_thread {
 	__u64 hist[GILSCOPE_HIST_SLOTS]; /* iterations by log2(ns) of their length */
 };
 
+/* One long iteration (at least long_iteration_ns), sent through the
+ * `long_iterations` ring buffer when it ends: the only per-event record of
+ * this probe, and only for iterations that blocked their loop. */
+struct long_iteration {
+	__u32 tgid;
+	__u32 tid;
+	__u64 start_ns;  /* CLOCK_MONOTONIC (bpf_ktime_get_ns): the poll return */
+	__u64 end_ns;    /* the next poll-family call */
+};
+
 #endif

@@ -357,6 +357,18 @@ impl LoopCounters {
     }
 }
 
+/// One event-loop iteration that blocked its loop (at least the probe's
+/// threshold), as the kernel recorded it when it ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LongIteration {
+    /// The process and the loop thread.
+    pub tgid: u32,
+    pub tid: u32,
+    /// CLOCK_MONOTONIC ns: the poll return that began it, the next poll call.
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
 /// The kernel maps that can run full: the futex probe's per-thread, per-GIL
 /// and holder-stack maps, then their counterparts of musl's condvar probe (the
 /// same number, in the same order), then the event-loop probe's per-thread
@@ -495,7 +507,7 @@ pub struct WaitEpisode {
     /// The wait began right after a wake from a non-GIL sleep (a retake).
     pub retake: bool,
     /// The holder's stack when the wait's last slice began (a
-    /// [`crate::core::holders::StackId`]); `None` where holders' stacks are
+    /// holder stack id, as the holders module counts waits by); `None` where holders' stacks are
     /// not captured.
     pub holder_stack: Option<u64>,
 }

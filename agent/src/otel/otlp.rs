@@ -28,7 +28,7 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, Scope
 
 use crate::otel::catalog::{wait_bounds_s, Kind, MetricDef};
 use crate::otel::series::{Point, ProcessSeries, Value};
-use crate::otel::spans::Episode;
+use crate::otel::spans::{Episode, LoopIterationSpan};
 use crate::otel::Temporality;
 
 /// How requests are shaped. Every series and every sample is sent either way;
@@ -323,19 +323,52 @@ fn array(values: impl Iterator<Item = any_value::Value>) -> any_value::Value {
 /// Name of every contention span: one GIL wait of one thread.
 pub const SPAN_NAME: &str = "gil.wait";
 
-/// One episode as a span: its own trace (an episode has no caller to join),
-/// kind INTERNAL, the waiter and holders as attributes.
-pub fn episode_span(e: &Episode, clock: &Clock) -> Span {
-    use any_value::Value as V;
+/// Name of the span of an event-loop iteration that blocked its loop.
+pub const LOOP_SPAN_NAME: &str = "event_loop.iteration";
+
+/// A fresh (trace id, span id) pair: never all zero (invalid in OTLP); with
+/// 128/64 random bits a repeat never happens in practice.
+fn new_ids() -> (Vec<u8>, Vec<u8>) {
     let mut trace_id = [0u8; 16];
     let mut span_id = [0u8; 8];
-    // All-zero ids are invalid; with 128/64 random bits that never repeats in practice.
     while trace_id == [0; 16] {
         trace_id = rand::random();
     }
     while span_id == [0; 8] {
         span_id = rand::random();
     }
+    (trace_id.to_vec(), span_id.to_vec())
+}
+
+/// One long loop iteration as a span: its own trace, kind INTERNAL, the loop
+/// thread and the iteration's length as attributes.
+pub fn loop_iteration_span(l: &LoopIterationSpan, clock: &Clock) -> Span {
+    use any_value::Value as V;
+    let (trace_id, span_id) = new_ids();
+    Span {
+        trace_id,
+        span_id,
+        name: LOOP_SPAN_NAME.to_string(),
+        kind: SpanKind::Internal as i32,
+        start_time_unix_nano: clock.unix_ns_of_monotonic(l.start_ns),
+        end_time_unix_nano: clock.unix_ns_of_monotonic(l.end_ns),
+        attributes: vec![
+            attr("thread.id", V::IntValue(i64::from(l.tid))),
+            attr("thread.name", V::StringValue(l.thread_name.clone())),
+            attr(
+                "cpython.event_loop.iteration.time",
+                V::DoubleValue(l.end_ns.saturating_sub(l.start_ns) as f64 / 1e9),
+            ),
+        ],
+        ..Span::default()
+    }
+}
+
+/// One episode as a span: its own trace (an episode has no caller to join),
+/// kind INTERNAL, the waiter and holders as attributes.
+pub fn episode_span(e: &Episode, clock: &Clock) -> Span {
+    use any_value::Value as V;
+    let (trace_id, span_id) = new_ids();
     let mut attributes = vec![
         attr("thread.id", V::IntValue(i64::from(e.tid))),
         attr("thread.name", V::StringValue(e.thread_name.clone())),
@@ -370,8 +403,8 @@ pub fn episode_span(e: &Episode, clock: &Clock) -> Span {
         }
     }
     Span {
-        trace_id: trace_id.to_vec(),
-        span_id: span_id.to_vec(),
+        trace_id,
+        span_id,
         name: SPAN_NAME.to_string(),
         kind: SpanKind::Internal as i32,
         start_time_unix_nano: clock.unix_ns_of_monotonic(e.start_ns),
@@ -385,6 +418,7 @@ pub fn episode_span(e: &Episode, clock: &Clock) -> Span {
 pub fn resource_spans(
     resource: &[(String, String)],
     episodes: &[Episode],
+    loops: &[LoopIterationSpan],
     clock: &Clock,
 ) -> ResourceSpans {
     ResourceSpans {
@@ -394,7 +428,11 @@ pub fn resource_spans(
         }),
         scope_spans: vec![ScopeSpans {
             scope: Some(scope()),
-            spans: episodes.iter().map(|e| episode_span(e, clock)).collect(),
+            spans: episodes
+                .iter()
+                .map(|e| episode_span(e, clock))
+                .chain(loops.iter().map(|l| loop_iteration_span(l, clock)))
+                .collect(),
             ..ScopeSpans::default()
         }],
         ..ResourceSpans::default()
@@ -574,9 +612,25 @@ mod tests {
             }),
         };
         let res = vec![("service.name".to_string(), "shop".to_string())];
-        let rs = resource_spans(&res, &[e.clone(), e], &clock);
+        let blocked = LoopIterationSpan {
+            pid: 42,
+            tid: 100,
+            thread_name: "MainThread".into(),
+            start_ns: mono - 70_000_000,
+            end_ns: mono - 30_000_000,
+        };
+        let rs = resource_spans(&res, &[e.clone(), e], &[blocked], &clock);
         let spans = &rs.scope_spans[0].spans;
-        assert_eq!(spans.len(), 2);
+        assert_eq!(spans.len(), 3);
+        let l = &spans[2];
+        assert_eq!(l.name, "event_loop.iteration");
+        assert_eq!(l.end_time_unix_nano - l.start_time_unix_nano, 40_000_000);
+        assert!(l
+            .attributes
+            .iter()
+            .any(|a| a.key == "cpython.event_loop.iteration.time"
+                && a.value.as_ref().and_then(|v| v.value.clone())
+                    == Some(any_value::Value::DoubleValue(0.04))));
         let s = &spans[0];
         assert_eq!(
             (s.name.as_str(), s.kind),
@@ -622,7 +676,7 @@ mod tests {
         let batches = batch_spans(vec![rs.clone(), rs.clone(), rs], 3);
         assert_eq!(
             batches.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
-            vec![2, 2, 2]
+            vec![3, 3, 3]
         );
     }
 

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::core::counters::WaitEpisode;
+use crate::core::counters::{LongIteration, WaitEpisode};
 use crate::core::stacks::Frame;
 
 use crate::otel::catalog::GIL_EPISODES;
@@ -62,6 +62,18 @@ pub struct Episode {
     pub holder_stack: Option<u64>,
     /// The code the holder ran when the wait (its last slice) began.
     pub code: Option<Frame>,
+}
+
+/// One event-loop iteration that blocked its loop, resolved: what its span says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopIterationSpan {
+    pub pid: u32,
+    /// The loop thread and its name.
+    pub tid: u32,
+    pub thread_name: String,
+    /// CLOCK_MONOTONIC ns: the poll return that began it, the next poll call.
+    pub start_ns: u64,
+    pub end_ns: u64,
 }
 
 /// What the daemon knows about a watched process's threads, for resolving a record.
@@ -161,6 +173,8 @@ pub struct EpisodeCounts {
 struct ProcessEpisodes {
     /// (GIL address, episode) as recorded, not yet merged.
     pending: Vec<(u64, Episode)>,
+    /// Long event-loop iterations as recorded (they share the rate limit).
+    pending_loops: Vec<LongIteration>,
     bucket: TokenBucket,
     counts: EpisodeCounts,
     /// Counts at the previous interval (delta temporality).
@@ -214,18 +228,54 @@ impl Episodes {
             holder_stack: record.holder_stack,
             code: None,
         };
+        self.process(record.tgid)
+            .pending
+            .push((record.gil_addr, episode));
+    }
+
+    /// Keeps one long event-loop iteration of process `it.tgid` for the interval.
+    pub fn record_long_iteration(&mut self, it: &LongIteration) {
+        self.process(it.tgid).pending_loops.push(*it);
+    }
+
+    /// The interval's long iterations of `pid` that pass its rate limit (the
+    /// same bucket as its GIL episodes), in end order, threads named.
+    pub fn take_long_iterations(
+        &mut self,
+        pid: u32,
+        threads: &dyn ThreadLookup,
+    ) -> Vec<LoopIterationSpan> {
+        let Some(p) = self.processes.get_mut(&pid) else {
+            return Vec::new();
+        };
+        let mut pending = std::mem::take(&mut p.pending_loops);
+        pending.sort_by_key(|it| it.end_ns);
+        pending
+            .into_iter()
+            .filter(|it| p.bucket.admit(it.end_ns))
+            .map(|it| LoopIterationSpan {
+                pid,
+                tid: it.tid,
+                thread_name: threads.thread_name(it.tid),
+                start_ns: it.start_ns,
+                end_ns: it.end_ns,
+            })
+            .collect()
+    }
+
+    /// The episodes of process `pid`, made on first use.
+    fn process(&mut self, pid: u32) -> &mut ProcessEpisodes {
         let burst = self.settings.rate_per_second.max(1.0);
         let rate = self.settings.rate_per_second;
         self.processes
-            .entry(record.tgid)
+            .entry(pid)
             .or_insert_with(|| ProcessEpisodes {
                 pending: Vec::new(),
+                pending_loops: Vec::new(),
                 bucket: TokenBucket::new(rate, burst),
                 counts: EpisodeCounts::default(),
                 reported: EpisodeCounts::default(),
             })
-            .pending
-            .push((record.gil_addr, episode));
     }
 
     /// The interval's episodes of `pid` that pass its rate limit (merged, in end
@@ -456,6 +506,22 @@ mod tests {
             Some("f16")
         );
         assert_eq!(eps.take(8, &Names).len(), 1);
+        // Long loop iterations share the bucket: 2.06 s took the last token, so
+        // of three ending at 2.1-2.3 s none passes, and one at 3.2 s does.
+        for end_ms in [2100, 2200, 2300, 3200] {
+            eps.record_long_iteration(&LongIteration {
+                tgid: 7,
+                tid: 10,
+                start_ns: (end_ms - 40) * MS,
+                end_ns: end_ms * MS,
+            });
+        }
+        let loops = eps.take_long_iterations(7, &Names);
+        assert_eq!(loops.len(), 1, "{loops:?}");
+        assert_eq!(
+            (loops[0].end_ns / MS, loops[0].thread_name.as_str()),
+            (3200, "cpu-10")
+        );
         let now = Instant::now();
         let points = eps.points(7, Temporality::Delta, now);
         assert_eq!(points.len(), 2);

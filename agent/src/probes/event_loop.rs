@@ -17,12 +17,12 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 
-use crate::core::counters::{EntriesDropped, KernelMap, LoopCounters, LoopThread};
+use crate::core::counters::{EntriesDropped, KernelMap, LongIteration, LoopCounters, LoopThread};
 use crate::core::event_loop::LONG_ITERATION_NS;
 use crate::cpython::find::poll::PollFunction;
 use crate::error::{Error, Result};
@@ -57,6 +57,9 @@ struct Loaded {
     threads: BpfHashMap<MapData, u32, k::LoopThread>,
     /// Failed inserts into `threads` (slot 0).
     full: Array<MapData, u64>,
+    /// Long iterations as they end, and those the buffer had no room for.
+    long: RingBuf<MapData>,
+    long_lost: Array<MapData, u64>,
     /// The uprobes of each watched process: (program, link).
     links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
@@ -78,6 +81,8 @@ impl LoopProbe {
         let loaded = Loaded {
             threads: take_map(&mut ebpf, OBJECT, KernelMap::LoopThreads.name())?,
             full: take_map(&mut ebpf, OBJECT, "loop_map_full")?,
+            long: take_map(&mut ebpf, OBJECT, "long_iterations")?,
+            long_lost: take_map(&mut ebpf, OBJECT, "long_iterations_lost")?,
             links: HashMap::new(),
             ebpf,
         };
@@ -175,6 +180,28 @@ impl LoopProbe {
                 .collect(),
             code: Default::default(),
         }
+    }
+
+    /// Takes the long iterations recorded since the last call (every watched
+    /// process's; the caller sorts them out by `tgid`).
+    pub fn drain_long_iterations(&self, out: &mut Vec<LongIteration>) {
+        let mut loaded = self.lock();
+        while let Some(item) = loaded.long.next() {
+            if item.len() >= std::mem::size_of::<k::LongIterationRecord>() {
+                // SAFETY: LongIterationRecord is repr(C) Pod (any bit pattern is
+                // valid) and the item holds at least its size; read_unaligned
+                // makes no assumption about the item's alignment.
+                let record = unsafe {
+                    std::ptr::read_unaligned(item.as_ptr().cast::<k::LongIterationRecord>())
+                };
+                out.push(record.into());
+            }
+        }
+    }
+
+    /// Long iterations lost to a full ring buffer (cumulative since load).
+    pub fn long_iterations_lost(&self) -> u64 {
+        self.lock().long_lost.get(&0, 0).unwrap_or(0)
     }
 
     /// Inserts the kernel could not make because `loop_threads` was full

@@ -57,8 +57,10 @@ impl Daemon {
             });
             if let Some(episodes) = episodes.as_mut() {
                 let kept = episodes.take(pid, &m.session);
-                if !kept.is_empty() {
-                    spans.push(otlp::resource_spans(&m.extra.resource, &kept, clock));
+                let loops = episodes.take_long_iterations(pid, &m.session);
+                if !kept.is_empty() || !loops.is_empty() {
+                    let resource = &m.extra.resource;
+                    spans.push(otlp::resource_spans(resource, &kept, &loops, clock));
                 }
                 series
                     .points

@@ -25,7 +25,7 @@ pub mod telemetry;
 use std::time::{Duration, Instant};
 
 use crate::cli::settings::Settings;
-use crate::core::counters::WaitEpisode;
+use crate::core::counters::{LongIteration, WaitEpisode};
 use crate::error::RunError;
 use crate::otel::export::{budget, hold, Exporter};
 use crate::otel::otlp::Clock;
@@ -62,6 +62,8 @@ struct Daemon {
     episodes: Option<spans::Episodes>,
     /// Reused buffer for draining the kernel's episode records.
     episode_buf: Vec<WaitEpisode>,
+    /// Reused buffer for the event-loop probe's long iterations.
+    loop_buf: Vec<LongIteration>,
     /// Episodes lost by the per-process (musl) probes of released processes,
     /// so the lost counter never goes down when one is released.
     released_episodes_lost: u64,
@@ -146,6 +148,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         endpoints,
         episodes: settings.spans.map(spans::Episodes::new),
         episode_buf: Vec::new(),
+        loop_buf: Vec::new(),
         released_episodes_lost: 0,
         full: full::FullMaps::default(),
         settings,
@@ -239,6 +242,15 @@ impl Daemon {
         for record in &self.episode_buf {
             if let Some(m) = self.fleet.members().get(&record.tgid) {
                 episodes.record(record, &m.session);
+            }
+        }
+        if let Some(loops) = self.fleet.loops() {
+            self.loop_buf.clear();
+            loops.drain_long_iterations(&mut self.loop_buf);
+            for it in &self.loop_buf {
+                if self.fleet.members().contains_key(&it.tgid) {
+                    episodes.record_long_iteration(it);
+                }
             }
         }
     }

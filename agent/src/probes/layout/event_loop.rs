@@ -40,6 +40,27 @@ impl From<LoopThread> for counters::LoopThread {
     }
 }
 
+/// One long iteration (ring buffer `long_iterations`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LongIterationRecord {
+    pub tgid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+impl From<LongIterationRecord> for counters::LongIteration {
+    fn from(r: LongIterationRecord) -> Self {
+        Self {
+            tgid: r.tgid,
+            tid: r.tid,
+            start_ns: r.start_ns,
+            end_ns: r.end_ns,
+        }
+    }
+}
+
 // SAFETY: repr(C), Copy, integers only: every bit pattern is valid, no pointers.
 unsafe impl aya::Pod for LoopThread {}
 
@@ -68,6 +89,12 @@ mod tests {
                 iteration_start_ns,
                 hist
             ]
+        );
+        assert_layout!(
+            s,
+            "long_iteration",
+            LongIterationRecord,
+            [tgid, tid, start_ns, end_ns]
         );
     }
 

@@ -17,7 +17,7 @@ pub mod gil_shared;
 pub mod gil_wait;
 pub mod lock_park;
 
-pub use event_loop::LoopThread;
+pub use event_loop::{LongIterationRecord, LoopThread};
 pub use gil_condwait::{CondwaitInflight, CondwaitTarget, CondwaitWaits};
 pub use gil_precise::PreciseGil;
 pub use gil_shared::{

@@ -423,3 +423,66 @@ fn rotel_span_blocks_parse() {
     );
     assert_eq!(spans[1].attributes.len(), 0);
 }
+
+/// A loop whose every handler runs 30 ms of CPU inline (inline_cpu_loop.py,
+/// one thread): each such iteration is one `event_loop.iteration` span of the
+/// loop thread, at least 30 ms long (the handler's spin is timed by the clock)
+/// and under 100 ms (one handler an iteration; the rest is preemption on a
+/// 2-core machine, tens of ms at worst).
+#[test]
+fn iterations_that_block_a_loop_become_spans() {
+    if !can_use_bpf() {
+        return;
+    }
+    let (Some((rotel, vm)), Some(python)) = (receivers(), pyenv_python311()) else {
+        return;
+    };
+    let _machine = serial();
+    let failures = twice_on_noise("loop spans via rotel", || {
+        let tag = unique_tag("loopspans");
+        let (_vm, vm_port) = start_vm(&vm, &tag);
+        let (_rotel, grpc, rotel_log) = start_rotel(&rotel, vm_port, &tag);
+        let service = format!("gil-loop-{tag}");
+        let work = Running(
+            std::process::Command::new(&python)
+                .args([&workload("inline_cpu_loop.py"), "10", "asyncio", "30", &tag])
+                .env("OTEL_SERVICE_NAME", &service)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start inline_cpu_loop.py"),
+        );
+        let pid = work.0.id();
+        let stderr = run_ok_for(
+            daemon()
+                .args(["--endpoint", &format!("http://127.0.0.1:{grpc}")])
+                .args(["--include-cmdline", &tag, "--span-rate", "1000"]),
+            7,
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let spans: Vec<SeenSpan> = spans_of(&rotel_log, &service)
+            .into_iter()
+            .filter(|s| s.name == "event_loop.iteration")
+            .collect();
+        eprintln!("loop spans: {} at rotel", spans.len());
+        let mut failures = Vec::new();
+        if spans.len() < 20 {
+            failures.push(format!(
+                "{} loop spans at rotel, expected dozens",
+                spans.len()
+            ));
+        }
+        for s in &spans {
+            let attr = |k: &str| s.attributes.get(k).map(|v| inner(v).to_string());
+            let tid: Option<u32> = attr("thread.id").and_then(|v| v.parse().ok());
+            let len: f64 = attr("cpython.event_loop.iteration.time")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            if tid != Some(pid) || !(0.030..0.100).contains(&len) {
+                failures.push(format!("loop span {s:?}: tid {tid:?}, {len} s"));
+            }
+        }
+        with_daemon_log(failures, &stderr)
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -36,6 +36,8 @@ pub struct CheckOptions {
     pub duration: Option<Duration>,
     pub precise: bool,
     pub sample_hz: u32,
+    /// Measure event-loop lag (uprobes on the process's poll functions).
+    pub event_loops: bool,
     pub child_stdout: ChildStdout,
     /// Show elapsed/duration on stderr while measuring (when stderr is a terminal).
     pub progress: bool,
@@ -112,7 +114,10 @@ fn ending(
 pub fn run(opts: &CheckOptions) -> Result<Report> {
     signals::catch_stop_signals();
     let mut probe = WaitProbe::load()?;
-    let loops = crate::probes::event_loop::load_or_warn();
+    let loops = opts
+        .event_loops
+        .then(crate::probes::event_loop::load_or_warn)
+        .flatten();
     let session_opts = SessionOptions {
         sampling: Sampling::Own(opts.sample_hz),
         precise: opts.precise,

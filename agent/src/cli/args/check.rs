@@ -47,6 +47,10 @@ pub struct CheckArgs {
     /// GIL state samples per second (hold share, utilization).
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(10..=10_000))]
     sample_hz: u32,
+    /// Do not measure event-loop lag (its uprobes on the poll functions cost a
+    /// busy loop about 14 µs per poll call; see BENCHMARKS.md).
+    #[arg(long)]
+    no_event_loops: bool,
     /// The command to start and measure, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -70,6 +74,7 @@ impl CheckArgs {
             duration,
             precise: self.precise,
             sample_hz: self.sample_hz,
+            event_loops: !self.no_event_loops,
             progress: std::io::stderr().is_terminal(),
             child_stdout: if self.json && self.output.is_none() {
                 ChildStdout::ToStderr

@@ -26,6 +26,10 @@ pub struct TopArgs {
     /// GIL state samples per second per process.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(10..=1000))]
     sample_hz: u32,
+    /// Also measure event-loop lag: uprobes on every watched process's poll
+    /// functions, which cost a busy loop about 14 µs per poll call (BENCHMARKS.md).
+    #[arg(long)]
+    event_loops: bool,
     /// Print this many plain-text frames to stdout instead of the interactive view.
     #[arg(long, value_name = "FRAMES")]
     batch: Option<u64>,
@@ -43,6 +47,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<ExitCode> {
         pids: (!args.pid.is_empty()).then(|| args.pid.clone()),
         interval: args.interval,
         sample_hz: args.sample_hz,
+        event_loops: args.event_loops,
         batch: args.batch,
     };
     match top::run(&opts) {

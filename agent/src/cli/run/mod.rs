@@ -128,8 +128,10 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         Scope::Host(settings.rules.clone()),
         Some(settings.sample_hz),
     );
-    if let Some(loops) = crate::probes::event_loop::load_or_warn() {
-        fleet.watch_loops(loops);
+    if settings.event_loops {
+        if let Some(loops) = crate::probes::event_loop::load_or_warn() {
+            fleet.watch_loops(loops);
+        }
     }
     if settings.spans.is_some() {
         // The spans name the holder's code (captured on the slow path only).

@@ -39,6 +39,7 @@ pub fn settings(l: &Layers, env: &dyn Fn(&str) -> Option<String>) -> Result<Sett
         interval: l.value(&INTERVAL)?,
         poll: l.value(&POLL)?,
         sample_hz: l.value(&SAMPLE_HZ)?,
+        event_loops: l.get(&EVENT_LOOPS)?.unwrap_or(false),
         thread_capacity: l.get(&THREAD_CAPACITY)?,
         rules: rules(l)?,
         per_thread,

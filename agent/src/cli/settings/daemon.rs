@@ -19,6 +19,8 @@ pub struct Settings {
     pub interval: Duration,
     pub poll: Duration,
     pub sample_hz: u32,
+    /// Measure event-loop lag (uprobes on every watched process's poll functions).
+    pub event_loops: bool,
     /// Size of the kernel's per-thread maps (`None`: the built-in 65,536), see
     /// [`WaitProbe::load_with_capacity`](crate::probes::wait::WaitProbe::load_with_capacity).
     pub thread_capacity: Option<u32>,

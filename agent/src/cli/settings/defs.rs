@@ -18,6 +18,7 @@ pub static ALL: &[&dyn Definition] = &[
     &INTERVAL,
     &POLL,
     &SAMPLE_HZ,
+    &EVENT_LOOPS,
     &THREAD_CAPACITY,
     &LISTEN,
     &SUMMARY,
@@ -89,6 +90,16 @@ pub static SAMPLE_HZ: Setting<u32> = Setting::new("sample_hz", parse::sample_hz)
     .key("sample_hz")
     .default(Value("10"))
     .help("GIL state samples per second per process (1-1000).");
+
+pub static EVENT_LOOPS: Setting<bool> = Setting::new("event_loops", parse::boolean)
+    .switch("event-loops", "true")
+    .key("event_loops")
+    .default(Unset("false"))
+    .help(
+        "Measure event-loop lag (event_loop_blocked, the loop-lag series and spans): \
+         uprobes on every watched process's poll functions, about 14 µs per poll call of \
+         a busy loop (BENCHMARKS.md).",
+    );
 
 pub static THREAD_CAPACITY: Setting<u32> = Setting::new("thread_capacity", parse::thread_capacity)
     .flag("thread-capacity", "THREADS")

@@ -35,15 +35,17 @@ pub struct LiveSet {
 impl LiveSet {
     /// Loads the wait probe and the event-loop probe. `only`: watch just these pids (`--pid`), else every
     /// CPython process on the host.
-    pub fn new(only: Option<Vec<u32>>, sample_hz: u32) -> Result<Self> {
+    pub fn new(only: Option<Vec<u32>>, sample_hz: u32, event_loops: bool) -> Result<Self> {
         let scope = match only {
             Some(pids) => Scope::Pids(pids),
             None => Scope::Host(Rules::all()),
         };
         let probe = WaitProbe::load()?;
         let mut fleet = Fleet::new(scope, Some(sample_hz));
-        if let Some(loops) = crate::probes::event_loop::load_or_warn() {
-            fleet.watch_loops(loops);
+        if event_loops {
+            if let Some(loops) = crate::probes::event_loop::load_or_warn() {
+                fleet.watch_loops(loops);
+            }
         }
         fleet.name_code();
         Ok(Self { probe, fleet })

@@ -440,13 +440,15 @@ pub struct TopOptions {
     pub pids: Option<Vec<u32>>,
     pub interval: Duration,
     pub sample_hz: u32,
+    /// Measure event-loop lag (`--event-loops`).
+    pub event_loops: bool,
     /// Print this many text frames instead of the interactive view.
     pub batch: Option<u64>,
 }
 
 /// Runs the live view until `q` (or `batch` frames are printed).
 pub fn run(opts: &TopOptions) -> Result<()> {
-    let mut live = LiveSet::new(opts.pids.clone(), opts.sample_hz)?;
+    let mut live = LiveSet::new(opts.pids.clone(), opts.sample_hz, opts.event_loops)?;
     let mut app = App::new();
     // The first interval starts now; reports come one interval later.
     live.refresh();

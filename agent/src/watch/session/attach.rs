@@ -7,6 +7,7 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use super::holders::HolderCapture;
 use super::{NameRefresh, Session};
 use crate::core::report::{InterpreterInfo, PreciseProbes, ProbeSite};
 use crate::core::samples::GilSamples;
@@ -243,13 +244,18 @@ impl Session {
         let mut own = OwnProbes::attach(&interp, probe, opts)?;
         let cpu_start = sample_threads(pid)?;
         let gils = locate::all_gils(&mem, &gil, MAX_GILS);
+        // Capturing before the waits are counted: every wait has its holder's stack.
+        let holders = opts
+            .holders
+            .then(|| HolderCapture::start(&interp, mem, probe, &mut own))
+            .flatten();
         probe.watch(pid, &gils, &gil.layout)?;
         if let Some(c) = own.condwait.as_mut() {
             c.watch(pid, &gils, &gil.layout)?;
         }
         let mut session = Session::new(interp, gil, own, cpu_start, gils, opts);
+        session.holders = holders;
         if opts.holders {
-            session.capture_holders(probe);
             session.name_loop_code();
         }
         Ok(session)
@@ -265,12 +271,19 @@ impl Session {
     ) -> Result<(Self, Child)> {
         let mut own = None;
         let mut static_gil = None;
+        let mut holders = None;
         let launched = launch::launch(argv, stdout, |interp| {
+            let mut attached = OwnProbes::attach(interp, probe, opts)?;
             if let Some(site) = interp.static_gil() {
+                // Waits are counted from the first instruction: capture from it too.
+                if opts.holders {
+                    let mem = RemoteMemory::new(interp.pid);
+                    holders = HolderCapture::start(interp, mem, probe, &mut attached);
+                }
                 probe.watch(interp.pid, &[site.addr], &site.layout)?;
                 static_gil = Some(site);
             }
-            own = Some(OwnProbes::attach(interp, probe, opts)?);
+            own = Some(attached);
             Ok(())
         })?;
         let interp = launched.interpreter;
@@ -286,6 +299,9 @@ impl Session {
                 return Err(e);
             }
         };
+        if opts.holders && holders.is_none() {
+            holders = HolderCapture::start(&interp, mem, probe, &mut own);
+        }
         if static_gil != Some(gil) {
             probe.watch(interp.pid, &[gil.addr], &gil.layout)?;
         }
@@ -293,8 +309,8 @@ impl Session {
             c.watch(interp.pid, &[gil.addr], &gil.layout)?;
         }
         let mut session = Session::new(interp, gil, own, Default::default(), vec![gil.addr], opts);
+        session.holders = holders;
         if opts.holders {
-            session.capture_holders(probe);
             session.name_loop_code();
         }
         Ok((session, child))

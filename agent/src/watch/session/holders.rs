@@ -110,13 +110,6 @@ impl HolderCapture {
 }
 
 impl Session {
-    /// Has the wait probes capture the GIL holder's Python stack when each
-    /// wait begins ([`super::SessionOptions::holders`]), where the process's frame
-    /// layout is trusted.
-    pub(super) fn capture_holders(&mut self, probe: &mut WaitProbe) {
-        self.holders = HolderCapture::start(&self.interp, self.mem, probe, &mut self.own);
-    }
-
     /// The running frame of holder stack `stack`, where it was named (the
     /// contention spans' code).
     pub fn holder_code(&self, stack: StackId) -> Option<Frame> {

@@ -212,9 +212,8 @@ impl Session {
             return;
         }
         self.sample_long_iterations();
-        // Name new holder stacks while the process lives (a command that
-        // exits is read for the last time after it is gone).
-        self.read_holders(probe);
+        self.read_holders(probe); // named while alive: a command exits before its last read
+
         if let Ok(counters) = self.read_waits(probe) {
             self.learn_holders(&counters);
             if self.retiring {

@@ -252,7 +252,8 @@ fn probe_and_scrape(python: &Path) -> Vec<String> {
     let port = free_port();
     let log = scratch(&marker).join("gilscope.log");
     let started = Instant::now();
-    let _daemon = listening_daemon(port, &marker, 12, &log, &[]);
+    // With the event-loop probe, whose map-full counter is listed too.
+    let _daemon = listening_daemon(port, &marker, 12, &log, &["--event-loops"]);
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut failures = Vec::new();
 

@@ -456,7 +456,8 @@ fn iterations_that_block_a_loop_become_spans() {
         let stderr = run_ok_for(
             daemon()
                 .args(["--endpoint", &format!("http://127.0.0.1:{grpc}")])
-                .args(["--include-cmdline", &tag, "--span-rate", "1000"]),
+                .args(["--include-cmdline", &tag, "--span-rate", "1000"])
+                .arg("--event-loops"),
             7,
         );
         std::thread::sleep(Duration::from_secs(2));

@@ -268,20 +268,29 @@ fn picture_failures(label: &str, p: &Value, svg: &Path, pprof: &Path) -> Vec<Str
     failures
 }
 
-/// pyenv 3.12, Debian's static stripped 3.11 and musl's 3.13: one of each
-/// way the frame walk is found (table with symbols, table without, debug
-/// offsets) and both wait probes.
+/// pyenv 3.8, 3.10, 3.12 and 3.13, Debian's static stripped 3.11 and sid's
+/// 3.14, musl's 3.13: each frame layout (3.8-3.10 frame objects, 3.11+
+/// interpreter frames, 3.12+ entry shims, 3.14's tagged references), each way
+/// the frame walk is found (table with symbols, table without, debug offsets)
+/// and both wait probes.
 fn builds() -> Vec<(String, PathBuf)> {
-    let pyenv312 = pyenv_matrix()
-        .into_iter()
-        .find(|(line, _, _)| line == "3.12")
-        .map(|(_, python, _)| python);
-    if pyenv312.is_none() {
-        missing("pyenv CPython 3.12 is not installed");
-    }
+    let pyenv = |want: &str| {
+        let found = pyenv_matrix()
+            .into_iter()
+            .find(|(line, _, _)| line == want)
+            .map(|(_, python, _)| python);
+        if found.is_none() {
+            missing(&format!("pyenv CPython {want} is not installed"));
+        }
+        found
+    };
     [
-        ("pyenv 3.12", pyenv312),
+        ("pyenv 3.8", pyenv("3.8")),
+        ("pyenv 3.10", pyenv("3.10")),
+        ("pyenv 3.12", pyenv("3.12")),
+        ("pyenv 3.13", pyenv("3.13")),
         ("Debian 3.11 (static, stripped)", debian_python311()),
+        ("Debian 3.14", debian_python314()),
         ("musl 3.13", built_cpython("3.13-musl")),
     ]
     .into_iter()

@@ -224,30 +224,40 @@ fn serialized_threads(f: &Facts) -> Option<Diagnosis> {
 /// Holder functions a diagnosis names at most.
 const NAMED_HOLDERS: usize = 3;
 
-/// "; the GIL was held by f (file:line, 52% of the wait), g (…)" from the
-/// contention profile's top functions; empty without a profile.
+/// "; while others waited the GIL was held by f (file:line, 52% of the
+/// wait), g (…)" from the contention profile's top functions; empty without a
+/// profile.
 fn holder_code(f: &Facts) -> String {
-    let named: Vec<String> = f
+    let top = f
         .profile
         .into_iter()
         .flat_map(|p| p.top_functions(NAMED_HOLDERS))
-        .map(|h| {
-            let line = h.line.map(|l| format!(":{l}")).unwrap_or_default();
-            let file = h.file.rsplit('/').next().unwrap_or(&h.file);
-            format!(
-                "{} ({file}{line}, {:.0}% of the wait)",
-                h.function,
-                h.share * 100.0
-            )
+        .map(|h| (h.function.as_str(), h.file.as_str(), h.line, h.share));
+    named_code(
+        "; while others waited the GIL was held by",
+        top,
+        "of the wait",
+    )
+}
+
+/// `lead` and "f (file:line, 52% `of`), g (…)" for code rows (function,
+/// file, line, share), the file by its last component; empty without rows.
+fn named_code<'a>(
+    lead: &str,
+    rows: impl Iterator<Item = (&'a str, &'a str, Option<u32>, f64)>,
+    of: &str,
+) -> String {
+    let named: Vec<String> = rows
+        .map(|(function, file, line, share)| {
+            let line = line.map(|l| format!(":{l}")).unwrap_or_default();
+            let file = file.rsplit('/').next().unwrap_or(file);
+            format!("{function} ({file}{line}, {:.0}% {of})", share * 100.0)
         })
         .collect();
     if named.is_empty() {
         String::new()
     } else {
-        format!(
-            "; while others waited the GIL was held by {}",
-            named.join(", ")
-        )
+        format!("{lead} {}", named.join(", "))
     }
 }
 
@@ -354,28 +364,16 @@ fn event_loop_blocked(f: &Facts) -> Option<Diagnosis> {
     })
 }
 
-/// "; running mostly f (file:line, 80% of the samples), g (…)": the code the
-/// loop thread ran during its long iterations, where it was sampled.
+/// "; during long iterations it ran f (file:line, 80% of the samples), g
+/// (…)": the code the loop thread ran during its long iterations, where it
+/// was sampled.
 fn loop_code(lp: &EventLoopReport) -> String {
-    let named: Vec<String> = lp
+    let top = lp
         .functions
         .iter()
         .take(NAMED_HOLDERS)
-        .map(|f| {
-            let line = f.line.map(|l| format!(":{l}")).unwrap_or_default();
-            let file = f.file.rsplit('/').next().unwrap_or(&f.file);
-            format!(
-                "{} ({file}{line}, {:.0}% of the samples)",
-                f.function,
-                f.share * 100.0
-            )
-        })
-        .collect();
-    if named.is_empty() {
-        String::new()
-    } else {
-        format!("; during long iterations it ran {}", named.join(", "))
-    }
+        .map(|f| (f.function.as_str(), f.file.as_str(), f.line, f.share));
+    named_code("; during long iterations it ran", top, "of the samples")
 }
 
 fn cpu_throttled(f: &Facts) -> Option<Diagnosis> {

@@ -18,12 +18,11 @@ Usage: tests/bench/attribution_cost.py --gilscope NEW [--gilscope OLD ...] [--se
 The sysctl is restored at the end.
 """
 import argparse
-import glob
-import json
 import os
-import re
 import subprocess
 import time
+
+from benchlib import RATE, default_python, program_totals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKLOADS = os.path.join(ROOT, "tests", "workloads")
@@ -31,20 +30,9 @@ STATS = "/proc/sys/kernel/bpf_stats_enabled"
 PROGRAM = "sched_switch"
 
 
-def default_python():
-    pyenv = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.11.*/bin/python3.11")))
-    return pyenv[-1] if pyenv else "/usr/bin/python3.11"
-
-
 def totals():
     """(runs, ns) of every loaded program named sched_switch."""
-    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True)
-    runs = ns = 0
-    for p in json.loads(out.stdout or "[]"):
-        if p.get("name") == PROGRAM:
-            runs += p.get("run_cnt", 0)
-            ns += p.get("run_time_ns", 0)
-    return runs, ns
+    return program_totals((PROGRAM,))
 
 
 def measure(gilscope, python, workload, args):
@@ -64,7 +52,7 @@ def measure(gilscope, python, workload, args):
         time.sleep(0.2)
     out, err = proc.communicate()
     first = first or (0, 0)
-    rate = re.search(r"([0-9.]+) \S+/s", out + err)
+    rate = RATE.search(out + err)
     return last[0] - first[0], last[1] - first[1], float(rate.group(1)) if rate else 0.0
 
 

@@ -21,7 +21,6 @@ Usage: tests/bench/event_loop_cost.py [--pairs 5] [--seconds 4] [--python PATH] 
                                       [--only abc]
 """
 import argparse
-import glob
 import json
 import os
 import statistics
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import default_python, program_totals
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPIN = os.path.join(ROOT, "tests", "bench", "epoll_spin.py")
 SERVER = os.path.join(ROOT, "tests", "workloads", "healthy_loop.py")
@@ -37,20 +38,9 @@ PROGRAMS = ("poll_enter", "poll_return")
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
 
-def default_python():
-    pyenv = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.11.*/bin/python3.11")))
-    return pyenv[-1] if pyenv else "/usr/bin/python3.11"
-
-
 def prog_stats():
     """(runs, ns) summed over the event-loop probe's programs now loaded."""
-    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True)
-    runs = ns = 0
-    for p in json.loads(out.stdout or "[]"):
-        if p.get("name") in PROGRAMS:
-            runs += p.get("run_cnt", 0)
-            ns += p.get("run_time_ns", 0)
-    return runs, ns
+    return program_totals(PROGRAMS)
 
 
 class Check:

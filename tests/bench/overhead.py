@@ -16,21 +16,14 @@ Usage: tests/bench/overhead.py [--pairs 5] [--seconds 3] [--python PATH] [--gils
                                [--only abcd] [--gilscope-args '--sample-hz 10']
 """
 import argparse
-import glob
 import os
-import re
 import statistics
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKLOADS = os.path.join(ROOT, "tests", "workloads")
-RATE = re.compile(r"([\d.]+) (?:round trips|loops|appends)/s \(([\d.]+) per CPU-s\)")
-
-
-def default_python():
-    pyenv = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.11.*/bin/python3.11")))
-    return pyenv[-1] if pyenv else "/usr/bin/python3.11"
+from benchlib import RATE, default_python
 
 
 def rate_of(cmd):

@@ -18,11 +18,12 @@
 
 The sysctl is restored to its previous value at the end.
 Usage: tests/bench/event_loop_cost.py [--pairs 5] [--seconds 4] [--python PATH] [--gilscope PATH]
-                                      [--only abc]
+                                      [--only abc] [--agent check|run] [--against-check]
 """
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -44,17 +45,25 @@ def prog_stats():
 
 
 class Check:
-    """`gilscope check --pid PID` running in the background while inside the block."""
+    """The agent watching process PID in the background while inside the block:
+    `gilscope check --pid PID`, or with --agent run the daemon as shipped
+    (`gilscope run`, limited to that process), with the loop probe or without."""
 
-    def __init__(self, args, pid, seconds):
-        self.cmd = [args.gilscope, "check", "--pid", str(pid), "--duration", str(seconds),
-                    "--output", os.devnull]
+    def __init__(self, args, pid, seconds, loops=True):
+        if args.agent == "run":
+            self.cmd = [args.gilscope, "run", "--duration", str(seconds), "--include-cmdline",
+                        rf"^\S+ {re.escape(SERVER)}|{re.escape(SPIN)}",
+                        "--interval", "5s"] + (["--event-loops"] if loops else [])
+        else:
+            self.cmd = [args.gilscope, "check", "--pid", str(pid), "--duration", str(seconds),
+                        "--output", os.devnull] + ([] if loops else ["--no-event-loops"])
 
     def __enter__(self):
-        self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
         time.sleep(2.0)  # loaded and attached (BTF parsing takes a moment)
         if self.proc.poll() is not None:
-            sys.exit(f"gilscope check ended early: {self.proc.stderr.read()}")
+            sys.exit(f"gilscope ended early: {self.proc.stderr.read()}")
         return self
 
     def __exit__(self, *exc):
@@ -134,11 +143,15 @@ def watched_server(args):
                 if watched:
                     with Check(args, server.pid, 3600):
                         with_.append(load(args, port))
+                elif args.against_check:
+                    with Check(args, server.pid, 3600, loops=False):
+                        without.append(load(args, port))
                 else:
                     without.append(load(args, port))
         ratio = statistics.median(w / x for w, x in zip(without, with_))
+        base = f"{args.agent} without the loop probe" if args.against_check else "without"
         print(f"(b) wall: requests/s, median of {args.pairs}: {statistics.median(without):.0f} "
-              f"without, {statistics.median(with_):.0f} with gilscope check; median slowdown "
+              f"{base}, {statistics.median(with_):.0f} with gilscope {args.agent}; median slowdown "
               f"{ratio:.3f} (spread {min(without):.0f}-{max(without):.0f} / "
               f"{min(with_):.0f}-{max(with_):.0f})")
     finally:
@@ -188,6 +201,11 @@ def main():
     p.add_argument("--python", default=default_python())
     p.add_argument("--gilscope", default=os.path.join(ROOT, "target", "release", "gilscope"))
     p.add_argument("--only", default="abc")
+    p.add_argument("--agent", choices=("check", "run"), default="check",
+                   help="the agent that watches: `gilscope check --pid` or the daemon")
+    p.add_argument("--against-check", action="store_true",
+                   help="(b): compare with the agent running without the loop probe, not with "
+                        "nothing: what the loop probe adds to the rest of the agent")
     args = p.parse_args()
     with open(STATS) as f:
         previous = f.read().strip()

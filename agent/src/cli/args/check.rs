@@ -48,7 +48,7 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(10..=10_000))]
     sample_hz: u32,
     /// Do not measure event-loop lag (its uprobes on the poll functions cost a
-    /// busy loop about 14 µs per poll call; see BENCHMARKS.md).
+    /// busy loop 8-14 µs per poll call; see BENCHMARKS.md).
     #[arg(long)]
     no_event_loops: bool,
     /// The command to start and measure, after `--`.

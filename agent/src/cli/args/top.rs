@@ -27,7 +27,7 @@ pub struct TopArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(10..=1000))]
     sample_hz: u32,
     /// Also measure event-loop lag: uprobes on every watched process's poll
-    /// functions, which cost a busy loop about 14 µs per poll call (BENCHMARKS.md).
+    /// functions, which cost a busy loop 8-14 µs per poll call (BENCHMARKS.md).
     #[arg(long)]
     event_loops: bool,
     /// Print this many plain-text frames to stdout instead of the interactive view.

@@ -97,7 +97,7 @@ pub static EVENT_LOOPS: Setting<bool> = Setting::new("event_loops", parse::boole
     .default(Unset("false"))
     .help(
         "Measure event-loop lag (event_loop_blocked, the loop-lag series and spans): \
-         uprobes on every watched process's poll functions, about 14 µs per poll call of \
+         uprobes on every watched process's poll functions, 8-14 µs per poll call of \
          a busy loop (BENCHMARKS.md).",
     );
 

@@ -18,6 +18,7 @@ packages=(
   python3-venv    # the Kubernetes tools below live in their own venv
   openssl         # the TLS tests make a throwaway CA and certificates
   socat           # the gRPC-over-TLS test puts a real TLS terminator in front of rotel
+  wrk             # the load generator of the web-framework test (FastAPI under uvicorn)
 )
 
 missing=()

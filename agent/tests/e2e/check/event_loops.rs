@@ -3,7 +3,7 @@
 //! single-threaded loop running 30 ms handlers inline is blocked, with no other
 //! thread involved; a busy server answering many short requests is a loop and
 //! is not blocked; a FastAPI app under uvicorn whose `async def` handler runs
-//! 40 ms of CPU inline, loaded by a client process, is blocked.
+//! 40 ms of CPU inline, loaded by wrk, is blocked.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -202,9 +202,9 @@ fn app(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// tests/apps/fastapi_app.py under uvicorn (`kind` loop), loaded by
-/// http_load.py from another process on four connections: one on `/compute`
-/// (40 ms inline), two on `/fast`, one on `/sync` (AnyIO's thread pool);
+/// tests/apps/fastapi_app.py under uvicorn (`kind` loop), loaded by wrk
+/// (Debian's) from three processes: one connection on `/compute` (40 ms
+/// inline), two on `/fast`, one on `/sync` (AnyIO's thread pool);
 /// `gilscope check --pid` on the server for 3 s.
 fn fastapi_under_load(python: &Path, kind: &str) -> Vec<String> {
     let label = format!("FastAPI on {kind}");
@@ -218,16 +218,20 @@ fn fastapi_under_load(python: &Path, kind: &str) -> Vec<String> {
             .expect("start uvicorn"),
     );
     wait_for_port(port, "uvicorn");
-    let paths = ["/compute", "/fast", "/fast", "/sync"];
-    let _load = Running(
-        Command::new(python)
-            .arg(app("http_load.py"))
-            .args([&port_arg, "8", "4"])
-            .args(paths)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the load"),
-    );
+    // One wrk per path, so that exactly one /compute request is in flight.
+    let _load: Vec<Running> = [("/compute", "1"), ("/fast", "2"), ("/sync", "1")]
+        .into_iter()
+        .map(|(path, connections)| {
+            Running(
+                Command::new("wrk")
+                    .args(["-t1", "-c", connections, "-d8s"])
+                    .arg(format!("http://127.0.0.1:{port}{path}"))
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("start wrk (tests/setup.sh installs it)"),
+            )
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
     let pid = server.0.id();
     let doc = check_json(&["--pid", &pid.to_string(), "--duration", "3"]);

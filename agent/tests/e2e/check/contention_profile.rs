@@ -103,7 +103,12 @@ fn profile_truth(label: &str, python: &Path, dir: &Path) -> Vec<String> {
         "--pprof",
         pprof.to_str().expect("utf-8 path"),
     ];
-    let doc = check_json_with(&mut check_command(&flags, python, "holders.py", &[SECONDS]));
+    let mut command = check_command(&flags, python, "holders.py", &[SECONDS]);
+    if label.contains(FREE_THREADED) {
+        // The GIL is back on (and attributed) only when asked for.
+        command.env("PYTHON_GIL", "1");
+    }
+    let doc = check_json_with(&mut command);
     let mut failures = Vec::new();
     let mut fail = |what: String| failures.push(format!("{label}: {what}"));
     let p = &doc["contention_profile"];
@@ -268,11 +273,15 @@ fn picture_failures(label: &str, p: &Value, svg: &Path, pprof: &Path) -> Vec<Str
     failures
 }
 
+/// The label of the free-threaded build, which runs with PYTHON_GIL=1.
+const FREE_THREADED: &str = "3.13t";
+
 /// pyenv 3.8, 3.10, 3.12 and 3.13, Debian's static stripped 3.11 and sid's
-/// 3.14, musl's 3.13: each frame layout (3.8-3.10 frame objects, 3.11+
-/// interpreter frames, 3.12+ entry shims, 3.14's tagged references), each way
-/// the frame walk is found (table with symbols, table without, debug offsets)
-/// and both wait probes.
+/// 3.14, musl's 3.13, the free-threaded 3.13t with its GIL back on: each
+/// frame layout (3.8-3.10 frame objects, 3.11+ interpreter frames, 3.12+
+/// entry shims, 3.14's tagged references, 3.13t's own object header), each
+/// way the frame walk is found (table with symbols, table without, debug
+/// offsets) and both wait probes.
 fn builds() -> Vec<(String, PathBuf)> {
     let pyenv = |want: &str| {
         let found = pyenv_matrix()
@@ -292,6 +301,7 @@ fn builds() -> Vec<(String, PathBuf)> {
         ("Debian 3.11 (static, stripped)", debian_python311()),
         ("Debian 3.14", debian_python314()),
         ("musl 3.13", built_cpython("3.13-musl")),
+        ("3.13t (PYTHON_GIL=1)", built_cpython(FREE_THREADED)),
     ]
     .into_iter()
     .filter_map(|(label, python)| Some((label.to_string(), python?)))

@@ -34,6 +34,9 @@ pub enum Error {
     #[error("permission denied: {what}. Uprobes (musl interpreters, --precise, PyMutex lock contention) need CAP_SYS_ADMIN on kernels since 2025, besides CAP_BPF and CAP_PERFMON: run gilscope as root or grant CAP_SYS_ADMIN (the Helm chart's uprobes.enabled)")]
     UprobePermission { what: String },
 
+    #[error("refusing to read {path}: {why}")]
+    UnsafeFile { path: PathBuf, why: String },
+
     #[error("{path} is not a readable ELF file: {why}")]
     BadElf { path: PathBuf, why: String },
 
@@ -75,6 +78,7 @@ impl Error {
                 | Error::Launch { .. }
                 | Error::MuslUnmeasurable { .. }
                 | Error::StrippedStatic { .. }
+                | Error::UnsafeFile { .. }
         )
     }
 

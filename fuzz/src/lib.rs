@@ -22,10 +22,12 @@ use gilscope::otel::{kube, resource};
 /// block as a 3.13+ file carries it in `.data`, the `take_gil`/`drop_gil`/park
 /// finders (symbol table, else disassembly), and the libc checks.
 pub fn elf_inspect(data: &[u8]) {
-    let Ok(file) = object::File::parse(data) else {
+    let image = elf::ElfImage::from_bytes(data.to_vec());
+    let path = Path::new("/fuzz/libpython3.12.so");
+    let Ok(file) = image.parse(path) else {
         return;
     };
-    if let Ok(Some(info)) = elf::inspect_parsed(Path::new("/fuzz/libpython3.12.so"), &file) {
+    if let Ok(Some(info)) = elf::inspect_parsed(path, &file) {
         let line = info.version.line;
         if let Some(block) = elf::bytes_at(&file, info.py_runtime, debug_offsets::BLOCK_LEN as u64)
         {

@@ -1,8 +1,9 @@
 //! What the operating system tells about a process: per-thread CPU from procfs,
-//! its CPU cgroup, and its PID namespace.
+//! its CPU cgroup, its PID namespace, and its files, opened as it sees them.
 
 pub mod cgroup;
 pub mod pidns;
 pub mod process;
 pub mod signals;
+pub mod target_file;
 pub mod threads;

@@ -5,13 +5,21 @@
 //! `.symtab` when it survived. Nothing here touches a process, and nothing here
 //! knows about the other finders: they build on these facts of one file
 //! (symbols, version, `PT_INTERP`, whether musl is linked in statically).
+//! A file is read by section within a budget ([`ElfImage`]), never whole: a
+//! process controls its files, and so their sizes.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
+use object::read::ReadCache;
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, SymbolKind};
 
 use crate::cpython::layout::versions::PyVersion;
 use crate::error::{Error, Result};
+use crate::os::target_file;
 
 /// A full CPython version (`3.11.7`), as far as the file tells: some builds keep
 /// no trace of the micro version, and then it is left out rather than guessed.
@@ -63,44 +71,167 @@ pub struct InterpreterFile {
     pub static_musl: bool,
 }
 
-/// The parsed file plus its bytes, for callers that need to read code (disassembly).
+/// Largest file opened as an interpreter, libpython or libc. Debian's static
+/// `python3.11` is 7 MB, a libpython with DWARF 60 MB: a bigger file is not
+/// worth reading, whatever it is.
+pub const MAX_FILE: u64 = 1 << 30;
+/// Bytes read from one file at most: its headers, symbol tables, and the few
+/// sections asked for (about 1 MB for libpython, 6 MB with `.text` for `--precise`).
+pub const READ_BUDGET: u64 = 32 << 20;
+/// The largest single read (one section, e.g. `.text` for disassembly).
+pub const MAX_PIECE: u64 = 16 << 20;
+
+/// Where an [`ElfImage`] reads from.
+#[derive(Debug)]
+enum Source {
+    File(std::fs::File),
+    Bytes(std::io::Cursor<Vec<u8>>),
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Source::File(f) => f.read(buf),
+            Source::Bytes(b) => b.read(buf),
+        }
+    }
+}
+
+impl Seek for Source {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Source::File(f) => f.seek(pos),
+            Source::Bytes(b) => b.seek(pos),
+        }
+    }
+}
+
+/// An ELF file read by section, never whole: the parser asks for the headers,
+/// the symbol tables and the sections a caller needs, each read once and kept,
+/// within [`MAX_PIECE`] per read and [`READ_BUDGET`] in all (a file may say
+/// anything about its own sizes). Opened with [`target_file::open_regular`]:
+/// inside its process's root, and only if it is a regular file of at most
+/// [`MAX_FILE`] bytes.
+#[derive(Debug)]
 pub struct ElfImage {
-    pub data: Vec<u8>,
+    cache: ReadCache<Source>,
+    /// Bytes read so far, and the reads they were (a repeated read is cached).
+    spent: Cell<u64>,
+    reads: RefCell<HashSet<(u64, u64)>>,
 }
 
 impl ElfImage {
-    /// Reads a file; errors name the path.
+    /// Opens a file to read by section; errors name the path.
     pub fn read(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Ok(Self { data })
+        let file = target_file::open_regular(path, MAX_FILE)?;
+        Ok(Self::with(Source::File(file)))
     }
 
-    /// Parses the bytes as an ELF object.
-    pub fn parse(&self, path: &Path) -> Result<object::File<'_>> {
-        object::File::parse(&*self.data).map_err(|e| Error::BadElf {
+    /// An image of bytes already in memory (tests, fuzzing).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self::with(Source::Bytes(std::io::Cursor::new(bytes)))
+    }
+
+    fn with(source: Source) -> Self {
+        Self {
+            cache: ReadCache::new(source),
+            spent: Cell::new(0),
+            reads: RefCell::new(HashSet::new()),
+        }
+    }
+
+    /// Bytes read from the file so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.spent.get()
+    }
+
+    /// Parses the headers and symbol tables (reading them, not the rest).
+    pub fn parse(&self, path: &Path) -> Result<Elf<'_>> {
+        let file = object::File::parse(self).map_err(|e| Error::BadElf {
             path: path.to_path_buf(),
-            why: e.to_string(),
-        })
+            why: if self.spent.get() >= READ_BUDGET {
+                format!("{e} (gilscope reads at most {READ_BUDGET} bytes of a file)")
+            } else {
+                e.to_string()
+            },
+        })?;
+        Ok(Elf { file, image: self })
+    }
+
+    /// Counts a read of `size` bytes at `offset` against the budget.
+    fn charge(&self, offset: u64, size: u64) -> std::result::Result<(), ()> {
+        if size > MAX_PIECE {
+            return Err(());
+        }
+        if !self.reads.borrow_mut().insert((offset, size)) {
+            return Ok(()); // served from the cache
+        }
+        let spent = self.spent.get().saturating_add(size);
+        self.spent.set(spent);
+        if spent > READ_BUDGET {
+            return Err(());
+        }
+        Ok(())
     }
 }
 
-/// Bytes of the file at a link-time virtual address, as far as one section holds them.
-pub fn bytes_at<'a>(file: &object::File<'a>, address: u64, len: u64) -> Option<&'a [u8]> {
+/// Reads go through the budget to the cache (which reads the file once per range).
+impl<'a> ReadRef<'a> for &'a ElfImage {
+    fn len(self) -> std::result::Result<u64, ()> {
+        (&self.cache).len()
+    }
+
+    fn read_bytes_at(self, offset: u64, size: u64) -> std::result::Result<&'a [u8], ()> {
+        self.charge(offset, size)?;
+        (&self.cache).read_bytes_at(offset, size)
+    }
+
+    fn read_bytes_at_until(
+        self,
+        range: Range<u64>,
+        delimiter: u8,
+    ) -> std::result::Result<&'a [u8], ()> {
+        // A string (a symbol's name): the cache reads at most 4 KiB looking for its end.
+        let found = (&self.cache).read_bytes_at_until(range.clone(), delimiter)?;
+        self.charge(range.start, found.len() as u64 + 1)?;
+        Ok(found)
+    }
+}
+
+/// A parsed ELF file ([`ElfImage::parse`]): everything `object` offers, plus
+/// reads of a few bytes at an address ([`bytes_at`]) without reading their section.
+pub struct Elf<'a> {
+    file: object::File<'a, &'a ElfImage>,
+    image: &'a ElfImage,
+}
+
+impl<'a> std::ops::Deref for Elf<'a> {
+    type Target = object::File<'a, &'a ElfImage>;
+    fn deref(&self) -> &Self::Target {
+        &self.file
+    }
+}
+
+/// Bytes of the file at a link-time virtual address, as far as one section
+/// holds them (read from the file, not the whole section).
+pub fn bytes_at<'a>(file: &Elf<'a>, address: u64, len: u64) -> Option<&'a [u8]> {
     file.sections().find_map(|section| {
         let start = section.address();
         let end = start.checked_add(section.size())?;
         if address < start || address >= end {
             return None;
         }
-        let data = section.data().ok()?;
-        let from = usize::try_from(address - start).ok()?;
-        let to = usize::try_from((address - start).saturating_add(len).min(end - start)).ok()?;
-        data.get(from..to)
+        let (offset, size) = section.file_range()?;
+        let into = address - start;
+        let len = len.min(size.checked_sub(into)?).min(end - address);
+        file.image
+            .read_bytes_at(offset.checked_add(into)?, len)
+            .ok()
     })
 }
 
 /// File offset of a link-time virtual address (what a uprobe attaches to).
-pub fn file_offset_of(file: &object::File<'_>, address: u64) -> Option<u64> {
+pub fn file_offset_of(file: &Elf<'_>, address: u64) -> Option<u64> {
     file.segments().find_map(|seg| {
         let (offset, filesz) = seg.file_range();
         let start = seg.address();
@@ -109,7 +240,7 @@ pub fn file_offset_of(file: &object::File<'_>, address: u64) -> Option<u64> {
 }
 
 /// The symbol named `name`, or a compiler clone of it (`take_gil.constprop.0`).
-fn find_function(file: &object::File<'_>, name: &str) -> Option<Function> {
+fn find_function(file: &Elf<'_>, name: &str) -> Option<Function> {
     let matches = |sym_name: &str| {
         sym_name == name
             || sym_name
@@ -127,11 +258,11 @@ fn find_function(file: &object::File<'_>, name: &str) -> Option<Function> {
 }
 
 /// Link-time address of a data symbol (dynamic symbols first).
-pub fn object_address(file: &object::File<'_>, name: &str) -> Option<u64> {
+pub fn object_address(file: &Elf<'_>, name: &str) -> Option<u64> {
     find_object(file, name)
 }
 
-fn find_object(file: &object::File<'_>, name: &str) -> Option<u64> {
+fn find_object(file: &Elf<'_>, name: &str) -> Option<u64> {
     file.dynamic_symbols()
         .chain(file.symbols())
         .find(|s| s.name() == Ok(name) && s.address() != 0)
@@ -139,14 +270,14 @@ fn find_object(file: &object::File<'_>, name: &str) -> Option<u64> {
 }
 
 /// The `PT_INTERP` of an ELF file (its `.interp` section), if it has one.
-pub fn program_interpreter(file: &object::File<'_>) -> Option<String> {
+pub fn program_interpreter(file: &Elf<'_>) -> Option<String> {
     let data = file.section_by_name(".interp")?.data().ok()?;
     let text = data.split(|b| *b == 0).next()?;
     std::str::from_utf8(text).ok().map(str::to_string)
 }
 
 /// A defined function named one of `names` (first name first), with its address.
-pub fn defined_function(file: &object::File<'_>, names: &[&str]) -> Option<(String, u64)> {
+pub fn defined_function(file: &Elf<'_>, names: &[&str]) -> Option<(String, u64)> {
     names.iter().find_map(|name| {
         file.dynamic_symbols()
             .chain(file.symbols())
@@ -159,7 +290,7 @@ pub fn defined_function(file: &object::File<'_>, names: &[&str]) -> Option<(Stri
 /// musl's signature in a statically linked file: its start-up function
 /// `__init_libc` next to its condvar wait `__pthread_cond_timedwait` (glibc has
 /// neither name).
-pub fn has_static_musl_symbols(file: &object::File<'_>) -> bool {
+pub fn has_static_musl_symbols(file: &Elf<'_>) -> bool {
     defined_function(file, &["__init_libc"]).is_some()
         && defined_function(file, &["__pthread_cond_timedwait"]).is_some()
 }
@@ -227,7 +358,7 @@ pub fn inspect(path: &Path) -> Result<Option<InterpreterFile>> {
 }
 
 /// [`inspect`] on an already parsed file.
-pub fn inspect_parsed(path: &Path, file: &object::File<'_>) -> Result<Option<InterpreterFile>> {
+pub fn inspect_parsed(path: &Path, file: &Elf<'_>) -> Result<Option<InterpreterFile>> {
     let Some(py_runtime) = find_object(file, "_PyRuntime") else {
         return Ok(None);
     };

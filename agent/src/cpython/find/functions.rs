@@ -12,7 +12,7 @@
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
 use object::{Object, ObjectSection, ObjectSymbol, ObjectSymbolTable, RelocationTarget};
 
-use crate::cpython::find::elf::{bytes_at, file_offset_of};
+use crate::cpython::find::elf::{bytes_at, file_offset_of, Elf};
 
 /// Where a probed function was found, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +80,7 @@ pub fn branches(code: &[u8], address: u64, known_size: bool) -> Branches {
 }
 
 /// Address of the PLT stub that jumps to `symbol` (e.g. `pthread_cond_timedwait`).
-pub fn plt_stub(file: &object::File<'_>, symbol: &str) -> Option<u64> {
+pub fn plt_stub(file: &Elf<'_>, symbol: &str) -> Option<u64> {
     let dynsyms = file.dynamic_symbol_table()?;
     let got_slot = file.dynamic_relocations()?.find_map(|(offset, reloc)| {
         let RelocationTarget::Symbol(index) = reloc.target() else {
@@ -109,14 +109,14 @@ pub fn plt_stub(file: &object::File<'_>, symbol: &str) -> Option<u64> {
         })
 }
 
-fn symbol_size_at(file: &object::File<'_>, address: u64) -> Option<u64> {
+fn symbol_size_at(file: &Elf<'_>, address: u64) -> Option<u64> {
     file.symbols()
         .chain(file.dynamic_symbols())
         .find(|s| s.address() == address && s.size() > 0)
         .map(|s| s.size())
 }
 
-fn branches_of(file: &object::File<'_>, address: u64) -> Option<Branches> {
+fn branches_of(file: &Elf<'_>, address: u64) -> Option<Branches> {
     let size = symbol_size_at(file, address);
     let code = bytes_at(file, address, size.unwrap_or(MAX_BODY))?;
     Some(branches(code, address, size.is_some()))
@@ -125,7 +125,7 @@ fn branches_of(file: &object::File<'_>, address: u64) -> Option<Branches> {
 /// Every copy of a static function named `name` (or a compiler clone `name.*`).
 /// `name.*.cold` symbols are left out: they are the unlikely branches GCC moves
 /// out of a function (entered by a jump, never called), not copies of it.
-fn symbols_named(file: &object::File<'_>, name: &str) -> Vec<u64> {
+fn symbols_named(file: &Elf<'_>, name: &str) -> Vec<u64> {
     let mut found: Vec<u64> = file
         .symbols()
         .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
@@ -144,7 +144,7 @@ fn symbols_named(file: &object::File<'_>, name: &str) -> Vec<u64> {
     found
 }
 
-fn found(file: &object::File<'_>, address: u64, how: FoundBy) -> Option<FoundFunction> {
+fn found(file: &Elf<'_>, address: u64, how: FoundBy) -> Option<FoundFunction> {
     Some(FoundFunction {
         address,
         file_offset: file_offset_of(file, address)?,
@@ -157,7 +157,7 @@ fn found(file: &object::File<'_>, address: u64, how: FoundBy) -> Option<FoundFun
 /// can be several). Function starts are the targets of direct calls; a call
 /// site is attributed to the nearest start before it, and only if decoding that
 /// function's body from its start reaches the site.
-pub fn take_gil_by_disassembly(file: &object::File<'_>) -> Vec<FoundFunction> {
+pub fn take_gil_by_disassembly(file: &Elf<'_>) -> Vec<FoundFunction> {
     let Some(timedwait) = plt_stub(file, "pthread_cond_timedwait") else {
         return Vec::new();
     };
@@ -198,7 +198,7 @@ pub fn take_gil_by_disassembly(file: &object::File<'_>) -> Vec<FoundFunction> {
 }
 
 /// Every copy of `take_gil`: from the symbol table, else the one disassembly finds.
-pub fn find_take_gil(file: &object::File<'_>) -> Vec<FoundFunction> {
+pub fn find_take_gil(file: &Elf<'_>) -> Vec<FoundFunction> {
     let by_symbol: Vec<FoundFunction> = symbols_named(file, "take_gil")
         .into_iter()
         .filter_map(|a| found(file, a, FoundBy::SymbolTable))
@@ -210,7 +210,7 @@ pub fn find_take_gil(file: &object::File<'_>) -> Vec<FoundFunction> {
 }
 
 /// Every copy of `drop_gil` that has a symbol; stripped, it is usually inlined too.
-pub fn find_drop_gil(file: &object::File<'_>) -> Vec<FoundFunction> {
+pub fn find_drop_gil(file: &Elf<'_>) -> Vec<FoundFunction> {
     symbols_named(file, "drop_gil")
         .into_iter()
         .filter_map(|a| found(file, a, FoundBy::SymbolTable))
@@ -218,7 +218,7 @@ pub fn find_drop_gil(file: &object::File<'_>) -> Vec<FoundFunction> {
 }
 
 /// Address of an exported (`.dynsym`) function.
-fn exported(file: &object::File<'_>, name: &str) -> Option<u64> {
+fn exported(file: &Elf<'_>, name: &str) -> Option<u64> {
     file.dynamic_symbols()
         .find(|s| s.kind() == object::SymbolKind::Text && s.address() != 0 && s.name() == Ok(name))
         .map(|s| s.address())
@@ -236,7 +236,7 @@ fn exported(file: &object::File<'_>, name: &str) -> Option<u64> {
 /// sleep; the raw-mutex slow path calls it too, but neither export calls that).
 /// Clones keep the lock address in the first argument (only constants are
 /// dropped: `size` in Debian's 3.14), which is what the lock probe reads.
-pub fn find_park(file: &object::File<'_>) -> Vec<FoundFunction> {
+pub fn find_park(file: &Elf<'_>) -> Vec<FoundFunction> {
     const PARK: &str = "_PyParkingLot_Park";
     // A static executable (musl's, say) has no .dynsym: the global is in .symtab only.
     let global = || {

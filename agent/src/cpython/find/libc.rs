@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use object::Object;
 
 use crate::cpython::find::elf::{
-    defined_function, file_offset_of, program_interpreter, ElfImage, InterpreterFile,
+    defined_function, file_offset_of, program_interpreter, Elf, ElfImage, InterpreterFile,
 };
 use crate::error::{Error, Result};
 
@@ -126,7 +126,7 @@ pub fn is_stripped_static(path: &Path) -> bool {
 
 /// The condvar wait a libc file defines (symbol name, link-time address): the
 /// parsing half of [`cond_wait_in`], public so the fuzz harness can feed it bytes.
-pub fn cond_wait_symbol(file: &object::File<'_>) -> Option<(String, u64)> {
+pub fn cond_wait_symbol(file: &Elf<'_>) -> Option<(String, u64)> {
     defined_function(file, &COND_WAIT_SYMBOLS)
 }
 

@@ -424,8 +424,13 @@ pub fn host_path(pid: u32, path_in_process: &Path) -> PathBuf {
 }
 
 fn is_candidate(path: &Path, exe: Option<&Path>) -> bool {
+    Some(path) == exe || named_like_cpython(path)
+}
+
+/// `libpython3*` or `python3*`: a file that says it is CPython's.
+fn named_like_cpython(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    Some(path) == exe || name.starts_with("libpython3") || name.starts_with("python3")
+    name.starts_with("libpython3") || name.starts_with("python3")
 }
 
 /// The mapped files that could hold the interpreter; cheap (no ELF is read), so a
@@ -457,13 +462,19 @@ pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
             Ok(Some(file)) => file,
             Ok(None) => continue,
             Err(e @ Error::NoSuchProcess { .. }) => return Err(e),
-            Err(e @ Error::Permission { .. }) => {
+            // Nor is one we refuse to read (a FIFO, a device, a file too
+            // large, a link out of the process's root): the reason is said.
+            Err(e @ (Error::Permission { .. } | Error::UnsafeFile { .. })) => {
                 tracing::debug!("skipping {}: {e}", host.display());
                 denied.get_or_insert(e);
                 continue;
             }
+            // An unreadable file named like CPython's is said too, others skipped.
             Err(e) => {
                 tracing::debug!("skipping {}: {e}", host.display());
+                if named_like_cpython(&mapped.path) {
+                    denied.get_or_insert(e);
+                }
                 continue;
             }
         };

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod container;
 pub mod daemon;
 pub mod kernel;
 pub mod kube_api;

@@ -69,7 +69,10 @@ fn the_elf_seeds_reach_the_gil_finders() {
         ("fake313-stripped.so", functions::FoundBy::Disassembly),
     ] {
         let data = std::fs::read(repo().join("fuzz/seeds/elf_inspect").join(name)).expect("seed");
-        let file = object::File::parse(&*data).expect("the seed is an ELF file");
+        let image = elf::ElfImage::from_bytes(data);
+        let file = image
+            .parse(Path::new(name))
+            .expect("the seed is an ELF file");
         let info = elf::inspect_parsed(Path::new(name), &file)
             .expect("inspect")
             .expect("the seed exports _PyRuntime");

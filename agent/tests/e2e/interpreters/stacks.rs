@@ -292,7 +292,7 @@ fn role_of(stack: &Stack) -> &'static str {
 /// In a container the interpreter, the script and the tids CPython records
 /// are the container's: the stacks must name the container's paths
 /// (`/app/known_stacks.py`) on the host's tids of the right threads.
-fn check_container(container: &super::containers::Container, label: &str) -> Vec<String> {
+fn check_container(container: &crate::common::container::Container, label: &str) -> Vec<String> {
     let pid = container.pid;
     let (_, marks) = script();
     let script = "/app/known_stacks.py";
@@ -348,7 +348,7 @@ fn check_container(container: &super::containers::Container, label: &str) -> Vec
 
 #[test]
 fn stacks_are_read_from_a_python_in_its_own_pid_and_mount_namespace() {
-    use super::containers::{build_rootfs, start_app, Isolation};
+    use crate::common::container::{build_rootfs, start_app, Isolation};
     let Some(python) = pyenv_python311() else {
         return;
     };

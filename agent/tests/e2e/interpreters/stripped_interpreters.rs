@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::common::*;
-use gilscope::cpython::find::elf::{inspect, ElfImage};
+use gilscope::cpython::find::elf::{inspect, Elf, ElfImage};
 use gilscope::cpython::find::functions::{find_park, find_take_gil, FoundBy, FoundFunction};
 
 /// The copies of a function `find` locates in the ELF file at `path`.
-fn found_in(path: &Path, find: fn(&object::File<'_>) -> Vec<FoundFunction>) -> Vec<FoundFunction> {
+fn found_in(path: &Path, find: fn(&Elf<'_>) -> Vec<FoundFunction>) -> Vec<FoundFunction> {
     let image = ElfImage::read(path).expect("read");
     let file = image.parse(path).expect("parse");
     find(&file)

@@ -4,6 +4,9 @@
 //! the daemon keeps running in bounded memory, reports what it can (read back from
 //! what it exported to VictoriaMetrics) and says at most one thing per problem.
 
+mod files;
+mod scene;
+
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -177,6 +180,13 @@ fn python_child(
 ) {
     spawn_ready(Command::new(python).args(["-c", script, marker]))
 }
+
+/// Spins two Python threads for two minutes; prints "ready" first.
+const SPIN: &str = "import sys, threading, time\n\
+                    end = time.monotonic() + 120\n\
+                    def spin():\n    while time.monotonic() < end: pass\n\
+                    [threading.Thread(target=spin).start() for _ in range(2)]\n\
+                    print('ready', flush=True)\n";
 
 fn spawn_ready(
     cmd: &mut Command,

@@ -53,6 +53,8 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .split_whitespace()
         .filter_map(|v| v.parse().ok())
         .collect();
+    // After ')' come state (not a number, skipped), ppid, ...: utime and stime are
+    // fields 14 and 15 of the line, the 11th and 12th numbers here.
     (f.get(10).copied().unwrap_or(0.0) + f.get(11).copied().unwrap_or(0.0)) / 100.0
 }
 

@@ -26,6 +26,9 @@ pub(super) struct GrpcTransport {
     traces: TraceServiceClient<Channel>,
     headers: Vec<Header>,
     timeout: Duration,
+    /// TLS without a client certificate: a server that demands one may close
+    /// the connection before its alert can be read, and that is worth a hint.
+    tls_without_client_certificate: bool,
 }
 
 impl GrpcTransport {
@@ -64,6 +67,7 @@ impl GrpcTransport {
             traces,
             headers: metadata(&s.headers)?,
             timeout: s.timeout,
+            tls_without_client_certificate: s.tls.as_ref().is_some_and(|t| t.client.is_none()),
         })
     }
 
@@ -108,7 +112,10 @@ impl GrpcTransport {
                     unsupported: status.code() == tonic::Code::Unimplemented,
                     transient,
                     retry_after,
-                    message: grpc_message(&status),
+                    message: client_certificate_hint(
+                        grpc_message(&status),
+                        self.tls_without_client_certificate,
+                    ),
                 })
             }
             Err(_) => Err(SendError {
@@ -166,6 +173,27 @@ fn grpc_retry(status: &tonic::Status) -> (bool, Option<Duration>) {
     (transient, retry_after)
 }
 
+/// `message`, with the likely reason when a TLS server closed a connection
+/// made without a client certificate (`tls_without_client_certificate`): after
+/// a TLS 1.3 handshake the server checks the client's certificate last, and
+/// its alert is often lost to the reset of the connection, leaving only
+/// "connection closed".
+fn client_certificate_hint(message: String, tls_without_client_certificate: bool) -> String {
+    let lower = message.to_ascii_lowercase();
+    let closed = ["connection closed", "broken pipe", "connection reset"]
+        .iter()
+        .any(|c| lower.contains(c));
+    if tls_without_client_certificate && closed {
+        format!(
+            "{message} (the TLS server closed the connection; if it requires a client \
+             certificate, none is configured: export.client_certificate, \
+             OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE)"
+        )
+    } else {
+        message
+    }
+}
+
 /// A gRPC failure in one line: its code, its message and, when the message
 /// does not say it already, the root cause ("transport error" alone hides a
 /// refused connection or a certificate the CA does not vouch for).
@@ -205,6 +233,18 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_tls_connection_without_a_client_certificate_says_it_may_need_one() {
+        let closed = "Cancelled: operation was canceled: connection closed".to_string();
+        let hinted = client_certificate_hint(closed.clone(), true);
+        assert!(hinted.starts_with(&closed), "{hinted}");
+        assert!(hinted.contains("none is configured"), "{hinted}");
+        // With a certificate, or for another failure, the message stays as it is.
+        assert_eq!(client_certificate_hint(closed.clone(), false), closed);
+        let refused = "Unavailable: tcp connect error: Connection refused".to_string();
+        assert_eq!(client_certificate_hint(refused.clone(), true), refused);
+    }
 
     #[test]
     fn grpc_statuses_are_retried_as_the_otlp_spec_says() {

@@ -312,7 +312,13 @@ fn grpc_with_mutual_tls_through_a_tls_terminator_into_rotel() {
         ..
     } = totals(&stderr);
     assert!(sent == 0 && dropped > 0, "{stderr}");
-    assert!(stderr.contains("CertificateRequired"), "says why: {stderr}");
+    // Why: the server's alert when it is read before the connection's reset,
+    // else the hint that a client certificate may be needed and none is set.
+    assert!(
+        stderr.contains("CertificateRequired")
+            || stderr.contains("if it requires a client certificate, none is configured"),
+        "says why: {stderr}"
+    );
 }
 
 #[test]

@@ -4,9 +4,6 @@
 //! the daemon keeps running in bounded memory, reports what it can (read back from
 //! what it exported to VictoriaMetrics) and says at most one thing per problem.
 
-mod files;
-mod scene;
-
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::receivers::*;
 use crate::common::*;
-use scene::{cpu_seconds, rss_mib};
 
 /// The daemon exporting to its own VictoriaMetrics, watching only command lines with `marker`.
 struct Daemon {
@@ -146,6 +142,29 @@ fn watched_in_kernel(daemon: u32) -> Vec<u64> {
         .collect()
 }
 
+/// Resident memory of `pid` in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// CPU seconds (user + system) `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // After ')' come state (not a number, skipped), ppid, ...: utime and stime are
+    // fields 14 and 15 of the line, the 11th and 12th numbers here.
+    (f.get(10).copied().unwrap_or(0.0) + f.get(11).copied().unwrap_or(0.0)) / 100.0
+}
+
 /// A Python child running `script` with `marker` in its command line, started
 /// with a piped stdout so the test can wait for its "ready" line.
 fn python_child(
@@ -158,13 +177,6 @@ fn python_child(
 ) {
     spawn_ready(Command::new(python).args(["-c", script, marker]))
 }
-
-/// Spins two Python threads for two minutes; prints "ready" first.
-const SPIN: &str = "import sys, threading, time\n\
-                    end = time.monotonic() + 120\n\
-                    def spin():\n    while time.monotonic() < end: pass\n\
-                    [threading.Thread(target=spin).start() for _ in range(2)]\n\
-                    print('ready', flush=True)\n";
 
 fn spawn_ready(
     cmd: &mut Command,

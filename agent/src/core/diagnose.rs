@@ -607,14 +607,7 @@ mod tests {
     }
 
     fn diagnose_(process: &ProcessReport, threads: &[ThreadReport]) -> Vec<Diagnosis> {
-        diagnose(&Facts {
-            process,
-            threads,
-            locks: None,
-            children: &[],
-            profile: None,
-            loops: &[],
-        })
+        diagnose_loops(process, threads, &[])
     }
 
     fn process(queue: f64, parallelism: f64) -> ProcessReport {

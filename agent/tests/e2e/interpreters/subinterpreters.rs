@@ -15,7 +15,11 @@ fn each_subinterpreter_gil_is_found_and_waits_land_on_the_right_one() {
         .chain(debian_python314().map(|python| ("Debian 3.14".to_string(), python)));
     for (line, python) in pythons {
         let _machine = serial();
-        let doc = check_workload(&python, "subinterpreters.py", &["4"]);
+        // Three threads are runnable at once: the main GIL's holder and one per
+        // subinterpreter; on two cores they explain one wall of run-queue wait.
+        let doc = check_workload_uncrowded(&python, "subinterpreters.py", &["4"], 3.0, |d| {
+            f(&d["process"], "effective_parallelism") >= 1.5
+        });
         let wall = f(&doc["process"], "wall_s");
         let gils = doc["gils"].as_array().expect("gils");
         assert_eq!(

@@ -10,10 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use gilscope::cli::settings as config;
-use gilscope::cpython::find::{elf, functions, libc, locate};
+use gilscope::cpython::find::{elf, functions, libc};
 use gilscope::cpython::layout::debug_offsets;
 use gilscope::cpython::layout::versions::PyVersion;
-use gilscope::os::{cgroup, pidns, threads};
+use gilscope::os::{cgroup, mapped_files, pidns, threads};
 use gilscope::otel::export::spool;
 use gilscope::otel::{kube, resource};
 
@@ -122,7 +122,7 @@ pub fn proc_parsers(data: &[u8]) {
             let _ = kube::container_id_of(&text);
         }
         8 => {
-            let maps = locate::parse_maps(&text);
+            let maps = mapped_files::parse_maps(&text);
             let paths: Vec<String> = maps
                 .iter()
                 .map(|(_, _, p)| p.display().to_string())

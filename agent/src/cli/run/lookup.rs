@@ -3,7 +3,7 @@
 //! the daemon answers its questions ([`ThreadLookup`]) and hands it plain facts.
 
 use crate::core::stacks::Frame;
-use crate::cpython::find::locate;
+use crate::os::mapped_files;
 use crate::otel::resource::ProcessFacts;
 use crate::otel::spans::ThreadLookup;
 use crate::watch::session::Session;
@@ -24,7 +24,7 @@ impl ThreadLookup for Session {
 /// The facts a process's resource is built from, its executable found inside
 /// its own mount namespace (a container's `/usr/bin/python3`, not the host's).
 pub fn process_facts(pid: u32, start_ticks: u64, runtime_version: String) -> ProcessFacts {
-    let exe = locate::exe_in_process(pid)
+    let exe = mapped_files::exe_in_process(pid)
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     ProcessFacts::read(pid, start_ticks, exe, runtime_version)

@@ -3,12 +3,9 @@
 //! The interpreter is whichever mapped file exports `_PyRuntime`: the executable
 //! (static builds such as Debian's `/usr/bin/python3.11`) or a `libpython3.X.so`.
 //! Files are opened through `/proc/PID/root`, so a process in a container is read
-//! from its own filesystem. The kernel prints a mapped file's path relative to
-//! the *reader's* root: a process in its own mount namespace (`pivot_root`, as
-//! container runtimes do) shows its own paths, but one only chrooted inside our
-//! namespace shows host paths (`/srv/rootfs/usr/lib/...`); [`path_in_process`]
-//! turns both into the process's own view before `/proc/PID/root` is prefixed. The GIL address is only trusted after
-//! [`read_gil_state`] confirms that memory there looks like a GIL.
+//! from its own filesystem (the listing of mapped files, and the paths as the
+//! process names them, are [`crate::os::mapped_files`]'s). The GIL address is
+//! only trusted after [`read_gil_state`] confirms that memory there looks like a GIL.
 //!
 //! The C library's parts a process needs are found here too, among its mapped
 //! files: glibc's tid offset in `struct pthread` and, on musl, the condvar wait
@@ -22,6 +19,8 @@ use crate::cpython::layout::debug_offsets::{self, DebugOffsets};
 use crate::cpython::layout::versions::{self, GilLayout, GilLocation, Layout, ThreadIdField};
 use crate::cpython::remote::memory::RemoteMemory;
 use crate::error::{Error, Result};
+use crate::os::mapped_files::{exe_in_process, mapped_files, mapped_paths};
+use crate::os::target_file::host_path;
 
 /// The interpreter of one process: which file, where it is loaded, which layout applies.
 #[derive(Debug, Clone)]
@@ -294,135 +293,6 @@ pub fn read_gil_state(pid: u32, mem: &RemoteMemory, gil: &GilSite) -> Result<Gil
     Ok(state)
 }
 
-/// A mapped file of the process, with the lowest address it is mapped at offset 0.
-struct MappedFile {
-    path: PathBuf,
-    base: u64,
-    /// End of the mapping at `base` (with `base`, its `/proc/PID/map_files` name).
-    end: u64,
-}
-
-impl MappedFile {
-    /// Where to read the file from the host. A file deleted or replaced on disk
-    /// while mapped (`PATH (deleted)`, e.g. an interpreter upgraded under a running
-    /// process) is read through `/proc/PID/map_files`, which is the mapped file itself.
-    fn host_path(&self, pid: u32) -> PathBuf {
-        let deleted = self
-            .path
-            .as_os_str()
-            .as_encoded_bytes()
-            .ends_with(b" (deleted)");
-        if deleted {
-            PathBuf::from(format!(
-                "/proc/{pid}/map_files/{:x}-{:x}",
-                self.base, self.end
-            ))
-        } else {
-            host_path(pid, &self.path)
-        }
-    }
-}
-
-/// The file mappings at offset 0 of a `/proc/PID/maps` text: (start address, path).
-///
-/// Our own parser, not procfs's: procfs-core 0.17 panics on a mapped file whose
-/// path starts with `/SYSV` and is shorter than 13 bytes (it slices a SysV shm
-/// key out of it), and any process on the host can map such a file (found by
-/// fuzzing, target `proc_parsers`). Non-UTF-8 paths are read lossily.
-pub fn parse_maps(text: &str) -> Vec<(u64, u64, PathBuf)> {
-    text.lines()
-        .filter_map(|line| {
-            // address perms offset dev inode, then the path (which may hold spaces).
-            let mut rest = line;
-            let mut field = || {
-                let t = rest.trim_start();
-                let end = t.find(char::is_whitespace).unwrap_or(t.len());
-                let (f, r) = t.split_at(end);
-                rest = r;
-                f
-            };
-            let (range, _perms, offset, _dev, _inode) =
-                (field(), field(), field(), field(), field());
-            let path = rest.trim();
-            if !path.starts_with('/') || u64::from_str_radix(offset, 16).ok()? != 0 {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            let start = u64::from_str_radix(start, 16).ok()?;
-            let end = u64::from_str_radix(end, 16).ok()?;
-            Some((start, end, PathBuf::from(path)))
-        })
-        .collect()
-}
-
-fn mapped_files(pid: u32) -> Result<Vec<MappedFile>> {
-    let maps_path = format!("/proc/{pid}/maps");
-    let raw = std::fs::read(&maps_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid },
-        std::io::ErrorKind::PermissionDenied => Error::Permission {
-            what: format!("reading {maps_path}"),
-        },
-        _ => Error::Internal(format!("reading {maps_path}: {e}")),
-    })?;
-    let maps = parse_maps(&String::from_utf8_lossy(&raw));
-    let root = chroot_dir(pid);
-    let mut files: Vec<MappedFile> = Vec::new();
-    for (start, end, path) in maps {
-        let path = in_process_view(root.as_deref(), path);
-        match files.iter_mut().find(|f| f.path == path) {
-            // The lowest mapping: its start is the load base, and /proc/PID/map_files
-            // names it by its exact range.
-            Some(f) if start < f.base => (f.base, f.end) = (start, end),
-            Some(_) => {}
-            None => files.push(MappedFile {
-                path,
-                base: start,
-                end,
-            }),
-        }
-    }
-    Ok(files)
-}
-
-/// Every file mapped by process `pid` (as the process names it), for finding
-/// something other than the interpreter (e.g. its libc's condvar wait).
-pub(crate) fn mapped_paths(pid: u32) -> Result<Vec<PathBuf>> {
-    Ok(mapped_files(pid)?.into_iter().map(|f| f.path).collect())
-}
-
-/// The root directory of `pid` as we see it when the process is chrooted inside
-/// our mount namespace; `None` when it shares our root or has a mount namespace
-/// of its own (then `/proc/PID/root` reads as `/`).
-fn chroot_dir(pid: u32) -> Option<PathBuf> {
-    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok()?;
-    (root.is_absolute() && root != Path::new("/")).then_some(root)
-}
-
-fn in_process_view(chroot: Option<&Path>, printed: PathBuf) -> PathBuf {
-    match chroot.and_then(|root| printed.strip_prefix(root).ok()) {
-        Some(rest) => Path::new("/").join(rest),
-        None => printed,
-    }
-}
-
-/// A path the kernel printed for `pid` (in `maps`, or `/proc/PID/exe`) as the
-/// process itself names it, so that [`host_path`] finds the file.
-pub fn path_in_process(pid: u32, printed: &Path) -> PathBuf {
-    in_process_view(chroot_dir(pid).as_deref(), printed.to_path_buf())
-}
-
-/// `/proc/PID/exe` as the process names it (see [`path_in_process`]).
-pub fn exe_in_process(pid: u32) -> Option<PathBuf> {
-    let printed = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    Some(path_in_process(pid, &printed))
-}
-
-/// Path of a file of process `pid`, seen from the host.
-pub fn host_path(pid: u32, path_in_process: &Path) -> PathBuf {
-    let relative = path_in_process.strip_prefix("/").unwrap_or(path_in_process);
-    PathBuf::from(format!("/proc/{pid}/root")).join(relative)
-}
-
 fn is_candidate(path: &Path, exe: Option<&Path>) -> bool {
     Some(path) == exe || named_like_cpython(path)
 }
@@ -596,58 +466,4 @@ pub fn require_interpreter(pid: u32) -> Result<Interpreter> {
             _ => Error::NotPython { pid, exe: name },
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn maps_give_offset_zero_file_mappings_with_spaces_in_paths() {
-        let text = "55d0c0000000-55d0c0001000 r--p 00000000 08:01 123      /usr/bin/python3.11\n\
-                    55d0c0001000-55d0c0002000 r-xp 00001000 08:01 123      /usr/bin/python3.11\n\
-                    7f0000000000-7f0000020000 r--p 00000000 08:01 456      /opt/my app/libpython3.12.so (deleted)\n\
-                    7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0        [stack]\n\
-                    7ffd10000000-7ffd10001000 rw-s 00000000 00:01 7        /SYSV0000002a (deleted)\n";
-        let maps = parse_maps(text);
-        assert_eq!(
-            maps,
-            vec![
-                (
-                    0x55d0c0000000,
-                    0x55d0c0001000,
-                    PathBuf::from("/usr/bin/python3.11")
-                ),
-                (
-                    0x7f0000000000,
-                    0x7f0000020000,
-                    PathBuf::from("/opt/my app/libpython3.12.so (deleted)")
-                ),
-                (
-                    0x7ffd10000000,
-                    0x7ffd10001000,
-                    PathBuf::from("/SYSV0000002a (deleted)")
-                ),
-            ]
-        );
-    }
-
-    /// Found by fuzzing (fuzz/, target `proc_parsers`): procfs's maps parser
-    /// panicked on a mapped file named like a SysV segment but shorter
-    /// (`/SYSVbin`), which any process can map; gilscope now parses maps itself.
-    #[test]
-    fn a_short_sysv_like_path_is_a_file_not_a_panic() {
-        let raw = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/fuzz/proc_parsers/maps-short-sysv-path"
-        ))
-        .expect("fixture");
-        let maps = parse_maps(&String::from_utf8_lossy(&raw[1..]));
-        assert!(
-            maps.iter().any(|(_, _, p)| p == Path::new("/SYSVbin")),
-            "{maps:?}"
-        );
-        let maps = parse_maps("7f00-7f01 r--p 00000000 08:01 9 /SYSVx\n\u{0}\u{ff} garbage");
-        assert_eq!(maps, vec![(0x7f00, 0x7f01, PathBuf::from("/SYSVx"))]);
-    }
 }

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 
 use crate::cpython::find::elf::{defined_function, file_offset_of, ElfImage};
 use crate::cpython::find::libc::cond_wait_search_order;
-use crate::cpython::find::locate::{exe_in_process, host_path, mapped_paths, Interpreter};
+use crate::cpython::find::locate::Interpreter;
 use crate::error::{Error, Result};
+use crate::os::mapped_files::{exe_in_process, mapped_paths};
+use crate::os::target_file::host_path;
 
 /// The poll family: the names each function goes by (an alias at the same
 /// address is the same function), and whether it is an epoll call.

@@ -506,3 +506,5 @@ fn an_interpreter_file_replaced_on_disk_is_still_measured() {
     drop((before, later));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+mod maps;

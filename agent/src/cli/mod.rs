@@ -4,6 +4,7 @@
 pub mod args;
 pub mod check;
 pub mod flamegraph;
+pub mod logging;
 pub mod measured_by;
 pub mod pprof;
 pub mod render;

@@ -42,11 +42,14 @@ impl ResourceSources<'_> {
         let version = session.interp.file.version.to_string();
         let facts = super::lookup::process_facts(pid, identity.start_ticks, version.clone());
         let (resource, pod_pending) = self.resource_of(&facts);
+        // The executable, not the command line: arguments may hold secrets
+        // (SECURITY.md), so they are logged at debug level only.
         tracing::info!(
             "watching process {pid} (CPython {version}, {}) as {}",
-            session.command,
+            session.interp.executable.display(),
             resource::identifying(&resource)
         );
+        tracing::debug!("process {pid} runs {}", session.command);
         Watched {
             resource,
             facts,

@@ -508,3 +508,4 @@ fn an_interpreter_file_replaced_on_disk_is_still_measured() {
 }
 
 mod maps;
+mod strings;

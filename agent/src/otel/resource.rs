@@ -188,10 +188,15 @@ pub fn python_service_name(args: &[String], exe_name: &str) -> String {
 /// The container id in `/proc/PID/cgroup` text: docker (`/docker/<id>`,
 /// `docker-<id>.scope`), containerd (`cri-containerd-<id>.scope`, `/kubepods/.../<id>`),
 /// cri-o (`crio-<id>.scope`) and podman (`libpod-<id>.scope`).
+///
+/// The outermost matching segment wins: that level is the container
+/// runtime's. A process allowed to make child cgroups (a delegated cgroup v2
+/// subtree) could name one after another tenant's container; that segment is
+/// below its own container's and never read.
 pub fn container_id_from_cgroup(text: &str) -> Option<String> {
     for line in text.lines() {
         let path = line.splitn(3, ':').nth(2).unwrap_or("");
-        for segment in path.rsplit('/') {
+        for segment in path.split('/') {
             let seg = segment.strip_suffix(".scope").unwrap_or(segment);
             if seg.starts_with("crio-conmon-") {
                 continue;
@@ -416,6 +421,19 @@ mod tests {
             container_id_from_cgroup(&format!("0::/kubepods.slice/crio-conmon-{ID}.scope\n")),
             None
         );
+    }
+
+    /// Issue 14: a container that makes a child cgroup named after another
+    /// container keeps its own id.
+    #[test]
+    fn a_nested_cgroup_named_after_another_container_does_not_move_a_process() {
+        let other = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+        let text = format!(
+            "0::/kubepods.slice/kubepods-pod1a2b.slice/cri-containerd-{ID}.scope/docker-{other}.scope\n"
+        );
+        assert_eq!(container_id_from_cgroup(&text).as_deref(), Some(ID));
+        let text = format!("0::/system.slice/docker-{ID}.scope/{other}\n");
+        assert_eq!(container_id_from_cgroup(&text).as_deref(), Some(ID));
     }
 
     #[test]

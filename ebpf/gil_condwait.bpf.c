@@ -140,16 +140,23 @@ static __always_inline void emit_episode(__u32 tgid, __u32 tid,
 	emit_episode_to(&cond_episodes, &cond_episodes_lost, tgid, tid, &w, end);
 }
 
+/* The counters of `tid` in process `tgid` (thread_counters), a full map counted. */
+static __always_inline struct condwait_waits *cond_thread_counters(__u32 tid, __u32 tgid)
+{
+	struct condwait_waits *w = thread_counters(&cond_waits, &tid, tgid, &zero_waits);
+	if (!w)
+		count_full(&cond_map_full, FULL_THREAD_WAITS);
+	return w;
+}
+
 static __always_inline void close_take_wait(__u32 tid, __u32 tgid,
 					    const struct condwait_inflight *cur, __u64 end)
 {
 	__u64 gil = cur->gil_addr, d = end - cur->wait_start_ns;
 	if (episode_threshold_ns && d >= episode_threshold_ns)
 		emit_episode(tgid, tid, cur, end);
-	struct condwait_waits *w = lookup_or_count(&cond_waits, &tid, &zero_waits, &cond_map_full,
-							     FULL_THREAD_WAITS);
+	struct condwait_waits *w = cond_thread_counters(tid, tgid);
 	if (w) {
-		w->tgid = tgid;
 		w->take_wait_ns += d;
 		w->take_waits++;
 		w->take_hist[log2_slot(d)]++;
@@ -240,31 +247,28 @@ int cond_return(struct pt_regs *ctx)
 	__u64 slice = now - cur->slice_start_ns;
 
 	if (cur->kind == WAIT_DROP) {
-		struct condwait_waits *w = lookup_or_count(&cond_waits, &tid, &zero_waits, &cond_map_full,
-							     FULL_THREAD_WAITS);
+		struct condwait_waits *w = cond_thread_counters(tid, tgid);
 		if (w) {
-			w->tgid = tgid;
 			w->drop_wait_ns += slice;
 			w->drop_waits++;
 		}
 		bpf_map_delete_elem(&cond_inflight, &tid);
 		return 0;
 	}
-	struct blocked_key bk = { .waiter_tid = tid, .holder_tstate = cur->holder_tstate };
-	struct blocked_val bzero = {};
-	struct blocked_val *b = lookup_or_count(&cond_blocked_by, &bk, &bzero, &cond_map_full,
-						     FULL_BLOCKED_BY);
-	if (b) {
-		b->wait_ns += slice;
-		b->segments++;
-	}
-	count_holder_wait(&cond_holder_waits, &cond_map_full, tgid, cur->holder_stack, slice);
-	struct condwait_waits *w = lookup_or_count(&cond_waits, &tid, &zero_waits, &cond_map_full,
-							     FULL_THREAD_WAITS);
+	struct condwait_waits *w = cond_thread_counters(tid, tgid);
 	if (w) {
-		w->tgid = tgid;
+		struct blocked_key bk = {
+			.waiter_tid = tid, .waiter_tgid = tgid, .holder_tstate = cur->holder_tstate
+		};
+		struct blocked_val *b =
+			blocked_entry(&cond_blocked_by, &cond_map_full, &w->blocked_pairs, &bk);
+		if (b) {
+			b->wait_ns += slice;
+			b->segments++;
+		}
 		w->take_slices++;
 	}
+	count_holder_wait(&cond_holder_waits, &cond_map_full, tgid, cur->holder_stack, slice);
 	if ((int)ctx->rax == ETIMEDOUT) {
 		/* take_gil asks the holder to drop and waits again. */
 		cur->continuing = 1;

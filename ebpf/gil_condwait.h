@@ -22,7 +22,7 @@ struct condwait_target {
 /* Cumulative condvar-wait counters of one thread (key: tid). */
 struct condwait_waits {
 	__u32 tgid;
-	__u32 _pad;
+	__u32 blocked_pairs;  /* cond_blocked_by entries this thread made (GILSCOPE_HOLDERS_PER_WAITER) */
 	__u64 take_wait_ns;   /* in the condvar wait on gil->cond, timed-out slices merged */
 	__u64 take_waits;     /* merged waits */
 	__u64 take_slices;    /* condvar wait calls on gil->cond */

@@ -26,6 +26,52 @@ static __always_inline void *lookup_or_count(void *map, const void *key, const v
 	return val;
 }
 
+/* The counters of thread `tid` of process `tgid` in the per-thread map `map`,
+ * whose values begin with `__u32 tgid`; created from `zero`, NULL when the map
+ * is full. A tid the kernel gave to another process since its entry was made
+ * (the old thread exited, its entry not yet collected by the agent) starts
+ * again from zero: counters never cross processes. Slow path only (after a
+ * block), and the reset is one map update. */
+static __always_inline void *thread_counters(void *map, const __u32 *tid, __u32 tgid,
+					     const void *zero)
+{
+	__u32 *owner = lookup_or_init(map, tid, zero);
+	if (!owner || *owner == tgid)
+		return owner;
+	if (*owner) {
+		if (bpf_map_update_elem(map, tid, zero, BPF_EXIST))
+			return 0;
+		owner = bpf_map_lookup_elem(map, tid);
+		if (!owner)
+			return 0;
+	}
+	*owner = tgid;
+	return owner;
+}
+
+/* The blocked_by entry of `bk`, created from zero; `pairs` counts the entries
+ * the waiter created (its thread counters' blocked_pairs). Past
+ * GILSCOPE_HOLDERS_PER_WAITER the wait goes to holder 0 (unknown), whose entry
+ * is still made once. NULL when the map is full (counted in `full`). */
+static __always_inline struct blocked_val *blocked_entry(void *map, void *full, __u32 *pairs,
+							 struct blocked_key *bk)
+{
+	struct blocked_val *b = bpf_map_lookup_elem(map, bk);
+	if (b)
+		return b;
+	if (*pairs >= GILSCOPE_HOLDERS_PER_WAITER) {
+		bk->holder_tstate = 0;
+		b = bpf_map_lookup_elem(map, bk);
+		if (b)
+			return b;
+	}
+	struct blocked_val zero = {};
+	b = lookup_or_count(map, bk, &zero, full, FULL_BLOCKED_BY);
+	if (b)
+		(*pairs)++;
+	return b;
+}
+
 /* Remembers a GIL holder of a take wait once, in the first free slot of
  * `holders` (GILSCOPE_EPISODE_HOLDERS long; 0 = free). */
 static __always_inline void note_holder(__u64 *holders, __u64 holder)

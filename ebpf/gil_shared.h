@@ -24,6 +24,13 @@ enum map_full_slot {
 	FULL_SLOTS = 6,
 };
 
+/* The most (waiter, holder) pairs one waiting thread creates in blocked_by /
+ * cond_blocked_by. The holder is read from the target's own memory, so a
+ * process that churns it (or a huge one) could otherwise fill the map shared by
+ * every watched process; past this, its waits go to holder 0 (unknown). A real
+ * waiter waits behind at most as many holders as its process has threads. */
+#define GILSCOPE_HOLDERS_PER_WAITER 256
+
 /* The `kind` of a wait in progress (futex_inflight, condwait_inflight). The
  * first four are futex waits (the condvar probe uses OTHER, TAKE and DROP); the
  * BLOCK_* kinds are sleeps in other syscalls (gil_wait.bpf.c only). */
@@ -52,7 +59,7 @@ struct gil_episode {
 /* GIL wait of one thread while a given thread state held the GIL. */
 struct blocked_key {
 	__u32 waiter_tid;
-	__u32 _pad;
+	__u32 waiter_tgid;    /* the waiter's process: a reused tid is another key */
 	__u64 holder_tstate;  /* gil->last_holder read when the wait (segment) began; 0 = unreadable */
 };
 

@@ -265,10 +265,10 @@ static __always_inline __u32 sleep_kind(const struct gil_target *t, struct pt_re
 
 /* Whether a wait of `kind` starting now is a retake wait. Any block but a GIL
  * mutex wait (part of taking the GIL) ends the window opened by the last wake. */
-static __always_inline __u32 is_retake(__u32 tid, __u32 kind, __u64 now)
+static __always_inline __u32 is_retake(__u32 tgid, __u32 tid, __u32 kind, __u64 now)
 {
 	struct thread_waits *w = bpf_map_lookup_elem(&thread_waits, &tid);
-	if (!w || !w->retake_armed_ns || kind == WAIT_MUTEX)
+	if (!w || w->tgid != tgid || !w->retake_armed_ns || kind == WAIT_MUTEX)
 		return 0;
 	__u32 retake = kind == WAIT_TAKE && now - w->retake_armed_ns < retake_window_ns;
 	w->retake_armed_ns = 0;
@@ -333,7 +333,7 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 		deadline = futex_deadline((__u32)BPF_CORE_READ(regs, si), BPF_CORE_READ(regs, r10), now);
 		stack = capture_holder(&holder_walks, &holder_stacks, &map_full, tgid, holder);
 	}
-	__u32 retake = is_retake(tid, kind, now);
+	__u32 retake = is_retake(tgid, tid, kind, now);
 
 	struct futex_inflight *cur = bpf_map_lookup_elem(&inflight, &tid);
 	if (cur && cur->continuing && kind == WAIT_TAKE &&
@@ -349,7 +349,7 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 	}
 	if (cur && cur->continuing) {
 		/* The retry never came: the thread got the GIL after its last slice. */
-		struct thread_waits *w = bpf_map_lookup_elem(&thread_waits, &tid);
+		struct thread_waits *w = thread_counters(&thread_waits, &tid, tgid, &zero_waits);
 		if (w)
 			close_take_wait(w, tgid, tid, cur, cur->last_exit_ns - cur->wait_start_ns,
 					cur->last_exit_ns);
@@ -411,7 +411,7 @@ static __always_inline void on_run(struct task_struct *next, __u64 now)
 	}
 	__u64 segment = now - cur->segment_start_ns;
 
-	struct thread_waits *w = lookup_or_init(&thread_waits, &tid, &zero_waits);
+	struct thread_waits *w = thread_counters(&thread_waits, &tid, tgid, &zero_waits);
 	if (!w) {
 		/* thread_waits is full: this wait is lost. Counted once, and the
 		 * in-flight entry goes too, or every later switch-in would retry. */
@@ -419,14 +419,13 @@ static __always_inline void on_run(struct task_struct *next, __u64 now)
 		bpf_map_delete_elem(&inflight, &tid);
 		return;
 	}
-	w->tgid = tgid;
 
 	switch (cur->kind) {
 	case WAIT_TAKE: {
-		struct blocked_key bk = { .waiter_tid = tid, .holder_tstate = cur->holder_tstate };
-		struct blocked_val bzero = {};
-		struct blocked_val *b =
-			lookup_or_count(&blocked_by, &bk, &bzero, &map_full, FULL_BLOCKED_BY);
+		struct blocked_key bk = {
+			.waiter_tid = tid, .waiter_tgid = tgid, .holder_tstate = cur->holder_tstate
+		};
+		struct blocked_val *b = blocked_entry(&blocked_by, &map_full, &w->blocked_pairs, &bk);
 		if (b) {
 			b->wait_ns += segment;
 			b->segments++;

@@ -23,7 +23,7 @@ struct gil_target {
  * futex waits, and every other voluntary sleep by the syscall it sleeps in. */
 struct thread_waits {
 	__u32 tgid;
-	__u32 _pad;
+	__u32 blocked_pairs;  /* blocked_by entries this thread made (GILSCOPE_HOLDERS_PER_WAITER) */
 	__u64 take_wait_ns;   /* blocked on gil->cond, timed-out retries merged into one wait */
 	__u64 take_waits;     /* merged waits */
 	__u64 take_futex_calls;

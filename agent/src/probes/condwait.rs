@@ -170,8 +170,8 @@ impl CondWaitProbe {
 
     /// Deletes the entries of threads that exited and returns what they held,
     /// shaped like the futex probe's (see [`WaitProbe::take_threads`](crate::probes::wait::WaitProbe::take_threads)).
-    pub fn take_threads(&mut self, tids: &[u32]) -> Result<WaitCounters> {
-        Ok(self.maps.take_threads(tids))
+    pub fn take_threads(&mut self, tgid: u32, tids: &[u32]) -> Result<WaitCounters> {
+        Ok(self.maps.take_threads(tgid, tids))
     }
 }
 

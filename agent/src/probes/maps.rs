@@ -128,7 +128,7 @@ impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
             .blocked_by
             .iter()
             .filter_map(|entry| entry.ok())
-            .filter(|(k, _)| threads.contains_key(&k.waiter_tid))
+            .filter(|(k, _)| k.waiter_tgid == tgid && threads.contains_key(&k.waiter_tid))
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
         let gils = self
@@ -148,18 +148,17 @@ impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
     /// The counters of every process in the maps, in one pass over each.
     pub fn read_all(&self) -> HashMap<u32, WaitCounters> {
         let mut out: HashMap<u32, WaitCounters> = HashMap::new();
-        let mut tgid_of: HashMap<u32, u32> = HashMap::new();
         for (tid, w) in self.waits.iter().filter_map(|entry| entry.ok()) {
-            tgid_of.insert(tid, w.tgid());
             out.entry(w.tgid())
                 .or_default()
                 .threads
                 .insert(tid, w.into());
         }
         for (k, v) in self.blocked_by.iter().filter_map(|entry| entry.ok()) {
-            if let Some(tgid) = tgid_of.get(&k.waiter_tid) {
-                let counters = out.entry(*tgid).or_default();
-                counters.blocked_by.insert(k.into(), v.into());
+            if let Some(counters) = out.get_mut(&k.waiter_tgid) {
+                if counters.threads.contains_key(&k.waiter_tid) {
+                    counters.blocked_by.insert(k.into(), v.into());
+                }
             }
         }
         for (k, v) in self.gil_waits.iter().filter_map(|entry| entry.ok()) {
@@ -169,40 +168,60 @@ impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
         out
     }
 
-    /// Reads and deletes the entries of `tids` (counters, blocked-by pairs,
-    /// in-flight waits) and returns what they held. Entries already gone are
-    /// skipped.
-    pub fn take_threads(&mut self, tids: &[u32]) -> WaitCounters {
+    /// Reads and deletes the entries of threads `tids` of process `tgid`
+    /// (counters, blocked-by pairs, in-flight waits) and returns what they
+    /// held. Entries already gone are skipped, and so are those of a tid the
+    /// kernel has since given to another process: they are that process's.
+    pub fn take_threads(&mut self, tgid: u32, tids: &[u32]) -> WaitCounters {
         let mut out = WaitCounters::default();
         if tids.is_empty() {
             return out;
         }
-        for tid in tids {
-            if let Ok(w) = self.waits.get(tid, 0) {
-                out.threads.insert(*tid, w.into());
-            }
-            let _ = self.waits.remove(tid);
-        }
         let wanted: HashSet<u32> = tids.iter().copied().collect();
+        let mut ours: HashSet<u32> = HashSet::new();
+        for tid in tids {
+            match self.waits.get(tid, 0) {
+                Ok(w) if w.tgid() != tgid => continue,
+                Ok(w) => {
+                    out.threads.insert(*tid, w.into());
+                    let _ = self.waits.remove(tid);
+                }
+                Err(_) => {}
+            }
+            ours.insert(*tid);
+        }
         let found: Vec<(k::BlockedKey, k::BlockedVal)> = self
             .blocked_by
             .iter()
             .filter_map(|entry| entry.ok())
-            .filter(|(k, _)| wanted.contains(&k.waiter_tid))
+            .filter(|(k, _)| k.waiter_tgid == tgid && wanted.contains(&k.waiter_tid))
             .collect();
         for (key, val) in found {
             let _ = self.blocked_by.remove(&key);
             out.blocked_by
                 .insert(BlockedKey::from(key), BlockedWait::from(val));
         }
-        for tid in tids {
+        // Pairs carry their process, so those of a tid reused since are still
+        // ours to take. In-flight waits carry none: one is deleted only when
+        // its tid's counters were this process's (or were never made).
+        for tid in &ours {
             let _ = self.inflight.remove(tid);
         }
         out
     }
 
-    /// Deletes the per-GIL entries of `tgid`.
-    pub fn forget_gils(&mut self, tgid: u32) {
+    /// Deletes the per-GIL entries of `tgid` and any blocked-by pair of it
+    /// left behind (by a thread whose tid another process has since taken).
+    pub fn forget_process(&mut self, tgid: u32) {
+        let pairs: Vec<k::BlockedKey> = self
+            .blocked_by
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.waiter_tgid == tgid)
+            .collect();
+        for key in &pairs {
+            let _ = self.blocked_by.remove(key);
+        }
         let keys: Vec<k::GilKey> = self
             .gil_waits
             .keys()

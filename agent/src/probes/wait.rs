@@ -226,22 +226,17 @@ impl WaitProbe {
     /// holders, in-flight waits, holder stacks and the waits behind them).
     pub fn unwatch(&mut self, tgid: u32) -> Result<()> {
         let tids: Vec<u32> = self.maps.read(tgid).threads.into_keys().collect();
-        self.maps.take_threads(&tids);
-        self.maps.forget_gils(tgid);
+        self.maps.take_threads(tgid, &tids);
+        self.maps.forget_process(tgid);
         self.maps.holders.forget(tgid);
         self.stop_counting(tgid)
-    }
-
-    /// Deletes the per-thread entries of threads that exited.
-    pub fn forget_threads(&mut self, tids: &[u32]) -> Result<()> {
-        self.take_threads(tids).map(drop)
     }
 
     /// Deletes the per-thread entries of threads that exited and returns what
     /// they held (their counters and blocked-by pairs): a long-lived process
     /// whose threads come and go keeps their sum, not their slots.
-    pub fn take_threads(&mut self, tids: &[u32]) -> Result<WaitCounters> {
-        Ok(self.maps.take_threads(tids))
+    pub fn take_threads(&mut self, tgid: u32, tids: &[u32]) -> Result<WaitCounters> {
+        Ok(self.maps.take_threads(tgid, tids))
     }
 
     /// The current cumulative counters of every thread of `tgid`.

@@ -43,7 +43,7 @@ pub fn retire_due(exits: &mut Retirement, pid: u32, now: Instant, src: Sources) 
     if due.is_empty() {
         return;
     }
-    let mut taken = match src.probe.take_threads(&due) {
+    let mut taken = match src.probe.take_threads(pid, &due) {
         Ok(taken) => taken,
         Err(e) => {
             tracing::debug!("cannot release the exited threads of process {pid}: {e}");
@@ -51,7 +51,7 @@ pub fn retire_due(exits: &mut Retirement, pid: u32, now: Instant, src: Sources) 
         }
     };
     if let Some(c) = src.condwait {
-        match c.take_threads(&due) {
+        match c.take_threads(pid, &due) {
             Ok(cond) => condwait::merge_into(&mut taken, &cond),
             Err(e) => tracing::debug!("condvar probe of {pid}: {e}"),
         }

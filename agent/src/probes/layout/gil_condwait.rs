@@ -25,7 +25,8 @@ pub struct CondwaitTarget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CondwaitWaits {
     pub tgid: u32,
-    pub _pad: u32,
+    /// Kernel-side state: `cond_blocked_by` entries this thread made (capped).
+    pub blocked_pairs: u32,
     pub take_wait_ns: u64,
     pub take_waits: u64,
     pub take_slices: u64,
@@ -38,7 +39,7 @@ impl Default for CondwaitWaits {
     fn default() -> Self {
         Self {
             tgid: 0,
-            _pad: 0,
+            blocked_pairs: 0,
             take_wait_ns: 0,
             take_waits: 0,
             take_slices: 0,
@@ -110,7 +111,7 @@ mod tests {
             CondwaitWaits,
             [
                 tgid,
-                _pad,
+                blocked_pairs,
                 take_wait_ns,
                 take_waits,
                 take_slices,

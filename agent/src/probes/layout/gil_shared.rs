@@ -173,7 +173,8 @@ impl From<GilEpisode> for WaitEpisode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct BlockedKey {
     pub waiter_tid: u32,
-    pub _pad: u32,
+    /// The waiter's process: a tid reused by another process is another key.
+    pub waiter_tgid: u32,
     pub holder_tstate: u64,
 }
 
@@ -296,7 +297,7 @@ mod tests {
                 s,
                 "blocked_key",
                 BlockedKey,
-                [waiter_tid, _pad, holder_tstate]
+                [waiter_tid, waiter_tgid, holder_tstate]
             );
             assert_layout!(s, "blocked_val", BlockedVal, [wait_ns, segments]);
             assert_layout!(s, "gil_key", GilKey, [tgid, _pad, gil_addr]);

@@ -24,7 +24,8 @@ pub struct GilTarget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThreadWaits {
     pub tgid: u32,
-    pub _pad: u32,
+    /// Kernel-side state: `blocked_by` entries this thread made (capped).
+    pub blocked_pairs: u32,
     pub take_wait_ns: u64,
     pub take_waits: u64,
     pub take_futex_calls: u64,
@@ -57,7 +58,7 @@ impl Default for ThreadWaits {
     fn default() -> Self {
         Self {
             tgid: 0,
-            _pad: 0,
+            blocked_pairs: 0,
             take_wait_ns: 0,
             take_waits: 0,
             take_futex_calls: 0,
@@ -172,7 +173,7 @@ mod tests {
             ThreadWaits,
             [
                 tgid,
-                _pad,
+                blocked_pairs,
                 take_wait_ns,
                 take_waits,
                 take_futex_calls,

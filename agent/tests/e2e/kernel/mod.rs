@@ -1,5 +1,6 @@
-//! The kernel side: its state after a measurement, full maps, thread churn, intervals of a watched process, GIL holders' stacks.
+//! The kernel side: its state after a measurement, full maps, thread churn, a churned GIL holder, intervals of a watched process, GIL holders' stacks.
 
+mod holder_churn;
 mod holder_stacks;
 mod kernel_state;
 mod map_full;

@@ -425,21 +425,83 @@ pub fn parse(block: &[u8], line: PyVersion) -> Result<DebugOffsets, String> {
         ascii_size: get(layout.ascii_size)?,
         stack: read_stack_offsets(&layout.stack, &get)?,
     };
-    // Sanity: offsets into structs of a few KiB to a few hundred KiB, never 0 where a field must be.
-    let plausible = |v: u64| v > 0 && v < 1 << 24;
-    if ![
-        offsets.interpreters_head,
-        offsets.ceval_gil,
-        offsets.gil_runtime_state,
-        offsets.gil_locked,
-        offsets.native_thread_id,
-    ]
-    .into_iter()
-    .all(plausible)
-    {
-        return Err(format!("implausible debug offsets: {offsets:?}"));
-    }
+    offsets.check_plausible()?;
     Ok(offsets)
+}
+
+/// The most bytes of `_PyRuntimeState` or `PyInterpreterState` an offset may
+/// point into: both are a few hundred KiB at most in any build.
+const RUNTIME_STRUCT_MAX: u64 = 1 << 24;
+
+/// The most bytes of the GIL struct (`struct _gil_runtime_state`: ~200).
+const GIL_STRUCT_MAX: u64 = 512;
+
+/// The most bytes of an object header an offset may point into (`PyTypeObject`
+/// is ~400 bytes, the others under 100).
+const OBJECT_HEADER_MAX: u64 = 1024;
+
+impl DebugOffsets {
+    /// Every field the agent uses, checked before any is (issue 14: the block
+    /// is the target's own memory and may be garbage or hostile): each offset
+    /// inside a struct of bounded size and aligned to its width, the GIL's
+    /// fields inside the GIL, the thread state's inside its declared size, and
+    /// the fields that cannot be at 0 not at 0. A block that fails is refused
+    /// whole, with the first field that failed named.
+    pub fn check_plausible(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("runtime_state.interpreters_head", self.interpreters_head),
+            ("interpreter_state.ceval.gil", self.ceval_gil),
+            ("interpreter_state._gil", self.gil_runtime_state),
+        ] {
+            if v == 0 {
+                return Err(format!("implausible debug offset {name} = 0"));
+            }
+        }
+        for (name, v) in [
+            ("runtime_state.interpreters_head", self.interpreters_head),
+            ("interpreter_state.next", self.interp_next),
+            ("interpreter_state.ceval.gil", self.ceval_gil),
+            ("interpreter_state._gil", self.gil_runtime_state),
+            ("interpreter_state.threads.head", self.threads_head),
+            ("interpreter_state.imports.modules", self.imports_modules),
+        ] {
+            field(name, v, 8, RUNTIME_STRUCT_MAX)?;
+        }
+        let in_gil = |name: &str, v: u64, width: u64| {
+            let at = v.checked_sub(self.gil_runtime_state).ok_or_else(|| {
+                format!("implausible debug offset {name} = {v}, before the GIL struct")
+            })?;
+            field(name, at, width, GIL_STRUCT_MAX)
+        };
+        in_gil("_gil.locked", self.gil_locked, 4)?;
+        in_gil("_gil.last_holder", self.gil_holder, 8)?;
+        if self.free_threaded {
+            field("_gil.enabled", self.gil_enabled, 4, GIL_STRUCT_MAX)?;
+        }
+        let tstate = size("PyThreadState", self.stack.tstate_size, 64, 1 << 16)?;
+        field("thread_state.next", self.tstate_next, 8, tstate)?;
+        field("thread_state.thread_id", self.thread_id, 8, tstate)?;
+        field(
+            "thread_state.native_thread_id",
+            self.native_thread_id,
+            8,
+            tstate,
+        )?;
+        let ascii = size("PyASCIIObject", self.ascii_size, 16, 128)?;
+        for (name, v, width, within) in [
+            ("object.ob_type", self.ob_type, 8, 64),
+            ("type_object.tp_flags", self.tp_flags, 8, OBJECT_HEADER_MAX),
+            ("dict_object.ma_keys", self.ma_keys, 8, 128),
+            ("dict_object.ma_values", self.ma_values, 8, 128),
+            ("long_object.lv_tag", self.long_tag, 8, 128),
+            ("long_object.ob_digit", self.long_digits, 4, 128),
+            ("unicode_object.state", self.unicode_state, 4, ascii),
+            ("unicode_object.length", self.unicode_length, 8, ascii),
+        ] {
+            field(name, v, width, within)?;
+        }
+        Ok(())
+    }
 }
 
 fn read_stack_offsets(
@@ -469,9 +531,9 @@ fn read_stack_offsets(
 mod tests {
     use super::*;
 
+    /// The GIL and thread-id fields set, over the fake's plausible others.
     fn block_313(free_threaded: u64) -> Vec<u8> {
-        let mut b = vec![0u8; BLOCK_LEN];
-        b[..8].copy_from_slice(COOKIE);
+        let mut b = crate::cpython::remote::fake::debug_block(13, free_threaded != 0);
         let mut put = |at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
         put(8, 0x030d00f0);
         put(16, free_threaded);
@@ -513,9 +575,9 @@ mod tests {
 
     /// The head of sid's 3.14.10 `_PyRuntime` as stored in its `.data` (values
     /// the stripped binary carries, not made up): `_gil` at +0x1e68 in the interpreter.
+    /// (The fields not listed are the fake's.)
     fn block_314() -> Vec<u8> {
-        let mut b = vec![0u8; BLOCK_LEN];
-        b[..8].copy_from_slice(COOKIE);
+        let mut b = crate::cpython::remote::fake::debug_block(14, false);
         let values: [(usize, u64); 17] = [
             (8, 0x030e0af0),
             (16, 0),
@@ -669,6 +731,50 @@ mod tests {
 
     /// Issue 14 feeds garbage: every stack value out of its struct, misaligned,
     /// overlapping another, or a struct of absurd size is refused.
+    /// Issue 14: garbage written into any field the agent uses is refused,
+    /// naming the field; the real blocks of every build pass.
+    #[test]
+    fn garbage_in_any_used_field_refuses_the_block() {
+        for (minor, ft) in [(13, false), (13, true), (14, false)] {
+            let line = PyVersion { major: 3, minor };
+            let good = crate::cpython::remote::fake::debug_block(minor, ft);
+            assert!(parse(&good, line).is_ok(), "3.{minor} ft={ft}");
+            let p = block_layout(line).expect("layout");
+            for (name, at) in [
+                ("interpreters_head", p.interpreters_head),
+                ("interpreter_state.next", p.interp_next),
+                ("ceval.gil", p.ceval_gil),
+                ("_gil", p.gil_runtime_state),
+                ("locked", p.gil_locked),
+                ("last_holder", p.gil_holder),
+                ("native_thread_id", p.native_thread_id),
+                ("threads.head", p.threads_head),
+                ("imports.modules", p.imports_modules),
+                ("thread_state.next", p.tstate_next),
+                ("thread_id", p.thread_id),
+                ("ob_type", p.ob_type),
+                ("tp_flags", p.tp_flags),
+                ("ma_keys", p.ma_keys),
+                ("ma_values", p.ma_values),
+                ("lv_tag", p.long_tag),
+                ("ob_digit", p.long_digits),
+                ("unicode state", p.unicode_state),
+                ("unicode length", p.unicode_length),
+                ("ascii size", p.ascii_size),
+                ("tstate size", p.stack.tstate_size),
+            ] {
+                for garbage in [u64::MAX, 1 << 40, 0x7fff_ffff_ffff_fff3] {
+                    let mut bad = good.clone();
+                    bad[at..at + 8].copy_from_slice(&garbage.to_le_bytes());
+                    assert!(
+                        parse(&bad, line).is_err(),
+                        "3.{minor} ft={ft}: {name} = {garbage:#x} was accepted"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn implausible_stack_offsets_are_refused_one_by_one() {
         for minor in [13u8, 14] {

@@ -50,7 +50,7 @@ fn manifest_files() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 6, "manifests: {files:?}");
+    assert!(files.len() >= 7, "manifests: {files:?}");
     files
 }
 
@@ -146,12 +146,12 @@ fn manifests_and_rendered_chart_pass_kubernetes_validate() {
             out.status.success(),
             "kubernetes-validate {version}:\n{said}"
         );
-        // 6 plain objects + the same 6 rendered, each said to pass.
+        // 7 plain objects + the same 7 rendered, each said to pass.
         let passed = said
             .lines()
             .filter(|l| l.contains(" passed for resource "))
             .count();
-        assert_eq!(passed, 12, "kubernetes-validate {version}:\n{said}");
+        assert_eq!(passed, 14, "kubernetes-validate {version}:\n{said}");
     }
 }
 
@@ -194,6 +194,18 @@ fn the_chart_renders_the_plain_manifests() {
     let default = objects(documents(&render_chart(&bin, "{}")));
     assert!(!default.contains_key("Namespace/gilscope"));
     assert_eq!(default.len(), plain.len() - 1);
+    // /metrics admits only the scrapers, on the agent's port.
+    let policy = &plain["NetworkPolicy/gilscope"]["spec"];
+    assert_eq!(policy["policyTypes"], serde_json::json!(["Ingress"]));
+    assert_eq!(
+        policy["ingress"][0]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": 9464}])
+    );
+    let open = objects(documents(&render_chart(
+        &bin,
+        r#"{"networkPolicy":{"enabled":false}}"#,
+    )));
+    assert!(!open.contains_key("NetworkPolicy/gilscope"));
 }
 
 #[test]
@@ -270,7 +282,10 @@ fn the_configmap_and_env_are_a_config_gilscope_run_accepts() {
     )
     .expect("write config");
 
-    let env = daemonset_env(daemonset);
+    let mut env = daemonset_env(daemonset);
+    // /metrics on the pod's address, never every interface (issue 14).
+    assert_eq!(env["GILSCOPE_LISTEN"], "<POD_IP>:9464");
+    env.insert("GILSCOPE_LISTEN".into(), "10.244.1.7:9464".into());
     let flags = Flags::parse([std::ffi::OsString::from("--config"), file.into_os_string()])
         .expect("gilscope run --config FILE");
     let settings = resolve(&flags, &|k: &str| env.get(k).cloned())
@@ -290,5 +305,6 @@ fn the_configmap_and_env_are_a_config_gilscope_run_accepts() {
         "the node name reaches the agent's resource: {:?}",
         settings.agent_attributes
     );
-    assert_eq!(env["GILSCOPE_LISTEN"], "0.0.0.0:9464");
+    let listen = settings.listen.expect("the HTTP endpoints listen");
+    assert_eq!(listen.addr.to_string(), "10.244.1.7:9464");
 }

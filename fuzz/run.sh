@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 seconds="${1:-600}"
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(elf_inspect disasm_finder proc_parsers config spool_file)
+[[ ${#targets[@]} -gt 0 ]] || targets=(elf_inspect disasm_finder proc_parsers config spool_file memory_walkers collector_answers)
 sanitizer="${FUZZ_SANITIZER:-address}"
 jobs="${FUZZ_JOBS:-2}"
 export RUSTC_BOOTSTRAP=1

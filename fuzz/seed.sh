@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 corpus=corpus
-mkdir -p "$corpus"/{elf_inspect,disasm_finder,proc_parsers,config,spool_file}
+mkdir -p "$corpus"/{elf_inspect,disasm_finder,proc_parsers,config,spool_file,memory_walkers,collector_answers}
 
 # The committed ELF seeds: a few KiB each, from seeds/fake_interpreter.c.
 if [[ "${1:-}" == "--elf" ]]; then
@@ -19,7 +19,7 @@ if [[ "${1:-}" == "--elf" ]]; then
         -o seeds/elf_inspect/fake313-static seeds/fake_interpreter.c -lpthread 2>/dev/null ||
         echo "static seed skipped (no static libc)"
 fi
-for t in elf_inspect disasm_finder proc_parsers config spool_file; do
+for t in elf_inspect disasm_finder proc_parsers config spool_file memory_walkers collector_answers; do
     cp seeds/$t/* "$corpus/$t/" 2>/dev/null || true
 done
 
@@ -87,6 +87,6 @@ for f in "$cfg"/*.yaml; do
 done
 
 echo "corpora in $(pwd)/$corpus:"
-for t in elf_inspect disasm_finder proc_parsers config spool_file; do
+for t in elf_inspect disasm_finder proc_parsers config spool_file memory_walkers collector_answers; do
     printf '  %-14s %4d files %8d KiB\n' "$t" "$(ls "$corpus/$t" | wc -l)" "$(du -sk "$corpus/$t" | cut -f1)"
 done

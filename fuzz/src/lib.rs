@@ -1,6 +1,8 @@
 //! The bodies of gilscope's fuzz targets: each feeds arbitrary bytes to the
 //! parsers that read outside input (interpreter ELF files, `/proc` and cgroup
-//! files, the config file and environment, spool files) the way the agent does.
+//! files, the config file and environment, spool files, a target's memory,
+//! a collector's answers)
+//! the way the agent does.
 //!
 //! They live here, not in `fuzz_targets/`, so that `agent/tests/fuzz_corpus.rs`
 //! (part of `cargo test`) runs the same bodies over the committed seeds: the
@@ -12,9 +14,14 @@ use std::path::{Path, PathBuf};
 use gilscope::cli::settings as config;
 use gilscope::cpython::find::{elf, functions, libc};
 use gilscope::cpython::layout::debug_offsets;
-use gilscope::cpython::layout::versions::PyVersion;
+use gilscope::cpython::layout::versions::{layout_for, PyVersion, StackSource};
+use gilscope::cpython::remote::code::CodeReader;
+use gilscope::cpython::remote::frames;
+use gilscope::cpython::remote::memory::Memory;
+use gilscope::cpython::remote::objects::ObjectLayout;
+use gilscope::cpython::thread_names::ThreadNameReader;
 use gilscope::os::{cgroup, mapped_files, pidns, threads};
-use gilscope::otel::export::spool;
+use gilscope::otel::export::{self, spool};
 use gilscope::otel::{kube, resource};
 
 /// What the agent does with an interpreter file found mapped in a process:
@@ -183,4 +190,93 @@ pub fn config(data: &[u8]) {
 /// A spool file read back after a restart: header, length and CRC checks.
 pub fn spool_file(data: &[u8]) {
     let _ = spool::body_from_bytes(Path::new("/fuzz/spool/1.req"), data.to_vec());
+}
+
+/// Where [`memory_walkers`] maps its made-up memory (`_PyRuntime` is there).
+const IMAGE_BASE: u64 = 0x10_0000;
+
+/// A target's memory made of the fuzz input: readable at
+/// `IMAGE_BASE..IMAGE_BASE + len`, unreadable everywhere else.
+#[derive(Clone, Copy)]
+struct Image<'a>(&'a [u8]);
+
+impl Memory for Image<'_> {
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let Some(start) = addr
+            .checked_sub(IMAGE_BASE)
+            .and_then(|a| usize::try_from(a).ok())
+        else {
+            return false;
+        };
+        match start
+            .checked_add(buf.len())
+            .and_then(|end| self.0.get(start..end))
+        {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The walkers of a target's memory, over memory made of the input (issue 14:
+/// a hostile target writes what it likes there). The first byte picks the
+/// release line (3.8 to 3.14); the rest is memory at [`IMAGE_BASE`], which is
+/// also `_PyRuntime` (3.13+ read their debug offsets from its start). Thread
+/// names are read from the runtime down; stacks are walked from thread states
+/// at every 64th byte of the first 4 KiB, and each frame's code object read.
+pub fn memory_walkers(data: &[u8]) {
+    let Some((&which, bytes)) = data.split_first() else {
+        return;
+    };
+    let line = PyVersion {
+        major: 3,
+        minor: 8 + which % 7,
+    };
+    let Some(layout) = layout_for(line) else {
+        return;
+    };
+    let mem = Image(bytes);
+    let debug = debug_offsets::parse(bytes, line).ok();
+    let objects = ObjectLayout::of_process(line, debug.as_ref());
+    let _ = ThreadNameReader::with_layout(mem, objects, IMAGE_BASE, Some(0x2d0)).read();
+    let stack = match layout.stack {
+        StackSource::Table(stack) => Some(stack),
+        StackSource::DebugOffsets => debug.and_then(|d| d.stack_layout().ok()),
+    };
+    let Some(stack) = stack else {
+        return;
+    };
+    let code_reader = objects.map(|objects| CodeReader {
+        code: stack.code,
+        objects,
+        code_type: None,
+    });
+    for tstate in (0..bytes.len().min(4096) as u64).step_by(64) {
+        let Ok(raw) = frames::walk_thread(&mem, IMAGE_BASE + tstate, &stack.walk) else {
+            continue;
+        };
+        for frame in raw.frames {
+            if let Some(code) = code_reader.and_then(|r| r.read(&mem, frame.code)) {
+                let _ = code.line_at(frame.instr.wrapping_sub(frame.code) as i64);
+            }
+        }
+    }
+}
+
+/// A collector's answer to an export: the first byte picks the signal
+/// (metrics or spans), the rest is the response body, read for its
+/// `partial_success` and as an error `google.rpc.Status`.
+pub fn collector_answers(data: &[u8]) {
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    let kind = if which & 1 == 0 {
+        spool::Kind::Metrics
+    } else {
+        spool::Kind::Traces
+    };
+    let _ = export::read_answer(kind, body);
 }

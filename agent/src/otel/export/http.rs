@@ -115,7 +115,7 @@ fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration
 }
 
 /// The message of an OTLP/HTTP error body (a protobuf `google.rpc.Status`), if any.
-fn error_message(body: &[u8]) -> Option<String> {
+pub(super) fn error_message(body: &[u8]) -> Option<String> {
     let status = tonic_types::Status::decode(body).ok()?;
     let message = status.message.trim().to_string();
     (!message.is_empty()).then_some(message)

@@ -81,6 +81,24 @@ pub struct ExportSettings {
     pub tls: Option<TlsSettings>,
 }
 
+/// What a collector's answer body says, read as the exporter reads it: the
+/// items rejected by its `partial_success` for a request of `kind`, its
+/// message, and the message of the body as an error (`google.rpc.Status`).
+/// The bodies come from the network, so the fuzzers feed this
+/// (`fuzz/`, target `collector_answers`).
+pub fn read_answer(kind: spool::Kind, body: &[u8]) -> (u64, String, Option<String>) {
+    let request = match kind {
+        spool::Kind::Metrics => Payload::Metrics(Default::default()),
+        spool::Kind::Traces => Payload::Traces(Default::default()),
+    };
+    let accepted = request.accepted_by(body);
+    (
+        accepted.rejected,
+        accepted.message,
+        http::error_message(body),
+    )
+}
+
 /// The configured transport; both signals go through the same one.
 enum Transport {
     Grpc(Box<grpc::GrpcTransport>),

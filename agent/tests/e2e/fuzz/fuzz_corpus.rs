@@ -16,12 +16,14 @@ use gilscope::cpython::find::{elf, functions};
 /// A fuzz target's body: bytes in, nothing out, must not panic.
 type Body = fn(&[u8]);
 
-const TARGETS: [(&str, Body); 5] = [
+const TARGETS: [(&str, Body); 7] = [
     ("elf_inspect", harness::elf_inspect),
     ("disasm_finder", harness::disasm_finder),
     ("proc_parsers", harness::proc_parsers),
     ("config", harness::config),
     ("spool_file", harness::spool_file),
+    ("memory_walkers", harness::memory_walkers),
+    ("collector_answers", harness::collector_answers),
 ];
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {

@@ -38,6 +38,13 @@ pub struct SpanSettings {
 /// boundary stays two spans.
 pub const MERGE_GAP_NS: u64 = 1_000_000;
 
+/// The most records (GIL episodes, and long loop iterations apart) one
+/// process keeps between two interval flushes; later ones are counted as
+/// rate-limited at once. The bucket passes at most its burst plus its rate
+/// times the interval, far fewer; this only bounds the memory a process that
+/// makes thousands a second can take before the interval ends (issue 14).
+pub const MAX_PENDING_RECORDS: usize = 4096;
+
 /// One contention episode, resolved: what a span says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Episode {
@@ -228,14 +235,20 @@ impl Episodes {
             holder_stack: record.holder_stack,
             code: None,
         };
-        self.process(record.tgid)
-            .pending
-            .push((record.gil_addr, episode));
+        let p = self.process(record.tgid);
+        if p.pending.len() >= MAX_PENDING_RECORDS {
+            p.counts.rate_limited += 1;
+            return;
+        }
+        p.pending.push((record.gil_addr, episode));
     }
 
     /// Keeps one long event-loop iteration of process `it.tgid` for the interval.
     pub fn record_long_iteration(&mut self, it: &LongIteration) {
-        self.process(it.tgid).pending_loops.push(*it);
+        let p = self.process(it.tgid);
+        if p.pending_loops.len() < MAX_PENDING_RECORDS {
+            p.pending_loops.push(*it);
+        }
     }
 
     /// The interval's long iterations of `pid` that pass its rate limit (the
@@ -405,6 +418,34 @@ mod tests {
         assert_eq!(merged.iter().filter(|e| e.tid == 2).count(), 1);
         // Ordered by end time, as the token bucket needs.
         assert!(merged.windows(2).all(|w| w[0].end_ns <= w[1].end_ns));
+    }
+
+    /// A process that makes episodes faster than any interval can export
+    /// keeps at most MAX_PENDING_RECORDS of them; every record is counted.
+    #[test]
+    fn a_flood_of_records_is_held_in_bounded_memory_and_counted() {
+        let mut eps = Episodes::new(SpanSettings {
+            threshold: std::time::Duration::from_millis(1),
+            rate_per_second: 100.0,
+        });
+        let flood = 3 * MAX_PENDING_RECORDS as u64;
+        for i in 0..flood {
+            let record = WaitEpisode {
+                tgid: 7,
+                tid: 10,
+                start_ns: i * 3 * MS,
+                end_ns: i * 3 * MS + MS,
+                gil_addr: 0x1000,
+                ..WaitEpisode::default()
+            };
+            eps.record(&record, &Names);
+        }
+        assert_eq!(eps.processes[&7].pending.len(), MAX_PENDING_RECORDS);
+        let kept = eps.take(7, &Names);
+        let counts = eps.counts(7);
+        assert_eq!(counts.exported, kept.len() as u64);
+        assert_eq!(counts.exported + counts.rate_limited, flood);
+        assert!(eps.processes[&7].pending.is_empty());
     }
 
     #[test]

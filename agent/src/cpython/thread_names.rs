@@ -23,7 +23,7 @@ use crate::cpython::find::locate::{self, Interpreter};
 use crate::cpython::remote::dict::{dict_get_str, dict_items};
 use crate::cpython::remote::instance::AttrSlots;
 use crate::cpython::remote::long::read_long;
-use crate::cpython::remote::memory::{Memory, RemoteMemory};
+use crate::cpython::remote::memory::{Memory, ReadBudget, RemoteMemory};
 use crate::cpython::remote::objects::ObjectLayout;
 use crate::cpython::remote::runtime::{self, MAX_THREADS};
 use crate::cpython::remote::str::read_str;
@@ -31,6 +31,11 @@ use crate::os::pidns::TidMap;
 
 /// Longest name kept, in characters; longer names are cut.
 pub const MAX_NAME_CHARS: usize = 256;
+/// The most bytes one [`ThreadNameReader::read`] reads from the target. A
+/// process at every cap (4,096 threads, its modules, the first walk with
+/// nothing cached) needs about 2.5 MiB; a hostile one (16 interpreters, each
+/// with dicts of 65,536 slots) could otherwise make each read cost tens of MiB.
+pub const NAMES_READ_BUDGET: u64 = 8 << 20;
 /// How long a found `threading._active` dict is reused before it is looked up again.
 const ACTIVE_TTL: Duration = Duration::from_secs(5);
 
@@ -38,7 +43,8 @@ const ACTIVE_TTL: Duration = Duration::from_secs(5);
 /// between calls so that calling it every 100 ms costs a few dozen reads.
 #[derive(Debug)]
 pub struct ThreadNameReader<M: Memory = RemoteMemory> {
-    mem: M,
+    /// The target's memory, at most [`NAMES_READ_BUDGET`] bytes per read.
+    mem: ReadBudget<M>,
     /// `None`: this build has no known object layout, so no names.
     layout: Option<ObjectLayout>,
     /// Runtime address of `_PyRuntime`.
@@ -111,7 +117,7 @@ impl<M: Memory> ThreadNameReader<M> {
         pthread_tid_off: Option<u64>,
     ) -> Self {
         Self {
-            mem,
+            mem: ReadBudget::new(mem, NAMES_READ_BUDGET),
             layout,
             runtime,
             pthread_tid_off,
@@ -136,9 +142,14 @@ impl<M: Memory> ThreadNameReader<M> {
             self.name_slots.clear();
             self.known_since = Instant::now();
         }
+        self.mem.refill();
         let mut seen = HashSet::new();
         for interp in runtime::interpreters(&self.mem, self.runtime, &l) {
             self.read_interpreter(interp, &l, &mut names, &mut seen);
+        }
+        if self.mem.exhausted() {
+            // Cut short: what was not reached this time is not gone.
+            return names;
         }
         self.known.retain(|thread, _| seen.contains(thread));
         names

@@ -104,6 +104,65 @@ impl Memory for RemoteMemory {
     }
 }
 
+/// A [`Memory`] that reads at most a budget of bytes between two
+/// [`ReadBudget::refill`]s and then reads nothing: one walk of a target's
+/// objects costs at most that much, whatever sizes and chains the target
+/// puts in its memory (issue 14: its interpreters, dicts and threads are each
+/// capped, but their product is not).
+#[derive(Debug)]
+pub struct ReadBudget<M> {
+    inner: M,
+    budget: u64,
+    left: std::cell::Cell<u64>,
+}
+
+impl<M> ReadBudget<M> {
+    /// `inner`, with `budget` bytes to read now and after every refill.
+    pub fn new(inner: M, budget: u64) -> Self {
+        Self {
+            inner,
+            budget,
+            left: std::cell::Cell::new(budget),
+        }
+    }
+
+    /// The whole budget again (at the start of a walk).
+    pub fn refill(&self) {
+        self.left.set(self.budget);
+    }
+
+    /// Whether the budget ran out since the last refill.
+    pub fn exhausted(&self) -> bool {
+        self.left.get() == 0
+    }
+}
+
+impl<M: Memory> Memory for ReadBudget<M> {
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let want = buf.len() as u64;
+        let left = self.left.get();
+        if want > left {
+            self.left.set(0);
+            return false;
+        }
+        self.left.set(left - want);
+        self.inner.read_bytes(addr, buf)
+    }
+}
+
+impl<M> std::ops::Deref for ReadBudget<M> {
+    type Target = M;
+    fn deref(&self) -> &M {
+        &self.inner
+    }
+}
+
+impl<M> std::ops::DerefMut for ReadBudget<M> {
+    fn deref_mut(&mut self) -> &mut M {
+        &mut self.inner
+    }
+}
+
 /// The little-endian u64 at byte `at` of bytes already read, `None` past the end.
 pub fn le_u64(b: &[u8], at: u64) -> Option<u64> {
     let at = usize::try_from(at).ok()?;
@@ -125,6 +184,29 @@ pub fn le_u32(b: &[u8], at: u64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Memory where every address reads as its own low byte.
+    struct Everywhere;
+    impl Memory for Everywhere {
+        fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool {
+            buf.fill(addr as u8);
+            true
+        }
+    }
+
+    #[test]
+    fn a_budget_stops_reads_until_it_is_refilled() {
+        let mem = ReadBudget::new(Everywhere, 20);
+        assert_eq!(mem.u64_at(0x1000), Some(0));
+        assert_eq!(mem.u64_at(0x1001), Some(0x0101_0101_0101_0101));
+        // 16 of 20 bytes read: a third word does not fit, and nothing more is read.
+        assert_eq!(mem.u64_at(0x1002), None);
+        assert!(mem.exhausted());
+        let mut byte = [0u8; 1];
+        assert!(!mem.read_bytes(0x1003, &mut byte));
+        mem.refill();
+        assert_eq!(mem.u64_at(0x1002), Some(0x0202_0202_0202_0202));
+    }
 
     #[test]
     fn reads_its_own_memory() {

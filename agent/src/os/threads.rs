@@ -46,9 +46,12 @@ pub fn sample_threads_named(
         };
         let os_name = match known.get(&tid) {
             Some(seen) => seen.os_name.clone(),
-            None => std::fs::read_to_string(format!("{task_dir}/{tid}/comm"))
-                .map(|s| s.trim_end().to_string())
-                .unwrap_or_default(),
+            // A thread that exits between its schedstat and its comm is gone
+            // like one that exited before: an empty name would stick to it.
+            None => match read_short(&format!("{task_dir}/{tid}/comm")) {
+                Some(name) => name.trim_end().to_string(),
+                None => continue,
+            },
         };
         threads.insert(
             tid,

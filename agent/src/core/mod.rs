@@ -14,3 +14,5 @@ pub mod report;
 pub mod retire;
 pub mod samples;
 pub mod stacks;
+#[cfg(test)]
+pub mod test_log;

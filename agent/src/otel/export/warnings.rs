@@ -162,45 +162,20 @@ impl Warnings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// Collects what the warnings print.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::core::test_log::captured_log;
+    use tracing_subscriber::fmt::format::DefaultFields;
 
     #[test]
     fn a_partial_success_is_said_in_one_plain_sentence_once_per_period() {
-        let out = Captured::default();
-        let writer = out.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .without_time()
-            .finish();
         let stats = ExportStats::default();
         let mut w = Warnings::new("http://collector:4318", Duration::from_secs(60), None);
-        tracing::subscriber::with_default(subscriber, || {
+        let text = captured_log(DefaultFields::new(), || {
             w.partial(5, "5 points too old".into());
             w.log(&stats, false);
             // Within the period: counted, not said.
             w.partial(1, String::new());
             w.log(&stats, false);
         });
-        let text =
-            String::from_utf8_lossy(&out.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(
             text.contains(

@@ -6,9 +6,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{cpu_seconds, rss_mib, spawn_ready, tag, Daemon};
+use super::{cpu_seconds, rss_mib, scene, spawn_ready, Daemon, Scene};
 use crate::common::receivers::*;
-use crate::common::*;
 
 /// Maps `n` one-page files from a new directory, prints "ready", then spins
 /// two threads on the GIL for `seconds`. Through libc's `mmap`: Python's
@@ -70,14 +69,15 @@ fn unix_now() -> f64 {
 
 #[test]
 fn a_process_mapping_40000_files_is_measured_and_blinds_nobody() {
-    let (Some(python), Some((_, vm))) = (debian_python311(), receivers()) else {
+    let Some(Scene {
+        machine: _machine,
+        python,
+        vm,
+        marker,
+    }) = scene("maps")
+    else {
         return;
     };
-    if !can_use_bpf() {
-        return;
-    }
-    let _machine = serial();
-    let marker = tag("maps");
     let dir = ShmDir(format!("/dev/shm/gilscope-maps-{}", std::process::id()).into());
     let files = dir.0.join("files");
     let (target, _) = spawn_ready(Command::new(&python).args([

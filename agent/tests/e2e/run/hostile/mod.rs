@@ -199,20 +199,42 @@ fn spawn_ready(
     (running, lines)
 }
 
-fn tag(what: &str) -> String {
-    format!("hostile-{what}-{}", std::process::id())
+/// What every scene needs: Debian's 3.11, VictoriaMetrics, BPF, the machine
+/// to itself, and a marker for its command lines.
+struct Scene {
+    machine: Machine,
+    python: PathBuf,
+    vm: PathBuf,
+    marker: String,
+}
+
+/// The scene `what`, or `None` when a part is missing (a skip outside CI).
+fn scene(what: &str) -> Option<Scene> {
+    let (Some(python), Some((_, vm))) = (debian_python311(), receivers()) else {
+        return None;
+    };
+    if !can_use_bpf() {
+        return None;
+    }
+    Some(Scene {
+        machine: serial(),
+        python,
+        vm,
+        marker: format!("hostile-{what}-{}", std::process::id()),
+    })
 }
 
 #[test]
 fn a_process_with_3000_threads_is_reported_at_bounded_cost() {
-    let (Some(python), Some((_, vm))) = (debian_python311(), receivers()) else {
+    let Some(Scene {
+        machine: _machine,
+        python,
+        vm,
+        marker,
+    }) = scene("threads")
+    else {
         return;
     };
-    if !can_use_bpf() {
-        return;
-    }
-    let _machine = serial();
-    let marker = tag("threads");
     let script = "import threading, sys\n\
                   threading.stack_size(256 * 1024)\n\
                   stop = threading.Event()\n\
@@ -261,14 +283,15 @@ fn a_process_with_3000_threads_is_reported_at_bounded_cost() {
 
 #[test]
 fn huge_and_malformed_environments_are_read_in_bounded_memory() {
-    let (Some(python), Some((_, vm))) = (debian_python311(), receivers()) else {
+    let Some(Scene {
+        machine: _machine,
+        python,
+        vm,
+        marker,
+    }) = scene("environ")
+    else {
         return;
     };
-    if !can_use_bpf() {
-        return;
-    }
-    let _machine = serial();
-    let marker = tag("environ");
     let keep = "import time\nprint('ready', flush=True)\ntime.sleep(120)\n";
     // 1.8 MB of environment (within ARG_MAX; one string may hold at most 128 KiB),
     // the service name after all of it (the environment is sorted by key).
@@ -342,14 +365,15 @@ time.sleep(120)
 
 #[test]
 fn a_process_that_execs_into_a_non_python_binary_is_released() {
-    let (Some(python), Some((_, vm))) = (debian_python311(), receivers()) else {
+    let Some(Scene {
+        machine: _machine,
+        python,
+        vm,
+        marker,
+    }) = scene("exec")
+    else {
         return;
     };
-    if !can_use_bpf() {
-        return;
-    }
-    let _machine = serial();
-    let marker = tag("exec");
     let script = "import os, sys, threading, time\n\
                   end = time.monotonic() + 6\n\
                   def spin():\n    while time.monotonic() < end: pass\n\
@@ -429,14 +453,15 @@ fn interpreter_copy(python: &Path, dir: &Path) -> PathBuf {
 
 #[test]
 fn an_interpreter_file_replaced_on_disk_is_still_measured() {
-    let (Some(python), Some((_, vm))) = (debian_python311(), receivers()) else {
+    let Some(Scene {
+        machine: _machine,
+        python,
+        vm,
+        marker,
+    }) = scene("replaced")
+    else {
         return;
     };
-    if !can_use_bpf() {
-        return;
-    }
-    let _machine = serial();
-    let marker = tag("replaced");
     let dir = scratch(&marker);
     let copy = interpreter_copy(&python, &dir);
     let spin = |copy: &Path| {

@@ -5,9 +5,8 @@
 
 use std::process::Command;
 
-use super::{spawn_ready, tag, Daemon};
+use super::{scene, spawn_ready, Daemon, Scene};
 use crate::common::receivers::*;
-use crate::common::*;
 
 /// What a forged log line would look like.
 const FORGED: &str = "2030-01-01T00:00:00.000000Z  WARN gilscope: forged";
@@ -26,14 +25,15 @@ print("ready", flush=True)
 
 #[test]
 fn newlines_in_what_a_target_says_cannot_forge_log_lines() {
-    let (Some(python), Some((_, vm))) = (debian_python311(), receivers()) else {
+    let Some(Scene {
+        machine: _machine,
+        python,
+        vm,
+        marker,
+    }) = scene("newline")
+    else {
         return;
     };
-    if !can_use_bpf() {
-        return;
-    }
-    let _machine = serial();
-    let marker = tag("newline");
     let dir = scratch(&marker);
     // The executable's own name carries a line (it is a candidate: it starts with python3).
     let exe = dir.join(format!("python3.11\n{FORGED} exe"));

@@ -12,7 +12,7 @@ use crate::cpython::layout::frames::{FrameWalk, InstrKind, OWNER_NOT_PYTHON};
 use crate::error::{Error, Result};
 use crate::probes::layout as k;
 use crate::probes::map_error;
-use crate::probes::take_map;
+use crate::probes::{remove_where, take_map};
 
 /// The names of one probe's holder-stack maps in its object.
 pub(crate) struct HolderMapNames {
@@ -75,15 +75,8 @@ impl HolderMaps {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => tracing::debug!("{}: {e}", self.names.walks),
         }
-        let of_tgid = |key: &k::HolderKey| key.tgid == tgid;
-        let waits: Vec<k::HolderKey> = self.waits.keys().filter_map(|k| k.ok()).collect();
-        for key in waits.iter().filter(|key| of_tgid(key)) {
-            let _ = self.waits.remove(key);
-        }
-        let stacks: Vec<k::HolderKey> = self.stacks.keys().filter_map(|k| k.ok()).collect();
-        for key in stacks.iter().filter(|key| of_tgid(key)) {
-            let _ = self.stacks.remove(key);
-        }
+        remove_where(&mut self.waits, |key| key.tgid == tgid);
+        remove_where(&mut self.stacks, |key| key.tgid == tgid);
     }
 
     /// The entries the kernel gave `map`; `None` for a map not of these.

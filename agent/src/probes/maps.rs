@@ -16,7 +16,7 @@ use crate::core::counters::{
 use crate::error::Result;
 use crate::probes::holders::{HolderMapNames, HolderMaps};
 use crate::probes::layout::{self as k, map_full_slot};
-use crate::probes::{map_error, take_map};
+use crate::probes::{map_error, remove_where, take_map};
 
 /// The names of one wait probe's maps in its object.
 pub(crate) struct MapNames {
@@ -213,24 +213,8 @@ impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
     /// Deletes the per-GIL entries of `tgid` and any blocked-by pair of it
     /// left behind (by a thread whose tid another process has since taken).
     pub fn forget_process(&mut self, tgid: u32) {
-        let pairs: Vec<k::BlockedKey> = self
-            .blocked_by
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.waiter_tgid == tgid)
-            .collect();
-        for key in &pairs {
-            let _ = self.blocked_by.remove(key);
-        }
-        let keys: Vec<k::GilKey> = self
-            .gil_waits
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.tgid == tgid)
-            .collect();
-        for key in &keys {
-            let _ = self.gil_waits.remove(key);
-        }
+        remove_where(&mut self.blocked_by, |k| k.waiter_tgid == tgid);
+        remove_where(&mut self.gil_waits, |k| k.tgid == tgid);
     }
 
     /// Failed inserts per map (cumulative since load); 0 where unreadable.

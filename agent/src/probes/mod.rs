@@ -80,6 +80,22 @@ where
     M::try_from(map).map_err(|e| map_error(name, &e))
 }
 
+/// Deletes every entry of `map` whose key `doomed` picks (a process's, when
+/// it is released); an entry gone meanwhile is no error.
+pub(crate) fn remove_where<K: aya::Pod, V: aya::Pod>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+    doomed: impl Fn(&K) -> bool,
+) {
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| doomed(k))
+        .collect();
+    for key in &keys {
+        let _ = map.remove(key);
+    }
+}
+
 /// Gives the heap that loading a BPF object freed back to the system. Loading
 /// parses the kernel's BTF (tens of MiB of short-lived allocations) and glibc
 /// keeps freed heap mapped unless asked: 12 MiB of the daemon's RSS, measured.

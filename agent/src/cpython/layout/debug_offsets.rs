@@ -448,23 +448,26 @@ impl DebugOffsets {
     /// the fields that cannot be at 0 not at 0. A block that fails is refused
     /// whole, with the first field that failed named.
     pub fn check_plausible(&self) -> Result<(), String> {
-        for (name, v) in [
-            ("runtime_state.interpreters_head", self.interpreters_head),
-            ("interpreter_state.ceval.gil", self.ceval_gil),
-            ("interpreter_state._gil", self.gil_runtime_state),
+        // (name, offset, whether 0 is impossible: a field after a header)
+        for (name, v, after_header) in [
+            (
+                "runtime_state.interpreters_head",
+                self.interpreters_head,
+                true,
+            ),
+            ("interpreter_state.next", self.interp_next, false),
+            ("interpreter_state.ceval.gil", self.ceval_gil, true),
+            ("interpreter_state._gil", self.gil_runtime_state, true),
+            ("interpreter_state.threads.head", self.threads_head, false),
+            (
+                "interpreter_state.imports.modules",
+                self.imports_modules,
+                false,
+            ),
         ] {
-            if v == 0 {
+            if after_header && v == 0 {
                 return Err(format!("implausible debug offset {name} = 0"));
             }
-        }
-        for (name, v) in [
-            ("runtime_state.interpreters_head", self.interpreters_head),
-            ("interpreter_state.next", self.interp_next),
-            ("interpreter_state.ceval.gil", self.ceval_gil),
-            ("interpreter_state._gil", self.gil_runtime_state),
-            ("interpreter_state.threads.head", self.threads_head),
-            ("interpreter_state.imports.modules", self.imports_modules),
-        ] {
             field(name, v, 8, RUNTIME_STRUCT_MAX)?;
         }
         let in_gil = |name: &str, v: u64, width: u64| {

@@ -28,6 +28,7 @@ use std::time::Duration;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use regex::Regex;
 
+use crate::cpython::find::locate::MappedListing;
 use crate::error::Error;
 use crate::error::RunError;
 
@@ -291,17 +292,23 @@ impl Discovery {
     /// be starting), nothing yet (a young process), or not CPython.
     fn interpreter_verdict(&mut self, identity: Identity, exe_text: &str, age_s: f64) -> Verdict {
         let pid = identity.pid;
-        let files = match crate::cpython::find::locate::candidate_files(pid) {
-            Ok(f) => f,
+        let listing = match MappedListing::read(pid) {
+            Ok(listing) => listing,
+            // A listing too long to read is refused once, and said (SECURITY.md).
+            Err(e @ Error::UnsafeFile { .. }) => {
+                tracing::warn!("not watching process {pid} ({exe_text}): {e}");
+                return self.refuse(identity);
+            }
             Err(_) => return Verdict::Refused,
         };
+        let files = listing.candidates();
         // A young process whose mapped files did not change has nothing new to show.
         if let Some((known, seen)) = self.pending.get(&pid) {
             if *known == identity && *seen == files && age_s < YOUNG_S {
                 return Verdict::Later;
             }
         }
-        match crate::cpython::find::locate::find_interpreter(pid) {
+        match listing.find_interpreter() {
             Ok(Some(_)) if self.pending.contains_key(&pid) && age_s > GIL_INIT_S => {
                 tracing::info!(
                     "process {pid} ({exe_text}): its GIL is still not usable after {age_s:.0} s; not watching it"

@@ -123,9 +123,10 @@ fn trace_until_python(pid: Pid, argv: &[String]) -> Result<Interpreter> {
     let mut seen: Vec<PathBuf> = Vec::new();
     let mut stops_since_exec = 0u32;
     loop {
-        let candidates = locate::candidate_files(raw)?;
+        let listing = locate::MappedListing::read(raw)?;
+        let candidates = listing.candidates();
         if candidates != seen {
-            if let Some(interpreter) = locate::find_interpreter(raw)? {
+            if let Some(interpreter) = listing.find_interpreter()? {
                 return Ok(interpreter);
             }
             seen = candidates;

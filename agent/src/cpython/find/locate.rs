@@ -19,7 +19,7 @@ use crate::cpython::layout::debug_offsets::{self, DebugOffsets};
 use crate::cpython::layout::versions::{self, GilLayout, GilLocation, Layout, ThreadIdField};
 use crate::cpython::remote::memory::RemoteMemory;
 use crate::error::{Error, Result};
-use crate::os::mapped_files::{exe_in_process, mapped_files, mapped_paths};
+use crate::os::mapped_files::{exe_in_process, mapped_files, mapped_paths, MappedFile};
 use crate::os::target_file::host_path;
 
 /// The interpreter of one process: which file, where it is loaded, which layout applies.
@@ -303,21 +303,52 @@ fn named_like_cpython(path: &Path) -> bool {
     name.starts_with("libpython3") || name.starts_with("python3")
 }
 
-/// The mapped files that could hold the interpreter; cheap (no ELF is read), so a
-/// caller polling a starting process can skip [`find_interpreter`] until this changes.
-pub fn candidate_files(pid: u32) -> Result<Vec<PathBuf>> {
-    let exe = exe_in_process(pid);
-    Ok(mapped_files(pid)?
-        .into_iter()
-        .map(|f| f.path)
-        .filter(|p| is_candidate(p, exe.as_deref()))
-        .collect())
+/// What one process maps, listed once: a caller polling a starting process
+/// compares its [`candidates`](Self::candidates) (cheap, no ELF is read) and
+/// looks for the interpreter in the same listing only when they changed.
+pub struct MappedListing {
+    pid: u32,
+    exe: Option<PathBuf>,
+    files: Vec<MappedFile>,
+}
+
+impl MappedListing {
+    /// Lists the mapped files of `pid` (one read of its maps).
+    pub fn read(pid: u32) -> Result<Self> {
+        Ok(Self {
+            pid,
+            exe: exe_in_process(pid),
+            files: mapped_files(pid)?,
+        })
+    }
+
+    /// The mapped files that could hold the interpreter.
+    pub fn candidates(&self) -> Vec<PathBuf> {
+        self.files
+            .iter()
+            .map(|f| &f.path)
+            .filter(|p| is_candidate(p, self.exe.as_deref()))
+            .cloned()
+            .collect()
+    }
+
+    /// The interpreter among these files. `Ok(None)`: nothing mapped exports
+    /// `_PyRuntime` (yet).
+    pub fn find_interpreter(self) -> Result<Option<Interpreter>> {
+        find_interpreter_in(self.pid, self.exe, self.files)
+    }
 }
 
 /// Finds the interpreter of `pid`. `Ok(None)`: nothing mapped exports `_PyRuntime` (yet).
 pub fn find_interpreter(pid: u32) -> Result<Option<Interpreter>> {
-    let exe = exe_in_process(pid);
-    let mut files = mapped_files(pid)?;
+    MappedListing::read(pid)?.find_interpreter()
+}
+
+fn find_interpreter_in(
+    pid: u32,
+    exe: Option<PathBuf>,
+    mut files: Vec<MappedFile>,
+) -> Result<Option<Interpreter>> {
     // The executable first: static builds define _PyRuntime there.
     files.sort_by_key(|f| Some(f.path.as_path()) != exe.as_deref());
     // A file we may not open (another user's, in a directory we cannot enter) is

@@ -46,7 +46,7 @@ fn newlines_in_what_a_target_says_cannot_forge_log_lines() {
     );
     let pid = target.0.id();
     let mut daemon = Daemon::start(&vm, &marker, &[]);
-    let utilization = daemon.wait_value("cpython.gil.utilization", pid);
+    let utilization = daemon.spinning_utilization(pid);
     assert!(utilization >= 0.9, "utilization {utilization:.2}");
     daemon.assert_running();
     let log = daemon.log();

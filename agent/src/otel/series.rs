@@ -109,12 +109,16 @@ pub fn process_series(input: &IntervalInput) -> ProcessSeries {
     let (start, now) = (input.counted_from, input.at);
 
     let mut points = counter_points(&total, input.counted, start, delta);
-    points.extend([
-        point(
+    // An interval in which the sampler took no sample (the first one after an
+    // attach can be) has no utilization: 0 would be a false dip, so none is sent.
+    if input.interval.gil.samples > 0 || process.gil_hold_s.is_some() {
+        points.push(point(
             &GIL_UTILIZATION,
             Value::Double(process.gil_utilization),
             now,
-        ),
+        ));
+    }
+    points.extend([
         point(
             &GIL_QUEUE_LENGTH,
             Value::Double(process.gil_queue_length),

@@ -1,8 +1,9 @@
-//! The kernel side: its state after a measurement, full maps, thread churn, a churned GIL holder, intervals of a watched process, GIL holders' stacks.
+//! The kernel side: its state after a measurement, full maps, thread churn, a churned GIL holder, intervals of a watched process, GIL holders' stacks, a tid reused by another process.
 
 mod holder_churn;
 mod holder_stacks;
 mod kernel_state;
 mod map_full;
 mod thread_churn;
+mod tid_reuse;
 mod watch_intervals;

@@ -28,6 +28,12 @@ pub enum Error {
     #[error("the GIL of process {pid} at {addr:#x} does not look valid ({why}); gilscope refuses to measure a layout it cannot confirm")]
     GilNotValid { pid: u32, addr: u64, why: String },
 
+    /// `_Py_DebugOffsets` is static data, valid from the process's first
+    /// instruction: a block that fails the checks is garbage (or hostile), not
+    /// an interpreter still starting, so it is refused at once, not retried.
+    #[error("the _Py_DebugOffsets of process {pid} at {addr:#x} are not what CPython writes ({why}); gilscope will not size a read by them")]
+    DebugOffsetsNotValid { pid: u32, addr: u64, why: String },
+
     #[error("permission denied: {what}. Run gilscope as root, or grant it CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")]
     Permission { what: String },
 
@@ -36,6 +42,12 @@ pub enum Error {
 
     #[error("refusing to read {path}: {why}")]
     UnsafeFile { path: PathBuf, why: String },
+
+    /// A mapped file deleted or replaced on disk is reachable only through its
+    /// `/proc/PID/map_files` magic link, which the kernel opens only for
+    /// CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN; the DaemonSet grants neither.
+    #[error("cannot read {path}: the file was replaced or deleted on disk since the process mapped it, and its mapping opens only with CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN, which the DaemonSet does not grant (deploy/README.md)")]
+    ReplacedFileHidden { path: PathBuf },
 
     #[error("{path} is not a readable ELF file: {why}")]
     BadElf { path: PathBuf, why: String },
@@ -73,12 +85,14 @@ impl Error {
                 | Error::UnsupportedVersion { .. }
                 | Error::UnknownVersion { .. }
                 | Error::GilNotValid { .. }
+                | Error::DebugOffsetsNotValid { .. }
                 | Error::Permission { .. }
                 | Error::UprobePermission { .. }
                 | Error::Launch { .. }
                 | Error::MuslUnmeasurable { .. }
                 | Error::StrippedStatic { .. }
                 | Error::UnsafeFile { .. }
+                | Error::ReplacedFileHidden { .. }
         )
     }
 

@@ -114,7 +114,12 @@ pub fn open_regular(path: &Path, max_len: u64) -> Result<File> {
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path)
-            .map_err(|e| gone_or(pid, e, io))?,
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::PermissionDenied => Error::ReplacedFileHidden {
+                    path: path.to_path_buf(),
+                },
+                _ => gone_or(pid, e, io),
+            })?,
         Resolution::Host => {
             let root = OwnedFd::from(File::open("/").map_err(io)?);
             open_beneath(&root, path).map_err(io)?

@@ -182,7 +182,7 @@ impl Interpreter {
         mem.read(self.py_runtime(), &mut block)?;
         debug_offsets::parse(&block, self.file.version.line)
             .map(Some)
-            .map_err(|why| Error::GilNotValid {
+            .map_err(|why| Error::DebugOffsetsNotValid {
                 pid: self.pid,
                 addr: self.py_runtime(),
                 why,
@@ -365,7 +365,11 @@ fn find_interpreter_in(
             Err(e @ Error::NoSuchProcess { .. }) => return Err(e),
             // Nor is one we refuse to read (a FIFO, a device, a file too
             // large, a link out of the process's root): the reason is said.
-            Err(e @ (Error::Permission { .. } | Error::UnsafeFile { .. })) => {
+            Err(
+                e @ (Error::Permission { .. }
+                | Error::UnsafeFile { .. }
+                | Error::ReplacedFileHidden { .. }),
+            ) => {
                 tracing::debug!("skipping {}: {e}", host.display());
                 denied.get_or_insert(e);
                 continue;

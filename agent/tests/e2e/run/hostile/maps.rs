@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::bystanders::{first_export, unix_now};
 use super::{cpu_seconds, rss_mib, scene, spawn_ready, Daemon, Scene};
 use crate::common::receivers::*;
 
@@ -34,24 +35,6 @@ print("ready", flush=True)
 [t.join() for t in threads]
 "#;
 
-/// When the first sample of process `pid` was taken (its Unix time), waiting
-/// up to `within` for one.
-fn first_export(daemon: &Daemon, pid: u32, within: Duration) -> Option<f64> {
-    let query = format!(
-        "min(tfirst_over_time({{__name__=\"process.thread.count\",process.pid=\"{pid}\"}}[10m]))"
-    );
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(t) = scalar(&promql(daemon.vm_port, &query)) {
-            return Some(t);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// A directory in memory (40,000 files on disk would be slow), removed at the end.
 struct ShmDir(std::path::PathBuf);
 
@@ -59,12 +42,6 @@ impl Drop for ShmDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[test]

@@ -229,6 +229,18 @@ fn spawn_ready(
     (running, lines)
 }
 
+/// Two threads spinning on the GIL for a minute, after "ready".
+const SPIN: &str = r#"
+import threading, time
+end = time.monotonic() + 60
+def spin():
+    while time.monotonic() < end: pass
+threads = [threading.Thread(target=spin) for _ in range(2)]
+[t.start() for t in threads]
+print("ready", flush=True)
+[t.join() for t in threads]
+"#;
+
 /// What every scene needs: Debian's 3.11, VictoriaMetrics, BPF, the machine
 /// to itself, and a marker for its command lines.
 struct Scene {
@@ -562,5 +574,8 @@ fn an_interpreter_file_replaced_on_disk_is_still_measured() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+mod bystanders;
+mod files;
 mod maps;
+mod offsets;
 mod strings;

@@ -5,23 +5,11 @@
 
 use std::process::Command;
 
-use super::{scene, spawn_ready, Daemon, Scene};
+use super::{scene, spawn_ready, Daemon, Scene, SPIN};
 use crate::common::receivers::*;
 
 /// What a forged log line would look like.
 const FORGED: &str = "2030-01-01T00:00:00.000000Z  WARN gilscope: forged";
-
-/// Two threads spinning on the GIL for a minute, after "ready".
-const SPIN: &str = r#"
-import threading, time
-end = time.monotonic() + 60
-def spin():
-    while time.monotonic() < end: pass
-threads = [threading.Thread(target=spin) for _ in range(2)]
-[t.start() for t in threads]
-print("ready", flush=True)
-[t.join() for t in threads]
-"#;
 
 #[test]
 fn newlines_in_what_a_target_says_cannot_forge_log_lines() {

@@ -19,6 +19,7 @@ packages=(
   openssl         # the TLS tests make a throwaway CA and certificates
   socat           # the gRPC-over-TLS test puts a real TLS terminator in front of rotel
   wrk             # the load generator of the web-framework test (FastAPI under uvicorn)
+  runc            # the DaemonSet's pod spec runs in a real OCI container (crun fails on hybrid cgroups)
 )
 
 missing=()

@@ -58,7 +58,7 @@ pub fn copy(from: &Path, to: &Path) {
 }
 
 /// The C libraries (and loader) `ldd` says `python` needs, outside its own prefix.
-fn shared_libraries(python: &Path) -> Vec<PathBuf> {
+pub fn shared_libraries(python: &Path) -> Vec<PathBuf> {
     let out = Command::new("ldd").arg(python).output().expect("run ldd");
     String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -67,6 +67,15 @@ struct {
 	__type(value, struct condwait_target);
 } cond_targets SEC(".maps");
 
+/* Entries of cond_waits given to each process (key: tgid), against its share
+ * (condwait_target.thread_limit); written only by admit_thread. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} cond_thread_made SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -140,13 +149,15 @@ static __always_inline void emit_episode(__u32 tgid, __u32 tid,
 	emit_episode_to(&cond_episodes, &cond_episodes_lost, tgid, tid, &w, end);
 }
 
-/* The counters of `tid` in process `tgid` (thread_counters), a full map counted. */
+/* The counters of `tid` in process `tgid` (thread_counters: within the
+ * process's share, a full map counted); NULL once the process is unwatched. */
 static __always_inline struct condwait_waits *cond_thread_counters(__u32 tid, __u32 tgid)
 {
-	struct condwait_waits *w = thread_counters(&cond_waits, &tid, tgid, &zero_waits);
-	if (!w)
-		count_full(&cond_map_full, FULL_THREAD_WAITS);
-	return w;
+	const struct condwait_target *t = bpf_map_lookup_elem(&cond_targets, &tgid);
+	if (!t)
+		return 0;
+	return thread_counters(&cond_waits, &tid, tgid, &zero_waits, &cond_thread_made,
+			       t->thread_limit, &cond_map_full);
 }
 
 static __always_inline void close_take_wait(__u32 tid, __u32 tgid,

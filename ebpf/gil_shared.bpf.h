@@ -26,24 +26,51 @@ static __always_inline void *lookup_or_count(void *map, const void *key, const v
 	return val;
 }
 
-/* The counters of thread `tid` of process `tgid` in the per-thread map `map`,
- * whose values begin with `__u32 tgid`; created from `zero`, NULL when the map
- * is full. A tid the kernel gave to another process since its entry was made
- * (the old thread exited, its entry not yet collected by the agent) starts
- * again from zero: counters never cross processes. Slow path only (after a
- * block), and the reset is one map update. */
-static __always_inline void *thread_counters(void *map, const __u32 *tid, __u32 tgid,
-					     const void *zero)
+/* Admits one more thread of process `tgid` into a per-thread map: `made` (a
+ * u32 per tgid, written only here) counts the entries the process was given,
+ * and `limit` is its share, which the agent raises by what it takes back
+ * (struct gil_target / condwait_target: thread_limit). The counter to give
+ * back if the insert then fails; NULL when the process is over its share. */
+static __always_inline __u32 *admit_thread(void *made, __u32 tgid, __u32 limit)
 {
-	__u32 *owner = lookup_or_init(map, tid, zero);
-	if (!owner || *owner == tgid)
+	__u32 none = 0;
+	__u32 *n = lookup_or_init(made, &tgid, &none);
+	if (!n || *n >= limit)
+		return 0;
+	__sync_fetch_and_add(n, 1);
+	return n;
+}
+
+/* The counters of thread `tid` of process `tgid` in the per-thread map `map`,
+ * whose values begin with `__u32 tgid`; created from `zero`. NULL, counted in
+ * slot FULL_THREAD_WAITS of `full`, when the map is full or the process holds
+ * its share of it already (admit_thread): one process cannot take every
+ * tenant's room. A tid the kernel gave to another process since its entry was
+ * made (the old thread exited, its entry not yet collected by the agent)
+ * starts again from zero, admitted as the new process's: counters never cross
+ * processes. Slow path only (a thread going to sleep or waking). */
+static __always_inline void *thread_counters(void *map, const __u32 *tid, __u32 tgid,
+					     const void *zero, void *made, __u32 limit,
+					     void *full)
+{
+	__u32 *owner = bpf_map_lookup_elem(map, tid);
+	if (owner && *owner == tgid)
 		return owner;
-	if (*owner) {
-		if (bpf_map_update_elem(map, tid, zero, BPF_EXIST))
-			return 0;
-		owner = bpf_map_lookup_elem(map, tid);
-		if (!owner)
-			return 0;
+	__u32 *admitted = admit_thread(made, tgid, limit);
+	if (!admitted) {
+		count_full(full, FULL_THREAD_WAITS);
+		return 0;
+	}
+	if (owner)
+		/* Another process's entry: this thread starts from zero. */
+		owner = bpf_map_update_elem(map, tid, zero, BPF_EXIST) ? 0 :
+									 bpf_map_lookup_elem(map, tid);
+	else
+		owner = lookup_or_init(map, tid, zero);
+	if (!owner) {
+		__sync_fetch_and_add(admitted, -1);
+		count_full(full, FULL_THREAD_WAITS);
+		return 0;
 	}
 	*owner = tgid;
 	return owner;

@@ -75,6 +75,15 @@ struct {
 	__type(value, struct thread_waits);
 } thread_waits SEC(".maps");
 
+/* Entries of thread_waits given to each process (key: tgid), against its
+ * share (gil_target.thread_limit); written only by admit_thread. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} thread_made SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -323,6 +332,12 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 	const struct gil_target *t = bpf_map_lookup_elem(&targets, &tgid);
 	if (!t)
 		return;
+	/* The thread's entry first: a thread over its process's share of
+	 * thread_waits (or with the map full) leaves nothing in flight either. */
+	struct thread_waits *w = thread_counters(&thread_waits, &tid, tgid, &zero_waits,
+						 &thread_made, t->thread_limit, &map_full);
+	if (!w)
+		return;
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(prev);
 	if (!regs)
 		return;
@@ -347,13 +362,10 @@ static __always_inline void on_block(struct task_struct *prev, __u64 now)
 		note_holder(cur->holders, holder);
 		return;
 	}
-	if (cur && cur->continuing) {
+	if (cur && cur->continuing)
 		/* The retry never came: the thread got the GIL after its last slice. */
-		struct thread_waits *w = thread_counters(&thread_waits, &tid, tgid, &zero_waits);
-		if (w)
-			close_take_wait(w, tgid, tid, cur, cur->last_exit_ns - cur->wait_start_ns,
-					cur->last_exit_ns);
-	}
+		close_take_wait(w, tgid, tid, cur, cur->last_exit_ns - cur->wait_start_ns,
+				cur->last_exit_ns);
 	struct futex_inflight fresh = {
 		.wait_start_ns = now,
 		.segment_start_ns = now,
@@ -404,18 +416,20 @@ static __always_inline void on_run(struct task_struct *next, __u64 now)
 	if (!cur || cur->continuing)
 		return;
 	__u32 tgid = BPF_CORE_READ(next, tgid);
-	if (!bpf_map_lookup_elem(&targets, &tgid)) {
+	const struct gil_target *t = bpf_map_lookup_elem(&targets, &tgid);
+	if (!t) {
 		/* Unwatched while it slept: count nothing, leave nothing behind. */
 		bpf_map_delete_elem(&inflight, &tid);
 		return;
 	}
 	__u64 segment = now - cur->segment_start_ns;
 
-	struct thread_waits *w = thread_counters(&thread_waits, &tid, tgid, &zero_waits);
+	struct thread_waits *w = thread_counters(&thread_waits, &tid, tgid, &zero_waits,
+						 &thread_made, t->thread_limit, &map_full);
 	if (!w) {
-		/* thread_waits is full: this wait is lost. Counted once, and the
-		 * in-flight entry goes too, or every later switch-in would retry. */
-		count_full(&map_full, FULL_THREAD_WAITS);
+		/* The entry is gone (taken since the wait began) and cannot be made
+		 * again: this wait is lost, counted, and the in-flight entry goes
+		 * too, or every later switch-in would retry. */
 		bpf_map_delete_elem(&inflight, &tid);
 		return;
 	}

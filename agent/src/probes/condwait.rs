@@ -31,6 +31,7 @@ static CONDWAIT_OBJECT: &[u8] =
 static MAPS: MapNames = MapNames {
     object: "gil_condwait.bpf.o",
     targets: "cond_targets",
+    made: "cond_thread_made",
     waits: KernelMap::CondWaits,
     blocked_by: KernelMap::CondBlockedBy,
     inflight: KernelMap::CondInflight,
@@ -129,6 +130,13 @@ impl CondWaitProbe {
     /// for a map not of this probe.
     pub fn capacity(&self, map: KernelMap) -> Option<u32> {
         self.maps.capacity(map)
+    }
+
+    /// Sets how many entries of the per-thread map each process watched from
+    /// now on may hold (default: an eighth of the map, at least 1,024), so
+    /// that one process with many threads cannot take every tenant's room.
+    pub fn set_thread_share(&mut self, share: u32) {
+        self.maps.set_thread_share(share);
     }
 
     /// Starts (or updates) counting condvar waits of `tgid` on any of its GILs

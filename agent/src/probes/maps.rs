@@ -24,6 +24,8 @@ pub(crate) struct MapNames {
     pub object: &'static str,
     /// Where each watched process's GILs are (key: tgid).
     pub targets: &'static str,
+    /// Per-thread entries given to each process (key: tgid; kernel-written).
+    pub made: &'static str,
     /// Per-thread counters, blocked-by pairs, waits in progress, per-GIL waits.
     pub waits: KernelMap,
     pub blocked_by: KernelMap,
@@ -57,11 +59,49 @@ impl ThreadEntry for k::CondwaitWaits {
     }
 }
 
+/// A target struct of a wait probe (`targets`, `cond_targets` values): it
+/// carries the process's share of the per-thread map (`admit_thread` in
+/// `ebpf/gil_shared.bpf.h`), which the agent raises by what it takes back.
+pub(crate) trait TargetEntry: aya::Pod {
+    fn thread_limit(&self) -> u32;
+    fn set_thread_limit(&mut self, limit: u32);
+}
+
+impl TargetEntry for k::GilTarget {
+    fn thread_limit(&self) -> u32 {
+        self.thread_limit
+    }
+    fn set_thread_limit(&mut self, limit: u32) {
+        self.thread_limit = limit;
+    }
+}
+
+impl TargetEntry for k::CondwaitTarget {
+    fn thread_limit(&self) -> u32 {
+        self.thread_limit
+    }
+    fn set_thread_limit(&mut self, limit: u32) {
+        self.thread_limit = limit;
+    }
+}
+
+/// The share of a per-thread map of `capacity` entries one process may hold:
+/// an eighth, so that one tenant's threads leave room for seven more, but
+/// never fewer than 1,024 (a map sized for a handful of processes is theirs).
+pub(crate) fn default_thread_share(capacity: u32) -> u32 {
+    (capacity / 8).max(1024)
+}
+
 /// The typed maps of one loaded wait probe. `T`: the target struct, `W`: the
 /// per-thread counters, `I`: the in-flight wait.
 pub(crate) struct WaitMaps<T, W, I> {
     names: &'static MapNames,
     targets: BpfHashMap<MapData, u32, T>,
+    /// What `targets` holds for each counted process (its share as raised).
+    counted: HashMap<u32, T>,
+    /// The share a newly watched process gets ([`default_thread_share`]).
+    thread_share: u32,
+    made: BpfHashMap<MapData, u32, u32>,
     waits: BpfHashMap<MapData, u32, W>,
     blocked_by: BpfHashMap<MapData, k::BlockedKey, k::BlockedVal>,
     inflight: BpfHashMap<MapData, u32, I>,
@@ -74,14 +114,19 @@ pub(crate) struct WaitMaps<T, W, I> {
     pub holders: HolderMaps,
 }
 
-impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
+impl<T: TargetEntry, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
     /// Takes every map out of `ebpf` (the episode ring buffer only `with_episodes`).
     pub fn take(ebpf: &mut Ebpf, names: &'static MapNames, with_episodes: bool) -> Result<Self> {
         let object = names.object;
+        let waits: BpfHashMap<MapData, u32, W> = take_map(ebpf, object, names.waits.name())?;
+        let capacity = waits.map().info().map_or(0, |i| i.max_entries());
         Ok(Self {
             names,
             targets: take_map(ebpf, object, names.targets)?,
-            waits: take_map(ebpf, object, names.waits.name())?,
+            counted: HashMap::new(),
+            thread_share: default_thread_share(capacity),
+            made: take_map(ebpf, object, names.made)?,
+            waits,
             blocked_by: take_map(ebpf, object, names.blocked_by.name())?,
             inflight: take_map(ebpf, object, names.inflight.name())?,
             gil_waits: take_map(ebpf, object, names.gil_waits.name())?,
@@ -95,15 +140,48 @@ impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
         })
     }
 
-    /// Starts (or updates) the kernel filter's entry of process `tgid`.
-    pub fn set_target(&mut self, tgid: u32, target: T) -> Result<()> {
+    /// Sets the share of the per-thread map each process watched from now on
+    /// may hold (tests, and nodes that size it differently).
+    pub fn set_thread_share(&mut self, share: u32) {
+        self.thread_share = share.max(1);
+    }
+
+    /// Starts (or updates) the kernel filter's entry of process `tgid`, with
+    /// its share of the per-thread map (kept as raised on an update).
+    pub fn set_target(&mut self, tgid: u32, mut target: T) -> Result<()> {
+        let limit = self
+            .counted
+            .get(&tgid)
+            .map_or(self.thread_share, |t| t.thread_limit());
+        target.set_thread_limit(limit);
         self.targets
             .insert(tgid, target, 0)
-            .map_err(|e| map_error(self.names.targets, &e))
+            .map_err(|e| map_error(self.names.targets, &e))?;
+        self.counted.insert(tgid, target);
+        Ok(())
+    }
+
+    /// Raises the share of `tgid` by `entries` it no longer holds (taken, or
+    /// given by the kernel to another process's thread): its count of entries
+    /// made is only ever added to, so the room comes back through the limit.
+    fn give_back(&mut self, tgid: u32, entries: u32) {
+        let Some(target) = self.counted.get_mut(&tgid) else {
+            return;
+        };
+        target.set_thread_limit(target.thread_limit().saturating_add(entries));
+        let target = *target;
+        if let Err(e) = self.targets.insert(tgid, target, 0) {
+            tracing::debug!(
+                "{}: {}",
+                self.names.targets,
+                map_error(self.names.targets, &e)
+            );
+        }
     }
 
     /// Removes the filter entry of `tgid`; one already gone is no error.
     pub fn remove_target(&mut self, tgid: u32) -> Result<()> {
+        self.counted.remove(&tgid);
         match self.targets.remove(&tgid) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             // Already stopped (the kernel says ENOENT).
@@ -179,16 +257,25 @@ impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
         }
         let wanted: HashSet<u32> = tids.iter().copied().collect();
         let mut ours: HashSet<u32> = HashSet::new();
+        let mut released = 0u32;
         for tid in tids {
             match self.waits.get(tid, 0) {
-                Ok(w) if w.tgid() != tgid => continue,
+                Ok(w) if w.tgid() != tgid => {
+                    released += 1;
+                    continue;
+                }
                 Ok(w) => {
                     out.threads.insert(*tid, w.into());
-                    let _ = self.waits.remove(tid);
+                    if self.waits.remove(tid).is_ok() {
+                        released += 1;
+                    }
                 }
                 Err(_) => {}
             }
             ours.insert(*tid);
+        }
+        if released > 0 {
+            self.give_back(tgid, released);
         }
         let found: Vec<(k::BlockedKey, k::BlockedVal)> = self
             .blocked_by
@@ -210,9 +297,10 @@ impl<T: aya::Pod, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
         out
     }
 
-    /// Deletes the per-GIL entries of `tgid` and any blocked-by pair of it
-    /// left behind (by a thread whose tid another process has since taken).
+    /// Deletes the per-GIL entries of `tgid`, its count of per-thread entries
+    /// made, and any blocked-by pair of it left behind (by a thread whose tid another process has since taken).
     pub fn forget_process(&mut self, tgid: u32) {
+        let _ = self.made.remove(&tgid);
         remove_where(&mut self.blocked_by, |k| k.waiter_tgid == tgid);
         remove_where(&mut self.gil_waits, |k| k.tgid == tgid);
     }

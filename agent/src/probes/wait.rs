@@ -30,6 +30,7 @@ static WAIT_OBJECT: &[u8] =
 static MAPS: MapNames = MapNames {
     object: "gil_wait.bpf.o",
     targets: "targets",
+    made: "thread_made",
     waits: KernelMap::ThreadWaits,
     blocked_by: KernelMap::BlockedBy,
     inflight: KernelMap::Inflight,
@@ -195,8 +196,16 @@ impl WaitProbe {
             switch_cond_off: narrow(layout.switch_cond)?,
             last_holder_off: narrow(layout.last_holder)?,
             locked_off: narrow(layout.locked)?,
+            ..k::GilTarget::default()
         };
         self.maps.set_target(tgid, target)
+    }
+
+    /// Sets how many entries of the per-thread map each process watched from
+    /// now on may hold (default: an eighth of the map, at least 1,024), so
+    /// that one process with many threads cannot take every tenant's room.
+    pub fn set_thread_share(&mut self, share: u32) {
+        self.maps.set_thread_share(share);
     }
 
     /// Stops counting the sleeps of `tgid` at once but keeps what was counted, for a

@@ -121,9 +121,16 @@ impl FullMaps {
                 }
                 _ => "",
             };
+            // A per-thread map also refuses a process past its share of it.
+            let share = match rise.map {
+                KernelMap::ThreadWaits | KernelMap::CondWaits => {
+                    " (or a process holds its share of it: an eighth, at least 1,024 entries)"
+                }
+                _ => "",
+            };
             if rise.first {
                 tracing::warn!(
-                    "kernel map {}{size} is full: {} {what}{remedy} (counted in \
+                    "kernel map {}{size} is full{share}: {} {what}{remedy} (counted in \
                      gilscope.bpf.entries.dropped; this warning is given once)",
                     rise.map.name(),
                     rise.added

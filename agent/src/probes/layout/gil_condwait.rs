@@ -15,7 +15,8 @@ pub struct CondwaitTarget {
     pub cond_off: u32,
     pub switch_cond_off: u32,
     pub last_holder_off: u32,
-    pub _pad: u32,
+    /// Entries of `cond_waits` this process may hold (its share).
+    pub thread_limit: u32,
 }
 
 /// Cumulative condvar-wait counters of one thread (map `cond_waits`, key:
@@ -103,7 +104,13 @@ mod tests {
             s,
             "condwait_target",
             CondwaitTarget,
-            [gil_addrs, cond_off, switch_cond_off, last_holder_off, _pad]
+            [
+                gil_addrs,
+                cond_off,
+                switch_cond_off,
+                last_holder_off,
+                thread_limit
+            ]
         );
         assert_layout!(
             s,

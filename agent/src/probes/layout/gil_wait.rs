@@ -16,6 +16,9 @@ pub struct GilTarget {
     pub switch_cond_off: u32,
     pub last_holder_off: u32,
     pub locked_off: u32,
+    /// Entries of `thread_waits` this process may hold (its share).
+    pub thread_limit: u32,
+    pub _pad: u32,
 }
 
 /// Cumulative blocking counters of one thread (map `thread_waits`, key: tid):
@@ -164,7 +167,9 @@ mod tests {
                 mutex_off,
                 switch_cond_off,
                 last_holder_off,
-                locked_off
+                locked_off,
+                thread_limit,
+                _pad
             ]
         );
         assert_layout!(

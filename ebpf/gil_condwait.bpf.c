@@ -50,6 +50,15 @@ struct {
 	__type(value, __u64);
 } cond_episodes_lost SEC(".maps");
 
+/* Episode records each process was given (key: tgid), against its share
+ * (condwait_target.episode_limit); written only by admit_one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} cond_episodes_made SEC(".maps");
+
 /* Failed inserts into cond_waits, cond_blocked_by, cond_inflight,
  * cond_gil_waits, cond_holder_stacks and cond_holder_waits, one slot each
  * (enum map_full_slot, same slots as map_full). */
@@ -68,7 +77,7 @@ struct {
 } cond_targets SEC(".maps");
 
 /* Entries of cond_waits given to each process (key: tgid), against its share
- * (condwait_target.thread_limit); written only by admit_thread. */
+ * (condwait_target.thread_limit); written only by admit_one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -146,7 +155,10 @@ static __always_inline void emit_episode(__u32 tgid, __u32 tid,
 		.retake = 0,
 		.holder_stack = cur->holder_stack,
 	};
-	emit_episode_to(&cond_episodes, &cond_episodes_lost, tgid, tid, &w, end);
+	const struct condwait_target *t = bpf_map_lookup_elem(&cond_targets, &tgid);
+	if (t)
+		emit_episode_to(&cond_episodes, &cond_episodes_lost, &cond_episodes_made,
+				t->episode_limit, tgid, tid, &w, end);
 }
 
 /* The counters of `tid` in process `tgid` (thread_counters: within the

@@ -16,7 +16,9 @@ struct condwait_target {
 	__u32 cond_off;         /* take side: take_gil waits on &gil->cond */
 	__u32 switch_cond_off;  /* drop side: drop_gil's forced-switch wait on &gil->switch_cond */
 	__u32 last_holder_off;  /* PyThreadState* of the thread that took the GIL last */
-	__u32 thread_limit;     /* threads of this process cond_waits may hold (admit_thread) */
+	__u32 thread_limit;     /* threads of this process cond_waits may hold (admit_one) */
+	__u32 episode_limit;    /* episode records it may have sent so far (admit_one) */
+	__u32 _pad;
 };
 
 /* Cumulative condvar-wait counters of one thread (key: tid). */

@@ -26,12 +26,13 @@ static __always_inline void *lookup_or_count(void *map, const void *key, const v
 	return val;
 }
 
-/* Admits one more thread of process `tgid` into a per-thread map: `made` (a
- * u32 per tgid, written only here) counts the entries the process was given,
- * and `limit` is its share, which the agent raises by what it takes back
- * (struct gil_target / condwait_target: thread_limit). The counter to give
- * back if the insert then fails; NULL when the process is over its share. */
-static __always_inline __u32 *admit_thread(void *made, __u32 tgid, __u32 limit)
+/* Admits one more of what process `tgid` has a share of (a per-thread map's
+ * entries, episode records): `made` (a u32 per tgid, written only here)
+ * counts what the process was given, and `limit` is its share, which only the
+ * agent writes and raises (struct gil_target / condwait_target: thread_limit,
+ * episode_limit). The counter to give back if the insert then fails; NULL
+ * when the process is over its share. */
+static __always_inline __u32 *admit_one(void *made, __u32 tgid, __u32 limit)
 {
 	__u32 none = 0;
 	__u32 *n = lookup_or_init(made, &tgid, &none);
@@ -44,7 +45,7 @@ static __always_inline __u32 *admit_thread(void *made, __u32 tgid, __u32 limit)
 /* The counters of thread `tid` of process `tgid` in the per-thread map `map`,
  * whose values begin with `__u32 tgid`; created from `zero`. NULL, counted in
  * slot FULL_THREAD_WAITS of `full`, when the map is full or the process holds
- * its share of it already (admit_thread): one process cannot take every
+ * its share of it already (admit_one): one process cannot take every
  * tenant's room. A tid the kernel gave to another process since its entry was
  * made (the old thread exited, its entry not yet collected by the agent)
  * starts again from zero, admitted as the new process's: counters never cross
@@ -56,7 +57,7 @@ static __always_inline void *thread_counters(void *map, const __u32 *tid, __u32 
 	__u32 *owner = bpf_map_lookup_elem(map, tid);
 	if (owner && *owner == tgid)
 		return owner;
-	__u32 *admitted = admit_thread(made, tgid, limit);
+	__u32 *admitted = admit_one(made, tgid, limit);
 	if (!admitted) {
 		count_full(full, FULL_THREAD_WAITS);
 		return 0;
@@ -126,14 +127,21 @@ struct episode_wait {
 	__u64 holder_stack;
 };
 
-/* A long take wait ended at `end`: one record for user space in `ringbuf`; a full
- * buffer is counted in slot 0 of the `lost` array instead. */
-static __always_inline void emit_episode_to(void *ringbuf, void *lost, __u32 tgid, __u32 tid,
-					    const struct episode_wait *w, __u64 end)
+/* A long take wait ended at `end`: one record for user space in `ringbuf`,
+ * within the process's share of it (`made` against `limit`, admit_one: one
+ * process with many long waits cannot fill the ring for every tenant between
+ * two drains). A full buffer or a spent share is counted in slot 0 of the
+ * `lost` array instead. */
+static __always_inline void emit_episode_to(void *ringbuf, void *lost, void *made, __u32 limit,
+					    __u32 tgid, __u32 tid, const struct episode_wait *w,
+					    __u64 end)
 {
-	struct gil_episode *e = bpf_ringbuf_reserve(ringbuf, sizeof(*e), 0);
+	__u32 zero = 0;
+	__u32 *admitted = admit_one(made, tgid, limit);
+	struct gil_episode *e = admitted ? bpf_ringbuf_reserve(ringbuf, sizeof(*e), 0) : 0;
 	if (!e) {
-		__u32 zero = 0;
+		if (admitted)
+			__sync_fetch_and_add(admitted, -1);
 		__u64 *n = bpf_map_lookup_elem(lost, &zero);
 		if (n)
 			__sync_fetch_and_add(n, 1);

@@ -76,7 +76,7 @@ struct {
 } thread_waits SEC(".maps");
 
 /* Entries of thread_waits given to each process (key: tgid), against its
- * share (gil_target.thread_limit); written only by admit_thread. */
+ * share (gil_target.thread_limit); written only by admit_one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -126,6 +126,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } episodes_lost SEC(".maps");
+
+/* Episode records each process was given (key: tgid), against its share
+ * (gil_target.episode_limit); written only by admit_one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} episodes_made SEC(".maps");
 
 /* Failed inserts into thread_waits, blocked_by, inflight, gil_waits,
  * holder_stacks and holder_waits, one slot each (enum map_full_slot): waits
@@ -296,7 +305,10 @@ static __always_inline void emit_episode(__u32 tgid, __u32 tid,
 		.retake = cur->retake,
 		.holder_stack = cur->holder_stack,
 	};
-	emit_episode_to(&episodes, &episodes_lost, tgid, tid, &w, end);
+	const struct gil_target *t = bpf_map_lookup_elem(&targets, &tgid);
+	if (t)
+		emit_episode_to(&episodes, &episodes_lost, &episodes_made, t->episode_limit, tgid,
+				tid, &w, end);
 }
 
 /* A merged take wait of `tid` ended at `end` after `d` ns. */

@@ -17,8 +17,8 @@ struct gil_target {
 	__u32 switch_cond_off;  /* drop side (FORCE_SWITCHING): switch_cond + switch_mutex up to gil_size */
 	__u32 last_holder_off;  /* PyThreadState* of the thread that took the GIL last */
 	__u32 locked_off;       /* int, 1 while held */
-	__u32 thread_limit;     /* threads of this process thread_waits may hold (admit_thread) */
-	__u32 _pad;
+	__u32 thread_limit;     /* threads of this process thread_waits may hold (admit_one) */
+	__u32 episode_limit;    /* episode records it may have sent so far (admit_one) */
 };
 
 /* Cumulative blocking counters of one thread (key: tid): GIL waits, other

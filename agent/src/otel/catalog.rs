@@ -205,7 +205,7 @@ metric!(
     "gilscope.episodes.lost",
     Counter,
     "{episode}",
-    "The agent's own: contention episodes the kernel could not record (its ring buffer was full)."
+    "The agent's own: contention episodes the kernel could not record (its ring buffer was full, or their process had sent its share of it since the last drain)."
 );
 metric!(
     BPF_ENTRIES_DROPPED,

@@ -32,12 +32,14 @@ static MAPS: MapNames = MapNames {
     object: "gil_condwait.bpf.o",
     targets: "cond_targets",
     made: "cond_thread_made",
+    episodes_made: "cond_episodes_made",
     waits: KernelMap::CondWaits,
     blocked_by: KernelMap::CondBlockedBy,
     inflight: KernelMap::CondInflight,
     gil_waits: KernelMap::CondGilWaits,
     full: "cond_map_full",
     episodes: "cond_episodes",
+    episodes_bytes: 64 * 1024,
     episodes_lost: "cond_episodes_lost",
     holders: HolderMapNames {
         walks: "cond_holder_walks",
@@ -114,7 +116,7 @@ impl CondWaitProbe {
         self.maps.drain_episodes(out);
     }
 
-    /// Episodes lost to a full ring buffer (cumulative).
+    /// Episodes lost to a full ring buffer or a spent share (cumulative).
     pub fn episodes_lost(&self) -> u64 {
         self.maps.episodes_lost()
     }
@@ -130,6 +132,13 @@ impl CondWaitProbe {
     /// for a map not of this probe.
     pub fn capacity(&self, map: KernelMap) -> Option<u32> {
         self.maps.capacity(map)
+    }
+
+    /// Sets how many episode records each process watched from now on may send
+    /// between two drains (default: an eighth of the ring buffer), so that one
+    /// process with many long waits cannot fill it for every tenant.
+    pub fn set_episode_share(&mut self, share: u32) {
+        self.maps.set_episode_share(share);
     }
 
     /// Sets how many entries of the per-thread map each process watched from

@@ -26,6 +26,8 @@ pub(crate) struct MapNames {
     pub targets: &'static str,
     /// Per-thread entries given to each process (key: tgid; kernel-written).
     pub made: &'static str,
+    /// Episode records given to each process (key: tgid; kernel-written).
+    pub episodes_made: &'static str,
     /// Per-thread counters, blocked-by pairs, waits in progress, per-GIL waits.
     pub waits: KernelMap,
     pub blocked_by: KernelMap,
@@ -33,8 +35,10 @@ pub(crate) struct MapNames {
     pub gil_waits: KernelMap,
     /// The u64 array of failed inserts (slots: `enum map_full_slot`).
     pub full: &'static str,
-    /// The episode ring buffer and its lost-records counter.
+    /// The episode ring buffer, its size in bytes (`max_entries` in the
+    /// object), and its lost-records counter.
     pub episodes: &'static str,
+    pub episodes_bytes: u32,
     pub episodes_lost: &'static str,
     /// The GIL holders' stacks.
     pub holders: HolderMapNames,
@@ -60,36 +64,50 @@ impl ThreadEntry for k::CondwaitWaits {
 }
 
 /// A target struct of a wait probe (`targets`, `cond_targets` values): it
-/// carries the process's share of the per-thread map (`admit_thread` in
+/// carries the process's share of the per-thread map (`admit_one` in
 /// `ebpf/gil_shared.bpf.h`), which the agent raises by what it takes back.
 pub(crate) trait TargetEntry: aya::Pod {
     fn thread_limit(&self) -> u32;
     fn set_thread_limit(&mut self, limit: u32);
+    fn episode_limit(&self) -> u32;
+    fn set_episode_limit(&mut self, limit: u32);
 }
 
-impl TargetEntry for k::GilTarget {
-    fn thread_limit(&self) -> u32 {
-        self.thread_limit
-    }
-    fn set_thread_limit(&mut self, limit: u32) {
-        self.thread_limit = limit;
-    }
+macro_rules! target_entry {
+    ($t:ty) => {
+        impl TargetEntry for $t {
+            fn thread_limit(&self) -> u32 {
+                self.thread_limit
+            }
+            fn set_thread_limit(&mut self, limit: u32) {
+                self.thread_limit = limit;
+            }
+            fn episode_limit(&self) -> u32 {
+                self.episode_limit
+            }
+            fn set_episode_limit(&mut self, limit: u32) {
+                self.episode_limit = limit;
+            }
+        }
+    };
 }
 
-impl TargetEntry for k::CondwaitTarget {
-    fn thread_limit(&self) -> u32 {
-        self.thread_limit
-    }
-    fn set_thread_limit(&mut self, limit: u32) {
-        self.thread_limit = limit;
-    }
-}
+target_entry!(k::GilTarget);
+target_entry!(k::CondwaitTarget);
 
 /// The share of a per-thread map of `capacity` entries one process may hold:
 /// an eighth, so that one tenant's threads leave room for seven more, but
 /// never fewer than 1,024 (a map sized for a handful of processes is theirs).
 pub(crate) fn default_thread_share(capacity: u32) -> u32 {
     (capacity / 8).max(1024)
+}
+
+/// The episode records one process may send between two drains of a ring
+/// buffer of `bytes`: an eighth of what it holds, so that one process with
+/// many long waits leaves room for seven more.
+pub(crate) fn default_episode_share(bytes: u32) -> u32 {
+    let record = std::mem::size_of::<k::GilEpisode>() as u32 + 8;
+    (bytes / record / 8).max(1)
 }
 
 /// The typed maps of one loaded wait probe. `T`: the target struct, `W`: the
@@ -102,6 +120,9 @@ pub(crate) struct WaitMaps<T, W, I> {
     /// The share a newly watched process gets ([`default_thread_share`]).
     thread_share: u32,
     made: BpfHashMap<MapData, u32, u32>,
+    /// Episode records each process may send between two drains.
+    episode_share: u32,
+    episodes_made: BpfHashMap<MapData, u32, u32>,
     waits: BpfHashMap<MapData, u32, W>,
     blocked_by: BpfHashMap<MapData, k::BlockedKey, k::BlockedVal>,
     inflight: BpfHashMap<MapData, u32, I>,
@@ -120,21 +141,24 @@ impl<T: TargetEntry, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
         let object = names.object;
         let waits: BpfHashMap<MapData, u32, W> = take_map(ebpf, object, names.waits.name())?;
         let capacity = waits.map().info().map_or(0, |i| i.max_entries());
+        let episodes: Option<RingBuf<MapData>> = match with_episodes {
+            true => Some(take_map(ebpf, object, names.episodes)?),
+            false => None,
+        };
         Ok(Self {
             names,
             targets: take_map(ebpf, object, names.targets)?,
             counted: HashMap::new(),
             thread_share: default_thread_share(capacity),
             made: take_map(ebpf, object, names.made)?,
+            episode_share: default_episode_share(names.episodes_bytes),
+            episodes_made: take_map(ebpf, object, names.episodes_made)?,
             waits,
             blocked_by: take_map(ebpf, object, names.blocked_by.name())?,
             inflight: take_map(ebpf, object, names.inflight.name())?,
             gil_waits: take_map(ebpf, object, names.gil_waits.name())?,
             full: take_map(ebpf, object, names.full)?,
-            episodes: match with_episodes {
-                true => Some(take_map(ebpf, object, names.episodes)?),
-                false => None,
-            },
+            episodes,
             episodes_lost: take_map(ebpf, object, names.episodes_lost)?,
             holders: HolderMaps::take(ebpf, object, &names.holders)?,
         })
@@ -146,6 +170,12 @@ impl<T: TargetEntry, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
         self.thread_share = share.max(1);
     }
 
+    /// Sets how many episode records each process watched from now on may
+    /// send between two drains (tests).
+    pub fn set_episode_share(&mut self, share: u32) {
+        self.episode_share = share.max(1);
+    }
+
     /// Starts (or updates) the kernel filter's entry of process `tgid`, with
     /// its share of the per-thread map (kept as raised on an update).
     pub fn set_target(&mut self, tgid: u32, mut target: T) -> Result<()> {
@@ -154,6 +184,8 @@ impl<T: TargetEntry, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
             .get(&tgid)
             .map_or(self.thread_share, |t| t.thread_limit());
         target.set_thread_limit(limit);
+        let sent = self.episodes_made.get(&tgid, 0).unwrap_or(0);
+        target.set_episode_limit(sent.saturating_add(self.episode_share));
         self.targets
             .insert(tgid, target, 0)
             .map_err(|e| map_error(self.names.targets, &e))?;
@@ -301,6 +333,7 @@ impl<T: TargetEntry, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
     /// made, and any blocked-by pair of it left behind (by a thread whose tid another process has since taken).
     pub fn forget_process(&mut self, tgid: u32) {
         let _ = self.made.remove(&tgid);
+        let _ = self.episodes_made.remove(&tgid);
         remove_where(&mut self.blocked_by, |k| k.waiter_tgid == tgid);
         remove_where(&mut self.gil_waits, |k| k.tgid == tgid);
     }
@@ -358,6 +391,7 @@ impl<T: TargetEntry, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
         let Some(ring) = self.episodes.as_mut() else {
             return;
         };
+        let mut senders = HashSet::new();
         while let Some(item) = ring.next() {
             if item.len() >= std::mem::size_of::<k::GilEpisode>() {
                 // SAFETY: GilEpisode is repr(C) Pod (any bit pattern is valid) and the
@@ -365,12 +399,40 @@ impl<T: TargetEntry, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
                 // makes no assumption about the item's alignment.
                 let record =
                     unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<k::GilEpisode>()) };
+                senders.insert(record.tgid);
                 out.push(record.into());
+            }
+        }
+        self.renew_episode_shares(&senders);
+    }
+
+    /// Gives each process that sent records since the last drain its share
+    /// again: its limit becomes what it was given so far plus the share. A
+    /// process that sent nothing costs nothing here.
+    fn renew_episode_shares(&mut self, senders: &HashSet<u32>) {
+        for tgid in senders {
+            let Some(target) = self.counted.get_mut(tgid) else {
+                continue;
+            };
+            let sent = self.episodes_made.get(tgid, 0).unwrap_or(0);
+            let limit = sent.saturating_add(self.episode_share);
+            if target.episode_limit() == limit {
+                continue;
+            }
+            target.set_episode_limit(limit);
+            let target = *target;
+            if let Err(e) = self.targets.insert(*tgid, target, 0) {
+                tracing::debug!(
+                    "{}: {}",
+                    self.names.targets,
+                    map_error(self.names.targets, &e)
+                );
             }
         }
     }
 
-    /// Episodes lost to a full ring buffer (cumulative since load); 0 if unreadable.
+    /// Episodes lost to a full ring buffer or a spent share (cumulative since
+    /// load); 0 if unreadable.
     pub fn episodes_lost(&self) -> u64 {
         self.episodes_lost.get(&0, 0).unwrap_or(0)
     }

@@ -31,12 +31,14 @@ static MAPS: MapNames = MapNames {
     object: "gil_wait.bpf.o",
     targets: "targets",
     made: "thread_made",
+    episodes_made: "episodes_made",
     waits: KernelMap::ThreadWaits,
     blocked_by: KernelMap::BlockedBy,
     inflight: KernelMap::Inflight,
     gil_waits: KernelMap::GilWaits,
     full: "map_full",
     episodes: "episodes",
+    episodes_bytes: 256 * 1024,
     episodes_lost: "episodes_lost",
     holders: HolderMapNames {
         walks: "holder_walks",
@@ -149,8 +151,9 @@ impl WaitProbe {
         self.maps.drain_episodes(out);
     }
 
-    /// Episodes the kernel could not record because the ring buffer was full
-    /// (cumulative since load): the agent fell behind.
+    /// Episodes the kernel could not record (cumulative since load): the ring
+    /// buffer was full (the agent fell behind), or their process had sent its
+    /// share since the last drain.
     pub fn episodes_lost(&self) -> u64 {
         self.maps.episodes_lost()
     }
@@ -199,6 +202,13 @@ impl WaitProbe {
             ..k::GilTarget::default()
         };
         self.maps.set_target(tgid, target)
+    }
+
+    /// Sets how many episode records each process watched from now on may send
+    /// between two drains (default: an eighth of the ring buffer), so that one
+    /// process with many long waits cannot fill it for every tenant.
+    pub fn set_episode_share(&mut self, share: u32) {
+        self.maps.set_episode_share(share);
     }
 
     /// Sets how many entries of the per-thread map each process watched from

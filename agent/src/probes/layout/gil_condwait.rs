@@ -17,6 +17,9 @@ pub struct CondwaitTarget {
     pub last_holder_off: u32,
     /// Entries of `cond_waits` this process may hold (its share).
     pub thread_limit: u32,
+    /// Episode records it may have sent so far (`cond_episodes_made` + its share).
+    pub episode_limit: u32,
+    pub _pad: u32,
 }
 
 /// Cumulative condvar-wait counters of one thread (map `cond_waits`, key:
@@ -109,7 +112,9 @@ mod tests {
                 cond_off,
                 switch_cond_off,
                 last_holder_off,
-                thread_limit
+                thread_limit,
+                episode_limit,
+                _pad
             ]
         );
         assert_layout!(

@@ -18,7 +18,8 @@ pub struct GilTarget {
     pub locked_off: u32,
     /// Entries of `thread_waits` this process may hold (its share).
     pub thread_limit: u32,
-    pub _pad: u32,
+    /// Episode records it may have sent so far (`episodes_made` + its share).
+    pub episode_limit: u32,
 }
 
 /// Cumulative blocking counters of one thread (map `thread_waits`, key: tid):
@@ -169,7 +170,7 @@ mod tests {
                 last_holder_off,
                 locked_off,
                 thread_limit,
-                _pad
+                episode_limit
             ]
         );
         assert_layout!(

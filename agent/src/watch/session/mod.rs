@@ -418,7 +418,8 @@ impl Session {
         }
     }
 
-    /// musl: episodes the condvar probe could not record (its ring buffer was full).
+    /// musl: episodes the condvar probe could not record (its ring buffer was
+    /// full, or their process had sent its share since the last drain).
     pub fn episodes_lost(&self) -> u64 {
         self.own
             .condwait

@@ -1,5 +1,6 @@
-//! The kernel side: its state after a measurement, full maps, thread churn, a churned GIL holder, intervals of a watched process, GIL holders' stacks, a tid reused by another process, a process's share of the thread map.
+//! The kernel side: its state after a measurement, full maps, thread churn, a churned GIL holder, intervals of a watched process, GIL holders' stacks, a tid reused by another process, a process's share of the thread map and of the episode ring.
 
+mod episode_share;
 mod holder_churn;
 mod holder_stacks;
 mod kernel_state;

@@ -240,7 +240,8 @@ fn functions(text: &str) -> Vec<(String, usize, usize, bool)> {
                     | "\"C\""
             )
         });
-        if !is_fn || trimmed.starts_with("//") {
+        // A declaration without a body (a trait's required method) has no length.
+        if !is_fn || trimmed.starts_with("//") || trimmed.ends_with(';') {
             continue;
         }
         let name: String = trimmed[pos + 3..]

@@ -418,8 +418,7 @@ impl Session {
         }
     }
 
-    /// musl: episodes the condvar probe could not record (its ring buffer was
-    /// full, or their process had sent its share since the last drain).
+    /// musl: episodes the condvar probe could not record (ring full, or share spent).
     pub fn episodes_lost(&self) -> u64 {
         self.own
             .condwait

@@ -135,8 +135,25 @@ fn precise_mode_agrees_with_the_default_within_ten_percent() {
             .collect();
         (doc, shares)
     };
-    let (_, default) = run(&[]);
-    let (precise_doc, precise) = run(&["--precise"]);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let agree = |d: &[f64], p: &[f64]| (mean(d) - mean(p)).abs() / mean(p) <= 0.10;
+    // Two runs of four threads on two cores: the shares follow the scheduler.
+    // A pair that disagrees is re-measured (at most three pairs) only while a
+    // run queue shows neighbours took the cores; on a quiet machine it stands.
+    let (mut default_doc, mut default) = run(&[]);
+    let (mut precise_doc, mut precise) = run(&["--precise"]);
+    for _ in 1..3 {
+        if agree(&default, &precise) || !(crowded(&default_doc, 4.0) || crowded(&precise_doc, 4.0))
+        {
+            break;
+        }
+        eprintln!(
+            "re-measuring: neighbours took the cores: {} / {}",
+            default_doc["process"], precise_doc["process"]
+        );
+        (default_doc, default) = run(&[]);
+        (precise_doc, precise) = run(&["--precise"]);
+    }
     assert_eq!(precise_doc["mode"], "precise");
     assert!(
         precise_doc["process"]["gil_hold_s"].is_number(),
@@ -146,7 +163,6 @@ fn precise_mode_agrees_with_the_default_within_ten_percent() {
         precise_doc["precise_probes"]["take_gil"][0]["found_by"],
         "symbol_table"
     );
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (d, p) = (mean(&default), mean(&precise));
     assert!(
         (d - p).abs() / p <= 0.10,

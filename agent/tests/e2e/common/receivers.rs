@@ -187,6 +187,28 @@ pub fn scalar(result: &[Value]) -> Option<f64> {
     result.first()?["value"][1].as_str()?.parse().ok()
 }
 
+/// The mean of the series `selector` over its last 8 s, once five or more
+/// intervals (1 s each) are in, waiting up to `within`; `None` after that. One
+/// interval's GIL utilization moves in steps of 0.1 at 10 samples a second;
+/// fifty samples make a 0.9 claim one that sampling noise cannot fail.
+pub fn mean_of_five_intervals(vm_port: u16, selector: &str, within: Duration) -> Option<f64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let count = scalar(&promql(
+            vm_port,
+            &format!("max(count_over_time({selector}[8s]))"),
+        ));
+        if count.unwrap_or(0.0) >= 5.0 {
+            let mean = format!("max(avg_over_time({selector}[8s]))");
+            return scalar(&promql(vm_port, &mean));
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// The 4-thread CPU workload (threads `cpu-0`..`cpu-3`) under its own service name,
 /// with a spoofed `tenant.id` a tenant rule must override; `marker` makes its command
 /// line unique so a daemon watches only it on a shared machine.

@@ -316,31 +316,6 @@ fn runc_installed() -> bool {
         || missing("runc is not installed (apt-get install runc; tests/setup.sh does)")
 }
 
-/// The mean of `metric` over the last 8 s for `selector`, once five or more
-/// intervals are in (one interval's utilization moves in steps of 0.1 at
-/// 10 samples a second; fifty samples make 0.9 a claim noise cannot fail).
-fn mean_of_five(vm_port: u16, selector: &str) -> Option<f64> {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let count = scalar(&promql(
-            vm_port,
-            &format!("max(count_over_time({selector}[8s]))"),
-        ));
-        if count.unwrap_or(0.0) >= 5.0 {
-            let values = promql(vm_port, &format!("{selector}[8s]"));
-            eprintln!("{selector}: {values:?}");
-            return scalar(&promql(
-                vm_port,
-                &format!("max(avg_over_time({selector}[8s]))"),
-            ));
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 #[test]
 fn the_daemonset_pod_spec_in_runc_measures_a_workload_in_another_container() {
     let (Some(pyenv), Some((_, vm))) = (pyenv_python311(), receivers()) else {
@@ -426,12 +401,13 @@ fn the_daemonset_pod_spec_in_runc_measures_a_workload_in_another_container() {
     let selector = format!(
         "{{__name__=\"cpython.gil.utilization\",process.pid=\"{workload_pid}\",container.id=\"{cid}\"}}"
     );
-    let utilization = mean_of_five(vm_port, &selector).unwrap_or_else(|| {
-        panic!(
-            "no utilization of process {workload_pid} as container {cid}; agent output:\n{}",
-            daemon.output()
-        )
-    });
+    let utilization = mean_of_five_intervals(vm_port, &selector, Duration::from_secs(40))
+        .unwrap_or_else(|| {
+            panic!(
+                "no utilization of process {workload_pid} as container {cid}; agent output:\n{}",
+                daemon.output()
+            )
+        });
     eprintln!("runc: the agent measured {workload_pid} (container {cid}) at {utilization:.3}");
     assert!(utilization >= 0.9, "GIL utilization {utilization:.3}");
     let output = daemon.output();

@@ -96,23 +96,14 @@ impl Daemon {
         let metric = "cpython.gil.utilization";
         self.wait_value(metric, pid);
         let series = format!("{{__name__=\"{metric}\",process.pid=\"{pid}\"}}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
-            let count = scalar(&promql(
-                self.vm_port,
-                &format!("max(count_over_time({series}[8s]))"),
-            ));
-            if count.unwrap_or(0.0) >= 5.0 {
-                let mean = format!("max(avg_over_time({series}[8s]))");
-                return scalar(&promql(self.vm_port, &mean)).unwrap_or(0.0);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fewer than five intervals of {metric} for {pid}:\n{}",
-                self.log()
-            );
-        }
+        mean_of_five_intervals(self.vm_port, &series, Duration::from_secs(30)).unwrap_or_else(
+            || {
+                panic!(
+                    "fewer than five intervals of {metric} for {pid}:\n{}",
+                    self.log()
+                )
+            },
+        )
     }
 
     /// Lines of the daemon's log that mention process `pid`.

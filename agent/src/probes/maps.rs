@@ -197,10 +197,22 @@ impl<T: TargetEntry, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
     /// given by the kernel to another process's thread): its count of entries
     /// made is only ever added to, so the room comes back through the limit.
     fn give_back(&mut self, tgid: u32, entries: u32) {
+        self.update_target(tgid, |t| {
+            t.set_thread_limit(t.thread_limit().saturating_add(entries));
+            entries > 0
+        });
+    }
+
+    /// Changes the target entry of a counted process (not one stopped since)
+    /// with `change` and writes it to the kernel again if `change` says it
+    /// changed anything.
+    fn update_target(&mut self, tgid: u32, change: impl FnOnce(&mut T) -> bool) {
         let Some(target) = self.counted.get_mut(&tgid) else {
             return;
         };
-        target.set_thread_limit(target.thread_limit().saturating_add(entries));
+        if !change(target) {
+            return;
+        }
         let target = *target;
         if let Err(e) = self.targets.insert(tgid, target, 0) {
             tracing::debug!(
@@ -411,23 +423,13 @@ impl<T: TargetEntry, W: ThreadEntry, I: aya::Pod> WaitMaps<T, W, I> {
     /// process that sent nothing costs nothing here.
     fn renew_episode_shares(&mut self, senders: &HashSet<u32>) {
         for tgid in senders {
-            let Some(target) = self.counted.get_mut(tgid) else {
-                continue;
-            };
             let sent = self.episodes_made.get(tgid, 0).unwrap_or(0);
             let limit = sent.saturating_add(self.episode_share);
-            if target.episode_limit() == limit {
-                continue;
-            }
-            target.set_episode_limit(limit);
-            let target = *target;
-            if let Err(e) = self.targets.insert(*tgid, target, 0) {
-                tracing::debug!(
-                    "{}: {}",
-                    self.names.targets,
-                    map_error(self.names.targets, &e)
-                );
-            }
+            self.update_target(*tgid, |t| {
+                let changed = t.episode_limit() != limit;
+                t.set_episode_limit(limit);
+                changed
+            });
         }
     }
 
